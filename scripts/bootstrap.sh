@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything remotevss needs on Debian 12 (as root) and builds .venv.
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3 python3-venv python3-btrfsutil btrfs-progs xfsprogs util-linux
+              samba samba-testsuite smbclient)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Samba's packaged daemons are not ours to run: tests start private instances.
+for svc in smbd nmbd samba-ad-dc winbind; do
+  systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
+
+# Debian's python3 carries btrfsutil bound to the system libbtrfsutil;
+# the PyPI build of btrfsutil does not match Debian 12's library.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi

@@ -1,0 +1,93 @@
+"""The one small interface every snapshot backend implements.
+
+Why: the agent must not care whether a shadow copy is a btrfs subvolume
+snapshot, a reflink tree or a plain copy; it asks a backend to check a share
+path, create, seal and delete snapshots, and to report usage.  Backends do
+real I/O and may block: the agent calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class SnapshotError(Exception):
+    """A backend operation failed; ``errno`` is kept when the OS gave one."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class NotSupported(SnapshotError):
+    """The path cannot be snapshotted by this backend (FSRVP_E_NOT_SUPPORTED)."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """The unit that gets snapshotted for a share (FSRVP's VolumeName).
+
+    ``root`` is the directory whose point-in-time image the snapshot holds:
+    the btrfs subvolume that contains the share, or the share path itself for
+    reflink/copy.  ``snapshot_dir`` is where this backend puts snapshots of
+    that volume.  ``share_subpath`` is the share path relative to ``root``
+    ("" when they are the same), so the snapshot share's path is
+    ``snapshot_path / share_subpath``.
+    """
+
+    backend: str
+    root: str
+    snapshot_dir: str
+    share_subpath: str = ""
+
+    @property
+    def name(self) -> str:
+        """Stable identity used for FSRVP's duplicate-volume check."""
+        return f"{self.backend}:{self.root}"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Space accounting for one volume's snapshots, in bytes (None = unknown)."""
+
+    used: int | None
+    filesystem_size: int
+    filesystem_free: int
+
+
+class Backend(Protocol):
+    name: str
+
+    def check(self, share_path: str) -> Volume:
+        """Map a share path to its volume; raise NotSupported if it cannot be snapshotted
+        (wrong filesystem, mount points below the share root, ...)."""
+        ...
+
+    def create(self, volume: Volume, snap_name: str, writable: bool) -> str:
+        """Create snapshot ``snap_name`` of ``volume``; return its absolute path.
+
+        Must be all-or-nothing: on failure nothing is left on disk.
+        Read-only snapshots refuse writes with EROFS (for every user, root included).
+        """
+        ...
+
+    def seal(self, snap_path: str) -> None:
+        """Make a writable snapshot read-only for good (EROFS on write). Idempotent."""
+        ...
+
+    def delete(self, snap_path: str) -> None:
+        """Remove a snapshot completely. Idempotent: a missing snapshot is not an error."""
+        ...
+
+    def exists(self, snap_path: str) -> bool:
+        """True if a (possibly half-made) snapshot is present at snap_path."""
+        ...
+
+    def restore_protection(self, snap_path: str, read_only: bool) -> None:
+        """Re-apply run-time protection lost across a reboot or agent restart
+        (e.g. a read-only bind mount). No-op where the read-only bit is on disk."""
+        ...
+
+    def usage(self, volume: Volume) -> Usage:
+        ...
