@@ -28,6 +28,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  # pip warns about this machine's unreachable extra indexes; keep real errors visible.
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v '^WARNING: Location' >&2)
   touch "$stamp"
 fi

@@ -1,0 +1,633 @@
+"""The agent: FSRVP machine + effects + journal + authorization, for any transport.
+
+Why this shape: the pure machine decides, this module carries out.  Each
+call is decoded, authorized, handed to the machine under one lock (the
+machine is single-threaded, as the protocol is: one set in progress at a
+time), and its effects run in worker threads with the intent journaled
+before and the result journaled after.  The response goes out only when the
+new state is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from remotevss.agent.authz import Caller, Policy
+from remotevss.agent.config import AgentConfig
+from remotevss.agent.exposer import ExposeError, Exposer, SymlinkExposer
+from remotevss.agent.journal import Intent, Journal
+from remotevss.agent.shares import BadShareName, LocalShare, ShareTable, parse_unc
+from remotevss.dcerpc import pdu
+from remotevss.fsrvp import calls
+from remotevss.fsrvp.constants import DISABLE_DEFRAG, HResult, Opnum, hresult_name
+from remotevss.fsrvp.machine import (
+    CreateSnapshot,
+    DeleteSnapshot,
+    Effect,
+    ExposeShare,
+    Machine,
+    Outcome,
+    SealSnapshot,
+    ShadowCopySet,
+    ShareInfo,
+    Status,
+    TimerPolicy,
+    UnexposeShare,
+    teardown_effects,
+)
+from remotevss.snapshots.base import Backend, NotSupported, SnapshotError, Volume
+from remotevss.snapshots.select import BACKENDS, choose_backend
+
+log = logging.getLogger("remotevss.agent")
+
+FILETIME_EPOCH_OFFSET = 11644473600
+
+
+def filetime(unix_seconds: float) -> int:
+    """FILETIME: 100-ns ticks since 1601-01-01 UTC."""
+    return int(round((unix_seconds + FILETIME_EPOCH_OFFSET) * 10_000_000))
+
+
+def snapshot_name(unix_seconds: float, copy_id: UUID) -> str:
+    """``@GMT-YYYY.MM.DD-HH.MM.SS`` (the previous-versions token) plus microseconds and
+    the copy id, so back-to-back snapshots within one second never collide yet
+    names still sort by creation time."""
+    t = time.gmtime(unix_seconds)
+    usec = int((unix_seconds % 1) * 1_000_000)
+    return time.strftime("@GMT-%Y.%m.%d-%H.%M.%S", t) + f".{usec:06d}-{copy_id.hex[:8]}"
+
+
+@dataclass
+class ReconcileReport:
+    """What start-up did to make the disk agree with the journal."""
+
+    kept_sets: list[str] = field(default_factory=list)
+    dropped_sets: list[str] = field(default_factory=list)
+    intents_replayed: list[str] = field(default_factory=list)
+    removed_shares: list[str] = field(default_factory=list)
+    missing_snapshots: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        for label, items in (
+            ("kept set", self.kept_sets),
+            ("dropped unfinished set", self.dropped_sets),
+            ("replayed intent", self.intents_replayed),
+            ("removed leaked share", self.removed_shares),
+            ("snapshot missing on disk", self.missing_snapshots),
+            ("error", self.errors),
+        ):
+            out.extend(f"{label}: {x}" for x in items)
+        return out
+
+
+class CallFault(Exception):
+    """The call gets a DCE/RPC fault PDU instead of a response."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"fault 0x{status:08x}")
+        self.status = status
+
+
+class AgentService:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        exposer: Exposer | None = None,
+        policy: Policy | None = None,
+        crash_after: str | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.machine = Machine(mode=config.mode, timers=TimerPolicy(config.sequence_timeout))
+        self.journal = Journal(config.journal_path)
+        self.exposer: Exposer = exposer or SymlinkExposer(config.expose_dir)
+        self.policy = policy or Policy()
+        self.shares = ShareTable(LocalShare(s.name, s.path, s.backend) for s in config.shares)
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._commits: dict[UUID, asyncio.Future[int | None]] = {}
+        # Test-only crash points: os._exit right after the named effect (see tests/system).
+        self._crash_after = crash_after or os.environ.get("REMOTEVSS_CRASH_AFTER")
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> ReconcileReport:
+        async with self._lock:
+            return await asyncio.to_thread(self._reconcile)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._timer:
+                self._timer.cancel()
+            for fut in self._commits.values():
+                await asyncio.shield(fut)
+            self.journal.close()
+
+    # ----------------------------------------------------------- call entry
+
+    async def call(self, caller: Caller, opnum: int, stub: bytes) -> bytes:
+        """Decode, authorize, run and encode one FSRVP call.  Raises CallFault."""
+        try:
+            request = calls.decode_request(opnum, stub)
+        except calls.UnknownOpnum as exc:
+            raise CallFault(pdu.NCA_S_OP_RNG_ERROR) from exc
+        except calls.StubError as exc:
+            log.info("bad stub for opnum %d from %s: %s", opnum, caller.address, exc)
+            raise CallFault(pdu.NCA_S_FAULT_NDR) from exc
+        started = time.perf_counter()
+        if not self.policy.permits(caller):
+            response = calls.error_response(opnum, HResult.E_ACCESSDENIED)
+        else:
+            async with self._lock:
+                response = await self._dispatch(caller, request)
+                self._arm_timer()
+        log.debug(
+            "%s %s -> %s (%.2f ms)",
+            caller.name or caller.uid,
+            Opnum(opnum).name,
+            hresult_name(response.return_value),
+            (time.perf_counter() - started) * 1000,
+        )
+        return calls.encode_response(response)
+
+    async def _dispatch(self, caller: Caller, req: calls.Request) -> calls.Response:
+        now = self.clock()
+        m = self.machine
+        match req:
+            case calls.GetSupportedVersionRequest():
+                out = m.get_supported_version(now)
+                await self._teardown(out)
+                lo, hi = out.value  # type: ignore[misc]
+                return calls.GetSupportedVersionResponse(lo, hi, out.result)
+            case calls.SetContextRequest(context=ctx):
+                out = m.set_context(ctx, caller.address, now)
+                await self._teardown(out)
+                return calls.SetContextResponse(out.result)
+            case calls.StartShadowCopySetRequest(client_shadow_copy_set_id=cid):
+                out = m.start_shadow_copy_set(cid, now)
+                await self._teardown(out)
+                if out.ok:
+                    self._persist(out)
+                sid = out.value if out.ok else UUID(int=0)
+                return calls.StartShadowCopySetResponse(sid, out.result)  # type: ignore[arg-type]
+            case calls.AddToShadowCopySetRequest(shadow_copy_set_id=sid, share_name=unc):
+                info = await self._share_info(unc)
+                if info is None:
+                    return calls.AddToShadowCopySetResponse(UUID(int=0), HResult.E_INVALIDARG)
+                out = m.add_to_shadow_copy_set(sid, unc, info, now)
+                await self._teardown(out)
+                if out.ok:
+                    self._persist(out, sid)
+                cid = out.value if out.ok else UUID(int=0)
+                return calls.AddToShadowCopySetResponse(cid, out.result)  # type: ignore[arg-type]
+            case calls.PrepareShadowCopySetRequest(shadow_copy_set_id=sid):
+                out = m.prepare_shadow_copy_set(sid, now)
+                await self._teardown(out)
+                return calls.PrepareShadowCopySetResponse(out.result)
+            case calls.CommitShadowCopySetRequest(shadow_copy_set_id=sid, timeout_ms=ms):
+                return calls.CommitShadowCopySetResponse(await self._commit(sid, ms, now))
+            case calls.ExposeShadowCopySetRequest(shadow_copy_set_id=sid):
+                return calls.ExposeShadowCopySetResponse(await self._expose(sid, now))
+            case calls.RecoveryCompleteShadowCopySetRequest(shadow_copy_set_id=sid):
+                return calls.RecoveryCompleteShadowCopySetResponse(await self._recovery_complete(sid, now))
+            case calls.AbortShadowCopySetRequest(shadow_copy_set_id=sid):
+                out = m.abort_shadow_copy_set(sid, now)
+                await self._teardown(out)
+                return calls.AbortShadowCopySetResponse(out.result)
+            case calls.IsPathSupportedRequest(share_name=unc):
+                info = await self._share_info(unc)
+                if info is None:
+                    return calls.IsPathSupportedResponse(False, None, HResult.E_INVALIDARG)
+                out = m.is_path_supported(info, now)
+                await self._teardown(out)
+                owner = self.config.netbios_name if out.ok else None
+                return calls.IsPathSupportedResponse(out.ok, owner, out.result)
+            case calls.IsPathShadowCopiedRequest(share_name=unc):
+                info = await self._share_info(unc)
+                if info is None:
+                    return calls.IsPathShadowCopiedResponse(False, 0, HResult.E_INVALIDARG)
+                out = m.is_path_shadow_copied(info, now)
+                await self._teardown(out)
+                present, compat = out.value if out.ok else (False, 0)  # type: ignore[misc]
+                return calls.IsPathShadowCopiedResponse(present, compat, out.result)
+            case calls.GetShareMappingRequest(
+                shadow_copy_id=cid, shadow_copy_set_id=sid, share_name=unc, level=level
+            ):
+                out = m.get_share_mapping(cid, sid, _share_part(unc), level, now)
+                await self._teardown(out)
+                if not out.ok:
+                    return calls.GetShareMappingResponse(level, None, out.result)
+                s, c, mp = out.value  # type: ignore[misc]
+                exposed = self._exposed_unc(mp.exposed_name) if mp.is_exposed else None
+                unc_out = mp.share_name
+                if self.config.mode.value == "samba":
+                    unc_out = f"\\\\{self.config.netbios_name}\\{mp.local_share}"
+                mapping = calls.ShareMapping1(
+                    s.id, c.id, unc_out, exposed, filetime(c.creation_time)
+                )
+                return calls.GetShareMappingResponse(1, mapping, HResult.ZERO)
+            case calls.DeleteShareMappingRequest(
+                shadow_copy_set_id=sid, shadow_copy_id=cid, share_name=unc
+            ):
+                return calls.DeleteShareMappingResponse(
+                    await self._delete_share_mapping(sid, cid, unc, now)
+                )
+        raise CallFault(pdu.NCA_S_OP_RNG_ERROR)  # pragma: no cover - decode covers all opnums
+
+    # ------------------------------------------------------------- helpers
+
+    def _exposed_unc(self, name: str) -> str:
+        if self.config.share_name_format == "unc":
+            return f"\\\\{self.config.netbios_name}\\{name}"
+        return name
+
+    def _resolve(self, unc: str) -> tuple[LocalShare | None, Volume | None, str]:
+        """UNC -> local share -> volume.  Runs in a worker thread (stat, mountinfo)."""
+        share = self.shares.lookup(parse_unc(unc))
+        if share is None:
+            return None, None, "no such share"
+        forced = None if share.backend == "auto" else share.backend
+        if forced is None and self.config.backend != "auto":
+            forced = self.config.backend
+        try:
+            backend = choose_backend(share.path, forced)
+            return share, backend.check(share.path), ""
+        except (NotSupported, SnapshotError, OSError) as exc:
+            return share, None, str(exc)
+
+    async def _share_info(self, unc: str) -> ShareInfo | None:
+        """None when the UNC does not even parse (the caller answers E_INVALIDARG)."""
+        try:
+            share, volume, reason = await asyncio.to_thread(self._resolve, unc)
+        except BadShareName:
+            return None
+        if share is None:
+            return ShareInfo(exists=False, reason=reason)
+        if volume is None:
+            log.info("share %s not supported: %s", share.name, reason)
+            return ShareInfo(True, share.name, False, reason=reason)
+        compat = DISABLE_DEFRAG if volume.backend in ("btrfs", "reflink") else 0
+        return ShareInfo(True, share.name, True, volume.name, compat)
+
+    def _persist(self, out: Outcome, *set_ids: UUID) -> None:
+        """Write the sets this call changed; dropped sets go with their teardown intents."""
+        with self.journal.transaction() as txn:
+            for sid in set_ids or tuple(self.machine.sets):
+                s = self.machine.sets.get(sid)
+                if s is not None:
+                    txn.save_set(s)
+
+    def _crash_point(self, name: str) -> None:
+        if self._crash_after == name:
+            log.error("test crash point %s reached: SIGKILL", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -------------------------------------------------- teardown (fire & journal)
+
+    async def _teardown(self, out: Outcome) -> None:
+        """Dropped sets leave the journal together with intents to remove their
+        snapshots and shares; then the removals run.  A failure leaves the
+        intent in place for the next start-up."""
+        if not out.dropped_sets and not out.teardown:
+            return
+        with self.journal.transaction() as txn:
+            for sid in out.dropped_sets:
+                txn.delete_set(sid)
+            for s in self.machine.sets.values():
+                txn.save_set(s)  # sealed/recovered by expiry
+            intents = [(txn.add_intent(*_intent_of(e)), e) for e in out.teardown]
+        for sid in out.dropped_sets:
+            log.info("set %s dropped; removing its snapshots and shares", sid)
+        await asyncio.to_thread(self._run_intents, intents)
+
+    def _run_intents(self, intents: list[tuple[int, Effect]]) -> None:
+        for intent_id, effect in intents:
+            try:
+                self._apply(effect)
+            except (SnapshotError, ExposeError, OSError) as exc:
+                log.error("%s failed, will retry at start-up: %s", type(effect).__name__, exc)
+                continue
+            self._crash_point(_intent_of(effect)[0])
+            with self.journal.transaction() as txn:
+                txn.clear_intent(intent_id)
+
+    def _apply(self, e: Effect) -> None:
+        match e:
+            case UnexposeShare(exposed_name=name):
+                self.exposer.unexpose(name)
+            case DeleteSnapshot(volume_name=vol, snapshot_path=path):
+                _backend_of(vol).delete(path)
+            case SealSnapshot(volume_name=vol, snapshot_path=path):
+                _backend_of(vol).seal(path)
+            case _:
+                raise AssertionError(f"not a teardown effect: {e}")
+
+    # -------------------------------------------------------------- commit
+
+    async def _commit(self, set_id: UUID, timeout_ms: int, now: float) -> int:
+        m = self.machine
+        pending = self._commits.get(set_id)
+        if pending is None:
+            out = m.begin_commit(set_id, now)
+            await self._teardown(out)
+            if not out.ok:
+                return out.result
+            creates = [e for e in out.effects if isinstance(e, CreateSnapshot)]
+            pending = asyncio.ensure_future(self._create_snapshots(set_id, creates))
+            self._commits[set_id] = pending
+        else:
+            st = m.sets.get(set_id)
+            if st is None or st.status is not Status.CREATION_IN_PROGRESS:
+                return HResult.FSRVP_E_BAD_STATE
+        try:
+            error = await asyncio.wait_for(asyncio.shield(pending), timeout_ms / 1000)
+        except TimeoutError:
+            log.warning("commit of set %s exceeds the client's %d ms", set_id, timeout_ms)
+            fin = m.finish_commit(set_id, None, self.clock(), timed_out=True)
+            return fin.result
+        del self._commits[set_id]
+        fin = m.finish_commit(set_id, error, self.clock())
+        if fin.ok:
+            self._persist(fin, set_id)
+        else:
+            await self._teardown(fin)
+            self._persist(fin, set_id)
+        return fin.result
+
+    async def _create_snapshots(self, set_id: UUID, creates: list[CreateSnapshot]) -> int | None:
+        """Take every snapshot of a commit; each journaled before and after."""
+        for e in creates:
+            volume = self._volume_of(e)
+            if volume is None:
+                log.error("share for copy %s no longer snapshot-capable", e.copy_id)
+                return HResult.FSRVP_E_NOT_SUPPORTED
+            name = snapshot_name(self.clock(), e.copy_id)
+            path = os.path.join(volume.snapshot_dir, name)
+            with self.journal.transaction() as txn:
+                iid = txn.add_intent(
+                    "create_snapshot", {"volume": volume.name, "path": path, "copy": str(e.copy_id)}
+                )
+            self._crash_point("create_intent")
+            try:
+                made = await asyncio.to_thread(BACKENDS[volume.backend].create, volume, name, e.writable)
+            except SnapshotError as exc:
+                log.error("snapshot of %s failed: %s", volume.root, exc)
+                with self.journal.transaction() as txn:
+                    txn.clear_intent(iid)
+                return HResult.E_FAIL
+            self._crash_point("create_snapshot")
+            self.machine.snapshot_created(set_id, e.copy_id, made, e.writable)
+            s = self.machine.sets.get(set_id)
+            with self.journal.transaction() as txn:
+                txn.clear_intent(iid)
+                if s is not None:
+                    txn.save_set(s)
+            log.info("snapshot %s of %s created (%s)", made, volume.root, volume.backend)
+        return None
+
+    def _volume_of(self, e: CreateSnapshot) -> Volume | None:
+        s = self.machine.sets.get(e.set_id)
+        c = s.copy(e.copy_id) if s else None
+        if c is None:
+            return None
+        share = self.shares.lookup(c.mappings[0].local_share)
+        if share is None:
+            return None
+        try:
+            _, volume, _ = self._resolve(f"\\\\localhost\\{share.name}")
+        except BadShareName:
+            return None
+        return volume if volume is not None and volume.name == e.volume_name else None
+
+    # -------------------------------------------------------------- expose
+
+    async def _expose(self, set_id: UUID, now: float) -> int:
+        m = self.machine
+        out = m.begin_expose(set_id, now)
+        await self._teardown(out)
+        if not out.ok:
+            return out.result
+        error: int | None = None
+        for e in out.effects:
+            assert isinstance(e, ExposeShare)
+            try:
+                await self._expose_one(e)
+            except (ExposeError, SnapshotError, OSError, BadShareName) as exc:
+                log.error("expose of %s failed: %s", e.exposed_name, exc)
+                error = HResult.E_FAIL
+                break
+        fin = m.finish_expose(set_id, error, self.clock())
+        await self._teardown(fin)
+        self._persist(fin, set_id)
+        return fin.result
+
+    async def _expose_one(self, e: ExposeShare) -> None:
+        share, volume, reason = await asyncio.to_thread(self._resolve, f"\\\\localhost\\{e.base_share}")
+        if share is None or volume is None:
+            raise ExposeError(f"base share {e.base_share} gone: {reason}")
+        path = os.path.join(e.snapshot_path, volume.share_subpath) if volume.share_subpath else e.snapshot_path
+        with self.journal.transaction() as txn:
+            iid = txn.add_intent("expose", {"name": e.exposed_name})
+        self._crash_point("expose_intent")
+        await asyncio.to_thread(self.exposer.expose, e.exposed_name, e.base_share, path, e.writable)
+        self._crash_point("expose_share")
+        self.machine.share_exposed(e.set_id, e.copy_id, e.exposed_name)
+        s = self.machine.sets.get(e.set_id)
+        with self.journal.transaction() as txn:
+            txn.clear_intent(iid)
+            if s is not None:
+                txn.save_set(s)
+
+    # ---------------------------------------------------- recovery complete
+
+    async def _recovery_complete(self, set_id: UUID, now: float) -> int:
+        m = self.machine
+        out = m.begin_recovery_complete(set_id, now)
+        await self._teardown(out)
+        if not out.ok:
+            return out.result
+        error: int | None = None
+        for e in out.effects:
+            assert isinstance(e, SealSnapshot)
+            try:
+                await asyncio.to_thread(_backend_of(e.volume_name).seal, e.snapshot_path)
+            except (SnapshotError, OSError) as exc:
+                log.error("sealing %s failed: %s", e.snapshot_path, exc)
+                error = HResult.E_FAIL
+                break
+        fin = m.finish_recovery_complete(set_id, error)
+        if fin.ok:
+            self._persist(fin, set_id)
+        return fin.result
+
+    # -------------------------------------------------- delete share mapping
+
+    async def _delete_share_mapping(self, set_id: UUID, copy_id: UUID, unc: str, now: float) -> int:
+        m = self.machine
+        out = m.begin_delete_share_mapping(set_id, copy_id, _share_part(unc), now)
+        await self._teardown(out)
+        if not out.ok:
+            return out.result
+        _, _, mapping = out.value  # type: ignore[misc]
+        error: int | None = None
+        for e in out.effects:
+            assert isinstance(e, UnexposeShare)
+            try:
+                await asyncio.to_thread(self.exposer.unexpose, e.exposed_name)
+            except ExposeError as exc:
+                log.error("unexpose of %s failed: %s", e.exposed_name, exc)
+                error = HResult.E_FAIL
+        self._crash_point("unexpose_share")
+        fin = m.finish_delete_share_mapping(set_id, copy_id, mapping, error)
+        if not fin.ok:
+            return fin.result
+        s = m.sets.get(set_id)
+        with self.journal.transaction() as txn:
+            if s is None:
+                txn.delete_set(set_id)
+            else:
+                txn.save_set(s)
+            intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
+        await asyncio.to_thread(self._run_intents, intents)
+        return fin.result
+
+    # ----------------------------------------------------------------- timer
+
+    def _arm_timer(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.machine.deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - self.clock())
+        self._timer = loop.call_later(delay, lambda: asyncio.ensure_future(self._expire()))
+
+    async def _expire(self) -> None:
+        async with self._lock:
+            out = self.machine.tick(self.clock())
+            if out.dropped_sets or out.teardown:
+                log.warning("message sequence timer expired: dropping %d set(s)", len(out.dropped_sets))
+            await self._teardown(out)
+            self._arm_timer()
+
+    # -------------------------------------------------------- reconciliation
+
+    def _reconcile(self) -> ReconcileReport:
+        """Make disk and exposures agree with the journal (runs before serving).
+
+        1. Replay pending intents: half-made snapshots and shares are removed,
+           interrupted deletions and seals are finished.
+        2. Sets that never reached Exposed are dropped with their snapshots;
+           Exposed and Recovered sets are kept (persistent copies survive),
+           their snapshots checked on disk and their protection re-applied.
+        3. Shares exposed by us that no kept set knows are removed.
+        """
+        rep = ReconcileReport()
+        for intent in self.journal.pending_intents():
+            try:
+                self._undo_or_finish(intent)
+            except (SnapshotError, ExposeError, OSError) as exc:
+                rep.errors.append(f"intent {intent.kind} {intent.detail}: {exc}")
+                continue
+            with self.journal.transaction() as txn:
+                txn.clear_intent(intent.id)
+            rep.intents_replayed.append(f"{intent.kind} {intent.detail.get('path') or intent.detail.get('name')}")
+        kept: list[ShadowCopySet] = []
+        for s in self.journal.load_sets():
+            if s.status in (Status.EXPOSED, Status.RECOVERED):
+                self._check_kept(s, rep)
+                kept.append(s)
+                rep.kept_sets.append(f"{s.id} ({s.status.value}, {len(s.copies)} copies)")
+                continue
+            for effect in teardown_effects(s):
+                try:
+                    self._apply(effect)
+                except (SnapshotError, ExposeError, OSError) as exc:
+                    rep.errors.append(f"dropping {s.id}: {exc}")
+            with self.journal.transaction() as txn:
+                txn.delete_set(s.id)
+            rep.dropped_sets.append(f"{s.id} ({s.status.value})")
+        with self.journal.transaction() as txn:
+            txn.save_sets(kept)
+        known = {m.exposed_name for s in kept for c in s.copies for m in c.mappings if m.is_exposed}
+        for name in set(self.exposer.exposed()) - known:
+            try:
+                self.exposer.unexpose(name)
+                rep.removed_shares.append(name)
+            except ExposeError as exc:
+                rep.errors.append(str(exc))
+        self.machine.load(kept)
+        for line in rep.lines():
+            log.info("start-up: %s", line)
+        return rep
+
+    def _undo_or_finish(self, intent: Intent) -> None:
+        d = intent.detail
+        if intent.kind == "create_snapshot":
+            _backend_of(str(d["volume"])).delete(str(d["path"]))
+        elif intent.kind in ("expose", "unexpose"):
+            self.exposer.unexpose(str(d["name"]))
+        elif intent.kind == "delete_snapshot":
+            _backend_of(str(d["volume"])).delete(str(d["path"]))
+        elif intent.kind == "seal_snapshot":
+            _backend_of(str(d["volume"])).seal(str(d["path"]))
+
+    def _check_kept(self, s: ShadowCopySet, rep: ReconcileReport) -> None:
+        for c in list(s.copies):
+            backend = _backend_of(c.volume_name)
+            if not c.snapshot_path or not backend.exists(c.snapshot_path):
+                rep.missing_snapshots.append(f"{c.id} {c.snapshot_path}")
+                for mp in c.mappings:
+                    if mp.is_exposed:
+                        self.exposer.unexpose(mp.exposed_name)
+                s.copies.remove(c)
+                continue
+            backend.restore_protection(c.snapshot_path, read_only=not c.writable)
+            for mp in c.mappings:
+                if mp.is_exposed and mp.exposed_name not in self.exposer.exposed():
+                    share = self.shares.lookup(mp.local_share)
+                    if share is not None:
+                        try:
+                            volume = BACKENDS[backend.name].check(share.path)
+                            sub = volume.share_subpath
+                        except (NotSupported, SnapshotError):
+                            sub = ""
+                        path = os.path.join(c.snapshot_path, sub) if sub else c.snapshot_path
+                        self.exposer.expose(mp.exposed_name, mp.local_share, path, c.writable)
+
+
+def _share_part(unc: str) -> str | None:
+    try:
+        return parse_unc(unc)
+    except BadShareName:
+        return None
+
+
+def _backend_of(volume_name: str) -> Backend:
+    return BACKENDS[volume_name.split(":", 1)[0]]
+
+
+def _intent_of(e: Effect) -> tuple[str, dict[str, str | bool]]:
+    match e:
+        case UnexposeShare(exposed_name=name):
+            return "unexpose", {"name": name}
+        case DeleteSnapshot(volume_name=vol, snapshot_path=path):
+            return "delete_snapshot", {"volume": vol, "path": path}
+        case SealSnapshot(volume_name=vol, snapshot_path=path):
+            return "seal_snapshot", {"volume": vol, "path": path}
+    raise AssertionError(f"not a teardown effect: {e}")
+
+

@@ -1,0 +1,74 @@
+"""The ``remotevss`` command line (argparse: no dependency, diskshadow-like verbs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from remotevss import __version__
+from remotevss.agent.config import ConfigError, ShareConfig, load_config
+
+
+def _share_arg(text: str) -> ShareConfig:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError("expected NAME=PATH")
+    return ShareConfig(name, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remotevss", description="Remote VSS (MS-FSRVP) for Linux")
+    p.add_argument("--version", action="version", version=f"remotevss {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("agent", help="run the FSRVP agent")
+    a.add_argument("--config", help="TOML configuration file (default: built-in defaults)")
+    a.add_argument("--socket", dest="socket_path", help="local unix socket path")
+    a.add_argument("--socket-group", help="group allowed to use the local socket")
+    a.add_argument("--state-dir", help="directory of the journal")
+    a.add_argument("--expose-dir", help="where exposed snapshot shares are published")
+    a.add_argument("--mode", choices=["spec", "samba"], help="protocol reading (default spec)")
+    a.add_argument("--sequence-timeout", type=float, help="seconds; 0 disables the timer")
+    a.add_argument("--share", action="append", type=_share_arg, metavar="NAME=PATH",
+                   help="a share to serve (repeatable; adds to the config file's)")
+    a.add_argument("-v", "--verbose", action="count", default=0)
+
+    d = sub.add_parser("demo", help="end-to-end demo on a loop-mounted btrfs (needs root)")
+    d.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * getattr(args, "verbose", 0)
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "agent":
+        try:
+            config = load_config(
+                args.config,
+                socket_path=args.socket_path,
+                socket_group=args.socket_group,
+                state_dir=args.state_dir,
+                expose_dir=args.expose_dir,
+                mode=args.mode,
+                sequence_timeout=args.sequence_timeout,
+                shares=args.share,
+            )
+        except ConfigError as exc:
+            print(f"remotevss: configuration error: {exc}", file=sys.stderr)
+            return 2
+        from remotevss.agent.main import run_agent
+
+        return asyncio.run(run_agent(config))
+    if args.command == "demo":
+        from remotevss.demo import run_demo
+
+        return run_demo()
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""remotevss client side: drive an FSRVP server."""

@@ -1,0 +1,344 @@
+"""The agent end to end: a real process, real btrfs on a loop device, impacket's
+DCE/RPC client on the local socket."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, Attr, HResult
+from tests.system.agent_harness import AgentProcess
+
+pytestmark = pytest.mark.root
+
+ZERO = HResult.ZERO
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices and mount")
+    for tool in ("mkfs.btrfs", "losetup"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+
+
+@pytest.fixture
+def btrfs(tmp_path: Path) -> Iterator[Path]:
+    _need_root()
+    from remotevss.loopfs import loop_filesystem
+
+    with loop_filesystem("btrfs", 512, tmp_path) as mnt:
+        yield mnt
+
+
+def make_agent(tmp_path: Path, mnt: Path, n: int = 1, **kw: object) -> AgentProcess:
+    import btrfsutil
+
+    shares = {}
+    for i in range(n):
+        p = mnt / f"share{i}"
+        btrfsutil.create_subvolume(str(p))
+        shares[f"share{i}"] = p
+    work = tmp_path / "agent"
+    work.mkdir(exist_ok=True)
+    return AgentProcess(work, shares, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def agent(tmp_path: Path, btrfs: Path) -> Iterator[AgentProcess]:
+    a = make_agent(tmp_path, btrfs)
+    a.start()
+    yield a
+    a.stop()
+
+
+def unc(name: str, trailing: bool = True) -> str:
+    return "\\\\testfs\\" + name + ("\\" if trailing else "")
+
+
+class Writer(threading.Thread):
+    """Keeps writing numbered files (each fully written before the next starts), so a
+    snapshot must hold exactly a prefix 0..k of them, complete."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.count = 0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            data = (f"file {self.count}\n" * 200).encode()
+            with open(self.root / f"w{self.count:06d}", "wb") as f:
+                f.write(data)
+            self.count += 1
+            (self.root / "counter").write_text(str(self.count))
+
+    def check_snapshot(self, snap: Path, done_before: int, started_after: int) -> int:
+        names = sorted(p.name for p in snap.iterdir() if p.name.startswith("w"))
+        k = len(names)
+        assert names == [f"w{i:06d}" for i in range(k)], "snapshot is not a prefix"
+        assert done_before <= k <= started_after + 1
+        for i in range(max(0, k - 1)):  # every file but a possibly in-flight last one is whole
+            assert (snap / f"w{i:06d}").read_bytes() == (f"file {i}\n" * 200).encode()
+        return k
+
+
+def full_sequence(a: AgentProcess, names: list[str], context: int = CTX_BACKUP,
+                  writers: dict[str, Writer] | None = None) -> dict[str, object]:
+    """The spec's sequence; returns set id, copy ids, mappings and writer bounds."""
+    with a.client() as c:
+        for n in names:
+            r = c.is_path_supported(unc(n))
+            assert r.return_value == ZERO and r.supported_by_this_provider
+            assert r.owner_machine_name == "TESTFS"
+        v = c.get_supported_version()
+        assert (v.return_value, v.min_version, v.max_version) == (ZERO, 1, 1)
+        assert c.set_context(context).return_value == ZERO
+        r = c.start(uuid.uuid4())
+        assert r.return_value == ZERO
+        sid = r.shadow_copy_set_id
+        copies = {}
+        for n in names:
+            r = c.add(sid, unc(n))
+            assert r.return_value == ZERO, hex(r.return_value)
+            copies[n] = r.shadow_copy_id
+        assert c.prepare(sid).return_value == ZERO
+        before = {n: w.count for n, w in (writers or {}).items()}
+        r = c.commit(sid)
+        assert r.return_value == ZERO, hex(r.return_value)
+        after = {n: w.count for n, w in (writers or {}).items()}
+        assert c.expose(sid).return_value == ZERO
+        mappings = {}
+        for n in names:
+            r = c.get_share_mapping(copies[n], sid, unc(n))
+            assert r.return_value == ZERO
+            m = r.mapping
+            assert (m.shadow_copy_set_id, m.shadow_copy_id) == (sid, copies[n])
+            assert m.share_name_unc == unc(n)
+            assert m.shadow_copy_share_name == f"{n}@{{{copies[n]}}}"
+            mappings[n] = m
+        return {"set": sid, "copies": copies, "mappings": mappings, "before": before, "after": after}
+
+
+def exposed_path(a: AgentProcess, name: str) -> Path:
+    return a.expose_dir / name
+
+
+@pytest.mark.parametrize("n_shares", [1, 16])
+def test_full_sequence_point_in_time(tmp_path: Path, btrfs: Path, n_shares: int) -> None:
+    a = make_agent(tmp_path, btrfs, n_shares)
+    a.start()
+    try:
+        names = sorted(a.shares)
+        writers = {n: Writer(a.shares[n]) for n in names}
+        for w in writers.values():
+            w.start()
+        time.sleep(0.05)
+        res = full_sequence(a, names, writers=writers)
+        time.sleep(0.05)
+        for w in writers.values():
+            w.stop_flag.set()
+            w.join()
+        for n in names:
+            m = res["mappings"][n]  # type: ignore[index]
+            snap = exposed_path(a, m.shadow_copy_share_name)
+            k = writers[n].check_snapshot(snap, res["before"][n], res["after"][n])  # type: ignore[index]
+            assert writers[n].count > k  # the live share moved on
+            with pytest.raises(OSError) as exc:
+                (snap / "new").write_text("x")
+            assert exc.value.errno == errno.EROFS
+        with a.client() as c:
+            sid = res["set"]
+            assert c.recovery_complete(sid).return_value == ZERO  # type: ignore[arg-type]
+            sc = c.is_path_shadow_copied(unc(names[0]))
+            assert sc.return_value == ZERO and sc.shadow_copy_present
+            for n in names:
+                cid = res["copies"][n]  # type: ignore[index]
+                assert c.delete_share_mapping(sid, cid, unc(n)).return_value == ZERO
+            sc = c.is_path_shadow_copied(unc(names[0]))
+            assert sc.return_value == ZERO and not sc.shadow_copy_present
+        assert a.snapshots() == [] and a.exposed() == {}
+    finally:
+        a.stop()
+
+
+def test_writable_snapshot_until_recovery_complete(agent: AgentProcess) -> None:
+    res = full_sequence(agent, ["share0"], CTX_BACKUP | Attr.ATTR_AUTO_RECOVERY)
+    m = res["mappings"]["share0"]  # type: ignore[index]
+    snap = exposed_path(agent, m.shadow_copy_share_name)
+    (snap / "fixup.log").write_text("writer auto-recovery\n")
+    assert (snap / "fixup.log").read_text() == "writer auto-recovery\n"
+    with agent.client() as c:
+        assert c.recovery_complete(res["set"]).return_value == ZERO  # type: ignore[arg-type]
+    with pytest.raises(OSError) as exc:
+        (snap / "fixup.log").write_text("again")
+    assert exc.value.errno == errno.EROFS
+    assert (snap / "fixup.log").read_text() == "writer auto-recovery\n"
+
+
+def test_timer_expiry_tears_down_unfinished_set(tmp_path: Path, btrfs: Path) -> None:
+    a = make_agent(tmp_path, btrfs, sequence_timeout=1)
+    a.start()
+    try:
+        with a.client() as c:
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            assert c.add(sid, unc("share0")).return_value == ZERO
+            assert c.commit(sid).return_value == ZERO
+            assert len(a.snapshots()) == 1
+            time.sleep(1.6)  # the agent's own timer fires; no call needed
+            assert a.snapshots() == []
+            assert c.expose(sid).return_value == HResult.FSRVP_E_SHADOWCOPYSET_ID_MISMATCH
+            assert c.start(uuid.uuid4()).return_value == HResult.FSRVP_E_BAD_STATE
+    finally:
+        a.stop()
+
+
+def test_samba_mode_codes_after_expiry(tmp_path: Path, btrfs: Path) -> None:
+    """smbtorture's seq_timeout expectations."""
+    a = make_agent(tmp_path, btrfs, mode="samba", sequence_timeout=1)
+    a.start()
+    try:
+        with a.client() as c:
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            time.sleep(1.5)
+            assert c.add(sid, unc("share0")).return_value == HResult.E_INVALIDARG
+    finally:
+        a.stop()
+
+
+def test_denied_caller_gets_access_denied_on_every_opnum(agent: AgentProcess) -> None:
+    """A caller the socket's mode would normally keep out (we open it up) is refused
+    by the agent itself, on every opnum, with no state change."""
+    import subprocess
+    import sys
+
+    os.chmod(agent.socket, 0o666)
+    script = f"""
+import uuid, sys
+sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+from remotevss.client.local import LocalClient
+from remotevss.fsrvp import calls
+c = LocalClient({str(agent.socket)!r})
+u = uuid.uuid4
+reqs = [calls.GetSupportedVersionRequest(), calls.SetContextRequest(0),
+        calls.StartShadowCopySetRequest(u()), calls.AddToShadowCopySetRequest(u(), u(), r"\\\\x\\share0"),
+        calls.CommitShadowCopySetRequest(u(), 1000), calls.ExposeShadowCopySetRequest(u(), 1000),
+        calls.RecoveryCompleteShadowCopySetRequest(u()), calls.AbortShadowCopySetRequest(u()),
+        calls.IsPathSupportedRequest(r"\\\\x\\share0"), calls.IsPathShadowCopiedRequest(r"\\\\x\\share0"),
+        calls.GetShareMappingRequest(u(), u(), r"\\\\x\\share0", 1),
+        calls.DeleteShareMappingRequest(u(), u(), r"\\\\x\\share0"),
+        calls.PrepareShadowCopySetRequest(u(), 1000)]
+print(",".join(hex(c.call(r).return_value) for r in reqs))
+"""
+    nobody = 65534
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+        user=nobody, group=nobody, extra_groups=[],
+    )
+    codes = out.stdout.strip().split(",")
+    assert codes == [hex(HResult.E_ACCESSDENIED)] * 13
+    with agent.client() as c:  # root: nothing changed, the context is free
+        assert c.set_context(CTX_BACKUP).return_value == ZERO
+    assert agent.snapshots() == []
+
+
+CRASH_POINTS = ["create_intent", "create_snapshot", "expose_intent", "expose_share",
+                "unexpose_share"]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_after_each_effect_leaks_nothing(tmp_path: Path, btrfs: Path, point: str) -> None:
+    a = make_agent(tmp_path, btrfs, 2)
+    a.start()
+    # A persistent shadow copy made before the crash must survive it.
+    keep = full_sequence(a, ["share1"], CTX_APP_ROLLBACK)
+    with a.client() as c:
+        assert c.recovery_complete(keep["set"]).return_value == ZERO  # type: ignore[arg-type]
+    kept_snaps = a.snapshots()
+    kept_exposed = a.exposed()
+    assert len(kept_snaps) == 1 and len(kept_exposed) == 1
+    a.stop()
+
+    a.start(crash_after=point)
+    try:
+        with a.client() as c:
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            cid = c.add(sid, unc("share0")).shadow_copy_id
+            c.commit(sid)
+            c.expose(sid)
+            c.get_share_mapping(cid, sid, unc("share0"))
+            c.recovery_complete(sid)
+            c.delete_share_mapping(sid, cid, unc("share0"))
+    except Exception:  # noqa: BLE001 - the agent dies mid-call by design
+        pass
+    rc = a.wait_dead()
+    assert rc == -9, f"agent did not die at {point}: {rc}"
+
+    a.start()
+    try:
+        assert a.snapshots() == kept_snaps, a.log.read_text()
+        assert a.exposed() == kept_exposed
+        with a.client() as c:  # the server is free and the persistent copy is intact
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            kset, kcopy = keep["set"], keep["copies"]["share1"]  # type: ignore[index]
+            assert c.delete_share_mapping(kset, kcopy, unc("share1")).return_value == ZERO
+        assert a.snapshots() == [] and a.exposed() == {}
+    finally:
+        a.stop()
+
+
+def test_restart_keeps_exposed_sets_and_reapplies(agent: AgentProcess) -> None:
+    res = full_sequence(agent, ["share0"])
+    name = res["mappings"]["share0"].shadow_copy_share_name  # type: ignore[index]
+    agent.stop()
+    (agent.expose_dir / name).unlink()  # e.g. /run wiped by a reboot
+    agent.start()
+    assert name in agent.exposed()
+    with agent.client() as c:
+        cid = res["copies"]["share0"]  # type: ignore[index]
+        r = c.get_share_mapping(cid, res["set"], unc("share0"))  # type: ignore[arg-type]
+        assert r.return_value == ZERO
+        assert c.recovery_complete(res["set"]).return_value == ZERO  # type: ignore[arg-type]
+
+
+def test_unknown_share_and_bad_unc(agent: AgentProcess) -> None:
+    with agent.client() as c:
+        assert c.is_path_supported(unc("nope")).return_value == HResult.FSRVP_E_OBJECT_NOT_FOUND
+        assert c.is_path_supported("share0").return_value == HResult.E_INVALIDARG
+        assert c.is_path_supported(r"\\h\share0\sub\dir").return_value == HResult.E_INVALIDARG
+        # the host part is never used: any host form names the same local share
+        for host in ("TESTFS", "testfs.example.com", "192.0.2.1", "[fe80::1]", "attacker"):
+            r = c.is_path_supported("\\\\" + host + "\\share0")
+            assert r.return_value == ZERO
+
+
+def test_share_with_mount_below_is_not_supported(tmp_path: Path, btrfs: Path) -> None:
+    import subprocess
+
+    a = make_agent(tmp_path, btrfs)
+    inner = a.shares["share0"] / "mnt"
+    inner.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(inner)], check=True)
+    try:
+        a.start()
+        with a.client() as c:
+            r = c.is_path_supported(unc("share0"))
+            assert r.return_value == HResult.FSRVP_E_NOT_SUPPORTED
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            assert c.add(sid, unc("share0")).return_value == HResult.FSRVP_E_NOT_SUPPORTED
+    finally:
+        a.stop()
+        subprocess.run(["umount", str(inner)], check=False)
