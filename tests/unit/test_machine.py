@@ -251,10 +251,11 @@ def test_set_context_same_client_drops_unfinished_and_limits_retries() -> None:
     out = m.set_context(CTX_BACKUP, ADDR, T0)
     assert out.ok and sid not in m.sets
     assert DeleteSnapshot in {type(e) for e in out.teardown}
-    results = [m.set_context(CTX_BACKUP, ADDR, T0).result for _ in range(6)]
-    assert results[:4] == [ZERO] * 4  # retries 2..5
-    assert results[4] == IP  # the 6th retry exceeds the limit of 5
-    assert not m.context_set
+    results = [m.set_context(CTX_BACKUP, ADDR, T0).result for _ in range(5)]
+    assert results == [ZERO] * 4 + [IP]  # retries 2..5 pass, the 6th exceeds the limit
+    assert not m.context_set and m.retry_count == 6
+    # with the context free again, the next SetContext starts counting afresh
+    assert m.set_context(CTX_BACKUP, ADDR, T0).ok and m.retry_count == 0
 
 
 def test_samba_mode_has_no_address_logic() -> None:
