@@ -8,6 +8,8 @@ real I/O and may block: the agent calls them from worker threads.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +24,20 @@ class SnapshotError(Exception):
 
 class NotSupported(SnapshotError):
     """The path cannot be snapshotted by this backend (FSRVP_E_NOT_SUPPORTED)."""
+
+
+NAME_MAX = 255
+
+
+def validate_snapshot_name(name: str) -> None:
+    """Reject names that are not one plain directory entry.
+
+    Why: the caller picks names, and a backend joins them to its snapshot
+    directory; "..", "/" or NUL would make it write or delete elsewhere.
+    """
+    raw = os.fsencode(name)
+    if not raw or name in (".", "..") or b"/" in raw or b"\0" in raw or len(raw) > NAME_MAX:
+        raise SnapshotError(f"invalid snapshot name {name!r}", errno.EINVAL)
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,12 @@ class Backend(Protocol):
         ...
 
     def exists(self, snap_path: str) -> bool:
-        """True if a (possibly half-made) snapshot is present at snap_path."""
+        """True if a snapshot is present at snap_path.
+
+        Whatever sits at snap_path is complete: backends build elsewhere and
+        rename into place.  Half-made leftovers are not reported, but
+        ``delete(snap_path)`` removes them.
+        """
         ...
 
     def restore_protection(self, snap_path: str, read_only: bool) -> None:
@@ -90,4 +111,5 @@ class Backend(Protocol):
         ...
 
     def usage(self, volume: Volume) -> Usage:
+        """Filesystem size/free (statvfs) and, when cheap to know, bytes held by snapshots."""
         ...

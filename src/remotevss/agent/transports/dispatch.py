@@ -44,7 +44,7 @@ async def serve_connection(
                     conn.fault(request, fault.status)
                 except Exception:  # a bug must cost one call, not the agent
                     log.exception("internal error in opnum %d", request.opnum)
-                    conn.fault(request, pdu.NCA_S_FAULT_REMOTE_NO_MEMORY)
+                    conn.fault(request, pdu.NCA_S_FAULT_CANT_PERFORM)
             for p in conn.pdus_to_send():
                 writer.write(p)
             await writer.drain()

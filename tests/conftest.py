@@ -1,0 +1,111 @@
+"""Shared fixtures: real filesystems on loop devices, made and torn down per test.
+
+Why real filesystems: snapshot backends depend on what the kernel does
+(btrfs subvolumes, FICLONE, read-only mounts, ENOSPC); a fake would only test
+our assumptions.  Tests that need them are marked ``root`` and skip with a
+reason where root, mkfs.<type> or loop devices are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from remotevss.loopfs import MIN_SIZE_MB, MKFS
+
+LoopFs = Callable[..., Path]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.skip("needs root (loop devices, mount)")
+
+
+def _run(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+
+
+def _loop_devices_of(image: Path) -> list[str]:
+    out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True,
+                         check=False).stdout
+    return [line.split(":", 1)[0] for line in out.splitlines() if line]
+
+
+def _require(fstype: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (loop devices, mount)")
+    if fstype == "tmpfs":
+        return
+    if shutil.which(MKFS[fstype][0]) is None:
+        pytest.skip(f"{MKFS[fstype][0]} is not installed")
+    if not os.path.exists("/dev/loop-control") or shutil.which("losetup") is None:
+        pytest.skip("no loop device support (/dev/loop-control, losetup)")
+
+
+@pytest.fixture
+def loopfs(tmp_path: Path) -> Iterator[LoopFs]:
+    """``make(fstype, size_mb=0) -> mount point``; fstype is btrfs, xfs, ext4 or
+    tmpfs (no loop device).  Sizes below the type's minimum are raised to it
+    (XFS needs about 300 MB).  At teardown every mount below each mount point,
+    our bind mounts included, is removed (``umount -R``) and the loop device
+    is detached; a loop device left behind fails the test."""
+    made: list[tuple[Path, Path | None]] = []
+
+    def make(fstype: str, size_mb: int = 0) -> Path:
+        _require(fstype)
+        n = len(made)
+        mnt = tmp_path / f"{fstype}{n}"
+        mnt.mkdir()
+        if fstype == "tmpfs":
+            _run("mount", "-t", "tmpfs", "-o", f"size={max(size_mb, 16)}m", "tmpfs", str(mnt))
+            made.append((mnt, None))
+            return mnt
+        image = tmp_path / f"{fstype}{n}.img"
+        with open(image, "wb") as f:
+            f.truncate(max(size_mb, MIN_SIZE_MB[fstype]) << 20)
+        _run(*MKFS[fstype], str(image))
+        try:
+            _run("mount", "-o", "loop", str(image), str(mnt))
+        except RuntimeError as exc:
+            if "loop" in str(exc):
+                pytest.skip(f"cannot mount a loop device here: {exc}")
+            raise
+        made.append((mnt, image))
+        return mnt
+
+    yield make
+
+    leaks = []
+    for mnt, image in reversed(made):
+        subprocess.run(["umount", "-R", str(mnt)], capture_output=True, check=False)
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-R", "-l", str(mnt)], capture_output=True, check=False)
+        if image is None:
+            continue
+        deadline = time.monotonic() + 5
+        while (devs := _loop_devices_of(image)) and time.monotonic() < deadline:
+            for dev in devs:  # autoclear normally did it already
+                subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+            time.sleep(0.05)
+        leaks += devs
+    assert not leaks, f"loop devices left behind: {leaks}"
+
+
+@pytest.fixture
+def subvolume() -> Callable[[Path], Path]:
+    """``make(path) -> path``: create a btrfs subvolume (parents must exist)."""
+    btrfsutil = pytest.importorskip("btrfsutil")
+
+    def make(path: Path) -> Path:
+        btrfsutil.create_subvolume(str(path))
+        return path
+
+    return make
