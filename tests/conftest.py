@@ -14,12 +14,15 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from remotevss.loopfs import MIN_SIZE_MB, MKFS
 
-LoopFs = Callable[..., Path]
+
+class LoopFs(Protocol):
+    def __call__(self, fstype: str, size_mb: int = 0) -> Path: ...
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -22,11 +22,12 @@ class AgentProcess:
     mode: str = "spec"
     sequence_timeout: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    socket_dir: Path | None = None  # default: workdir
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def socket(self) -> Path:
-        return self.workdir / "agent.sock"
+        return (self.socket_dir or self.workdir) / "agent.sock"
 
     @property
     def expose_dir(self) -> Path:

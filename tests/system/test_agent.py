@@ -83,12 +83,21 @@ class Writer(threading.Thread):
             (self.root / "counter").write_text(str(self.count))
 
     def check_snapshot(self, snap: Path, done_before: int, started_after: int) -> int:
+        """The snapshot is the crash-consistent image of one instant inside Commit:
+        every file written before Commit began is there and whole, none written after
+        Commit returned is there, and a file written during the call is either whole
+        or (btrfs: data still in delayed allocation at the instant) empty, never torn."""
         names = sorted(p.name for p in snap.iterdir() if p.name.startswith("w"))
         k = len(names)
         assert names == [f"w{i:06d}" for i in range(k)], "snapshot is not a prefix"
         assert done_before <= k <= started_after + 1
-        for i in range(max(0, k - 1)):  # every file but a possibly in-flight last one is whole
-            assert (snap / f"w{i:06d}").read_bytes() == (f"file {i}\n" * 200).encode()
+        for i in range(k):
+            data = (snap / f"w{i:06d}").read_bytes()
+            whole = (f"file {i}\n" * 200).encode()
+            if i < done_before:
+                assert data == whole, f"w{i:06d} written before commit is not whole"
+            else:
+                assert data in (whole, b""), f"w{i:06d} is torn"
         return k
 
 
@@ -217,12 +226,19 @@ def test_samba_mode_codes_after_expiry(tmp_path: Path, btrfs: Path) -> None:
         a.stop()
 
 
-def test_denied_caller_gets_access_denied_on_every_opnum(agent: AgentProcess) -> None:
+def test_denied_caller_gets_access_denied_on_every_opnum(
+    tmp_path: Path, btrfs: Path
+) -> None:
     """A caller the socket's mode would normally keep out (we open it up) is refused
     by the agent itself, on every opnum, with no state change."""
     import subprocess
     import sys
+    import tempfile
 
+    open_dir = Path(tempfile.mkdtemp(prefix="rvss-sock-"))
+    open_dir.chmod(0o755)
+    agent = make_agent(tmp_path, btrfs, socket_dir=open_dir)
+    agent.start()
     os.chmod(agent.socket, 0o666)
     script = f"""
 import uuid, sys
@@ -243,14 +259,19 @@ print(",".join(hex(c.call(r).return_value) for r in reqs))
 """
     nobody = 65534
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
-        user=nobody, group=nobody, extra_groups=[],
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False,
+        user=nobody, group=nobody, extra_groups=[], cwd="/",
     )
+    assert out.returncode == 0, out.stderr
     codes = out.stdout.strip().split(",")
     assert codes == [hex(HResult.E_ACCESSDENIED)] * 13
-    with agent.client() as c:  # root: nothing changed, the context is free
-        assert c.set_context(CTX_BACKUP).return_value == ZERO
-    assert agent.snapshots() == []
+    try:
+        with agent.client() as c:  # root: nothing changed, the context is free
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+        assert agent.snapshots() == []
+    finally:
+        agent.stop()
+        shutil.rmtree(open_dir, ignore_errors=True)
 
 
 CRASH_POINTS = ["create_intent", "create_snapshot", "expose_intent", "expose_share",

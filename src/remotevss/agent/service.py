@@ -474,31 +474,40 @@ class AgentService:
     # -------------------------------------------------- delete share mapping
 
     async def _delete_share_mapping(self, set_id: UUID, copy_id: UUID, unc: str, now: float) -> int:
+        """Journaled as one roll-forward intent: once the share may be gone, a crash
+        finishes the deletion at start-up instead of resurrecting the mapping."""
         m = self.machine
         out = m.begin_delete_share_mapping(set_id, copy_id, _share_part(unc), now)
         await self._teardown(out)
         if not out.ok:
             return out.result
-        _, _, mapping = out.value  # type: ignore[misc]
-        error: int | None = None
+        _, copy, mapping = out.value  # type: ignore[misc]
+        with self.journal.transaction() as txn:
+            iid = txn.add_intent("delete_mapping", {
+                "set": str(set_id), "copy": str(copy_id), "share": mapping.local_share,
+                "name": mapping.exposed_name if mapping.is_exposed else "",
+            })
         for e in out.effects:
             assert isinstance(e, UnexposeShare)
             try:
                 await asyncio.to_thread(self.exposer.unexpose, e.exposed_name)
             except ExposeError as exc:
                 log.error("unexpose of %s failed: %s", e.exposed_name, exc)
-                error = HResult.E_FAIL
+                with self.journal.transaction() as txn:
+                    txn.clear_intent(iid)
+                m.finish_delete_share_mapping(set_id, copy_id, mapping, HResult.E_FAIL)
+                return HResult.E_FAIL
         self._crash_point("unexpose_share")
-        fin = m.finish_delete_share_mapping(set_id, copy_id, mapping, error)
-        if not fin.ok:
-            return fin.result
+        fin = m.finish_delete_share_mapping(set_id, copy_id, mapping, None)
         s = m.sets.get(set_id)
         with self.journal.transaction() as txn:
+            txn.clear_intent(iid)
             if s is None:
                 txn.delete_set(set_id)
             else:
                 txn.save_set(s)
             intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
+        del copy
         await asyncio.to_thread(self._run_intents, intents)
         return fin.result
 
@@ -536,17 +545,21 @@ class AgentService:
         3. Shares exposed by us that no kept set knows are removed.
         """
         rep = ReconcileReport()
+        unmapped: list[Intent] = []
         for intent in self.journal.pending_intents():
             try:
                 self._undo_or_finish(intent)
             except (SnapshotError, ExposeError, OSError) as exc:
                 rep.errors.append(f"intent {intent.kind} {intent.detail}: {exc}")
                 continue
+            if intent.kind == "delete_mapping":
+                unmapped.append(intent)  # cleared once the journal's sets reflect it
+                continue
             with self.journal.transaction() as txn:
                 txn.clear_intent(intent.id)
             rep.intents_replayed.append(f"{intent.kind} {intent.detail.get('path') or intent.detail.get('name')}")
         kept: list[ShadowCopySet] = []
-        for s in self.journal.load_sets():
+        for s in self._finish_unmapping(self.journal.load_sets(), unmapped, rep):
             if s.status in (Status.EXPOSED, Status.RECOVERED):
                 self._check_kept(s, rep)
                 kept.append(s)
@@ -574,9 +587,40 @@ class AgentService:
             log.info("start-up: %s", line)
         return rep
 
+    def _finish_unmapping(
+        self, sets: list[ShadowCopySet], unmapped: list[Intent], rep: ReconcileReport
+    ) -> list[ShadowCopySet]:
+        """Roll interrupted DeleteShareMapping calls forward: drop the mapping, and the
+        snapshot with the last mapping, and the set with the last copy."""
+        by_id = {str(s.id): s for s in sets}
+        for intent in unmapped:
+            d = intent.detail
+            s = by_id.get(str(d["set"]))
+            c = next((c for c in s.copies if str(c.id) == d["copy"]), None) if s else None
+            if s is None or c is None:
+                with self.journal.transaction() as txn:
+                    txn.clear_intent(intent.id)
+                continue
+            c.mappings = [mp for mp in c.mappings if mp.local_share != d["share"]]
+            if not c.mappings:
+                if c.snapshot_path:
+                    _backend_of(c.volume_name).delete(c.snapshot_path)
+                s.copies.remove(c)
+            rep.intents_replayed.append(f"delete_mapping {d['share']} of {s.id}")
+            with self.journal.transaction() as txn:
+                txn.clear_intent(intent.id)
+                if s.copies:
+                    txn.save_set(s)
+                else:
+                    txn.delete_set(s.id)
+                    del by_id[str(s.id)]
+        return list(by_id.values())
+
     def _undo_or_finish(self, intent: Intent) -> None:
         d = intent.detail
-        if intent.kind == "create_snapshot":
+        if intent.kind == "delete_mapping" and d["name"]:
+            self.exposer.unexpose(str(d["name"]))
+        elif intent.kind == "create_snapshot":
             _backend_of(str(d["volume"])).delete(str(d["path"]))
         elif intent.kind in ("expose", "unexpose"):
             self.exposer.unexpose(str(d["name"]))

@@ -52,7 +52,11 @@ _O_DST = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # vanished meanwhile) are skipped; anything else (ENOSPC, EIO) fails the snapshot.
 _XATTR_SKIP = {errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENODATA,
                errno.E2BIG, errno.ERANGE}
+# XFS lists its on-disk form of POSIX ACLs too; they are copied as system.posix_acl_*
+_XATTR_ALIASES = {"trusted.SGI_ACL_FILE", "trusted.SGI_ACL_DEFAULT"}
 _CHUNK = 1 << 20
+# an entry replaced by another type between readdir and open (O_NOFOLLOW, O_DIRECTORY)
+_RACES = {errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
 
 
 # ------------------------------------------------------------------ per-file data
@@ -118,6 +122,8 @@ def _copy_xattrs(src: int | str, dst: int | str) -> None:
             return
         raise
     for n in names:
+        if n in _XATTR_ALIASES:
+            continue
         try:
             value = os.getxattr(src, n, follow_symlinks=follow)
             os.setxattr(dst, n, value, follow_symlinks=follow)
@@ -142,6 +148,18 @@ def _meta_at(src_dir: int, dst_dir: int, name: str, st: os.stat_result) -> None:
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
+
+
+def _drop_inherited_acls(fd: int) -> None:
+    """A default ACL on the snapshot directory would be inherited by the whole
+    copy; below the top, a directory gets its default ACL only after its
+    children exist, so clearing the top is enough."""
+    for name in ("system.posix_acl_default", "system.posix_acl_access"):
+        try:
+            os.removexattr(fd, name)
+        except OSError as exc:
+            if exc.errno not in _XATTR_SKIP:
+                raise
 
 
 def _open_src(name: str, flags: int, dir_fd: int) -> int:
@@ -187,6 +205,7 @@ class TreeCopy:
         self.top_st = os.fstat(self.top_src)
         os.mkdir(dst_name, 0o700, dir_fd=dst_parent)
         self.top_dst = os.open(dst_name, _O_DIR, dir_fd=dst_parent)
+        _drop_inherited_acls(self.top_dst)
         stack = [_Dir(self.top_src, self.top_dst, self.top_st, self._list(self.top_src), "")]
         try:
             while stack:
@@ -203,11 +222,11 @@ class TreeCopy:
                     sub = self._entry(d, e, rel)
                 except FileNotFoundError:
                     continue  # deleted while we walked: absent at our instant
-                except (NotADirectoryError, IsADirectoryError) as exc:
-                    log.warning("snapshot: %s changed type during the walk, skipped: %s", rel, exc)
-                    continue
                 except OSError as exc:
-                    raise SnapshotError(f"{rel}: {exc.strerror}", exc.errno) from exc
+                    if exc.errno not in _RACES:
+                        raise SnapshotError(f"{rel}: {exc.strerror}", exc.errno) from exc
+                    log.warning("snapshot: %s changed type during the walk, skipped", rel)
+                    continue
                 if sub is not None:
                     stack.append(sub)
         finally:
@@ -425,14 +444,14 @@ class TreeBackend:
 
     def _build(self, volume: Volume, name: str, partial: str, sd: int, writable: bool) -> None:
         target = os.path.join(volume.snapshot_dir, name)
-        if os.path.lexists(os.path.join(volume.snapshot_dir, partial)):
-            shutil.rmtree(partial, dir_fd=sd)  # an earlier crash; never a snapshot
         if os.path.lexists(target):
             raise SnapshotError(f"{target} already exists", errno.EEXIST)
         sdst = os.fstat(sd)
         tree = TreeCopy(self, skip={(sdst.st_dev, sdst.st_ino)})
         renamed = False
         try:
+            if os.path.lexists(os.path.join(volume.snapshot_dir, partial)):
+                shutil.rmtree(partial, dir_fd=sd)  # an earlier crash; never a snapshot
             tree.build(volume.root, sd, partial)
             os.rename(partial, name, src_dir_fd=sd, dst_dir_fd=sd)
             renamed = True
