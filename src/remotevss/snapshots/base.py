@@ -77,7 +77,8 @@ class Backend(Protocol):
 
     def check(self, share_path: str) -> Volume:
         """Map a share path to its volume; raise NotSupported if it cannot be snapshotted
-        (wrong filesystem, mount points below the share root, ...)."""
+        (missing or not a directory, wrong filesystem, mount points below the share
+        root, ...).  Read-only: probes leave nothing on disk."""
         ...
 
     def create(self, volume: Volume, snap_name: str, writable: bool) -> str:
@@ -85,6 +86,9 @@ class Backend(Protocol):
 
         Must be all-or-nothing: on failure nothing is left on disk.
         Read-only snapshots refuse writes with EROFS (for every user, root included).
+        Raises SnapshotError with the OS errno (ENOSPC stays ENOSPC), EEXIST if the
+        name is taken, EINVAL for a bad name (see ``validate_snapshot_name``), and
+        NotSupported if a mount appeared below the share since ``check``.
         """
         ...
 
