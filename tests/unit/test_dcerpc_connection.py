@@ -479,6 +479,12 @@ def test_application_fault_bytes() -> None:
     (req,) = conn.receive_data(request_pdu(4, 0, 1, b""))
     conn.fault(req, pdu.NCA_S_FAULT_ACCESS_DENIED)
     assert conn.pdus_to_send()[0][3] == 3  # may have executed: no did-not-execute flag
+    (req,) = conn.receive_data(request_pdu(5, 0, 1, b""))
+    conn.fault(req, pdu.NCA_S_FAULT_REMOTE_NO_MEMORY)
+    assert conn.pdus_to_send()[0][3] == 3
+    (req,) = conn.receive_data(request_pdu(6, 0, 1, b""))
+    conn.fault(req, pdu.NCA_S_FAULT_REMOTE_NO_MEMORY, did_not_execute=True)
+    assert conn.pdus_to_send()[0][3] == 0x23
     assert not conn.closed
 
 
@@ -792,6 +798,8 @@ class InProcessTransport(transport.DCERPCTransport):  # type: ignore[misc]
         self.conn = conn
         self.chunk = chunk
         self.rx = bytearray()
+        self.sends = 0  # impacket calls send() once per PDU
+        self.pdus_back = 0
 
     def connect(self) -> int:
         return 1
@@ -801,9 +809,11 @@ class InProcessTransport(transport.DCERPCTransport):  # type: ignore[misc]
 
     def send(self, data: bytes, forceWriteAndx: int = 0, forceRecv: int = 0) -> None:
         data = bytes(data)
+        self.sends += 1
         for i in range(0, len(data), self.chunk):
             echo(self.conn, self.conn.receive_data(data[i : i + self.chunk]))
         for p in self.conn.pdus_to_send():
+            self.pdus_back += 1
             self.rx += p
 
     def recv(self, forceRecv: int = 0, count: int = 0) -> bytes:
@@ -826,8 +836,11 @@ def test_impacket_fragmented_both_ways_and_alter_ctx() -> None:
     dce = impacket_bind(conn, IF_A)
     dce.set_max_fragment_size(1000)  # request fragments of 1000 stub bytes
     stub = bytes(range(256)) * 30  # 7680 bytes: 8 request and 6 response fragments
+    t = dce.get_rpc_transport()
+    t.sends = t.pdus_back = 0
     dce.call(7, stub)
     assert dce.recv() == b"\x07" + stub[::-1]
+    assert (t.sends, t.pdus_back) == (8, 6)
     assert conn.xmit_frag == 1432 and conn.recv_frag == 4280
 
     other = dce.alter_ctx(uuidtup_to_bin((str(IF_B.uuid), "2.0")))

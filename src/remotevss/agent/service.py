@@ -11,6 +11,7 @@ new state is on disk.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -89,6 +90,23 @@ class ReconcileReport:
         return out
 
 
+@dataclass
+class _CommitJob:
+    task: asyncio.Future[tuple[int | None, list[int]]]
+    made: list[tuple[str, str]] = field(default_factory=list)  # (volume name, snapshot path)
+
+
+def _snapshot_error(exc: SnapshotError) -> int:
+    """What a failed snapshot tells the client."""
+    if isinstance(exc, NotSupported):
+        return HResult.FSRVP_E_NOT_SUPPORTED
+    if exc.errno == errno.ENOMEM:
+        return HResult.E_OUTOFMEMORY
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return HResult.E_ACCESSDENIED
+    return HResult.E_FAIL
+
+
 class CallFault(Exception):
     """The call gets a DCE/RPC fault PDU instead of a response."""
 
@@ -130,8 +148,8 @@ class AgentService:
         async with self._lock:
             if self._timer:
                 self._timer.cancel()
-            for fut in self._commits.values():
-                await asyncio.shield(fut)
+            for job in list(self._commits.values()):
+                await asyncio.shield(job.task)
             self.journal.close()
 
     # ----------------------------------------------------------- call entry
@@ -178,7 +196,7 @@ class AgentService:
                 out = m.start_shadow_copy_set(cid, now)
                 await self._teardown(out)
                 if out.ok:
-                    self._persist(out)
+                    self._persist(out, out.value, durable=False)  # type: ignore[arg-type]
                 sid = out.value if out.ok else UUID(int=0)
                 return calls.StartShadowCopySetResponse(sid, out.result)  # type: ignore[arg-type]
             case calls.AddToShadowCopySetRequest(shadow_copy_set_id=sid, share_name=unc):
@@ -188,7 +206,7 @@ class AgentService:
                 out = m.add_to_shadow_copy_set(sid, unc, info, now)
                 await self._teardown(out)
                 if out.ok:
-                    self._persist(out, sid)
+                    self._persist(out, sid, durable=False)
                 cid = out.value if out.ok else UUID(int=0)
                 return calls.AddToShadowCopySetResponse(cid, out.result)  # type: ignore[arg-type]
             case calls.PrepareShadowCopySetRequest(shadow_copy_set_id=sid):
@@ -254,7 +272,11 @@ class AgentService:
 
     def _resolve(self, unc: str) -> tuple[LocalShare | None, Volume | None, str]:
         """UNC -> local share -> volume.  Runs in a worker thread (stat, mountinfo)."""
-        share = self.shares.lookup(parse_unc(unc))
+        return self._resolve_share(parse_unc(unc))
+
+    def _resolve_share(self, name: str) -> tuple[LocalShare | None, Volume | None, str]:
+        """Local share name -> share -> volume; the host part never matters."""
+        share = self.shares.lookup(name)
         if share is None:
             return None, None, "no such share"
         forced = None if share.backend == "auto" else share.backend
@@ -280,9 +302,10 @@ class AgentService:
         compat = DISABLE_DEFRAG if volume.backend in ("btrfs", "reflink") else 0
         return ShareInfo(True, share.name, True, volume.name, compat)
 
-    def _persist(self, out: Outcome, *set_ids: UUID) -> None:
-        """Write the sets this call changed; dropped sets go with their teardown intents."""
-        with self.journal.transaction() as txn:
+    def _persist(self, out: Outcome, *set_ids: UUID, durable: bool = True) -> None:
+        """Write the sets this call changed.  ``durable=False`` (Started/Added sets,
+        which start-up drops anyway and which own nothing on disk) skips the fsync."""
+        with self.journal.transaction(durable=durable) as txn:
             for sid in set_ids or tuple(self.machine.sets):
                 s = self.machine.sets.get(sid)
                 if s is not None:
@@ -336,118 +359,159 @@ class AgentService:
     # -------------------------------------------------------------- commit
 
     async def _commit(self, set_id: UUID, timeout_ms: int, now: float) -> int:
+        """Take the set's snapshots.  They are taken by a job that outlives a client's
+        timeout: the call then answers FSSAGENT_E_TIMEOUT, the set stays
+        CreationInProgress, and the job's result is picked up by a retried Commit
+        (or by the job itself, if the set was dropped meanwhile)."""
         m = self.machine
-        pending = self._commits.get(set_id)
-        if pending is None:
+        job = self._commits.get(set_id)
+        if job is None:
             out = m.begin_commit(set_id, now)
             await self._teardown(out)
             if not out.ok:
                 return out.result
             creates = [e for e in out.effects if isinstance(e, CreateSnapshot)]
-            pending = asyncio.ensure_future(self._create_snapshots(set_id, creates))
-            self._commits[set_id] = pending
+            job = _CommitJob(asyncio.ensure_future(self._create_snapshots(set_id, creates)))
+            self._commits[set_id] = job
+            job.task.add_done_callback(lambda _t: asyncio.ensure_future(self._orphaned_commit(set_id)))
         else:
             st = m.sets.get(set_id)
             if st is None or st.status is not Status.CREATION_IN_PROGRESS:
                 return HResult.FSRVP_E_BAD_STATE
         try:
-            error = await asyncio.wait_for(asyncio.shield(pending), timeout_ms / 1000)
+            await asyncio.wait_for(asyncio.shield(job.task), timeout_ms / 1000)
         except TimeoutError:
             log.warning("commit of set %s exceeds the client's %d ms", set_id, timeout_ms)
-            fin = m.finish_commit(set_id, None, self.clock(), timed_out=True)
-            return fin.result
+            return m.finish_commit(set_id, None, self.clock(), timed_out=True).result
+        return await self._finish_commit(set_id, job)
+
+    async def _finish_commit(self, set_id: UUID, job: _CommitJob) -> int:
+        """One transaction records the outcome and clears the creation intents."""
         del self._commits[set_id]
-        fin = m.finish_commit(set_id, error, self.clock())
-        if fin.ok:
-            self._persist(fin, set_id)
-        else:
-            await self._teardown(fin)
-            self._persist(fin, set_id)
+        error, intent_ids = job.task.result()
+        fin = self.machine.finish_commit(set_id, error, self.clock())
+        s = self.machine.sets.get(set_id)
+        with self.journal.transaction() as txn:
+            for iid in intent_ids:
+                txn.clear_intent(iid)
+            if s is not None:
+                txn.save_set(s)
+            intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
+        if intents:
+            await asyncio.to_thread(self._run_intents, intents)
         return fin.result
 
-    async def _create_snapshots(self, set_id: UUID, creates: list[CreateSnapshot]) -> int | None:
-        """Take every snapshot of a commit; each journaled before and after."""
+    async def _orphaned_commit(self, set_id: UUID) -> None:
+        """A commit job ended with no caller waiting for it: finish it here."""
+        async with self._lock:
+            job = self._commits.get(set_id)
+            if job is None:
+                return
+            st = self.machine.sets.get(set_id)
+            if st is not None and st.status is Status.CREATION_IN_PROGRESS:
+                return  # a retried Commit will collect it
+            del self._commits[set_id]
+            _error, intent_ids = job.task.result()
+            # the set was dropped while snapshots were being taken: remove what was made
+            live = {c.snapshot_path for s in self.machine.sets.values() for c in s.copies}
+            stray = [(vol, path) for vol, path in job.made if path not in live]
+            with self.journal.transaction() as txn:
+                for iid in intent_ids:
+                    txn.clear_intent(iid)
+                intents = [
+                    (txn.add_intent("delete_snapshot", {"volume": vol, "path": path}),
+                     DeleteSnapshot(UUID(int=0), vol, path))
+                    for vol, path in stray
+                ]
+            await asyncio.to_thread(self._run_intents, intents)
+
+    async def _create_snapshots(
+        self, set_id: UUID, creates: list[CreateSnapshot]
+    ) -> tuple[int | None, list[int]]:
+        """Take every snapshot of a commit, as close together in time as possible:
+        all intents are journaled first (one transaction), then the snapshots."""
+        plan: list[tuple[Volume, str, CreateSnapshot]] = []
         for e in creates:
             volume = self._volume_of(e)
             if volume is None:
                 log.error("share for copy %s no longer snapshot-capable", e.copy_id)
-                return HResult.FSRVP_E_NOT_SUPPORTED
-            name = snapshot_name(self.clock(), e.copy_id)
-            path = os.path.join(volume.snapshot_dir, name)
-            with self.journal.transaction() as txn:
-                iid = txn.add_intent(
-                    "create_snapshot", {"volume": volume.name, "path": path, "copy": str(e.copy_id)}
-                )
-            self._crash_point("create_intent")
+                return HResult.FSRVP_E_NOT_SUPPORTED, []
+            plan.append((volume, snapshot_name(self.clock(), e.copy_id), e))
+        with self.journal.transaction() as txn:
+            intent_ids = [
+                txn.add_intent("create_snapshot", {
+                    "volume": v.name, "path": os.path.join(v.snapshot_dir, name), "copy": str(e.copy_id),
+                })
+                for v, name, e in plan
+            ]
+        self._crash_point("create_intent")
+        job = self._commits.get(set_id)
+        for volume, name, e in plan:
             try:
                 made = await asyncio.to_thread(BACKENDS[volume.backend].create, volume, name, e.writable)
             except SnapshotError as exc:
                 log.error("snapshot of %s failed: %s", volume.root, exc)
-                with self.journal.transaction() as txn:
-                    txn.clear_intent(iid)
-                return HResult.E_FAIL
+                return _snapshot_error(exc), intent_ids
             self._crash_point("create_snapshot")
+            if job is not None:
+                job.made.append((volume.name, made))
             self.machine.snapshot_created(set_id, e.copy_id, made, e.writable)
-            s = self.machine.sets.get(set_id)
-            with self.journal.transaction() as txn:
-                txn.clear_intent(iid)
-                if s is not None:
-                    txn.save_set(s)
             log.info("snapshot %s of %s created (%s)", made, volume.root, volume.backend)
-        return None
+        return None, intent_ids
 
     def _volume_of(self, e: CreateSnapshot) -> Volume | None:
         s = self.machine.sets.get(e.set_id)
         c = s.copy(e.copy_id) if s else None
         if c is None:
             return None
-        share = self.shares.lookup(c.mappings[0].local_share)
-        if share is None:
-            return None
-        try:
-            _, volume, _ = self._resolve(f"\\\\localhost\\{share.name}")
-        except BadShareName:
-            return None
+        _, volume, _ = self._resolve_share(c.mappings[0].local_share)
         return volume if volume is not None and volume.name == e.volume_name else None
 
     # -------------------------------------------------------------- expose
 
     async def _expose(self, set_id: UUID, now: float) -> int:
+        """Publish every snapshot share of the set; all or nothing, two transactions."""
         m = self.machine
         out = m.begin_expose(set_id, now)
         await self._teardown(out)
         if not out.ok:
             return out.result
         error: int | None = None
+        plan: list[tuple[ExposeShare, str]] = []
         for e in out.effects:
             assert isinstance(e, ExposeShare)
-            try:
-                await self._expose_one(e)
-            except (ExposeError, SnapshotError, OSError, BadShareName) as exc:
-                log.error("expose of %s failed: %s", e.exposed_name, exc)
+            share, volume, reason = await asyncio.to_thread(self._resolve_share, e.base_share)
+            if share is None or volume is None:
+                log.error("cannot expose %s: base share %s: %s", e.exposed_name, e.base_share, reason)
                 error = HResult.E_FAIL
                 break
+            sub = volume.share_subpath
+            plan.append((e, os.path.join(e.snapshot_path, sub) if sub else e.snapshot_path))
+        intent_ids: list[int] = []
+        if error is None:
+            with self.journal.transaction() as txn:
+                intent_ids = [txn.add_intent("expose", {"name": e.exposed_name}) for e, _ in plan]
+            self._crash_point("expose_intent")
+            for e, path in plan:
+                try:
+                    await asyncio.to_thread(self.exposer.expose, e.exposed_name, e.base_share, path, e.writable)
+                except (ExposeError, OSError) as exc:
+                    log.error("expose of %s failed: %s", e.exposed_name, exc)
+                    error = HResult.E_FAIL
+                    break
+                self._crash_point("expose_share")
+                m.share_exposed(e.set_id, e.copy_id, e.exposed_name)
         fin = m.finish_expose(set_id, error, self.clock())
-        await self._teardown(fin)
-        self._persist(fin, set_id)
-        return fin.result
-
-    async def _expose_one(self, e: ExposeShare) -> None:
-        share, volume, reason = await asyncio.to_thread(self._resolve, f"\\\\localhost\\{e.base_share}")
-        if share is None or volume is None:
-            raise ExposeError(f"base share {e.base_share} gone: {reason}")
-        path = os.path.join(e.snapshot_path, volume.share_subpath) if volume.share_subpath else e.snapshot_path
+        s = m.sets.get(set_id)
         with self.journal.transaction() as txn:
-            iid = txn.add_intent("expose", {"name": e.exposed_name})
-        self._crash_point("expose_intent")
-        await asyncio.to_thread(self.exposer.expose, e.exposed_name, e.base_share, path, e.writable)
-        self._crash_point("expose_share")
-        self.machine.share_exposed(e.set_id, e.copy_id, e.exposed_name)
-        s = self.machine.sets.get(e.set_id)
-        with self.journal.transaction() as txn:
-            txn.clear_intent(iid)
+            for iid in intent_ids:
+                txn.clear_intent(iid)
             if s is not None:
                 txn.save_set(s)
+            intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
+        if intents:
+            await asyncio.to_thread(self._run_intents, intents)
+        return fin.result
 
     # ---------------------------------------------------- recovery complete
 
@@ -499,6 +563,14 @@ class AgentService:
                 return HResult.E_FAIL
         self._crash_point("unexpose_share")
         fin = m.finish_delete_share_mapping(set_id, copy_id, mapping, None)
+        retry: list[Effect] = []
+        for e in fin.teardown:  # the snapshot, with the last mapping
+            try:
+                await asyncio.to_thread(self._apply, e)
+            except (SnapshotError, OSError) as exc:
+                log.error("deleting %s failed, will retry: %s", e, exc)
+                retry.append(e)
+        self._crash_point("delete_snapshot")
         s = m.sets.get(set_id)
         with self.journal.transaction() as txn:
             txn.clear_intent(iid)
@@ -506,9 +578,9 @@ class AgentService:
                 txn.delete_set(set_id)
             else:
                 txn.save_set(s)
-            intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
+            for e in retry:
+                txn.add_intent(*_intent_of(e))
         del copy
-        await asyncio.to_thread(self._run_intents, intents)
         return fin.result
 
     # ----------------------------------------------------------------- timer

@@ -45,7 +45,10 @@ bind with an auth verifier           ``security`` hook decides; default: bind_na
 non-LE / EBCDIC / non-IEEE drep      bind: bind_nak user_data_not_readable, close;
                                      request: fault nca_s_fault_ndr, connection stays;
                                      alter_context: protocol error
+request alloc_hint                   ignored (never used to size anything)
 request stub > max_request_stub      fault nca_s_fault_remote_no_memory, then close
+response fragments                   stub bytes per fragment a multiple of 16 (room for
+                                     sign/seal padding later); alloc_hint = stub left
 request on a context not accepted    fault nca_s_unk_if (did-not-execute), stays open
 protocol error                       fault nca_s_proto_error (bind_nak if the PDU is a
                                      bind: reason 4 for a bad version, else 0), close
@@ -74,7 +77,8 @@ from remotevss.dcerpc.pdu import AuthVerifier, Header, PduError
 MAX_CONTEXTS = 256
 #: What we ack in bind-time feature negotiation: we never close on orphaned.
 SUPPORTED_BIND_TIME_FEATURES = pdu.BIND_TIME_KEEP_CONNECTION_ON_ORPHAN
-#: Statuses that mean the call never ran (sets PFC_DID_NOT_EXECUTE on the fault).
+#: Statuses that mean the call never ran (sets PFC_DID_NOT_EXECUTE on the fault).  Not
+#: remote_no_memory: the agent also sends it for a handler that failed half-way.
 NOT_EXECUTED_STATUSES = frozenset(
     {
         pdu.NCA_S_OP_RNG_ERROR,
@@ -83,7 +87,6 @@ NOT_EXECUTED_STATUSES = frozenset(
         pdu.NCA_S_FAULT_NDR,
         pdu.NCA_S_UNSUPPORTED_TYPE,
         pdu.NCA_S_INVALID_PRES_CONTEXT_ID,
-        pdu.NCA_S_FAULT_REMOTE_NO_MEMORY,
     }
 )
 # PTYPEs a server may receive; anything else is a protocol error as soon as byte 2 arrives.
