@@ -291,7 +291,7 @@ class AgentService:
     async def _share_info(self, unc: str) -> ShareInfo | None:
         """None when the UNC does not even parse (the caller answers E_INVALIDARG)."""
         try:
-            share, volume, reason = await asyncio.to_thread(self._resolve, unc)
+            share, volume, reason = self._resolve(unc)  # a few stats: cheaper inline than a thread hop
         except BadShareName:
             return None
         if share is None:
@@ -480,7 +480,7 @@ class AgentService:
         plan: list[tuple[ExposeShare, str]] = []
         for e in out.effects:
             assert isinstance(e, ExposeShare)
-            share, volume, reason = await asyncio.to_thread(self._resolve_share, e.base_share)
+            share, volume, reason = self._resolve_share(e.base_share)
             if share is None or volume is None:
                 log.error("cannot expose %s: base share %s: %s", e.exposed_name, e.base_share, reason)
                 error = HResult.E_FAIL
