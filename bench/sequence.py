@@ -49,7 +49,9 @@ class TimedAgent:
     def __init__(self, tmp: Path, shares: dict[str, Path]) -> None:
         self.sock = tmp / "agent.sock"
         cfg = load_config(
-            None, socket_path=str(self.sock), state_dir=str(tmp / "state"),
+            None,
+            socket_path=str(self.sock),
+            state_dir=str(tmp / "state"),
             expose_dir=str(tmp / "exposed"),
             shares=[ShareConfig(n, str(p)) for n, p in shares.items()],
         )
@@ -111,8 +113,11 @@ def bench_ours(agent: TimedAgent, names: list[str], runs: int) -> dict[str, floa
             one_sequence(c, names)
             wall.append(time.perf_counter() - t0)
             server.append(sum(agent.times))
-    return {"server_ms": statistics.median(server) * 1e3, "client_wall_ms": statistics.median(wall) * 1e3,
-            "server_p90_ms": statistics.quantiles(server, n=10)[-1] * 1e3}
+    return {
+        "server_ms": statistics.median(server) * 1e3,
+        "client_wall_ms": statistics.median(wall) * 1e3,
+        "server_p90_ms": statistics.quantiles(server, n=10)[-1] * 1e3,
+    }
 
 
 def bench_samba(samba: PrivateSamba, names: list[str], runs: int) -> dict[str, float]:
@@ -132,8 +137,10 @@ def bench_samba(samba: PrivateSamba, names: list[str], runs: int) -> dict[str, f
         time.sleep(1.05)  # Samba names snapshots by the second: two in one second collide
     overhead = statistics.median(base)
     # the create and the delete each pay one connection set-up
-    return {"server_ms": (statistics.median(seq) - 2 * overhead) * 1e3,
-            "connect_ms": overhead * 1e3}
+    return {
+        "server_ms": (statistics.median(seq) - 2 * overhead) * 1e3,
+        "connect_ms": overhead * 1e3,
+    }
 
 
 def main() -> int:
@@ -143,8 +150,10 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="rvss-bench-") as tmp, \
-            loop_filesystem("btrfs", 1024, tmp) as mnt:
+    with (
+        tempfile.TemporaryDirectory(prefix="rvss-bench-") as tmp,
+        loop_filesystem("btrfs", 1024, tmp) as mnt,
+    ):
         ours = {}
         for i in range(16):
             ours[f"share{i}"] = mnt / f"share{i}"
@@ -168,11 +177,14 @@ def main() -> int:
             results["samba_16"] = bench_samba(samba, sorted(anchor), max(5, args.anchor_runs // 3))
         finally:
             samba.stop()
-    print(f"{'case':<10} {'ours server ms':>15} {'ours wall ms':>13} {'samba server ms':>16} {'ratio':>7}")
+    head = ("case", "ours server ms", "ours wall ms", "samba server ms", "ratio")
+    print(f"{head[0]:<10} {head[1]:>15} {head[2]:>13} {head[3]:>16} {head[4]:>7}")
     for n in ("1", "16"):
         o, s = results[f"ours_{n}"], results[f"samba_{n}"]
-        print(f"{n + ' share':<10} {o['server_ms']:>15.2f} {o['client_wall_ms']:>13.2f} "
-              f"{s['server_ms']:>16.2f} {o['server_ms'] / s['server_ms']:>7.2f}")
+        print(
+            f"{n + ' share':<10} {o['server_ms']:>15.2f} {o['client_wall_ms']:>13.2f} "
+            f"{s['server_ms']:>16.2f} {o['server_ms'] / s['server_ms']:>7.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

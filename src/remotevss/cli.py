@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--expose-dir", help="where exposed snapshot shares are published")
     a.add_argument("--mode", choices=["spec", "samba"], help="protocol reading (default spec)")
     a.add_argument("--sequence-timeout", type=float, help="seconds; 0 disables the timer")
-    a.add_argument("--share", action="append", type=_share_arg, metavar="NAME=PATH",
-                   help="a share to serve (repeatable; adds to the config file's)")
+    a.add_argument(
+        "--share",
+        action="append",
+        type=_share_arg,
+        metavar="NAME=PATH",
+        help="a share to serve (repeatable; adds to the config file's)",
+    )
     a.add_argument("-v", "--verbose", action="count", default=0)
 
     d = sub.add_parser("demo", help="end-to-end demo on a loop-mounted btrfs (needs root)")
@@ -43,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * getattr(args, "verbose", 0)
-    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     if args.command == "agent":
         try:
             config = load_config(

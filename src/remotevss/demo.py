@@ -17,13 +17,14 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from remotevss.client.local import LocalClient
 from remotevss.fsrvp.constants import CTX_BACKUP, HResult, hresult_name
 from remotevss.loopfs import loop_filesystem
 
 
-def _check(step: str, resp: object) -> object:
+def _check(step: str, resp: Any) -> Any:
     rv = getattr(resp, "return_value", 0)
     print(f"  {step:<32} -> {hresult_name(rv)}")
     if rv != HResult.ZERO:
@@ -49,7 +50,10 @@ def run_demo() -> int:
     if os.geteuid() != 0:
         print("remotevss demo needs root (it mounts a loop btrfs)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="remotevss-demo-") as tmp, loop_filesystem("btrfs", 256, tmp) as mnt:
+    with (
+        tempfile.TemporaryDirectory(prefix="remotevss-demo-") as tmp,
+        loop_filesystem("btrfs", 256, tmp) as mnt,
+    ):
         import btrfsutil
 
         share = mnt / "data"
@@ -57,9 +61,19 @@ def run_demo() -> int:
         (share / "report.txt").write_text("quarterly figures: version 1\n")
         sock = Path(tmp) / "agent.sock"
         argv = [
-            sys.executable, "-m", "remotevss.cli", "agent",
-            "--socket", str(sock), "--state-dir", f"{tmp}/state", "--expose-dir", f"{tmp}/exposed",
-            "--share", f"data={share}", "-v",
+            sys.executable,
+            "-m",
+            "remotevss.cli",
+            "agent",
+            "--socket",
+            str(sock),
+            "--state-dir",
+            f"{tmp}/state",
+            "--expose-dir",
+            f"{tmp}/exposed",
+            "--share",
+            f"data={share}",
+            "-v",
         ]
         print(f"* btrfs on a loop device at {mnt}; share 'data' = subvolume {share}")
         print("* starting: " + " ".join(argv[2:]))
@@ -78,9 +92,13 @@ def run_demo() -> int:
                 copy_id = _check("AddToShadowCopySet", c.add(set_id, unc)).shadow_copy_id
                 _check("PrepareShadowCopySet", c.prepare(set_id))
                 _check("CommitShadowCopySet", c.commit(set_id))
-                (share / "report.txt").write_text("quarterly figures: version 2 (after the snapshot)\n")
+                (share / "report.txt").write_text(
+                    "quarterly figures: version 2 (after the snapshot)\n"
+                )
                 _check("ExposeShadowCopySet", c.expose(set_id))
-                mapping = _check("GetShareMapping", c.get_share_mapping(copy_id, set_id, unc)).mapping
+                mapping = _check(
+                    "GetShareMapping", c.get_share_mapping(copy_id, set_id, unc)
+                ).mapping
                 _check("RecoveryCompleteShadowCopySet", c.recovery_complete(set_id))
                 exposed = Path(tmp) / "exposed" / mapping.shadow_copy_share_name
                 snap = exposed.resolve()

@@ -27,7 +27,9 @@ def _run(*argv: str) -> None:
 
 
 @contextlib.contextmanager
-def loop_filesystem(fstype: str, size_mb: int = 0, workdir: str | Path | None = None) -> Iterator[Path]:
+def loop_filesystem(
+    fstype: str, size_mb: int = 0, workdir: str | Path | None = None
+) -> Iterator[Path]:
     """Make a sparse image, mkfs it, mount it with ``-o loop``; undo all on exit."""
     size_mb = max(size_mb, MIN_SIZE_MB[fstype])
     with tempfile.TemporaryDirectory(prefix=f"rvss-{fstype}-", dir=workdir) as tmp:

@@ -89,22 +89,38 @@ class PrivateSamba:
         self.write_config()
         subprocess.run(
             ["smbpasswd", "-c", str(self.conf), "-s", "-a", "root"],
-            input=f"{PASSWORD}\n{PASSWORD}\n".encode(), check=True, capture_output=True,
+            input=f"{PASSWORD}\n{PASSWORD}\n".encode(),
+            check=True,
+            capture_output=True,
         )
         helpers = ["rpcd_classic", "rpcd_winreg", "rpcd_lsad"]
         if self.samba_fsrvp:
             helpers.append("rpcd_fsrvp")
         log = open(self.root / "log" / "daemons.log", "ab")  # noqa: SIM115
-        self.procs.append(subprocess.Popen(
-            ["/usr/libexec/samba/samba-dcerpcd", "-s", str(self.conf), "-F", "--no-process-group",
-             *[str(RPCD_DIR / h) for h in helpers]],
-            stdout=log, stderr=log, start_new_session=True,
-        ))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    "/usr/libexec/samba/samba-dcerpcd",
+                    "-s",
+                    str(self.conf),
+                    "-F",
+                    "--no-process-group",
+                    *[str(RPCD_DIR / h) for h in helpers],
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
         self._wait(lambda: (self.root / "ncalrpc" / "np" / "srvsvc").exists(), "samba-dcerpcd")
-        self.procs.append(subprocess.Popen(
-            ["smbd", "-F", "--no-process-group", "-s", str(self.conf)], stdout=log, stderr=log,
-            start_new_session=True,
-        ))
+        self.procs.append(
+            subprocess.Popen(
+                ["smbd", "-F", "--no-process-group", "-s", str(self.conf)],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
         self._wait(self._port_open, "smbd")
 
     def _port_open(self) -> bool:
@@ -116,16 +132,31 @@ class PrivateSamba:
         while not ready():  # type: ignore[operator]
             for p in self.procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"{what}: a Samba daemon exited ({p.returncode}); see {self.root}/log")
+                    raise RuntimeError(
+                        f"{what}: a Samba daemon exited ({p.returncode}); see {self.root}/log"
+                    )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not come up; see {self.root}/log")
             time.sleep(0.05)
 
     def rpcclient(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["rpcclient", "-s", str(self.conf), "-p", str(self.port), "-U", f"root%{PASSWORD}",
-             "127.0.0.1", "-c", command],
-            capture_output=True, text=True, check=check, timeout=120,
+            [
+                "rpcclient",
+                "-s",
+                str(self.conf),
+                "-p",
+                str(self.port),
+                "-U",
+                f"root%{PASSWORD}",
+                "127.0.0.1",
+                "-c",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
         )
 
     def stop(self) -> None:

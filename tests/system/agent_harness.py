@@ -67,7 +67,9 @@ class AgentProcess:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotevss.cli", "agent", "--config", str(self.config), "-vv"],
-            stdout=logf, stderr=logf, env=env,
+            stdout=logf,
+            stderr=logf,
+            env=env,
         )
         deadline = time.monotonic() + timeout
         while not self.socket.is_socket():

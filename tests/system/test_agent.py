@@ -101,8 +101,12 @@ class Writer(threading.Thread):
         return k
 
 
-def full_sequence(a: AgentProcess, names: list[str], context: int = CTX_BACKUP,
-                  writers: dict[str, Writer] | None = None) -> dict[str, object]:
+def full_sequence(
+    a: AgentProcess,
+    names: list[str],
+    context: int = CTX_BACKUP,
+    writers: dict[str, Writer] | None = None,
+) -> dict[str, object]:
     """The spec's sequence; returns set id, copy ids, mappings and writer bounds."""
     with a.client() as c:
         for n in names:
@@ -135,7 +139,13 @@ def full_sequence(a: AgentProcess, names: list[str], context: int = CTX_BACKUP,
             assert m.share_name_unc == unc(n)
             assert m.shadow_copy_share_name == f"{n}@{{{copies[n]}}}"
             mappings[n] = m
-        return {"set": sid, "copies": copies, "mappings": mappings, "before": before, "after": after}
+        return {
+            "set": sid,
+            "copies": copies,
+            "mappings": mappings,
+            "before": before,
+            "after": after,
+        }
 
 
 def exposed_path(a: AgentProcess, name: str) -> Path:
@@ -226,9 +236,7 @@ def test_samba_mode_codes_after_expiry(tmp_path: Path, btrfs: Path) -> None:
         a.stop()
 
 
-def test_denied_caller_gets_access_denied_on_every_opnum(
-    tmp_path: Path, btrfs: Path
-) -> None:
+def test_denied_caller_gets_access_denied_on_every_opnum(tmp_path: Path, btrfs: Path) -> None:
     """A caller the socket's mode would normally keep out (we open it up) is refused
     by the agent itself, on every opnum, with no state change."""
     import subprocess
@@ -259,8 +267,14 @@ print(",".join(hex(c.call(r).return_value) for r in reqs))
 """
     nobody = 65534
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=False,
-        user=nobody, group=nobody, extra_groups=[], cwd="/",
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        user=nobody,
+        group=nobody,
+        extra_groups=[],
+        cwd="/",
     )
     assert out.returncode == 0, out.stderr
     codes = out.stdout.strip().split(",")
@@ -274,8 +288,13 @@ print(",".join(hex(c.call(r).return_value) for r in reqs))
         shutil.rmtree(open_dir, ignore_errors=True)
 
 
-CRASH_POINTS = ["create_intent", "create_snapshot", "expose_intent", "expose_share",
-                "unexpose_share"]
+CRASH_POINTS = [
+    "create_intent",
+    "create_snapshot",
+    "expose_intent",
+    "expose_share",
+    "unexpose_share",
+]
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)

@@ -59,13 +59,15 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
             i = rng.randrange(len(b))
             b[i] ^= 1 << rng.randrange(8)
         elif kind == 1 and b:
-            del b[rng.randrange(len(b)):]
+            del b[rng.randrange(len(b)) :]
         elif kind == 2:
             i = rng.randrange(len(b) + 1)
             b[i:i] = rng.randbytes(rng.randint(1, 16))
         elif kind == 3 and len(b) >= 4:  # a count/length field gets a wild value
             i = rng.randrange(0, len(b) - 3) & ~3
-            b[i:i + 4] = struct.pack("<I", rng.choice([0, 1, 0x7FFF, 0x8000, 0xFFFFFFFF, rng.getrandbits(32)]))
+            b[i : i + 4] = struct.pack(
+                "<I", rng.choice([0, 1, 0x7FFF, 0x8000, 0xFFFFFFFF, rng.getrandbits(32)])
+            )
         elif kind == 4:
             b = bytearray(rng.randbytes(rng.randint(0, 64)))
         elif kind == 5 and b:
@@ -113,7 +115,9 @@ def test_mutated_stubs_and_pdus(tmp_path: Path, btrfs: Path) -> None:  # noqa: F
         with a.client() as good:
             good.abort(U)
             assert good.set_context(CTX_BACKUP).return_value in (
-                HResult.ZERO, HResult.FSRVP_E_SHADOW_COPY_SET_IN_PROGRESS)
+                HResult.ZERO,
+                HResult.FSRVP_E_SHADOW_COPY_SET_IN_PROGRESS,
+            )
         a.stop()
         a.start()
         res = full_sequence(a, ["share0"])

@@ -112,39 +112,89 @@ def run_op(m: Machine, op: str, sid: UUID) -> int:
     raise AssertionError(op)
 
 
-OPS = ["add", "prepare", "commit", "expose", "recovery_complete", "abort",
-       "get_share_mapping", "delete_share_mapping", "start"]
+OPS = [
+    "add",
+    "prepare",
+    "commit",
+    "expose",
+    "recovery_complete",
+    "abort",
+    "get_share_mapping",
+    "delete_share_mapping",
+    "start",
+]
 S = Status
 DEL = None  # the set is gone afterwards
 SAME = "same"
 
 # (result, status afterwards) per state x op, per [SPEC] (digest §5.13)
 SPEC_TABLE: dict[Status, dict[str, tuple[int, Status | str | None]]] = {
-    S.STARTED: {"add": (ZERO, S.ADDED), "prepare": (BS, SAME), "commit": (BS, SAME),
-                "expose": (BS, SAME), "recovery_complete": (BS, SAME), "abort": (ZERO, DEL),
-                "get_share_mapping": (BS, SAME), "delete_share_mapping": (BS, SAME),
-                "start": (IP, SAME)},
-    S.ADDED: {"add": (ZERO, S.ADDED), "prepare": (ZERO, S.ADDED), "commit": (ZERO, S.COMMITTED),
-              "expose": (BS, SAME), "recovery_complete": (BS, SAME), "abort": (ZERO, DEL),
-              "get_share_mapping": (BS, SAME), "delete_share_mapping": (BS, SAME),
-              "start": (IP, SAME)},
-    S.CREATION_IN_PROGRESS: {"add": (BS, SAME), "prepare": (BS, SAME),
-                             "commit": (ZERO, S.COMMITTED), "expose": (BS, SAME),
-                             "recovery_complete": (BS, SAME), "abort": (ZERO, DEL),
-                             "get_share_mapping": (BS, SAME), "delete_share_mapping": (BS, SAME),
-                             "start": (IP, SAME)},
-    S.COMMITTED: {"add": (BS, SAME), "prepare": (BS, SAME), "commit": (BS, SAME),
-                  "expose": (ZERO, S.EXPOSED), "recovery_complete": (BS, SAME),
-                  "abort": (ZERO, DEL), "get_share_mapping": (BS, SAME),
-                  "delete_share_mapping": (BS, SAME), "start": (IP, SAME)},
-    S.EXPOSED: {"add": (BS, SAME), "prepare": (BS, SAME), "commit": (BS, SAME),
-                "expose": (BS, SAME), "recovery_complete": (ZERO, S.RECOVERED),
-                "abort": (ZERO, DEL), "get_share_mapping": (ZERO, SAME),
-                "delete_share_mapping": (ZERO, DEL), "start": (IP, SAME)},
-    S.RECOVERED: {"add": (BS, SAME), "prepare": (BS, SAME), "commit": (BS, SAME),
-                  "expose": (BS, SAME), "recovery_complete": (BS, SAME), "abort": (ZERO, DEL),
-                  "get_share_mapping": (BS, SAME), "delete_share_mapping": (ZERO, DEL),
-                  "start": (ZERO, SAME)},
+    S.STARTED: {
+        "add": (ZERO, S.ADDED),
+        "prepare": (BS, SAME),
+        "commit": (BS, SAME),
+        "expose": (BS, SAME),
+        "recovery_complete": (BS, SAME),
+        "abort": (ZERO, DEL),
+        "get_share_mapping": (BS, SAME),
+        "delete_share_mapping": (BS, SAME),
+        "start": (IP, SAME),
+    },
+    S.ADDED: {
+        "add": (ZERO, S.ADDED),
+        "prepare": (ZERO, S.ADDED),
+        "commit": (ZERO, S.COMMITTED),
+        "expose": (BS, SAME),
+        "recovery_complete": (BS, SAME),
+        "abort": (ZERO, DEL),
+        "get_share_mapping": (BS, SAME),
+        "delete_share_mapping": (BS, SAME),
+        "start": (IP, SAME),
+    },
+    S.CREATION_IN_PROGRESS: {
+        "add": (BS, SAME),
+        "prepare": (BS, SAME),
+        "commit": (ZERO, S.COMMITTED),
+        "expose": (BS, SAME),
+        "recovery_complete": (BS, SAME),
+        "abort": (ZERO, DEL),
+        "get_share_mapping": (BS, SAME),
+        "delete_share_mapping": (BS, SAME),
+        "start": (IP, SAME),
+    },
+    S.COMMITTED: {
+        "add": (BS, SAME),
+        "prepare": (BS, SAME),
+        "commit": (BS, SAME),
+        "expose": (ZERO, S.EXPOSED),
+        "recovery_complete": (BS, SAME),
+        "abort": (ZERO, DEL),
+        "get_share_mapping": (BS, SAME),
+        "delete_share_mapping": (BS, SAME),
+        "start": (IP, SAME),
+    },
+    S.EXPOSED: {
+        "add": (BS, SAME),
+        "prepare": (BS, SAME),
+        "commit": (BS, SAME),
+        "expose": (BS, SAME),
+        "recovery_complete": (ZERO, S.RECOVERED),
+        "abort": (ZERO, DEL),
+        "get_share_mapping": (ZERO, SAME),
+        "delete_share_mapping": (ZERO, DEL),
+        "start": (IP, SAME),
+    },
+    S.RECOVERED: {
+        "add": (BS, SAME),
+        "prepare": (BS, SAME),
+        "commit": (BS, SAME),
+        "expose": (BS, SAME),
+        "recovery_complete": (BS, SAME),
+        "abort": (ZERO, DEL),
+        "get_share_mapping": (BS, SAME),
+        "delete_share_mapping": (ZERO, DEL),
+        "start": (ZERO, SAME),
+    },
 }
 
 W2012 = HResult.VSS_E_INVALID_XML_DOCUMENT
@@ -158,8 +208,9 @@ SAMBA_TABLE[S.EXPOSED]["start"] = (ZERO, SAME)
 SAMBA_TABLE[S.RECOVERED]["get_share_mapping"] = (ZERO, SAME)
 
 
-@pytest.mark.parametrize("mode,table", [(Mode.SPEC, SPEC_TABLE), (Mode.SAMBA, SAMBA_TABLE)],
-                         ids=["spec", "samba"])
+@pytest.mark.parametrize(
+    "mode,table", [(Mode.SPEC, SPEC_TABLE), (Mode.SAMBA, SAMBA_TABLE)], ids=["spec", "samba"]
+)
 @pytest.mark.parametrize("status", list(Status), ids=[s.value for s in Status])
 @pytest.mark.parametrize("op", OPS)
 def test_state_opnum_table(mode: Mode, table: dict, status: Status, op: str) -> None:
@@ -181,8 +232,9 @@ MISSING_SAMBA = {op: HResult.E_INVALIDARG for op in MISSING_SPEC}
 MISSING_SAMBA["delete_share_mapping"] = HResult.FSRVP_E_OBJECT_NOT_FOUND
 
 
-@pytest.mark.parametrize("mode,table", [(Mode.SPEC, MISSING_SPEC), (Mode.SAMBA, MISSING_SAMBA)],
-                         ids=["spec", "samba"])
+@pytest.mark.parametrize(
+    "mode,table", [(Mode.SPEC, MISSING_SPEC), (Mode.SAMBA, MISSING_SAMBA)], ids=["spec", "samba"]
+)
 @pytest.mark.parametrize("op", sorted(MISSING_SPEC))
 def test_unknown_set_codes(mode: Mode, table: dict, op: str) -> None:
     m = Machine(mode=mode)
@@ -207,8 +259,13 @@ def test_add_check_order_spec_share_before_set() -> None:
     missing = ShareInfo(exists=False)
     unsupported = ShareInfo(True, "data", False)
     bogus = uuid.uuid4()
-    assert m.add_to_shadow_copy_set(bogus, UNC, missing, T0).result == HResult.FSRVP_E_OBJECT_NOT_FOUND
-    assert m.add_to_shadow_copy_set(bogus, UNC, unsupported, T0).result == HResult.FSRVP_E_NOT_SUPPORTED
+    assert (
+        m.add_to_shadow_copy_set(bogus, UNC, missing, T0).result == HResult.FSRVP_E_OBJECT_NOT_FOUND
+    )
+    assert (
+        m.add_to_shadow_copy_set(bogus, UNC, unsupported, T0).result
+        == HResult.FSRVP_E_NOT_SUPPORTED
+    )
     samba = Machine(mode=Mode.SAMBA)
     assert samba.add_to_shadow_copy_set(bogus, UNC, missing, T0).result == HResult.E_INVALIDARG
 
@@ -223,11 +280,24 @@ def test_start_needs_context_and_nonnull_id() -> None:
     assert out.ok and out.value != client_id  # the server makes its own id
 
 
-@pytest.mark.parametrize("ctx,ok", [
-    (0x0, True), (0x10, True), (0x19, True), (0x9, True),
-    (0x00400000, True), (0x00400019, True), (0x2, True), (0x1B, True),
-    (0x00400002, False), (0x1, False), (0x8, False), (0x04000010, False), (0xFFFFFFFF, False),
-])
+@pytest.mark.parametrize(
+    "ctx,ok",
+    [
+        (0x0, True),
+        (0x10, True),
+        (0x19, True),
+        (0x9, True),
+        (0x00400000, True),
+        (0x00400019, True),
+        (0x2, True),
+        (0x1B, True),
+        (0x00400002, False),
+        (0x1, False),
+        (0x8, False),
+        (0x04000010, False),
+        (0xFFFFFFFF, False),
+    ],
+)
 def test_context_validation(ctx: int, ok: bool) -> None:
     assert valid_context(ctx) is ok
     m = Machine()
@@ -408,8 +478,13 @@ def test_delete_share_mapping_codes() -> None:
     sid = to_status(m, Status.EXPOSED)
     cid = m.sets[sid].copies[0].id
     assert m.begin_delete_share_mapping(UUID(int=0), cid, "data", T0).result == HResult.E_INVALIDARG
-    assert m.begin_delete_share_mapping(sid, uuid.uuid4(), "data", T0).result == HResult.FSRVP_E_OBJECT_NOT_FOUND
-    assert m.begin_delete_share_mapping(sid, cid, "x", T0).result == HResult.FSRVP_E_OBJECT_NOT_FOUND
+    assert (
+        m.begin_delete_share_mapping(sid, uuid.uuid4(), "data", T0).result
+        == HResult.FSRVP_E_OBJECT_NOT_FOUND
+    )
+    assert (
+        m.begin_delete_share_mapping(sid, cid, "x", T0).result == HResult.FSRVP_E_OBJECT_NOT_FOUND
+    )
     out = m.begin_delete_share_mapping(sid, cid, "data", T0)
     assert out.effects == [UnexposeShare(f"data@{{{cid}}}")]
     _, _, mp = out.value  # type: ignore[misc]
@@ -417,7 +492,10 @@ def test_delete_share_mapping_codes() -> None:
     assert [type(e) for e in fin.teardown] == [DeleteSnapshot] and fin.dropped_sets == [sid]
     samba = Machine(mode=Mode.SAMBA)
     ssid = to_status(samba, Status.EXPOSED)
-    assert samba.begin_delete_share_mapping(ssid, uuid.uuid4(), "data", T0).result == HResult.E_INVALIDARG
+    assert (
+        samba.begin_delete_share_mapping(ssid, uuid.uuid4(), "data", T0).result
+        == HResult.E_INVALIDARG
+    )
 
 
 def test_unexpose_failure_keeps_mapping() -> None:
@@ -445,7 +523,9 @@ def test_is_path_supported_and_shadow_copied() -> None:
     m = Machine()
     assert m.is_path_supported(SHARE, T0).ok
     assert m.is_path_supported(ShareInfo(False), T0).result == HResult.FSRVP_E_OBJECT_NOT_FOUND
-    assert m.is_path_supported(ShareInfo(True, "x", False), T0).result == HResult.FSRVP_E_NOT_SUPPORTED
+    assert (
+        m.is_path_supported(ShareInfo(True, "x", False), T0).result == HResult.FSRVP_E_NOT_SUPPORTED
+    )
     compat = ShareInfo(True, "data", True, "btrfs:/srv/data", 1)
     assert m.is_path_shadow_copied(compat, T0).value == (False, 0)
     sid = to_status(m, Status.ADDED)
@@ -455,12 +535,15 @@ def test_is_path_supported_and_shadow_copied() -> None:
     assert m.is_path_shadow_copied(SHARE2, T0).value == (False, 0)
 
 
-@pytest.mark.parametrize("mode,unc,local,hidden", [
-    (Mode.SPEC, r"\\fs\h$" + "\\", "h$", True),
-    (Mode.SPEC, r"\\fs\h$", "h$", False),
-    (Mode.SAMBA, r"\\fs\h$", "h$", True),
-    (Mode.SPEC, r"\\fs\data" + "\\", "data", False),
-])
+@pytest.mark.parametrize(
+    "mode,unc,local,hidden",
+    [
+        (Mode.SPEC, r"\\fs\h$" + "\\", "h$", True),
+        (Mode.SPEC, r"\\fs\h$", "h$", False),
+        (Mode.SAMBA, r"\\fs\h$", "h$", True),
+        (Mode.SPEC, r"\\fs\data" + "\\", "data", False),
+    ],
+)
 def test_hidden_share_suffix(mode: Mode, unc: str, local: str, hidden: bool) -> None:
     cid = uuid.uuid4()
     name = exposed_share_name(local, cid, unc, mode)

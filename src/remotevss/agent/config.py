@@ -38,7 +38,9 @@ class AgentConfig:
     mode: Mode = Mode.SPEC
     sequence_timeout: float | None = None  # None: spec values (180/1800 s); 0: timer off
     netbios_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].upper())
-    share_name_format: str = "bare"  # "bare": share@{guid} (Samba, DiskShadow); "unc": \\host\share@{guid}
+    share_name_format: str = (
+        "bare"  # "bare": share@{guid} (Samba, DiskShadow); "unc": \\host\share@{guid}
+    )
     backend: str = "auto"
     max_connections: int = 64
     shares: tuple[ShareConfig, ...] = ()

@@ -77,7 +77,9 @@ class Journal:
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) != SCHEMA_VERSION:
-            raise RuntimeError(f"journal {self.path} has schema {row[0]}, expected {SCHEMA_VERSION}")
+            raise RuntimeError(
+                f"journal {self.path} has schema {row[0]}, expected {SCHEMA_VERSION}"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -104,7 +106,9 @@ class Journal:
     def load_sets(self) -> list[ShadowCopySet]:
         db = self._db
         sets: dict[str, ShadowCopySet] = {}
-        for sid, status, context in db.execute("SELECT id, status, context FROM sets ORDER BY updated"):
+        for sid, status, context in db.execute(
+            "SELECT id, status, context FROM sets ORDER BY updated"
+        ):
             sets[sid] = ShadowCopySet(UUID(sid), Status(status), context)
         copies: dict[str, ShadowCopy] = {}
         for cid, sid, vol, ctime, path, writable in db.execute(
@@ -136,11 +140,21 @@ class _Txn:
         db = self._db
         sid = str(s.id)
         db.execute("DELETE FROM sets WHERE id=?", (sid,))
-        db.execute("INSERT INTO sets VALUES (?,?,?,?)", (sid, s.status.value, s.context, time.time()))
+        db.execute(
+            "INSERT INTO sets VALUES (?,?,?,?)", (sid, s.status.value, s.context, time.time())
+        )
         for i, c in enumerate(s.copies):
             db.execute(
                 "INSERT INTO copies VALUES (?,?,?,?,?,?,?)",
-                (str(c.id), sid, i, c.volume_name, c.creation_time, c.snapshot_path, int(c.writable)),
+                (
+                    str(c.id),
+                    sid,
+                    i,
+                    c.volume_name,
+                    c.creation_time,
+                    c.snapshot_path,
+                    int(c.writable),
+                ),
             )
             db.executemany(
                 "INSERT INTO mappings VALUES (?,?,?,?,?,?)",

@@ -16,8 +16,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from uuid import UUID
 
 from remotevss.agent.authz import Caller, Policy
@@ -34,8 +35,10 @@ from remotevss.fsrvp.machine import (
     Effect,
     ExposeShare,
     Machine,
+    MappedShare,
     Outcome,
     SealSnapshot,
+    ShadowCopy,
     ShadowCopySet,
     ShareInfo,
     Status,
@@ -77,7 +80,7 @@ class ReconcileReport:
     errors: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for label, items in (
             ("kept set", self.kept_sets),
             ("dropped unfinished set", self.dropped_sets),
@@ -134,7 +137,7 @@ class AgentService:
         self.shares = ShareTable(LocalShare(s.name, s.path, s.backend) for s in config.shares)
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._commits: dict[UUID, asyncio.Future[int | None]] = {}
+        self._commits: dict[UUID, _CommitJob] = {}
         # Test-only crash points: os._exit right after the named effect (see tests/system).
         self._crash_after = crash_after or os.environ.get("REMOTEVSS_CRASH_AFTER")
 
@@ -186,7 +189,7 @@ class AgentService:
             case calls.GetSupportedVersionRequest():
                 out = m.get_supported_version(now)
                 await self._teardown(out)
-                lo, hi = out.value  # type: ignore[misc]
+                lo, hi = cast(tuple[int, int], out.value)
                 return calls.GetSupportedVersionResponse(lo, hi, out.result)
             case calls.SetContextRequest(context=ctx):
                 out = m.set_context(ctx, caller.address, now)
@@ -196,9 +199,9 @@ class AgentService:
                 out = m.start_shadow_copy_set(cid, now)
                 await self._teardown(out)
                 if out.ok:
-                    self._persist(out, out.value, durable=False)  # type: ignore[arg-type]
-                sid = out.value if out.ok else UUID(int=0)
-                return calls.StartShadowCopySetResponse(sid, out.result)  # type: ignore[arg-type]
+                    self._persist(out, cast(UUID, out.value), durable=False)
+                new_sid = cast(UUID, out.value) if out.ok else UUID(int=0)
+                return calls.StartShadowCopySetResponse(new_sid, out.result)
             case calls.AddToShadowCopySetRequest(shadow_copy_set_id=sid, share_name=unc):
                 info = await self._share_info(unc)
                 if info is None:
@@ -207,8 +210,8 @@ class AgentService:
                 await self._teardown(out)
                 if out.ok:
                     self._persist(out, sid, durable=False)
-                cid = out.value if out.ok else UUID(int=0)
-                return calls.AddToShadowCopySetResponse(cid, out.result)  # type: ignore[arg-type]
+                new_cid = cast(UUID, out.value) if out.ok else UUID(int=0)
+                return calls.AddToShadowCopySetResponse(new_cid, out.result)
             case calls.PrepareShadowCopySetRequest(shadow_copy_set_id=sid):
                 out = m.prepare_shadow_copy_set(sid, now)
                 await self._teardown(out)
@@ -218,7 +221,9 @@ class AgentService:
             case calls.ExposeShadowCopySetRequest(shadow_copy_set_id=sid):
                 return calls.ExposeShadowCopySetResponse(await self._expose(sid, now))
             case calls.RecoveryCompleteShadowCopySetRequest(shadow_copy_set_id=sid):
-                return calls.RecoveryCompleteShadowCopySetResponse(await self._recovery_complete(sid, now))
+                return calls.RecoveryCompleteShadowCopySetResponse(
+                    await self._recovery_complete(sid, now)
+                )
             case calls.AbortShadowCopySetRequest(shadow_copy_set_id=sid):
                 out = m.abort_shadow_copy_set(sid, now)
                 await self._teardown(out)
@@ -237,7 +242,7 @@ class AgentService:
                     return calls.IsPathShadowCopiedResponse(False, 0, HResult.E_INVALIDARG)
                 out = m.is_path_shadow_copied(info, now)
                 await self._teardown(out)
-                present, compat = out.value if out.ok else (False, 0)  # type: ignore[misc]
+                present, compat = cast(tuple[bool, int], out.value) if out.ok else (False, 0)
                 return calls.IsPathShadowCopiedResponse(present, compat, out.result)
             case calls.GetShareMappingRequest(
                 shadow_copy_id=cid, shadow_copy_set_id=sid, share_name=unc, level=level
@@ -246,7 +251,7 @@ class AgentService:
                 await self._teardown(out)
                 if not out.ok:
                     return calls.GetShareMappingResponse(level, None, out.result)
-                s, c, mp = out.value  # type: ignore[misc]
+                s, c, mp = cast(tuple[ShadowCopySet, ShadowCopy, MappedShare], out.value)
                 exposed = self._exposed_unc(mp.exposed_name) if mp.is_exposed else None
                 unc_out = mp.share_name
                 if self.config.mode.value == "samba":
@@ -291,7 +296,9 @@ class AgentService:
     async def _share_info(self, unc: str) -> ShareInfo | None:
         """None when the UNC does not even parse (the caller answers E_INVALIDARG)."""
         try:
-            share, volume, reason = self._resolve(unc)  # a few stats: cheaper inline than a thread hop
+            share, volume, reason = self._resolve(
+                unc
+            )  # a few stats: cheaper inline than a thread hop
         except BadShareName:
             return None
         if share is None:
@@ -334,7 +341,7 @@ class AgentService:
             log.info("set %s dropped; removing its snapshots and shares", sid)
         await asyncio.to_thread(self._run_intents, intents)
 
-    def _run_intents(self, intents: list[tuple[int, Effect]]) -> None:
+    def _run_intents(self, intents: Sequence[tuple[int, Effect]]) -> None:
         for intent_id, effect in intents:
             try:
                 self._apply(effect)
@@ -373,7 +380,9 @@ class AgentService:
             creates = [e for e in out.effects if isinstance(e, CreateSnapshot)]
             job = _CommitJob(asyncio.ensure_future(self._create_snapshots(set_id, creates)))
             self._commits[set_id] = job
-            job.task.add_done_callback(lambda _t: asyncio.ensure_future(self._orphaned_commit(set_id)))
+            job.task.add_done_callback(
+                lambda _t: asyncio.ensure_future(self._orphaned_commit(set_id))
+            )
         else:
             st = m.sets.get(set_id)
             if st is None or st.status is not Status.CREATION_IN_PROGRESS:
@@ -419,8 +428,10 @@ class AgentService:
                 for iid in intent_ids:
                     txn.clear_intent(iid)
                 intents = [
-                    (txn.add_intent("delete_snapshot", {"volume": vol, "path": path}),
-                     DeleteSnapshot(UUID(int=0), vol, path))
+                    (
+                        txn.add_intent("delete_snapshot", {"volume": vol, "path": path}),
+                        DeleteSnapshot(UUID(int=0), vol, path),
+                    )
                     for vol, path in stray
                 ]
             await asyncio.to_thread(self._run_intents, intents)
@@ -439,16 +450,23 @@ class AgentService:
             plan.append((volume, snapshot_name(self.clock(), e.copy_id), e))
         with self.journal.transaction() as txn:
             intent_ids = [
-                txn.add_intent("create_snapshot", {
-                    "volume": v.name, "path": os.path.join(v.snapshot_dir, name), "copy": str(e.copy_id),
-                })
+                txn.add_intent(
+                    "create_snapshot",
+                    {
+                        "volume": v.name,
+                        "path": os.path.join(v.snapshot_dir, name),
+                        "copy": str(e.copy_id),
+                    },
+                )
                 for v, name, e in plan
             ]
         self._crash_point("create_intent")
         job = self._commits.get(set_id)
         for volume, name, e in plan:
             try:
-                made = await asyncio.to_thread(BACKENDS[volume.backend].create, volume, name, e.writable)
+                made = await asyncio.to_thread(
+                    BACKENDS[volume.backend].create, volume, name, e.writable
+                )
             except SnapshotError as exc:
                 log.error("snapshot of %s failed: %s", volume.root, exc)
                 return _snapshot_error(exc), intent_ids
@@ -482,7 +500,9 @@ class AgentService:
             assert isinstance(e, ExposeShare)
             share, volume, reason = self._resolve_share(e.base_share)
             if share is None or volume is None:
-                log.error("cannot expose %s: base share %s: %s", e.exposed_name, e.base_share, reason)
+                log.error(
+                    "cannot expose %s: base share %s: %s", e.exposed_name, e.base_share, reason
+                )
                 error = HResult.E_FAIL
                 break
             sub = volume.share_subpath
@@ -494,7 +514,9 @@ class AgentService:
             self._crash_point("expose_intent")
             for e, path in plan:
                 try:
-                    await asyncio.to_thread(self.exposer.expose, e.exposed_name, e.base_share, path, e.writable)
+                    await asyncio.to_thread(
+                        self.exposer.expose, e.exposed_name, e.base_share, path, e.writable
+                    )
                 except (ExposeError, OSError) as exc:
                     log.error("expose of %s failed: %s", e.exposed_name, exc)
                     error = HResult.E_FAIL
@@ -545,12 +567,17 @@ class AgentService:
         await self._teardown(out)
         if not out.ok:
             return out.result
-        _, copy, mapping = out.value  # type: ignore[misc]
+        _, _, mapping = cast(tuple[ShadowCopySet, ShadowCopy, MappedShare], out.value)
         with self.journal.transaction() as txn:
-            iid = txn.add_intent("delete_mapping", {
-                "set": str(set_id), "copy": str(copy_id), "share": mapping.local_share,
-                "name": mapping.exposed_name if mapping.is_exposed else "",
-            })
+            iid = txn.add_intent(
+                "delete_mapping",
+                {
+                    "set": str(set_id),
+                    "copy": str(copy_id),
+                    "share": mapping.local_share,
+                    "name": mapping.exposed_name if mapping.is_exposed else "",
+                },
+            )
         for e in out.effects:
             assert isinstance(e, UnexposeShare)
             try:
@@ -580,7 +607,6 @@ class AgentService:
                 txn.save_set(s)
             for e in retry:
                 txn.add_intent(*_intent_of(e))
-        del copy
         return fin.result
 
     # ----------------------------------------------------------------- timer
@@ -600,7 +626,9 @@ class AgentService:
         async with self._lock:
             out = self.machine.tick(self.clock())
             if out.dropped_sets or out.teardown:
-                log.warning("message sequence timer expired: dropping %d set(s)", len(out.dropped_sets))
+                log.warning(
+                    "message sequence timer expired: dropping %d set(s)", len(out.dropped_sets)
+                )
             await self._teardown(out)
             self._arm_timer()
 
@@ -629,7 +657,9 @@ class AgentService:
                 continue
             with self.journal.transaction() as txn:
                 txn.clear_intent(intent.id)
-            rep.intents_replayed.append(f"{intent.kind} {intent.detail.get('path') or intent.detail.get('name')}")
+            rep.intents_replayed.append(
+                f"{intent.kind} {intent.detail.get('path') or intent.detail.get('name')}"
+            )
         kept: list[ShadowCopySet] = []
         for s in self._finish_unmapping(self.journal.load_sets(), unmapped, rep):
             if s.status in (Status.EXPOSED, Status.RECOVERED):
@@ -745,5 +775,3 @@ def _intent_of(e: Effect) -> tuple[str, dict[str, str | bool]]:
         case SealSnapshot(volume_name=vol, snapshot_path=path):
             return "seal_snapshot", {"volume": vol, "path": path}
     raise AssertionError(f"not a teardown effect: {e}")
-
-

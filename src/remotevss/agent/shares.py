@@ -9,7 +9,7 @@ for shape and then ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 MAX_UNC_CHARS = 1024
@@ -53,5 +53,5 @@ class ShareTable:
     def lookup(self, name: str) -> LocalShare | None:
         return self._shares.get(name.casefold())
 
-    def __iter__(self) -> Iterable[LocalShare]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[LocalShare]:
         return iter(self._shares.values())

@@ -49,7 +49,7 @@ class LocalClient:
         self._dce.connect()
         if max_fragment:
             self._dce.set_max_fragment_size(max_fragment)
-        self._dce.bind(uuidtup_to_bin((str(INTERFACE_UUID), "%d.%d" % INTERFACE_VERSION)))
+        self._dce.bind(uuidtup_to_bin((str(INTERFACE_UUID), "{}.{}".format(*INTERFACE_VERSION))))
 
     def close(self) -> None:
         self._dce.disconnect()
@@ -86,7 +86,9 @@ class LocalClient:
         return self.call(calls.StartShadowCopySetRequest(client_set_id))
 
     def add(self, set_id: UUID, unc: str, client_copy_id: UUID | None = None) -> Any:
-        return self.call(calls.AddToShadowCopySetRequest(client_copy_id or UUID(int=1), set_id, unc))
+        return self.call(
+            calls.AddToShadowCopySetRequest(client_copy_id or UUID(int=1), set_id, unc)
+        )
 
     def prepare(self, set_id: UUID, timeout_ms: int = 1_800_000) -> Any:
         return self.call(calls.PrepareShadowCopySetRequest(set_id, timeout_ms))

@@ -53,7 +53,9 @@ NULL_GUID = UUID(int=0)
 SHORT_TIMEOUT = 180.0
 LONG_TIMEOUT = 1800.0
 CONTEXT_RETRY_LIMIT = 5
-VALID_BASE_CONTEXTS = frozenset({CTX_BACKUP, CTX_FILE_SHARE_BACKUP, CTX_NAS_ROLLBACK, CTX_APP_ROLLBACK})
+VALID_BASE_CONTEXTS = frozenset(
+    {CTX_BACKUP, CTX_FILE_SHARE_BACKUP, CTX_NAS_ROLLBACK, CTX_APP_ROLLBACK}
+)
 
 
 class Mode(enum.StrEnum):
@@ -324,7 +326,9 @@ class Machine:
         out = self.tick(now)
         if not valid_context(context, self.mode):
             out.result = (
-                HResult.E_INVALIDARG if self.mode is Mode.SAMBA else HResult.FSRVP_E_UNSUPPORTED_CONTEXT
+                HResult.E_INVALIDARG
+                if self.mode is Mode.SAMBA
+                else HResult.FSRVP_E_UNSUPPORTED_CONTEXT
             )
             return out
         if self.mode is Mode.SPEC:
@@ -378,9 +382,7 @@ class Machine:
         s = self.sets.get(set_id)
         if self.mode is Mode.SAMBA:
             # Samba: set lookup, share lookup, path check, then state.
-            if s is None:
-                out.result = HResult.E_INVALIDARG
-            elif not share.exists:
+            if s is None or not share.exists:
                 out.result = HResult.E_INVALIDARG
             elif not share.supported:
                 out.result = HResult.FSRVP_E_NOT_SUPPORTED
@@ -400,7 +402,9 @@ class Machine:
             out.result = HResult.FSRVP_E_OBJECT_ALREADY_EXISTS
             self._start_timer(now, SHORT_TIMEOUT)
             return out
-        c = ShadowCopy(self._fresh_id(), share.volume_name, now, [MappedShare(share_name, share.local_share)])
+        c = ShadowCopy(
+            self._fresh_id(), share.volume_name, now, [MappedShare(share_name, share.local_share)]
+        )
         s.copies.append(c)
         s.status = Status.ADDED
         out.value = c.id
@@ -424,8 +428,11 @@ class Machine:
         without a snapshot (a retried commit only creates what is missing)."""
         out = self.tick(now)
         s = self.sets.get(set_id)
-        allowed = (Status.ADDED,) if self.mode is Mode.SAMBA else (
-            Status.ADDED, Status.CREATION_IN_PROGRESS)
+        allowed = (
+            (Status.ADDED,)
+            if self.mode is Mode.SAMBA
+            else (Status.ADDED, Status.CREATION_IN_PROGRESS)
+        )
         if s is None:
             out.result = self._unknown_set()
             return out
@@ -449,7 +456,9 @@ class Machine:
             c.snapshot_path = path
             c.writable = writable
 
-    def finish_commit(self, set_id: UUID, error: int | None, now: float, *, timed_out: bool = False) -> Outcome:
+    def finish_commit(
+        self, set_id: UUID, error: int | None, now: float, *, timed_out: bool = False
+    ) -> Outcome:
         """``error`` None: every snapshot exists.  Otherwise the commit failed:
         snapshots already taken are handed back for deletion and the set
         returns to Added so that a retry or an abort starts clean.  A timeout
@@ -532,7 +541,9 @@ class Machine:
             out.result = HResult.FSRVP_E_BAD_STATE
             return out
         self._stop_timer()
-        out.effects = [SealSnapshot(c.id, c.volume_name, c.snapshot_path) for c in s.copies if c.writable]
+        out.effects = [
+            SealSnapshot(c.id, c.volume_name, c.snapshot_path) for c in s.copies if c.writable
+        ]
         return out
 
     def finish_recovery_complete(self, set_id: UUID, error: int | None) -> Outcome:
@@ -559,7 +570,9 @@ class Machine:
         elif self.mode is Mode.SAMBA and s.status is Status.CREATION_IN_PROGRESS:
             out.result = HResult.FSRVP_E_BAD_STATE
         elif self.mode is Mode.SAMBA and s.status in (
-            Status.COMMITTED, Status.EXPOSED, Status.RECOVERED
+            Status.COMMITTED,
+            Status.EXPOSED,
+            Status.RECOVERED,
         ):
             pass  # Samba: a silent no-op
         else:
@@ -573,7 +586,9 @@ class Machine:
         out = self.tick(now)
         if not share.exists:
             out.result = (
-                HResult.E_INVALIDARG if self.mode is Mode.SAMBA else HResult.FSRVP_E_OBJECT_NOT_FOUND
+                HResult.E_INVALIDARG
+                if self.mode is Mode.SAMBA
+                else HResult.FSRVP_E_OBJECT_NOT_FOUND
             )
         elif not share.supported:
             out.result = HResult.FSRVP_E_NOT_SUPPORTED
@@ -585,7 +600,9 @@ class Machine:
         out = self.tick(now)
         if not share.exists:
             out.result = (
-                HResult.E_INVALIDARG if self.mode is Mode.SAMBA else HResult.FSRVP_E_OBJECT_NOT_FOUND
+                HResult.E_INVALIDARG
+                if self.mode is Mode.SAMBA
+                else HResult.FSRVP_E_OBJECT_NOT_FOUND
             )
             return out
         done = (Status.COMMITTED, Status.EXPOSED, Status.RECOVERED)
@@ -648,7 +665,9 @@ class Machine:
             out.result = HResult.FSRVP_E_BAD_STATE
             return out
         c = s.copy(copy_id)
-        missing = HResult.E_INVALIDARG if self.mode is Mode.SAMBA else HResult.FSRVP_E_OBJECT_NOT_FOUND
+        missing = (
+            HResult.E_INVALIDARG if self.mode is Mode.SAMBA else HResult.FSRVP_E_OBJECT_NOT_FOUND
+        )
         if c is None:
             out.result = missing
             return out

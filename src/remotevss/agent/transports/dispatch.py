@@ -10,6 +10,7 @@ may take the agent down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from remotevss.agent.authz import Caller
@@ -52,7 +53,5 @@ async def serve_connection(
         pass
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
