@@ -30,6 +30,16 @@ class ShareConfig:
 
 
 @dataclass(frozen=True)
+class SambaConfig:
+    """How the agent sits behind Samba (empty ``config_file``: no Samba)."""
+
+    config_file: str = ""  # e.g. /etc/samba/smb.conf; enables the pipe, shares and exposure
+    pipe_dir: str = ""  # where smbd looks for np sockets; default: <ncalrpc dir>/np from Samba
+    shares: str = "samba"  # "samba": shares come from Samba's config; "agent": from [shares]
+    expose: str = "registry"  # "registry": share@{guid} as a Samba registry share; "symlink"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     socket_path: str = "/run/remotevss/agent.sock"
     socket_group: str = "root"
@@ -44,6 +54,7 @@ class AgentConfig:
     backend: str = "auto"
     max_connections: int = 64
     shares: tuple[ShareConfig, ...] = ()
+    samba: SambaConfig = field(default_factory=SambaConfig)
 
     @property
     def journal_path(self) -> Path:
@@ -72,7 +83,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-    unknown = set(data) - {"agent", "shares"}
+    unknown = set(data) - {"agent", "shares", "samba"}
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     kwargs: dict[str, Any] = {}
@@ -81,7 +92,21 @@ def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
             raise ConfigError(f"[agent] unknown key {key!r}")
         kwargs[_AGENT_KEYS[key]] = value
     shares = [_share(name, spec) for name, spec in dict(data.get("shares", {})).items()]
-    kwargs.update({k: v for k, v in overrides.items() if v is not None and k != "shares"})
+    samba = dict(data.get("samba", {}))
+    samba_keys = {f.name for f in fields(SambaConfig)}
+    if set(samba) - samba_keys:
+        raise ConfigError(f"[samba] unknown key(s): {', '.join(sorted(set(samba) - samba_keys))}")
+    if any(not isinstance(v, str) for v in samba.values()):
+        raise ConfigError("[samba] values must be strings")
+    if overrides.get("samba_config"):
+        samba["config_file"] = overrides["samba_config"]
+    kwargs["samba"] = SambaConfig(**samba)
+    if kwargs["samba"].shares not in ("samba", "agent"):
+        raise ConfigError('[samba] shares must be "samba" or "agent"')
+    if kwargs["samba"].expose not in ("registry", "symlink"):
+        raise ConfigError('[samba] expose must be "registry" or "symlink"')
+    special = ("shares", "samba_config")
+    kwargs.update({k: v for k, v in overrides.items() if v is not None and k not in special})
     shares.extend(overrides.get("shares") or ())
     kwargs["shares"] = tuple(shares)
     return _validated(kwargs)
