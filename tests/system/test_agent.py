@@ -82,16 +82,22 @@ class Writer(threading.Thread):
             self.count += 1
             (self.root / "counter").write_text(str(self.count))
 
-    def check_snapshot(self, snap: Path, done_before: int, started_after: int) -> int:
+    def check_snapshot(
+        self, snap: Path, done_before: int, started_after: int, atomic: bool = True
+    ) -> int:
         """The snapshot is the crash-consistent image of one instant inside Commit:
         every file written before Commit began is there and whole, none written after
         Commit returned is there, and a file written during the call is either whole
         or (btrfs: data still in delayed allocation at the instant) empty, never torn."""
         names = sorted(p.name for p in snap.iterdir() if p.name.startswith("w"))
         k = len(names)
-        assert names == [f"w{i:06d}" for i in range(k)], "snapshot is not a prefix"
+        if atomic:  # one instant for the whole tree (btrfs)
+            assert names == [f"w{i:06d}" for i in range(k)], "snapshot is not a prefix"
+        else:  # a tree walk (reflink/copy): each file from some instant inside Commit
+            assert names[:done_before] == [f"w{i:06d}" for i in range(done_before)]
+            k = int(names[-1][1:]) + 1 if names else 0
         assert done_before <= k <= started_after + 1
-        for i in range(k):
+        for i in (int(n[1:]) for n in names):
             data = (snap / f"w{i:06d}").read_bytes()
             whole = (f"file {i}\n" * 200).encode()
             if i < done_before:
@@ -294,6 +300,7 @@ CRASH_POINTS = [
     "expose_intent",
     "expose_share",
     "unexpose_share",
+    "delete_snapshot",
 ]
 
 
@@ -382,3 +389,53 @@ def test_share_with_mount_below_is_not_supported(tmp_path: Path, btrfs: Path) ->
     finally:
         a.stop()
         subprocess.run(["umount", str(inner)], check=False)
+
+
+@pytest.mark.parametrize("fstype,backend", [("xfs", "reflink"), ("ext4", "copy")])
+def test_full_sequence_on_tree_backends(
+    tmp_path: Path, loopfs: object, fstype: str, backend: str
+) -> None:
+    """XFS (reflink) and ext4 (copy): the same sequence; read-only enforced for root
+    by a read-only bind mount, writable until RecoveryComplete."""
+    _need_root()
+    mnt = loopfs(fstype, 400)  # type: ignore[operator]
+    shares = {"share0": mnt / "share0", "share1": mnt / "share1"}
+    for p in shares.values():
+        p.mkdir()
+    work = tmp_path / "agent"
+    work.mkdir()
+    a = AgentProcess(work, shares)
+    a.start()
+    try:
+        writer = Writer(shares["share0"])
+        writer.start()
+        time.sleep(0.05)
+        res = full_sequence(a, ["share0"], writers={"share0": writer})
+        writer.stop_flag.set()
+        writer.join()
+        snap = exposed_path(a, res["mappings"]["share0"].shadow_copy_share_name)  # type: ignore[index]
+        writer.check_snapshot(snap, res["before"]["share0"], res["after"]["share0"], atomic=False)  # type: ignore[index]
+        assert backend in a.log.read_text()
+        with pytest.raises(OSError) as exc:
+            (snap / "w000000").write_text("x")
+        assert exc.value.errno == errno.EROFS
+        with a.client() as c:
+            assert c.recovery_complete(res["set"]).return_value == ZERO  # type: ignore[arg-type]
+        # writable until RecoveryComplete, sealed after
+        rw = full_sequence(a, ["share1"], CTX_BACKUP | Attr.ATTR_AUTO_RECOVERY)
+        rsnap = exposed_path(a, rw["mappings"]["share1"].shadow_copy_share_name)  # type: ignore[index]
+        (rsnap / "fixup").write_text("ok")
+        with a.client() as c:
+            assert c.recovery_complete(rw["set"]).return_value == ZERO  # type: ignore[arg-type]
+        with pytest.raises(OSError) as exc:
+            (rsnap / "fixup").write_text("again")
+        assert exc.value.errno == errno.EROFS
+        assert (rsnap / "fixup").read_text() == "ok"
+        assert len(a.snapshots()) == 2
+        with a.client() as c:
+            for r, n in ((res, "share0"), (rw, "share1")):
+                cid = r["copies"][n]  # type: ignore[index]
+                assert c.delete_share_mapping(r["set"], cid, unc(n)).return_value == ZERO  # type: ignore[arg-type]
+        assert a.snapshots() == [] and a.exposed() == {}
+    finally:
+        a.stop()
