@@ -439,3 +439,32 @@ def test_full_sequence_on_tree_backends(
         assert a.snapshots() == [] and a.exposed() == {}
     finally:
         a.stop()
+
+
+def test_many_concurrent_connections_and_socket_mode(agent: AgentProcess) -> None:
+    """32 clients at once: each is served; only one can hold the context at a time."""
+    import stat
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = agent.socket.stat()
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    assert (st.st_uid, st.st_gid) == (0, 0)
+
+    def worker(i: int) -> tuple[int, int]:
+        with agent.client() as c:
+            for _ in range(5):
+                r = c.is_path_supported(unc("share0"))
+                assert r.return_value == ZERO
+                v = c.get_supported_version()
+                assert (v.min_version, v.max_version) == (1, 1)
+            return i, c.set_context(CTX_BACKUP).return_value
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(worker, range(32)))
+    assert len(results) == 32
+    # all local root callers share one client address, so each SetContext is the same
+    # client retrying; at most 5 retries, then IN_PROGRESS, then a fresh context
+    codes = {code for _, code in results}
+    assert codes <= {ZERO, HResult.FSRVP_E_SHADOW_COPY_SET_IN_PROGRESS}
+    res = full_sequence(agent, ["share0"])
+    assert res["set"]
