@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import threading
 import time
@@ -468,3 +469,20 @@ def test_many_concurrent_connections_and_socket_mode(agent: AgentProcess) -> Non
     assert codes <= {ZERO, HResult.FSRVP_E_SHADOW_COPY_SET_IN_PROGRESS}
     res = full_sequence(agent, ["share0"])
     assert res["set"]
+
+
+def test_back_to_back_sets_within_one_second(agent: AgentProcess) -> None:
+    """Samba's own server fails the second commit within a second (E_FAIL: both want
+    the same @GMT name); ours names snapshots uniquely, still sorted by time."""
+    made = []
+    t0 = time.monotonic()
+    for _ in range(3):
+        res = full_sequence(agent, ["share0"], CTX_APP_ROLLBACK)
+        with agent.client() as c:
+            assert c.recovery_complete(res["set"]).return_value == ZERO  # type: ignore[arg-type]
+        made.append(res)
+    assert time.monotonic() - t0 < 3
+    names = [p.name for p in agent.snapshots()]
+    assert len(names) == 3 and names == sorted(names)
+    token = re.compile(r"^@GMT-\d{4}\.\d\d\.\d\d-\d\d\.\d\d\.\d\d\.\d{6}-[0-9a-f]{8}$")
+    assert all(token.match(n) for n in names), names
