@@ -399,6 +399,12 @@ class AgentService:
         del self._commits[set_id]
         error, intent_ids = job.task.result()
         fin = self.machine.finish_commit(set_id, error, self.clock())
+        await self._record(set_id, intent_ids, fin)
+        return fin.result
+
+    async def _record(self, set_id: UUID, intent_ids: list[int], fin: Outcome) -> None:
+        """One transaction: the call's effects are done (intents cleared), the set's
+        new state, and intents for the teardown the outcome asks for; then that teardown."""
         s = self.machine.sets.get(set_id)
         with self.journal.transaction() as txn:
             for iid in intent_ids:
@@ -408,7 +414,6 @@ class AgentService:
             intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
         if intents:
             await asyncio.to_thread(self._run_intents, intents)
-        return fin.result
 
     async def _orphaned_commit(self, set_id: UUID) -> None:
         """A commit job ended with no caller waiting for it: finish it here."""
@@ -524,15 +529,7 @@ class AgentService:
                 self._crash_point("expose_share")
                 m.share_exposed(e.set_id, e.copy_id, e.exposed_name)
         fin = m.finish_expose(set_id, error, self.clock())
-        s = m.sets.get(set_id)
-        with self.journal.transaction() as txn:
-            for iid in intent_ids:
-                txn.clear_intent(iid)
-            if s is not None:
-                txn.save_set(s)
-            intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
-        if intents:
-            await asyncio.to_thread(self._run_intents, intents)
+        await self._record(set_id, intent_ids, fin)
         return fin.result
 
     # ---------------------------------------------------- recovery complete

@@ -308,6 +308,18 @@ class Machine:
             self._clear_context()
         return out
 
+    def _set_in(
+        self, set_id: UUID, now: float, *allowed: Status
+    ) -> tuple[Outcome, ShadowCopySet | None]:
+        """tick, look the set up, check its state: the common head of most calls."""
+        out = self.tick(now)
+        s = self.sets.get(set_id)
+        if s is None:
+            out.result = self._unknown_set()
+        elif s.status not in allowed:
+            out.result = HResult.FSRVP_E_BAD_STATE
+        return out, (s if out.ok else None)
+
     def _unknown_set(self, opnum_is_delete: bool = False) -> int:
         if opnum_is_delete:
             return HResult.FSRVP_E_OBJECT_NOT_FOUND
@@ -413,13 +425,8 @@ class Machine:
 
     def prepare_shadow_copy_set(self, set_id: UUID, now: float) -> Outcome:
         """Prepare has nothing to flush on a Linux file server: it succeeds at once."""
-        out = self.tick(now)
-        s = self.sets.get(set_id)
-        if s is None:
-            out.result = self._unknown_set()
-        elif s.status is not Status.ADDED:
-            out.result = HResult.FSRVP_E_BAD_STATE
-        else:
+        out, s = self._set_in(set_id, now, Status.ADDED)
+        if s is not None:
             self._start_timer(now, LONG_TIMEOUT)
         return out
 
@@ -484,13 +491,8 @@ class Machine:
         return out
 
     def begin_expose(self, set_id: UUID, now: float) -> Outcome:
-        out = self.tick(now)
-        s = self.sets.get(set_id)
+        out, s = self._set_in(set_id, now, Status.COMMITTED)
         if s is None:
-            out.result = self._unknown_set()
-            return out
-        if s.status is not Status.COMMITTED:
-            out.result = HResult.FSRVP_E_BAD_STATE
             return out
         self._stop_timer()
         for c in s.copies:
@@ -532,13 +534,8 @@ class Machine:
         return out
 
     def begin_recovery_complete(self, set_id: UUID, now: float) -> Outcome:
-        out = self.tick(now)
-        s = self.sets.get(set_id)
+        out, s = self._set_in(set_id, now, Status.EXPOSED)
         if s is None:
-            out.result = self._unknown_set()
-            return out
-        if s.status is not Status.EXPOSED:
-            out.result = HResult.FSRVP_E_BAD_STATE
             return out
         self._stop_timer()
         out.effects = [
