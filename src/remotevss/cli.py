@@ -9,6 +9,7 @@ import sys
 
 from remotevss import __version__
 from remotevss.agent.config import ConfigError, ShareConfig, load_config
+from remotevss.client import cli as shadow_cli
 
 
 def _share_arg(text: str) -> ShareConfig:
@@ -42,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="end-to-end demo on a loop-mounted btrfs (needs root)")
     d.add_argument("-v", "--verbose", action="count", default=0)
+
+    shadow_cli.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * getattr(args, "verbose", 0)
+    level = logging.WARNING - 10 * (getattr(args, "verbose", 0) or 0)
     logging.basicConfig(
         level=max(level, logging.DEBUG),
         stream=sys.stderr,
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         from remotevss.demo import run_demo
 
         return run_demo()
+    if args.command == "shadow":
+        return shadow_cli.run(args)
     return 2  # pragma: no cover
 
 

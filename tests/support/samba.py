@@ -37,6 +37,13 @@ class PrivateSamba:
     sequence_timeout: int | None = None
     port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Extra ``[global]`` parameters (override the defaults above of the same name).
+    extra_global: dict[str, str] = field(default_factory=dict)
+    #: Per-share parameters, merged over the default share lines (``read only = no``,
+    #: ``vfs objects = btrfs``, ``btrfs: manipulate snapshots = yes``).
+    share_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Raw lines appended to smb.conf (e.g. a ``[printers]`` section, an ``include``).
+    extra_lines: list[str] = field(default_factory=list)
 
     @property
     def conf(self) -> Path:
@@ -75,14 +82,16 @@ class PrivateSamba:
         ]
         if self.sequence_timeout is not None:
             lines.append(f"fss: sequence timeout = {self.sequence_timeout}")
+        lines = _merged(lines, self.extra_global)
         for name, path in self.shares.items():
-            lines += [
-                f"[{name}]",
+            share = [
                 f"path = {path}",
                 "read only = no",
                 "vfs objects = btrfs",
                 "btrfs: manipulate snapshots = yes",
             ]
+            lines += [f"[{name}]", *_merged(share, self.share_options.get(name, {}))]
+        lines += self.extra_lines
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
@@ -159,6 +168,39 @@ class PrivateSamba:
             timeout=120,
         )
 
+    def net(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``net -s <conf> ARGS`` (e.g. ``net("conf", "addshare", name, path)``)."""
+        return self._run(["net", "-s", str(self.conf), *args], check)
+
+    def sharesec(
+        self, share: str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``sharesec -s <conf> SHARE ARGS`` (``--viewsddl``, ``--replace=ACL`` ...)."""
+        return self._run(["sharesec", "-s", str(self.conf), share, *args], check)
+
+    def smbclient(
+        self, share: str, command: str, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``smbclient //127.0.0.1/SHARE -c COMMAND`` as root."""
+        return self._run(
+            [
+                "smbclient",
+                "-s",
+                str(self.conf),
+                f"//127.0.0.1/{share}",
+                "-p",
+                str(self.port),
+                "-U",
+                f"root%{PASSWORD}",
+                "-c",
+                command,
+            ],
+            check,
+        )
+
+    def _run(self, argv: list[str], check: bool) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
+
     def stop(self) -> None:
         """Stop each daemon with its whole session (smbd and rpcd children included)."""
         for p in reversed(self.procs):
@@ -172,3 +214,17 @@ class PrivateSamba:
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self.procs.clear()
+
+
+def _merged(lines: list[str], overrides: dict[str, str]) -> list[str]:
+    """``key = value`` lines with ``overrides`` replacing same-named keys, new keys appended."""
+    keys = {k.strip().lower(): (k, v) for k, v in overrides.items()}
+    out = []
+    for line in lines:
+        key = line.split("=", 1)[0].strip().lower()
+        if key in keys:
+            k, v = keys.pop(key)
+            out.append(f"{k} = {v}")
+        else:
+            out.append(line)
+    return out + [f"{k} = {v}" for k, v in keys.values()]

@@ -3,12 +3,18 @@
 MS-FSRVP (<4>) admits members of BUILTIN\\Administrators and BUILTIN\\Backup
 Operators; Samba also admits the SeBackupPrivilege holder and root.  The
 local socket has no SIDs: there root or members of the configured group are
-admitted.  Anything else gets E_ACCESSDENIED with no state change.
+admitted; behind Samba, the SMB user's token (SIDs, privileges, unix uid
+and groups) as smbd hands it over, plus configured extra SIDs and groups.
+Unix groups count per transport: a local socket group must not admit an SMB
+user who happens to share its gid.  Anything else gets E_ACCESSDENIED with no
+state change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from remotevss.agent.config import AgentConfig, group_id
 
 SID_ADMINISTRATORS = "S-1-5-32-544"
 SID_BACKUP_OPERATORS = "S-1-5-32-551"
@@ -30,15 +36,29 @@ class Caller:
 
 @dataclass(frozen=True)
 class Policy:
-    allowed_gids: frozenset[int] = frozenset()
+    allowed_gids: frozenset[int] = frozenset()  # local socket callers
     allowed_sids: frozenset[str] = field(
         default_factory=lambda: frozenset({SID_ADMINISTRATORS, SID_BACKUP_OPERATORS})
     )
+    samba_gids: frozenset[int] = frozenset()  # callers behind Samba ([samba] allowed_groups)
 
     def permits(self, caller: Caller) -> bool:
+        gids = self.samba_gids if caller.transport == "samba" else self.allowed_gids
         return (
             caller.uid == 0
-            or bool(caller.gids & self.allowed_gids)
+            or bool(caller.gids & gids)
             or bool(caller.sids & self.allowed_sids)
             or bool(caller.privileges & SE_BACKUP_PRIVILEGE)
         )
+
+
+def policy_for(config: AgentConfig) -> Policy:
+    """The rule the configuration asks for: the socket group locally, extra SIDs and
+    groups from ``[samba]`` behind Samba, on top of the built-in rule."""
+    return Policy(
+        allowed_gids=frozenset({group_id(config.socket_group)}),
+        allowed_sids=frozenset(
+            {SID_ADMINISTRATORS, SID_BACKUP_OPERATORS, *config.samba.allowed_sids}
+        ),
+        samba_gids=frozenset(group_id(g) for g in config.samba.allowed_groups),
+    )

@@ -7,6 +7,8 @@ with the key's name, not surface as a wrong default at 3 a.m.  See
 
 from __future__ import annotations
 
+import grp
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -37,6 +39,8 @@ class SambaConfig:
     pipe_dir: str = ""  # where smbd looks for np sockets; default: <ncalrpc dir>/np from Samba
     shares: str = "samba"  # "samba": shares come from Samba's config; "agent": from [shares]
     expose: str = "registry"  # "registry": share@{guid} as a Samba registry share; "symlink"
+    allowed_sids: tuple[str, ...] = ()  # admitted besides Administrators and Backup Operators
+    allowed_groups: tuple[str, ...] = ()  # unix groups (names or gids) of admitted SMB users
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,11 @@ def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
     samba_keys = {f.name for f in fields(SambaConfig)}
     if set(samba) - samba_keys:
         raise ConfigError(f"[samba] unknown key(s): {', '.join(sorted(set(samba) - samba_keys))}")
-    if any(not isinstance(v, str) for v in samba.values()):
-        raise ConfigError("[samba] values must be strings")
+    for key, value in samba.items():
+        if key in _SAMBA_LISTS:
+            samba[key] = _string_list(key, value)
+        elif not isinstance(value, str):
+            raise ConfigError("[samba] values must be strings")
     if overrides.get("samba_config"):
         samba["config_file"] = overrides["samba_config"]
     kwargs["samba"] = SambaConfig(**samba)
@@ -110,6 +117,29 @@ def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
     shares.extend(overrides.get("shares") or ())
     kwargs["shares"] = tuple(shares)
     return _validated(kwargs)
+
+
+_SAMBA_LISTS = ("allowed_sids", "allowed_groups")
+_SID_RE = re.compile(r"^S-1-(\d+|0x[0-9a-f]+)(-\d+){0,15}$")  # as Samba prints them
+
+
+def _string_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"[samba] {key} must be a list of strings")
+    for v in value:
+        if key == "allowed_sids" and not _SID_RE.match(v):
+            raise ConfigError(f"[samba] allowed_sids: {v!r} is not a SID (S-1-5-...)")
+        if key == "allowed_groups":
+            group_id(v)
+    return tuple(value)
+
+
+def group_id(name: str) -> int:
+    """A unix group name or number, as a gid (ConfigError if unknown)."""
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError as exc:
+        raise ConfigError(f"unknown unix group {name!r}") from exc
 
 
 def _share(name: str, spec: Any) -> ShareConfig:

@@ -6,32 +6,46 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
+from remotevss.agent.authz import policy_for
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.service import AgentService
+from remotevss.agent.transports.samba_pipe import PipeListener
 from remotevss.agent.transports.unix import serve_unix
+from remotevss.samba.pipedir import default_pipe_dir, takeover_risk
 
 log = logging.getLogger("remotevss.agent")
 
 
 async def run_agent(config: AgentConfig) -> int:
-    service = AgentService(config)
+    service = AgentService(config, policy=policy_for(config))
     report = await service.start()
     for line in report.lines():
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
     server = await serve_unix(service, config.socket_path, config.socket_group)
+    pipe: PipeListener | None = None
+    if config.samba.config_file:
+        pipe_dir = config.samba.pipe_dir or default_pipe_dir(config.samba.config_file)
+        pipe = PipeListener(service, Path(pipe_dir))
+        await pipe.start()
+        if risk := takeover_risk(config.samba.config_file):
+            log.warning("%s; see docs/samba.md (recipe B or C)", risk)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(
-        f"remotevss agent: serving FSRVP on {config.socket_path} "
-        f"({len(config.shares)} share(s), mode {config.mode.value})",
+        f"remotevss agent: serving FSRVP on {config.socket_path}"
+        + (f" and {pipe.path}" if pipe else "")
+        + f" ({len(config.shares)} share(s), mode {config.mode.value})",
         file=sys.stderr,
         flush=True,
     )
     await stop.wait()
     log.info("stopping")
+    if pipe is not None:
+        await pipe.close()
     server.close()
     await server.wait_closed()
     await service.close()

@@ -25,7 +25,13 @@ from remotevss.agent.authz import Caller, Policy
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.exposer import ExposeError, Exposer, SymlinkExposer
 from remotevss.agent.journal import Intent, Journal
-from remotevss.agent.shares import BadShareName, LocalShare, ShareTable, parse_unc
+from remotevss.agent.shares import (
+    BadShareName,
+    LocalShare,
+    ShareLookup,
+    ShareTable,
+    parse_unc,
+)
 from remotevss.dcerpc import pdu
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.constants import DISABLE_DEFRAG, HResult, Opnum, hresult_name
@@ -127,6 +133,7 @@ class AgentService:
         exposer: Exposer | None = None,
         policy: Policy | None = None,
         crash_after: str | None = None,
+        shares: ShareLookup | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -134,7 +141,11 @@ class AgentService:
         self.journal = Journal(config.journal_path)
         self.exposer: Exposer = exposer or SymlinkExposer(config.expose_dir)
         self.policy = policy or Policy()
-        self.shares = ShareTable(LocalShare(s.name, s.path, s.backend) for s in config.shares)
+        self.shares: ShareLookup = (
+            shares
+            if shares is not None
+            else ShareTable(LocalShare(s.name, s.path, s.backend) for s in config.shares)
+        )
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._commits: dict[UUID, _CommitJob] = {}
@@ -284,6 +295,8 @@ class AgentService:
         share = self.shares.lookup(name)
         if share is None:
             return None, None, "no such share"
+        if share.unsupported:
+            return share, None, share.unsupported
         forced = None if share.backend == "auto" else share.backend
         if forced is None and self.config.backend != "auto":
             forced = self.config.backend

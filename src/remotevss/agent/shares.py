@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 MAX_UNC_CHARS = 1024
 # A share name as Samba and Windows accept it (no separators, no control chars).
@@ -27,6 +28,18 @@ class LocalShare:
     name: str
     path: str
     backend: str = "auto"
+    #: Why this share can never be snapshotted ("" = it may be): e.g. a Samba share whose
+    #: path depends on the user (``%U``).  The agent answers FSRVP_E_NOT_SUPPORTED.
+    unsupported: str = ""
+
+
+class ShareLookup(Protocol):
+    """What the agent needs from a share table: the agent's own or Samba's
+    (remotevss.samba.shares.SambaShareTable)."""
+
+    def lookup(self, name: str) -> LocalShare | None:
+        """The share called ``name`` (case-insensitive), or None."""
+        ...
 
 
 def parse_unc(unc: str) -> str:

@@ -4,7 +4,8 @@ Why here and not in each transport: framing differs (a byte stream on the
 local socket, messages behind smbd) but the rule is the same: feed bytes to
 the sans-I/O engine, run each complete call through the service, send what
 the engine queued, close when it says so.  No exception from a peer's bytes
-may take the agent down.
+may take the agent down.  A transport supplies a :class:`Link`: how bytes
+arrive and how one PDU leaves.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from remotevss.agent.authz import Caller
 from remotevss.agent.service import AgentService, CallFault
@@ -26,16 +28,49 @@ ASSOC_GROUPS = AssocGroupAllocator()
 READ_SIZE = 65536
 
 
-async def serve_connection(
-    service: AgentService,
-    caller: Caller,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-) -> None:
+class Link(Protocol):
+    """A transport's side of one connection."""
+
+    async def read(self) -> bytes:
+        """The next bytes of the DCE/RPC stream; b"" at end of stream."""
+        ...
+
+    def write_pdu(self, data: bytes) -> None:
+        """Queue one whole PDU (message-mode links send it as one message)."""
+        ...
+
+    async def drain(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class StreamLink:
+    """A plain byte stream (the local socket): PDUs are framed by their headers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def read(self) -> bytes:
+        return await self.reader.read(READ_SIZE)
+
+    def write_pdu(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+async def serve_connection(service: AgentService, caller: Caller, link: Link) -> None:
     conn = ServerConnection([FSRVP_INTERFACE], assoc_groups=ASSOC_GROUPS)
     try:
         while not conn.closed:
-            data = await reader.read(READ_SIZE)
+            data = await link.read()
             if not data:
                 break
             for request in conn.receive_data(data):
@@ -47,11 +82,9 @@ async def serve_connection(
                     log.exception("internal error in opnum %d", request.opnum)
                     conn.fault(request, pdu.NCA_S_FAULT_CANT_PERFORM)
             for p in conn.pdus_to_send():
-                writer.write(p)
-            await writer.drain()
+                link.write_pdu(p)
+            await link.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+        await link.close()

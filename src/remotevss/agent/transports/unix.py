@@ -19,7 +19,7 @@ from pathlib import Path
 
 from remotevss.agent.authz import Caller
 from remotevss.agent.service import AgentService
-from remotevss.agent.transports.dispatch import serve_connection
+from remotevss.agent.transports.dispatch import StreamLink, serve_connection
 
 log = logging.getLogger("remotevss.agent.unix")
 
@@ -55,7 +55,7 @@ async def serve_unix(service: AgentService, path: str, group: str = "root") -> a
             return
         async with limit:
             caller = peer_caller(writer.get_extra_info("socket"))
-            await serve_connection(service, caller, reader, writer)
+            await serve_connection(service, caller, StreamLink(reader, writer))
 
     old = os.umask(0o117)
     try:

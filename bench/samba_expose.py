@@ -1,0 +1,138 @@
+"""Benchmark: snapshot-share exposure through Samba's registry, ours vs ``net conf``.
+
+Ours: :class:`remotevss.samba.registry_exposer.RegistryExposer` in-process --
+``expose`` (clone definition + share ACL, one registry transaction, messages
+to smbd) and ``unexpose`` (delete, ACL entry, FORCE_TDIS + CONF_UPDATED).
+Baseline: what an agent shelling out would do -- ``net conf addshare`` /
+``net conf delshare`` (each a process start), plus ``smbcontrol smbd
+reload-config`` / ``close-share`` to tell smbd.  A private smbd (no FSRVP
+server) on a loop btrfs, base share with a stored ACL so it is copied, and
+``--sessions`` idle SMB sessions open (one smbd child each, all of which get
+our messages).
+
+Usage (root): .venv/bin/python bench/samba_expose.py [--runs 50] [--sessions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import btrfsutil  # noqa: E402
+from impacket.smbconnection import SMBConnection  # noqa: E402
+
+from remotevss.loopfs import loop_filesystem  # noqa: E402
+from remotevss.samba.conf import SambaConf  # noqa: E402
+from remotevss.samba.registry_exposer import RegistryExposer  # noqa: E402
+from remotevss.samba.shares import SambaShareTable  # noqa: E402
+from tests.support.samba import PASSWORD, PrivateSamba  # noqa: E402
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1e3, 3)
+
+
+def timed(fn: Callable[[], object], runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--baseline-runs", type=int, default=10)
+    ap.add_argument("--sessions", type=int, default=4)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rvss-bench-expose-") as tmp:
+        work = Path(tmp)
+        with loop_filesystem("btrfs", 512, work) as mnt:
+            data = mnt / "data"
+            btrfsutil.create_subvolume(str(data))
+            snap = mnt / "snap"
+            btrfsutil.create_snapshot(str(data), str(snap), read_only=True)
+            samba = PrivateSamba(work / "samba", {"data": data}, samba_fsrvp=False)
+            samba.start()
+            try:
+                samba.sharesec("data", "--replace=S-1-1-0:ALLOWED/0x0/READ")
+                sessions = []
+                for _ in range(args.sessions):
+                    c = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=samba.port)
+                    c.login("root", PASSWORD)
+                    c.connectTree("data")
+                    sessions.append(c)
+                conf = SambaConf(samba.conf)
+                table = SambaShareTable(conf)
+                exposer = RegistryExposer(conf)
+                names = [f"data@{{{uuid.uuid4()}}}" for _ in range(args.runs)]
+                it = iter(names)
+                expose = timed(
+                    lambda: exposer.expose(next(it), "data", str(snap), False), args.runs
+                )
+                it = iter(names)
+                unexpose = timed(lambda: exposer.unexpose(next(it)), args.runs)
+                lookup_file = timed(lambda: table.lookup("data"), 1000)
+                samba.net("conf", "addshare", "regshare", str(data))
+                lookup_reg = timed(lambda: table.lookup("regshare"), 1000)
+                messages = timed(exposer.notifier.conf_updated, args.runs)
+
+                base = [f"data@{{{uuid.uuid4()}}}" for _ in range(args.baseline_runs)]
+                it = iter(base)
+                net_add = timed(
+                    lambda: samba.net("conf", "addshare", next(it), str(snap)), len(base)
+                )
+                it = iter(base)
+                net_del = timed(lambda: samba.net("conf", "delshare", next(it)), len(base))
+
+                def smbcontrol(*a: str) -> None:
+                    subprocess.run(
+                        ["smbcontrol", "-s", str(samba.conf), "smbd", *a],
+                        check=True,
+                        capture_output=True,
+                    )
+
+                reload_ = timed(lambda: smbcontrol("reload-config"), len(base))
+                close = timed(lambda: smbcontrol("close-share", "nosuch"), len(base))
+                result = {
+                    "smbd_processes_messaged": len(exposer.notifier.peers()),
+                    "expose_ms": median_ms(expose),
+                    "unexpose_ms": median_ms(unexpose),
+                    "notify_conf_updated_ms": median_ms(messages),
+                    "lookup_file_share_us": round(statistics.median(lookup_file) * 1e6, 1),
+                    "lookup_registry_share_us": round(statistics.median(lookup_reg) * 1e6, 1),
+                    "net_conf_addshare_ms": median_ms(net_add),
+                    "net_conf_delshare_ms": median_ms(net_del),
+                    "smbcontrol_reload_config_ms": median_ms(reload_),
+                    "smbcontrol_close_share_ms": median_ms(close),
+                }
+                result["baseline_expose_ms"] = round(
+                    result["net_conf_addshare_ms"] + result["smbcontrol_reload_config_ms"], 3
+                )
+                result["baseline_unexpose_ms"] = round(
+                    result["net_conf_delshare_ms"]
+                    + result["smbcontrol_close_share_ms"]
+                    + result["smbcontrol_reload_config_ms"],
+                    3,
+                )
+                print(json.dumps(result, indent=2))
+                for c in sessions:
+                    c.close()
+            finally:
+                samba.stop()
+
+
+if __name__ == "__main__":
+    main()

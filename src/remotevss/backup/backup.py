@@ -1,0 +1,434 @@
+"""``run_backup``: turn one or more sources into a recovery point.
+
+Why this pipeline: on two cores the fastest arrangement measured is the
+chunker (and reads) in the calling thread and blake3+zstd in a 2-worker
+pool; both C extensions release the GIL.  Small files are batched so a
+worker task costs one future per ~1 MiB rather than per file.  Results are
+consumed in submission order, so packs get blobs in a deterministic order and
+a directory's tree is written as soon as its last file is hashed.
+
+Files whose (size, mtime, ctime, file id) match the files cache are not read
+at all: that is where an unchanged incremental gets its speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from remotevss.backup.chunker import chunk_id, compress, is_zero
+from remotevss.backup.index import CacheRow
+from remotevss.backup.packs import DATA, POINT, TREE
+from remotevss.backup.progress import Progress
+from remotevss.backup.repo import BlobWriter, Repository
+from remotevss.backup.snapshot_source import DIR, FILE, FileReader, Source, SourceEntry
+from remotevss.backup.tree import Entry, encode_tree, make_entry
+
+BATCH_BYTES = 1 << 20
+BATCH_OPS = 256
+WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
+MAX_ERRORS_KEPT = 1000
+
+Chunk = bytes | memoryview
+WorkResult = list[tuple[bytes | None, int, bytes | None]]
+
+
+@dataclass
+class RecoveryPoint:
+    """A committed recovery point, as returned to callers of ``run_backup``."""
+
+    id: int
+    uuid: str
+    time_ns: int
+    root: str
+    meta: dict[str, Any]
+    stats: dict[str, Any]
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes_total: int = 0
+    bytes_read: int = 0
+    cache_hits: int = 0
+    new_blobs: int = 0
+    new_raw: int = 0
+    new_stored: int = 0
+    packs: int = 0
+    seconds: float = 0.0
+    error_count: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _work(chunks: list[Chunk], known: Callable[[bytes], bool]) -> WorkResult:
+    """Worker: hash every chunk; compress only those the repository lacks."""
+    out: WorkResult = []
+    for data in chunks:
+        if is_zero(data):
+            out.append((None, 0, None))
+            continue
+        cid = chunk_id(data)
+        if known(cid):
+            out.append((cid, 0, None))
+        else:
+            comp, stored = compress(data)
+            out.append((cid, comp, stored))
+    return out
+
+
+class _Dir:
+    __slots__ = ("entry", "children", "parent", "pending", "sealed")
+
+    def __init__(self, entry: Entry, parent: _Dir | None) -> None:
+        self.entry = entry
+        self.children: list[Entry] = []
+        self.parent = parent
+        self.pending = 0  # children whose content or subtree is not known yet
+        self.sealed = False  # all children listed
+
+
+class _File:
+    __slots__ = ("entry", "parent", "segments", "pending", "sealed", "failed", "cache_row")
+
+    def __init__(self, entry: Entry, parent: _Dir,
+                 cache_row: tuple[str, str, str, int, int, int, int]) -> None:
+        self.entry = entry
+        self.parent = parent
+        self.segments: list[list[Any]] = []  # [offset, length, chunk id or None (zeros)]
+        self.pending = 0
+        self.sealed = False
+        self.failed = False
+        self.cache_row = cache_row
+
+
+class _Window:
+    """A file range as a readinto() stream, for pyfastcdc's cut_stream."""
+
+    def __init__(self, reader: FileReader, offset: int, length: int) -> None:
+        self.reader, self.pos, self.end = reader, offset, offset + length
+
+    def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        got = self.reader.readinto(self.pos, buf[:n])
+        self.pos += got
+        return got
+
+
+class _Engine:
+    def __init__(self, repo: Repository, progress: Progress, workers: int) -> None:
+        self.repo = repo
+        self.index = repo.index
+        self.writer: BlobWriter = repo.writer()
+        self.params = repo.config.chunker
+        self.chunker = self.params.make()
+        self.progress = progress
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rvss-chunk")
+        self.max_inflight = max(2, 2 * workers)
+        self.fifo: deque[tuple[Future[WorkResult], list[tuple[_File, int]], list[Chunk]]] = deque()
+        self.batch_ops: list[tuple[_File, int]] = []
+        self.batch_data: list[Chunk] = []
+        self.batch_bytes = 0
+        self.stats = Stats()
+        self.cache_new: list[tuple[str, str, str, int, int, int, int, str]] = []
+        self.cache_del: list[tuple[str, str, str]] = []
+        self.visited: dict[str, set[str]] = {}
+        self.hardlinks: dict[tuple[int, int], str] = {}
+
+    # -- errors ---------------------------------------------------------------------
+    def error(self, path: str, exc: BaseException | str) -> None:
+        msg = exc if isinstance(exc, str) else (
+            f"{exc.strerror}" if isinstance(exc, OSError) and exc.strerror else repr(exc))
+        self.stats.error_count += 1
+        self.progress.errors += 1
+        if len(self.stats.errors) < MAX_ERRORS_KEPT:
+            self.stats.errors.append({"path": path, "error": msg})
+        self.progress.message(f"backup: {path}: {msg}")
+
+    # -- the chunk pipeline -----------------------------------------------------------
+    def add_chunk(self, f: _File, offset: int, data: Chunk) -> None:
+        f.segments.append([offset, len(data), None])
+        f.pending += 1
+        self.batch_ops.append((f, len(f.segments) - 1))
+        self.batch_data.append(data)
+        self.batch_bytes += len(data)
+        if self.batch_bytes >= BATCH_BYTES or len(self.batch_ops) >= BATCH_OPS:
+            self.submit()
+
+    def submit(self) -> None:
+        if not self.batch_ops:
+            return
+        fut = self.pool.submit(_work, self.batch_data, self.writer.known)
+        self.fifo.append((fut, self.batch_ops, self.batch_data))
+        self.batch_ops, self.batch_data, self.batch_bytes = [], [], 0
+        while len(self.fifo) > self.max_inflight:
+            self.resolve_one()
+
+    def resolve_one(self) -> None:
+        if not self.fifo[0][0].done():
+            self.help()
+        fut, ops, datas = self.fifo.popleft()
+        results = fut.result()
+        for (f, idx), data, (cid, comp, stored) in zip(ops, datas, results, strict=True):
+            if cid is not None:
+                if not self.writer.has(cid):
+                    if stored is None:  # a worker saw it as known; it is not (cannot happen)
+                        comp, stored = compress(data)
+                    self.writer.add(cid, DATA, comp, stored, len(data))
+                f.segments[idx][2] = cid
+            f.pending -= 1
+            if f.pending == 0 and f.sealed:
+                self.finish_file(f)
+
+    def help(self) -> None:
+        """Run the newest queued batch in this thread instead of waiting idle.
+
+        Why: when hashing+compression is the bottleneck the reader would
+        otherwise sleep; cancelling a not-yet-started batch and doing it here
+        keeps both cores busy while results are still consumed in order.
+        """
+        for i in range(len(self.fifo) - 1, 0, -1):
+            fut, ops, datas = self.fifo[i]
+            if fut.cancel():
+                done: Future[WorkResult] = Future()
+                done.set_result(_work(datas, self.writer.known))
+                self.fifo[i] = (done, ops, datas)
+                return
+
+    def drain(self) -> None:
+        self.submit()
+        while self.fifo:
+            self.resolve_one()
+
+    # -- completion -------------------------------------------------------------------
+    def finish_file(self, f: _File) -> None:
+        parent = f.parent
+        if f.failed:
+            parent.children.remove(f.entry)
+        else:
+            content = [[off, n, cid.hex()] for off, n, cid in f.segments if cid is not None]
+            f.entry["content"] = content
+            text = ",".join([f'[{off},{n},"{h}"]' for off, n, h in content])  # json.dumps, 5x faster
+            self.cache_new.append((*f.cache_row, f"[{text}]"))
+        parent.pending -= 1
+        if parent.pending == 0 and parent.sealed:
+            self.close_dir(parent)
+
+    def close_dir(self, node: _Dir) -> None:
+        raw = encode_tree(node.children)
+        tid = chunk_id(raw)
+        self.writer.add_raw(tid, TREE, raw)
+        node.entry["subtree"] = tid.hex()
+        node.children = []
+        parent = node.parent
+        if parent is not None:
+            parent.pending -= 1
+            if parent.pending == 0 and parent.sealed:
+                self.close_dir(parent)
+
+    # -- walking ----------------------------------------------------------------------
+    def walk(self, src: Source, node: _Dir, relpath: str, point_path: str) -> None:
+        self.stats.dirs += 1
+        self.visited.setdefault(src.label, set()).add(relpath)
+        try:
+            listing = src.scandir(relpath)
+        except OSError as exc:
+            self.error(point_path, exc)
+            listing = []
+        cached = self.index.cache_dir(src.label, relpath)
+        for e in listing:
+            child_rel = f"{relpath}/{e.name}" if relpath else e.name
+            child_point = f"{point_path}/{e.name}"
+            user, group = src.owner(e)
+            entry = make_entry(e, user, group, src.xattrs(child_rel, e))
+            node.children.append(entry)
+            if e.type == DIR:
+                child = _Dir(entry, node)
+                node.pending += 1
+                self.walk(src, child, child_rel, child_point)
+            elif e.type == FILE:
+                hit = cached.pop(e.name, None)
+                self.file(src, node, relpath, child_rel, child_point, e, entry, hit)
+            else:
+                self.stats.others += 1
+        for name in cached:  # cached names that are no longer regular files here
+            self.cache_del.append((src.label, relpath, name))
+        node.sealed = True
+        if node.pending == 0:
+            self.close_dir(node)
+
+    def file(self, src: Source, node: _Dir, reldir: str, relpath: str, point_path: str,
+             e: SourceEntry, entry: Entry, hit: CacheRow | None) -> None:
+        self.stats.files += 1
+        self.stats.bytes_total += e.size
+        if e.nlink > 1:
+            first = self.hardlinks.get((e.dev, e.ino))
+            if first is not None:
+                entry["link"] = first
+                self.progress.file_done()
+                return
+            self.hardlinks[(e.dev, e.ino)] = point_path
+        if (hit is not None and hit.size == e.size and hit.mtime_ns == e.mtime_ns
+                and hit.ctime_ns == e.ctime_ns and hit.ino == e.ino):
+            entry["content"] = json.loads(hit.content)
+            self.stats.cache_hits += 1
+            self.progress.file_done(e.size)
+            return
+        f = _File(entry, node, (src.label, reldir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
+        node.pending += 1
+        try:
+            reader = src.open(relpath, e)
+        except OSError as exc:
+            self.error(point_path, exc)
+            f.failed = True
+        else:
+            try:
+                self.read_file(f, reader)
+            except OSError as exc:
+                self.error(point_path, exc)
+                f.failed = True
+            finally:
+                reader.close()
+        f.sealed = True
+        self.progress.file_done()
+        if f.pending == 0:
+            self.finish_file(f)
+
+    def read_file(self, f: _File, reader: FileReader) -> None:
+        f.entry["size"] = reader.size  # the opened file's size, not the listing's
+        min_size = self.params.min_size
+        for off, length in reader.extents():
+            if length <= WHOLE_READ:
+                buf = reader.pread(off, length)
+                self.stats.bytes_read += len(buf)
+                self.progress.add_bytes(len(buf))
+                if len(buf) <= min_size:
+                    if buf:
+                        self.add_chunk(f, off, buf)
+                    continue
+                for c in self.chunker.cut_buf(buf):
+                    self.add_chunk(f, off + c.offset, c.data)
+            else:
+                for c in self.chunker.cut_stream(_Window(reader, off, length)):
+                    self.add_chunk(f, off + c.offset, bytes(c.data))
+                    self.stats.bytes_read += c.length
+                    self.progress.add_bytes(c.length)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.close()
+
+
+def _scan_totals(sources: Sequence[Source], progress: Progress, stop: threading.Event) -> None:
+    """Count files and bytes in the background so the terminal line can show an ETA."""
+    files = nbytes = 0
+    for src in sources:
+        stack = [""]
+        while stack and not stop.is_set():
+            rel = stack.pop()
+            try:
+                listing = src.scandir(rel)
+            except OSError:
+                continue
+            for e in listing:
+                if e.type == DIR:
+                    stack.append(f"{rel}/{e.name}" if rel else e.name)
+                elif e.type == FILE:
+                    files += 1
+                    nbytes += e.size
+    if not stop.is_set():
+        progress.set_total(files, nbytes)
+
+
+def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, Any] | None = None,
+               progress: Progress | None = None, workers: int = 2) -> RecoveryPoint:
+    """Back up ``sources`` into one new recovery point; atomic: all or nothing.
+
+    ``repo`` must be open in "write" mode.  ``meta`` is stored with the point
+    (shadow copy set id, creation time, share names...).  Unreadable files are
+    skipped and listed in ``stats["errors"]``; the point is still created.
+    """
+    labels = [s.label for s in sources]
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"sources need distinct labels, got {labels}")
+    progress = progress or Progress(enabled=False)
+    started = time.monotonic()
+    # Hand the GIL over after 1 ms instead of 5: a worker whose zstd call
+    # returned otherwise waits for the reading thread's time slice to end.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 0.001))
+    time_ns = time.time_ns()
+    engine = _Engine(repo, progress, workers)
+    stop = threading.Event()
+    scanner = None
+    if progress.enabled:
+        scanner = threading.Thread(target=_scan_totals, args=(sources, progress, stop),
+                                   daemon=True)
+        scanner.start()
+    try:
+        roots: list[Entry] = []
+        for src in sources:
+            root = src.stat_root()
+            user, group = src.owner(root)
+            entry = make_entry(root, user, group, src.xattrs("", root))
+            roots.append(entry)
+            engine.walk(src, _Dir(entry, None), "", src.label)
+        engine.drain()
+        root_raw = encode_tree(roots)
+        root_id = chunk_id(root_raw)
+        engine.writer.add_raw(root_id, TREE, root_raw)
+        point_uuid = uuid.uuid4().hex
+        stats = engine.stats
+        stats.new_blobs = engine.writer.new_blobs
+        stats.new_raw = engine.writer.new_raw
+        stats.new_stored = engine.writer.new_stored
+        stats.seconds = round(time.monotonic() - started, 3)
+        record = json.dumps({"uuid": point_uuid, "time_ns": time_ns, "root": root_id.hex(),
+                             "sources": labels, "meta": dict(meta or {})},
+                            sort_keys=True).encode()
+        record_id = chunk_id(record)
+        engine.writer.add_raw(record_id, POINT, record)
+        stats.packs = engine.writer.packs_written + (engine.writer.pack is not None)
+        with engine.writer.final() as idx:
+            point_id = idx.add_point(point_uuid, time_ns, root_id, record_id,
+                                     dict(meta or {}), stats.to_json())
+            idx.cache_put(engine.cache_new)
+            idx.cache_delete(engine.cache_del)
+            for src in sources:
+                for gone in idx.cache_dirs(src.label) - engine.visited.get(src.label, set()):
+                    idx.cache_delete_dir(src.label, gone)
+        return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),
+                             stats.to_json())
+    finally:
+        sys.setswitchinterval(switch)
+        stop.set()
+        engine.close()
+        progress.finish()
+
+
+def local_sources(specs: Sequence[str]) -> list[Source]:
+    """``[LABEL=]PATH`` strings as local sources (the CLI's and tests' form)."""
+    from remotevss.backup.snapshot_source import LocalSource
+
+    out: list[Source] = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or os.path.exists(spec):
+            label, path = "", spec
+        out.append(LocalSource(path, label or None))
+    return out

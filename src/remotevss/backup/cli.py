@@ -1,0 +1,211 @@
+"""``remotevss backup ...``: init, run, list, restore, verify, check, prune.
+
+Why ``add_parser``/``run`` rather than a ``main``: the top-level ``remotevss``
+command mounts these verbs; ``python -m remotevss.backup.cli`` runs them
+alone (tests, and before the wiring exists).
+
+Exit codes (docs/backup.md): 0 success; 1 failed (nothing committed for
+``run``); 2 usage error; 3 done, but some files were skipped (unreadable
+at backup, damaged at restore); 4 ``check``/``verify`` found damage;
+5 the repository is locked by another process; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from remotevss.backup.progress import Progress, human
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_DAMAGED = 4
+EXIT_LOCKED = 5
+EXIT_INTERRUPTED = 130
+
+
+def _meta_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE")
+    return key, value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default=os.environ.get("REMOTEVSS_REPO"),
+                   help="repository directory (default: $REMOTEVSS_REPO)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``backup`` verb and its sub-verbs to a parent's subparsers."""
+    b: argparse.ArgumentParser = subparsers.add_parser(
+        "backup", help="deduplicated backups into a local repository")
+    configure(b)
+    return b
+
+
+def configure(b: argparse.ArgumentParser) -> None:
+    sub = b.add_subparsers(dest="backup_command", required=True)
+
+    p = sub.add_parser("init", help="create an empty repository")
+    _common(p)
+    p.add_argument("--pack-size", type=int, default=64, metavar="MiB",
+                   help="target pack size (default 64)")
+
+    p = sub.add_parser("run", help="back up directories into a new recovery point")
+    _common(p)
+    p.add_argument("sources", nargs="+", metavar="[LABEL=]PATH",
+                   help="directory to back up; LABEL names it in the point and keys the "
+                        "files cache (default: the directory's name)")
+    p.add_argument("--meta", action="append", type=_meta_arg, default=[], metavar="KEY=VALUE",
+                   help="metadata stored with the point (repeatable)")
+
+    p = sub.add_parser("list", help="list recovery points")
+    _common(p)
+
+    p = sub.add_parser("restore", help="restore a recovery point or part of it")
+    _common(p)
+    p.add_argument("point", help="point number, uuid prefix, or 'latest'")
+    p.add_argument("--path", default="", help="LABEL/sub/dir inside the point")
+    p.add_argument("--to", required=True, help="target directory")
+
+    p = sub.add_parser("verify", help="re-read and re-hash all data; name damaged files")
+    _common(p)
+
+    p = sub.add_parser("check", help="check structure: index, packs, trees (fast)")
+    _common(p)
+
+    p = sub.add_parser("prune", help="remove recovery points by policy and reclaim space")
+    _common(p)
+    p.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest points")
+    p.add_argument("--keep-within", metavar="DURATION",
+                   help="keep points newer than DURATION (e.g. 30d, 12h, 1w2d)")
+    p.add_argument("--dry-run", action="store_true", help="only say which points would go")
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif text:
+        print(text)
+
+
+def _progress(args: argparse.Namespace, label: str) -> Progress:
+    return Progress(label, enabled=False if args.json else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out one ``backup`` sub-verb; returns the exit code."""
+    from remotevss.backup.repo import RepoError, RepoLocked
+
+    if not args.repo:
+        print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _dispatch(args)
+    except RepoLocked as exc:
+        print(f"remotevss backup: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (RepoError, OSError, ValueError) as exc:
+        print(f"remotevss backup: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("remotevss backup: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from remotevss.backup.repo import Repository, init_repo
+
+    repo_path = Path(args.repo)
+    cmd = args.backup_command
+    if cmd == "init":
+        from remotevss.backup.repo import DEFAULT_PACK_SIZE
+
+        size = args.pack_size << 20 if args.pack_size else DEFAULT_PACK_SIZE
+        config = init_repo(repo_path, pack_size=size)
+        _emit(args, config.to_json(), f"initialized repository {repo_path} ({config.repo_id})")
+        return EXIT_OK
+    if cmd == "run":
+        from remotevss.backup.backup import local_sources, run_backup
+
+        sources = local_sources(args.sources)
+        with Repository(repo_path, "write", command="backup run") as repo:
+            if repo.interrupted:
+                print(f"remotevss backup: the previous run (pid {repo.interrupted.get('pid')}, "
+                      f"started {repo.interrupted.get('started')}) was interrupted; its "
+                      "unfinished data was discarded", file=sys.stderr)
+            point = run_backup(repo, sources, dict(args.meta), _progress(args, "backup"))
+        s = point.stats
+        _emit(args, point.__dict__,
+              f"recovery point {point.id} ({point.uuid[:12]}): {s['files']} files, "
+              f"{human(s['bytes_total'])}, read {human(s['bytes_read'])}, "
+              f"added {human(s['new_stored'])} in {s['seconds']:.1f} s"
+              + (f"; {s['error_count']} files skipped" if s["error_count"] else ""))
+        return EXIT_PARTIAL if s["error_count"] else EXIT_OK
+    if cmd == "list":
+        with Repository(repo_path, "read") as repo:
+            points = repo.points()
+        lines = []
+        for p in points:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.time_ns / 1e9))
+            meta = " ".join(f"{k}={v}" for k, v in sorted(p.meta.items()))
+            lines.append(f"{p.id:5d}  {p.uuid[:12]}  {when}  {p.stats.get('files', 0):8d} files"
+                         f"  {human(p.stats.get('bytes_total', 0)):>10}  {meta}".rstrip())
+        _emit(args, [p.describe() for p in points], "\n".join(lines))
+        return EXIT_OK
+    if cmd == "restore":
+        from remotevss.backup.restore import restore
+
+        with Repository(repo_path, "read") as repo:
+            chosen = repo.find_point(args.point)
+            result = restore(repo, chosen, args.to, args.path, _progress(args, "restore"))
+        _emit(args, result.to_json(),
+              f"restored {result.files} files, {result.dirs} directories, "
+              f"{human(result.bytes)} to {args.to}"
+              + (f"; {len(result.errors)} failed" if result.errors else ""))
+        return EXIT_PARTIAL if result.errors else EXIT_OK
+    if cmd in ("check", "verify"):
+        from remotevss.backup.verify import check, verify
+
+        with Repository(repo_path, "read") as repo:
+            report = check(repo) if cmd == "check" else verify(repo, _progress(args, "verify"))
+        lines = [f"error: {e}" for e in report.errors] + [f"note: {n}" for n in report.notes]
+        lines += [f"affected: point {a['point']} ({a['uuid'][:12]}): {a['path']}"
+                  for a in report.affected]
+        lines.append(f"{cmd}: {report.packs} packs, {report.blobs} blobs, {report.points} "
+                     f"points: " + ("ok" if report.ok else f"{len(report.errors)} problems"))
+        _emit(args, report.to_json(), "\n".join(lines))
+        return EXIT_OK if report.ok else EXIT_DAMAGED
+    if cmd == "prune":
+        from remotevss.backup.prune import parse_duration, prune
+
+        within = parse_duration(args.keep_within) if args.keep_within else None
+        with Repository(repo_path, "exclusive", command="backup prune") as repo:
+            res = prune(repo, args.keep_last, within, dry_run=args.dry_run,
+                        progress=_progress(args, "prune"))
+        _emit(args, res.to_json(),
+              f"removed points {res.removed_points or 'none'}, kept {res.kept_points}; "
+              f"packs deleted {res.packs_deleted} (rewritten {res.packs_rewritten}); "
+              f"{human(res.bytes_before)} -> {human(res.bytes_after)}")
+        return EXIT_FAILED if res.errors else EXIT_OK
+    return EXIT_USAGE  # pragma: no cover
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="remotevss backup")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

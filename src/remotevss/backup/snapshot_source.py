@@ -1,0 +1,223 @@
+"""What a backup reads from: a tree of entries with metadata, and file contents.
+
+Why a protocol: the same engine backs up a snapshot path on the file server
+itself (``LocalSource``, the fast path: no SMB in between) and, later, an
+exposed snapshot share over SMB (``SmbSource``); the engine only needs to
+list a directory, read xattrs, and read the data ranges of a file.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+FILE, DIR, SYMLINK, FIFO, CHAR, BLOCK, SOCKET = "f", "d", "l", "p", "c", "b", "s"
+
+_TYPES = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFIFO: FIFO,
+          stat.S_IFCHR: CHAR, stat.S_IFBLK: BLOCK, stat.S_IFSOCK: SOCKET}
+
+
+@dataclass(slots=True)
+class SourceEntry:
+    """One directory entry with the metadata a recovery point keeps."""
+
+    name: str
+    type: str
+    mode: int  # permission bits only (st_mode & 0o7777)
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    atime_ns: int
+    ctime_ns: int
+    ino: int  # file id: part of the files-cache key
+    dev: int
+    nlink: int
+    rdev: int = 0
+    allocated: int = -1  # bytes allocated on disk; -1 when unknown
+    target: str | None = None  # symlink target
+
+
+class FileReader(Protocol):
+    """An open file of a source."""
+
+    size: int
+
+    def extents(self) -> list[tuple[int, int]]:
+        """(offset, length) of the ranges that may hold data; the rest are holes."""
+        ...
+
+    def pread(self, offset: int, n: int) -> bytes: ...
+
+    def readinto(self, offset: int, buf: memoryview) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """A tree to back up.  Paths are relative to the source root, '/'-separated, '' = root."""
+
+    label: str  # the name of this source's directory in a recovery point; files-cache key
+
+    def stat_root(self) -> SourceEntry: ...
+
+    def scandir(self, relpath: str) -> list[SourceEntry]:
+        """The entries of a directory, sorted by name (raises OSError)."""
+        ...
+
+    def xattrs(self, relpath: str, entry: SourceEntry) -> dict[str, bytes]: ...
+
+    def owner(self, entry: SourceEntry) -> tuple[str | None, str | None]:
+        """User and group names of the entry, where known."""
+        ...
+
+    def open(self, relpath: str, entry: SourceEntry) -> FileReader: ...
+
+
+def _entry(name: str, st: os.stat_result) -> SourceEntry:
+    return SourceEntry(
+        name=name, type=_TYPES.get(stat.S_IFMT(st.st_mode), FILE),
+        mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, size=st.st_size,
+        mtime_ns=st.st_mtime_ns, atime_ns=st.st_atime_ns, ctime_ns=st.st_ctime_ns,
+        ino=st.st_ino, dev=st.st_dev, nlink=st.st_nlink, rdev=st.st_rdev,
+        allocated=st.st_blocks * 512)
+
+
+class LocalFile:
+    """A local file opened O_NOATIME where allowed, so backups do not touch atimes."""
+
+    def __init__(self, path: str, entry: SourceEntry) -> None:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd = os.open(path, flags | os.O_NOATIME)
+        except PermissionError:
+            self.fd = os.open(path, flags)
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != entry.ino:
+            os.close(self.fd)
+            raise OSError(errno.ESTALE, "file was replaced while being backed up", path)
+        self.size = st.st_size
+        self._allocated = st.st_blocks * 512
+
+    def extents(self) -> list[tuple[int, int]]:
+        """Data ranges via SEEK_DATA/SEEK_HOLE, asked only of files with fewer
+        blocks than bytes (sparse, or inline/compressed); dense files skip the calls."""
+        if self.size == 0:
+            return []
+        if self._allocated >= self.size:
+            return [(0, self.size)]
+        out: list[tuple[int, int]] = []
+        pos = 0
+        try:
+            while pos < self.size:
+                try:
+                    start = os.lseek(self.fd, pos, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # only a hole remains
+                        break
+                    raise
+                end = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.size)
+                if end > start:
+                    out.append((start, end - start))
+                pos = end
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return [(0, self.size)]
+            raise
+        return out
+
+    def pread(self, offset: int, n: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        return os.preadv(self.fd, [buf], offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class LocalSource:
+    """A directory tree on this machine, e.g. a snapshot path of the local agent."""
+
+    def __init__(self, path: str | Path, label: str | None = None) -> None:
+        self.root = os.path.abspath(path)
+        self.label = label or os.path.basename(self.root.rstrip("/")) or "root"
+        if "/" in self.label or self.label in (".", ".."):
+            raise ValueError(f"bad source label {self.label!r}")
+        self._users: dict[int, str | None] = {}
+        self._groups: dict[int, str | None] = {}
+
+    def _path(self, relpath: str) -> str:
+        return os.path.join(self.root, relpath) if relpath else self.root
+
+    def stat_root(self) -> SourceEntry:
+        st = os.stat(self.root)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "source is not a directory", self.root)
+        return _entry(self.label, st)
+
+    def scandir(self, relpath: str) -> list[SourceEntry]:
+        out = []
+        with os.scandir(self._path(relpath)) as it:
+            for de in it:
+                try:
+                    e = _entry(de.name, de.stat(follow_symlinks=False))
+                except FileNotFoundError:
+                    continue  # vanished between readdir and stat (live trees)
+                if e.type == SYMLINK:
+                    e.target = os.readlink(de.path)
+                out.append(e)
+        out.sort(key=lambda e: e.name)
+        return out
+
+    def xattrs(self, relpath: str, entry: SourceEntry) -> dict[str, bytes]:
+        """All readable xattrs (POSIX ACLs are system.posix_acl_*)."""
+        path = self._path(relpath)
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            return {}
+        out = {}
+        for name in names:
+            try:
+                out[name] = os.getxattr(path, name, follow_symlinks=False)
+            except OSError:
+                continue
+        return out
+
+    def owner(self, entry: SourceEntry) -> tuple[str | None, str | None]:
+        if entry.uid not in self._users:
+            try:
+                self._users[entry.uid] = pwd.getpwuid(entry.uid).pw_name
+            except KeyError:
+                self._users[entry.uid] = None
+        if entry.gid not in self._groups:
+            try:
+                self._groups[entry.gid] = grp.getgrgid(entry.gid).gr_name
+            except KeyError:
+                self._groups[entry.gid] = None
+        return self._users[entry.uid], self._groups[entry.gid]
+
+    def open(self, relpath: str, entry: SourceEntry) -> FileReader:
+        return LocalFile(self._path(relpath), entry)
+
+
+class SmbSource:
+    """An exposed snapshot share read over SMB (``\\\\server\\share@{GUID}``): not yet built.
+
+    Plan (see docs/backup.md): smbprotocol 1.17.0's low-level ``Open.read``
+    with 1–2 MiB reads and at most 2 outstanding (credits), directory listing
+    via ``Open.query_directory`` (FileIdFullDirectoryInformation gives the
+    FileId for the files cache), extents via FSCTL_QUERY_ALLOCATED_RANGES,
+    and the security descriptor and EAs in place of mode/owner/xattrs.
+    """
+
+    def __init__(self, unc: str, label: str | None = None) -> None:
+        raise NotImplementedError("SMB sources are not implemented yet; "
+                                  "back up the snapshot path locally instead")

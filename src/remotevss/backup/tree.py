@@ -1,0 +1,89 @@
+"""Tree blobs: one JSON document per directory, content-addressed like chunks.
+
+Why per directory and content-addressed: an unchanged directory serializes to
+the same bytes, hence the same id, so an incremental point stores only the
+trees on the path to what changed.  JSON (ASCII, sorted keys) keeps the format
+readable with standard tools; zstd removes its redundancy.  Names that are not
+UTF-8 travel as surrogate escapes (``\\udcXX``), which ``os.fsencode`` undoes.
+
+Entry keys: name, type (f d l p c b s), mode, uid, gid, user, group, mtime,
+atime, ctime (ns), size (files), content ([[offset, length, chunk id hex], ...];
+gaps are holes), link (hardlink: point path of the first name), target
+(symlink), rdev (devices), xattrs ({name: base64}), subtree (dirs: tree id hex).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from remotevss.backup.snapshot_source import BLOCK, CHAR, FILE, SYMLINK, SourceEntry
+
+TREE_VERSION = 1
+Entry = dict[str, Any]
+
+
+def make_entry(e: SourceEntry, user: str | None, group: str | None,
+               xattrs: dict[str, bytes]) -> Entry:
+    d: Entry = {"name": e.name, "type": e.type, "mode": e.mode, "uid": e.uid, "gid": e.gid,
+                "mtime": e.mtime_ns, "atime": e.atime_ns, "ctime": e.ctime_ns}
+    if user is not None:
+        d["user"] = user
+    if group is not None:
+        d["group"] = group
+    if e.type == FILE:
+        d["size"] = e.size
+    elif e.type == SYMLINK:
+        d["target"] = e.target
+    elif e.type in (CHAR, BLOCK):
+        d["rdev"] = e.rdev
+    if xattrs:
+        d["xattrs"] = {k: base64.b64encode(v).decode() for k, v in sorted(xattrs.items())}
+    return d
+
+
+def encode_tree(entries: list[Entry]) -> bytes:
+    return json.dumps({"v": TREE_VERSION, "entries": entries}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def decode_tree(raw: bytes) -> list[Entry]:
+    doc = json.loads(raw)
+    if doc.get("v") != TREE_VERSION:
+        raise ValueError(f"tree version {doc.get('v')} is not {TREE_VERSION}")
+    entries: list[Entry] = doc["entries"]
+    return entries
+
+
+def xattrs_of(entry: Entry) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in entry.get("xattrs", {}).items()}
+
+
+def content_ids(entry: Entry) -> Iterator[bytes]:
+    for _off, _len, cid in entry.get("content", ()):
+        yield bytes.fromhex(cid)
+
+
+def walk(load: Callable[[bytes], list[Entry]], tree_id: bytes, prefix: str,
+         on_error: Callable[[str, bytes, Exception], None] | None = None,
+         seen: set[bytes] | None = None) -> Iterator[tuple[str, Entry]]:
+    """Depth-first (path, entry) pairs under a tree; ``seen`` skips repeated subtrees
+    (for whole-repository walks where only unique trees matter)."""
+    if seen is not None:
+        if tree_id in seen:
+            return
+        seen.add(tree_id)
+    try:
+        entries = load(tree_id)
+    except Exception as exc:
+        if on_error is None:
+            raise
+        on_error(prefix, tree_id, exc)
+        return
+    for e in entries:
+        path = f"{prefix}/{e['name']}" if prefix else e["name"]
+        yield path, e
+        if "subtree" in e:
+            yield from walk(load, bytes.fromhex(e["subtree"]), path, on_error, seen)

@@ -1,0 +1,162 @@
+"""``check`` (structure, fast) and ``verify`` (every byte re-read and re-hashed).
+
+Why two: ``check`` reads only pack headers/trailers and trees, so it is cheap
+enough to run after every backup and proves the index, the packs and the
+points agree; ``verify`` reads all data, so it finds bit rot, and it names
+the files of every recovery point that a damaged blob affects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from remotevss.backup.packs import BlobEntry, PackError, pack_path, read_trailer
+from remotevss.backup.progress import Progress
+from remotevss.backup.repo import BlobError, Repository
+from remotevss.backup.tree import Entry, content_ids, decode_tree, walk
+
+
+@dataclass
+class Report:
+    """Problems (``errors``: the repository is damaged) and notes (harmless leftovers)."""
+
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    affected: list[dict[str, Any]] = field(default_factory=list)
+    packs: int = 0
+    blobs: int = 0
+    points: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, **self.__dict__}
+
+
+def _check_packs(repo: Repository, report: Report) -> dict[str, list[BlobEntry]]:
+    """Every indexed pack exists, parses, and its trailer lists what the index says."""
+    trailers: dict[str, list[BlobEntry]] = {}
+    indexed = set()
+    for pack_id, name, size in repo.index.packs():
+        indexed.add(name)
+        report.packs += 1
+        path = pack_path(repo.path, name)
+        try:
+            actual = path.stat().st_size
+            entries = read_trailer(path)
+        except FileNotFoundError:
+            report.errors.append(f"pack {name}: missing")
+            continue
+        except (OSError, PackError) as exc:
+            report.errors.append(f"pack {name}: {exc}")
+            continue
+        if actual != size:
+            report.errors.append(f"pack {name}: size {actual}, index says {size}")
+        trailers[name] = entries
+        by_id = {e.id: e for e in entries}
+        for b in repo.index.pack_blobs(pack_id):
+            report.blobs += 1
+            if by_id.get(b.id) != b:
+                report.errors.append(f"pack {name}: blob {b.id.hex()[:16]} differs from the "
+                                     "pack's trailer")
+    for path in sorted((repo.path / "packs").glob("*/*.pack")):
+        if path.name.removesuffix(".pack") not in indexed:
+            report.notes.append(f"pack {path.name}: not in the index (left by an interrupted "
+                                "run; prune removes it)")
+    for path in sorted((repo.path / "tmp").iterdir()):
+        report.notes.append(f"tmp/{path.name}: unfinished pack (removed by the next backup)")
+    return trailers
+
+
+def _point_walk(repo: Repository, report: Report, bad: dict[bytes, str] | None,
+                seen: set[bytes] | None) -> Iterator[tuple[int, str, str, Entry]]:
+    """(point id, uuid, path, entry) over all points; unreadable trees become errors."""
+    for point in repo.points():
+        report.points += 1
+
+        def on_error(prefix: str, tid: bytes, exc: Exception, p: Any = point) -> None:
+            where = prefix or "/"
+            report.errors.append(f"point {p.id}: tree of {where} ({tid.hex()[:16]}): {exc}")
+            report.affected.append({"point": p.id, "uuid": p.uuid, "path": where,
+                                    "blob": tid.hex(), "what": "directory listing"})
+
+        def load(tid: bytes) -> list[Entry]:
+            if bad is not None and tid in bad:
+                raise BlobError(tid, bad[tid])
+            return decode_tree(repo.read_blob(tid))
+
+        if not repo.index.has_blob(point.record):
+            report.errors.append(f"point {point.id}: record blob {point.record.hex()[:16]} "
+                                 "missing")
+        for path, e in walk(load, point.root, "", on_error, seen):
+            yield point.id, point.uuid, path, e
+
+
+def check(repo: Repository) -> Report:
+    """Index vs. pack trailers, and every point's trees and chunk references."""
+    report = Report()
+    _check_packs(repo, report)
+    checked: set[bytes] = set()
+    for pid, _uuid, path, e in _point_walk(repo, report, None, set()):
+        for cid in content_ids(e):
+            if cid not in checked:
+                if not repo.index.has_blob(cid):
+                    report.errors.append(f"point {pid}: {path}: chunk {cid.hex()[:16]} missing")
+                    continue
+                checked.add(cid)
+    return report
+
+
+def verify(repo: Repository, progress: Progress | None = None, workers: int = 2) -> Report:
+    """Re-read every indexed blob, decompress and re-hash it; name the affected files."""
+    progress = progress or Progress(enabled=False)
+    report = Report()
+    trailers = _check_packs(repo, report)
+    bad: dict[bytes, str] = {}
+    total = sum(size for _i, _n, size in repo.index.packs())
+    progress.set_total(0, total)
+
+    def verify_pack(pack_id: int, name: str) -> dict[bytes, str]:
+        errs: dict[bytes, str] = {}
+        for b in repo.index.pack_blobs(pack_id):
+            try:
+                repo.decode(b, repo.read_stored(name, b))
+            except BlobError as exc:
+                errs[b.id] = str(exc)
+        return errs
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        packs = repo.index.packs()
+        futures = [(name, size, pool.submit(verify_pack, pid, name))
+                   for pid, name, size in packs if name in trailers]
+        for name, size, fut in futures:
+            for bid, msg in fut.result().items():
+                bad[bid] = msg
+                report.errors.append(f"pack {name}: {msg}")
+            report.bytes_read += size
+            progress.add_bytes(size)
+    # Which files of which points does the damage reach?  Walk every point
+    # (without the de-duplication of trees: each point names its own files).
+    missing: set[bytes] = set()
+    present: set[bytes] = set()
+    for pid, puuid, path, e in _point_walk(repo, report, bad, None):
+        for cid in content_ids(e):
+            if cid not in bad and cid not in present and cid not in missing:
+                if repo.index.has_blob(cid):
+                    present.add(cid)
+                else:
+                    missing.add(cid)
+                    report.errors.append(f"chunk {cid.hex()[:16]}: missing from the index")
+            if cid in bad or cid in missing:
+                report.affected.append({"point": pid, "uuid": puuid, "path": path,
+                                        "blob": cid.hex(), "what": "file data"})
+                break
+    progress.finish()
+    return report
+

@@ -1,0 +1,1 @@
+"""Samba integration: what smbd hands us (npa), where it looks (pipedir), its shares."""

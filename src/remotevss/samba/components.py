@@ -1,0 +1,47 @@
+"""Build the agent's share table and exposer from ``[samba]`` in its config.
+
+Why one function: the agent's start-up (agent/main.py) should not know which
+Samba pieces exist or that they share one :class:`SambaConf` (one loaded
+smb.conf and one registry per process, see remotevss.samba.conf).
+"""
+
+from __future__ import annotations
+
+from remotevss.agent.config import AgentConfig
+from remotevss.agent.exposer import Exposer, SymlinkExposer
+from remotevss.agent.shares import LocalShare, ShareLookup, ShareTable
+from remotevss.samba.conf import SambaConf
+from remotevss.samba.registry_exposer import RegistryExposer
+from remotevss.samba.shares import SambaShareTable
+
+
+def make_samba_components(config: AgentConfig) -> tuple[ShareLookup, Exposer, str]:
+    """``(shares, exposer, netbios_name)`` for an agent behind Samba.
+
+    ``[samba] shares = "samba"``: Samba's file and registry shares
+    (:class:`SambaShareTable`); ``"agent"``: the agent's own ``[shares]``.
+    ``[samba] expose = "registry"``: snapshot shares as Samba registry shares
+    (:class:`RegistryExposer`); ``"symlink"``: symlinks in ``expose_dir``.
+    ``netbios_name`` is Samba's (``netbios name``, default: the host name upper
+    case): what IsPathSupported should answer as OwnerMachineName and
+    GetShareMapping put in ShareNameUNC in ``samba`` mode.
+
+    Raises ValueError when ``[samba] config_file`` is empty;
+    remotevss.samba.conf.SambaConfigError when Samba's config cannot be read;
+    remotevss.agent.exposer.ExposeError when registry exposure cannot work
+    (``registry shares`` off, registry unreadable);
+    remotevss.samba._lib.SambaUnavailable without python3-samba.
+    """
+    s = config.samba
+    if not s.config_file:
+        raise ValueError("[samba] config_file is empty: the agent is not behind Samba")
+    conf = SambaConf(s.config_file)
+    shares: ShareLookup
+    if s.shares == "samba":
+        shares = SambaShareTable(conf, backend=config.backend)
+    else:
+        shares = ShareTable(LocalShare(x.name, x.path, x.backend) for x in config.shares)
+    exposer: Exposer = (
+        RegistryExposer(conf) if s.expose == "registry" else SymlinkExposer(config.expose_dir)
+    )
+    return shares, exposer, conf.netbios_name

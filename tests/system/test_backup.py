@@ -1,0 +1,542 @@
+"""The backup repository against real filesystems: byte-identical restores of btrfs
+snapshots taken while the live tree changes, incremental cost, SIGKILL during a run,
+a flipped byte found by verify, prune reclaiming space, locks.
+
+The snapshot tests need root (loop btrfs) and skip otherwise; the rest run on the
+test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+from remotevss.backup.backup import local_sources, run_backup
+from remotevss.backup.packs import DATA, pack_path
+from remotevss.backup.repo import RepoLocked, Repository, init_repo
+from remotevss.backup.snapshot_source import LocalSource
+
+LoopFs = Callable[..., Path]
+CLI = [sys.executable, "-m", "remotevss.backup.cli"]
+ROOT = os.geteuid() == 0
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+
+
+def cli(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    if check is not None:
+        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+def rand(seed: str, n: int) -> bytes:
+    return blake3.blake3(seed.encode()).digest(length=n)
+
+
+def acl_xattr(uid: int) -> bytes:
+    """system.posix_acl_access: user::rw- user:<uid>:r-- group::r-- mask::r-- other::---"""
+    entries = [(ACL_USER_OBJ, 6, 0xFFFFFFFF), (ACL_USER, 4, uid), (ACL_GROUP_OBJ, 4, 0xFFFFFFFF),
+               (ACL_MASK, 4, 0xFFFFFFFF), (ACL_OTHER, 0, 0xFFFFFFFF)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def make_tree(root: Path, small: int, dense: list[int], sparse: list[int], seed: str = "s",
+              small_max: int = 16384) -> int:
+    """Many small files, some dense and sparse large ones, and every kind of metadata.
+
+    Returns the bytes of file data written (holes excluded).
+    """
+    rnd = random.Random(seed)
+    written = 0
+    for i in range(small):
+        d = root / "small" / f"d{i % 37:02d}" / f"e{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        n = rnd.randint(0, small_max)
+        (d / f"f{i:05d}.bin").write_bytes(rand(f"{seed}small{i}", n))
+        written += n
+    (root / "big").mkdir(exist_ok=True)
+    for i, n in enumerate(dense):
+        (root / "big" / f"dense{i}.bin").write_bytes(rand(f"{seed}dense{i}", n))
+        written += n
+    for i, n in enumerate(sparse):
+        with open(root / "big" / f"sparse{i}.img", "wb") as f:
+            f.truncate(n)
+            for k in range(4):  # four 1 MiB data islands, one at the very end
+                off = (n - (1 << 20)) if k == 3 else (k * n // 4 + 12345)
+                f.seek(off)
+                f.write(rand(f"{seed}sparse{i}.{k}", 1 << 20))
+                written += 1 << 20
+    meta = root / "meta"
+    meta.mkdir(exist_ok=True)
+    (meta / "empty").touch()
+    (meta / "zeros").write_bytes(bytes(300000))
+    (meta / "text.txt").write_bytes(b"hello\n" * 1000)
+    (meta / "link").symlink_to("text.txt")
+    (meta / "dangling").symlink_to("/nonexistent/target")
+    os.link(meta / "text.txt", meta / "hardlink.txt")
+    os.mkfifo(meta / "fifo")
+    (meta / os.fsdecode(b"caf\xe9-not-utf8")).write_bytes(b"latin-1 name")
+    (meta / "private").write_bytes(b"secret")
+    os.chmod(meta / "private", 0o600)
+    (meta / "script").write_bytes(b"#!/bin/sh\n")
+    os.chmod(meta / "script", 0o4755)
+    os.setxattr(meta / "text.txt", "user.comment", b"\x00binary\xffvalue")
+    os.setxattr(meta / "private", "system.posix_acl_access", acl_xattr(4242))
+    ro = meta / "readonly-dir"
+    ro.mkdir()
+    (ro / "inside").write_bytes(b"x")
+    if ROOT:
+        os.chown(meta / "private", 1234, 5678)
+        os.lchown(meta / "link", 2345, 6789)
+        os.mknod(meta / "null", stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    os.chmod(ro, 0o555)
+    old = 1_500_000_000_123_456_789
+    os.utime(meta / "text.txt", ns=(old, old))
+    os.utime(meta / "link", ns=(old, old + 5), follow_symlinks=False)
+    return written
+
+
+def xattrs(path: Path) -> dict[str, bytes]:
+    return {n: os.getxattr(path, n, follow_symlinks=False)
+            for n in os.listxattr(path, follow_symlinks=False)}
+
+
+def assert_same_tree(a: Path, b: Path, *, only: set[str] | None = None) -> int:
+    """Contents, sizes, mtimes (ns), modes, owners (root), xattrs/ACLs, symlink
+    targets, hardlink groups, device numbers; sparse files must stay sparse.
+    Returns the number of entries compared."""
+    count = 0
+    links_a: dict[int, str] = {}
+    links_b: dict[int, str] = {}
+    for dirpath, dirnames, filenames in os.walk(a):
+        rel = os.path.relpath(dirpath, a)
+        other = b / rel
+        names_a = sorted(dirnames + filenames)
+        names_b = sorted(os.listdir(other))
+        if only is None:
+            assert names_a == names_b, rel
+        for name in [".", *names_a]:
+            pa, pb = Path(dirpath, name), other / name
+            relname = os.path.normpath(os.path.join(rel, name))
+            if only is not None and relname not in only and name != ".":
+                continue
+            sa, sb = os.lstat(pa), os.lstat(pb)
+            count += 1
+            assert stat.S_IFMT(sa.st_mode) == stat.S_IFMT(sb.st_mode), relname
+            assert stat.S_IMODE(sa.st_mode) == stat.S_IMODE(sb.st_mode), relname
+            if relname != "." or only is None:
+                assert sa.st_mtime_ns == sb.st_mtime_ns, relname
+            if ROOT:
+                assert (sa.st_uid, sa.st_gid) == (sb.st_uid, sb.st_gid), relname
+            assert xattrs(pa) == xattrs(pb), relname
+            if stat.S_ISLNK(sa.st_mode):
+                assert os.readlink(pa) == os.readlink(pb), relname
+            elif stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode):
+                assert sa.st_rdev == sb.st_rdev, relname
+            elif stat.S_ISREG(sa.st_mode):
+                assert sa.st_size == sb.st_size, relname
+                assert file_digest(pa) == file_digest(pb), relname
+                if sa.st_blocks * 512 < sa.st_size:  # sparse stays sparse
+                    assert sb.st_blocks <= sa.st_blocks + 512, (relname, sa.st_blocks,
+                                                               sb.st_blocks)
+                if sa.st_nlink > 1:
+                    first_a = links_a.setdefault(sa.st_ino, relname)
+                    first_b = links_b.setdefault(sb.st_ino, relname)
+                    assert first_a == first_b, relname
+    return count
+
+
+def file_digest(path: Path) -> str:
+    h = blake3.blake3()
+    with open(path, "rb") as f:
+        while data := f.read(1 << 20):
+            h.update(data)
+    return h.hexdigest()
+
+
+def repo_bytes(repo: Path) -> int:
+    return sum(p.stat().st_size for p in (repo / "packs").rglob("*.pack"))
+
+
+def backup(repo: Path, *sources: str, meta: dict[str, Any] | None = None,
+           pack_size: int | None = None) -> dict[str, Any]:
+    if not (repo / "config.json").exists():
+        init_repo(repo, pack_size=pack_size or (64 << 20))
+    with Repository(repo, "write") as r:
+        point = run_backup(r, local_sources(list(sources)), meta or {})
+    return point.__dict__
+
+
+# --- btrfs snapshots (root) ------------------------------------------------------------
+
+WRITER = r"""
+import os, random, sys, time
+root = sys.argv[1]; rnd = random.Random(5); n = 0
+files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith('.bin')]
+while not os.path.exists(os.path.join(root, 'STOP')):
+    p = rnd.choice(files)
+    with open(p, 'r+b') as f:
+        f.seek(rnd.randrange(max(1, os.path.getsize(p))))
+        f.write(os.urandom(rnd.randint(1, 65536)))
+    if n % 50 == 0:
+        with open(os.path.join(root, 'big', 'sparse0.img'), 'r+b') as f:
+            f.seek(rnd.randrange(64 << 20)); f.write(os.urandom(4096))
+        open(os.path.join(root, 'new-%d' % n), 'wb').write(os.urandom(1000))
+    n += 1
+    if n == 200:
+        open(os.path.join(root, 'WRITING'), 'w').close()
+print(n)
+"""
+
+
+@pytest.fixture
+def btrfs_tree(loopfs: LoopFs) -> Callable[..., tuple[Path, Path, int]]:
+    """make(**make_tree args) -> (live subvolume, read-only snapshot, data bytes)."""
+    btrfsutil = pytest.importorskip("btrfsutil")
+
+    def make(size_mb: int = 700, **kw: Any) -> tuple[Path, Path, int]:
+        mnt = loopfs("btrfs", size_mb)
+        live = mnt / "live"
+        btrfsutil.create_subvolume(str(live))
+        written = make_tree(live, **kw)
+        snap = mnt / "snap1"
+        btrfsutil.create_snapshot(str(live), str(snap), read_only=True)
+        return live, snap, written
+
+    return make
+
+
+@pytest.mark.root
+def test_snapshot_restore_is_identical_while_live_tree_changes(
+        btrfs_tree: Callable[..., tuple[Path, Path, int]], tmp_path: Path) -> None:
+    live, snap, _ = btrfs_tree(small=3000, dense=[24 << 20, 40 << 20], sparse=[64 << 20])
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(live)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (live / "WRITING").exists():  # the writer is really running
+            assert writer.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        repo = tmp_path / "repo"
+        first = backup(repo, f"data={snap}", meta={"shadow_copy_set": "s1"})
+        assert writer.poll() is None, "the writer must outlive the backup"
+    finally:
+        (live / "STOP").touch()
+        writes = int(writer.communicate(timeout=30)[0])
+    assert writes > 200
+    assert first["stats"]["error_count"] == 0
+    out = tmp_path / "out"
+    proc = cli("restore", "latest", "--repo", repo, "--path", "data", "--to", out, "--json")
+    assert json.loads(proc.stdout)["errors"] == []
+    assert assert_same_tree(snap, out) > 3000
+    # The live tree really diverged from the snapshot, so a backup of it would differ.
+    with pytest.raises(AssertionError):
+        assert_same_tree(live, out)
+    assert cli("check", "--repo", repo).returncode == 0
+
+    # Second run, nothing changed: files cache hits for every file, ~0 new bytes.
+    second = backup(repo, f"data={snap}")
+    s1, s2 = first["stats"], second["stats"]
+    assert s2["bytes_read"] == 0
+    assert s2["cache_hits"] == s2["files"] - 1  # all but the second name of the hardlink
+    assert s2["new_stored"] < 0.01 * s1["new_stored"], (s2["new_stored"], s1["new_stored"])
+    assert s2["seconds"] < s1["seconds"]
+    listing = json.loads(cli("list", "--repo", repo, "--json").stdout)
+    assert [p["meta"] for p in listing] == [{"shadow_copy_set": "s1"}, {}]
+
+
+@pytest.mark.root
+def test_incremental_after_one_percent_change_stores_about_one_percent(
+        btrfs_tree: Callable[..., tuple[Path, Path, int]], tmp_path: Path) -> None:
+    btrfsutil = pytest.importorskip("btrfsutil")
+    live, snap, written = btrfs_tree(size_mb=1400, small=2000,
+                                     dense=[32 << 20] * 12, sparse=[64 << 20])
+    repo = tmp_path / "repo"
+    first = backup(repo, f"data={snap}")
+    # Change 1 % of the data on a writable snapshot: rewrite 1 % of the small
+    # files and overwrite one contiguous range inside a large file.
+    work = snap.parent / "work"
+    btrfsutil.create_snapshot(str(snap), str(work))
+    target = written // 100
+    changed = 0
+    small = sorted((work / "small").rglob("*.bin"))
+    for p in small[::100]:
+        size = p.stat().st_size
+        p.write_bytes(rand(f"changed{p.name}", size))
+        changed += size
+    with open(work / "big" / "dense3.bin", "r+b") as f:
+        f.seek(10 << 20)
+        f.write(rand("changed-dense", target - changed))
+    changed = target
+    snap2 = snap.parent / "snap2"
+    btrfsutil.create_snapshot(str(work), str(snap2), read_only=True)
+    second = backup(repo, f"data={snap2}")
+    new = second["stats"]["new_stored"]
+    base = first["stats"]["new_stored"]
+    ratio = new / changed
+    print(f"changed {changed} bytes, stored {new} new bytes: {ratio:.2f}x")
+    assert 0.5 <= ratio <= 2.0, (new, changed, base)
+    assert second["stats"]["bytes_read"] < 0.2 * first["stats"]["bytes_read"]
+    out = tmp_path / "out"
+    cli("restore", "2", "--repo", repo, "--path", "data", "--to", out)
+    assert_same_tree(snap2, out)
+
+
+@pytest.mark.root
+def test_sigkill_during_backup_leaves_repository_valid(
+        btrfs_tree: Callable[..., tuple[Path, Path, int]], tmp_path: Path) -> None:
+    live, snap, _ = btrfs_tree(small=500, dense=[48 << 20] * 4, sparse=[])
+    repo = tmp_path / "repo"
+    cli("init", "--repo", repo, "--pack-size", "4")
+    cli("run", f"data={snap / 'small'}", "--repo", repo)  # point 1: the earlier point
+    proc = subprocess.Popen([*CLI, "run", f"all={snap}", "--repo", str(repo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    packs_before = len(list((repo / "packs").rglob("*.pack")))
+    deadline = time.monotonic() + 60
+    while len(list((repo / "packs").rglob("*.pack"))) < packs_before + 3:
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (repo / "write.lock").read_text(), "a killed run leaves its note"
+    out = cli("check", "--repo", repo)
+    assert "1 points: ok" in out.stdout, out.stdout
+    assert [p["id"] for p in json.loads(cli("list", "--repo", repo, "--json").stdout)] == [1]
+    cli("restore", "1", "--repo", repo, "--path", "data", "--to", tmp_path / "r1")
+    assert_same_tree(snap / "small", tmp_path / "r1")
+    # The next run completes, reuses what the killed run stored, and restores.
+    again = cli("run", f"all={snap}", "--repo", repo, "--json")
+    assert "was interrupted" in again.stderr
+    stats = json.loads(again.stdout)["stats"]
+    assert stats["new_raw"] < stats["bytes_read"] - (3 * 3 << 20)
+    assert cli("check", "--repo", repo).returncode == 0
+    cli("restore", "2", "--repo", repo, "--path", "all", "--to", tmp_path / "r2")
+    assert_same_tree(snap, tmp_path / "r2")
+    assert not (repo / "write.lock").read_text()
+
+
+# --- any filesystem ---------------------------------------------------------------------
+
+def test_roundtrip_metadata_sparse_hardlinks(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src, small=200, dense=[5 << 20], sparse=[32 << 20])
+    repo = tmp_path / "repo"
+    point = backup(repo, f"data={src}")
+    assert point["stats"]["error_count"] == 0
+    out = tmp_path / "out"
+    cli("restore", str(point["id"]), "--repo", repo, "--path", "data", "--to", out)
+    assert assert_same_tree(src, out) > 200
+    # A single file, and a hardlink whose first name is outside the restored part.
+    one = tmp_path / "one"
+    cli("restore", "latest", "--repo", repo, "--path", "data/meta/hardlink.txt", "--to", one)
+    assert (one / "hardlink.txt").read_bytes() == b"hello\n" * 1000
+    assert (one / "hardlink.txt").stat().st_mtime_ns == 1_500_000_000_123_456_789
+
+
+class FlakySource(LocalSource):
+    """A local source whose file ``unreadable`` fails to open (as for root nothing does)."""
+
+    def open(self, relpath: str, entry: Any) -> Any:
+        if relpath.endswith("unreadable"):
+            raise PermissionError(13, "Permission denied")
+        return super().open(relpath, entry)
+
+
+def test_source_errors_are_reported_and_skipped(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_bytes(b"fine")
+    (src / "unreadable").write_bytes(b"x")
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    with Repository(repo, "write") as r:
+        point = run_backup(r, [FlakySource(src, "data")])
+    assert point.stats["error_count"] == 1
+    assert point.stats["errors"] == [{"path": "data/unreadable", "error": "Permission denied"}]
+    out = tmp_path / "out"
+    cli("restore", "latest", "--repo", repo, "--path", "data", "--to", out)
+    assert os.listdir(out) == ["ok"]
+    if not ROOT:  # the CLI's exit code for a partial backup
+        (src / "unreadable").chmod(0)
+        proc = cli("run", src, "--repo", repo, "--json", check=3)
+        assert json.loads(proc.stdout)["stats"]["errors"][0]["path"] == "src/unreadable"
+
+
+def test_flipped_byte_is_found_by_verify_and_spares_other_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i:02d}").write_bytes(rand(f"v{i}", 100_000))
+    repo = tmp_path / "repo"
+    backup(repo, f"data={src}")
+    (src / "f00").write_bytes(rand("later", 1000))  # a second point sharing f07's chunk
+    backup(repo, f"data={src}")
+    assert cli("verify", "--repo", repo).returncode == 0
+    victim = blake3.blake3(rand("v7", 100_000)).digest()
+    with Repository(repo) as r:
+        loc = r.index.locate(victim)
+    assert loc is not None and loc.entry.type == DATA
+    path = pack_path(repo, loc.pack)
+    data = bytearray(path.read_bytes())
+    data[loc.entry.offset + loc.entry.stored_len // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    assert cli("check", "--repo", repo).returncode == 0  # structure is intact
+    proc = cli("verify", "--repo", repo, check=4)
+    assert "affected: point 1" in proc.stdout and "data/f07" in proc.stdout
+    report = json.loads(cli("verify", "--repo", repo, "--json", check=4).stdout)
+    assert sorted((a["point"], a["path"]) for a in report["affected"]) == [
+        (1, "data/f07"), (2, "data/f07")]
+    out = tmp_path / "out"
+    proc = cli("restore", "1", "--repo", repo, "--path", "data", "--to", out, check=3)
+    assert "data/f07" in proc.stderr
+    assert not (out / "f07").exists()
+    names = {f"f{i:02d}" for i in range(50)} - {"f07"}
+    assert sorted(os.listdir(out)) == sorted(names)
+    for name in names:
+        assert (out / name).read_bytes() == rand(f"v{int(name[1:])}", 100_000)
+
+
+def test_check_reports_a_missing_pack_and_orphans(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(rand("a", 200_000))
+    repo = tmp_path / "repo"
+    backup(repo, f"data={src}")
+    packs = list((repo / "packs").rglob("*.pack"))
+    orphan = packs[0].with_name("f" * 32 + ".pack")
+    orphan.write_bytes(packs[0].read_bytes())
+    proc = cli("check", "--repo", repo)
+    assert "not in the index" in proc.stdout
+    packs[0].unlink()
+    proc = cli("check", "--repo", repo, check=4)
+    assert "missing" in proc.stdout
+
+
+def test_prune_reclaims_space_and_survivors_restore(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    repo = tmp_path / "repo"
+    cli("init", "--repo", repo, "--pack-size", "1")
+    for gen in range(4):  # each generation replaces most of the data
+        if src.exists():
+            for p in src.iterdir():
+                p.unlink()
+        src.mkdir(exist_ok=True)
+        (src / "keep").write_bytes(rand("keep", 3 << 20))
+        for i in range(6):
+            (src / f"g{gen}-{i}").write_bytes(rand(f"g{gen}-{i}", 500_000))
+        cli("run", f"data={src}", "--repo", repo)
+    before = repo_bytes(repo)
+    assert cli("prune", "--repo", repo, "--dry-run", "--keep-last", "1").returncode == 0
+    assert repo_bytes(repo) == before
+    assert cli("prune", "--repo", repo, check=1).returncode == 1  # no policy: refused
+    res = json.loads(cli("prune", "--repo", repo, "--keep-last", "1", "--json").stdout)
+    after = repo_bytes(repo)
+    assert res["removed_points"] == [1, 2, 3]
+    assert after < 0.6 * before, (before, after)
+    assert res["packs_deleted"] > 0
+    assert cli("check", "--repo", repo).returncode == 0
+    assert cli("verify", "--repo", repo).returncode == 0
+    out = tmp_path / "out"
+    cli("restore", "latest", "--repo", repo, "--path", "data", "--to", out)
+    assert_same_tree(src, out)
+    # The files cache survives prune only where its chunks did: a new run is correct.
+    (src / "g3-0").write_bytes(rand("new", 10))
+    cli("run", f"data={src}", "--repo", repo)
+    assert cli("check", "--repo", repo).returncode == 0
+    cli("restore", "latest", "--repo", repo, "--path", "data", "--to", tmp_path / "out2")
+    assert_same_tree(src, tmp_path / "out2")
+
+
+def test_prune_keep_within_keeps_recent_points(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    repo = tmp_path / "repo"
+    for _ in range(3):
+        backup(repo, f"data={src}")
+    res = json.loads(cli("prune", "--repo", repo, "--keep-within", "1h", "--json").stdout)
+    assert res["removed_points"] == [] and res["kept_points"] == [1, 2, 3]
+
+
+def test_locks_exclude_writers_and_prune(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    src = tmp_path / "src"
+    src.mkdir()
+    with Repository(repo, "write", command="test"):
+        with pytest.raises(RepoLocked, match="pid"):
+            Repository(repo, "write")
+        with pytest.raises(RepoLocked):
+            Repository(repo, "exclusive")
+        with Repository(repo, "read"):  # restore/verify may read during a backup
+            pass
+        proc = cli("run", src, "--repo", repo, check=5)
+        assert "locked" in proc.stderr
+    with Repository(repo, "read"), pytest.raises(RepoLocked):
+        Repository(repo, "exclusive")
+    with Repository(repo, "write") as r:
+        assert r.interrupted is None  # released cleanly before
+
+
+def test_stale_lock_of_a_killed_process_is_detected(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    code = ("import sys, time; from pathlib import Path; from remotevss.backup.repo import "
+            "Repository; r = Repository(Path(sys.argv[1]), 'write', command='victim'); "
+            "(Path(sys.argv[1]) / 'tmp' / 'x.pack').write_bytes(b'partial'); "
+            "print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(repo)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    with pytest.raises(RepoLocked, match="victim"):
+        Repository(repo, "write")
+    proc.kill()
+    proc.wait()
+    with Repository(repo, "write") as r:
+        assert r.interrupted is not None and r.interrupted["pid"] == proc.pid
+        assert not list((repo / "tmp").iterdir())
+
+
+def test_refuses_foreign_or_newer_repositories(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    cfg = json.loads((repo / "config.json").read_text())
+    (repo / "config.json").write_text(json.dumps({**cfg, "version": 99}))
+    assert "version 99" in cli("list", "--repo", repo, check=1).stderr
+    assert "not empty" in cli("init", "--repo", repo, check=1).stderr
+    assert "no repository" in cli("list", "--repo", tmp_path / "none", check=1).stderr
+
+
+def test_multiple_sources_in_one_point(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_bytes(b"from a")
+    (b / "x").write_bytes(b"from b")
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    with Repository(repo, "write") as r:
+        with pytest.raises(ValueError, match="distinct"):
+            run_backup(r, [LocalSource(a, "s"), LocalSource(b, "s")])
+        run_backup(r, [LocalSource(a, "share1"), LocalSource(b, "share2")], {"set_id": "x"})
+    out = tmp_path / "out"
+    cli("restore", "latest", "--repo", repo, "--to", out)
+    assert (out / "share1" / "x").read_bytes() == b"from a"
+    assert (out / "share2" / "x").read_bytes() == b"from b"

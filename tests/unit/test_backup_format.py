@@ -1,0 +1,182 @@
+"""Pure parts of the backup repository: chunker vectors, pack format, tree codec,
+Bloom filter, retention policy."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from remotevss.backup.chunker import ChunkerParams, chunk_id, compress, decompress, is_zero
+from remotevss.backup.index import PointRow
+from remotevss.backup.packs import (
+    DATA,
+    ENTRY,
+    FOOTER,
+    RAW,
+    ZSTD,
+    PackError,
+    PackWriter,
+    pack_path,
+    read_trailer,
+)
+from remotevss.backup.prune import parse_duration, select_keep
+from remotevss.backup.repo import Bloom
+from remotevss.backup.tree import decode_tree, encode_tree
+
+GOLDEN_INPUT = blake3.blake3(b"golden").digest(length=8 << 20)
+
+
+def test_chunker_golden_vectors() -> None:
+    """Cut points of the repository's default parameters must never change:
+    a different library build would silently stop deduplicating against old points."""
+    assert blake3.blake3(GOLDEN_INPUT).hexdigest()[:16] == "fa29a581d84d9adc"
+    cuts = [c.length for c in ChunkerParams().make().cut_buf(GOLDEN_INPUT)]
+    assert cuts == [1455205, 1154463, 2455996, 1303776, 1754776, 264392]
+    small = ChunkerParams(avg_size=16384, min_size=4096, max_size=65536).make()
+    assert [c.length for c in small.cut_buf(GOLDEN_INPUT[:200000])] == [
+        19980, 17085, 4138, 8594, 21994, 22015, 27274, 32230, 8285, 33881, 4524]
+
+
+def test_chunks_resynchronise_after_an_insert() -> None:
+    """Content-defined: inserting bytes early changes only the chunks around the edit."""
+    params = ChunkerParams()
+    a = [chunk_id(c.data) for c in params.make().cut_buf(GOLDEN_INPUT)]
+    edited = GOLDEN_INPUT[:100] + b"inserted" + GOLDEN_INPUT[100:]
+    b = [chunk_id(c.data) for c in params.make().cut_buf(edited)]
+    assert a[0] != b[0]
+    assert a[1:] == b[1:]
+
+
+def test_chunker_params_round_trip_and_reject_unknown() -> None:
+    p = ChunkerParams(avg_size=1 << 19)
+    assert ChunkerParams.from_json(p.to_json()) == p
+    with pytest.raises(ValueError):
+        ChunkerParams.from_json({**p.to_json(), "algorithm": "rabin"})
+
+
+def test_compress_keeps_incompressible_data_raw() -> None:
+    rnd = os.urandom(1 << 16)
+    assert compress(rnd) == (RAW, rnd)
+    comp, stored = compress(b"abc" * 10000)
+    assert comp == ZSTD and len(stored) < 1000
+    assert decompress(comp, stored, 30000) == b"abc" * 10000
+
+
+@given(st.binary(max_size=300), st.integers(0, 70000))
+def test_is_zero(prefix: bytes, zeros: int) -> None:
+    data = bytes(zeros) + prefix
+    assert is_zero(data) == (len(data) > 0 and not any(data))
+    assert is_zero(memoryview(data)) == (len(data) > 0 and not any(data))
+
+
+def _write_pack(tmp_path: Path) -> tuple[str, list[tuple[bytes, bytes]]]:
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "packs").mkdir()
+    w = PackWriter(tmp_path)
+    blobs = [(chunk_id(b"x" * n), b"x" * n) for n in (1, 10, 1000)]
+    for bid, raw in blobs:
+        w.add(bid, DATA, RAW, raw, len(raw))
+    name, size = w.finish()
+    assert pack_path(tmp_path, name).stat().st_size == size
+    assert not list((tmp_path / "tmp").iterdir())
+    return name, blobs
+
+
+def test_pack_trailer_lists_every_blob(tmp_path: Path) -> None:
+    name, blobs = _write_pack(tmp_path)
+    entries = read_trailer(pack_path(tmp_path, name))
+    assert [e.id for e in entries] == [b for b, _ in blobs]
+    with open(pack_path(tmp_path, name), "rb") as f:
+        data = f.read()
+    for e, (_bid, raw) in zip(entries, blobs, strict=True):
+        assert data[e.offset:e.offset + e.stored_len] == raw
+        assert e.type == DATA and e.raw_len == len(raw)
+
+
+@pytest.mark.parametrize("where", ["header", "trailer", "footer", "truncate"])
+def test_damaged_pack_structure_is_detected(tmp_path: Path, where: str) -> None:
+    name, _ = _write_pack(tmp_path)
+    path = pack_path(tmp_path, name)
+    data = bytearray(path.read_bytes())
+    if where == "header":
+        data[0] ^= 1
+    elif where == "trailer":
+        data[-FOOTER.size - ENTRY.size + 40] ^= 1
+    elif where == "footer":
+        data[-1] ^= 1
+    else:
+        data = data[:-5]
+    path.write_bytes(bytes(data))
+    with pytest.raises(PackError):
+        read_trailer(path)
+
+
+def test_pack_renamed_to_another_id_is_detected(tmp_path: Path) -> None:
+    name, _ = _write_pack(tmp_path)
+    other = "0" * 32
+    pack_path(tmp_path, other).parent.mkdir(exist_ok=True)
+    pack_path(tmp_path, name).rename(pack_path(tmp_path, other))
+    with pytest.raises(PackError, match="header names"):
+        read_trailer(pack_path(tmp_path, other))
+
+
+def test_tree_round_trips_odd_names_and_is_canonical() -> None:
+    odd = os.fsdecode(b"caf\xe9-\xff.txt")  # not UTF-8: surrogate escapes
+    entries = [{"name": odd, "type": "f", "mode": 0o644, "content": [[0, 3, "ab" * 32]]},
+               {"name": "dir", "type": "d", "subtree": "cd" * 32}]
+    raw = encode_tree(entries)
+    assert raw.isascii()
+    back = decode_tree(raw)
+    assert back == entries
+    assert os.fsencode(back[0]["name"]) == b"caf\xe9-\xff.txt"
+    assert encode_tree(back) == raw
+    with pytest.raises(ValueError):
+        decode_tree(raw.replace(b'"v":1', b'"v":2'))
+
+
+@settings(max_examples=20)
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=200, unique=True))
+def test_bloom_has_no_false_negatives(ids: list[bytes]) -> None:
+    bloom = Bloom(len(ids))
+    for i in ids[::2]:
+        bloom.add(i)
+    assert all(i in bloom for i in ids[::2])
+
+
+def test_bloom_false_positive_rate_is_low() -> None:
+    bloom = Bloom(10000)
+    for i in range(10000):
+        bloom.add(chunk_id(struct.pack("<I", i)))
+    fp = sum(chunk_id(struct.pack("<I", i)) in bloom for i in range(10000, 30000))
+    assert fp < 20000 * 0.01
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("1w2d3h") == 9 * 86400 + 3 * 3600
+    assert parse_duration("90s") == 90
+    assert parse_duration("1y") == 365 * 86400
+    for bad in ("", "3x", "d", "2h1d"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def _point(i: int, t: int) -> PointRow:
+    return PointRow(i, f"{i:032x}", t, b"", b"", {}, {})
+
+
+def test_keep_policy() -> None:
+    s = 1_000_000_000
+    now = 100 * 86400 * s
+    points = [_point(i + 1, now - (10 - i) * 86400 * s) for i in range(10)]  # 10 days .. 1 day
+    assert select_keep(points, 3, None, now) == {8, 9, 10}
+    assert select_keep(points, None, 2 * 86400, now) == {9, 10}
+    assert select_keep(points, 1, 5 * 86400, now) == {6, 7, 8, 9, 10}
+    assert select_keep(points, None, None, now) == set()
+    assert select_keep([], 5, 10, now) == set()
