@@ -354,6 +354,17 @@ def test_cli_create_at_other_levels(clean: Server, state: Path, level: str) -> N
     assert r.returncode == 0, r.stderr
 
 
+def test_ipv6_literal_host(clean: Server, state: Path) -> None:
+    try:
+        with socket.create_connection(("::1", clean.port), timeout=2):
+            pass
+    except OSError as exc:
+        pytest.skip(f"Samba is not reachable on [::1] here: {exc}")
+    r = cli(clean, state, "query", r"\\[::1]\share0", r"\\--1.ipv6-literal.net\share0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(r"\\--1.ipv6-literal.net\share0: supported (owner ANCHORFS)") == 2
+
+
 # ----------------------------------------------------------------- failures
 
 

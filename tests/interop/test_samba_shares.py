@@ -639,6 +639,10 @@ def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_pa
             )
             assert name not in exposer.exposed()
     finally:
-        server.close()
+
+        async def stop_serving() -> None:  # Server.close() belongs on the loop's thread
+            server.close()
+
+        run(stop_serving())
         run(service.close())
         loop.call_soon_threadsafe(loop.stop)

@@ -277,3 +277,15 @@ def test_script_and_command_conflict(tmp_path: Path) -> None:
     assert rc == 2 and "do not go together" in err
     rc, _, err = run(None, "-U", "u%p", "-s", str(tmp_path / "missing"))
     assert rc == 2 and "cannot read script" in err
+
+
+def test_create_merges_pending_and_arguments(net: FakeNetwork) -> None:
+    run(net, "-U", "u%p", "add", "--no-check", r"\\FS1\DATA", r"\\fs1\home")
+    rc, out, err = run(net, "-U", "u%p", "--json", "create", r"\\fs1\data\\"[:-1])
+    assert rc == 0, err
+    (s,) = json.loads(out)["sets"]
+    assert [c["original_share"] for c in s["copies"]] == [r"\\fs1\data", r"\\fs1\home"]
+    rc, out, _ = run(net, "-U", "u%p", "create")
+    assert rc == 2  # the pending list was used up
+    run(net, "-U", "u%p", "delete", "--all")
+    assert net.servers["fs1"].clean

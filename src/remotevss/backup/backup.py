@@ -14,6 +14,7 @@ at all: that is where an unchanged incremental gets its speed.
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
 import sys
 import threading
@@ -40,6 +41,10 @@ MAX_ERRORS_KEPT = 1000
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
+# The C scanner behind json.loads, without its Python layers (3x faster per call):
+# an unchanged incremental parses one cached content list per file.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder())  # type: ignore[arg-type]
 
 
 @dataclass
@@ -145,7 +150,7 @@ class _Engine:
         self.batch_data: list[Chunk] = []
         self.batch_bytes = 0
         self.stats = Stats()
-        self.cache_new: list[tuple[str, str, str, int, int, int, int, str]] = []
+        self.cache_new: list[tuple[str, str, str, int, int, int, int, str, str]] = []
         self.cache_del: list[tuple[str, str, str]] = []
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
@@ -223,8 +228,10 @@ class _Engine:
         else:
             content = [[off, n, cid.hex()] for off, n, cid in f.segments if cid is not None]
             f.entry["content"] = content
-            text = ",".join([f'[{off},{n},"{h}"]' for off, n, h in content])  # json.dumps, 5x faster
-            self.cache_new.append((*f.cache_row, f"[{text}]"))
+            # Same text as json.dumps(content, separators=(",", ":")), 5x faster.
+            text = ",".join([f'[{off},{n},"{h}"]' for off, n, h in content])
+            xattrs = json.dumps(f.entry.get("xattrs", {}), sort_keys=True)
+            self.cache_new.append((*f.cache_row, f"[{text}]", xattrs))
         parent.pending -= 1
         if parent.pending == 0 and parent.sealed:
             self.close_dir(parent)
@@ -255,14 +262,24 @@ class _Engine:
             child_rel = f"{relpath}/{e.name}" if relpath else e.name
             child_point = f"{point_path}/{e.name}"
             user, group = src.owner(e)
-            entry = make_entry(e, user, group, src.xattrs(child_rel, e))
+            hit = cached.pop(e.name, None) if e.type == FILE else None
+            if hit is not None and (hit.size, hit.mtime_ns, hit.ctime_ns, hit.ino) != (
+                    e.size, e.mtime_ns, e.ctime_ns, e.ino):
+                hit = None
+            if hit is not None:
+                # Setting or removing an xattr changes ctime, so an unchanged
+                # ctime means the cached xattrs hold: no listxattr per file.
+                entry = make_entry(e, user, group, {})
+                if hit.xattrs != "{}":
+                    entry["xattrs"] = _scan_json(hit.xattrs, 0)[0]
+            else:
+                entry = make_entry(e, user, group, src.xattrs(child_rel, e))
             node.children.append(entry)
             if e.type == DIR:
                 child = _Dir(entry, node)
                 node.pending += 1
                 self.walk(src, child, child_rel, child_point)
             elif e.type == FILE:
-                hit = cached.pop(e.name, None)
                 self.file(src, node, relpath, child_rel, child_point, e, entry, hit)
             else:
                 self.stats.others += 1
@@ -283,9 +300,8 @@ class _Engine:
                 self.progress.file_done()
                 return
             self.hardlinks[(e.dev, e.ino)] = point_path
-        if (hit is not None and hit.size == e.size and hit.mtime_ns == e.mtime_ns
-                and hit.ctime_ns == e.ctime_ns and hit.ino == e.ino):
-            entry["content"] = json.loads(hit.content)
+        if hit is not None:  # (size, mtime, ctime, file id) matched in walk()
+            entry["content"] = _scan_json(hit.content, 0)[0]
             self.stats.cache_hits += 1
             self.progress.file_done(e.size)
             return

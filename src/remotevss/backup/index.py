@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS files_cache (
     ctime_ns INTEGER NOT NULL,
     ino INTEGER NOT NULL,
     content TEXT NOT NULL,
+    xattrs TEXT NOT NULL,
     PRIMARY KEY (source, dir, name)
 ) WITHOUT ROWID;
 """
@@ -90,6 +91,7 @@ class CacheRow:
     ctime_ns: int
     ino: int
     content: str
+    xattrs: str  # JSON {name: base64}, as in the tree
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -193,13 +195,13 @@ class Index:
     # Paths are stored as bytes (os.fsencode): file names need not be UTF-8.
     def cache_dir(self, source: str, directory: str) -> dict[str, CacheRow]:
         """All cached files of one directory: one query per directory, not per file."""
-        return {os.fsdecode(r[0]): CacheRow(r[1], r[2], r[3], r[4], r[5]) for r in self.con.execute(
-            "SELECT name, size, mtime_ns, ctime_ns, ino, content FROM files_cache "
+        return {r[0].decode("utf-8", "surrogateescape"): CacheRow(*r[1:]) for r in self.con.execute(
+            "SELECT name, size, mtime_ns, ctime_ns, ino, content, xattrs FROM files_cache "
             "WHERE source=? AND dir=?", (source, os.fsencode(directory)))}
 
-    def cache_put(self, rows: list[tuple[str, str, str, int, int, int, int, str]]) -> None:
+    def cache_put(self, rows: list[tuple[str, str, str, int, int, int, int, str, str]]) -> None:
         self.con.executemany(
-            "INSERT OR REPLACE INTO files_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO files_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(r[0], os.fsencode(r[1]), os.fsencode(r[2]), *r[3:]) for r in rows])
 
     def cache_dirs(self, source: str) -> set[str]:

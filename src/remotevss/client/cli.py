@@ -446,14 +446,14 @@ class Session:
         return found
 
     def resume(self, rec: SetRecord) -> ShadowCopySet:
-        from remotevss.client.shadow import Options, ShadowCopySet
+        from remotevss.client.shadow import SequenceOptions, ShadowCopySet
 
         s = ShadowCopySet.resume(
             rec,
             self.credentials(),
             self.options(),
             state=self.state,
-            timeouts=Options(),
+            timeouts=SequenceOptions(),
             connector=self.connector,
         )
         s.settings.follow_owner = self.settings.follow_owner
@@ -488,13 +488,16 @@ class Session:
         use_pending: bool = True,
     ) -> list[ShadowCopySet]:
         from remotevss.client.shadow import CreateRequest, create_shadow_copies
+        from remotevss.client.unc import parse_unc
 
         pending = self.state.pending() if use_pending else []
-        all_uncs = list(uncs) + [p for p in pending if p not in uncs]
+        given = [parse_unc(u) for u in uncs]
+        keys = {u.key for u in given}
+        all_uncs = given + [u for u in map(parse_unc, pending) if u.key not in keys]
         if not all_uncs:
             raise UsageError("nothing to create: give shares, or `remotevss shadow add` them first")
         request = CreateRequest(
-            list(all_uncs),
+            all_uncs,
             context=context,
             writable=writable,
             expose=expose,
@@ -528,6 +531,7 @@ class Session:
         status = EXIT_OK
         errors: list[dict[str, str]] = []
         stale: list[dict[str, str]] = []
+        unverified: list[dict[str, str]] = []
         if check and records:
             from remotevss.client.shadow import _default_connector
 
@@ -554,6 +558,11 @@ class Session:
                             errors.append({"server": owner, "error": describe_error(exc)})
                             self.note(f"cannot check set {{{rec.set_id}}}: {describe_error(exc)}")
                             break
+                        for c, why in res.unknown:
+                            unverified.append(
+                                {"copy_id": str(c.copy_id), "set_id": str(rec.set_id),
+                                 "reason": why}
+                            )  # fmt: skip
                         for c, why in res.stale:
                             stale.append(
                                 {
@@ -582,7 +591,7 @@ class Session:
                     for r in self.state.sets()
                     if not ids or r.set_id in {x.set_id for x in records}
                 ]
-        self.print_sets(records, stale=stale, errors=errors)
+        self.print_sets(records, stale=stale, errors=errors, unverified=unverified)
         return status
 
     def cmd_expose(self, ids: Sequence[str], recover: bool | None = None) -> list[SetRecord]:
@@ -777,11 +786,14 @@ class Session:
         *,
         title: str = "",
         stale: list[dict[str, str]] | None = None,
+        unverified: list[dict[str, str]] | None = None,
         errors: list[dict[str, str]] | None = None,
     ) -> None:
         doc: dict[str, Any] = {"sets": [_set_json(r) for r in records]}
         if stale is not None:
             doc["stale"] = stale
+        if unverified is not None:
+            doc["unverified"] = unverified  # the server has the set but would not map it
         if errors is not None:
             doc["errors"] = errors
         self.emit(doc)

@@ -324,9 +324,10 @@ class FsrvpConnection(FsrvpCalls):
             ack = self._dce.bind(MSRPC_UUID_FSRVP)
         except rpcrt.DCERPCException as exc:
             text = str(exc)
-            if "access_denied" in text.lower() or "authentication" in text.lower():
+            words = text.lower().replace("_", " ")
+            if "access denied" in words or "authentication" in words:
                 raise ConnectAccessDenied(host, f"FSRVP bind refused: {text}") from None
-            if "abstract syntax" in text.lower():
+            if "abstract syntax" in words:
                 raise BindRejected(
                     host, f"\\pipe\\{PIPE_NAME} does not serve FSRVP 1.0 ({text})"
                 ) from None

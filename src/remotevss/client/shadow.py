@@ -256,8 +256,8 @@ class DeleteOutcome:
 
 
 @dataclass
-class Options:
-    """Per-set knobs beyond the connection's."""
+class SequenceOptions:
+    """Per-set knobs of the sequence (the connection's are ConnectOptions)."""
 
     follow_owner: bool = True
     resolve: bool = False  # forward DNS to tell an address and a name of one server apart
@@ -298,14 +298,16 @@ class ShadowCopySet:
         keep: bool | None = None,
         connector: Connector | None = None,
         client_set_id: UUID | None = None,
-        timeouts: Options | None = None,
+        timeouts: SequenceOptions | None = None,
     ) -> None:
         self.server: str | None = classify_host(server)[0] if server else None
         self.credentials = credentials or Credentials()
         self.options = options or ConnectOptions()
         self.context = context_value(context, writable)
         self.writable = bool(self.context & Attr.ATTR_AUTO_RECOVERY)
-        self.settings = replace(timeouts or Options(), follow_owner=follow_owner, resolve=resolve)
+        self.settings = replace(
+            timeouts or SequenceOptions(), follow_owner=follow_owner, resolve=resolve
+        )
         self.state = state
         self.keep = keep
         self.client_set_id = client_set_id or uuid.uuid4()
@@ -399,7 +401,12 @@ class ShadowCopySet:
             again = target.checked(calls.IsPathSupportedRequest(unc.wire), unc.display)
             assert isinstance(again, calls.IsPathSupportedResponse)
             if again.owner_machine_name:
-                second, _ = classify_host(again.owner_machine_name)
+                try:
+                    second, _ = classify_host(again.owner_machine_name)
+                except BadUnc as exc:
+                    raise OwnerRedirectError(
+                        name, f"owner named an invalid machine: {exc}"
+                    ) from None
                 if not self._same_server(target, second):
                     raise OwnerRedirectError(
                         name,
@@ -747,7 +754,7 @@ class ShadowCopySet:
         *,
         state: ClientState | None = None,
         connector: Connector | None = None,
-        timeouts: Options | None = None,
+        timeouts: SequenceOptions | None = None,
     ) -> ShadowCopySet:
         """A set made by an earlier process, rebuilt from the client table."""
         opts = options or ConnectOptions()
@@ -803,14 +810,14 @@ class ShadowCopySet:
 
 @dataclass
 class CreateRequest:
-    uncs: list[str | Unc]
+    uncs: Sequence[str | Unc]
     context: str | int = "backup"
     writable: bool = False
     expose: bool = True
     recover: bool | None = None
     follow_owner: bool = True
     resolve: bool = False
-    timeouts: Options = field(default_factory=Options)
+    timeouts: SequenceOptions = field(default_factory=SequenceOptions)
 
 
 def group_by_server(uncs: Iterable[str | Unc], *, resolve: bool = False) -> list[list[Unc]]:
@@ -864,7 +871,7 @@ def create_shadow_copies(
             keep=True,
             connector=connector,
             client_set_id=client_set_id,
-            timeouts=Options(**vars(request.timeouts)),
+            timeouts=replace(request.timeouts),
         )
         for g in groups
     ]
@@ -1017,7 +1024,7 @@ __all__ = [
     "CheckResult",
     "CreateRequest",
     "DeleteOutcome",
-    "Options",
+    "SequenceOptions",
     "PathQuery",
     "ShadowCopy",
     "ShadowCopySet",

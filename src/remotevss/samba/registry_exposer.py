@@ -246,7 +246,7 @@ class RegistryExposer:
             except Exception as exc:  # SMBConfError, tdb's RuntimeError/OSError, ...
                 raise ExposeError(f"cannot expose {name}: {exc}") from exc
         moved = old is not None and old.get("path") != path
-        self.notifier.notify(force_tdis=[name] if moved else [])  # no tree on an old snapshot
+        self._notify(force_tdis=[name] if moved else [])  # no tree on an old snapshot
         log.info("exposed %s (%s, %s) at %s", name, base.name, "rw" if writable else "ro", path)
 
     def unexpose(self, name: str) -> None:
@@ -265,7 +265,7 @@ class RegistryExposer:
                 raise
             except Exception as exc:  # SMBConfError, tdb's RuntimeError/OSError, ...
                 raise ExposeError(f"cannot unexpose {name}: {exc}") from exc
-        self.notifier.notify(force_tdis=[name])
+        self._notify(force_tdis=[name])
         if old is not None:
             log.info("unexposed %s", name)
 
@@ -302,7 +302,7 @@ class RegistryExposer:
                 raise
             except Exception as exc:  # SMBConfError, tdb's RuntimeError/OSError, ...
                 raise ExposeError(f"cannot seal {name}: {exc}") from exc
-        self.notifier.conf_updated()
+        self._notify()
 
     def close(self) -> None:
         with LOCK:
@@ -319,6 +319,14 @@ class RegistryExposer:
             or SNAPSHOT_SHARE_RE.match(base_share)
         ):
             raise ExposeError(f"invalid snapshot share name {name!r} for share {base_share!r}")
+
+    def _notify(self, force_tdis: list[str] | None = None) -> None:
+        """Tell smbd; a failure is logged, not raised: the registry already says what
+        is true, new tree connects read it, and a retry would change nothing."""
+        try:
+            self.notifier.notify(force_tdis=force_tdis or [])
+        except Exception:
+            log.error("could not notify smbd (force_tdis=%s)", force_tdis, exc_info=True)
 
     def _write_share(self, name: str, params: list[tuple[str, str]]) -> None:
         """Replace share ``name`` with ``params``: one registry transaction."""
