@@ -35,10 +35,11 @@ exposed share to ``read only = yes``.  The agent seals at filesystem level
 (read-only subvolume / bind mount), which binds trees already open too; the
 share flag only changes what new tree connects are offered.
 
-Cost (2-core VM, ext4 state dir, median): expose ~3 ms, unexpose ~2.5 ms --
-mostly the two tdb transaction commits (fsync) -- against ~58 ms for one
-``net conf addshare`` plus ~28 ms for ``smbcontrol smbd reload-config``.
-bench/samba_expose.py measures it.
+Cost (2-core VM, ext4 state dir, median): expose 3.8-6.6 ms, unexpose
+3.3-6.8 ms, nearly all of it the two fsync'd tdb transaction commits (0.75 /
+0.5 ms with the state directory on tmpfs), against ~58 ms for ``net conf
+addshare`` plus ``smbcontrol smbd reload-config``.  bench/samba_expose.py
+measures it; docs/samba.md "Snapshot shares" has the table.
 """
 
 from __future__ import annotations
