@@ -9,6 +9,7 @@ import sys
 
 from remotevss import __version__
 from remotevss.agent.config import ConfigError, ShareConfig, load_config
+from remotevss.backup import cli as backup_cli
 from remotevss.client import cli as shadow_cli
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-v", "--verbose", action="count", default=0)
 
     shadow_cli.add_parser(sub)
+    backup_cli.add_parser(sub)
     return p
 
 
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo()
     if args.command == "shadow":
         return shadow_cli.run(args)
+    if args.command == "backup":
+        return backup_cli.run(args)
     return 2  # pragma: no cover
 
 
