@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from remotevss.agent.authz import policy_for
@@ -18,8 +19,19 @@ from remotevss.samba.pipedir import default_pipe_dir, takeover_risk
 log = logging.getLogger("remotevss.agent")
 
 
+def build_service(config: AgentConfig) -> AgentService:
+    """The service, with Samba's shares and registry exposure when behind Samba."""
+    if not config.samba.config_file:
+        return AgentService(config, policy=policy_for(config))
+    from remotevss.samba.components import make_samba_components
+
+    shares, exposer, netbios = make_samba_components(config)
+    config = replace(config, netbios_name=netbios)
+    return AgentService(config, policy=policy_for(config), shares=shares, exposer=exposer)
+
+
 async def run_agent(config: AgentConfig) -> int:
-    service = AgentService(config, policy=policy_for(config))
+    service = build_service(config)
     report = await service.start()
     for line in report.lines():
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
