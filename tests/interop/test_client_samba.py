@@ -36,6 +36,7 @@ from remotevss.client import errors
 from remotevss.client.connection import ConnectOptions, Credentials, FsrvpConnection
 from remotevss.client.shadow import ShadowCopySet
 from remotevss.client.state import ClientState
+from remotevss.samba.private import PrivateAgent
 from tests.support.samba import PASSWORD, PrivateSamba
 
 TOOLS = ("smbd", "smbpasswd", "net", "mkfs.btrfs")
@@ -56,10 +57,35 @@ class Server:
     samba: PrivateSamba
     shares: dict[str, Path]
     mnt: Path
+    #: Our agent behind this smbd (tests/interop/test_client_agent.py); None: Samba's rpcd_fsrvp.
+    agent: PrivateAgent | None = None
 
     @property
     def port(self) -> int:
         return self.samba.port
+
+    @property
+    def cli_args(self) -> list[str]:
+        """Our agent refuses DCE/RPC authentication until issue 8 (docs/samba.md)."""
+        return ["--auth-level", "none"] if self.agent else []
+
+    def options(self, **kw: object) -> ConnectOptions:
+        if self.agent:
+            kw.setdefault("auth_level", "none")
+        return ConnectOptions(port=self.port, **kw)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.agent:
+            self.agent.stop()
+        self.samba.stop()
+
+    def signal_fsrvp(self, sig: int) -> None:
+        """Signal what answers FSRVP: samba-dcerpcd's session, or our agent's process."""
+        if self.agent:
+            assert self.agent.proc is not None
+            os.kill(self.agent.proc.pid, sig)
+        else:
+            os.killpg(self.samba.procs[0].pid, sig)
 
     def unc(self, name: str) -> str:
         return f"\\\\127.0.0.1\\{name}"
@@ -74,7 +100,10 @@ class Server:
 
     def restart(self) -> None:
         self.samba.start()
-        self.wait_fsrvp()
+        if self.agent:
+            self.agent.start()
+        else:
+            self.wait_fsrvp()
 
     def leftovers(self) -> list[str]:
         out = subprocess.run(
@@ -83,7 +112,8 @@ class Server:
         ).stdout  # fmt: skip
         found = [line.strip() for line in out.splitlines() if "@{" in line]
         for path in self.shares.values():
-            found += [str(p) for p in path.glob("@GMT-*")]
+            found += [str(p) for p in path.glob("@GMT-*")]  # Samba's vfs_btrfs
+            found += [str(p) for p in path.glob(".snapshots/@GMT-*")]  # our agent
         return found
 
     def read(self, share: str, name: str = "f.txt") -> bytes:
@@ -99,7 +129,11 @@ class Server:
             c.close()
 
 
-def _make_server(work: Path, mnt: Path, prefix: str, n: int, fsrvp: bool = True) -> Server:
+def _make_server(
+    work: Path, mnt: Path, prefix: str, n: int, fsrvp: bool = True, agent: bool = False
+) -> Server:
+    """``n`` subvolume shares; FSRVP from Samba's rpcd_fsrvp, from our agent
+    (``agent``: spec mode, behind this smbd) or from nobody (``fsrvp`` False)."""
     import btrfsutil
 
     shares = {}
@@ -108,10 +142,17 @@ def _make_server(work: Path, mnt: Path, prefix: str, n: int, fsrvp: bool = True)
         btrfsutil.create_subvolume(str(path))
         (path / "f.txt").write_text(f"{prefix}{i}: version 1\n")
         shares[f"{prefix}{i}"] = path
-    samba = PrivateSamba(work, shares, samba_fsrvp=fsrvp, sequence_timeout=60)
-    server = Server(samba, shares, mnt)
+    samba = PrivateSamba(work, shares, samba_fsrvp=fsrvp and not agent, sequence_timeout=60)
+    ours = PrivateAgent(work / "agent", samba, sequence_timeout=60) if agent else None
+    server = Server(samba, shares, mnt, ours)
     samba.start()
-    if fsrvp:
+    if ours:
+        try:
+            ours.start()
+        except BaseException:
+            samba.stop()
+            raise
+    elif fsrvp:
         server.wait_fsrvp()
     return server
 
@@ -132,7 +173,7 @@ def server(btrfs: tuple[Path, Path]) -> Iterator[Server]:
     try:
         yield s
     finally:
-        s.samba.stop()
+        s.stop()
 
 
 @pytest.fixture
@@ -153,7 +194,8 @@ def cli(
     env = dict(os.environ, REMOTEVSS_CLIENT_STATE=str(state), REMOTEVSS_PASSWORD=PASSWORD)
     env.pop("KRB5CCNAME", None)
     p = port if port is not None else (server.port if server else 445)
-    argv = [sys.executable, "-m", "remotevss.cli", "shadow", "-U", "root", "-p", str(p), *args]
+    argv = [sys.executable, "-m", "remotevss.cli", "shadow", "-U", "root", "-p", str(p)]
+    argv += [*(server.cli_args if server else []), *args]
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -172,7 +214,8 @@ def test_every_command_end_to_end(
     srv = clean
     r = cli(srv, state, "query", srv.unc("share0"))
     assert r.returncode == 0, r.stderr
-    assert r"\\127.0.0.1\share0: supported (owner ANCHORFS); shadow copied: unknown" in r.stdout
+    copied = "no" if srv.agent else "unknown"  # Samba: IsPathShadowCopied is NOT_SUPPORTED
+    assert rf"\\127.0.0.1\share0: supported (owner ANCHORFS); shadow copied: {copied}" in r.stdout
 
     r = cli(srv, state, "add", srv.unc("share0"))
     assert r.returncode == 0 and "1 share(s) pending" in r.stdout, r.stderr
@@ -394,7 +437,8 @@ def test_failures_are_clear(clean: Server, state: Path) -> None:
 
     r = cli(srv, state, "create", srv.unc("no_such_share"))
     assert r.returncode == 1
-    assert "IsPathSupported failed: E_INVALIDARG (0x80070057)" in r.stderr
+    no_share = "FSRVP_E_OBJECT_NOT_FOUND (0x80042308)" if srv.agent else "E_INVALIDARG (0x80070057)"
+    assert f"IsPathSupported failed: {no_share}" in r.stderr
     assert "no such share on the server" in r.stderr
 
     unknown = "11111111-2222-3333-4444-555555555555"
@@ -446,18 +490,20 @@ def own_server(btrfs: tuple[Path, Path]) -> Iterator[Server]:
         for p in s.samba.procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGCONT)
-        s.samba.stop()
+        with contextlib.suppress(ProcessLookupError, AssertionError):
+            s.signal_fsrvp(signal.SIGCONT)
+        s.stop()
     assert s.leftovers() == []
 
 
 def test_server_stopped_mid_sequence(own_server: Server, tmp_path: Path) -> None:
     srv = own_server
-    opts = ConnectOptions(port=srv.port, connect_timeout=5, call_timeout=10)
+    opts = srv.options(connect_timeout=5, call_timeout=10)
     st = ClientState(tmp_path / "api.sqlite3")
     names = list(srv.shares)
     s = ShadowCopySet(None, CREDS, options=opts, state=st)
     s.add(srv.unc(names[0]))
-    srv.samba.stop()
+    srv.stop()
     with pytest.raises(errors.FsrvpCallError) as exc:
         s.commit()
     assert isinstance(exc.value, errors.ConnectionLost) and exc.value.exit_code == 3
@@ -467,7 +513,8 @@ def test_server_stopped_mid_sequence(own_server: Server, tmp_path: Path) -> None
     srv.restart()
     assert srv.leftovers() == []
 
-    # committed, then the server restarts (Samba reloads committed sets from its tdb);
+    # committed, then the server restarts (Samba reloads committed sets from its tdb;
+    # our agent drops sets that never reached Exposed, with their snapshots);
     # a later `delete` aborts it, and since Samba ignores Abort of a committed set,
     # the client exposes and deletes it instead: nothing is left.
     state = tmp_path / "cli.sqlite3"
@@ -475,12 +522,17 @@ def test_server_stopped_mid_sequence(own_server: Server, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     (created,) = json.loads(r.stdout)["sets"]
     assert len(srv.leftovers()) == 1  # the snapshot
-    srv.samba.stop()
+    srv.stop()
     r = cli(srv, state, "--connect-timeout", "3", "expose", created["set_id"])
     assert r.returncode == 3 and "connection refused" in r.stderr
     srv.restart()
+    if srv.agent:
+        assert srv.leftovers() == []  # dropped at the agent's start-up
     r = cli(srv, state, "delete", created["set_id"])
-    assert r.returncode == 0 and "aborted set" in r.stdout, r.stderr
+    if srv.agent:
+        assert r.returncode == 0 and "already gone on the server" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0 and "aborted set" in r.stdout, r.stderr
     assert srv.leftovers() == []
     # the stale API entry: the server no longer knows it
     r = cli(srv, state, "list")
@@ -491,17 +543,16 @@ def test_server_stopped_mid_sequence(own_server: Server, tmp_path: Path) -> None
 
 def test_call_timeout_when_the_server_hangs(own_server: Server) -> None:
     srv = own_server
-    opts = ConnectOptions(port=srv.port, call_timeout=2, connect_timeout=5)
+    opts = srv.options(call_timeout=2, connect_timeout=5)
     conn = FsrvpConnection("127.0.0.1", CREDS, opts)
-    dcerpcd = srv.samba.procs[0]
-    os.killpg(dcerpcd.pid, signal.SIGSTOP)
+    srv.signal_fsrvp(signal.SIGSTOP)
     try:
         t0 = time.monotonic()
         with pytest.raises(errors.CallTimeout) as exc:
             conn.get_supported_version()
         took = time.monotonic() - t0
     finally:
-        os.killpg(dcerpcd.pid, signal.SIGCONT)
+        srv.signal_fsrvp(signal.SIGCONT)
     assert 1.5 < took < 10 and exc.value.exit_code == 6
     assert "GetSupportedVersion: no answer within 2 s; connection closed" in str(exc.value)
     assert conn.closed
@@ -515,7 +566,7 @@ def test_call_timeout_when_the_server_hangs(own_server: Server) -> None:
 def test_interrupted_create_cleans_up(own_server: Server, tmp_path: Path) -> None:
     """Ctrl-C in the middle: the set is aborted before the error propagates."""
     srv = own_server
-    opts = ConnectOptions(port=srv.port)
+    opts = srv.options()
     s = ShadowCopySet(None, CREDS, options=opts)
     name = next(iter(srv.shares))
 

@@ -43,6 +43,46 @@ class SambaConfig:
     allowed_groups: tuple[str, ...] = ()  # unix groups (names or gids) of admitted SMB users
 
 
+CONTEXT_NAMES = ("backup", "file_share_backup", "nas_rollback", "app_rollback")
+STORAGE_POLICIES = ("delete_oldest", "refuse")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class GcConfig:
+    """Orphan collection (docs/operations.md); seconds, 0 turns a rule off."""
+
+    interval: float = 300.0  # between passes (one runs at start-up too); 0: start-up only
+    orphan_after: float = 12 * 3600.0  # auto-release sets with no FSRVP call for this long
+    max_age: float = 24 * 3600.0  # any shadow copy older than this (Windows' 24 h)
+    max_age_by_context: tuple[tuple[str, float], ...] = ()  # (context name, seconds) overrides
+
+    def max_age_for(self, context_name: str) -> float:
+        return dict(self.max_age_by_context).get(context_name, self.max_age)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Shadow storage limit for volumes without one set by ``remotevss storage resize``."""
+
+    max: str = "unbounded"  # bytes ("10G", "512MiB"), percent of the filesystem ("20%")
+    policy: str = "delete_oldest"  # or "refuse": what a commit over the limit does
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"  # "text" or "json" (one JSON object per line)
+    level: str = "warning"
+    trace: bool = False  # every PDU and effect (the vsstrace equivalent)
+    events: bool = True  # one JSON event line per FSRVP call and per GC deletion
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    port: int = 0  # Prometheus endpoint; 0 = off
+    address: str = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     socket_path: str = "/run/remotevss/agent.sock"
@@ -57,12 +97,23 @@ class AgentConfig:
     )
     backend: str = "auto"
     max_connections: int = 64
+    #: "unique": @GMT-<second>.<usec>-<copy id>; "gmt": exact @GMT-<second> (shadow_copy2)
+    snapshot_names: str = "unique"
     shares: tuple[ShareConfig, ...] = ()
     samba: SambaConfig = field(default_factory=SambaConfig)
+    admin_socket: str = ""  # status/storage requests; default: <socket>.admin
+    gc: GcConfig = field(default_factory=GcConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def journal_path(self) -> Path:
         return Path(self.state_dir) / "journal.sqlite3"
+
+    @property
+    def admin_socket_path(self) -> str:
+        return self.admin_socket or self.socket_path + ".admin"
 
 
 _AGENT_KEYS = {
@@ -76,6 +127,8 @@ _AGENT_KEYS = {
     "share_name_format": "share_name_format",
     "backend": "backend",
     "max_connections": "max_connections",
+    "admin_socket": "admin_socket",
+    "snapshot_names": "snapshot_names",
 }
 
 
@@ -87,7 +140,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-    unknown = set(data) - {"agent", "shares", "samba"}
+    unknown = set(data) - {"agent", "shares", "samba", *_OPS_SECTIONS}
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     kwargs: dict[str, Any] = {}
@@ -112,11 +165,73 @@ def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
         raise ConfigError('[samba] shares must be "samba" or "agent"')
     if kwargs["samba"].expose not in ("registry", "symlink"):
         raise ConfigError('[samba] expose must be "registry" or "symlink"')
+    kwargs.update(_ops_sections(data))
     special = ("shares", "samba_config")
     kwargs.update({k: v for k, v in overrides.items() if v is not None and k not in special})
     shares.extend(overrides.get("shares") or ())
     kwargs["shares"] = tuple(shares)
     return _validated(kwargs)
+
+
+_OPS_SECTIONS = ("gc", "storage", "log", "metrics")
+
+
+def _seconds(section: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"[{section}] {key} must be a number of seconds >= 0")
+    return float(value)
+
+
+def _keys(section: str, table: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    if unknown := set(table) - allowed:
+        raise ConfigError(f"[{section}] unknown key(s): {', '.join(sorted(unknown))}")
+    return dict(table)
+
+
+def _ops_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """[gc], [storage], [log], [metrics] (docs/configuration.md, docs/operations.md)."""
+    from remotevss.agent.sizes import parse_limit
+
+    out: dict[str, Any] = {}
+    gc = _keys("gc", data.get("gc", {}), {f.name for f in fields(GcConfig)})
+    for key in ("interval", "orphan_after", "max_age"):
+        if key in gc:
+            gc[key] = _seconds("gc", key, gc[key])
+    by_ctx = _keys("gc.max_age_by_context", gc.get("max_age_by_context", {}), set(CONTEXT_NAMES))
+    gc["max_age_by_context"] = tuple(
+        sorted((k, _seconds("gc.max_age_by_context", k, v)) for k, v in by_ctx.items())
+    )
+    out["gc"] = GcConfig(**gc)
+    st = _keys("storage", data.get("storage", {}), {f.name for f in fields(StorageConfig)})
+    if "max" in st:
+        try:
+            st["max"] = str(parse_limit(st["max"]))
+        except ValueError as exc:
+            raise ConfigError(f"[storage] max: {exc}") from exc
+    if st.get("policy", "delete_oldest") not in STORAGE_POLICIES:
+        raise ConfigError(f"[storage] policy must be one of {', '.join(STORAGE_POLICIES)}")
+    out["storage"] = StorageConfig(**st)
+    lg = _keys("log", data.get("log", {}), {f.name for f in fields(LogConfig)})
+    if lg.get("format", "text") not in ("text", "json"):
+        raise ConfigError('[log] format must be "text" or "json"')
+    if str(lg.get("level", "warning")).lower() not in LOG_LEVELS:
+        raise ConfigError(f"[log] level must be one of {', '.join(LOG_LEVELS)}")
+    for key in ("trace", "events"):
+        if key in lg and not isinstance(lg[key], bool):
+            raise ConfigError(f"[log] {key} must be true or false")
+    if "level" in lg:
+        lg["level"] = str(lg["level"]).lower()
+    out["log"] = LogConfig(**lg)
+    mt = _keys("metrics", data.get("metrics", {}), {f.name for f in fields(MetricsConfig)})
+    port = mt.get("port", 0)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError("[metrics] port must be 0 (off) or a TCP port")
+    if not isinstance(mt.get("address", ""), str):
+        raise ConfigError("[metrics] address must be a string")
+    out["metrics"] = MetricsConfig(**mt)
+    return out
 
 
 _SAMBA_LISTS = ("allowed_sids", "allowed_groups")
@@ -157,7 +272,8 @@ def _validated(kwargs: dict[str, Any]) -> AgentConfig:
     except ValueError as exc:
         raise ConfigError(f"mode must be one of {[m.value for m in Mode]}") from exc
     types = {f.name: f.type for f in fields(AgentConfig)}
-    for key in ("socket_path", "socket_group", "state_dir", "expose_dir", "netbios_name"):
+    for key in ("socket_path", "socket_group", "state_dir", "expose_dir", "netbios_name",
+                "admin_socket"):
         if key in kwargs and not isinstance(kwargs[key], str):
             raise ConfigError(f"{key} must be a string ({types[key]})")
     timeout = kwargs.get("sequence_timeout")
@@ -165,6 +281,8 @@ def _validated(kwargs: dict[str, Any]) -> AgentConfig:
         raise ConfigError("sequence_timeout must be a number of seconds >= 0")
     if kwargs.get("share_name_format", "bare") not in ("bare", "unc"):
         raise ConfigError('share_name_format must be "bare" or "unc"')
+    if kwargs.get("snapshot_names", "unique") not in ("unique", "gmt"):
+        raise ConfigError('snapshot_names must be "unique" or "gmt"')
     backends = [kwargs.get("backend", "auto")] + [s.backend for s in kwargs["shares"]]
     for b in backends:
         if b not in BACKEND_NAMES:

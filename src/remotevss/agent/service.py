@@ -11,18 +11,21 @@ new state is on disk.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import errno
 import logging
 import os
+import re
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 from uuid import UUID
 
 from remotevss.agent.authz import Caller, Policy
 from remotevss.agent.config import AgentConfig
+from remotevss.agent.events import CallEvent
 from remotevss.agent.exposer import ExposeError, Exposer, SymlinkExposer
 from remotevss.agent.journal import Intent, Journal
 from remotevss.agent.shares import (
@@ -58,6 +61,7 @@ from remotevss.snapshots.select import BACKENDS, choose_backend
 log = logging.getLogger("remotevss.agent")
 
 FILETIME_EPOCH_OFFSET = 11644473600
+GMT_FORMAT = "@GMT-%Y.%m.%d-%H.%M.%S"  # Samba's previous-versions token (SHADOW_COPY_PATH_FORMAT)
 
 
 def filetime(unix_seconds: float) -> int:
@@ -71,7 +75,42 @@ def snapshot_name(unix_seconds: float, copy_id: UUID) -> str:
     names still sort by creation time."""
     t = time.gmtime(unix_seconds)
     usec = int((unix_seconds % 1) * 1_000_000)
-    return time.strftime("@GMT-%Y.%m.%d-%H.%M.%S", t) + f".{usec:06d}-{copy_id.hex[:8]}"
+    return time.strftime(GMT_FORMAT, t) + f".{usec:06d}-{copy_id.hex[:8]}"
+
+
+_GMT_PREFIX = re.compile(r"@GMT-(\d{4})\.(\d\d)\.(\d\d)-(\d\d)\.(\d\d)\.(\d\d)")
+
+
+def gmt_seconds(name: str) -> int | None:
+    """The second named by a leading ``@GMT-YYYY.MM.DD-HH.MM.SS`` (any suffix), if any."""
+    m = _GMT_PREFIX.match(name)
+    if m is None:
+        return None
+    try:
+        return calendar.timegm(tuple(int(x) for x in m.groups()) + (0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+
+
+def gmt_snapshot_name(unix_seconds: float, taken: Iterable[str]) -> str:
+    """``snapshot_names = "gmt"``: exactly ``@GMT-YYYY.MM.DD-HH.MM.SS``, the name
+    Samba's shadow_copy2 maps a previous-versions label back to with its default
+    format.  One name per second: if this second (or a later one) is already
+    taken in the snapshot directory, the second after the newest name is used,
+    so names stay unique and sorted by creation (the name may then run ahead of
+    the clock by the number of snapshots taken within one second)."""
+    second = int(unix_seconds)
+    newest = max((t for t in map(gmt_seconds, taken) if t is not None), default=None)
+    if newest is not None and newest >= second:
+        second = newest + 1
+    return time.strftime(GMT_FORMAT, time.gmtime(second))
+
+
+def _entries(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
 
 
 @dataclass
@@ -151,12 +190,19 @@ class AgentService:
         self._commits: dict[UUID, _CommitJob] = {}
         # Test-only crash points: os._exit right after the named effect (see tests/system).
         self._crash_after = crash_after or os.environ.get("REMOTEVSS_CRASH_AFTER")
+        # Operations (agent/ops.py): event log, metrics, GC activity; shadow storage limit.
+        self.call_hooks: list[Callable[[CallEvent], None]] = []
+        self.commit_guard: (
+            Callable[[UUID, list[CreateSnapshot]], Awaitable[int | None]] | None
+        ) = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> ReconcileReport:
         async with self._lock:
-            return await asyncio.to_thread(self._reconcile)
+            report = await asyncio.to_thread(self._reconcile)
+            self._arm_timer()  # kept sets still in progress must not block for ever
+            return report
 
     async def close(self) -> None:
         async with self._lock:
@@ -166,6 +212,32 @@ class AgentService:
                 await asyncio.shield(job.task)
             self.journal.close()
 
+    async def release(
+        self,
+        decide: Callable[[Machine, float], Outcome],
+        *,
+        locked: bool = False,
+        wait_commits: bool = False,
+    ) -> Outcome:
+        """Server-initiated deletions (GC, storage limits, shutdown): ``decide(machine,
+        now)`` takes sets or copies off the machine and returns their teardown, which
+        is journaled and carried out like a dropped set's.  ``locked``: the caller
+        holds the call lock already (a commit guard).  ``wait_commits``: let running
+        commit jobs end (and their orphan handling run) first."""
+        if wait_commits:
+            for job in list(self._commits.values()):
+                await asyncio.shield(job.task)
+            await asyncio.sleep(0)
+        if locked:
+            out = decide(self.machine, self.clock())
+            await self._teardown(out)
+            return out
+        async with self._lock:
+            out = decide(self.machine, self.clock())
+            await self._teardown(out)
+            self._arm_timer()
+            return out
+
     # ----------------------------------------------------------- call entry
 
     async def call(self, caller: Caller, opnum: int, stub: bytes) -> bytes:
@@ -173,9 +245,13 @@ class AgentService:
         try:
             request = calls.decode_request(opnum, stub)
         except calls.UnknownOpnum as exc:
+            self._emit(caller, opnum, None, None, stub, b"", time.perf_counter(),
+                       pdu.NCA_S_OP_RNG_ERROR)
             raise CallFault(pdu.NCA_S_OP_RNG_ERROR) from exc
         except calls.StubError as exc:
             log.info("bad stub for opnum %d from %s: %s", opnum, caller.address, exc)
+            self._emit(caller, opnum, None, None, stub, b"", time.perf_counter(),
+                       pdu.NCA_S_FAULT_NDR)
             raise CallFault(pdu.NCA_S_FAULT_NDR) from exc
         started = time.perf_counter()
         if not self.policy.permits(caller):
@@ -191,7 +267,32 @@ class AgentService:
             hresult_name(response.return_value),
             (time.perf_counter() - started) * 1000,
         )
-        return calls.encode_response(response)
+        reply = calls.encode_response(response)
+        self._emit(caller, opnum, request, response, stub, reply, started)
+        return reply
+
+    def _emit(
+        self,
+        caller: Caller,
+        opnum: int,
+        request: calls.Request | None,
+        response: calls.Response | None,
+        stub: bytes,
+        reply: bytes,
+        started: float,
+        fault: int | None = None,
+    ) -> None:
+        """Hand one finished call to the hooks (event log, metrics, GC); never raises."""
+        if not self.call_hooks:
+            return
+        elapsed = time.perf_counter() - started
+        event = CallEvent(caller, opnum, request, response, stub, reply,
+                          self.clock() - elapsed, elapsed, fault)
+        for hook in self.call_hooks:
+            try:
+                hook(event)
+            except Exception:  # an observer's bug must not cost the call
+                log.exception("call hook %r failed", hook)
 
     async def _dispatch(self, caller: Caller, req: calls.Request) -> calls.Response:
         now = self.clock()
@@ -342,7 +443,7 @@ class AgentService:
         """Dropped sets leave the journal together with intents to remove their
         snapshots and shares; then the removals run.  A failure leaves the
         intent in place for the next start-up."""
-        if not out.dropped_sets and not out.teardown:
+        if not out.dropped_sets and not out.teardown and not out.recovered_sets:
             return
         with self.journal.transaction() as txn:
             for sid in out.dropped_sets:
@@ -391,6 +492,12 @@ class AgentService:
             if not out.ok:
                 return out.result
             creates = [e for e in out.effects if isinstance(e, CreateSnapshot)]
+            if self.commit_guard is not None:  # shadow storage limit (agent/storage.py)
+                refusal = await self.commit_guard(set_id, creates)
+                if refusal is not None:
+                    fin = m.finish_commit(set_id, refusal, self.clock())
+                    await self._record(set_id, [], fin)
+                    return fin.result
             job = _CommitJob(asyncio.ensure_future(self._create_snapshots(set_id, creates)))
             self._commits[set_id] = job
             job.task.add_done_callback(
@@ -460,12 +567,19 @@ class AgentService:
         """Take every snapshot of a commit, as close together in time as possible:
         all intents are journaled first (one transaction), then the snapshots."""
         plan: list[tuple[Volume, str, CreateSnapshot]] = []
+        taken: dict[str, list[str]] = {}  # snapshot dir -> names ("gmt" naming)
         for e in creates:
             volume = self._volume_of(e)
             if volume is None:
                 log.error("share for copy %s no longer snapshot-capable", e.copy_id)
                 return HResult.FSRVP_E_NOT_SUPPORTED, []
-            plan.append((volume, snapshot_name(self.clock(), e.copy_id), e))
+            if self.config.snapshot_names == "gmt":
+                names = taken.setdefault(volume.snapshot_dir, _entries(volume.snapshot_dir))
+                name = gmt_snapshot_name(self.clock(), names)
+                names.append(name)
+            else:
+                name = snapshot_name(self.clock(), e.copy_id)
+            plan.append((volume, name, e))
         with self.journal.transaction() as txn:
             intent_ids = [
                 txn.add_intent(
@@ -694,7 +808,7 @@ class AgentService:
                 rep.removed_shares.append(name)
             except ExposeError as exc:
                 rep.errors.append(str(exc))
-        self.machine.load(kept)
+        self.machine.load(kept, self.clock())
         for line in rep.lines():
             log.info("start-up: %s", line)
         return rep

@@ -44,6 +44,7 @@ from remotevss.client.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    BadState,
     ClientError,
     UnknownId,
     UsageError,
@@ -604,7 +605,17 @@ class Session:
                 if rec.status == COMMITTED:
                     s.expose(recover=recover)
                 elif rec.status in (EXPOSED, RECOVERED):
-                    s.refresh_mappings()
+                    try:
+                        s.refresh_mappings()
+                    except BadState:
+                        if rec.status != RECOVERED:
+                            raise
+                        # MS-FSRVP 3.1.4.11: a server SHOULD refuse GetShareMapping once
+                        # the set is Recovered (Samba allows it): show what we recorded.
+                        self.note(
+                            f"set {{{rec.set_id}}} is recovered; the server no longer "
+                            "reports its mappings (FSRVP_E_BAD_STATE): showing the recorded ones"
+                        )
                 else:
                     raise UsageError(
                         f"set {{{rec.set_id}}} is {rec.status}; only a committed set can be exposed"

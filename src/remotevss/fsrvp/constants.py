@@ -91,6 +91,9 @@ class HResult(IntEnum):
     FSRVP_E_BAD_ID = 0x80042302
     #: Windows 2012's GetShareMapping before Exposed (<10>); Samba returns it too.
     VSS_E_INVALID_XML_DOCUMENT = 0x80042311
+    #: Not an FSRVP code: VSS's "insufficient storage" (vss.h), which DiskShadow explains.
+    #: Commit answers it when the shadow storage limit refuses a snapshot (decisions.md).
+    VSS_E_INSUFFICIENT_STORAGE = 0x8004231F
 
 
 _NAMES: dict[int, str] = {int(h): h.name for h in HResult}

@@ -184,6 +184,7 @@ class Outcome:
     effects: list[Effect] = field(default_factory=list)  # the call's own; outcome matters
     value: object = None
     dropped_sets: list[UUID] = field(default_factory=list)
+    recovered_sets: list[UUID] = field(default_factory=list)  # kept, now Recovered: persist
     teardown: list[Effect] = field(default_factory=list)  # fire and journal; outcome doesn't
 
     @property
@@ -246,13 +247,20 @@ class Machine:
 
     # ------------------------------------------------------------- plumbing
 
-    def load(self, sets: Iterable[ShadowCopySet]) -> None:
-        """Reload persisted sets at start-up (§3.1.3): ContextSet is FALSE."""
+    def load(self, sets: Iterable[ShadowCopySet], now: float | None = None) -> None:
+        """Reload persisted sets at start-up (§3.1.3): ContextSet is FALSE.
+
+        A reloaded set that still counts as in progress (spec mode: Exposed, not
+        yet Recovered) gets a fresh message sequence timer (with ``now``): its
+        client may come back, but if it never does the set must not block Start
+        for ever (expiry drops it, or seals a persistent one)."""
         self.sets = {s.id: s for s in sets}
         self.context_set = False
         self.current_context = 0
         self.client_address = None
         self.deadline = None
+        if now is not None and any(self._blocks(s) for s in self.sets.values()):
+            self._start_timer(now, SHORT_TIMEOUT)
 
     def _start_timer(self, now: float, seconds: float) -> None:
         d = self.timers.duration(seconds)
@@ -298,6 +306,7 @@ class Machine:
                 out.teardown.append(SealSnapshot(c.id, c.volume_name, c.snapshot_path))
                 c.writable = False
         s.status = Status.RECOVERED
+        out.recovered_sets.append(s.id)
 
     def tick(self, now: float) -> Outcome:
         """Apply an expired message sequence timer (§3.1.5)."""
