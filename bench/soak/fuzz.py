@@ -12,8 +12,8 @@ share of ``--runs``, ``-timeout`` as the hang bound and the seeds of
 crash stops libFuzzer; the driver records it (input saved under
 ``<out>/crashes/<target>/``) and restarts the child on the grown corpus until
 the target's runs are used up.  The result is printed and written to
-``<out>/summary.json``; ``--export`` writes a minimized corpus (libFuzzer
-``-merge=1``, at most ``--export-max`` inputs a target) to
+``<out>/summary.json``; ``--export`` writes the grown corpus (the inputs that
+added coverage, at most ``--export-max`` a target, and every crash input) to
 tests/hardening/fuzz_corpus/<target>.hex for the CI replay.
 
 Without atheris, ``--engine hypothesis`` runs the same targets with hypothesis
@@ -43,7 +43,7 @@ HANG_SECONDS = 2  # libFuzzer -timeout: one input taking longer is a hang
 # ------------------------------------------------------------------ child
 
 
-def child(target: str, runs: int, corpus: Path, artifacts: Path, extra: list[str]) -> None:
+def child(target: str, runs: int, corpora: list[Path], artifacts: Path, extra: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["remotevss", "tests.hardening.fuzz_targets"]):
@@ -70,7 +70,7 @@ def child(target: str, runs: int, corpus: Path, artifacts: Path, extra: list[str
             "-print_final_stats=1",
             f"-artifact_prefix={artifacts}/",
             *extra,
-            str(corpus),
+            *map(str, corpora),
         ],
         one,
     )
@@ -149,17 +149,11 @@ def _executed(stderr: str) -> int:
 
 
 def export(target: str, out: Path, limit: int) -> int:
-    """Minimize the grown corpus (libFuzzer -merge=1) and save at most ``limit``
-    inputs, smallest first, as hex lines for the CI replay."""
-    merged = out / "merged" / target
-    merged.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, __file__, "--child", target, "--runs", "0",
-         "--corpus", str(merged), "--artifacts", str(out / "crashes" / target),
-         "--merge-from", str(out / "corpus" / target)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    items = sorted((p.read_bytes() for p in merged.iterdir()), key=lambda b: (len(b), b))
+    """Save the grown corpus (libFuzzer keeps only inputs that added coverage), at most
+    ``limit`` inputs, smallest first, plus every crash input, as hex lines for the CI
+    replay."""
+    corpus = out / "corpus" / target
+    items = sorted((p.read_bytes() for p in corpus.iterdir()), key=lambda b: (len(b), b))
     keep = items[:limit]
     crash_dir = out / "crashes" / target
     keep += [p.read_bytes() for p in sorted(crash_dir.iterdir())] if crash_dir.is_dir() else []
@@ -215,11 +209,14 @@ def main() -> int:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--artifacts", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--merge-from", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--export-only", action="store_true",
+                    help="only minimize and save the corpus of an earlier run in --out")
     args = ap.parse_args()
     if args.child:
-        extra = ["-merge=1", str(args.merge_from)] if args.merge_from else []
-        child(args.child, args.runs, args.corpus, args.artifacts, extra)
+        child(args.child, args.runs, [args.corpus], args.artifacts, [])
+        return 0
+    if args.export_only:
+        print({t: export(t, args.out, args.export_max) for t in args.targets.split(",")})
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     targets = args.targets.split(",")

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import replace
 
 from remotevss import __version__
-from remotevss.agent.config import ConfigError, ShareConfig, load_config
+from remotevss.agent import admin_cli
+from remotevss.agent.config import AgentConfig, ConfigError, ShareConfig, load_config
 from remotevss.backup import cli as backup_cli
 from remotevss.client import cli as shadow_cli
 
@@ -41,12 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a share to serve (repeatable; adds to the config file's)",
     )
     a.add_argument("-v", "--verbose", action="count", default=0)
+    a.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
+    a.add_argument("--trace", action="store_true", default=None,
+                   help="log every PDU and effect (the vsstrace equivalent)")
+    a.add_argument("--print-unit", action="store_true",
+                   help="print the systemd unit file for this installation and exit")
 
-    d = sub.add_parser("demo", help="end-to-end demo on a loop-mounted btrfs (needs root)")
+    d = sub.add_parser(
+        "demo", help="end-to-end demo: a private Samba, the agent, a loop btrfs (needs root)"
+    )
     d.add_argument("-v", "--verbose", action="count", default=0)
 
     shadow_cli.add_parser(sub)
     backup_cli.add_parser(sub)
+    admin_cli.add_parsers(sub)
     return p
 
 
@@ -59,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     if args.command == "agent":
-        try:
+        if args.print_unit:
+            print(admin_cli.unit_text(), end="")
+            return 0
+
+        def configure() -> AgentConfig:  # at start and again on SIGHUP
             config = load_config(
                 args.config,
                 socket_path=args.socket_path,
@@ -70,16 +84,26 @@ def main(argv: list[str] | None = None) -> int:
                 sequence_timeout=args.sequence_timeout,
                 shares=args.share,
             )
+            log_overrides = {"format": args.log_format, "trace": args.trace}
+            return replace(config, log=replace(
+                config.log, **{k: v for k, v in log_overrides.items() if v is not None}))
+
+        try:
+            config = configure()
         except ConfigError as exc:
             print(f"remotevss: configuration error: {exc}", file=sys.stderr)
             return 2
+        from remotevss.agent.events import configure_logging
         from remotevss.agent.main import run_agent
 
-        return asyncio.run(run_agent(config))
+        configure_logging(config.log, args.verbose)
+        return asyncio.run(run_agent(config, reload=configure, verbose=args.verbose))
+    if args.command in ("status", "storage", "gc"):
+        return admin_cli.run(args)
     if args.command == "demo":
         from remotevss.demo import run_demo
 
-        return run_demo()
+        return run_demo(args.verbose)
     if args.command == "shadow":
         return shadow_cli.run(args)
     if args.command == "backup":

@@ -169,6 +169,9 @@ class SambaAgent(AgentProcess):
     samba_conf: Path | None = None
     expose: str = "registry"
     extra_samba: dict[str, str] = field(default_factory=dict)
+    #: A shell snippet run before the agent in a private mount namespace
+    #: (``unshare -m``), e.g. a bind mount over /etc/resolv.conf; "" = none.
+    namespace_setup: str = ""
 
     @property
     def pipe(self) -> Path:
@@ -188,12 +191,39 @@ class SambaAgent(AgentProcess):
             f.write("\n".join(lines) + "\n")
 
     def start(self, crash_after: str | None = None, timeout: float = 30) -> None:
-        super().start(crash_after, timeout)
+        if self.namespace_setup:
+            self._start_in_namespace(timeout)
+        else:
+            super().start(crash_after, timeout)
         deadline = time.monotonic() + timeout
         while not self.pipe.is_socket():
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited:\n{self.log.read_text()}")
             assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.02)
+
+    def _start_in_namespace(self, timeout: float) -> None:
+        import shlex
+        import sys
+
+        self.write_config()
+        env = dict(os.environ, **self.extra_env)
+        env.pop("REMOTEVSS_CRASH_AFTER", None)
+        if self.socket.exists():
+            self.socket.unlink()
+        argv = [sys.executable, "-m", "remotevss.cli", "agent", "--config", str(self.config),
+                "-vv"]  # fmt: skip
+        script = f"{self.namespace_setup} && exec {shlex.join(argv)}"
+        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private",
+                                      "sh", "-c", script],
+                                     stdout=logf, stderr=logf, env=env)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not self.socket.is_socket():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("agent did not come up:\n" + self.log.read_text())
             time.sleep(0.02)
 
     @property

@@ -22,8 +22,10 @@ What differs from Samba, and why (the tests check the server they run against):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,12 +96,8 @@ def own_server(btrfs: tuple[Path, Path]) -> Iterator[Server]:
     try:
         yield s
     finally:
-        import signal
-
-        try:
+        with contextlib.suppress(ProcessLookupError, AssertionError):
             s.signal_fsrvp(signal.SIGCONT)
-        except (ProcessLookupError, AssertionError):
-            pass
         s.stop()
     assert s.leftovers() == []
 

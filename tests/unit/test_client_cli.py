@@ -289,3 +289,18 @@ def test_create_merges_pending_and_arguments(net: FakeNetwork) -> None:
     assert rc == 2  # the pending list was used up
     run(net, "-U", "u%p", "delete", "--all")
     assert net.servers["fs1"].clean
+
+
+def test_expose_of_a_recovered_set_on_a_spec_server_shows_the_recorded_mappings() -> None:
+    """A spec server refuses GetShareMapping once a set is Recovered (BAD_STATE);
+    ``expose`` of such a set shows what the client recorded instead of failing."""
+    net = FakeNetwork()
+    net.add(FakeServer({"fs1"}, {"data": "/v1"}, Mode.SPEC))
+    rc, out, err = run(net, "-U", "u%p", "--json", "create", r"\\fs1\data")
+    assert rc == 0, err
+    (s,) = json.loads(out)["sets"]
+    assert s["status"] == "recovered"
+    rc, out, err = run(net, "-U", "u%p", "expose", s["set_id"])
+    assert rc == 0, err
+    assert s["copies"][0]["snapshot_share"] in out
+    assert "no longer reports its mappings (FSRVP_E_BAD_STATE)" in err

@@ -10,6 +10,7 @@ import pytest
 
 from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, Attr, HResult
 from remotevss.fsrvp.machine import (
+    CONTEXT_RETRY_LIMIT,
     CreateSnapshot,
     DeleteSnapshot,
     ExposeShare,
@@ -326,6 +327,27 @@ def test_set_context_same_client_drops_unfinished_and_limits_retries() -> None:
     assert not m.context_set and m.retry_count == 6
     # with the context free again, the next SetContext starts counting afresh
     assert m.set_context(CTX_BACKUP, ADDR, T0).ok and m.retry_count == 0
+
+
+def test_set_context_after_a_delivered_sequence_is_not_a_retry() -> None:
+    """rpcclient's fss_create_expose never calls RecoveryComplete: the context stays
+    set after each successful sequence, and the next SetContext is a new sequence."""
+    m = Machine()
+    for _ in range(CONTEXT_RETRY_LIMIT + 3):
+        sid = to_status(m, Status.EXPOSED)
+        assert m.context_set and m.retry_count == 0
+        c = m.sets[sid].copies[0]
+        out = m.begin_delete_share_mapping(sid, c.id, c.mappings[0].local_share, T0)
+        assert out.ok
+        m.finish_delete_share_mapping(sid, c.id, c.mappings[0], None)
+        assert sid not in m.sets and m.context_set
+    # an exposed set the client never deleted is still dropped (spec), yet not a retry
+    sid = to_status(m, Status.EXPOSED)
+    out = m.set_context(CTX_BACKUP, ADDR, T0)
+    assert out.ok and sid not in m.sets and m.retry_count == 0
+    # SetContext again and again without delivering anything: those are retries
+    results = [m.set_context(CTX_BACKUP, ADDR, T0).result for _ in range(CONTEXT_RETRY_LIMIT + 1)]
+    assert results == [ZERO] * CONTEXT_RETRY_LIMIT + [IP]
 
 
 def test_samba_mode_has_no_address_logic() -> None:

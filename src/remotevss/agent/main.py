@@ -6,11 +6,13 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from remotevss.agent.authz import policy_for
 from remotevss.agent.config import AgentConfig
+from remotevss.agent.ops import Operations
 from remotevss.agent.service import AgentService
 from remotevss.agent.transports.samba_pipe import PipeListener
 from remotevss.agent.transports.unix import serve_unix
@@ -30,8 +32,13 @@ def build_service(config: AgentConfig) -> AgentService:
     return AgentService(config, policy=policy_for(config), shares=shares, exposer=exposer)
 
 
-async def run_agent(config: AgentConfig) -> int:
+async def run_agent(
+    config: AgentConfig,
+    reload: Callable[[], AgentConfig] | None = None,
+    verbose: int = 0,
+) -> int:
     service = build_service(config)
+    ops = Operations(service, reload=reload, verbose=verbose)  # docs/operations.md
     report = await service.start()
     for line in report.lines():
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
@@ -43,10 +50,12 @@ async def run_agent(config: AgentConfig) -> int:
         await pipe.start()
         if risk := takeover_risk(config.samba.config_file):
             log.warning("%s; see docs/samba.md (recipe B or C)", risk)
+    await ops.start(pipe)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, ops.reload)
     print(
         f"remotevss agent: serving FSRVP on {config.socket_path}"
         + (f" and {pipe.path}" if pipe else "")
@@ -60,5 +69,6 @@ async def run_agent(config: AgentConfig) -> int:
         await pipe.close()
     server.close()
     await server.wait_closed()
+    await ops.stop()
     await service.close()
     return 0

@@ -152,7 +152,22 @@ def _snapshot_error(exc: SnapshotError) -> int:
         return HResult.E_OUTOFMEMORY
     if exc.errno in (errno.EACCES, errno.EPERM):
         return HResult.E_ACCESSDENIED
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HResult.VSS_E_INSUFFICIENT_STORAGE  # the filesystem itself is full
+    if exc.errno == errno.EROFS:
+        return HResult.E_WRITE_PROTECT
     return HResult.E_FAIL
+
+
+def _volume_gone_error(volume_name: str) -> int:
+    """Commit cannot resolve a volume that Add accepted: remounted read-only (the
+    reflink probe must write), or really no longer supported."""
+    try:
+        if os.statvfs(volume_name.split(":", 1)[-1]).f_flag & os.ST_RDONLY:
+            return HResult.E_WRITE_PROTECT
+    except OSError:
+        pass
+    return HResult.FSRVP_E_NOT_SUPPORTED
 
 
 class CallFault(Exception):
@@ -572,7 +587,7 @@ class AgentService:
             volume = self._volume_of(e)
             if volume is None:
                 log.error("share for copy %s no longer snapshot-capable", e.copy_id)
-                return HResult.FSRVP_E_NOT_SUPPORTED, []
+                return _volume_gone_error(e.volume_name), []
             if self.config.snapshot_names == "gmt":
                 names = taken.setdefault(volume.snapshot_dir, _entries(volume.snapshot_dir))
                 name = gmt_snapshot_name(self.clock(), names)

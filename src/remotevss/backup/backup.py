@@ -32,7 +32,7 @@ from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobWriter, Repository
 from remotevss.backup.snapshot_source import DIR, FILE, FileReader, Source, SourceEntry
-from remotevss.backup.tree import Entry, encode_tree, make_entry
+from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
 
 BATCH_BYTES = 1 << 20
 BATCH_OPS = 256
@@ -251,13 +251,22 @@ class _Engine:
     # -- walking ----------------------------------------------------------------------
     def walk(self, src: Source, node: _Dir, relpath: str, point_path: str) -> None:
         self.stats.dirs += 1
-        self.visited.setdefault(src.label, set()).add(relpath)
+        self.visited.setdefault(src.cache_key, set()).add(relpath)
         try:
             listing = src.scandir(relpath)
         except OSError as exc:
             self.error(point_path, exc)
             listing = []
-        cached = self.index.cache_dir(src.label, relpath)
+        cached = self.index.cache_dir(src.cache_key, relpath)
+        if src.read_hints:  # tell the source which files will be read (SMB: prefetch them)
+            misses = []
+            for e in listing:
+                if e.type == FILE:
+                    c = cached.get(e.name)
+                    if c is None or (c.size, c.mtime_ns, c.ctime_ns, c.ino) != (
+                            e.size, e.mtime_ns, e.ctime_ns, e.ino):
+                        misses.append(e)
+            src.will_read(relpath, misses)
         for e in listing:
             child_rel = f"{relpath}/{e.name}" if relpath else e.name
             child_point = f"{point_path}/{e.name}"
@@ -284,7 +293,7 @@ class _Engine:
             else:
                 self.stats.others += 1
         for name in cached:  # cached names that are no longer regular files here
-            self.cache_del.append((src.label, relpath, name))
+            self.cache_del.append((src.cache_key, relpath, name))
         node.sealed = True
         if node.pending == 0:
             self.close_dir(node)
@@ -305,7 +314,8 @@ class _Engine:
             self.stats.cache_hits += 1
             self.progress.file_done(e.size)
             return
-        f = _File(entry, node, (src.label, reldir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
+        f = _File(entry, node,
+                  (src.cache_key, reldir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
         node.pending += 1
         try:
             reader = src.open(relpath, e)
@@ -327,6 +337,10 @@ class _Engine:
 
     def read_file(self, f: _File, reader: FileReader) -> None:
         f.entry["size"] = reader.size  # the opened file's size, not the listing's
+        late = reader.xattrs()
+        if late:  # e.g. an SMB security descriptor, fetched with the open
+            f.entry["xattrs"] = dict(sorted({**f.entry.get("xattrs", {}),
+                                             **encode_xattrs(late)}.items()))
         min_size = self.params.min_size
         for off, length in reader.extents():
             if length <= WHOLE_READ:
@@ -426,8 +440,9 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
             idx.cache_put(engine.cache_new)
             idx.cache_delete(engine.cache_del)
             for src in sources:
-                for gone in idx.cache_dirs(src.label) - engine.visited.get(src.label, set()):
-                    idx.cache_delete_dir(src.label, gone)
+                for gone in idx.cache_dirs(src.cache_key) - engine.visited.get(src.cache_key,
+                                                                               set()):
+                    idx.cache_delete_dir(src.cache_key, gone)
         return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),
                              stats.to_json())
     finally:

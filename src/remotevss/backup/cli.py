@@ -7,7 +7,9 @@ alone (tests, and before the wiring exists).
 Exit codes (docs/backup.md): 0 success; 1 failed (nothing committed for
 ``run``); 2 usage error; 3 done, but some files were skipped (unreadable
 at backup, damaged at restore); 4 ``check``/``verify`` found damage;
-5 the repository is locked by another process; 130 interrupted.
+5 the repository is locked by another process; 6 ``run`` committed the
+point but could not release a shadow copy set (the next run will);
+130 interrupted (SIGINT); 143 terminated (SIGTERM/SIGHUP).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_DAMAGED = 4
 EXIT_LOCKED = 5
+EXIT_NOT_RELEASED = 6
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _meta_arg(text: str) -> tuple[str, str]:
@@ -60,13 +64,33 @@ def configure(b: argparse.ArgumentParser) -> None:
     p.add_argument("--pack-size", type=int, default=64, metavar="MiB",
                    help="target pack size (default 64)")
 
-    p = sub.add_parser("run", help="back up directories into a new recovery point")
-    _common(p)
-    p.add_argument("sources", nargs="+", metavar="[LABEL=]PATH",
-                   help="directory to back up; LABEL names it in the point and keys the "
-                        "files cache (default: the directory's name)")
+    from remotevss.client.cli import connection_options
+
+    p = sub.add_parser("run", parents=[connection_options()],
+                       help="back up SMB shares (through one shadow copy set) or directories "
+                            "into a new recovery point")
+    p.add_argument("--repo", default=os.environ.get("REMOTEVSS_REPO"),
+                   help="repository directory (default: $REMOTEVSS_REPO)")
+    p.add_argument("sources", nargs="+", metavar="[LABEL=]PATH|UNC",
+                   help="a directory, or a share \\\\host\\share (all shares are shadow-"
+                        "copied together and the copies backed up); LABEL names it in the "
+                        "point and keys the files cache (default: the directory's or share's "
+                        "name)")
     p.add_argument("--meta", action="append", type=_meta_arg, default=[], metavar="KEY=VALUE",
                    help="metadata stored with the point (repeatable)")
+    g = p.add_argument_group("reading snapshot shares")
+    g.add_argument("--read", dest="read_mode", choices=["auto", "smb", "local"], default="auto",
+                   help="auto (default): read a snapshot share's path directly when the server "
+                        "is this machine and the path is readable, else over SMB; smb: always "
+                        "over SMB; local: only directly")
+    g.add_argument("--smb-conf", metavar="FILE",
+                   help="smb.conf of the local Samba (for `net conf showshare`; fast path)")
+    g.add_argument("--no-encryption", action="store_true",
+                   help="sign but do not encrypt the SMB data connection")
+    g.add_argument("--no-security", action="store_true",
+                   help="do not store SMB security descriptors")
+    g.add_argument("--smb-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="timeout of any one SMB request (default 120)")
 
     p = sub.add_parser("list", help="list recovery points")
     _common(p)
@@ -91,6 +115,14 @@ def configure(b: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only say which points would go")
 
 
+def _meta_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items())
+    return str(value)
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if args.json:
         json.dump(data, sys.stdout, indent=2, sort_keys=True)
@@ -103,15 +135,22 @@ def _progress(args: argparse.Namespace, label: str) -> Progress:
     return Progress(label, enabled=False if args.json else None)
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP during ``backup run`` (raised so ``finally`` blocks release
+    the shadow copy set)."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out one ``backup`` sub-verb; returns the exit code."""
     from remotevss.backup.repo import RepoError, RepoLocked
+    from remotevss.backup.requestor import terminate_as
 
     if not args.repo:
         print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return _dispatch(args)
+        with terminate_as(Terminated):
+            return _dispatch(args)
     except RepoLocked as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_LOCKED
@@ -121,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("remotevss backup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("remotevss backup: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -137,7 +179,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "run":
         from remotevss.backup.backup import local_sources, run_backup
+        from remotevss.backup.requestor import split_specs
+        from remotevss.client.errors import UsageError
 
+        try:
+            local_specs, shares = split_specs(args.sources)
+        except UsageError as exc:
+            print(f"remotevss backup: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if shares:
+            return _run_shares(args, repo_path, local_specs, shares)
         sources = local_sources(args.sources)
         with Repository(repo_path, "write", command="backup run") as repo:
             if repo.interrupted:
@@ -145,20 +196,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                       f"started {repo.interrupted.get('started')}) was interrupted; its "
                       "unfinished data was discarded", file=sys.stderr)
             point = run_backup(repo, sources, dict(args.meta), _progress(args, "backup"))
-        s = point.stats
-        _emit(args, point.__dict__,
-              f"recovery point {point.id} ({point.uuid[:12]}): {s['files']} files, "
-              f"{human(s['bytes_total'])}, read {human(s['bytes_read'])}, "
-              f"added {human(s['new_stored'])} in {s['seconds']:.1f} s"
-              + (f"; {s['error_count']} files skipped" if s["error_count"] else ""))
-        return EXIT_PARTIAL if s["error_count"] else EXIT_OK
+        _emit(args, point.__dict__, _point_line(point))
+        return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
     if cmd == "list":
         with Repository(repo_path, "read") as repo:
             points = repo.points()
         lines = []
         for p in points:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.time_ns / 1e9))
-            meta = " ".join(f"{k}={v}" for k, v in sorted(p.meta.items()))
+            meta = " ".join(f"{k}={_meta_text(v)}" for k, v in sorted(p.meta.items()))
             lines.append(f"{p.id:5d}  {p.uuid[:12]}  {when}  {p.stats.get('files', 0):8d} files"
                          f"  {human(p.stats.get('bytes_total', 0)):>10}  {meta}".rstrip())
         _emit(args, [p.describe() for p in points], "\n".join(lines))
@@ -199,6 +245,68 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{human(res.bytes_before)} -> {human(res.bytes_after)}")
         return EXIT_FAILED if res.errors else EXIT_OK
     return EXIT_USAGE  # pragma: no cover
+
+
+def _point_line(point: Any) -> str:
+    s = point.stats
+    return (f"recovery point {point.id} ({point.uuid[:12]}): {s['files']} files, "
+            f"{human(s['bytes_total'])}, read {human(s['bytes_read'])}, "
+            f"added {human(s['new_stored'])} in {s['seconds']:.1f} s"
+            + (f"; {s['error_count']} files skipped" if s["error_count"] else ""))
+
+
+def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str],
+                shares: list[Any]) -> int:
+    """``backup run \\\\host\\share ...``: see remotevss.backup.requestor."""
+    from remotevss.backup.repo import Repository
+    from remotevss.backup.requestor import RunSettings, ShareRun, backup_shares
+    from remotevss.backup.smb import SmbError
+    from remotevss.client.cli import Session, Settings
+    from remotevss.client.errors import ClientError, UsageError
+    from remotevss.client.shadow import describe_error
+
+    session = Session(Settings.from_args(args))
+    outcome = ShareRun()
+    try:
+        settings = RunSettings(
+            session.credentials(), session.options(),
+            state_path=Path(args.state) if getattr(args, "state", None) else None,
+            read_mode=args.read_mode, smb_conf=args.smb_conf,
+            encrypt=not args.no_encryption, security=not args.no_security,
+            smb_timeout=args.smb_timeout)
+        with Repository(repo_path, "write", command="backup run") as repo:
+            if repo.interrupted:
+                print(f"remotevss backup: the previous run (pid {repo.interrupted.get('pid')}, "
+                      f"started {repo.interrupted.get('started')}) was interrupted; its "
+                      "unfinished data was discarded", file=sys.stderr)
+            backup_shares(repo, shares, settings, local_specs=local_specs,
+                          meta=dict(args.meta), progress=_progress(args, "backup"),
+                          run=outcome)
+    except UsageError as exc:
+        print(f"remotevss backup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ClientError, SmbError) as exc:
+        print(f"remotevss backup: {describe_error(exc)}; nothing was committed",
+              file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        _report_release(outcome)
+    point = outcome.point
+    assert point is not None
+    _emit(args, {**point.__dict__, **outcome.to_json()}, _point_line(point))
+    if outcome.release_failed:
+        return EXIT_NOT_RELEASED
+    return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
+
+
+def _report_release(outcome: Any) -> None:
+    for r in outcome.leftovers:
+        print(f"remotevss backup: shadow copy set {{{r.set_id}}} on {r.server}: {r.detail}",
+              file=sys.stderr)
+    for r in outcome.released:
+        if not r.released:
+            print(f"remotevss backup: shadow copy set {{{r.set_id}}} on {r.server} was NOT "
+                  f"released: {r.detail}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remotevss.backup.chunker import is_zero
 from remotevss.backup.index import PointRow
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobError, RepoError, Repository
 from remotevss.backup.snapshot_source import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK
 from remotevss.backup.tree import Entry, decode_tree, xattrs_of
+
+#: Pseudo-xattrs of non-local sources, kept in the point but not written to a local
+#: file system (Linux has no such namespace): SMB's ``smb.security_descriptor``.
+FOREIGN_XATTR_PREFIXES = ("smb.",)
 
 
 @dataclass
@@ -79,12 +84,14 @@ class _Restorer:
     # -- metadata -----------------------------------------------------------------------
     def apply_meta(self, path: str, e: Entry, point_path: str) -> None:
         link = e["type"] == SYMLINK
-        if self.as_root:
+        if self.as_root and (e["uid"], e["gid"]) != (-1, -1):  # -1: unknown (SMB sources)
             try:
                 os.chown(path, e["uid"], e["gid"], follow_symlinks=False)
             except OSError as exc:
                 self.fail(point_path, f"chown: {exc.strerror}", warning=True)
         for name, value in xattrs_of(e).items():
+            if name.startswith(FOREIGN_XATTR_PREFIXES):
+                continue  # e.g. an SMB security descriptor: no local equivalent
             try:
                 os.setxattr(path, name, value, follow_symlinks=False)
             except OSError as exc:
@@ -173,7 +180,7 @@ class _Restorer:
                 data = self.repo.read_blob(bytes.fromhex(cid))
                 if len(data) != length:
                     raise BlobError(bytes.fromhex(cid), "length differs from the tree")
-                _pwrite_all(fd, data, off)
+                _pwrite_sparse(fd, data, off)
                 self.result.bytes += length
                 self.progress.add_bytes(length)
             os.ftruncate(fd, e["size"])
@@ -187,7 +194,34 @@ class _Restorer:
         return True
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+HOLE_BLOCK = 64 << 10
+
+
+def _pwrite_sparse(fd: int, data: bytes, offset: int) -> None:
+    """Write a chunk, leaving its all-zero 64 KiB blocks (aligned to the file) as
+    holes.  Why: a source that cannot report holes (SMB: Samba answers "all data")
+    still produces chunks that are mostly zeros around a sparse file's data."""
+    n = len(data)
+    if n < 2 * HOLE_BLOCK:
+        _pwrite_all(fd, data, offset)
+        return
+    view = memoryview(data)
+    pos = 0
+    run = -1  # start of the pending non-zero run
+    while pos < n:
+        end = min(n, ((offset + pos) // HOLE_BLOCK + 1) * HOLE_BLOCK - offset)
+        if is_zero(view[pos:end]):
+            if run >= 0:
+                _pwrite_all(fd, view[run:pos], offset + run)
+                run = -1
+        elif run < 0:
+            run = pos
+        pos = end
+    if run >= 0:
+        _pwrite_all(fd, view[run:], offset + run)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

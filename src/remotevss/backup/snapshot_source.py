@@ -1,9 +1,9 @@
 """What a backup reads from: a tree of entries with metadata, and file contents.
 
 Why a protocol: the same engine backs up a snapshot path on the file server
-itself (``LocalSource``, the fast path: no SMB in between) and, later, an
-exposed snapshot share over SMB (``SmbSource``); the engine only needs to
-list a directory, read xattrs, and read the data ranges of a file.
+itself (``LocalSource``, the fast path: no SMB in between) and an exposed
+snapshot share over SMB (``remotevss.backup.smb.SmbSource``); the engine only
+needs to list a directory, read xattrs, and read the data ranges of a file.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class SourceEntry:
     rdev: int = 0
     allocated: int = -1  # bytes allocated on disk; -1 when unknown
     target: str | None = None  # symlink target
+    attributes: int | None = None  # DOS/SMB FILE_ATTRIBUTE_* bits (SMB sources)
+    btime_ns: int | None = None  # creation (birth) time, where the source knows it
 
 
 class FileReader(Protocol):
@@ -57,13 +59,24 @@ class FileReader(Protocol):
 
     def readinto(self, offset: int, buf: memoryview) -> int: ...
 
+    def xattrs(self) -> dict[str, bytes] | None:
+        """Xattrs learned by opening the file, added to what ``Source.xattrs`` gave
+        (SMB: the security descriptor, fetched in the open's round trip); None if none."""
+        ...
+
     def close(self) -> None: ...
 
 
 class Source(Protocol):
     """A tree to back up.  Paths are relative to the source root, '/'-separated, '' = root."""
 
-    label: str  # the name of this source's directory in a recovery point; files-cache key
+    label: str  # the name of this source's directory in a recovery point
+    # The files cache's namespace: the label, plus the kind of reader when its
+    # metadata differs (an SMB listing's times and ids are not lstat's), so that
+    # switching between SMB and the local fast path never reuses the other's rows.
+    cache_key: str
+    read_hints: bool  # whether will_read() is worth calling
+
 
     def stat_root(self) -> SourceEntry: ...
 
@@ -78,6 +91,10 @@ class Source(Protocol):
         ...
 
     def open(self, relpath: str, entry: SourceEntry) -> FileReader: ...
+
+    def will_read(self, reldir: str, entries: list[SourceEntry]) -> None:
+        """A hint: these files of ``reldir`` will be opened, in this order."""
+        ...
 
 
 def _entry(name: str, st: os.stat_result) -> SourceEntry:
@@ -138,6 +155,9 @@ class LocalFile:
     def readinto(self, offset: int, buf: memoryview) -> int:
         return os.preadv(self.fd, [buf], offset)
 
+    def xattrs(self) -> dict[str, bytes] | None:
+        return None  # LocalSource.xattrs already read them
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -145,11 +165,14 @@ class LocalFile:
 class LocalSource:
     """A directory tree on this machine, e.g. a snapshot path of the local agent."""
 
+    read_hints = False
+
     def __init__(self, path: str | Path, label: str | None = None) -> None:
         self.root = os.path.abspath(path)
         self.label = label or os.path.basename(self.root.rstrip("/")) or "root"
         if "/" in self.label or self.label in (".", ".."):
             raise ValueError(f"bad source label {self.label!r}")
+        self.cache_key = self.label
         self._users: dict[int, str | None] = {}
         self._groups: dict[int, str | None] = {}
 
@@ -207,17 +230,5 @@ class LocalSource:
     def open(self, relpath: str, entry: SourceEntry) -> FileReader:
         return LocalFile(self._path(relpath), entry)
 
-
-class SmbSource:
-    """An exposed snapshot share read over SMB (``\\\\server\\share@{GUID}``): not yet built.
-
-    Plan (see docs/backup.md): smbprotocol 1.17.0's low-level ``Open.read``
-    with 1–2 MiB reads and at most 2 outstanding (credits), directory listing
-    via ``Open.query_directory`` (FileIdFullDirectoryInformation gives the
-    FileId for the files cache), extents via FSCTL_QUERY_ALLOCATED_RANGES,
-    and the security descriptor and EAs in place of mode/owner/xattrs.
-    """
-
-    def __init__(self, unc: str, label: str | None = None) -> None:
-        raise NotImplementedError("SMB sources are not implemented yet; "
-                                  "back up the snapshot path locally instead")
+    def will_read(self, reldir: str, entries: list[SourceEntry]) -> None:
+        pass

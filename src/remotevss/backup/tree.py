@@ -9,7 +9,8 @@ UTF-8 travel as surrogate escapes (``\\udcXX``), which ``os.fsencode`` undoes.
 Entry keys: name, type (f d l p c b s), mode, uid, gid, user, group, mtime,
 atime, ctime (ns), size (files), content ([[offset, length, chunk id hex], ...];
 gaps are holes), link (hardlink: point path of the first name), target
-(symlink), rdev (devices), xattrs ({name: base64}), subtree (dirs: tree id hex).
+(symlink), rdev (devices), xattrs ({name: base64}), subtree (dirs: tree id hex);
+from SMB sources also attrib (FILE_ATTRIBUTE_* bits) and btime (creation, ns).
 """
 
 from __future__ import annotations
@@ -39,9 +40,17 @@ def make_entry(e: SourceEntry, user: str | None, group: str | None,
         d["target"] = e.target
     elif e.type in (CHAR, BLOCK):
         d["rdev"] = e.rdev
+    if e.attributes is not None:
+        d["attrib"] = e.attributes
+    if e.btime_ns is not None:
+        d["btime"] = e.btime_ns
     if xattrs:
-        d["xattrs"] = {k: base64.b64encode(v).decode() for k, v in sorted(xattrs.items())}
+        d["xattrs"] = encode_xattrs(xattrs)
     return d
+
+
+def encode_xattrs(xattrs: dict[str, bytes]) -> dict[str, str]:
+    return {k: base64.b64encode(v).decode() for k, v in sorted(xattrs.items())}
 
 
 def encode_tree(entries: list[Entry]) -> bytes:

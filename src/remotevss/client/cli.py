@@ -167,6 +167,12 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
+def connection_options(suppress: bool = False) -> argparse.ArgumentParser:
+    """The credential, connection, output and state options as a parent parser
+    (``remotevss backup run`` takes the same ones for its shadow copy sets)."""
+    return _common(suppress)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``shadow`` and its commands to the ``remotevss`` parser."""
     top = _common(False)

@@ -818,6 +818,9 @@ class CreateRequest:
     follow_owner: bool = True
     resolve: bool = False
     timeouts: SequenceOptions = field(default_factory=SequenceOptions)
+    #: The creation id tagging every per-server set (default: a new one); the
+    #: backup requestor chooses it to name the lock that marks its run alive.
+    client_set_id: UUID | None = None
 
 
 def group_by_server(uncs: Iterable[str | Unc], *, resolve: bool = False) -> list[list[Unc]]:
@@ -857,7 +860,7 @@ def create_shadow_copies(
     groups = group_by_server(request.uncs, resolve=request.resolve)
     if not groups:
         raise UsageError("no shares to shadow-copy")
-    client_set_id = uuid.uuid4()
+    client_set_id = request.client_set_id or uuid.uuid4()
     sets = [
         ShadowCopySet(
             g[0].host,

@@ -87,6 +87,8 @@ class HResult(IntEnum):
     E_INVALIDARG = 0x80070057
     E_OUTOFMEMORY = 0x8007000E
     E_FAIL = 0x80004005
+    #: HRESULT_FROM_WIN32(ERROR_WRITE_PROTECT): the volume is read-only (EROFS).
+    E_WRITE_PROTECT = 0x80070013
     #: Samba: "wire, not documented" (VSS_E_UNEXPECTED in vss.h).
     FSRVP_E_BAD_ID = 0x80042302
     #: Windows 2012's GetShareMapping before Exposed (<10>); Samba returns it too.

@@ -243,6 +243,9 @@ class Machine:
         self.current_context = 0
         self.client_address: str | None = None
         self.retry_count = 0
+        # A set reached Exposed under the current context: the client's sequence got
+        # what it asked for, so its next SetContext starts a new sequence, not a retry.
+        self.context_delivered = False
         self.deadline: float | None = None
 
     # ------------------------------------------------------------- plumbing
@@ -256,6 +259,7 @@ class Machine:
         for ever (expiry drops it, or seals a persistent one)."""
         self.sets = {s.id: s for s in sets}
         self.context_set = False
+        self.context_delivered = False
         self.current_context = 0
         self.client_address = None
         self.deadline = None
@@ -359,7 +363,9 @@ class Machine:
                     return out
                 self._drop_unfinished(out)
                 self._clear_context()
-                self.retry_count += 1
+                # A client that never calls RecoveryComplete (rpcclient, smbtorture) keeps
+                # the context after a finished sequence: not a retry (decisions.md row 13).
+                self.retry_count = 0 if self.context_delivered else self.retry_count + 1
                 if self.retry_count > CONTEXT_RETRY_LIMIT:
                     out.result = HResult.FSRVP_E_SHADOW_COPY_SET_IN_PROGRESS
                     return out
@@ -368,6 +374,7 @@ class Machine:
         self.client_address = client_address
         self.current_context = context
         self.context_set = True
+        self.context_delivered = False
         self._start_timer(now, SHORT_TIMEOUT)
         return out
 
@@ -540,6 +547,7 @@ class Machine:
             out.result = error
             return out
         s.status = Status.EXPOSED
+        self.context_delivered = True
         return out
 
     def begin_recovery_complete(self, set_id: UUID, now: float) -> Outcome:

@@ -1,0 +1,281 @@
+"""Operations around the FSRVP service: what an administrator runs it with for years.
+
+One object wires, around an :class:`AgentService`: the event log and trace
+(agent/events.py), orphan collection (agent/gc.py), the shadow storage limit
+(agent/storage.py), metrics (agent/metrics.py), the admin socket and status
+(agent/admin.py), systemd's notify protocol and watchdog (agent/sdnotify.py),
+SIGHUP reload and the graceful SIGTERM.  ``docs/operations.md`` is the
+administrator's view of all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from remotevss import __version__
+from remotevss.agent import admin
+from remotevss.agent.authz import Caller, Policy
+from remotevss.agent.config import AgentConfig, ConfigError
+from remotevss.agent.events import CallEvent, configure_logging, emit, log_call
+from remotevss.agent.gc import Activity, Collector, Pick, context_name, logged, shutdown_outcome
+from remotevss.agent.metrics import Metrics
+from remotevss.agent.sdnotify import Watchdog, notify, watchdog_interval
+from remotevss.agent.service import AgentService
+from remotevss.agent.sizes import parse_limit
+from remotevss.agent.storage import StorageManager, resolve_volume_root
+from remotevss.agent.transports.samba_pipe import PipeListener
+from remotevss.fsrvp.machine import Status, TimerPolicy
+
+log = logging.getLogger("remotevss.agent")
+
+#: An intent older than this is a failed effect waiting for the next start-up.
+STUCK_INTENT_AGE = 60.0
+
+
+@dataclass(frozen=True)
+class _Closed(Policy):
+    """While stopping: every call is E_ACCESSDENIED, with no state change."""
+
+    def permits(self, caller: Caller) -> bool:
+        return False
+
+
+class Operations:
+    def __init__(
+        self,
+        service: AgentService,
+        *,
+        reload: Callable[[], AgentConfig] | None = None,
+        verbose: int = 0,
+    ) -> None:
+        """Install the hooks; call before ``service.start()`` so nothing is missed."""
+        self.service = service
+        self.reload_config = reload
+        self.verbose = verbose
+        self.pipe: PipeListener | None = None
+        self.started = time.time()
+        self.reloads = 0
+        self.stopping = False
+        config = service.config
+        self.storage = StorageManager(config)
+        self.activity = Activity(Path(config.state_dir) / "gc-activity.json", service.clock())
+        self.collector = Collector(service, self.activity, self.storage)
+        self.storage.on_delete = self.collector.on_delete  # one list: counts and metrics
+        self.metrics: Metrics | None = None
+        if config.metrics.port:
+            self.metrics = Metrics(
+                usage=lambda: self.storage.last,
+                refusals=lambda: self.storage.refusals,
+                pipe_owned=lambda: None if self.pipe is None else self.pipe.owned,
+            )
+            self.collector.on_delete.append(self.metrics.on_delete)
+        service.call_hooks += [log_call, self.activity.on_call, self._after_call]
+        if self.metrics is not None:
+            service.call_hooks.insert(0, self.metrics.on_call)
+        service.commit_guard = lambda sid, creates: self.storage.guard(service, sid, creates)
+        self._admin: asyncio.Server | None = None
+        self._watchdog: Watchdog | None = None
+        self.metrics_port: int | None = None
+
+    def _after_call(self, _event: CallEvent) -> None:
+        if self.metrics is not None:
+            self.metrics.refresh(self.service.machine, self.service.clock())
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, pipe: PipeListener | None = None) -> None:
+        """After the service has reconciled and the listeners are up: admin socket,
+        metrics, the start-up GC pass and its timer, the watchdog, then READY=1."""
+        self.pipe = pipe
+        config = self.service.config
+        self._admin = await admin.serve_admin(config.admin_socket_path, config.socket_group,
+                                              self.handle)
+        if self.metrics is not None:
+            self.metrics.bind(asyncio.get_running_loop(), self.service.machine, self.service.clock)
+            self.metrics_port = self.metrics.serve(config.metrics.port, config.metrics.address)
+            log.info("metrics on http://%s:%d/metrics", config.metrics.address, self.metrics_port)
+        await self.collector.run_pass()
+        self.collector.start()
+        if self.metrics is not None:
+            self.metrics.refresh(self.service.machine, self.service.clock())
+        if (interval := watchdog_interval()) is not None:
+            self._watchdog = Watchdog(interval)
+            self._watchdog.start()
+        notify(f"READY=1\nSTATUS=serving FSRVP on {config.socket_path}\nMAINPID={os.getpid()}")
+
+    async def stop(self) -> None:
+        """SIGTERM: refuse new calls, finish running commits, release what cannot
+        outlive the agent (gc.shutdown_outcome), close the admin side."""
+        self.stopping = True
+        notify("STOPPING=1\nSTATUS=releasing unfinished shadow copy sets")
+        self.service.policy = _Closed()
+        await self.collector.stop()
+        out = await self.service.release(
+            logged(shutdown_outcome, self.collector.on_delete),
+            wait_commits=True,
+        )
+        if out.dropped_sets:
+            log.warning("stopping: released %d unfinished set(s)", len(out.dropped_sets))
+        self.activity.save(self.service.machine.sets)
+        if self._admin is not None:
+            self._admin.close()
+            await self._admin.wait_closed()
+            Path(self.service.config.admin_socket_path).unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+
+    def reload(self) -> list[str]:
+        """SIGHUP: re-read the configuration file and apply what can change while
+        running (docs/operations.md); everything else needs a restart."""
+        if self.reload_config is None:
+            return []
+        notify("RELOADING=1")
+        try:
+            new = self.reload_config()
+        except ConfigError as exc:
+            log.error("reload: configuration error, keeping the old one: %s", exc)
+            notify("READY=1\nSTATUS=reload failed; old configuration kept")
+            return []
+        old = self.service.config
+        changed = [k for k in ("sequence_timeout", "gc", "storage", "log")
+                   if getattr(old, k) != getattr(new, k)]
+        cfg = replace(old, sequence_timeout=new.sequence_timeout, gc=new.gc,
+                      storage=new.storage, log=new.log)
+        self.service.config = cfg
+        self.service.machine.timers = TimerPolicy(cfg.sequence_timeout)
+        self.storage.config = cfg
+        configure_logging(cfg.log, self.verbose)
+        ignored = [k for k in ("socket_path", "socket_group", "state_dir", "expose_dir", "mode",
+                               "shares", "samba", "metrics", "admin_socket", "backend",
+                               "netbios_name", "share_name_format", "max_connections")
+                   if getattr(old, k) != getattr(new, k)]
+        self.reloads += 1
+        emit({"event": "reload", "changed": changed, "needs_restart": ignored})
+        if ignored:
+            log.warning("reload: %s changed but only take effect at restart", ", ".join(ignored))
+        self.collector.wake()
+        notify("READY=1\nSTATUS=configuration reloaded")
+        return changed
+
+    # ------------------------------------------------------------ admin requests
+
+    async def handle(self, request: dict[str, Any], uid: int) -> Any:
+        op = request["op"]
+        if op == "status":
+            return await self.status()
+        if op == "storage":
+            usage = await self.storage.measure_all(self.service)
+            return [u.as_dict() for u in usage.values()]
+        if op in ("resize", "gc") and uid != 0:
+            raise admin.AdminError(f"{op}: root only")
+        if op == "resize":
+            return await self._resize(str(request.get("volume", "")), request.get("max"))
+        if op == "gc":
+            done = await self.collector.run_pass()
+            return [{"set": str(p.set_id), "copy": str(p.copy_id) if p.copy_id else None,
+                     "reason": p.reason, "detail": p.detail} for p in done]
+        raise admin.AdminError(f"unknown op {op!r} (status, storage, resize, gc)")
+
+    async def _resize(self, volume: str, size: Any) -> dict[str, Any]:
+        if not volume or not isinstance(size, str | int):
+            raise admin.AdminError("resize needs a volume and a max")
+        shares = [(s.name, s.path) for s in self.service.config.shares]
+        try:
+            parse_limit(size)
+            root = await asyncio.to_thread(resolve_volume_root, volume, shares)
+            limit = self.storage.set_limit(root, str(size))
+        except ValueError as exc:
+            raise admin.AdminError(str(exc)) from exc
+        emit({"event": "storage_resize", "volume": root, "max": str(limit)})
+        self.collector.wake()  # a smaller maximum applies now, not at the next interval
+        return {"volume": root, "max": str(limit)}
+
+    async def status(self) -> dict[str, Any]:
+        svc, m = self.service, self.service.machine
+        now = svc.clock()
+        cfg = svc.config
+        sets = []
+        for s in m.sets.values():
+            in_flight = s.status is not Status.RECOVERED
+            sets.append({
+                "id": str(s.id), "status": s.status.value, "context": f"0x{s.context:08X}",
+                "context_name": context_name(s.context), "auto_release": s.auto_release,
+                "in_flight": in_flight, "last_activity": self.activity.of(s.id),
+                "copies": [{
+                    "id": str(c.id), "volume": c.volume_name, "snapshot": c.snapshot_path,
+                    "created": c.creation_time, "writable": c.writable,
+                    "shares": [{"share": mp.local_share, "unc": mp.share_name,
+                                "exposed": mp.is_exposed, "exposed_name": mp.exposed_name}
+                               for mp in c.mappings],
+                } for c in s.copies],
+            })
+        exposed = await asyncio.to_thread(svc.exposer.exposed)
+        stuck = await asyncio.to_thread(_stuck_intents, cfg.journal_path, time.time())
+        pipe = self.pipe.status() if self.pipe is not None else None
+        problems: list[str] = []
+        if self.pipe is not None and not self.pipe.owned:
+            problems.append(f"Samba pipe socket {self.pipe.path} is not ours: {self.pipe.problem}")
+        if stuck:
+            problems.append(f"{len(stuck)} journaled effect(s) failed and wait for the next "
+                            f"start-up: {', '.join(stuck[:5])}")
+        if self.collector.stats.last_error:
+            problems.append(f"last GC pass failed: {self.collector.stats.last_error}")
+        volumes = [u.as_dict() for u in self.storage.last.values()]
+        problems += [f"volume {u.root} is over its shadow storage maximum "
+                     f"({u.used} > {u.maximum} bytes, basis {u.basis})"
+                     for u in self.storage.last.values() if u.over]
+        if self.stopping:
+            problems.append("stopping")
+        gc = self.collector.stats
+        return {
+            "healthy": not problems,
+            "problems": problems,
+            "agent": {
+                "pid": os.getpid(), "version": __version__, "started": self.started,
+                "uptime_s": round(time.time() - self.started, 1), "mode": cfg.mode.value,
+                "socket": cfg.socket_path, "admin_socket": cfg.admin_socket_path,
+                "sequence_timeout": cfg.sequence_timeout, "reloads": self.reloads,
+                "metrics_port": self.metrics_port,
+            },
+            "samba_pipe": pipe,
+            "context": {"set": m.context_set, "client": m.client_address,
+                        "context": f"0x{m.current_context:08X}" if m.context_set else None},
+            "timer_deadline": m.deadline,
+            "timer_remaining_s": None if m.deadline is None else round(m.deadline - now, 1),
+            "sets": sets,
+            "exposed_shares": exposed,
+            "volumes": volumes,
+            "storage_measured_at": self.storage.last_at,
+            "gc": {"passes": gc.passes, "last_pass": gc.last_pass, "last_error": gc.last_error,
+                   "deleted": gc.deleted, "interval": cfg.gc.interval,
+                   "orphan_after": cfg.gc.orphan_after, "max_age": cfg.gc.max_age},
+        }
+
+
+def _stuck_intents(journal: Path, now: float) -> list[str]:
+    """Intents older than STUCK_INTENT_AGE, read on a connection of our own (read-only)."""
+    try:
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = db.execute("SELECT kind, detail FROM intents WHERE created < ? ORDER BY id",
+                          (now - STUCK_INTENT_AGE,)).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+    return [f"{kind} {detail}" for kind, detail in rows]
+
+
+__all__ = ["Operations", "Pick"]
