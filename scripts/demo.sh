@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: a full FSRVP shadow-copy sequence against a real agent on a loop btrfs.
+# The demo: a shadow copy through a private Samba (smbd) and our agent, on a loop btrfs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

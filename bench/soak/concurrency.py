@@ -333,6 +333,7 @@ def run_workers(stack: Any, seconds: float, clients: int, out: Path, seed: int,
         for k, v in r["counts"].items():
             counts[k] = counts.get(k, 0) + v
     return {
+        "expose": stack.agent.expose,
         "seconds": seconds,
         "clients": clients,
         "calls": sum(r["calls"] for r in results),
@@ -366,7 +367,7 @@ def _exclusion(results: list[dict[str, Any]], timer: float
     return errors, stuck, gaps
 
 
-def build_stack(work: Path, timer: float) -> Any:
+def build_stack(work: Path, timer: float, expose: str = "registry") -> Any:
     """Loop btrfs + private Samba + agent, as tests/hardening/conftest.py builds it."""
     import btrfsutil
 
@@ -383,7 +384,8 @@ def build_stack(work: Path, timer: float) -> Any:
         shares[name] = mnt / name
     samba = PrivateSamba(work / "samba", dict(shares), samba_fsrvp=False, netbios_name="HARDFS")
     (work / "agent").mkdir()
-    agent = SambaAgent(work / "agent", {}, sequence_timeout=timer, samba_conf=samba.conf)
+    agent = SambaAgent(work / "agent", {}, sequence_timeout=timer, samba_conf=samba.conf,
+                       expose=expose)  # fmt: skip
     samba.start()
     es.callback(samba.stop)
     agent.start()
@@ -398,6 +400,9 @@ def main() -> int:
     ap.add_argument("--timer", type=float, default=5.0, help="agent sequence_timeout, seconds")
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("/tmp/remotevss-concurrency"))
+    ap.add_argument("--expose", choices=("registry", "symlink"), default="registry",
+                    help="snapshot shares as Samba registry shares (production) or symlinks "
+                         "(leaves python-samba's registry and messaging out of the RSS figure)")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
@@ -413,7 +418,7 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rvss-soak-") as tmp:
-        stack, es = build_stack(Path(tmp), args.timer)
+        stack, es = build_stack(Path(tmp), args.timer, args.expose)
         with es:
             summary = run_workers(stack, args.minutes * 60, args.clients, args.out, args.seed,
                                   args.timer)  # fmt: skip

@@ -249,10 +249,9 @@ class Stack:
         return {line.strip() for line in out.splitlines() if "@{" in line}
 
     def check(self) -> JournalView:
-        return check_consistent(
-            self.agent.workdir / "state", list(self.shares.values()),
-            self.registry_snapshot_shares(),
-        )
+        exposed = (set(self.agent.exposed()) if self.agent.expose == "symlink"
+                   else self.registry_snapshot_shares())  # fmt: skip
+        return check_consistent(self.agent.workdir / "state", list(self.shares.values()), exposed)
 
     def smbd_pids(self) -> list[int]:
         """smbd parent and children of this Samba (by their config file argument)."""

@@ -350,8 +350,12 @@ def test_sigkill_after_each_effect_leaks_nothing(tmp_path: Path, btrfs: Path, po
 def test_restart_keeps_exposed_sets_and_reapplies(agent: AgentProcess) -> None:
     res = full_sequence(agent, ["share0"])
     name = res["mappings"]["share0"].shadow_copy_share_name  # type: ignore[index]
-    agent.stop()
-    (agent.expose_dir / name).unlink()  # e.g. /run wiped by a reboot
+    # a crash or power loss (SIGTERM would release this unfinished auto-release set:
+    # docs/operations.md), then a reboot that wiped /run
+    assert agent.proc is not None
+    agent.proc.kill()
+    agent.wait_dead()
+    (agent.expose_dir / name).unlink()
     agent.start()
     assert name in agent.exposed()
     with agent.client() as c:

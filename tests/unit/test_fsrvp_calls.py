@@ -118,7 +118,7 @@ def test_hresults_are_unsigned_and_named() -> None:
     assert HResult.FSRVP_E_BAD_ID == 0x80042302
     assert HResult.FSSAGENT_E_TIMEOUT == 0x80042500
     assert all(0 <= h <= 0xFFFFFFFF for h in HResult)
-    assert len({int(h) for h in HResult}) == len(HResult) == 18
+    assert len({int(h) for h in HResult}) == len(HResult) == 19
     assert hresult_name(0x8004230C) == "FSRVP_E_NOT_SUPPORTED"
     assert hresult_name(-1) == "FSRVP_E_WAIT_FAILED"  # a signed reading of 0xFFFFFFFF
     assert hresult_name(0x12345678) == "0x12345678"
