@@ -65,13 +65,6 @@ from smbprotocol.exceptions import (
 )
 from smbprotocol.header import NtStatus
 from smbprotocol.ioctl import SMB2IOCTLRequest
-from smbprotocol.open import (
-    SMB2CloseRequest,
-    SMB2CreateRequest,
-    SMB2QueryDirectoryRequest,
-    SMB2QueryInfoRequest,
-    SMB2ReadRequest,
-)
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
@@ -257,7 +250,9 @@ class SmbSession:
         self.read_size = min(READ_SIZE, int(self.conn.max_read_size))
 
     def tree(self, share: str) -> TreeConnect:
-        t = TreeConnect(self.session, rf"\\{self.host}\{share}")
+        from remotevss.client.unc import unc_text
+
+        t = TreeConnect(self.session, unc_text(self.host, share))  # IPv6: ipv6-literal.net
         try:
             t.connect()
         except SMBResponseException as exc:
@@ -337,53 +332,80 @@ class SmbSession:
 
 
 # -- request builders -----------------------------------------------------------------------
-def _create(path: str, access: int, options: int) -> SMB2CreateRequest:
-    r = SMB2CreateRequest()
-    r["requested_oplock_level"] = 0
-    r["impersonation_level"] = _IMPERSONATION
-    r["desired_access"] = access
-    r["file_attributes"] = 0
-    r["share_access"] = _SHARE_ALL
-    r["create_disposition"] = _FILE_OPEN
-    r["create_options"] = options | _FILE_OPEN_FOR_BACKUP_INTENT
-    r["buffer_path"] = path.encode("utf-16-le") if path else b"\x00\x00"
-    return r
+class _Value:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def get_value(self) -> Any:
+        return self.value
+
+    def __len__(self) -> int:
+        return len(self.value)
 
 
-def _read(file_id: bytes, offset: int, length: int) -> SMB2ReadRequest:
-    r = SMB2ReadRequest()
-    r["length"] = length
-    r["offset"] = offset
-    r["file_id"] = file_id
-    r["padding"] = b"\x50"
-    return r
+class _Raw:
+    """A request body packed with ``struct``, with as much of smbprotocol's
+    Structure interface as ``Connection`` uses (command, length, ``pack()``, the
+    fields its credit charge reads).  Why: building and packing the Structure
+    classes costs ~40 us per message, a quarter of the Python time per small file."""
+
+    __slots__ = ("COMMAND", "data", "fields")
+
+    def __init__(self, command: int, data: bytes, **fields: Any) -> None:
+        self.COMMAND = command
+        self.data = data
+        self.fields = fields
+
+    def pack(self) -> bytes:
+        return self.data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: str) -> _Value:
+        return _Value(self.fields[key])
 
 
-def _query_dir(file_id: bytes, restart: bool) -> SMB2QueryDirectoryRequest:
-    q = SMB2QueryDirectoryRequest()
-    q["file_information_class"] = _FILE_ID_FULL_DIRECTORY_INFORMATION
-    q["flags"] = _SMB2_RESTART_SCANS if restart else 0
-    q["file_index"] = 0
-    q["file_id"] = file_id
-    q["output_buffer_length"] = LIST_BUFFER
-    q["buffer"] = "*".encode("utf-16-le")
-    return q
+_SMB2_CREATE, _SMB2_CLOSE, _SMB2_READ = 0x05, 0x06, 0x08
+_SMB2_QUERY_DIRECTORY, _SMB2_QUERY_INFO = 0x0E, 0x10
+_CREATE_REQ = struct.Struct("<HBBIQQIIIIIHHII")  # 56 bytes, then the name
+_READ_REQ = struct.Struct("<HBBIQ16sIIIHHB")  # 49 bytes
+_QUERY_DIR_REQ = struct.Struct("<HBBI16sHHI")  # 32 bytes, then the pattern
+_QUERY_INFO_REQ = struct.Struct("<HBBIHHIII16s")  # 40 bytes
+_CLOSE_REQ = struct.Struct("<HHI16s")  # 24 bytes
+_STAR = "*".encode("utf-16-le")
 
 
-def _query_sd(file_id: bytes) -> SMB2QueryInfoRequest:
-    q = SMB2QueryInfoRequest()
-    q["info_type"] = _INFO_SECURITY
-    q["file_info_class"] = 0
-    q["output_buffer_length"] = SD_BUFFER
-    q["additional_information"] = _OWNER_GROUP_DACL
-    q["file_id"] = file_id
-    return q
+def _create(path: str, access: int, options: int) -> _Raw:
+    name = path.encode("utf-16-le")
+    body = _CREATE_REQ.pack(57, 0, 0, _IMPERSONATION, 0, 0, access, 0, _SHARE_ALL, _FILE_OPEN,
+                            options | _FILE_OPEN_FOR_BACKUP_INTENT, 120, len(name), 0, 0)
+    return _Raw(_SMB2_CREATE, body + (name or b"\0\0"))
 
 
-def _close(file_id: bytes) -> SMB2CloseRequest:
-    c = SMB2CloseRequest()
-    c["file_id"] = file_id
-    return c
+def _read(file_id: bytes, offset: int, length: int) -> _Raw:
+    body = _READ_REQ.pack(49, 0x50, 0, length, offset, file_id, 0, 0, 0, 0, 0, 0)
+    return _Raw(_SMB2_READ, body, length=length, read_channel_info_length=0)
+
+
+def _query_dir(file_id: bytes, restart: bool) -> _Raw:
+    body = _QUERY_DIR_REQ.pack(33, _FILE_ID_FULL_DIRECTORY_INFORMATION,
+                               _SMB2_RESTART_SCANS if restart else 0, 0, file_id, 96,
+                               len(_STAR), LIST_BUFFER)
+    return _Raw(_SMB2_QUERY_DIRECTORY, body + _STAR, buffer=_STAR,
+                output_buffer_length=LIST_BUFFER)
+
+
+def _query_sd(file_id: bytes) -> _Raw:
+    body = _QUERY_INFO_REQ.pack(41, _INFO_SECURITY, 0, SD_BUFFER, 0, 0, 0, _OWNER_GROUP_DACL,
+                                0, file_id)
+    return _Raw(_SMB2_QUERY_INFO, body)
+
+
+def _close(file_id: bytes) -> _Raw:
+    return _Raw(_SMB2_CLOSE, _CLOSE_REQ.pack(24, 0, 0, file_id))
 
 
 def _ioctl_qar(file_id: bytes, offset: int, length: int) -> SMB2IOCTLRequest:
@@ -608,7 +630,7 @@ class SmbFile:
         else:
             self._open_large()
 
-    def _create(self) -> SMB2CreateRequest:
+    def _create(self) -> _Raw:
         access = _FILE_READ_DATA | _FILE_READ_ATTRIBUTES | _SYNCHRONIZE
         if self.src.security:
             access |= _READ_CONTROL
