@@ -76,8 +76,12 @@ class TimedAgent:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
-        self.server.close()
-        self._run(self.service.close())
+        async def shutdown() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+            await self.service.close()
+
+        self._run(shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
