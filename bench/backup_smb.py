@@ -42,13 +42,14 @@ from remotevss.loopfs import loop_filesystem  # noqa: E402
 from tests.support.samba import PASSWORD, PrivateSamba  # noqa: E402
 
 
-def copy_out(port: int, share: str, encrypt: bool, subdir: str = "") -> dict[str, float]:
+def copy_out(port: int, share: str, encrypt: bool, subdir: str = "",
+             security: bool = True) -> dict[str, float]:
     """Read every file of the share through SmbSource; returns files, bytes, seconds."""
     t0 = time.perf_counter()
     nfiles = nbytes = 0
     with SmbSession("127.0.0.1", port=port, username="root", password=PASSWORD,
                     encrypt=encrypt) as session:
-        src = SmbSource(session, share, "data")
+        src = SmbSource(session, share, "data", security=security)
         stack = [subdir]
         buf = memoryview(bytearray(8 << 20))
         while stack:
@@ -115,16 +116,19 @@ def main() -> int:
         while not sock.exists():
             time.sleep(0.05)
         try:
-            for name, enc, sub in (("copy-out all, encrypted", True, ""),
-                                   ("copy-out all, signed only", False, ""),
-                                   ("copy-out large files, encrypted", True, "large"),
-                                   ("copy-out large files, signed only", False, "large"),
-                                   ("copy-out small files, encrypted", True, "small")):
-                r = copy_out(samba.port, "data", enc, sub)
+            for name, enc, sub, sec in (
+                    ("copy-out all, encrypted", True, "", True),
+                    ("copy-out all, signed only", False, "", True),
+                    ("copy-out large files, encrypted", True, "large", True),
+                    ("copy-out large files, signed only", False, "large", True),
+                    ("copy-out medium files, encrypted", True, "medium", True),
+                    ("copy-out small files, encrypted", True, "small", True),
+                    ("copy-out small files, no security desc.", True, "small", False)):
+                r = copy_out(samba.port, "data", enc, sub, sec)
                 r["MB/s"] = round(r["bytes"] / r["seconds"] / 1e6, 1)
                 r["files/s"] = round(r["files"] / r["seconds"], 1)
                 results[name] = r
-                print(f"{name:36s} {r['files']:7d} files {r['bytes'] / 1e6:8.1f} MB "
+                print(f"{name:40s} {r['files']:7d} files {r['bytes'] / 1e6:8.1f} MB "
                       f"{r['seconds']:7.2f} s {r['MB/s']:7.1f} MB/s {r['files/s']:8.1f} files/s",
                       flush=True)
             for mode in ("smb", "local"):

@@ -30,6 +30,8 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from impacket.smbconnection import SessionError
@@ -179,3 +181,45 @@ def test_denied_principal_changes_nothing(clean_stack: Stack,
             assert getattr(root, step)(sid).return_value == ZERO, step
         assert root.recovery_complete(sid).return_value == ZERO
         delete_all(root, sid, {"data0": a.shadow_copy_id})
+
+
+# The guest session never reaches the agent through smbd 4.17 (above); the token smbd
+# would hand over for it, and an anonymous one, forged at the pipe socket:
+GUEST_TOKEN = {"sids": ["S-1-5-21-1-2-3-501", "S-1-5-21-1-2-3-514", "S-1-1-0", "S-1-5-2",
+                        "S-1-5-32-546", "S-1-22-1-65534", "S-1-22-2-65534"],
+               "uid": 65534, "gid": 65534, "groups": [65534], "account_name": "nobody",
+               "unix_name": "nobody"}  # fmt: skip
+ANON_TOKEN = {"sids": ["S-1-5-7", "S-1-1-0", "S-1-5-2", "S-1-22-1-65534"], "uid": 65534,
+              "gid": 65534, "groups": [65534], "account_name": "ANONYMOUS LOGON",
+              "unix_name": "nobody"}  # fmt: skip
+
+
+@pytest.mark.parametrize("token", [GUEST_TOKEN, ANON_TOKEN], ids=["guest", "anonymous"])
+def test_guest_and_anonymous_tokens_at_the_pipe(tmp_path: Path, token: dict[str, Any]) -> None:
+    from tests.support.npa_build import NpaSpec, build_request
+    from tests.support.pipe_harness import bind, call, open_pipe, recv_exact, serve_listener
+
+    with serve_listener(tmp_path) as served:
+        blob = build_request(NpaSpec(privilege_mask=0, **token))
+        with open_pipe(served.path, blob) as s:
+            recv_exact(s, 36)
+            bind(s)
+            u = unc("share0")
+            reqs = _all_requests(u)
+            codes = [call(s, r, i + 2).return_value for i, r in enumerate(reqs)]
+        assert codes == [HResult.E_ACCESSDENIED] * 13
+        assert served.service.journal.load_sets() == []
+        assert served.service.journal.pending_intents() == []
+
+
+def _all_requests(u: str) -> list[calls.Request]:
+    x = uuid.uuid4
+    return [
+        calls.GetSupportedVersionRequest(), calls.SetContextRequest(0),
+        calls.StartShadowCopySetRequest(x()), calls.AddToShadowCopySetRequest(x(), x(), u),
+        calls.CommitShadowCopySetRequest(x(), 1000), calls.ExposeShadowCopySetRequest(x(), 1000),
+        calls.RecoveryCompleteShadowCopySetRequest(x()), calls.AbortShadowCopySetRequest(x()),
+        calls.IsPathSupportedRequest(u), calls.IsPathShadowCopiedRequest(u),
+        calls.GetShareMappingRequest(x(), x(), u, 1), calls.DeleteShareMappingRequest(x(), x(), u),
+        calls.PrepareShadowCopySetRequest(x(), 1000),
+    ]  # fmt: skip

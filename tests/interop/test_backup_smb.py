@@ -324,7 +324,8 @@ def test_sigkill_mid_copy_then_next_run_releases_the_set(clean: Env, tmp_path: P
     env = clean
     repo = tmp_path / "repo"
     env.cli("init", "--repo", repo, "--pack-size", "4")
-    env.cli(*env.run_args(repo, "home"), "--read", "smb")  # point 1: the earlier point
+    # point 1, the earlier point (signed, not encrypted: the other framing path)
+    env.cli(*env.run_args(repo, "home"), "--read", "smb", "--no-encryption")
     before = contents(env.shares["home"])
     packs = len(list((repo / "packs").rglob("*.pack")))
     proc = env.popen(*env.run_args(repo, "big"), "--read", "smb")

@@ -333,3 +333,23 @@ def test_failed_copy_still_releases_the_set(tmp_path: Path) -> None:
     assert not list((tmp_path / "st" / "backup-runs").iterdir())
     with Repository(repo, "read") as r:
         assert r.points() == []
+
+
+class _Stop(BaseException):
+    pass
+
+
+def test_sigterm_is_held_back_while_a_set_is_released() -> None:
+    import signal
+
+    from remotevss.backup.requestor import _hold_sigterm, terminate_as
+
+    before = signal.getsignal(signal.SIGTERM)
+    with terminate_as(_Stop):
+        release = _hold_sigterm()
+        signal.raise_signal(signal.SIGTERM)  # arrives during the release: deferred
+        with pytest.raises(_Stop):
+            release()
+        with pytest.raises(_Stop):
+            signal.raise_signal(signal.SIGHUP)
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -273,7 +273,8 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
             state_path=Path(args.state) if getattr(args, "state", None) else None,
             read_mode=args.read_mode, smb_conf=args.smb_conf,
             encrypt=not args.no_encryption, security=not args.no_security,
-            smb_timeout=args.smb_timeout)
+            smb_timeout=args.smb_timeout, follow_owner=session.settings.follow_owner,
+            resolve=session.settings.resolve)
         with Repository(repo_path, "write", command="backup run") as repo:
             if repo.interrupted:
                 print(f"remotevss backup: the previous run (pid {repo.interrupted.get('pid')}, "

@@ -24,7 +24,9 @@ The sequence, and why:
    files cache carries over from run to run.
 4. **Release** the set (DeleteShareMapping for every copy) in a ``finally``:
    after success, failure, Ctrl-C or SIGTERM (the CLI turns SIGTERM into an
-   exception; SIGTERM is held back while the release runs).  A release that
+   exception with :func:`terminate_as`, and holds it back while the release
+   runs; an API caller without such a handler is killed by SIGTERM, and the
+   next run releases the set).  A release that
    fails leaves the set recorded, and the next run releases it (step 1).
 """
 
@@ -121,6 +123,8 @@ class RunSettings:
     encrypt: bool = True
     security: bool = True
     smb_timeout: float = 120.0
+    follow_owner: bool = True  # reconnect to IsPathSupported's OwnerMachineName
+    resolve: bool = False  # DNS to tell an address and a name of one server apart
     connector: Connector | None = None  # tests: a fake FSRVP binding
 
 
@@ -267,18 +271,23 @@ def _same_top_level(local: LocalSource, remote: Source) -> bool:
 
 
 # ----------------------------------------------------------------------- the run
+_HELD: dict[str, Any] = {"depth": 0, "pending": None}
+
+
 def _hold_sigterm() -> Callable[[], None]:
-    """Defer SIGTERM (and SIGHUP) until the returned function is called."""
-    sigs = {signal.SIGTERM, signal.SIGHUP}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (ValueError, OSError):
-        return lambda: None
+    """Defer what :func:`terminate_as` raises until the returned function is called
+    (a flag, not a signal mask: the mask of one thread does not stop the signal
+    from arriving through another, and Python runs handlers in the main thread)."""
+    _HELD["depth"] += 1
 
-    def restore() -> None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    def release() -> None:
+        _HELD["depth"] -= 1
+        pending = _HELD["pending"]
+        if _HELD["depth"] == 0 and pending is not None:
+            _HELD["pending"] = None
+            signal.raise_signal(pending)
 
-    return restore
+    return release
 
 
 def _iso(ft: int | None) -> str | None:
@@ -318,19 +327,21 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
     try:
         run.leftovers = release_leftovers(state, state_path, creds, options, settings.connector)
         request = CreateRequest([s.unc for s in shares], context="backup",
+                                follow_owner=settings.follow_owner, resolve=settings.resolve,
                                 client_set_id=creation_id)
         sets = create_shadow_copies(request, creds, options, state=state,
                                     connector=settings.connector)
         if on_exposed is not None:
             on_exposed(sets)
         labels = {s.unc.key: s.label for s in shares}
+        by_name = {s.unc.share.casefold(): s.label for s in shares}
         sources: list[Source] = []
         created: list[int] = []
         snapshot_uncs: list[str] = []
         for sc in sets:
             for c in sc.copies:
-                label = labels.get(parse_unc(c.share_display).key) or parse_unc(
-                    c.share_display).share
+                u = parse_unc(c.share_display)  # host form may have been adopted
+                label = labels.get(u.key) or by_name.get(u.share.casefold()) or u.share
                 host, share = snapshot_share(c.exposed_name or "", sc.owner or c.server)
                 snapshot_uncs.append(c.exposed_unc or share)
                 if c.creation_filetime:
@@ -419,6 +430,9 @@ def terminate_as(exc_type: type[BaseException]) -> Iterator[None]:
     blocks run: the shadow copy set is released); restored afterwards."""
 
     def handler(signum: int, frame: object) -> None:
+        if _HELD["depth"]:
+            _HELD["pending"] = signum  # while a shadow copy set is being released
+            return
         raise exc_type(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
