@@ -8,7 +8,9 @@ crash point (``REMOTEVSS_CRASH_AFTER``, the points of agent/service.py) and runs
 a random sequence: 1-3 shares, a random context (backup, app rollback =
 persistent, backup with auto-recovery = writable snapshots), finishing with
 DeleteShareMapping or with Abort (teardown effects).  Persistent copies made in
-earlier rounds accumulate and must survive every crash intact.  After each
+earlier rounds accumulate and must survive every crash intact.  When a crash
+cut a client's DeleteShareMapping calls short, the copies not yet deleted are
+still there (as they must be) and the client retries those deletions.  After each
 crash the agent restarts and ``check_consistent`` (journal = snapshots =
 exposures = read-only mounts, no pending intent) must hold, with exactly the
 persistent sets left.  Rounds in which the chosen point is not reached (the
@@ -49,18 +51,20 @@ def unc(n: str) -> str:
 
 
 def one_round(a: Any, rng: random.Random, kept: dict[str, dict[str, uuid.UUID]],
-              point: str) -> tuple[bool, str]:  # fmt: skip
-    """One crash run; returns (died, context name)."""
+              point: str) -> tuple[bool, str, dict[str, Any]]:  # fmt: skip
+    """One crash run; returns (died, context name, what the client was doing)."""
     ctx_name = rng.choice(list(CONTEXTS))
     shares = rng.sample(SHARES, rng.randint(1, 3))
     finish_abort = rng.random() < 0.4
     a.start(crash_after=point)
     new_persistent: tuple[uuid.UUID, dict[str, uuid.UUID]] | None = None
+    doing: dict[str, Any] = {"deleting": False}
     try:
         with a.client() as c:
             assert c.set_context(CONTEXTS[ctx_name]).return_value == ZERO
             sid = c.start(uuid.uuid4()).shadow_copy_set_id
             copies = {s: c.add(sid, unc(s)).shadow_copy_id for s in shares}
+            doing.update(sid=sid, copies=copies)
             c.prepare(sid)
             assert c.commit(sid).return_value == ZERO
             assert c.expose(sid).return_value == ZERO
@@ -73,6 +77,7 @@ def one_round(a: Any, rng: random.Random, kept: dict[str, dict[str, uuid.UUID]],
                 if ctx_name == "persistent" and rng.random() < 0.5:
                     new_persistent = (sid, copies)
                 else:
+                    doing["deleting"] = True
                     for s, cid in copies.items():
                         c.delete_share_mapping(sid, cid, unc(s))
     except Exception:  # noqa: BLE001 - the agent dies mid-call by design
@@ -84,7 +89,7 @@ def one_round(a: Any, rng: random.Random, kept: dict[str, dict[str, uuid.UUID]],
         a.stop()
         if new_persistent is not None:
             kept[str(new_persistent[0])] = new_persistent[1]
-    return died, ctx_name
+    return died, ctx_name, doing
 
 
 def _wait_dead(a: Any, seconds: float) -> bool:
@@ -103,7 +108,8 @@ def soak_backend(fstype: str, rounds: int, rng: random.Random, work: Path) -> di
 
     size = {"btrfs": 512, "xfs": 512, "ext4": 256}[fstype]
     stats: dict[str, Any] = {"fstype": fstype, "rounds": 0, "killed": {}, "not_reached": 0,
-                             "failures": [], "persistent_kept_max": 0}  # fmt: skip
+                             "deletions_retried": 0, "failures": [],
+                             "persistent_kept_max": 0}  # fmt: skip
     with loop_filesystem(fstype, size, work) as mnt:
         shares = {}
         for n in SHARES:
@@ -122,7 +128,7 @@ def soak_backend(fstype: str, rounds: int, rng: random.Random, work: Path) -> di
         kept: dict[str, dict[str, uuid.UUID]] = {}
         for _ in range(rounds):
             point = rng.choice(POINTS)
-            died, ctx = one_round(a, rng, kept, point)
+            died, ctx, doing = one_round(a, rng, kept, point)
             stats["rounds"] += 1
             if died:
                 stats["killed"][point] = stats["killed"].get(point, 0) + 1
@@ -130,6 +136,14 @@ def soak_backend(fstype: str, rounds: int, rng: random.Random, work: Path) -> di
                 stats["not_reached"] += 1
             a.start()
             try:
+                if died and doing["deleting"]:
+                    # the client's DeleteShareMapping calls were cut short: the copies not
+                    # yet deleted are still (correctly) there; the client retries them
+                    with a.client() as c:
+                        for s, cid in doing["copies"].items():
+                            r = c.delete_share_mapping(doing["sid"], cid, unc(s)).return_value
+                            assert r in (ZERO, HResult.FSRVP_E_OBJECT_NOT_FOUND), hex(r)
+                    stats["deletions_retried"] += 1
                 j = check_consistent(a.workdir / "state", list(shares.values()), set(a.exposed()))
                 assert set(j.sets) == set(kept), (j.sets, list(kept))
                 assert all(v == "Recovered" for v in j.sets.values()), j.sets
