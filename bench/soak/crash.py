@@ -172,7 +172,7 @@ def soak_backend(fstype: str, rounds: int, rng: random.Random, work: Path) -> di
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=40, help="crash runs per backend")
+    ap.add_argument("--rounds", type=int, default=100, help="crash runs per backend")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=Path("/tmp/remotevss-crash-soak.json"))
     args = ap.parse_args()

@@ -15,6 +15,9 @@ leaves the set where the spec wants it so the client can retry or abort.
   no snapshot share in the registry, the set back in Committed with its
   snapshots (the client may retry Expose or Abort, decisions.md "Commit
   failure" applied to Expose), and a retried Expose after the fault succeeds.
+* Expose whose second share's registry write is refused (a foreign registry
+  share already has that name) after the first share was exposed: the first is
+  taken back (nothing half-exposed), the foreign share is left alone.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from tests.system.agent_harness import AgentProcess
 
 pytestmark = pytest.mark.root
 
-E_DISK_FULL = 0x8004231F  # VSS_E_INSUFFICIENT_STORAGE
-E_WRITE_PROTECT = 0x80070013
+E_DISK_FULL = HResult.VSS_E_INSUFFICIENT_STORAGE  # 0x8004231F
+E_WRITE_PROTECT = HResult.E_WRITE_PROTECT  # 0x80070013, HRESULT_FROM_WIN32(ERROR_WRITE_PROTECT)
 
 
 @dataclass
@@ -217,3 +220,31 @@ def test_failing_registry_write_during_expose(clean_stack: Stack) -> None:
         st.check()
         assert c.abort(sid).return_value == ZERO
     assert st.registry_snapshot_shares() == set()
+
+
+def test_expose_failing_on_the_second_share_unexposes_the_first(clean_stack: Stack,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """All or nothing: data0's share is exposed, then data1's registry write is refused
+    (a foreign registry share already has its name); data0's share is taken back, the
+    foreign share is left alone, the set is Committed again."""
+    st = clean_stack
+    with st.client() as c:
+        sid = _started(c, ["data0", "data1"])
+        assert c.commit(sid).return_value == ZERO
+        copies = read_journal(st.agent.workdir / "state").copies
+        cid1 = next(cid for cid, path in copies.items() if "/data1/" in path)
+        foreign = f"data1@{{{cid1}}}"
+        st.samba.net("conf", "addshare", foreign, str(tmp_path))
+        try:
+            r = c.expose(sid)
+            assert r.return_value == HResult.E_FAIL, hex(r.return_value)
+            assert st.registry_snapshot_shares() == {foreign}  # data0's was taken back
+            j = read_journal(st.agent.workdir / "state")
+            assert j.sets == {str(sid): "Committed"} and j.exposed == set() and j.intents == []
+            assert "a share of that name exists" in st.agent.log.read_text()
+        finally:
+            st.samba.net("conf", "delshare", foreign)
+        assert c.expose(sid).return_value == ZERO
+        assert len(st.registry_snapshot_shares()) == 2
+        st.check()
+        assert c.abort(sid).return_value == ZERO
