@@ -130,6 +130,7 @@ def run_one(name: str, data: bytes) -> float:
 
 def seeds() -> dict[str, list[bytes]]:
     """Valid inputs for each target, the starting corpus of the soak."""
+    from tests.support.fsrvp_samples import sample_requests
     from tests.support.npa_build import NpaSpec, build_request
 
     npa_seeds = [
@@ -140,21 +141,7 @@ def seeds() -> dict[str, list[bytes]]:
         build_request(NpaSpec(level=7, remote_client_addr="::1", local_server_addr="::1")),
     ]
     u, v = uuid.UUID(int=0x1111), uuid.UUID(int=0x2222)
-    reqs: list[calls.Request] = [
-        calls.GetSupportedVersionRequest(),
-        calls.SetContextRequest(0x10),
-        calls.StartShadowCopySetRequest(u),
-        calls.AddToShadowCopySetRequest(v, u, "\\\\testfs\\share0\\"),
-        calls.CommitShadowCopySetRequest(u, 60_000),
-        calls.ExposeShadowCopySetRequest(u, 60_000),
-        calls.RecoveryCompleteShadowCopySetRequest(u),
-        calls.AbortShadowCopySetRequest(u),
-        calls.IsPathSupportedRequest("\\\\testfs\\share0"),
-        calls.IsPathShadowCopiedRequest("\\\\testfs\\share0"),
-        calls.GetShareMappingRequest(v, u, "\\\\testfs\\share0", 1),
-        calls.DeleteShareMappingRequest(u, v, "\\\\testfs\\share0"),
-        calls.PrepareShadowCopySetRequest(u, 1000),
-    ]
+    reqs = sample_requests(u, v)
     resps: list[calls.Response] = [
         calls.GetSupportedVersionResponse(1, 1, 0),
         calls.SetContextResponse(0),

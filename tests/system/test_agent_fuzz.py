@@ -16,6 +16,7 @@ from impacket.dcerpc.v5.rpcrt import DCERPCException, rpc_status_codes
 from remotevss.dcerpc import pdu
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID, HResult
+from tests.support.fsrvp_samples import sample_requests
 from tests.system.agent_harness import AgentProcess
 from tests.system.test_agent import btrfs, full_sequence, make_agent  # noqa: F401
 
@@ -23,21 +24,7 @@ pytestmark = pytest.mark.root
 
 U = uuid.UUID("11111111-2222-3333-4444-555555555555")
 V = uuid.UUID("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
-SEEDS = [
-    calls.GetSupportedVersionRequest(),
-    calls.SetContextRequest(0x10),
-    calls.StartShadowCopySetRequest(U),
-    calls.AddToShadowCopySetRequest(V, U, "\\\\testfs\\share0\\"),
-    calls.CommitShadowCopySetRequest(U, 60_000),
-    calls.ExposeShadowCopySetRequest(U, 60_000),
-    calls.RecoveryCompleteShadowCopySetRequest(U),
-    calls.AbortShadowCopySetRequest(U),
-    calls.IsPathSupportedRequest("\\\\testfs\\share0"),
-    calls.IsPathShadowCopiedRequest("\\\\testfs\\share0"),
-    calls.GetShareMappingRequest(V, U, "\\\\testfs\\share0", 1),
-    calls.DeleteShareMappingRequest(U, V, "\\\\testfs\\share0"),
-    calls.PrepareShadowCopySetRequest(U, 1000),
-]
+SEEDS = sample_requests(U, V)
 # impacket reports a fault PDU by the status's name
 ALLOWED_FAULTS = {rpc_status_codes[pdu.NCA_S_FAULT_NDR], rpc_status_codes[pdu.NCA_S_OP_RNG_ERROR]}
 
