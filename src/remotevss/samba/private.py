@@ -334,14 +334,7 @@ class PrivateAgent:
         """SIGTERM (a graceful stop), SIGKILL after 30 s; the exit status."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
+        rc = stop_process(self.proc)
         self.proc = None
         return rc
 
@@ -368,3 +361,15 @@ def _merged(lines: list[str], overrides: dict[str, str]) -> list[str]:
         else:
             out.append(line)
     return out + [f"{k} = {v}" for k, v in keys.values()]
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM (a graceful stop), SIGKILL after ``timeout``; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
