@@ -230,7 +230,7 @@ def test_fuzz_engine() -> None:
 
     elapsed = time.perf_counter() - started
     print(f"fuzz: {CASES} cases in {elapsed:.2f} s, worst {worst * 1e3:.2f} ms, {stats}")
-    assert elapsed < 60 and worst < 0.5
+    assert elapsed < 120 and worst < 2.0  # hang guards, not speed tests (CI may be loaded)
     # Every outcome class is exercised, and the liveness check ran often.
     assert all(stats[k] > 50 for k in ("closed", "queued", "requests", "partial", "silent"))
     assert stats["checked"] > CASES // 20

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -366,10 +367,14 @@ def test_huge_counts_fail_fast() -> None:
     # A count of 2**32-1 SIDs or groups must be refused before anything is built.
     blob = build_request(NpaSpec(sids=["S-1-1-0"]))
     off = blob.index(bytes.fromhex("010000000100000001010000000000010000000000"))
-    start = time.perf_counter()
-    with pytest.raises(NpaError):
-        decode_request(_patched(blob, off, b"\xff\xff\xff\xff\xff\xff\xff\xff"))
-    assert time.perf_counter() - start < 0.01
+    tracemalloc.start()
+    try:
+        with pytest.raises(NpaError):
+            decode_request(_patched(blob, off, b"\xff\xff\xff\xff\xff\xff\xff\xff"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024  # nothing sized by the count was allocated
 
 
 def test_request_length_prefix() -> None:
@@ -420,7 +425,8 @@ def test_mutations_decode_or_raise_npa_error(
     start = time.perf_counter()
     with contextlib.suppress(NpaError):
         assert isinstance(decode_request(data), NpaInfo)
-    assert time.perf_counter() - start < 0.05
+    # a hang guard, not a speed test (a decode takes microseconds)
+    assert time.perf_counter() - start < 2.0
 
 
 @given(st.binary(max_size=512))
