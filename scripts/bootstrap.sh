@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-btrfsutil btrfs-progs xfsprogs util-linux
-              samba samba-testsuite smbclient restic borgbackup strace procps)
+              samba samba-testsuite winbind smbclient restic borgbackup strace procps)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -77,15 +77,18 @@ def agent_behind_samba(
     shares: dict[str, Path],
     *,
     share_options: dict[str, dict[str, str]] | None = None,
+    winbind: bool = False,
     **agent: object,
 ) -> Iterator[tuple[PrivateSamba, PrivateAgent]]:
     """A private smbd without rpcd_fsrvp (recipe B) and ``remotevss agent`` on its pipe.
 
-    ``agent`` keywords go to PrivateAgent (mode, sequence_timeout, snapshot_names).
+    ``agent`` keywords go to PrivateAgent (mode, sequence_timeout, snapshot_names,
+    min_level); ``winbind`` also runs winbindd, which RPC authentication needs.
     """
     samba = PrivateSamba(
-        work / "samba", shares, samba_fsrvp=False, share_options=share_options or {}
-    )
+        work / "samba", shares, samba_fsrvp=False, share_options=share_options or {},
+        winbind=winbind,
+    )  # fmt: skip
     proc = PrivateAgent(work / "agent", samba, **agent)  # type: ignore[arg-type]
     try:
         samba.start()

@@ -335,6 +335,15 @@ def test_security_hook_sees_and_answers_the_verifier() -> None:
     class Accepting:
         auth_level = pdu.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY
         seen: list[AuthVerifier | None] = []
+        overhead = 0
+        pending = True
+        identity = None
+
+        def protect(self, fragment: bytes) -> bytes:
+            return fragment
+
+        def close(self) -> None:
+            pass
 
         def bind(self, v: AuthVerifier | None) -> AuthVerifier | None:
             self.seen.append(v)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from remotevss.agent.config import AgentConfig, group_id
+from remotevss.agent.config import RPC_AUTH_LEVELS, AgentConfig, group_id
 
 SID_ADMINISTRATORS = "S-1-5-32-544"
 SID_BACKUP_OPERATORS = "S-1-5-32-551"
@@ -32,6 +32,8 @@ class Caller:
     privileges: int = 0
     name: str = ""
     transport: str = ""
+    auth_level: int = 1  # DCE/RPC level the connection's calls run at (1 = none)
+    rpc_user: str = ""  # DOMAIN\\account authenticated at the RPC level, if any
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,26 @@ class Policy:
         default_factory=lambda: frozenset({SID_ADMINISTRATORS, SID_BACKUP_OPERATORS})
     )
     samba_gids: frozenset[int] = frozenset()  # callers behind Samba ([samba] allowed_groups)
+    min_auth_level: int = 1  # behind Samba: calls below it are denied (MS-FSRVP 3.1.4)
+    allow_identity_mismatch: bool = False
+
+    def refusal(self, caller: Caller) -> str | None:
+        """Why a Samba caller's RPC authentication does not admit it (None: it does)."""
+        if caller.transport != "samba":
+            return None  # the local socket's caller is vouched for by the kernel
+        if caller.auth_level < self.min_auth_level:
+            return f"auth level {caller.auth_level} below the required {self.min_auth_level}"
+        if (
+            caller.rpc_user
+            and caller.rpc_user.casefold() != caller.name.casefold()
+            and not self.allow_identity_mismatch
+        ):
+            return f"RPC user {caller.rpc_user} is not the SMB user {caller.name}"
+        return None
 
     def permits(self, caller: Caller) -> bool:
+        if self.refusal(caller) is not None:
+            return False
         gids = self.samba_gids if caller.transport == "samba" else self.allowed_gids
         return (
             caller.uid == 0
@@ -61,4 +81,6 @@ def policy_for(config: AgentConfig) -> Policy:
             {SID_ADMINISTRATORS, SID_BACKUP_OPERATORS, *config.samba.allowed_sids}
         ),
         samba_gids=frozenset(group_id(g) for g in config.samba.allowed_groups),
+        min_auth_level=RPC_AUTH_LEVELS[config.rpc_auth.min_level],
+        allow_identity_mismatch=config.rpc_auth.identity_mismatch == "allow",
     )

@@ -84,6 +84,24 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RpcAuthConfig:
+    """DCE/RPC authentication on the Samba pipe (docs/security.md)."""
+
+    #: Lowest auth level a call may run at: "integrity" (MS-FSRVP 3.1.4), "privacy",
+    #: or "none" (compatibility: rpcclient/smbtorture without sign/seal).
+    min_level: str = "integrity"
+    ntlm_auth: tuple[str, ...] = ("ntlm_auth",)  # Samba's helper (argv prefix)
+    helpers: int = 4  # idle ntlm_auth processes kept for the next binds
+    timeout: float = 10.0  # per helper answer (a domain member waits for its DC)
+    #: The RPC identity must be the SMB session's user ("refuse"), or a mismatch is
+    #: logged and the SMB session's token authorizes ("allow").
+    identity_mismatch: str = "refuse"
+
+
+RPC_AUTH_LEVELS = {"none": 1, "integrity": 5, "privacy": 6}
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     socket_path: str = "/run/remotevss/agent.sock"
     socket_group: str = "root"
@@ -106,6 +124,7 @@ class AgentConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    rpc_auth: RpcAuthConfig = field(default_factory=RpcAuthConfig)
 
     @property
     def journal_path(self) -> Path:
@@ -173,7 +192,7 @@ def load_config(path: str | Path | None, **overrides: Any) -> AgentConfig:
     return _validated(kwargs)
 
 
-_OPS_SECTIONS = ("gc", "storage", "log", "metrics")
+_OPS_SECTIONS = ("gc", "storage", "log", "metrics", "rpc_auth")
 
 
 def _seconds(section: str, key: str, value: Any) -> float:
@@ -231,7 +250,29 @@ def _ops_sections(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(mt.get("address", ""), str):
         raise ConfigError("[metrics] address must be a string")
     out["metrics"] = MetricsConfig(**mt)
+    out["rpc_auth"] = _rpc_auth(data.get("rpc_auth", {}))
     return out
+
+
+def _rpc_auth(table: Any) -> RpcAuthConfig:
+    ra = _keys("rpc_auth", table, {f.name for f in fields(RpcAuthConfig)})
+    if ra.get("min_level", "integrity") not in RPC_AUTH_LEVELS:
+        raise ConfigError(f"[rpc_auth] min_level must be one of {', '.join(RPC_AUTH_LEVELS)}")
+    if ra.get("identity_mismatch", "refuse") not in ("refuse", "allow"):
+        raise ConfigError('[rpc_auth] identity_mismatch must be "refuse" or "allow"')
+    if "ntlm_auth" in ra:
+        argv = ra["ntlm_auth"]
+        if isinstance(argv, str):
+            argv = [argv]
+        if not argv or not all(isinstance(a, str) and a for a in argv):
+            raise ConfigError("[rpc_auth] ntlm_auth must be a program or a list of arguments")
+        ra["ntlm_auth"] = tuple(argv)
+    helpers = ra.get("helpers", 4)
+    if isinstance(helpers, bool) or not isinstance(helpers, int) or not 1 <= helpers <= 64:
+        raise ConfigError("[rpc_auth] helpers must be a number from 1 to 64")
+    if "timeout" in ra:
+        ra["timeout"] = _seconds("rpc_auth", "timeout", ra["timeout"])
+    return RpcAuthConfig(**ra)
 
 
 _SAMBA_LISTS = ("allowed_sids", "allowed_groups")

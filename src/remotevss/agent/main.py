@@ -13,6 +13,7 @@ from pathlib import Path
 from remotevss.agent.authz import policy_for
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.ops import Operations
+from remotevss.agent.rpc_security import RpcAuthenticator
 from remotevss.agent.service import AgentService
 from remotevss.agent.transports.samba_pipe import PipeListener
 from remotevss.agent.transports.unix import serve_unix
@@ -44,9 +45,11 @@ async def run_agent(
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
     server = await serve_unix(service, config.socket_path, config.socket_group)
     pipe: PipeListener | None = None
+    auth: RpcAuthenticator | None = None
     if config.samba.config_file:
         pipe_dir = config.samba.pipe_dir or default_pipe_dir(config.samba.config_file)
-        pipe = PipeListener(service, Path(pipe_dir))
+        auth = RpcAuthenticator(config)
+        pipe = PipeListener(service, Path(pipe_dir), security=auth.security)
         await pipe.start()
         if risk := takeover_risk(config.samba.config_file):
             log.warning("%s; see docs/samba.md (recipe B or C)", risk)
@@ -67,6 +70,8 @@ async def run_agent(
     log.info("stopping")
     if pipe is not None:
         await pipe.close()
+    if auth is not None:
+        auth.close()
     server.close()
     await server.wait_closed()
     await ops.stop()

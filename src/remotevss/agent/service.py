@@ -270,6 +270,10 @@ class AgentService:
             raise CallFault(pdu.NCA_S_FAULT_NDR) from exc
         started = time.perf_counter()
         if not self.policy.permits(caller):
+            log.info(
+                "%s denied to %s from %s: %s", Opnum(opnum).name, caller.name or caller.uid,
+                caller.address, self.policy.refusal(caller) or "not an allowed principal",
+            )  # fmt: skip
             response = calls.error_response(opnum, HResult.E_ACCESSDENIED)
         else:
             async with self._lock:

@@ -206,13 +206,29 @@ class Security(Protocol):
 
     Each method raises :class:`AuthError` to refuse.  ``bind``/``alter_context``
     return the verifier for the bind_ack/alter_context_resp (None for none).
-    ``request`` checks one request fragment and returns its stub (unsealed).
-    Signing/sealing responses will add a step in ``ServerConnection.respond``
-    with the first provider that needs it.
+    ``request`` checks one request fragment and returns its stub (unsealed);
+    ``protect`` signs or seals one response fragment, which ``overhead`` bytes
+    of padding, sec_trailer and signature may grow.  ``pending`` tells the
+    transport that the next PDU may need a credential check (slow, off-loop).
     """
 
     @property
     def auth_level(self) -> int: ...
+
+    @property
+    def overhead(self) -> int: ...
+
+    @property
+    def pending(self) -> bool: ...
+
+    @property
+    def identity(self) -> tuple[str, str] | None:
+        """(domain, account) authenticated at the RPC level, if any."""
+        ...
+
+    def protect(self, fragment: bytes) -> bytes: ...
+
+    def close(self) -> None: ...
 
     def bind(self, verifier: AuthVerifier | None) -> AuthVerifier | None: ...
 
@@ -229,6 +245,15 @@ class NoSecurity:
     """RPC_C_AUTHN_LEVEL_NONE: refuses every verifier (the transport vouches for the caller)."""
 
     auth_level = pdu.RPC_C_AUTHN_LEVEL_NONE
+    overhead = 0
+    pending = False
+    identity = None
+
+    def protect(self, fragment: bytes) -> bytes:
+        return fragment
+
+    def close(self) -> None:
+        pass
 
     def bind(self, verifier: AuthVerifier | None) -> AuthVerifier | None:
         if verifier is not None:
@@ -345,6 +370,10 @@ class ServerConnection:
         """Bytes of an incomplete PDU waiting for more input."""
         return len(self._buf)
 
+    @property
+    def security(self) -> Security:
+        return self._security
+
     def close(self, reason: str = "closed by the application") -> None:
         """Stop processing input and release the association group (queued PDUs stay)."""
         if not self._closed:
@@ -399,11 +428,12 @@ class ServerConnection:
         """Queue the response to ``request``, fragmented to the negotiated size."""
         if self._closed or self._silenced(request.call_id):
             return
-        self._out.extend(
-            pdu.fragment_response(
-                request.call_id, request.context_id, stub, self._xmit, minor=self._minor
-            )
-        )
+        sec = self._security
+        frags = pdu.fragment_response(
+            request.call_id, request.context_id, stub, self._xmit,
+            minor=self._minor, reserve=sec.overhead,
+        )  # fmt: skip
+        self._out.extend(map(sec.protect, frags) if sec.overhead else frags)
 
     def fault(self, request: Request, status: int, *, did_not_execute: bool | None = None) -> None:
         """Queue a fault for ``request``; did-not-execute defaults from the status."""
@@ -603,10 +633,14 @@ class ServerConnection:
             auth = pdu.parse_control(raw, hdr).auth
         except PduError as exc:
             return self._protocol_error(hdr.call_id, f"bad auth3: {exc}")
+        negotiating = self._security.pending
         try:
             self._security.auth3(auth)
         except AuthError as exc:
-            self._fatal_fault(hdr.call_id, 0, exc.status, f"auth3 refused: {exc}")
+            if not negotiating:  # no authentication under way: a protocol violation
+                self._fatal_fault(hdr.call_id, 0, exc.status, f"auth3 refused: {exc}")
+            # else auth3 has no reply (MS-RPCE 3.3.1.5.2.1): as in Samba, the failure
+            # surfaces as an access-denied fault on the next request.
 
     # --------------------------------------------------------- requests
 

@@ -650,16 +650,23 @@ def encode_response(
 
 
 def fragment_response(
-    call_id: int, context_id: int, stub: bytes, max_frag: int, *, minor: int = RPC_VERS_MINOR
+    call_id: int,
+    context_id: int,
+    stub: bytes,
+    max_frag: int,
+    *,
+    minor: int = RPC_VERS_MINOR,
+    reserve: int = 0,
 ) -> list[bytes]:
     """Response fragments of at most ``max_frag`` bytes.
 
     Stub bytes per fragment are a multiple of 16 so that sign/seal padding will
-    not change the split later; alloc_hint is the stub left from this fragment
-    on (the first carries the total), as Windows and Samba send it.
+    not change the split; ``reserve`` leaves room for that padding, the
+    sec_trailer and the signature.  alloc_hint is the stub left from this
+    fragment on (the first carries the total), as Windows and Samba send it.
     """
     total = len(stub)
-    room = (max_frag - RESPONSE_HEADER_LEN) & ~15
+    room = (max_frag - RESPONSE_HEADER_LEN - reserve) & ~15
     if total <= room:
         return [
             _W_RESP.pack(

@@ -15,6 +15,7 @@ an explicit helper list without it and ``rpc start on demand helpers = no``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -57,6 +58,8 @@ class PrivateSamba:
     extra_lines: list[str] = field(default_factory=list)
     #: The SMB password of root (the only account).
     password: str = PASSWORD
+    #: Also run winbindd (socket in ``<root>/winbindd``): RPC authentication needs it.
+    winbind: bool = False
 
     @property
     def conf(self) -> Path:
@@ -66,6 +69,19 @@ class PrivateSamba:
     def pipe_dir(self) -> Path:
         """Where smbd looks for pipe sockets (``<ncalrpc dir>/np``)."""
         return self.root / "ncalrpc" / "np"
+
+    @property
+    def winbind_dir(self) -> Path:
+        return self.root / "winbindd"
+
+    @property
+    def ntlm_auth_argv(self) -> list[str]:
+        """``ntlm_auth`` reaching this Samba's winbindd (see :mod:`remotevss.samba.wbns`);
+        the caller appends the helper protocol and ``--configfile``."""
+        return [
+            "unshare", "--mount", "--propagation", "private", "--",
+            sys.executable, "-m", "remotevss.samba.wbns", str(self.winbind_dir), "ntlm_auth",
+        ]  # fmt: skip
 
     def write_config(self) -> None:
         for d in ("etc", "lock", "state", "cache", "pid", "priv", "ncalrpc", "log"):
@@ -100,6 +116,9 @@ class PrivateSamba:
         ]
         if self.sequence_timeout is not None:
             lines.append(f"fss: sequence timeout = {self.sequence_timeout}")
+        if self.winbind:
+            self.winbind_dir.mkdir(mode=0o755, exist_ok=True)
+            lines.append(f"winbindd socket directory = {self.winbind_dir}")
         lines = _merged(lines, self.extra_global)
         for name, path in self.shares.items():
             share = [
@@ -149,6 +168,16 @@ class PrivateSamba:
                 )
             )
             self._wait(self._port_open, "smbd")
+            if self.winbind:
+                self.procs.append(
+                    subprocess.Popen(
+                        ["winbindd", "-F", "--no-process-group", "-s", str(self.conf)],
+                        stdout=log,
+                        stderr=log,
+                        start_new_session=True,
+                    )
+                )
+                self._wait((self.winbind_dir / "pipe").exists, "winbindd")
         except BaseException:
             self.stop()
             raise
@@ -264,6 +293,11 @@ class PrivateAgent:
     sequence_timeout: float | None = None
     snapshot_names: str = "unique"
     verbose: int = 2
+    #: ``[rpc_auth] min_level``.  "none" (the compatibility switch) by default here:
+    #: most tests and benchmarks drive the agent with rpcclient/smbtorture/impacket
+    #: binds without auth; the RPC-auth tests set "integrity" (the agent's default).
+    min_level: str = "none"
+    identity_mismatch: str = "refuse"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -299,6 +333,13 @@ class PrivateAgent:
         if self.sequence_timeout is not None:
             lines.append(f"sequence_timeout = {self.sequence_timeout}")
         lines += ["[samba]", f'config_file = "{self.samba.conf}"']
+        lines += [
+            "[rpc_auth]",
+            f'min_level = "{self.min_level}"',
+            f'identity_mismatch = "{self.identity_mismatch}"',
+        ]
+        if self.samba.winbind:
+            lines.append(f"ntlm_auth = {json.dumps(self.samba.ntlm_auth_argv)}")
         self.config.write_text("\n".join(lines) + "\n")
 
     @property

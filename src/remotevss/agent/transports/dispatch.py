@@ -13,12 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from remotevss.agent.authz import Caller
 from remotevss.agent.service import AgentService, CallFault
 from remotevss.dcerpc import pdu
-from remotevss.dcerpc.connection import AssocGroupAllocator, Interface, ServerConnection
+from remotevss.dcerpc.connection import (
+    AssocGroupAllocator,
+    Interface,
+    Security,
+    ServerConnection,
+)
 from remotevss.fsrvp.constants import INTERFACE_UUID, INTERFACE_VERSION
 
 log = logging.getLogger("remotevss.agent.conn")
@@ -66,14 +73,32 @@ class StreamLink:
             await self.writer.wait_closed()
 
 
-async def serve_connection(service: AgentService, caller: Caller, link: Link) -> None:
-    conn = ServerConnection([FSRVP_INTERFACE], assoc_groups=ASSOC_GROUPS)
+async def serve_connection(
+    service: AgentService,
+    caller: Caller,
+    link: Link,
+    security: Callable[[], Security] | None = None,
+) -> None:
+    """Serve one connection.  With ``security``, binds may authenticate (NTLM, SPNEGO);
+    the caller then carries the RPC auth level and user the policy checks."""
+    conn = ServerConnection(
+        [FSRVP_INTERFACE],
+        assoc_groups=ASSOC_GROUPS,
+        security=security() if security is not None else None,
+    )
+    sec = conn.security
     try:
         while not conn.closed:
             data = await link.read()
             if not data:
                 break
-            for request in conn.receive_data(data):
+            if sec.pending:  # a bind or auth leg may wait for the credential helper
+                requests = await asyncio.to_thread(conn.receive_data, data)
+            else:
+                requests = conn.receive_data(data)
+            if sec.auth_level != caller.auth_level:
+                caller = _authenticated(service, caller, sec)
+            for request in requests:
                 try:
                     conn.respond(request, await service.call(caller, request.opnum, request.stub))
                 except CallFault as fault:
@@ -84,7 +109,22 @@ async def serve_connection(service: AgentService, caller: Caller, link: Link) ->
             for p in conn.pdus_to_send():
                 link.write_pdu(p)
             await link.drain()
+        if conn.close_reason:
+            log.info("connection from %s closed: %s", caller.address, conn.close_reason)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
+        sec.close()
         await link.close()
+
+
+def _authenticated(service: AgentService, caller: Caller, sec: Security) -> Caller:
+    identity = sec.identity
+    user = f"{identity[0]}\\{identity[1]}" if identity else ""
+    caller = replace(caller, auth_level=sec.auth_level, rpc_user=user)
+    refusal = service.policy.refusal(caller)
+    log.info(
+        "RPC auth from %s: %s at level %d%s",
+        caller.address, user or "-", sec.auth_level, f"; refused: {refusal}" if refusal else "",
+    )  # fmt: skip
+    return caller

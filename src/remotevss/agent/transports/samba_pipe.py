@@ -24,11 +24,13 @@ import socket
 import stat
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from remotevss.agent.authz import Caller
 from remotevss.agent.service import AgentService
 from remotevss.agent.transports.dispatch import serve_connection
+from remotevss.dcerpc.connection import Security
 from remotevss.samba import npa
 from remotevss.samba.pipedir import PIPE_NAME, PipeDirError, ensure_pipe_dir
 
@@ -114,8 +116,10 @@ class PipeListener:
         *,
         check_interval: float = CHECK_INTERVAL,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        security: Callable[[], Security] | None = None,
     ) -> None:
         self.service = service
+        self.security = security
         self.path = Path(pipe_dir) / PIPE_NAME
         self.check_interval = check_interval
         self.handshake_timeout = handshake_timeout
@@ -250,7 +254,7 @@ class PipeListener:
                 caller = caller_from_npa(info)
                 log.debug("pipe opened by %s from %s (smbd pid %d, NPA level %d)",
                           caller.name, caller.address, pid, info.level)
-                await serve_connection(self.service, caller, link)
+                await serve_connection(self.service, caller, link, self.security)
         except (ConnectionError, OSError) as exc:
             log.debug("pipe connection ended: %s", exc)
             await link.close()

@@ -1,0 +1,203 @@
+r"""DCE/RPC authentication through smbd against our agent, with clients we did not write.
+
+A private smbd without rpcd_fsrvp, winbindd (so Samba's ``ntlm_auth`` can check
+NTLM against the private passdb) and ``remotevss agent`` in its default policy:
+``[rpc_auth] min_level = "integrity"`` (MS-FSRVP 3.1.4).  Clients:
+
+* rpcclient with ``[sign]``/``[seal]``, NTLMSSP and SPNEGO: the whole
+  fss_create_expose + fss_delete;
+* impacket binding NTLM at integrity and privacy, every request carrying the
+  verification trailer Windows sends: the spec's whole sequence;
+* unauthenticated binds (rpcclient's default): E_ACCESSDENIED, nothing changes;
+* a wrong RPC password on a good SMB session: access denied, the agent serves on;
+* an RPC user other than the SMB user: E_ACCESSDENIED (identity_mismatch = refuse).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from remotevss.client.rpc import FsrvpCalls
+from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID, HResult
+from remotevss.samba.private import PASSWORD, PrivateAgent, PrivateSamba
+from tests.hardening.harness import add_smb_user, delete_all, remove_smb_user, sequence
+from tests.support.samba_agent import agent_behind_samba, journal_mappings, leftovers
+from tests.support.vtrailer import verification_trailer
+
+TOOLS = ("smbd", "winbindd", "ntlm_auth", "rpcclient", "smbpasswd", "net", "unshare")
+_missing = [t for t in TOOLS if shutil.which(t) is None]
+_missing += [] if Path("/usr/libexec/samba/samba-dcerpcd").exists() else ["samba-dcerpcd"]
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, winbindd, mount namespace)"),
+    pytest.mark.skipif(bool(_missing), reason=f"missing Samba/system tools: {_missing}"),
+]
+
+SHARES = ("data0", "data1")
+OTHER = f"rvrpc{os.getpid() % 100000}"
+OTHER_PW = "Other-Passw0rd-1"
+INTEGRITY, PRIVACY = 5, 6
+
+
+@dataclass
+class Stack:
+    samba: PrivateSamba
+    agent: PrivateAgent
+    shares: dict[str, Path]
+
+    def rpcclient(self, binding: str, command: str, user: str = "ANCHORFS\\root") -> tuple[int, str]:
+        import subprocess
+
+        r = subprocess.run(
+            ["rpcclient", "-s", str(self.samba.conf), "-p", str(self.samba.port),
+             "-U", f"{user}%{PASSWORD}", binding, "-c", command],
+            capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        return r.returncode, r.stdout + r.stderr
+
+    def clean(self) -> None:
+        assert journal_mappings(self.agent) == [] and leftovers(self.samba) == []
+
+    def log_since(self, offset: int) -> str:
+        return self.agent.log.read_bytes()[offset:].decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    import btrfsutil
+
+    from remotevss.loopfs import loop_filesystem
+
+    work = tmp_path_factory.mktemp("rpcauth")
+    with loop_filesystem("btrfs", 512, work) as mnt:
+        shares = {}
+        for name in SHARES:
+            btrfsutil.create_subvolume(str(mnt / name))
+            (mnt / name / "file.txt").write_text(f"{name} content\n")
+            shares[name] = mnt / name
+        with agent_behind_samba(work, shares, winbind=True, min_level="integrity") as (s, a):
+            add_smb_user(s.conf, OTHER, OTHER_PW)
+            try:
+                yield Stack(s, a, shares)
+            finally:
+                remove_smb_user(s.conf, OTHER)
+
+
+class AuthFsrvp(FsrvpCalls):
+    """impacket: an SMB session as one user, the FSRVP bind authenticated (NTLM) as another
+    or the same, each request stub followed by Windows' verification trailer."""
+
+    def __init__(self, port: int, level: int, *, smb: tuple[str, str] = ("root", PASSWORD),
+                 rpc: tuple[str, str] = ("root", PASSWORD), domain: str = "ANCHORFS",
+                 trailer: bool = True) -> None:  # fmt: skip
+        from impacket.dcerpc.v5 import rpcrt, transport
+        from impacket.smbconnection import SMBConnection
+        from impacket.uuid import uuidtup_to_bin
+
+        self.smb = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=port, timeout=60)
+        self.smb.login(*smb)
+        t = transport.SMBTransport("127.0.0.1", port, filename=r"\FssagentRpc", smb_connection=self.smb)
+        self._dce = t.get_dce_rpc()
+        self._dce.set_credentials(rpc[0], rpc[1], domain)
+        self._dce.set_auth_type(rpcrt.RPC_C_AUTHN_WINNT)
+        self._dce.set_auth_level(level)
+        self._dce.connect()
+        self._dce.bind(uuidtup_to_bin((str(INTERFACE_UUID), "1.0")))
+        self.trailer = trailer
+
+    def _exchange(self, opnum: int, stub: bytes) -> bytes:
+        if self.trailer:
+            call_id = self._dce._DCERPC_v5__callid  # the id impacket gives this call
+            stub = verification_trailer(
+                stub, iface=INTERFACE_UUID, version=(1, 0), call_id=call_id, context_id=0,
+                opnum=opnum,
+            )
+        return super()._exchange(opnum, stub)
+
+    def close(self) -> None:
+        self._dce.disconnect()
+        self.smb.close()
+
+    def __enter__(self) -> AuthFsrvp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def test_unauthenticated_calls_are_denied_by_default(stack: Stack) -> None:
+    offset = stack.agent.log.stat().st_size
+    rc, out = stack.rpcclient("ncacn_np:127.0.0.1", "fss_create_expose backup ro data0")
+    assert rc != 0 or "failed" in out.lower(), out
+    assert re.search(r"(?i)access.?denied|0x80070005", out), out
+    assert "below the required 5" in stack.log_since(offset)
+    stack.clean()
+
+
+@pytest.mark.parametrize("flags", ["sign", "seal", "sign,spnego", "seal,spnego"])
+def test_rpcclient_sign_and_seal_run_the_sequence(stack: Stack, flags: str) -> None:
+    offset = stack.agent.log.stat().st_size
+    binding = f"ncacn_np:127.0.0.1[{flags}]"
+    rc, out = stack.rpcclient(binding, "fss_create_expose backup ro data0 data1")
+    assert rc == 0, out
+    exposed = re.findall(r"^([0-9a-f-]{36})\(([0-9a-f-]{36})\): share (\S+)@", out, re.M)
+    assert {share for _, _, share in exposed} == set(SHARES), out
+    for set_id, copy_id, share in exposed:
+        rc, out = stack.rpcclient(binding, f"fss_delete {share} {set_id} {copy_id}")
+        assert rc == 0, out
+    level = 6 if flags.startswith("seal") else 5
+    log = stack.log_since(offset)
+    assert f"RPC auth from 127.0.0.1: ANCHORFS\\root at level {level}" in log, log[-2000:]
+    assert "refused" not in log
+    stack.clean()
+
+
+@pytest.mark.parametrize("level", [INTEGRITY, PRIVACY])
+def test_impacket_ntlm_with_verification_trailer_runs_the_whole_sequence(stack: Stack,
+                                                                         level: int) -> None:  # fmt: skip
+    with AuthFsrvp(stack.samba.port, level) as c:
+        assert c.get_supported_version().return_value == 0
+        sid, copies = sequence(c, list(SHARES), CTX_BACKUP, host="127.0.0.1")
+        assert len(copies) == 2 and len(journal_mappings(stack.agent)) == 2
+        # a file read through the exposed snapshot share equals the point in time
+        delete_all(c, sid, copies)
+    stack.clean()
+
+
+def test_wrong_rpc_password_is_denied_and_the_agent_serves_on(stack: Stack) -> None:
+    from impacket.dcerpc.v5.rpcrt import DCERPCException
+
+    with (
+        pytest.raises(DCERPCException, match="access_denied"),
+        AuthFsrvp(stack.samba.port, PRIVACY, rpc=("root", "wrong-password")) as c,
+    ):
+        c.get_supported_version()
+    with AuthFsrvp(stack.samba.port, PRIVACY) as c:
+        assert c.get_supported_version().return_value == 0
+
+
+def test_other_domain_on_a_standalone_server_gets_a_clear_error(stack: Stack) -> None:
+    """winbindd checks only SERVER\\user against Samba's passdb (docs/security.md)."""
+    offset = stack.agent.log.stat().st_size
+    rc, out = stack.rpcclient("ncacn_np:127.0.0.1[seal]", "fss_get_sup_version", "REMOTEVSS\\root")
+    assert rc != 0 and "ACCESS_DENIED" in out, out
+    assert "a standalone server authenticates only SERVER\\user" in stack.log_since(offset)
+
+
+def test_rpc_identity_must_be_the_smb_user(stack: Stack) -> None:
+    offset = stack.agent.log.stat().st_size
+    with AuthFsrvp(stack.samba.port, PRIVACY, rpc=(OTHER, OTHER_PW)) as c:
+        assert c.set_context(CTX_BACKUP).return_value == HResult.E_ACCESSDENIED
+        assert c.start(uuid.uuid4()).return_value == HResult.E_ACCESSDENIED
+    assert f"RPC user ANCHORFS\\{OTHER} is not the SMB user ANCHORFS\\root" in stack.log_since(
+        offset
+    )
+    stack.clean()

@@ -1,0 +1,31 @@
+"""MS-RPCE 2.2.2.13 verification trailer, as Windows clients append it to request stubs.
+
+Windows sends it on authenticated calls (bitmask, presentation context,
+header2); a server must tolerate it after the NDR stub.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+SIGNATURE = bytes.fromhex("8ae3137102f43671")
+CMD_BITMASK_1, CMD_PCONTEXT, CMD_HEADER2, CMD_END = 0x0001, 0x0002, 0x0003, 0x4000
+NDR20 = uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860")
+
+
+def verification_trailer(
+    stub: bytes, *, iface: uuid.UUID, version: tuple[int, int], call_id: int, context_id: int,
+    opnum: int,
+) -> bytes:
+    """``stub`` padded to 4, then the trailer Windows sends (what Samba's ndrdump parses)."""
+    pcontext = (
+        iface.bytes_le + struct.pack("<HH", *version) + NDR20.bytes_le + struct.pack("<L", 2)
+    )
+    header2 = struct.pack("<B3x4sLHH", 0, b"\x10\0\0\0", call_id, context_id, opnum)
+    body = (
+        struct.pack("<HHL", CMD_BITMASK_1, 4, 1)  # client supports header signing
+        + struct.pack("<HH", CMD_PCONTEXT, len(pcontext)) + pcontext
+        + struct.pack("<HH", CMD_HEADER2 | CMD_END, len(header2)) + header2
+    )
+    return stub + bytes(-len(stub) % 4) + SIGNATURE + body
