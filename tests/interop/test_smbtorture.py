@@ -86,10 +86,14 @@ class Stack:
     share: Path
     client_conf: Path
 
-    def smbtorture(self, test: str) -> subprocess.CompletedProcess[str]:
+    def smbtorture(self, test: str, binding: str = "") -> subprocess.CompletedProcess[str]:
+        """``binding``: "" (no RPC auth), or "sign"/"seal"[",spnego"|",ntlm"]; the user
+        is named SERVER\\root so winbindd checks it against Samba's passdb."""
         return subprocess.run(
-            ["smbtorture", "-s", str(self.client_conf), "ncacn_np:127.0.0.1",
-             "-U", f"root%{self.samba.password}", f"--option=smb ports={self.samba.port}",
+            ["smbtorture", "-s", str(self.client_conf),
+             f"ncacn_np:127.0.0.1[{binding}]" if binding else "ncacn_np:127.0.0.1",
+             "-U", f"ANCHORFS\\root%{self.samba.password}",
+             f"--option=smb ports={self.samba.port}",
              "--option=fss:sequence timeout=1", test],
             capture_output=True, text=True, check=False, timeout=300,
         )  # fmt: skip
@@ -122,6 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             mode="samba",
             sequence_timeout=1,
             snapshot_names="gmt",
+            winbind=True,
         ) as (samba, agent):
             yield Stack(samba, agent, share, client_conf)
 
@@ -146,15 +151,25 @@ def test_smbtorture_rpc_fsrvp(clean: Stack, test: str) -> None:
     assert out.returncode == 0
 
 
-def test_smbtorture_whole_suite(clean: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("binding", ["", "sign", "seal", "seal,ntlm"])
+def test_smbtorture_whole_suite(clean: Stack, capsys: pytest.CaptureFixture[str],
+                                binding: str) -> None:  # fmt: skip
+    """The whole suite without RPC auth ([rpc_auth] min_level = "none" here), signed and
+    sealed (SPNEGO, smbtorture's default), and sealed with raw NTLMSSP."""
+    offset = clean.agent.log.stat().st_size
     t0 = time.monotonic()
-    out = clean.smbtorture("rpc.fsrvp")
+    out = clean.smbtorture("rpc.fsrvp", binding)
     took = time.monotonic() - t0
     results = _results(out.stdout)
     passed = sorted(t for t, r in results.items() if r == "success")
     with capsys.disabled():
-        print(f"\n[smbtorture] rpc.fsrvp against our agent: {len(passed)}/{len(TESTS)} "
-              f"passed in {took:.1f} s")  # fmt: skip
+        print(f"\n[smbtorture] rpc.fsrvp [{binding or 'no auth'}] against our agent: "
+              f"{len(passed)}/{len(TESTS)} passed in {took:.1f} s")  # fmt: skip
+    log = clean.agent.log.read_bytes()[offset:].decode(errors="replace")
+    if binding:  # every pipe the suite opened authenticated at the asked level
+        level = 6 if binding.startswith("seal") else 5
+        opened, authed = log.count("pipe opened by"), log.count(f"ANCHORFS\\root at level {level}")
+        assert opened >= 1 and authed == opened and "refused" not in log, (opened, authed)
     assert results == dict.fromkeys(TESTS, "success"), out.stdout + out.stderr
     assert out.returncode == 0
     # enum_created leaves its two shadow copies exposed, as against Samba; nothing else
