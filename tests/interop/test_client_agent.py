@@ -9,10 +9,13 @@ in any share's ``.snapshots``.
 
 What differs from Samba, and why (the tests check the server they run against):
 
-* DCE/RPC authentication: the agent refuses authenticated binds until issue 8
-  (NTLM/Kerberos), so the client runs with ``--auth-level none``
-  (``Server.cli_args``, ``Server.options``), and ``test_auth_levels`` and
-  ``test_cli_create_at_other_levels`` only run their ``none`` cases here.
+* DCE/RPC authentication: the client binds NTLM at packet privacy by default
+  and the agent runs its default policy (``min_level = "integrity"``), with
+  credentials checked by Samba's ntlm_auth through a private winbindd.  On a
+  standalone server winbindd knows only ``SERVER\\user``, so the client names
+  the domain (``-W ANCHORFS``, ``Server.creds``).  Privacy and integrity work
+  as against Samba; level ``none`` is refused with E_ACCESSDENIED here
+  (Samba's own server accepts it).
 * spec-mode codes: a share that does not exist is FSRVP_E_OBJECT_NOT_FOUND
   (Samba: E_INVALIDARG); IsPathShadowCopied is implemented (Samba answers
   NOT_SUPPORTED, "unknown").
@@ -36,6 +39,7 @@ from test_client_samba import (  # the suite itself, run against the fixtures be
     Server,
     _make_server,
     clean,
+    cli,
     state,
     test_call_timeout_when_the_server_hangs,
     test_every_command_end_to_end,
@@ -102,11 +106,18 @@ def own_server(btrfs: tuple[Path, Path]) -> Iterator[Server]:
     assert s.leftovers() == []
 
 
-def test_auth_level_none(clean: Server) -> None:
-    """test_auth_levels' ``none`` case; privacy and integrity wait for issue 8."""
-    _auth_levels(clean, "none", False)
+@pytest.mark.parametrize(("level", "sealed"), [("privacy", True), ("integrity", False)])
+def test_auth_levels_signed_and_sealed(clean: Server, level: str, sealed: bool) -> None:
+    """test_auth_levels' privacy and integrity cases, against our agent."""
+    _auth_levels(clean, level, sealed)
 
 
-def test_cli_create_at_level_none(clean: Server, state: Path) -> None:
-    """test_cli_create_at_other_levels' ``none`` case (integrity: issue 8)."""
-    _create_at_level(clean, state, "none")
+def test_cli_create_at_integrity(clean: Server, state: Path) -> None:
+    _create_at_level(clean, state, "integrity")
+
+
+def test_level_none_is_refused_by_the_default_policy(clean: Server, state: Path) -> None:
+    r = cli(clean, state, "--auth-level", "none", "--json", "create", clean.unc("share8"))
+    assert r.returncode != 0
+    assert "E_ACCESSDENIED" in r.stderr, r.stderr
+    assert clean.leftovers() == []

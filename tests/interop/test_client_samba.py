@@ -66,12 +66,15 @@ class Server:
 
     @property
     def cli_args(self) -> list[str]:
-        """Our agent refuses DCE/RPC authentication until issue 8 (docs/samba.md)."""
-        return ["--auth-level", "none"] if self.agent else []
+        """Our agent checks RPC credentials through winbindd, which on a standalone
+        server knows only SERVER\\user (docs/security.md): name the domain."""
+        return ["-W", "ANCHORFS"] if self.agent else []
+
+    @property
+    def creds(self) -> Credentials:
+        return Credentials("root", PASSWORD, domain="ANCHORFS") if self.agent else CREDS
 
     def options(self, **kw: object) -> ConnectOptions:
-        if self.agent:
-            kw.setdefault("auth_level", "none")
         return ConnectOptions(port=self.port, **kw)  # type: ignore[arg-type]
 
     def stop(self) -> None:
@@ -142,8 +145,12 @@ def _make_server(
         btrfsutil.create_subvolume(str(path))
         (path / "f.txt").write_text(f"{prefix}{i}: version 1\n")
         shares[f"{prefix}{i}"] = path
-    samba = PrivateSamba(work, shares, samba_fsrvp=fsrvp and not agent, sequence_timeout=60)
-    ours = PrivateAgent(work / "agent", samba, sequence_timeout=60) if agent else None
+    samba = PrivateSamba(
+        work, shares, samba_fsrvp=fsrvp and not agent, sequence_timeout=60, winbind=agent
+    )
+    # the agent's default RPC policy: calls below packet integrity are refused
+    ours = (PrivateAgent(work / "agent", samba, sequence_timeout=60, min_level="integrity")
+            if agent else None)  # fmt: skip
     server = Server(samba, shares, mnt, ours)
     samba.start()
     if ours:
@@ -360,7 +367,7 @@ def _tapped(conn: FsrvpConnection) -> list[bytes]:
 )
 def test_auth_levels(clean: Server, level: str, sealed: bool) -> None:
     opts = ConnectOptions(port=clean.port, auth_level=level)  # type: ignore[arg-type]
-    with FsrvpConnection("127.0.0.1", CREDS, opts) as conn:
+    with FsrvpConnection("127.0.0.1", clean.creds, opts) as conn:
         assert conn.negotiated_auth_level == level  # what Samba's bind_ack said
         assert conn.dialect == "3.1.1"
         seen = _tapped(conn)
@@ -501,7 +508,7 @@ def test_server_stopped_mid_sequence(own_server: Server, tmp_path: Path) -> None
     opts = srv.options(connect_timeout=5, call_timeout=10)
     st = ClientState(tmp_path / "api.sqlite3")
     names = list(srv.shares)
-    s = ShadowCopySet(None, CREDS, options=opts, state=st)
+    s = ShadowCopySet(None, srv.creds, options=opts, state=st)
     s.add(srv.unc(names[0]))
     srv.stop()
     with pytest.raises(errors.FsrvpCallError) as exc:
@@ -537,14 +544,14 @@ def test_server_stopped_mid_sequence(own_server: Server, tmp_path: Path) -> None
     # the stale API entry: the server no longer knows it
     r = cli(srv, state, "list")
     assert r.returncode == 0
-    ShadowCopySet.resume(rec, CREDS, opts, state=st).abort()
+    ShadowCopySet.resume(rec, srv.creds, opts, state=st).abort()
     assert st.sets() == []
 
 
 def test_call_timeout_when_the_server_hangs(own_server: Server) -> None:
     srv = own_server
     opts = srv.options(call_timeout=2, connect_timeout=5)
-    conn = FsrvpConnection("127.0.0.1", CREDS, opts)
+    conn = FsrvpConnection("127.0.0.1", srv.creds, opts)
     srv.signal_fsrvp(signal.SIGSTOP)
     try:
         t0 = time.monotonic()
@@ -559,7 +566,7 @@ def test_call_timeout_when_the_server_hangs(own_server: Server) -> None:
     with pytest.raises(errors.ConnectionLost):
         conn.get_supported_version()
     # the server recovers; a new binding works
-    with FsrvpConnection("127.0.0.1", CREDS, opts) as again:
+    with FsrvpConnection("127.0.0.1", srv.creds, opts) as again:
         assert again.get_supported_version().return_value == 0
 
 
@@ -567,7 +574,7 @@ def test_interrupted_create_cleans_up(own_server: Server, tmp_path: Path) -> Non
     """Ctrl-C in the middle: the set is aborted before the error propagates."""
     srv = own_server
     opts = srv.options()
-    s = ShadowCopySet(None, CREDS, options=opts)
+    s = ShadowCopySet(None, srv.creds, options=opts)
     name = next(iter(srv.shares))
 
     with pytest.raises(KeyboardInterrupt), s:
