@@ -8,8 +8,10 @@ Samba is touched, no disk is used but a sparse image file):
    127.0.0.1, samba-dcerpcd with its helpers but without rpcd_fsrvp
    (docs/samba.md, recipe B), private config, tdbs, sockets and logs;
 3. ``remotevss agent`` on that Samba's ``\\pipe\\FssagentRpc`` (spec mode,
-   shares from Samba's config, snapshot shares as registry shares);
-4. Samba's own client tools: ``rpcclient fss_create_expose`` takes and exposes
+   shares from Samba's config, snapshot shares as registry shares, RPC calls
+   only at packet integrity or privacy: a private winbindd checks NTLM);
+4. Samba's own client tools: an unauthenticated ``rpcclient`` is refused,
+   then a sealed ``rpcclient fss_create_expose`` takes and exposes
    the shadow copy, the live file changes, ``smbclient`` reads both the live
    share and the snapshot share ``data@{guid}`` (point-in-time content),
    ``rpcclient fss_delete`` deletes it and ``smbclient`` shows the share gone;
@@ -36,7 +38,8 @@ from remotevss.samba.private import SAMBA_DCERPCD, PrivateAgent, PrivateSamba
 
 SHARE = "data"
 FILE = "report.txt"
-TOOLS = ("smbd", "rpcclient", "smbclient", "smbpasswd", "net", "mkfs.btrfs", "findmnt")
+TOOLS = ("smbd", "winbindd", "ntlm_auth", "unshare", "rpcclient", "smbclient", "smbpasswd", "net",
+         "mkfs.btrfs", "findmnt")
 _CREATED = re.compile(r"([0-9a-f-]{36})\(([0-9a-f-]{36})\): share (\S+) exposed as a snapshot")
 
 
@@ -152,6 +155,7 @@ def _demo(tmp: Path, mnt: Path, loop_dev: str, watched: list[int], verbose: int)
         samba_fsrvp=False,
         netbios_name="DEMOFS",
         password=secrets.token_urlsafe(12),
+        winbind=True,  # RPC credentials are checked by Samba's ntlm_auth through winbindd
         share_options={  # snapshots as Windows "Previous Versions"
             SHARE: {
                 "vfs objects": "shadow_copy2",
@@ -160,7 +164,10 @@ def _demo(tmp: Path, mnt: Path, loop_dev: str, watched: list[int], verbose: int)
             }
         },
     )
-    agent = PrivateAgent(tmp / "agent", samba, snapshot_names="gmt", verbose=max(verbose, 1))
+    agent = PrivateAgent(
+        tmp / "agent", samba, snapshot_names="gmt", min_level="integrity",
+        verbose=max(verbose, 1),
+    )  # fmt: skip
     try:
         samba.start()
         watched.extend(p.pid for p in samba.procs)
@@ -173,6 +180,7 @@ def _demo(tmp: Path, mnt: Path, loop_dev: str, watched: list[int], verbose: int)
         assert agent.proc is not None
         watched.append(agent.proc.pid)
         say(f"* remotevss agent (spec mode) serving \\pipe\\FssagentRpc on {agent.pipe}")
+        say("      RPC calls must be signed or sealed (NTLM checked by Samba's winbindd)")
         say(f"      {' '.join(['remotevss', *agent.argv[3:]])}")
         rc = _sequence(samba, agent, share)
     except BaseException:
@@ -189,9 +197,15 @@ def _demo(tmp: Path, mnt: Path, loop_dev: str, watched: list[int], verbose: int)
 
 def _sequence(samba: PrivateSamba, agent: PrivateAgent, share: Path) -> int:
     cmd = f"fss_create_expose backup ro {SHARE}"
-    say(f"* rpcclient -c '{cmd}'")
+    say(f"* rpcclient 127.0.0.1 -c '{cmd}' (no RPC authentication)")
+    out = samba.rpcclient(cmd, check=False)
+    denied = re.search(r"(?i)access.?denied|0x80070005", out.stdout + out.stderr)
+    if not denied or list((share / ".snapshots").glob("*")):
+        raise DemoFailed("an unauthenticated call was not refused")
+    say("      refused: E_ACCESSDENIED, nothing created (MS-FSRVP wants integrity or privacy)")
+    say(f"* rpcclient ncacn_np:127.0.0.1[seal] -U {samba.netbios_name}\\root -c '{cmd}'")
     with _step("shadow copy taken and exposed"):
-        out = samba.rpcclient(cmd, check=False)
+        out = samba.rpcclient(cmd, check=False, auth="seal")
         _indented(out.stdout + out.stderr)
     m = _CREATED.search(out.stdout)
     if out.returncode != 0 or m is None:
@@ -214,9 +228,9 @@ def _sequence(samba: PrivateSamba, agent: PrivateAgent, share: Path) -> int:
     say(f"* previous versions of {FILE} (shadow_copy2): {', '.join(labels) or 'none'}")
 
     cmd = f"fss_delete {SHARE} {set_id} {copy_id}"
-    say(f"* rpcclient -c '{cmd}'")
+    say(f"* rpcclient ncacn_np:127.0.0.1[seal] -c '{cmd}'")
     with _step("shadow copy deleted"):
-        out = samba.rpcclient(cmd, check=False)
+        out = samba.rpcclient(cmd, check=False, auth="seal")
         _indented(out.stdout + out.stderr)
     if out.returncode != 0:
         raise DemoFailed("fss_delete failed")

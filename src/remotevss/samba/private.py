@@ -200,8 +200,12 @@ class PrivateSamba:
                 raise RuntimeError(f"{what} did not come up; see {self.root}/log")
             time.sleep(0.05)
 
-    def rpcclient(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """``rpcclient 127.0.0.1 -c COMMAND`` as root."""
+    def rpcclient(
+        self, command: str, check: bool = True, *, auth: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """``rpcclient 127.0.0.1 -c COMMAND`` as root; ``auth`` = "sign" or "seal" binds
+        with NTLM as ``<netbios name>\\root`` (what winbindd checks on a standalone server)."""
+        user = f"{self.netbios_name}\\root" if auth else "root"
         return subprocess.run(
             [
                 "rpcclient",
@@ -210,8 +214,8 @@ class PrivateSamba:
                 "-p",
                 str(self.port),
                 "-U",
-                f"root%{self.password}",
-                "127.0.0.1",
+                f"{user}%{self.password}",
+                f"ncacn_np:127.0.0.1[{auth}]" if auth else "127.0.0.1",
                 "-c",
                 command,
             ],
