@@ -241,6 +241,19 @@ def test_garbage_tokens_never_raise(user_file: Path, auth_type: int, level: int,
     assert getattr(conn, "seen", []) == []  # nothing ran unauthenticated
 
 
+@pytest.mark.parametrize("offered", [0, pdu.PFC_SUPPORT_HEADER_SIGN])
+def test_header_signing_is_echoed_when_offered(user_file: Path, offered: int) -> None:
+    conn = connection(user_file)
+    c = client(conn)
+    token = c.sp.step()
+    assert token is not None
+    bind = bytearray(pdu.encode_bind(1, c._contexts(), auth=c._verifier(token)))
+    bind[3] |= offered
+    conn.receive_data(bytes(bind))
+    (ack,) = conn.pdus_to_send()
+    assert pdu.parse(ack)[0].pfc_flags & pdu.PFC_SUPPORT_HEADER_SIGN == offered
+
+
 def test_response_fragments_fit_the_negotiated_size(user_file: Path) -> None:
     conn = connection(user_file, max_xmit_frag=1432)
     c = client(conn, level=PRIVACY)

@@ -545,6 +545,7 @@ class ServerConnection:
                 results=results,
                 auth=reply_auth,
                 minor=self._minor,
+                flags=_ack_flags(hdr.pfc_flags, reply_auth),
             )
         )
 
@@ -766,6 +767,13 @@ class ServerConnection:
     def _nak(self, call_id: int, reason: int, message: str) -> None:
         self._out.append(pdu.encode_bind_nak(call_id, reason))
         self.close(message)
+
+
+def _ack_flags(bind_flags: int, auth: AuthVerifier | None) -> int:
+    """Echo PFC_SUPPORT_HEADER_SIGN when an authenticated bind offers it (MS-RPCE 3.3.1.5.2.2):
+    NTLM signs the whole PDU, header included, in any case."""
+    echo = pdu.PFC_SUPPORT_HEADER_SIGN if auth is not None else 0
+    return pdu.PFC_FIRST_LAST | (bind_flags & echo)
 
 
 def _reject(reason: int) -> pdu.ContextResult:
