@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from remotevss.agent.authz import Caller, Policy
@@ -296,3 +296,30 @@ def test_policy_levels_and_identity(caller: Caller, policy: Policy, allowed: boo
 
 def test_interface_is_unchanged() -> None:
     assert isinstance(IF_A, Interface)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    level=st.sampled_from([INTEGRITY, PRIVACY]),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=3),
+    cut=st.one_of(st.none(), st.integers(0, 200)),
+)
+def test_mutated_authenticated_requests_never_run(user_file: Path, level: int,
+                                                  flips: list[tuple[int, int]],
+                                                  cut: int | None) -> None:  # fmt: skip
+    """Any change to a signed or sealed request (header, stub, trailer or signature) is
+    refused; the engine never raises and never hands out a call with other contents."""
+    conn = connection(user_file)
+    c = client(conn, level=level)
+    c.bind()
+    stub = b"fsrvp stub bytes" * 3
+    pristine = c.request_pdu(7, stub)
+    raw = bytearray(pristine)
+    for pos, x in flips:
+        raw[pos % len(raw)] ^= x
+    data = bytes(raw[:cut] if cut is not None else raw)
+    assume(data != pristine)
+    conn.receive_data(data)
+    assert getattr(conn, "seen", []) == []
+    out = conn.pdus_to_send()
+    assert all(pdu.parse(p)[0].ptype in (pdu.PTYPE_FAULT, pdu.PTYPE_BIND_NAK) for p in out)
