@@ -186,6 +186,10 @@ class SambaAgent(AgentProcess):
             'shares = "samba"',
             f'expose = "{self.expose}"',
             *[f"{k} = {v}" for k, v in self.extra_samba.items()],
+            # these tests bind without RPC auth (impacket, rpcclient): the compatibility
+            # switch; RPC authentication has its own tests (test_rpc_auth_samba.py)
+            "[rpc_auth]",
+            'min_level = "none"',
         ]
         with open(self.config, "a") as f:
             f.write("\n".join(lines) + "\n")

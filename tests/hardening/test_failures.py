@@ -182,10 +182,13 @@ def test_readonly_filesystem_during_commit(env: Env, backend: str) -> None:
 
 
 def _inject(pid: int, path: Path) -> subprocess.Popen[bytes]:
-    """Fail every fsync/fdatasync/pwrite of ``path`` in process ``pid`` (all threads)
-    with EIO, until the strace process is stopped."""
+    """Fail every fsync/fdatasync/pwrite of ``path`` in process ``pid`` and its children
+    (all threads; the agent writes the registry from its Samba worker child) with EIO,
+    until the strace process is stopped."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    pids = [str(pid), *children.split()]
     p = subprocess.Popen(
-        ["strace", "-qq", "-f", "-p", str(pid), "-P", str(path),
+        ["strace", "-qq", "-f", *[a for x in pids for a in ("-p", x)], "-P", str(path),
          "-e", "trace=fsync,fdatasync,pwrite64,write",
          "-e", "inject=fsync,fdatasync,pwrite64,write:error=EIO", "-o", "/dev/null"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

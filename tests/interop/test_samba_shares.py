@@ -449,12 +449,13 @@ def test_failed_registry_write_leaves_nothing_half_made(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from remotevss.samba.registry_exposer import RegistryExposer
+    from remotevss.samba.worker import _delete_if_present
 
     def failing_write(self: RegistryExposer, name: str, params: list[tuple[str, str]]) -> None:
         reg = self.conf.registry
         reg.transaction_start()
         try:
-            self._delete_if_present(reg, name)  # the old share goes, the new one is
+            _delete_if_present(reg, self._smbconf, name)  # the old share goes, the new one is
             reg.create_set_share(name, params)  # written, then the commit "fails"
             raise RuntimeError("injected: registry transaction commit failed")
         except BaseException:

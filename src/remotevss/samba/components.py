@@ -13,6 +13,7 @@ from remotevss.agent.shares import LocalShare, ShareLookup, ShareTable
 from remotevss.samba.conf import SambaConf
 from remotevss.samba.registry_exposer import RegistryExposer
 from remotevss.samba.shares import SambaShareTable
+from remotevss.samba.worker import SambaWorker
 
 
 def make_samba_components(config: AgentConfig) -> tuple[ShareLookup, Exposer, str]:
@@ -42,6 +43,8 @@ def make_samba_components(config: AgentConfig) -> tuple[ShareLookup, Exposer, st
     else:
         shares = ShareTable(LocalShare(x.name, x.path, x.backend) for x in config.shares)
     exposer: Exposer = (
-        RegistryExposer(conf) if s.expose == "registry" else SymlinkExposer(config.expose_dir)
+        RegistryExposer(conf, worker=SambaWorker(s.config_file))
+        if s.expose == "registry"
+        else SymlinkExposer(config.expose_dir)
     )
     return shares, exposer, conf.netbios_name

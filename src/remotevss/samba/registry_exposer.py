@@ -55,7 +55,6 @@ from typing import Any
 from remotevss.agent.exposer import ExposeError
 from remotevss.samba._lib import LOCK, SambaUnavailable, module
 from remotevss.samba.conf import (
-    SBC_ERR_NO_SUCH_SERVICE,
     SNAPSHOT_SHARE_RE,
     SambaConf,
     SambaConfigError,
@@ -63,6 +62,7 @@ from remotevss.samba.conf import (
     param_key,
 )
 from remotevss.samba.notify import SmbdNotifier
+from remotevss.samba.worker import SambaWorker, delete_share, write_share
 
 log = logging.getLogger("remotevss.samba")
 
@@ -193,9 +193,13 @@ class RegistryExposer:
         *,
         notifier: SmbdNotifier | None = None,
         clock: Callable[[], float] = time.time,
+        worker: SambaWorker | None = None,
     ) -> None:
         self.conf = conf
         self.clock = clock
+        #: Registry writes and notifications in a recycled child (samba/worker.py);
+        #: None: in this process (tests, benchmarks).
+        self.worker = worker
         try:
             with LOCK:
                 conf.refresh()
@@ -308,6 +312,8 @@ class RegistryExposer:
     def close(self) -> None:
         with LOCK:
             self.security.close()
+            if self.worker is not None:
+                self.worker.close()
 
     # ------------------------------------------------------------ helpers
 
@@ -325,38 +331,25 @@ class RegistryExposer:
         """Tell smbd; a failure is logged, not raised: the registry already says what
         is true, new tree connects read it, and a retry would change nothing."""
         try:
-            self.notifier.notify(force_tdis=force_tdis or [])
+            if self.worker is not None:
+                self.worker.notify(force_tdis=force_tdis or [])
+            else:
+                self.notifier.notify(force_tdis=force_tdis or [])
         except Exception:
             log.error("could not notify smbd (force_tdis=%s)", force_tdis, exc_info=True)
 
     def _write_share(self, name: str, params: list[tuple[str, str]]) -> None:
         """Replace share ``name`` with ``params``: one registry transaction."""
-        reg = self.conf.registry
-        reg.transaction_start()
-        try:
-            self._delete_if_present(reg, name)
-            reg.create_set_share(name, params)
-            reg.transaction_commit()
-        except BaseException:
-            _cancel(reg)
-            raise
+        if self.worker is not None:
+            self.worker.write_share(name, params)
+        else:
+            write_share(self.conf, self._smbconf, name, params)
 
     def _delete_share(self, name: str) -> None:
-        reg = self.conf.registry
-        reg.transaction_start()
-        try:
-            self._delete_if_present(reg, name)
-            reg.transaction_commit()
-        except BaseException:
-            _cancel(reg)
-            raise
-
-    def _delete_if_present(self, reg: Any, name: str) -> None:
-        try:
-            reg.delete_share(name)
-        except self._smbconf.SMBConfError as exc:
-            if not exc.args or exc.args[0] != SBC_ERR_NO_SUCH_SERVICE:
-                raise
+        if self.worker is not None:
+            self.worker.delete_share(name)
+        else:
+            delete_share(self.conf, self._smbconf, name)
 
 
 def _restore_sd(db: ShareSecurityDb, name: str, sd: bytes | None) -> None:
@@ -364,13 +357,6 @@ def _restore_sd(db: ShareSecurityDb, name: str, sd: bytes | None) -> None:
         db.set(name, sd)
     except Exception:
         log.error("could not put back the ACL entry of %s", name, exc_info=True)
-
-
-def _cancel(reg: Any) -> None:
-    try:
-        reg.transaction_cancel()
-    except Exception:  # a failed commit has already cancelled it
-        log.debug("registry transaction_cancel after a failure", exc_info=True)
 
 
 def _clone(base: ShareDefinition, path: str, comment: str, writable: bool) -> list[tuple[str, str]]:

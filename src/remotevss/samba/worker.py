@@ -1,0 +1,253 @@
+"""Registry share writes and smbd notifications in a recycled child process.
+
+Why: two C bindings of python3-samba 4.17 leak memory on every call the agent
+makes per exposed shadow copy.  Registry share writes (libsmbconf) leak ~1.35
+KB each, and each ``samba.messaging.Messaging`` context leaks ~1.1 KB.  Over
+years that is the agent's memory (RELIABILITY.md §5).  A child process makes
+those calls instead and is replaced after ``max_ops`` of them, so the leak is
+bounded by what one child accumulates and the agent's RSS stays flat.
+
+Safety:
+- The child dies with the agent (PR_SET_PDEATHSIG), so a registry transaction
+  can never complete after an agent crash, behind the back of the next agent's
+  reconciliation.
+- tdb transactions roll back when their writer dies.
+- Reads of the registry stay in the agent (they do not leak).
+
+Protocol: one JSON object per line each way.  Requests:
+- ``{"op": "write", "name", "params": [[k, v], ...]}``
+- ``{"op": "delete", "name"}``
+- ``{"op": "notify", "force_tdis": [...], "conf_updated": bool}``
+
+Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from remotevss.samba.conf import SBC_ERR_NO_SUCH_SERVICE
+
+log = logging.getLogger("remotevss.samba")
+
+PR_SET_PDEATHSIG = 1
+MAX_LINE = 1 << 20
+
+
+class WorkerError(RuntimeError):
+    """The worker refused or failed an operation, or is gone."""
+
+
+class SambaWorker:
+    """The agent's side: one child at a time, replaced every ``max_ops`` operations."""
+
+    def __init__(self, config_file: str, *, max_ops: int = 1000, timeout: float = 30.0) -> None:
+        self.config_file = config_file
+        self.max_ops = max_ops
+        self.timeout = timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ops = 0
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self.spawned = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def write_share(self, name: str, params: list[tuple[str, str]]) -> None:
+        self.call({"op": "write", "name": name, "params": [list(p) for p in params]})
+
+    def delete_share(self, name: str) -> None:
+        self.call({"op": "delete", "name": name})
+
+    def notify(self, *, force_tdis: list[str] | tuple[str, ...] = (),
+               conf_updated: bool = True) -> int:  # fmt: skip
+        result = self.call(
+            {"op": "notify", "force_tdis": list(force_tdis), "conf_updated": conf_updated}
+        )
+        return int(result or 0)
+
+    def call(self, request: dict[str, Any]) -> Any:
+        with self._lock:
+            proc = self._ensure()
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(json.dumps(request).encode() + b"\n")
+                proc.stdin.flush()
+                reply = json.loads(self._read_line(proc))
+            except (OSError, ValueError, WorkerError) as exc:
+                self._stop(kill=True)
+                raise WorkerError(f"Samba worker failed on {request.get('op')}: {exc}") from exc
+            self._ops += 1
+            if self._ops >= self.max_ops:
+                self._stop(kill=False)  # recycle: the next call starts a fresh child
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise WorkerError("Samba worker sent a malformed reply")
+        if not reply["ok"]:
+            raise WorkerError(str(reply.get("error", "unknown error")))
+        return reply.get("result")
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop(kill=False)
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._stop(kill=True)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "remotevss.samba.worker", self.config_file, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self._proc.stdout is not None
+        os.set_blocking(self._proc.stdout.fileno(), False)
+        self._buf = bytearray()
+        self._ops = 0
+        self.spawned += 1
+        return self._proc
+
+    def _read_line(self, proc: subprocess.Popen[bytes]) -> bytes:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        deadline = time.monotonic() + self.timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise WorkerError(f"no answer within {self.timeout:g} s")
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise WorkerError(f"exited ({proc.poll()})")
+                self._buf += chunk
+                if len(self._buf) > MAX_LINE:
+                    raise WorkerError("over-long reply")
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        return line
+
+    def _stop(self, *, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        if kill and proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
+# ---------------------------------------------------------------- the child
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the agent died before prctl took effect
+        os._exit(1)
+
+
+def write_share(conf: Any, smbconf: Any, name: str, params: list[tuple[str, str]]) -> None:
+    """Replace share ``name`` with ``params``: one registry transaction."""
+    reg = conf.registry
+    reg.transaction_start()
+    try:
+        _delete_if_present(reg, smbconf, name)
+        reg.create_set_share(name, params)
+        reg.transaction_commit()
+    except BaseException:
+        _cancel(reg)
+        raise
+
+
+def delete_share(conf: Any, smbconf: Any, name: str) -> None:
+    reg = conf.registry
+    reg.transaction_start()
+    try:
+        _delete_if_present(reg, smbconf, name)
+        reg.transaction_commit()
+    except BaseException:
+        _cancel(reg)
+        raise
+
+
+def _delete_if_present(reg: Any, smbconf: Any, name: str) -> None:
+    try:
+        reg.delete_share(name)
+    except smbconf.SMBConfError as exc:
+        if not exc.args or exc.args[0] != SBC_ERR_NO_SUCH_SERVICE:
+            raise
+
+
+def _cancel(reg: Any) -> None:
+    try:
+        reg.transaction_cancel()
+    except Exception:  # a failed commit has already cancelled it
+        log.debug("registry transaction_cancel after a failure", exc_info=True)
+
+
+def serve(config_file: str) -> int:
+    from remotevss.samba._lib import module
+    from remotevss.samba.conf import SambaConf
+    from remotevss.samba.notify import SmbdNotifier
+
+    conf = SambaConf(config_file)
+    smbconf = module("samba.smbconf")
+    notifier = SmbdNotifier(conf)
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        try:
+            req = json.loads(line)
+            op = req["op"]
+            result: Any = None
+            if op == "write":
+                params = [(str(k), str(v)) for k, v in req["params"]]
+                write_share(conf, smbconf, str(req["name"]), params)
+            elif op == "delete":
+                delete_share(conf, smbconf, str(req["name"]))
+            elif op == "notify":
+                force = [str(s) for s in req.get("force_tdis", [])]
+                result = notifier.notify(force_tdis=force, conf_updated=bool(req["conf_updated"]))
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        except Exception as exc:  # reported to the agent, which decides
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.flush()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python -m remotevss.samba.worker SMB_CONF AGENT_PID", file=sys.stderr)
+        return 2
+    _die_with_parent(int(argv[1]))
+    logging.basicConfig(level=logging.WARNING, format="remotevss samba worker: %(message)s")
+    return serve(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
