@@ -24,15 +24,13 @@ import base64
 import binascii
 import contextlib
 import logging
-import os
-import selectors
 import subprocess
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from remotevss.dcerpc.connection import AuthError
+from remotevss.linepipe import LinePipe
 
 log = logging.getLogger("remotevss.agent.ntlm_auth")
 
@@ -67,9 +65,7 @@ class _Helper:
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in = self.proc.stdin
-        self._out = self.proc.stdout.fileno()
-        os.set_blocking(self._out, False)
-        self._buf = bytearray()
+        self._out = LinePipe(self.proc.stdout.fileno(), MAX_LINE)
         self.conversations = 0
 
     @property
@@ -82,22 +78,13 @@ class _Helper:
             self._in.flush()
         except (BrokenPipeError, OSError) as exc:
             raise AuthError(f"ntlm_auth helper gone: {exc}") from exc
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._out, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise AuthError(f"ntlm_auth did not answer within {timeout:g} s")
-                chunk = os.read(self._out, 65536)
-                if not chunk:
-                    raise AuthError("ntlm_auth helper exited")
-                self._buf += chunk
-                if len(self._buf) > MAX_LINE:
-                    raise AuthError("ntlm_auth answered an over-long line")
-        raw, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
-        if rest:  # one request, one line: anything more is out of step
+        try:
+            raw = self._out.read_line(timeout)
+        except TimeoutError as exc:
+            raise AuthError(f"ntlm_auth did not answer within {timeout:g} s") from exc
+        except (EOFError, ValueError, OSError) as exc:
+            raise AuthError(f"ntlm_auth helper failed: {exc}") from exc
+        if self._out.pending:  # one request, one line: anything more is out of step
             raise AuthError("ntlm_auth answered more than one line")
         try:
             return raw.decode("utf-8")

@@ -141,43 +141,25 @@ class PrivateSamba:
             capture_output=True,
         )
         helpers = [*HELPERS, "rpcd_fsrvp"] if self.samba_fsrvp else list(HELPERS)
+        conf = str(self.conf)
+        daemons: list[tuple[list[str], Callable[[], bool], str]] = [
+            ([str(SAMBA_DCERPCD), "-s", conf, "-F", "--no-process-group",
+              *[str(RPCD_DIR / h) for h in helpers]],
+             (self.pipe_dir / "srvsvc").exists, "samba-dcerpcd"),
+            (["smbd", "-F", "--no-process-group", "-s", conf], self._port_open, "smbd"),
+        ]  # fmt: skip
+        if self.winbind:
+            daemons.append(
+                (["winbindd", "-F", "--no-process-group", "-s", conf],
+                 (self.winbind_dir / "pipe").exists, "winbindd")
+            )  # fmt: skip
         log = open(self.root / "log" / "daemons.log", "ab")  # noqa: SIM115 - the daemons' own
         try:
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        str(SAMBA_DCERPCD),
-                        "-s",
-                        str(self.conf),
-                        "-F",
-                        "--no-process-group",
-                        *[str(RPCD_DIR / h) for h in helpers],
-                    ],
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            )
-            self._wait(lambda: (self.pipe_dir / "srvsvc").exists(), "samba-dcerpcd")
-            self.procs.append(
-                subprocess.Popen(
-                    ["smbd", "-F", "--no-process-group", "-s", str(self.conf)],
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            )
-            self._wait(self._port_open, "smbd")
-            if self.winbind:
+            for argv, ready, what in daemons:  # each waits for the one before
                 self.procs.append(
-                    subprocess.Popen(
-                        ["winbindd", "-F", "--no-process-group", "-s", str(self.conf)],
-                        stdout=log,
-                        stderr=log,
-                        start_new_session=True,
-                    )
+                    subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
                 )
-                self._wait((self.winbind_dir / "pipe").exists, "winbindd")
+                self._wait(ready, what)
         except BaseException:
             self.stop()
             raise

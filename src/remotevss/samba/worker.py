@@ -29,14 +29,13 @@ import ctypes
 import json
 import logging
 import os
-import selectors
 import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
+from remotevss.linepipe import LinePipe
 from remotevss.samba.conf import SBC_ERR_NO_SUCH_SERVICE
 
 log = logging.getLogger("remotevss.samba")
@@ -58,7 +57,7 @@ class SambaWorker:
         self.timeout = timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._ops = 0
-        self._buf = bytearray()
+        self._out: LinePipe | None = None
         self._lock = threading.Lock()
         self.spawned = 0
 
@@ -86,8 +85,9 @@ class SambaWorker:
             try:
                 proc.stdin.write(json.dumps(request).encode() + b"\n")
                 proc.stdin.flush()
-                reply = json.loads(self._read_line(proc))
-            except (OSError, ValueError, WorkerError) as exc:
+                assert self._out is not None
+                reply = json.loads(self._out.read_line(self.timeout))
+            except (OSError, ValueError, EOFError, TimeoutError) as exc:
                 self._stop(kill=True)
                 raise WorkerError(f"Samba worker failed on {request.get('op')}: {exc}") from exc
             self._ops += 1
@@ -114,31 +114,10 @@ class SambaWorker:
             close_fds=True,
         )
         assert self._proc.stdout is not None
-        os.set_blocking(self._proc.stdout.fileno(), False)
-        self._buf = bytearray()
+        self._out = LinePipe(self._proc.stdout.fileno(), MAX_LINE)
         self._ops = 0
         self.spawned += 1
         return self._proc
-
-    def _read_line(self, proc: subprocess.Popen[bytes]) -> bytes:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        deadline = time.monotonic() + self.timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise WorkerError(f"no answer within {self.timeout:g} s")
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise WorkerError(f"exited ({proc.poll()})")
-                self._buf += chunk
-                if len(self._buf) > MAX_LINE:
-                    raise WorkerError("over-long reply")
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
-        return line
 
     def _stop(self, *, kill: bool) -> None:
         proc, self._proc = self._proc, None
