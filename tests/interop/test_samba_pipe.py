@@ -65,6 +65,8 @@ class SambaAgent(AgentProcess):
             f.write(
                 f'[samba]\nconfig_file = "{self.samba_conf}"\n'
                 'shares = "agent"\nexpose = "symlink"\n'
+                # rpcclient, smbtorture and impacket bind here without RPC auth
+                '[rpc_auth]\nmin_level = "none"\n'
             )
 
     def start(self, crash_after: str | None = None, timeout: float = 30) -> None:

@@ -244,6 +244,7 @@ def test_configured_sids_and_groups(tmp_path: Path) -> None:
     conf.write_text(
         '[agent]\nsocket_group = "root"\n'
         '[samba]\nallowed_sids = ["S-1-5-21-1-2-3-4242"]\nallowed_groups = ["34", "root"]\n'
+        '[rpc_auth]\nmin_level = "none"\n'  # these callers bind without RPC auth
     )
     config = load_config(conf)
     assert config.samba.allowed_sids == ("S-1-5-21-1-2-3-4242",)
@@ -255,6 +256,10 @@ def test_configured_sids_and_groups(tmp_path: Path) -> None:
     assert policy.permits(caller_from_npa(npa.decode_request(_user(groups=[1001, 34]))))
     sid_user = _user(sids=[*USER_SIDS, "S-1-5-21-1-2-3-4242"], groups=[1001])
     assert policy.permits(caller_from_npa(npa.decode_request(sid_user)))
+    # Under the default RPC policy the same callers, unauthenticated at the RPC level, are not.
+    default = policy_for(load_config(None))
+    assert not default.permits(caller_from_npa(npa.decode_request(_user(groups=[0]))))
+    assert default.refusal(caller_from_npa(npa.decode_request(_user()))) is not None
     # The local socket's group does not admit an SMB user who shares its gid, nor back.
     local_only = Policy(allowed_gids=frozenset({34}))
     assert not local_only.permits(caller_from_npa(npa.decode_request(_user(groups=[34]))))

@@ -42,9 +42,13 @@ def make_samba_components(config: AgentConfig) -> tuple[ShareLookup, Exposer, st
         shares = SambaShareTable(conf, backend=config.backend)
     else:
         shares = ShareTable(LocalShare(x.name, x.path, x.backend) for x in config.shares)
-    exposer: Exposer = (
-        RegistryExposer(conf, worker=SambaWorker(s.config_file))
-        if s.expose == "registry"
-        else SymlinkExposer(config.expose_dir)
-    )
+    exposer: Exposer
+    if s.expose == "registry":
+        # registry writes, reads of existing shares and smbd messages in a recycled
+        # child: python-samba leaks per call (samba/worker.py)
+        worker = SambaWorker(s.config_file)
+        conf.registry_reader = worker.get_share
+        exposer = RegistryExposer(conf, worker=worker)
+    else:
+        exposer = SymlinkExposer(config.expose_dir)
     return shares, exposer, conf.netbios_name

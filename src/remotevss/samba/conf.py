@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,11 @@ class SambaConf:
         # (file, its sections as parsed at load: [(name, [(param, value), ...]), ...])
         self._txt: list[tuple[str, list[tuple[str, list[tuple[str, str]]]]]] = []
         self._registry: Any = None
+        #: Reads existing registry shares elsewhere: python-samba's get_share leaks
+        #: ~1.3 KB per share it returns (RELIABILITY.md §5).  (name, params) or None.
+        self.registry_reader: Callable[[str], tuple[str, list[tuple[str, str]]] | None] | None = (
+            None
+        )
         with LOCK:
             self._lp: Any = self._param.get_context()
             self._load()
@@ -296,8 +301,14 @@ class SambaConf:
             )
 
     def registry_share(self, name: str) -> ShareDefinition | None:
-        """A registry share by case-insensitive name, read live (~30 us)."""
+        """A registry share by case-insensitive name, read live (~30 us; through
+        :attr:`registry_reader` when set, see samba/worker.py)."""
         with LOCK:
+            if self.registry_reader is not None:
+                found = self.registry_reader(name)
+                if found is None:
+                    return None
+                return ShareDefinition(found[0], tuple(found[1]), "registry")
             try:
                 got, params = self.registry.get_share(name)
             except self._smbconf.SMBConfError as exc:

@@ -12,11 +12,13 @@ Safety:
   can never complete after an agent crash, behind the back of the next agent's
   reconciliation.
 - tdb transactions roll back when their writer dies.
-- Reads of the registry stay in the agent (they do not leak).
+- Reads of existing registry shares come here too: python-samba's
+  ``get_share`` leaks ~1.3 KB per share returned.
 
 Protocol: one JSON object per line each way.  Requests:
 - ``{"op": "write", "name", "params": [[k, v], ...]}``
 - ``{"op": "delete", "name"}``
+- ``{"op": "get", "name"}`` (a registry share's name and parameters, or null)
 - ``{"op": "notify", "force_tdis": [...], "conf_updated": bool}``
 
 Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
@@ -51,7 +53,7 @@ class WorkerError(RuntimeError):
 class SambaWorker:
     """The agent's side: one child at a time, replaced every ``max_ops`` operations."""
 
-    def __init__(self, config_file: str, *, max_ops: int = 1000, timeout: float = 30.0) -> None:
+    def __init__(self, config_file: str, *, max_ops: int = 5000, timeout: float = 30.0) -> None:
         self.config_file = config_file
         self.max_ops = max_ops
         self.timeout = timeout
@@ -70,6 +72,13 @@ class SambaWorker:
 
     def delete_share(self, name: str) -> None:
         self.call({"op": "delete", "name": name})
+
+    def get_share(self, name: str) -> tuple[str, list[tuple[str, str]]] | None:
+        """A registry share as stored, or None (SambaConf.registry_reader)."""
+        found = self.call({"op": "get", "name": name})
+        if found is None:
+            return None
+        return str(found[0]), [(str(k), str(v)) for k, v in found[1]]
 
     def notify(self, *, force_tdis: list[str] | tuple[str, ...] = (),
                conf_updated: bool = True) -> int:  # fmt: skip
@@ -206,6 +215,9 @@ def serve(config_file: str) -> int:
                 write_share(conf, smbconf, str(req["name"]), params)
             elif op == "delete":
                 delete_share(conf, smbconf, str(req["name"]))
+            elif op == "get":
+                d = conf.registry_share(str(req["name"]))
+                result = None if d is None else [d.name, [list(kv) for kv in d.params]]
             elif op == "notify":
                 force = [str(s) for s in req.get("force_tdis", [])]
                 result = notifier.notify(force_tdis=force, conf_updated=bool(req["conf_updated"]))
