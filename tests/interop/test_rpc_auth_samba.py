@@ -15,6 +15,7 @@ NTLM against the private passdb) and ``remotevss agent`` in its default policy:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -157,6 +158,14 @@ def test_rpcclient_sign_and_seal_run_the_sequence(stack: Stack, flags: str) -> N
     log = stack.log_since(offset)
     assert f"RPC auth from 127.0.0.1: ANCHORFS\\root at level {level}" in log, log[-2000:]
     assert "refused" not in log
+    # every call's event line says how it was authenticated
+    events = [json.loads(x.split("remotevss.events INFO ", 1)[1])
+              for x in log.splitlines() if "remotevss.events INFO " in x]  # fmt: skip
+    assert events and all(
+        e["rpc_auth"] == ("privacy" if level == 6 else "integrity")
+        and e["rpc_user"] == "ANCHORFS\\root"
+        for e in events
+    ), events[:3]
     stack.clean()
 
 

@@ -102,6 +102,10 @@ class CallEvent:
             "hresult": None if self.result is None else f"0x{self.result:08X}",
             "duration_ms": round(self.duration * 1000, 3),
         }
+        if self.caller.transport == "samba":  # the DCE/RPC authentication of the call
+            out["rpc_auth"] = _LEVEL_NAMES.get(self.caller.auth_level, str(self.caller.auth_level))
+            if self.caller.rpc_user:
+                out["rpc_user"] = self.caller.rpc_user
         share = getattr(self.request, "share_name", None)
         if isinstance(share, str):
             out["share"] = share
@@ -109,6 +113,9 @@ class CallEvent:
         if isinstance(ctx, int):
             out["context"] = f"0x{ctx:08X}"
         return out
+
+
+_LEVEL_NAMES = {1: "none", 2: "connect", 5: "integrity", 6: "privacy"}
 
 
 def emit(fields_: dict[str, Any], level: int = logging.INFO) -> None:
