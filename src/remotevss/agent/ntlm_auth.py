@@ -5,17 +5,21 @@ helper and the password check goes to winbindd (Samba's passdb on a
 standalone server, the DC on a member); the agent sees neither hash nor
 password, only the exported session key and the negotiated flags it needs to
 sign and seal.  One helper serves one conversation at a time and many one
-after another (``YR`` starts afresh), so idle helpers are kept for the next
-binds.
+after another (``YR`` starts afresh, even mid-conversation), so idle helpers
+are kept for the next binds.
 
 Protocol, one line each way: ``YR <negotiate>`` -> ``TT <challenge>``;
 ``KK <authenticate>`` -> ``AF DOMAIN\\user`` or ``NA <status>``; then ``GK``
--> ``GK <session key>`` and ``GF`` -> ``GF <hex flags>``.  ``BH`` = broken
-helper.  Every reply is checked strictly; a helper that is slow, dies or
-says anything unexpected is killed, never reused.
+-> ``GK <session key>`` and ``GF`` -> ``GF 0x<hex flags>``.  ``BH`` = broken
+helper.  The separator in ``AF`` is smb.conf's ``winbind separator``
+(``\\`` by default, often ``+`` on domain members).  Every reply is checked
+strictly; a helper that is slow, dies or says anything unexpected is killed,
+never reused.  ``NA`` is a well-formed refusal (bad password, malformed
+token): that helper is reused, and the next conversation starts with ``YR``.
 
 Blocking by design: the DCE/RPC transport runs authentication legs in a
-worker thread (``dispatch.serve_connection``).
+worker thread (``dispatch.serve_connection``).  Each request has one deadline
+covering both the write and the reply.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
+import re
+import selectors
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,24 +44,40 @@ log = logging.getLogger("remotevss.agent.ntlm_auth")
 
 MAX_TOKEN = 64 * 1024
 MAX_LINE = 4 * MAX_TOKEN
+KILL_AFTER = 2.0  # seconds between SIGTERM and SIGKILL
+_FLAGS = re.compile(r"0x[0-9a-fA-F]{1,8}")
+_NTLMSSP_CHALLENGE = b"NTLMSSP\0\x02\0\0\0"
 #: winbindd on a standalone server checks only users of its own SAM domain (the
-#: netbios name); a client naming the workgroup or no domain is sent to a DC.
+#: netbios name) or of no domain; a client naming another domain (the workgroup,
+#: say) is sent to a DC, and there is none.
 STANDALONE_HINT = (
-    " (a standalone server authenticates only SERVER\\user: the client named another"
-    " domain; see docs/security.md)"
+    " (a standalone server authenticates only SERVER\\user or a user without a domain:"
+    " the client named another domain; see docs/security.md)"
 )
 
 
 @dataclass(frozen=True)
 class NtlmResult:
-    domain: str
-    account: str
-    session_key: bytes
-    flags: int
+    domain: str  # "ANCHORFS"
+    account: str  # "root"
+    session_key: bytes  # 16 bytes, from GK
+    flags: int  # negotiated NTLMSSP flags, from GF
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    spawned: int  # helpers started so far
+    killed: int  # helpers ended (broken, abandoned, surplus, dead)
+    live: int  # helpers running now (idle + busy)
+    idle: int  # helpers waiting for a conversation
+
+
+class _LogonFailed(AuthError):
+    """``NA``: the helper refused the token or the credentials and is fine to reuse."""
 
 
 class _Helper:
-    """One ntlm_auth process and its line-buffered stdout."""
+    """One ntlm_auth process, its non-blocking stdin and line-buffered stdout."""
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.proc = subprocess.Popen(
@@ -64,22 +88,33 @@ class _Helper:
             close_fds=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self._in = self.proc.stdin
+        self._in = self.proc.stdin.fileno()
+        os.set_blocking(self._in, False)
         self._out = LinePipe(self.proc.stdout.fileno(), MAX_LINE)
         self.conversations = 0
+        self.doomed = False  # killed by a close() from another thread: never reuse
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def ask(self, line: str, timeout: float) -> str:
+        """Send one request line, return the one reply line; AuthError on anything else."""
+        deadline = time.monotonic() + timeout
+        data = memoryview(line.encode("ascii") + b"\n")
         try:
-            self._in.write(line.encode("ascii") + b"\n")
-            self._in.flush()
-        except (BrokenPipeError, OSError) as exc:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._in, selectors.EVENT_WRITE)
+                while data:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not sel.select(left):
+                        raise AuthError(f"ntlm_auth did not read a request within {timeout:g} s")
+                    with contextlib.suppress(BlockingIOError):
+                        data = data[os.write(self._in, data) :]
+        except OSError as exc:  # BrokenPipeError: the helper is gone
             raise AuthError(f"ntlm_auth helper gone: {exc}") from exc
         try:
-            raw = self._out.read_line(timeout)
+            raw = self._out.read_line(max(deadline - time.monotonic(), 0.001))
         except TimeoutError as exc:
             raise AuthError(f"ntlm_auth did not answer within {timeout:g} s") from exc
         except (EOFError, ValueError, OSError) as exc:
@@ -91,24 +126,30 @@ class _Helper:
         except UnicodeDecodeError as exc:
             raise AuthError("ntlm_auth answered undecodable bytes") from exc
 
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self._in.close()
+    def stop(self) -> None:
+        """End the process (SIGTERM, SIGKILL after KILL_AFTER s) and reap it; the pipes
+        stay open: another thread may still be reading them (see :meth:`kill`)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(2)
+                self.proc.wait(KILL_AFTER)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill(self) -> None:
+        """Stop the process and close its pipes (by the thread that owns the helper)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         with contextlib.suppress(OSError):
-            assert self.proc.stdout is not None
+            self.proc.stdin.close()  # EOF: ntlm_auth exits by itself
+        self.stop()
+        with contextlib.suppress(OSError):
             self.proc.stdout.close()
 
 
 def _b64(token: bytes) -> str:
     if not token or len(token) > MAX_TOKEN:
-        raise AuthError(f"NTLM token of {len(token)} bytes refused")
+        raise AuthError(f"NTLM token of {len(token)} bytes refused (1 to {MAX_TOKEN} bytes)")
     return base64.b64encode(token).decode("ascii")
 
 
@@ -120,73 +161,124 @@ def _unb64(text: str, what: str) -> bytes:
 
 
 def _reply(line: str, expected: str) -> str:
-    kind, _, rest = line.partition(" ")
-    if kind == expected and rest:
+    """The argument of a reply ``EXPECTED <arg>``; _LogonFailed for ``NA``, AuthError else."""
+    kind, sep, rest = line.partition(" ")
+    if kind == expected and sep and rest and rest.isprintable():
         return rest
     if kind == "NA":
         hint = STANDALONE_HINT if "NO_LOGON_SERVERS" in rest else ""
-        raise AuthError(f"NTLM logon failed: {rest or 'refused'}{hint}")
+        raise _LogonFailed(f"NTLM logon failed: {rest[:80] or 'refused'}{hint}")
     if kind == "BH":
-        raise AuthError(f"ntlm_auth broken: {rest or 'no reason'}")
-    raise AuthError(f"ntlm_auth answered {kind[:16]!r}, expected {expected}")
+        raise AuthError(f"ntlm_auth broken: {rest[:80] or 'no reason'}")
+    raise AuthError(f"ntlm_auth answered {line[:24]!r}, expected {expected} <argument>")
 
 
 class WinbindNtlmAcceptor:
-    """One NTLMSSP conversation on a pooled helper (``NtlmAcceptor`` of rpc_auth)."""
+    """One NTLMSSP conversation on a pooled helper (``NtlmAcceptor`` of rpc_auth).
+
+    The legs (negotiate, authenticate) come one after another from any thread.
+    :meth:`close` may come from another thread while a leg waits for the helper
+    (a connection torn down meanwhile): it then only kills the helper process,
+    and the leg fails and drops it.
+    """
 
     def __init__(self, pool: NtlmHelperPool) -> None:
         self._pool = pool
+        self._guard = threading.Lock()  # _helper, _state, _in_flight against close()
         self._helper: _Helper | None = None
+        self._state = "new"  # new | challenged | done | closed
+        self._in_flight = False
 
     def negotiate(self, token: bytes) -> bytes:
-        if self._helper is not None:
-            raise AuthError("NTLM negotiate sent twice")
-        self._helper = self._pool._take()
-        challenge = _unb64(self._ask(f"YR {_b64(token)}", "TT"), "challenge")
-        if not challenge.startswith(b"NTLMSSP\0"):
-            raise self._broken("ntlm_auth sent no NTLMSSP challenge")
-        return challenge
+        """NEGOTIATE -> CHALLENGE."""
+        self._begin("new")
+        try:
+            request = f"YR {_b64(token)}"  # refused tokens never cost a helper
+            helper = self._pool._take()
+            with self._guard:
+                self._helper = helper  # closed meanwhile: _end() gives it back
+                if self._state == "closed":
+                    raise AuthError("NTLM conversation closed")
+            challenge = _unb64(self._ask(request, "TT"), "challenge")
+            if not challenge.startswith(_NTLMSSP_CHALLENGE):
+                raise self._broken("ntlm_auth sent no NTLMSSP challenge")
+            with self._guard:
+                if self._state == "closed":
+                    raise AuthError("NTLM conversation closed")
+                self._state = "challenged"
+            return challenge
+        finally:
+            self._end()
 
     def authenticate(self, token: bytes) -> NtlmResult:
-        if self._helper is None:
-            raise AuthError("NTLM authenticate before negotiate")
+        """AUTHENTICATE -> the logon; the helper goes back to the pool either way."""
+        self._begin("challenged")
         try:
-            user = self._ask(f"KK {_b64(token)}", "AF")
-        except AuthError as exc:
-            if str(exc).startswith("NTLM logon failed"):  # the helper is fine: reuse it
-                self._release(reuse=True)
-            raise
-        domain, sep, account = user.partition("\\")
-        if not sep or not domain or not account:
-            raise self._broken(f"ntlm_auth named no DOMAIN\\user: {user[:80]!r}")
-        key = _unb64(self._ask("GK", "GK"), "session key")
-        if len(key) != 16:
-            raise self._broken("ntlm_auth sent a session key that is not 16 bytes")
-        flags_text = self._ask("GF", "GF")
-        try:
-            flags = int(flags_text, 16)
-        except ValueError as exc:
-            raise self._broken(f"ntlm_auth sent bad flags {flags_text[:20]!r}") from exc
-        self._release(reuse=True)
-        return NtlmResult(domain, account, key, flags)
+            try:
+                request = f"KK {_b64(token)}"
+            except AuthError:
+                self._release(reuse=True)  # never sent: the next YR resets the helper
+                raise
+            user = self._ask(request, "AF")
+            sep = self._pool.separator
+            domain, found, account = user.partition(sep)
+            if not found or not domain or not account:
+                raise self._broken(
+                    f"ntlm_auth named no DOMAIN{sep}user: {user[:80]!r}"
+                    " (is the pool's separator smb.conf's winbind separator?)"
+                )
+            key = _unb64(self._ask("GK", "GK"), "session key")
+            if len(key) != 16:
+                raise self._broken(f"ntlm_auth sent a session key of {len(key)} bytes, not 16")
+            flags_text = self._ask("GF", "GF")
+            if not _FLAGS.fullmatch(flags_text):
+                raise self._broken(f"ntlm_auth sent bad flags {flags_text[:20]!r}")
+            self._release(reuse=True)
+            return NtlmResult(domain, account, key, int(flags_text, 16))
+        finally:
+            self._end()
 
     def close(self) -> None:
-        """Abandoned mid-conversation: the next ``YR`` would reset it, but a helper
-        in an unknown state is not worth keeping."""
+        """Idempotent.  Abandoned after negotiate: the next ``YR`` would reset the
+        helper, but one whose client went away mid-conversation is not kept."""
+        with self._guard:
+            self._state = "closed"
+            helper = self._helper
+            if helper is None:
+                return
+            if self._in_flight:  # a leg waits on it in another thread: end the process,
+                helper.doomed = True  # the leg sees EOF and drops the helper
+                with contextlib.suppress(OSError):
+                    helper.proc.kill()  # a signal, no wait: close() may run on an event loop
+                return
         self._release(reuse=False)
 
+    def _begin(self, expected: str) -> None:
+        with self._guard:
+            if self._state != expected:
+                raise AuthError(f"NTLM conversation out of order ({self._state})")
+            self._state = "done"  # until the leg succeeds: any failure ends it
+            self._in_flight = True
+
+    def _end(self) -> None:
+        with self._guard:
+            self._in_flight = False
+            orphan = self._state == "closed" and self._helper is not None
+        if orphan:  # closed while the leg ran
+            self._release(reuse=False)
+
     def _ask(self, line: str, expected: str) -> str:
-        assert self._helper is not None
+        """One exchange; the helper is released on any failure (reused after ``NA``)."""
+        helper = self._helper
+        if helper is None:  # only after a close() from another thread
+            raise AuthError("NTLM conversation closed")
         try:
-            answer = self._helper.ask(line, self._pool.timeout)
+            return _reply(helper.ask(line, self._pool.timeout), expected)
+        except _LogonFailed:
+            self._release(reuse=True)
+            raise
         except AuthError as exc:
             raise self._broken(str(exc)) from exc
-        try:
-            return _reply(answer, expected)
-        except AuthError as exc:
-            if not str(exc).startswith("NTLM logon failed"):
-                raise self._broken(str(exc)) from exc
-            raise
 
     def _broken(self, message: str) -> AuthError:
         log.warning("ntlm_auth helper dropped: %s", message)
@@ -194,19 +286,37 @@ class WinbindNtlmAcceptor:
         return AuthError(message)
 
     def _release(self, *, reuse: bool) -> None:
-        helper, self._helper = self._helper, None
+        with self._guard:
+            helper, self._helper = self._helper, None
         if helper is not None:
             helper.conversations += 1
-            self._pool._give_back(helper, reuse)
+            self._pool._give_back(helper, reuse and not helper.doomed)
 
 
 class NtlmHelperPool:
-    """Idle ntlm_auth helpers, spawned on demand, at most ``size`` kept; thread-safe."""
+    """Idle ntlm_auth helpers, spawned on demand, at most ``size`` kept; thread-safe.
 
-    def __init__(self, argv: Sequence[str], *, size: int = 4, timeout: float = 10.0) -> None:
+    ``argv`` is the whole helper command line (``[..., "ntlm_auth",
+    "--helper-protocol=squid-2.5-ntlmssp", "--configfile=..."]``); ``timeout``
+    bounds each request/reply; ``separator`` is smb.conf's ``winbind separator``.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        size: int = 4,
+        timeout: float = 10.0,
+        separator: str = "\\",
+    ) -> None:
+        if not argv:
+            raise ValueError("ntlm_auth: empty command line")
+        if len(separator) != 1:
+            raise ValueError(f"winbind separator must be one character, not {separator!r}")
         self.argv = list(argv)
         self.size = size
         self.timeout = timeout
+        self.separator = separator
         self._lock = threading.Lock()
         self._idle: list[_Helper] = []
         self._busy: set[_Helper] = set()
@@ -219,31 +329,54 @@ class NtlmHelperPool:
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        with self._lock:
+            return len(self._idle)
 
     @property
     def live_pids(self) -> list[int]:
         with self._lock:
             return [h.pid for h in [*self._idle, *self._busy]]
 
-    def _take(self) -> _Helper:
+    @property
+    def idle_pids(self) -> list[int]:
+        """Idle helpers, the next one to be used last."""
         with self._lock:
-            if self._closed:
-                raise AuthError("the agent is stopping")
-            while self._idle:
-                helper = self._idle.pop()
-                if helper.proc.poll() is None:
-                    self._busy.add(helper)
-                    return helper
-                self.killed += 1
+            return [h.pid for h in self._idle]
+
+    @property
+    def stats(self) -> PoolStats:
+        with self._lock:
+            live = len(self._idle) + len(self._busy)
+            return PoolStats(self.spawned, self.killed, live, len(self._idle))
+
+    def _take(self) -> _Helper:
+        dead: list[_Helper] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    raise AuthError("the agent is stopping")
+                while self._idle:
+                    helper = self._idle.pop()
+                    if helper.proc.poll() is None:
+                        self._busy.add(helper)
+                        return helper
+                    self.killed += 1
+                    dead.append(helper)
+        finally:
+            for helper in dead:
+                helper.kill()  # already exited: closes its pipes
         try:
             helper = _Helper(self.argv)
         except OSError as exc:
             raise AuthError(f"cannot start ntlm_auth ({self.argv[0]}): {exc}") from exc
         with self._lock:
             self.spawned += 1
-            self._busy.add(helper)
-        return helper
+            if not self._closed:
+                self._busy.add(helper)
+                return helper
+            self.killed += 1
+        helper.kill()  # the pool closed while it started
+        raise AuthError("the agent is stopping")
 
     def _give_back(self, helper: _Helper, reuse: bool) -> None:
         with self._lock:
@@ -256,10 +389,15 @@ class NtlmHelperPool:
         helper.kill()
 
     def close(self) -> None:
+        """Terminate every helper (SIGKILL after 2 s) and wait for them.  Busy helpers
+        are ended but their pipes are left to the conversation that owns them, whose
+        next request fails and releases them."""
         with self._lock:
             self._closed = True
-            helpers = [*self._idle, *self._busy]
+            idle, busy = list(self._idle), list(self._busy)
             self._idle.clear()
-            self._busy.clear()
-        for helper in helpers:
+            self.killed += len(idle)
+        for helper in idle:
             helper.kill()
+        for helper in busy:
+            helper.stop()

@@ -118,6 +118,7 @@ class PrivateSamba:
             lines.append(f"fss: sequence timeout = {self.sequence_timeout}")
         if self.winbind:
             self.winbind_dir.mkdir(mode=0o755, exist_ok=True)
+            os.chmod(self.winbind_dir, 0o755)  # noqa: S103 - winbindd insists on exactly 0755
             lines.append(f"winbindd socket directory = {self.winbind_dir}")
         lines = _merged(lines, self.extra_global)
         for name, path in self.shares.items():
@@ -149,9 +150,10 @@ class PrivateSamba:
             (["smbd", "-F", "--no-process-group", "-s", conf], self._port_open, "smbd"),
         ]  # fmt: skip
         if self.winbind:
+            (self.winbind_dir / "pipe").unlink(missing_ok=True)  # a stale one is not "up"
             daemons.append(
                 (["winbindd", "-F", "--no-process-group", "-s", conf],
-                 (self.winbind_dir / "pipe").exists, "winbindd")
+                 self._winbindd_listening, "winbindd")
             )  # fmt: skip
         log = open(self.root / "log" / "daemons.log", "ab")  # noqa: SIM115 - the daemons' own
         try:
@@ -165,6 +167,10 @@ class PrivateSamba:
             raise
         finally:
             log.close()
+
+    def _winbindd_listening(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as s:
+            return s.connect_ex(str(self.winbind_dir / "pipe")) == 0
 
     def _port_open(self) -> bool:
         with socket.socket() as s:

@@ -1,11 +1,13 @@
-"""Run a command whose libwbclient must reach a private winbindd (tests, demo, benchmarks).
+"""Run a command whose libwbclient must reach a private winbindd (tests, demo, benchmarks only).
 
 Why: libwbclient (ntlm_auth, wbinfo) connects to the compiled-in
 ``/run/samba/winbindd``; the socket directory in smb.conf only moves the
-daemon's side.  A private Samba's winbindd listens elsewhere, so the command
-runs in a mount namespace of its own (``unshare --mount --propagation
-private`` around this module) where that directory is bind-mounted over
-``/run/samba/winbindd``.  The machine's own winbindd, if any, is untouched.
+daemon's side (environment overrides work only under nss_wrapper).  A
+private Samba's winbindd listens elsewhere, so the command runs in a mount
+namespace of its own (``unshare --mount --propagation private`` around this
+module) where that directory is bind-mounted over ``/run/samba/winbindd``.
+The machine's own winbindd, if any, is untouched: this module refuses to run
+in its parent's (or init's) mount namespace, where the bind mount would hijack it.
 
 Usage: ``unshare --mount --propagation private -- python -m remotevss.samba.wbns DIR CMD [ARG...]``
 """
@@ -17,15 +19,66 @@ import subprocess
 import sys
 
 WINBINDD_DIR = "/run/samba/winbindd"
+USAGE = (
+    "usage: unshare --mount --propagation private -- "
+    "python -m remotevss.samba.wbns SOCKET_DIR COMMAND [ARG...]"
+)
+
+
+def _mount_ns(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:  # gone, or not ours to inspect (PID 1 in some containers)
+        return None
+
+
+def _own_mount_namespace() -> bool:
+    """True if unshare made us a mount namespace: ours differs from PID 1's (when
+    readable) and from our parent's, unless that parent is ``unshare --fork``."""
+    mine = _mount_ns("self")
+    if mine is None or mine == _mount_ns("1"):
+        return False
+    ppid = os.getppid()
+    if mine != _mount_ns(str(ppid)):
+        return True
+    try:
+        with open(f"/proc/{ppid}/comm") as f:
+            return f.read().strip() == "unshare"
+    except OSError:
+        return False
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or not os.path.isdir(argv[0]):
-        print("usage: python -m remotevss.samba.wbns SOCKET_DIR COMMAND [ARG...]", file=sys.stderr)
+    if len(argv) < 2:
+        print(USAGE, file=sys.stderr)
+        return 2
+    socket_dir, command = argv[0], argv[1:]
+    if not os.path.isdir(socket_dir):
+        print(f"wbns: {socket_dir}: not a directory\n{USAGE}", file=sys.stderr)
+        return 2
+    if not _own_mount_namespace():
+        print(
+            f"wbns: refusing to bind-mount over {WINBINDD_DIR} in its parent's mount"
+            f" namespace (run under unshare --mount)\n{USAGE}",
+            file=sys.stderr,
+        )
         return 2
     os.makedirs(WINBINDD_DIR, exist_ok=True)
-    subprocess.run(["mount", "--bind", argv[0], WINBINDD_DIR], check=True)
-    os.execvp(argv[1], argv[1:])  # noqa: S606 - argv from our own caller, no shell
+    # mount must not write to our stdout: it may be a line protocol (ntlm_auth's).
+    mount = subprocess.run(
+        ["mount", "--bind", socket_dir, WINBINDD_DIR],
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr.fileno(),
+        check=False,
+    )
+    if mount.returncode:
+        print(f"wbns: mount --bind {socket_dir} {WINBINDD_DIR} failed", file=sys.stderr)
+        return 1
+    try:
+        os.execvp(command[0], command)  # noqa: S606 - argv from our own caller, no shell
+    except OSError as exc:
+        print(f"wbns: cannot run {command[0]}: {exc}", file=sys.stderr)
+        return 127
 
 
 if __name__ == "__main__":
