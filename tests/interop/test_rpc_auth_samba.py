@@ -84,7 +84,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             btrfsutil.create_subvolume(str(mnt / name))
             (mnt / name / "file.txt").write_text(f"{name} content\n")
             shares[name] = mnt / name
-        with agent_behind_samba(work, shares, winbind=True, min_level="integrity") as (s, a):
+        with agent_behind_samba(work, shares, winbind=True, min_level="integrity",
+                                trace=True) as (s, a):  # fmt: skip
             add_smb_user(s.conf, OTHER, OTHER_PW)
             try:
                 yield Stack(s, a, shares)
@@ -158,6 +159,10 @@ def test_rpcclient_sign_and_seal_run_the_sequence(stack: Stack, flags: str) -> N
     log = stack.log_since(offset)
     assert f"RPC auth from 127.0.0.1: ANCHORFS\\root at level {level}" in log, log[-2000:]
     assert "refused" not in log
+    # Samba's client appends a verification trailer to its authenticated calls; the
+    # engine checked them against the calls (dcerpc/vtrailer.py) and let them through
+    # (the trace shows short stubs whole: at least IsPathSupported's)
+    assert "8ae3137102f43671" in log.lower(), log[-3000:]
     # every call's event line says how it was authenticated
     events = [json.loads(x.split("remotevss.events INFO ", 1)[1])
               for x in log.splitlines() if "remotevss.events INFO " in x]  # fmt: skip

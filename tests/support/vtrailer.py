@@ -16,15 +16,16 @@ NDR20 = uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860")
 
 def verification_trailer(
     stub: bytes, *, iface: uuid.UUID, version: tuple[int, int], call_id: int, context_id: int,
-    opnum: int,
+    opnum: int, header_signing: bool = False, ptype: int = 0,
 ) -> bytes:
-    """``stub`` padded to 4, then the trailer Windows sends (what Samba's ndrdump parses)."""
+    """``stub`` padded to 4, then the trailer Windows sends (what Samba's ndrdump parses);
+    ``header_signing``: the bind offered PFC_SUPPORT_HEADER_SIGN (bitmask1 bit 0)."""
     pcontext = (
         iface.bytes_le + struct.pack("<HH", *version) + NDR20.bytes_le + struct.pack("<L", 2)
     )
-    header2 = struct.pack("<B3x4sLHH", 0, b"\x10\0\0\0", call_id, context_id, opnum)
+    header2 = struct.pack("<B3x4sLHH", ptype, b"\x10\0\0\0", call_id, context_id, opnum)
     body = (
-        struct.pack("<HHL", CMD_BITMASK_1, 4, 1)  # client supports header signing
+        struct.pack("<HHL", CMD_BITMASK_1, 4, int(header_signing))
         + struct.pack("<HH", CMD_PCONTEXT, len(pcontext)) + pcontext
         + struct.pack("<HH", CMD_HEADER2 | CMD_END, len(header2)) + header2
     )

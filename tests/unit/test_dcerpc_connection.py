@@ -394,11 +394,63 @@ def test_request_with_object_uuid() -> None:
     assert req.object_uuid == OBJ and req.stub == b"x"
 
 
+def _vt(stub: bytes, **kw: Any) -> bytes:
+    from tests.support.vtrailer import verification_trailer
+
+    args: dict[str, Any] = {"iface": IF_A.uuid, "version": (1, 0), "call_id": 2,
+                            "context_id": 0, "opnum": 0} | kw  # fmt: skip
+    return verification_trailer(stub, **args)
+
+
 def test_verification_trailer_passes_through() -> None:
-    trailer = bytes.fromhex("8ae3137102f43671") + struct.pack("<HH", 0x4002, 0x28) + bytes(40)
     conn = bound()
-    (req,) = conn.receive_data(request_pdu(2, 0, 0, b"\x01\x00\x00\x00" + trailer))
-    assert req.stub.endswith(trailer)
+    stub = _vt(b"\x01\x00\x00\x00\x07")
+    (req,) = conn.receive_data(request_pdu(2, 0, 0, stub))
+    assert req.stub == stub  # the NDR decoder ignores what follows its data
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"call_id": 3},
+        {"opnum": 1},
+        {"context_id": 1},
+        {"ptype": 2},
+        {"iface": UNKNOWN},
+        {"version": (2, 0)},
+        {"header_signing": True},  # the bind did not offer it: a downgrade
+    ],
+    ids=lambda w: next(iter(w)),
+)
+def test_verification_trailer_that_disagrees_is_refused(wrong: dict[str, Any]) -> None:
+    conn = bound()
+    assert conn.receive_data(request_pdu(2, 0, 0, _vt(b"\x01\x00\x00\x00", **wrong))) == []
+    f = one_fault(conn)
+    assert f.status == pdu.NCA_S_FAULT_ACCESS_DENIED and not conn.closed
+    (req,) = conn.receive_data(request_pdu(3, 0, 0, _vt(b"ok", call_id=3)))  # still serving
+    assert req.stub.startswith(b"ok")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        bytes.fromhex("8ae3137102f43671") + struct.pack("<HH", 0x4002, 40) + bytes(10),
+        bytes.fromhex("8ae3137102f43671") + struct.pack("<HH", 0x8007, 0),  # must-process ?
+        bytes.fromhex("8ae3137102f43671") + struct.pack("<HHL", 0x0001, 4, 0),  # no end
+    ],
+    ids=["truncated", "unknown-must-process", "no-end"],
+)
+def test_malformed_verification_trailer_is_refused(tail: bytes) -> None:
+    conn = bound()
+    assert conn.receive_data(request_pdu(2, 0, 0, b"\x01\x00\x00\x00" + tail)) == []
+    assert one_fault(conn).status == pdu.NCA_S_FAULT_ACCESS_DENIED
+
+
+def test_unknown_optional_trailer_command_is_skipped() -> None:
+    conn = bound()
+    tail = bytes.fromhex("8ae3137102f43671") + struct.pack("<HHL", 0x4007, 4, 0)
+    (req,) = conn.receive_data(request_pdu(2, 0, 0, b"\x01\x00\x00\x00" + tail))
+    assert req.stub.endswith(tail)
 
 
 def test_three_fragment_request_reassembled() -> None:

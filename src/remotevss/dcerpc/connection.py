@@ -7,7 +7,7 @@ Rules of this module:
   decides when and how to move them (one PDU per message on message-mode pipes).
 - It knows DCE/RPC, not the application: which interfaces exist, not what their
   opnums mean, not NDR (stubs pass through untouched, verification trailer
-  included), not who the caller is (that comes from the transport; the engine only
+  included, once checked against the call), not who the caller is (that comes from the transport; the engine only
   vouches for ``Request.auth_level``).
 - A peer's bytes never raise.  Every malformed input ends as a queued fault or
   bind_nak and/or ``closed``; an exception escaping ``receive_data`` is our bug.
@@ -50,6 +50,8 @@ request stub > max_request_stub      fault nca_s_fault_remote_no_memory, then cl
 response fragments                   stub bytes per fragment a multiple of 16 (room for
                                      sign/seal padding later); alloc_hint = stub left
 request on a context not accepted    fault nca_s_unk_if (did-not-execute), stays open
+verification trailer disagrees       fault access_denied (did-not-execute), stays open
+                                     (Samba's rule; vtrailer.py)
 protocol error                       fault nca_s_proto_error (bind_nak if the PDU is a
                                      bind: reason 4 for a bad version, else 0), close
 co_cancel / orphaned                 drop the call being reassembled and its remaining
@@ -71,7 +73,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from remotevss.dcerpc import pdu
+from remotevss.dcerpc import pdu, vtrailer
 from remotevss.dcerpc.pdu import AuthVerifier, Header, PduError
 
 MAX_CONTEXTS = 256
@@ -280,9 +282,14 @@ class NoSecurity:
 class _Partial:
     """A request being reassembled."""
 
-    __slots__ = ("call_id", "context_id", "opnum", "object_uuid", "flags", "chunks", "size", "ok")
+    __slots__ = (
+        "call_id", "context_id", "opnum", "object_uuid", "flags", "chunks", "size", "ok", "drep",
+    )  # fmt: skip
 
-    def __init__(self, call_id: int, r: pdu.RequestPdu, flags: int, drep_ok: bool) -> None:
+    def __init__(
+        self, call_id: int, r: pdu.RequestPdu, flags: int, drep_ok: bool, drep: bytes
+    ) -> None:
+        self.drep = drep
         self.call_id = call_id
         self.context_id = r.context_id
         self.opnum = r.opnum
@@ -332,6 +339,8 @@ class ServerConnection:
         self._xmit = max_xmit_frag
         self._group: AssocGroup | None = None
         self._contexts: dict[int, Interface] = {}
+        self._syntaxes: dict[int, pdu.SyntaxId] = {}  # the abstract syntax each context bound
+        self._header_signing = False  # the bind offered PFC_SUPPORT_HEADER_SIGN
         self._partial: _Partial | None = None
         self._dropped: int | None = None  # call whose remaining fragments we swallow
         self._outstanding: set[int] = set()  # handed out, not yet answered
@@ -535,6 +544,7 @@ class ServerConnection:
         self._minor = hdr.rpc_vers_minor
         self._group = group
         self._bound = True
+        self._header_signing = bool(hdr.pfc_flags & pdu.PFC_SUPPORT_HEADER_SIGN)
         self._out.append(
             pdu.encode_bind_ack(
                 cid,
@@ -614,6 +624,7 @@ class ServerConnection:
                     results.append(_reject(pdu.REASON_LOCAL_LIMIT_EXCEEDED))
                     continue
                 added[item.context_id] = iface
+                self._syntaxes[item.context_id] = item.abstract_syntax
             elif existing != iface:
                 return None
             results.append(pdu.ContextResult(pdu.RESULT_ACCEPTANCE, 0, pdu.NDR20))
@@ -678,9 +689,10 @@ class ServerConnection:
                 return None
             if flags & _LAST:
                 return self._complete(
-                    cid, frag.context_id, frag.opnum, frag.object_uuid, stub, flags, drep_ok
-                )
-            self._partial = _Partial(cid, frag._replace(stub=stub), flags, drep_ok)
+                    cid, frag.context_id, frag.opnum, frag.object_uuid, stub, flags, drep_ok,
+                    hdr.drep,
+                )  # fmt: skip
+            self._partial = _Partial(cid, frag._replace(stub=stub), flags, drep_ok, hdr.drep)
             return None
         if cid != p.call_id or flags & _FIRST:
             self._protocol_error(cid, f"call {cid} interleaved with call {p.call_id}")
@@ -698,7 +710,7 @@ class ServerConnection:
             return None
         self._partial = None
         return self._complete(
-            cid, p.context_id, p.opnum, p.object_uuid, b"".join(p.chunks), p.flags, p.ok
+            cid, p.context_id, p.opnum, p.object_uuid, b"".join(p.chunks), p.flags, p.ok, p.drep
         )
 
     def _complete(
@@ -710,12 +722,21 @@ class ServerConnection:
         stub: bytes,
         first_flags: int,
         drep_ok: bool,
+        drep: bytes,
     ) -> Request | None:
         iface = self._contexts.get(context_id)
         if iface is None or not drep_ok:
             if not first_flags & _MAYBE:
                 status = pdu.NCA_S_UNK_IF if iface is None else pdu.NCA_S_FAULT_NDR
                 self._queue_fault(call_id, context_id, status, True)
+            return None
+        facts = vtrailer.CallFacts(
+            call_id, context_id, opnum, drep, self._syntaxes[context_id], pdu.NDR20,
+            self._header_signing,
+        )  # fmt: skip
+        if vtrailer.check(stub, facts) is not None:  # as Samba: access denied, stay open
+            if not first_flags & _MAYBE:
+                self._queue_fault(call_id, context_id, pdu.NCA_S_FAULT_ACCESS_DENIED, True)
             return None
         if first_flags & _MAYBE:
             self._discard.add(call_id)

@@ -290,6 +290,7 @@ class PrivateAgent:
     #: binds without auth; the RPC-auth tests set "integrity" (the agent's default).
     min_level: str = "none"
     identity_mismatch: str = "refuse"
+    trace: bool = False  # [log] trace: every PDU's stub in the log
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -332,6 +333,8 @@ class PrivateAgent:
         ]
         if self.samba.winbind:
             lines.append(f"ntlm_auth = {json.dumps(self.samba.ntlm_auth_argv)}")
+        if self.trace:
+            lines += ["[log]", "trace = true"]
         self.config.write_text("\n".join(lines) + "\n")
 
     @property
