@@ -7,8 +7,8 @@ Rules of this module:
   decides when and how to move them (one PDU per message on message-mode pipes).
 - It knows DCE/RPC, not the application: which interfaces exist, not what their
   opnums mean, not NDR (stubs pass through untouched, verification trailer
-  included, once checked against the call), not who the caller is (that comes from the transport; the engine only
-  vouches for ``Request.auth_level``).
+  included, once checked against the call), not who the caller is (that comes
+  from the transport; the engine only vouches for ``Request.auth_level``).
 - A peer's bytes never raise.  Every malformed input ends as a queued fault or
   bind_nak and/or ``closed``; an exception escaping ``receive_data`` is our bug.
 - Memory is bounded by configuration: the input buffer keeps less than one
