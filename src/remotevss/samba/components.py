@@ -47,6 +47,7 @@ def make_samba_components(config: AgentConfig) -> tuple[ShareLookup, Exposer, st
         # registry writes, reads of existing shares and smbd messages in a recycled
         # child: python-samba leaks per call (samba/worker.py)
         worker = SambaWorker(s.config_file)
+        worker.start()  # loads Samba's libraries while the agent finishes starting
         conf.registry_reader = worker.get_share
         exposer = RegistryExposer(conf, worker=worker)
     else:
