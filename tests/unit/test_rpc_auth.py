@@ -323,3 +323,56 @@ def test_mutated_authenticated_requests_never_run(user_file: Path, level: int,
     assert getattr(conn, "seen", []) == []
     out = conn.pdus_to_send()
     assert all(pdu.parse(p)[0].ptype in (pdu.PTYPE_FAULT, pdu.PTYPE_BIND_NAK) for p in out)
+
+
+def test_spnego_offering_kerberos_first_is_steered_to_ntlm(user_file: Path) -> None:
+    """A client offering [Kerberos, NTLMSSP] with an optimistic Kerberos token: the
+    server names NTLMSSP as the mechanism, the client starts NTLM in the next leg, the
+    mechListMIC covers the list as offered, and calls are then sealed."""
+    import spnego
+    from spnego._spnego import (
+        NegState,
+        NegTokenInit,
+        NegTokenResp,
+        pack_mech_type_list,
+        unpack_token,
+    )
+
+    krb5, ntlm_oid = "1.2.840.113554.1.2.2", "1.3.6.1.4.1.311.2.2.10"
+    conn = connection(user_file)
+    c = client(conn)  # for its PDU helpers; the SPNEGO tokens are built here
+    c.auth_type = pdu.RPC_C_AUTHN_GSS_NEGOTIATE
+    ntlm = spnego.client(f"{DOMAIN}\\{USER}", PASSWORD, protocol="ntlm")
+    init = NegTokenInit(mech_types=[krb5, ntlm_oid], mech_token=b"\x60\x03\x06\x01\x00").pack()
+    conn.receive_data(pdu.encode_bind(1, c._contexts(), auth=c._verifier(init)))
+    (ack,) = conn.pdus_to_send()
+    body = pdu.parse(ack)[1]
+    assert isinstance(body, pdu.BindAck) and body.auth is not None
+    first = unpack_token(body.auth.credentials)
+    assert first.supported_mech == ntlm_oid and first.response_token is None
+
+    def alter(token: bytes, call_id: int) -> bytes:
+        conn.receive_data(pdu.encode_alter_context(call_id, c._contexts(), auth=c._verifier(token)))
+        (resp,) = conn.pdus_to_send()
+        b = pdu.parse(resp)[1]
+        assert isinstance(b, pdu.BindAck) and b.auth is not None, b
+        return b.auth.credentials
+
+    negotiate = ntlm.step()
+    assert negotiate is not None
+    challenge = unpack_token(alter(NegTokenResp(response_token=negotiate).pack(), 2))
+    authenticate = ntlm.step(challenge.response_token)
+    assert authenticate is not None
+    mechs = pack_mech_type_list([krb5, ntlm_oid])
+    mic = ntlm.sign(mechs)
+    done = unpack_token(alter(NegTokenResp(response_token=authenticate, mech_list_mic=mic).pack(), 3))
+    assert done.neg_state == NegState.accept_complete and done.mech_list_mic
+    ntlm.verify(mechs, done.mech_list_mic)  # the server's MIC over the same list
+    assert conn.security.identity == (DOMAIN, USER)
+    assert conn.security.auth_level == PRIVACY and not conn.closed
+    # after the MICs both sides reset their RC4 state (as pyspnego's SPNEGO layer does)
+    ntlm._reset_ntlm_crypto_state(outgoing=True)
+    ntlm._reset_ntlm_crypto_state(outgoing=False)
+    c.sp = ntlm
+    c.call_id = 4
+    assert c.call(5, b"sealed after steering") == b"\x05" + b"sealed after steering"[::-1]
