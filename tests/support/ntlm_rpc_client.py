@@ -100,7 +100,7 @@ class RpcAuthClient:
             length, 16, self.call_id, len(stub), 0, opnum,
         )  # fmt: skip
         self.call_id += 1
-        trailer = struct.pack("<BBBBL", self.auth_type, self.level, pad, 0, self.ctx_id)
+        trailer = pdu.SEC_TRAILER.pack(self.auth_type, self.level, pad, 0, self.ctx_id)
         if self.level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:
             res = self.sp.wrap_iov(
                 [(BufferType.sign_only, head), body_plain, (BufferType.sign_only, trailer),

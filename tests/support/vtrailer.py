@@ -1,7 +1,8 @@
 """MS-RPCE 2.2.2.13 verification trailer, as Windows clients append it to request stubs.
 
 Windows sends it on authenticated calls (bitmask, presentation context,
-header2); a server must tolerate it after the NDR stub.
+header2); the server checks it against the call (remotevss.dcerpc.vtrailer,
+whose spec constants this builder shares).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import struct
 import uuid
 
-SIGNATURE = bytes.fromhex("8ae3137102f43671")
-CMD_BITMASK_1, CMD_PCONTEXT, CMD_HEADER2, CMD_END = 0x0001, 0x0002, 0x0003, 0x4000
-NDR20 = uuid.UUID("8a885d04-1ceb-11c9-9fe8-08002b104860")
+from remotevss.dcerpc.pdu import NDR20 as _NDR20
+from remotevss.dcerpc.vtrailer import CMD_BITMASK_1, CMD_END, CMD_HEADER2, CMD_PCONTEXT
+from remotevss.dcerpc.vtrailer import MAGIC as SIGNATURE
+
+NDR20 = _NDR20.uuid
 
 
 def verification_trailer(

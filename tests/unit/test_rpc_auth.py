@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from remotevss.agent.authz import Caller, Policy
 from remotevss.dcerpc import pdu
 from remotevss.dcerpc.connection import Interface, Request, ServerConnection
-from remotevss.dcerpc.rpc_auth import NCA_S_FAULT_SEC_PKG_ERROR, RpcSecurity
+from remotevss.dcerpc.rpc_auth import RpcSecurity
 from tests.support.ntlm_local import DOMAIN, PASSWORD, USER, LocalNtlmAcceptor, write_user_file
 from tests.support.ntlm_rpc_client import RpcAuthClient, RpcFault
 from tests.unit.test_dcerpc_connection import IF_A, echo
@@ -88,7 +88,7 @@ def test_tampered_request_is_refused_and_closes(user_file: Path, protocol: str,
     c.mangle = lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:]  # a stub byte
     with pytest.raises(RpcFault) as exc:
         c.call(3, b"payload of sixteen")
-    assert exc.value.status == NCA_S_FAULT_SEC_PKG_ERROR
+    assert exc.value.status == pdu.NCA_S_FAULT_SEC_PKG_ERROR
     assert conn.closed and "signature" in (conn.close_reason or "")
 
 

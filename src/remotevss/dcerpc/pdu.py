@@ -107,6 +107,7 @@ BIND_TIME_KEEP_CONNECTION_ON_ORPHAN = 0x0002
 
 # Fault statuses (C706 appendix E, MS-RPCE 2.2.2.13 / 3.3.2.5).
 NCA_S_FAULT_ACCESS_DENIED = 0x00000005
+NCA_S_FAULT_SEC_PKG_ERROR = 0x00000721  # a signature or seal that does not verify
 NCA_S_FAULT_NDR = 0x000006F7  # RPC_X_BAD_STUB_DATA
 NCA_S_FAULT_CANT_PERFORM = 0x000006D8
 NCA_S_FAULT_SERVER_UNAVAILABLE = 0x000006BA
@@ -284,6 +285,8 @@ Body = Bind | BindAck | BindNak | RequestPdu | ResponsePdu | FaultPdu | ControlP
 
 _HDR = {True: struct.Struct("<BBBB4sHHL"), False: struct.Struct(">BBBB4sHHL")}
 _SEC = {True: struct.Struct("<BBBBL"), False: struct.Struct(">BBBBL")}
+#: sec_trailer as we send it: auth type, level, pad length, reserved, context id.
+SEC_TRAILER = _SEC[True]
 _VER = {True: struct.Struct("<HH"), False: struct.Struct(">HH")}
 _BIND = {True: struct.Struct("<HHLBxxx"), False: struct.Struct(">HHLBxxx")}
 _CTX = {True: struct.Struct("<HBx"), False: struct.Struct(">HBx")}
@@ -312,7 +315,8 @@ def parse_header(data: bytes | bytearray | memoryview, offset: int = 0) -> Heade
     return Header._make(_HDR[le].unpack_from(data, offset))
 
 
-def _syntax(data: bytes, off: int, le: bool) -> SyntaxId:
+def syntax_at(data: bytes, off: int, le: bool = True) -> SyntaxId:
+    """The p_syntax_id_t (interface uuid, major, minor) at ``off``."""
     return _syntax_from(bytes(data[off : off + 20]), le)
 
 
@@ -365,8 +369,8 @@ def parse_bind(data: bytes, hdr: Header | None = None) -> Bind:
         nxt = off + 24 + 20 * n_ts
         if nxt > end:
             raise PduError("truncated transfer syntax list")
-        abstract = _syntax(data, off + 4, le)
-        ts = tuple(_syntax(data, off + 24 + 20 * i, le) for i in range(n_ts))
+        abstract = syntax_at(data, off + 4, le)
+        ts = tuple(syntax_at(data, off + 24 + 20 * i, le) for i in range(n_ts))
         items.append(ContextElem(ctx_id, abstract, ts))
         off = nxt
     return Bind(max_x, max_r, assoc, tuple(items), auth)
@@ -393,7 +397,7 @@ def parse_bind_ack(data: bytes, hdr: Header | None = None) -> BindAck:
     results = []
     for o in range(off, off + 24 * n, 24):
         result, reason = res_s.unpack_from(data, o)
-        results.append(ContextResult(result, reason, _syntax(data, o + 4, le)))
+        results.append(ContextResult(result, reason, syntax_at(data, o + 4, le)))
     return BindAck(max_x, max_r, assoc, sec.rstrip(b"\0"), tuple(results), auth)
 
 
@@ -503,7 +507,7 @@ def _finish(
         pad = -(COMMON_HEADER_LEN + len(body)) % 4
         tail = (
             bytes(pad)
-            + struct.pack("<BBBBL", auth.auth_type, auth.auth_level, pad, 0, auth.auth_context_id)
+            + SEC_TRAILER.pack(auth.auth_type, auth.auth_level, pad, 0, auth.auth_context_id)
             + auth.credentials
         )
         auth_len = len(auth.credentials)

@@ -36,10 +36,15 @@ from spnego._spnego import NegState, NegTokenInit, NegTokenResp, pack_mech_type_
 
 from remotevss.dcerpc import pdu
 from remotevss.dcerpc.connection import AuthError
-from remotevss.dcerpc.ntlm_seal import SIGNATURE_LEN, NtlmSeal, SignatureError
+from remotevss.dcerpc.ntlm_seal import (
+    NEGOTIATE_SEAL,
+    NEGOTIATE_SIGN,
+    SIGNATURE_LEN,
+    NtlmSeal,
+    SignatureError,
+)
 from remotevss.dcerpc.pdu import AuthVerifier, Header
 
-NCA_S_FAULT_SEC_PKG_ERROR = 0x00000721
 AUTH_TYPES = (pdu.RPC_C_AUTHN_GSS_NEGOTIATE, pdu.RPC_C_AUTHN_WINNT)
 AUTH_LEVELS = (pdu.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY, pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY)
 AUTH_ALIGN = 16  # stub + auth padding is a multiple of 16 (MS-RPCE 2.2.2.11)
@@ -47,7 +52,6 @@ AUTH_ALIGN = 16  # stub + auth padding is a multiple of 16 (MS-RPCE 2.2.2.11)
 OVERHEAD = AUTH_ALIGN - 1 + pdu.SEC_TRAILER_LEN + SIGNATURE_LEN
 MAX_TOKEN = 64 * 1024
 _NTLM_OID = GSSMech.ntlm.value
-_TRAILER = struct.Struct("<BBBBL")
 
 
 class NtlmOutcome(Protocol):
@@ -103,10 +107,6 @@ class RpcSecurity:
     @property
     def auth_level(self) -> int:
         return self._level if self._state == "established" else pdu.RPC_C_AUTHN_LEVEL_NONE
-
-    @property
-    def auth_type(self) -> int:
-        return self._type if self._state == "established" else pdu.RPC_C_AUTHN_NONE
 
     @property
     def pending(self) -> bool:
@@ -165,12 +165,14 @@ class RpcSecurity:
     def _reply(self, token: bytes) -> AuthVerifier:
         return AuthVerifier(self._type, self._level, 0, self._ctx_id, token)
 
+    def _matches(self, v: AuthVerifier) -> bool:
+        """The verifier names this association's auth type, level and context id."""
+        return (v.auth_type, v.auth_level, v.auth_context_id) == (
+            self._type, self._level, self._ctx_id,
+        )  # fmt: skip
+
     def _check_same(self, v: AuthVerifier) -> None:
-        if (v.auth_type, v.auth_level, v.auth_context_id) != (
-            self._type,
-            self._level,
-            self._ctx_id,
-        ):
+        if not self._matches(v):
             raise self._fail("auth type, level or context id changed during authentication")
 
     def _fail(self, message: str, status: int = pdu.NCA_S_FAULT_ACCESS_DENIED) -> AuthError:
@@ -250,7 +252,8 @@ class RpcSecurity:
         return NegTokenResp(neg_state=NegState.accept_complete, mech_list_mic=mic).pack()
 
     def _finish(self, outcome: NtlmOutcome) -> None:
-        needed = 0x10 | (0x20 if self._level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY else 0)
+        privacy = self._level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY
+        needed = NEGOTIATE_SIGN | (NEGOTIATE_SEAL if privacy else 0)
         if outcome.flags & needed != needed:
             raise AuthError("the client did not negotiate NTLM signing/sealing for its level")
         try:
@@ -276,12 +279,10 @@ class RpcSecurity:
             raise self._fail("request before the authentication completed")
         if verifier is None:
             raise self._fail("unsigned request on an authenticated association")
-        if (verifier.auth_type, verifier.auth_level, verifier.auth_context_id) != (
-            self._type,
-            self._level,
-            self._ctx_id,
-        ):
-            raise self._fail("request verifier does not match the association", SEC_PKG)
+        if not self._matches(verifier):
+            raise self._fail(
+                "request verifier does not match the association", pdu.NCA_S_FAULT_SEC_PKG_ERROR
+            )
         trailer = header.frag_length - header.auth_length - pdu.SEC_TRAILER_LEN
         start = trailer - verifier.auth_pad_length - len(stub)
         signed_end = trailer + pdu.SEC_TRAILER_LEN
@@ -294,7 +295,7 @@ class RpcSecurity:
                 return plain[: len(stub)]
             self._seal.verify(raw[:signed_end], verifier.credentials)
         except SignatureError as exc:
-            raise self._fail(f"request {exc}", SEC_PKG) from exc
+            raise self._fail(f"request {exc}", pdu.NCA_S_FAULT_SEC_PKG_ERROR) from exc
         return stub
 
     def protect(self, fragment: bytes) -> bytes:
@@ -307,14 +308,11 @@ class RpcSecurity:
         body = stub + bytes(pad)
         length = head_len + len(body) + pdu.SEC_TRAILER_LEN + SIGNATURE_LEN
         head = fragment[:8] + struct.pack("<HH", length, SIGNATURE_LEN) + fragment[12:head_len]
-        trailer = _TRAILER.pack(self._type, self._level, pad, 0, self._ctx_id)
+        trailer = pdu.SEC_TRAILER.pack(self._type, self._level, pad, 0, self._ctx_id)
         if self._level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:
             sealed, sig = self._seal.seal(body, head + body + trailer)
             return head + sealed + trailer + sig
         return head + body + trailer + self._seal.sign(head + body + trailer)
-
-
-SEC_PKG = NCA_S_FAULT_SEC_PKG_ERROR
 
 
 def _ntlm_type(token: bytes) -> int:

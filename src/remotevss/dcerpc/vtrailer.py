@@ -74,7 +74,8 @@ def check(stub: bytes, facts: CallFacts) -> str | None:
         elif kind == CMD_PCONTEXT:
             if length != 40:
                 return "bad pcontext length"
-            if (_syntax(body[:20]), _syntax(body[20:])) != (facts.abstract, facts.transfer):
+            named = (pdu.syntax_at(body, 0), pdu.syntax_at(body, 20))
+            if named != (facts.abstract, facts.transfer):
                 return "trailer names another presentation context"
         elif kind == CMD_HEADER2:
             if length != 16:
@@ -90,9 +91,3 @@ def check(stub: bytes, facts: CallFacts) -> str | None:
             return None if off == len(stub) else "bytes after the trailer's last command"
     return "verification trailer without an end"
 
-
-def _syntax(raw: bytes) -> pdu.SyntaxId:
-    import uuid
-
-    major, minor = struct.unpack_from("<HH", raw, 16)
-    return pdu.SyntaxId(uuid.UUID(bytes_le=bytes(raw[:16])), major, minor)
