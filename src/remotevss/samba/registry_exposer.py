@@ -62,7 +62,7 @@ from remotevss.samba.conf import (
     param_key,
 )
 from remotevss.samba.notify import SmbdNotifier
-from remotevss.samba.worker import SambaWorker, delete_share, write_share
+from remotevss.samba.worker import SambaOps, SambaWorker
 
 log = logging.getLogger("remotevss.samba")
 
@@ -197,9 +197,6 @@ class RegistryExposer:
     ) -> None:
         self.conf = conf
         self.clock = clock
-        #: Registry writes and notifications in a recycled child (samba/worker.py);
-        #: None: in this process (tests, benchmarks).
-        self.worker = worker
         try:
             with LOCK:
                 conf.refresh()
@@ -214,6 +211,11 @@ class RegistryExposer:
         except (SambaConfigError, SambaUnavailable) as exc:
             raise ExposeError(str(exc)) from exc
         self.notifier = notifier if notifier is not None else SmbdNotifier(conf)
+        #: Registry writes and smbd messages: in a recycled child (samba/worker.py),
+        #: or without a worker (tests, benchmarks) the same operations in this process.
+        self.ops: SambaWorker | SambaOps = (
+            worker if worker is not None else SambaOps(conf, self.notifier)
+        )
 
     # ------------------------------------------------------------ Exposer
 
@@ -312,8 +314,7 @@ class RegistryExposer:
     def close(self) -> None:
         with LOCK:
             self.security.close()
-            if self.worker is not None:
-                self.worker.close()
+            self.ops.close()
 
     # ------------------------------------------------------------ helpers
 
@@ -331,25 +332,16 @@ class RegistryExposer:
         """Tell smbd; a failure is logged, not raised: the registry already says what
         is true, new tree connects read it, and a retry would change nothing."""
         try:
-            if self.worker is not None:
-                self.worker.notify(force_tdis=force_tdis or [])
-            else:
-                self.notifier.notify(force_tdis=force_tdis or [])
+            self.ops.notify(force_tdis=force_tdis or [])
         except Exception:
             log.error("could not notify smbd (force_tdis=%s)", force_tdis, exc_info=True)
 
     def _write_share(self, name: str, params: list[tuple[str, str]]) -> None:
         """Replace share ``name`` with ``params``: one registry transaction."""
-        if self.worker is not None:
-            self.worker.write_share(name, params)
-        else:
-            write_share(self.conf, self._smbconf, name, params)
+        self.ops.write_share(name, params)
 
     def _delete_share(self, name: str) -> None:
-        if self.worker is not None:
-            self.worker.delete_share(name)
-        else:
-            delete_share(self.conf, self._smbconf, name)
+        self.ops.delete_share(name)
 
 
 def _restore_sd(db: ShareSecurityDb, name: str, sd: bytes | None) -> None:

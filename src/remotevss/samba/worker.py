@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from remotevss.linepipe import LinePipe
@@ -165,28 +166,51 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def write_share(conf: Any, smbconf: Any, name: str, params: list[tuple[str, str]]) -> None:
-    """Replace share ``name`` with ``params``: one registry transaction."""
-    reg = conf.registry
-    reg.transaction_start()
-    try:
-        _delete_if_present(reg, smbconf, name)
-        reg.create_set_share(name, params)
-        reg.transaction_commit()
-    except BaseException:
-        _cancel(reg)
-        raise
+class SambaOps:
+    """The operations themselves, in the calling process: what the worker child runs
+    for the agent, and what RegistryExposer runs directly without a worker (tests,
+    benchmarks).  Same methods as :class:`SambaWorker`."""
 
+    def __init__(self, conf: Any, notifier: Any = None) -> None:
+        from remotevss.samba._lib import module
+        from remotevss.samba.notify import SmbdNotifier
 
-def delete_share(conf: Any, smbconf: Any, name: str) -> None:
-    reg = conf.registry
-    reg.transaction_start()
-    try:
-        _delete_if_present(reg, smbconf, name)
-        reg.transaction_commit()
-    except BaseException:
-        _cancel(reg)
-        raise
+        self.conf = conf
+        self._smbconf = module("samba.smbconf")
+        self.notifier = notifier if notifier is not None else SmbdNotifier(conf)
+
+    def write_share(self, name: str, params: list[tuple[str, str]]) -> None:
+        """Replace share ``name`` with ``params``: one registry transaction."""
+        reg = self.conf.registry
+        reg.transaction_start()
+        try:
+            _delete_if_present(reg, self._smbconf, name)
+            reg.create_set_share(name, params)
+            reg.transaction_commit()
+        except BaseException:
+            _cancel(reg)
+            raise
+
+    def delete_share(self, name: str) -> None:
+        reg = self.conf.registry
+        reg.transaction_start()
+        try:
+            _delete_if_present(reg, self._smbconf, name)
+            reg.transaction_commit()
+        except BaseException:
+            _cancel(reg)
+            raise
+
+    def get_share(self, name: str) -> tuple[str, list[tuple[str, str]]] | None:
+        d = self.conf.registry_share(name)
+        return None if d is None else (d.name, list(d.params))
+
+    def notify(self, *, force_tdis: list[str] | tuple[str, ...] = (),
+               conf_updated: bool = True) -> int:  # fmt: skip
+        return int(self.notifier.notify(force_tdis=list(force_tdis), conf_updated=conf_updated))
+
+    def close(self) -> None:
+        pass
 
 
 def _delete_if_present(reg: Any, smbconf: Any, name: str) -> None:
@@ -205,33 +229,28 @@ def _cancel(reg: Any) -> None:
 
 
 def serve(config_file: str) -> int:
-    from remotevss.samba._lib import module
     from remotevss.samba.conf import SambaConf
-    from remotevss.samba.notify import SmbdNotifier
 
-    conf = SambaConf(config_file)
-    smbconf = module("samba.smbconf")
-    notifier = SmbdNotifier(conf)
+    ops = SambaOps(SambaConf(config_file))
+    handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "write": lambda r: ops.write_share(
+            str(r["name"]), [(str(k), str(v)) for k, v in r["params"]]
+        ),
+        "delete": lambda r: ops.delete_share(str(r["name"])),
+        "get": lambda r: ops.get_share(str(r["name"])),
+        "notify": lambda r: ops.notify(
+            force_tdis=[str(x) for x in r.get("force_tdis", [])],
+            conf_updated=bool(r["conf_updated"]),
+        ),
+    }
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         try:
             req = json.loads(line)
-            op = req["op"]
-            result: Any = None
-            if op == "write":
-                params = [(str(k), str(v)) for k, v in req["params"]]
-                write_share(conf, smbconf, str(req["name"]), params)
-            elif op == "delete":
-                delete_share(conf, smbconf, str(req["name"]))
-            elif op == "get":
-                d = conf.registry_share(str(req["name"]))
-                result = None if d is None else [d.name, [list(kv) for kv in d.params]]
-            elif op == "notify":
-                force = [str(s) for s in req.get("force_tdis", [])]
-                result = notifier.notify(force_tdis=force, conf_updated=bool(req["conf_updated"]))
-            else:
-                raise ValueError(f"unknown op {op!r}")
-            reply: dict[str, Any] = {"ok": True, "result": result}
+            handler = handlers.get(req["op"])
+            if handler is None:
+                raise ValueError(f"unknown op {req['op']!r}")
+            reply: dict[str, Any] = {"ok": True, "result": handler(req)}
         except Exception as exc:  # reported to the agent, which decides
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         out.write(json.dumps(reply).encode() + b"\n")
