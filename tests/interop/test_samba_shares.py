@@ -572,14 +572,15 @@ def test_make_samba_components(env: Env) -> None:
     from remotevss.samba.shares import SambaShareTable
 
     cfg = AgentConfig(samba=SambaConfig(config_file=str(env.samba.conf)))
-    shares, exposer, netbios = make_samba_components(cfg)
+    shares, exposer, netbios, separator = make_samba_components(cfg)
     assert isinstance(shares, SambaShareTable) and isinstance(exposer, RegistryExposer)
-    assert netbios == NETBIOS
+    assert netbios == NETBIOS and separator == "\\"  # smb.conf's default winbind separator
     assert shares.lookup("regshare") is not None
+    exposer.close()  # and its Samba worker child
     cfg = AgentConfig(
         samba=SambaConfig(config_file=str(env.samba.conf), shares="agent", expose="symlink")
     )
-    shares, exposer, _ = make_samba_components(cfg)
+    shares, exposer, _, _ = make_samba_components(cfg)
     assert isinstance(shares, ShareTable) and isinstance(exposer, SymlinkExposer)
     with pytest.raises(ValueError):
         make_samba_components(AgentConfig())
@@ -602,7 +603,7 @@ def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_pa
         netbios_name=NETBIOS,
         samba=SambaConfig(config_file=str(env.samba.conf)),
     )
-    shares, exposer, _ = make_samba_components(cfg)
+    shares, exposer, _, _ = make_samba_components(cfg)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 

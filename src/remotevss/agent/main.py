@@ -22,15 +22,19 @@ from remotevss.samba.pipedir import default_pipe_dir, takeover_risk
 log = logging.getLogger("remotevss.agent")
 
 
-def build_service(config: AgentConfig) -> AgentService:
-    """The service, with Samba's shares and registry exposure when behind Samba."""
+def build_service(config: AgentConfig) -> tuple[AgentService, str]:
+    """The service, with Samba's shares and registry exposure when behind Samba, and
+    Samba's ``winbind separator`` (how ntlm_auth names users; ``\\`` without Samba)."""
     if not config.samba.config_file:
-        return AgentService(config, policy=policy_for(config))
+        return AgentService(config, policy=policy_for(config)), "\\"
     from remotevss.samba.components import make_samba_components
 
-    shares, exposer, netbios = make_samba_components(config)
-    config = replace(config, netbios_name=netbios)
-    return AgentService(config, policy=policy_for(config), shares=shares, exposer=exposer)
+    samba = make_samba_components(config)
+    config = replace(config, netbios_name=samba.netbios_name)
+    service = AgentService(
+        config, policy=policy_for(config), shares=samba.shares, exposer=samba.exposer
+    )
+    return service, samba.winbind_separator
 
 
 async def run_agent(
@@ -38,7 +42,7 @@ async def run_agent(
     reload: Callable[[], AgentConfig] | None = None,
     verbose: int = 0,
 ) -> int:
-    service = build_service(config)
+    service, separator = build_service(config)
     ops = Operations(service, reload=reload, verbose=verbose)  # docs/operations.md
     report = await service.start()
     for line in report.lines():
@@ -48,7 +52,7 @@ async def run_agent(
     auth: RpcAuthenticator | None = None
     if config.samba.config_file:
         pipe_dir = config.samba.pipe_dir or default_pipe_dir(config.samba.config_file)
-        auth = RpcAuthenticator(config)
+        auth = RpcAuthenticator(config, separator)
         pipe = PipeListener(service, Path(pipe_dir), security=auth.security)
         await pipe.start()
         if risk := takeover_risk(config.samba.config_file):

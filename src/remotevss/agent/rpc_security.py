@@ -23,24 +23,15 @@ def helper_argv(config: AgentConfig) -> list[str]:
     return argv
 
 
-def winbind_separator(config: AgentConfig) -> str:
-    """smb.conf's ``winbind separator``: ntlm_auth names users ``DOMAIN<sep>user``."""
-    if not config.samba.config_file:
-        return "\\"
-    from remotevss.samba.conf import SambaConf
-
-    value = str(SambaConf(config.samba.config_file).get("winbind separator") or "\\")
-    return value[:1]
-
-
 class RpcAuthenticator:
     """Makes one :class:`RpcSecurity` per pipe connection, all sharing the helper pool."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, separator: str = "\\") -> None:
+        """``separator``: smb.conf's ``winbind separator`` (samba.components)."""
         ra = config.rpc_auth
         self.pool = NtlmHelperPool(
             helper_argv(config), size=ra.helpers, timeout=ra.timeout,
-            separator=winbind_separator(config),
+            separator=separator,
         )  # fmt: skip
 
     def security(self) -> RpcSecurity:

@@ -7,6 +7,8 @@ smb.conf and one registry per process, see remotevss.samba.conf).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.exposer import Exposer, SymlinkExposer
 from remotevss.agent.shares import LocalShare, ShareLookup, ShareTable
@@ -16,8 +18,15 @@ from remotevss.samba.shares import SambaShareTable
 from remotevss.samba.worker import SambaWorker
 
 
-def make_samba_components(config: AgentConfig) -> tuple[ShareLookup, Exposer, str]:
-    """``(shares, exposer, netbios_name)`` for an agent behind Samba.
+class SambaComponents(NamedTuple):
+    shares: ShareLookup
+    exposer: Exposer
+    netbios_name: str
+    winbind_separator: str  # ntlm_auth names users DOMAIN<separator>user
+
+
+def make_samba_components(config: AgentConfig) -> SambaComponents:
+    """Shares, exposer and the names Samba uses, for an agent behind Samba.
 
     ``[samba] shares = "samba"``: Samba's file and registry shares
     (:class:`SambaShareTable`); ``"agent"``: the agent's own ``[shares]``.
@@ -52,4 +61,5 @@ def make_samba_components(config: AgentConfig) -> tuple[ShareLookup, Exposer, st
         exposer = RegistryExposer(conf, worker=worker)
     else:
         exposer = SymlinkExposer(config.expose_dir)
-    return shares, exposer, conf.netbios_name
+    separator = str(conf.get("winbind separator") or "\\")[:1]
+    return SambaComponents(shares, exposer, conf.netbios_name, separator)
