@@ -1,15 +1,30 @@
-"""One reply line at a time from a child process's stdout, with a deadline and a size bound.
+"""Child processes the agent talks to: one reply line at a time, and a bounded stop.
 
 Why: the agent talks line protocols to two kinds of helper children (Samba's
 ``ntlm_auth``, the Samba worker) from blocking code paths; a child that hangs
-or floods must cost a clear error, never a stuck agent or unbounded memory.
+or floods must cost a clear error, never a stuck agent or unbounded memory,
+and stopping one must not wait for ever.
 """
 
 from __future__ import annotations
 
 import os
 import selectors
+import signal
+import subprocess
 import time
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM (a graceful stop), SIGKILL after ``timeout``; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 class LinePipe:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remotevss.client.local import LocalClient
-from remotevss.samba.private import stop_process
+from remotevss.linepipe import stop_process
 
 
 @dataclass

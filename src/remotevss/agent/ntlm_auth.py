@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from remotevss.dcerpc.connection import AuthError
-from remotevss.linepipe import LinePipe
+from remotevss.linepipe import LinePipe, stop_process
 
 log = logging.getLogger("remotevss.agent.ntlm_auth")
 
@@ -129,13 +129,7 @@ class _Helper:
     def stop(self) -> None:
         """End the process (SIGTERM, SIGKILL after KILL_AFTER s) and reap it; the pipes
         stay open: another thread may still be reading them (see :meth:`kill`)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(KILL_AFTER)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, KILL_AFTER)
 
     def kill(self) -> None:
         """Stop the process and close its pipes (by the thread that owns the helper)."""

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remotevss.linepipe import stop_process
+
 RPCD_DIR = Path("/usr/libexec/samba")
 SAMBA_DCERPCD = RPCD_DIR / "samba-dcerpcd"
 PASSWORD = "Passw0rd-remotevss"  # noqa: S105 - tests: a loopback-only private Samba
@@ -397,15 +399,3 @@ def _merged(lines: list[str], overrides: dict[str, str]) -> list[str]:
         else:
             out.append(line)
     return out + [f"{k} = {v}" for k, v in keys.values()]
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    """SIGTERM (a graceful stop), SIGKILL after ``timeout``; the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
