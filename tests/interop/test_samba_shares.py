@@ -572,9 +572,10 @@ def test_make_samba_components(env: Env) -> None:
     from remotevss.samba.shares import SambaShareTable
 
     cfg = AgentConfig(samba=SambaConfig(config_file=str(env.samba.conf)))
-    shares, exposer, netbios, separator = make_samba_components(cfg)
+    shares, exposer, netbios, names = make_samba_components(cfg)
     assert isinstance(shares, SambaShareTable) and isinstance(exposer, RegistryExposer)
-    assert netbios == NETBIOS and separator == "\\"  # smb.conf's default winbind separator
+    assert netbios == NETBIOS and names.separator == "\\"  # smb.conf default separator
+    assert names.realm == "" and names.keytab == ""  # no realm, kerberos method secrets only
     assert shares.lookup("regshare") is not None
     exposer.close()  # and its Samba worker child
     cfg = AgentConfig(

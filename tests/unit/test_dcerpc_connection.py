@@ -338,6 +338,7 @@ def test_security_hook_sees_and_answers_the_verifier() -> None:
         overhead = 0
         pending = True
         identity = None
+        user = ""
 
         def protect(self, fragment: bytes) -> bytes:
             return fragment
@@ -345,7 +346,7 @@ def test_security_hook_sees_and_answers_the_verifier() -> None:
         def close(self) -> None:
             pass
 
-        def bind(self, v: AuthVerifier | None) -> AuthVerifier | None:
+        def bind(self, v: AuthVerifier | None, header_signing: bool = False) -> AuthVerifier | None:
             self.seen.append(v)
             return AuthVerifier(10, 5, 0, 1, b"CHALLENGE")
 

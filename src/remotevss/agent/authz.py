@@ -33,7 +33,7 @@ class Caller:
     name: str = ""
     transport: str = ""
     auth_level: int = 1  # DCE/RPC level the connection's calls run at (1 = none)
-    rpc_user: str = ""  # DOMAIN\\account authenticated at the RPC level, if any
+    rpc_user: str = ""  # DOMAIN\\account (NTLM) or user@REALM (Kerberos) at the RPC level
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Policy:
     samba_gids: frozenset[int] = frozenset()  # callers behind Samba ([samba] allowed_groups)
     min_auth_level: int = 1  # behind Samba: calls below it are denied (MS-FSRVP 3.1.4)
     allow_identity_mismatch: bool = False
+    kerberos_realm: str = ""  # user@REALM is this server's DOMAIN\\user ([rpc_auth] realm)
 
     def refusal(self, caller: Caller) -> str | None:
         """Why a Samba caller's RPC authentication does not admit it (None: it does)."""
@@ -54,11 +55,24 @@ class Policy:
             return f"auth level {caller.auth_level} below the required {self.min_auth_level}"
         if (
             caller.rpc_user
-            and caller.rpc_user.casefold() != caller.name.casefold()
+            and not self._same_user(caller.rpc_user, caller.name)
             and not self.allow_identity_mismatch
         ):
             return f"RPC user {caller.rpc_user} is not the SMB user {caller.name}"
         return None
+
+    def _same_user(self, rpc_user: str, smb_user: str) -> bool:
+        """NTLM names DOMAIN\\account as smbd does; a Kerberos principal user@REALM is
+        the SMB user with that account name if REALM is this server's realm."""
+        if "\\" in rpc_user or "@" not in rpc_user:
+            return rpc_user.casefold() == smb_user.casefold()
+        user, _, realm = rpc_user.rpartition("@")
+        account = smb_user.rpartition("\\")[2]
+        return (
+            bool(self.kerberos_realm)
+            and realm.casefold() == self.kerberos_realm.casefold()
+            and user.casefold() == account.casefold()
+        )
 
     def permits(self, caller: Caller) -> bool:
         if self.refusal(caller) is not None:
@@ -72,9 +86,10 @@ class Policy:
         )
 
 
-def policy_for(config: AgentConfig) -> Policy:
+def policy_for(config: AgentConfig, samba_realm: str = "") -> Policy:
     """The rule the configuration asks for: the socket group locally, extra SIDs and
-    groups from ``[samba]`` behind Samba, on top of the built-in rule."""
+    groups from ``[samba]`` behind Samba, on top of the built-in rule.  The Kerberos
+    realm is ``[rpc_auth] realm``, else smb.conf's ``realm`` (``samba_realm``)."""
     return Policy(
         allowed_gids=frozenset({group_id(config.socket_group)}),
         allowed_sids=frozenset(
@@ -83,4 +98,5 @@ def policy_for(config: AgentConfig) -> Policy:
         samba_gids=frozenset(group_id(g) for g in config.samba.allowed_groups),
         min_auth_level=RPC_AUTH_LEVELS[config.rpc_auth.min_level],
         allow_identity_mismatch=config.rpc_auth.identity_mismatch == "allow",
+        kerberos_realm=(config.rpc_auth.realm or samba_realm).upper(),
     )

@@ -96,8 +96,17 @@ class RpcAuthConfig:
     #: The RPC identity must be the SMB session's user ("refuse"), or a mismatch is
     #: logged and the SMB session's token authorizes ("allow").
     identity_mismatch: str = "refuse"
+    #: Kerberos (auth type 16, and SPNEGO carrying it): "auto" when the keytab is
+    #: readable and holds keys, "on" (refuse to start without them), "off".
+    kerberos: str = "auto"
+    #: Empty: smb.conf's ``dedicated keytab file``, else KRB5_KTNAME, else /etc/krb5.keytab.
+    keytab: str = ""
+    #: The realm whose principals are this server's users (user@REALM is the SMB
+    #: user REALM's domain\\user).  Empty: smb.conf's ``realm``.
+    realm: str = ""
 
 
+KERBEROS_MODES = ("auto", "on", "off")
 RPC_AUTH_LEVELS = {"none": 1, "integrity": 5, "privacy": 6}
 
 
@@ -267,6 +276,11 @@ def _rpc_auth(table: Any) -> RpcAuthConfig:
         if not argv or not all(isinstance(a, str) and a for a in argv):
             raise ConfigError("[rpc_auth] ntlm_auth must be a program or a list of arguments")
         ra["ntlm_auth"] = tuple(argv)
+    if ra.get("kerberos", "auto") not in KERBEROS_MODES:
+        raise ConfigError('[rpc_auth] kerberos must be "auto", "on" or "off"')
+    for key in ("keytab", "realm"):
+        if not isinstance(ra.get(key, ""), str):
+            raise ConfigError(f"[rpc_auth] {key} must be a string")
     helpers = ra.get("helpers", 4)
     if isinstance(helpers, bool) or not isinstance(helpers, int) or not 1 <= helpers <= 64:
         raise ConfigError("[rpc_auth] helpers must be a number from 1 to 64")

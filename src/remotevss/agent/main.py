@@ -13,7 +13,7 @@ from pathlib import Path
 from remotevss.agent.authz import policy_for
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.ops import Operations
-from remotevss.agent.rpc_security import RpcAuthenticator
+from remotevss.agent.rpc_security import RpcAuthenticator, SambaAuthNames
 from remotevss.agent.service import AgentService
 from remotevss.agent.transports.samba_pipe import PipeListener
 from remotevss.agent.transports.unix import serve_unix
@@ -22,19 +22,18 @@ from remotevss.samba.pipedir import default_pipe_dir, takeover_risk
 log = logging.getLogger("remotevss.agent")
 
 
-def build_service(config: AgentConfig) -> tuple[AgentService, str]:
+def build_service(config: AgentConfig) -> tuple[AgentService, SambaAuthNames]:
     """The service, with Samba's shares and registry exposure when behind Samba, and
-    Samba's ``winbind separator`` (how ntlm_auth names users; ``\\`` without Samba)."""
+    what smb.conf says about user names and Kerberos (defaults without Samba)."""
     if not config.samba.config_file:
-        return AgentService(config, policy=policy_for(config)), "\\"
+        return AgentService(config, policy=policy_for(config)), SambaAuthNames()
     from remotevss.samba.components import make_samba_components
 
     samba = make_samba_components(config)
     config = replace(config, netbios_name=samba.netbios_name)
-    service = AgentService(
-        config, policy=policy_for(config), shares=samba.shares, exposer=samba.exposer
-    )
-    return service, samba.winbind_separator
+    policy = policy_for(config, samba.auth.realm)
+    service = AgentService(config, policy=policy, shares=samba.shares, exposer=samba.exposer)
+    return service, samba.auth
 
 
 async def run_agent(
@@ -42,7 +41,7 @@ async def run_agent(
     reload: Callable[[], AgentConfig] | None = None,
     verbose: int = 0,
 ) -> int:
-    service, separator = build_service(config)
+    service, names = build_service(config)
     ops = Operations(service, reload=reload, verbose=verbose)  # docs/operations.md
     report = await service.start()
     for line in report.lines():
@@ -52,7 +51,7 @@ async def run_agent(
     auth: RpcAuthenticator | None = None
     if config.samba.config_file:
         pipe_dir = config.samba.pipe_dir or default_pipe_dir(config.samba.config_file)
-        auth = RpcAuthenticator(config, separator)
+        auth = RpcAuthenticator(config, names)
         pipe = PipeListener(service, Path(pipe_dir), security=auth.security)
         await pipe.start()
         if risk := takeover_risk(config.samba.config_file):

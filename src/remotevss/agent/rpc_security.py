@@ -1,19 +1,40 @@
-"""DCE/RPC authentication for the Samba pipe: Samba's ``ntlm_auth`` checks the credentials.
+"""DCE/RPC authentication on the Samba pipe: ``ntlm_auth`` for NTLM, the keytab for Kerberos.
 
-Why a helper process: on a standalone server winbindd checks NTLM against
-Samba's own passdb, on a domain member against the DC, and neither way does
-the agent see a password hash.  Helpers are pooled (a spawn costs ~40 ms) and
-spawned on the first authenticated bind, so an agent whose clients never
-authenticate never runs one.
+Why a helper process for NTLM: on a standalone server winbindd checks NTLM
+against Samba's own passdb, on a domain member against the DC, and neither
+way does the agent see a password hash.  Helpers are pooled (a spawn costs
+~40 ms) and spawned on the first authenticated bind, so an agent whose
+clients never authenticate never runs one.
+
+Kerberos needs no helper: the ticket is decrypted with the file server's key
+from the keytab Samba uses (``dedicated keytab file`` or the system keytab),
+through GSSAPI.
 """
 
 from __future__ import annotations
 
-from remotevss.agent.config import AgentConfig
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+
+from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.ntlm_auth import NtlmHelperPool
-from remotevss.dcerpc.rpc_auth import RpcSecurity
+from remotevss.dcerpc.rpc_auth import KerberosFactory, RpcSecurity
 
 HELPER_PROTOCOL = "--helper-protocol=squid-2.5-ntlmssp"
+SYSTEM_KEYTAB = "/etc/krb5.keytab"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SambaAuthNames:
+    """What smb.conf says about naming and Kerberos (samba.components)."""
+
+    separator: str = "\\"  # ``winbind separator``: ntlm_auth answers DOMAIN<sep>user
+    realm: str = ""  # ``realm``
+    keytab: str = ""  # the keytab smbd uses (``kerberos method``), if any
 
 
 def helper_argv(config: AgentConfig) -> list[str]:
@@ -23,19 +44,60 @@ def helper_argv(config: AgentConfig) -> list[str]:
     return argv
 
 
+def keytab_path(config: AgentConfig, names: SambaAuthNames) -> str:
+    """The keytab Kerberos binds are checked against (``[rpc_auth] keytab``)."""
+    env = os.environ.get("KRB5_KTNAME", "").removeprefix("FILE:")
+    return config.rpc_auth.keytab or names.keytab or env or SYSTEM_KEYTAB
+
+
+def kerberos_factory(config: AgentConfig, names: SambaAuthNames) -> KerberosFactory | None:
+    """Kerberos acceptors for ``[rpc_auth] kerberos``, or None when it is off.
+
+    "auto" turns it on only if the keytab can be read and GSSAPI finds keys in
+    it; "on" makes a missing keytab a start-up error, not a silent NTLM-only agent.
+    """
+    mode = config.rpc_auth.kerberos
+    if mode == "off":
+        return None
+    keytab = keytab_path(config, names)
+    why = _kerberos_unusable(keytab)
+    if why:
+        if mode == "on":
+            raise ConfigError(f"[rpc_auth] kerberos = on, but {why}")
+        log.info("Kerberos RPC authentication off: %s", why)
+        return None
+    from remotevss.dcerpc.krb5_gss import KerberosAcceptor
+
+    log.info("Kerberos RPC authentication on: keytab %s, realm %s", keytab, names.realm or "-")
+    return partial(KerberosAcceptor, keytab)
+
+
+def _kerberos_unusable(keytab: str) -> str:
+    if not os.access(keytab, os.R_OK):
+        return f"keytab {keytab} is not readable"
+    try:
+        from remotevss.dcerpc.krb5_gss import KerberosAcceptor
+
+        KerberosAcceptor(keytab)
+    except Exception as exc:  # noqa: BLE001 - GSSAPI, import and key errors alike
+        return f"keytab {keytab}: {exc}"
+    return ""
+
+
 class RpcAuthenticator:
     """Makes one :class:`RpcSecurity` per pipe connection, all sharing the helper pool."""
 
-    def __init__(self, config: AgentConfig, separator: str = "\\") -> None:
-        """``separator``: smb.conf's ``winbind separator`` (samba.components)."""
+    def __init__(self, config: AgentConfig, names: SambaAuthNames | None = None) -> None:
+        names = names or SambaAuthNames()
         ra = config.rpc_auth
         self.pool = NtlmHelperPool(
             helper_argv(config), size=ra.helpers, timeout=ra.timeout,
-            separator=separator,
+            separator=names.separator,
         )  # fmt: skip
+        self.kerberos = kerberos_factory(config, names)
 
     def security(self) -> RpcSecurity:
-        return RpcSecurity(self.pool.acceptor)
+        return RpcSecurity(self.pool.acceptor, self.kerberos)
 
     def close(self) -> None:
         self.pool.close()

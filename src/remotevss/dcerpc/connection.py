@@ -225,14 +225,24 @@ class Security(Protocol):
 
     @property
     def identity(self) -> tuple[str, str] | None:
-        """(domain, account) authenticated at the RPC level, if any."""
+        """(domain, account) authenticated at the RPC level, if any (Kerberos: realm, user)."""
+        ...
+
+    @property
+    def user(self) -> str:
+        """Who authenticated at the RPC level: ``DOMAIN\\account`` or ``user@REALM``."""
         ...
 
     def protect(self, fragment: bytes) -> bytes: ...
 
     def close(self) -> None: ...
 
-    def bind(self, verifier: AuthVerifier | None) -> AuthVerifier | None: ...
+    def bind(
+        self, verifier: AuthVerifier | None, header_signing: bool = False
+    ) -> AuthVerifier | None:
+        """``header_signing``: the bind offered PFC_SUPPORT_HEADER_SIGN (echoed in the
+        ack): Kerberos then protects the PDU header and sec_trailer too."""
+        ...
 
     def alter_context(self, verifier: AuthVerifier | None) -> AuthVerifier | None: ...
 
@@ -250,6 +260,7 @@ class NoSecurity:
     overhead = 0
     pending = False
     identity = None
+    user = ""
 
     def protect(self, fragment: bytes) -> bytes:
         return fragment
@@ -257,7 +268,9 @@ class NoSecurity:
     def close(self) -> None:
         pass
 
-    def bind(self, verifier: AuthVerifier | None) -> AuthVerifier | None:
+    def bind(
+        self, verifier: AuthVerifier | None, header_signing: bool = False
+    ) -> AuthVerifier | None:
         if verifier is not None:
             raise AuthError(f"auth type {verifier.auth_type} not supported")
         return None
@@ -520,7 +533,9 @@ class ServerConnection:
         if not bind.contexts:
             return self._nak(cid, pdu.BIND_NAK_REASON_NOT_SPECIFIED, "bind without contexts")
         try:
-            reply_auth = self._security.bind(bind.auth)
+            reply_auth = self._security.bind(
+                bind.auth, bool(hdr.pfc_flags & pdu.PFC_SUPPORT_HEADER_SIGN)
+            )
         except AuthError as exc:
             return self._nak(cid, exc.nak_reason, f"bind refused: {exc}")
         if bind.assoc_group_id:

@@ -26,7 +26,8 @@ NEGOTIATE_SEAL = int(NegotiateFlags.seal)
 
 
 class SignatureError(Exception):
-    """A PDU's NTLM signature did not verify (tampered, replayed or out of order)."""
+    """A PDU's signature or token did not verify (tampered, replayed or out of order);
+    NTLM and Kerberos alike."""
 
 
 class NtlmSeal:

@@ -1,22 +1,29 @@
-"""DCE/RPC authentication for the server engine: NTLMSSP (10) and SPNEGO (9) over NTLMSSP.
+"""DCE/RPC authentication for the server engine: NTLMSSP (10), Kerberos (16), SPNEGO (9).
 
 Why this shape: the engine (``connection.py``) stays ignorant of credentials;
 one :class:`RpcSecurity` per connection sees every auth verifier, and the
-credential check itself is delegated to an :class:`NtlmAcceptor` (Samba's
-``ntlm_auth`` through winbind in the agent, pyspnego's acceptor in unit tests).
-What comes back is the exported session key and the negotiated flags; from
-there :mod:`ntlm_seal` signs, verifies, seals and unseals each PDU.
+credential check itself is delegated: NTLM to an :class:`NtlmAcceptor`
+(Samba's ``ntlm_auth`` through winbind in the agent, pyspnego's acceptor in
+unit tests), which hands back the exported session key and flags for
+:mod:`ntlm_seal`; Kerberos to a :class:`KerberosContext` (GSSAPI against the
+keytab, :mod:`krb5_gss`), which then protects the PDUs itself.  SPNEGO
+carries either: Kerberos when the client prefers it and a keytab is
+configured, else NTLMSSP.
 
 Rules (MS-RPCE 3.3.1.5.2, 3.2.1.4.1; Samba's dcesrv_auth.c where they are silent):
 
 ===============================  ==========================================================
 bind without a verifier          accepted; calls run at level none and the application
                                  decides (the agent answers E_ACCESSDENIED by default)
-auth type not 9/10               bind_nak 8 (authentication type not recognized)
+auth type not 9/10/16           bind_nak 8 (authentication type not recognized);
+                                 16 only with Kerberos configured
 auth level not 5/6               bind_nak 0: connect/call/packet levels are not offered
 NTLM leg 3                       auth3 (no reply) or alter_context (empty reply)
-SPNEGO                           NTLMSSP mech only; mechListMIC verified when sent and
-                                 answered in alter_context_resp; RC4 reset afterwards
+Kerberos legs                    DCE style: AP-REQ in bind, AP-REP back, the client's
+                                 AP-REP in auth3 or alter_context
+SPNEGO                           Kerberos if offered first (and configured), else
+                                 NTLMSSP; mechListMIC verified when sent and answered
+                                 in alter_context_resp (NTLM: RC4 reset afterwards)
 any verifier after completion    alter_context: fault access denied, connection closed
 request before completion        fault access denied, connection closed
 bad signature / wrong ctx id     fault sec_pkg_error, connection closed (a replayed or
@@ -36,6 +43,7 @@ from spnego._spnego import NegState, NegTokenInit, NegTokenResp, pack_mech_type_
 
 from remotevss.dcerpc import pdu
 from remotevss.dcerpc.connection import AuthError
+from remotevss.dcerpc.krb5_gss import KRB5_OID, MS_KRB5_OID
 from remotevss.dcerpc.ntlm_seal import (
     NEGOTIATE_SEAL,
     NEGOTIATE_SIGN,
@@ -48,10 +56,13 @@ from remotevss.dcerpc.pdu import AuthVerifier, Header
 AUTH_TYPES = (pdu.RPC_C_AUTHN_GSS_NEGOTIATE, pdu.RPC_C_AUTHN_WINNT)
 AUTH_LEVELS = (pdu.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY, pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY)
 AUTH_ALIGN = 16  # stub + auth padding is a multiple of 16 (MS-RPCE 2.2.2.11)
-#: Bytes a protected fragment adds at most: padding, sec_trailer, signature.
-OVERHEAD = AUTH_ALIGN - 1 + pdu.SEC_TRAILER_LEN + SIGNATURE_LEN
+#: Bytes a protected fragment adds besides the token: padding and sec_trailer.
+FRAME_OVERHEAD = AUTH_ALIGN - 1 + pdu.SEC_TRAILER_LEN
+#: ... and with NTLM's 16-byte signature.
+OVERHEAD = FRAME_OVERHEAD + SIGNATURE_LEN
 MAX_TOKEN = 64 * 1024
 _NTLM_OID = GSSMech.ntlm.value
+_KRB5_OIDS = (KRB5_OID, MS_KRB5_OID)
 
 
 class NtlmOutcome(Protocol):
@@ -83,23 +94,106 @@ class NtlmAcceptor(Protocol):
 AcceptorFactory = Callable[[], NtlmAcceptor]
 
 
+class PduProtection(Protocol):
+    """Per-PDU integrity/privacy once a mechanism is established (NTLM or Kerberos)."""
+
+    def token_len(self, privacy: bool) -> int: ...
+
+    def open(
+        self, pdu: bytes, start: int, trailer: int, end: int, token: bytes, privacy: bool
+    ) -> bytes: ...
+
+    def close(
+        self, head: bytes, body: bytes, trailer: bytes, privacy: bool
+    ) -> tuple[bytes, bytes]: ...
+
+    def mic(self, data: bytes) -> bytes: ...
+
+    def verify_mic(self, data: bytes, token: bytes) -> None: ...
+
+
+class KerberosContext(Protocol):
+    """One DCE-style Kerberos conversation (``krb5_gss.KerberosAcceptor``)."""
+
+    @property
+    def complete(self) -> bool: ...
+
+    def step(self, token: bytes) -> bytes: ...
+
+    def principal(self) -> str: ...
+
+    def protection(self, header_signing: bool) -> PduProtection: ...
+
+
+KerberosFactory = Callable[[], KerberosContext]
+
+
+class NtlmPdu:
+    """:class:`NtlmSeal` in the :class:`PduProtection` shape: NTLM always signs the
+    whole PDU; privacy seals stub and padding, then signs the PDU in clear."""
+
+    def __init__(self, seal: NtlmSeal) -> None:
+        self.seal = seal
+
+    def token_len(self, privacy: bool) -> int:
+        return SIGNATURE_LEN
+
+    def open(
+        self, pdu: bytes, start: int, trailer: int, end: int, token: bytes, privacy: bool
+    ) -> bytes:
+        if privacy:
+            plain = self.seal.unseal(pdu[start:trailer])
+            self.seal.verify(pdu[:start] + plain + pdu[trailer:end], token)
+            return plain
+        self.seal.verify(pdu[:end], token)
+        return pdu[start:trailer]
+
+    def close(
+        self, head: bytes, body: bytes, trailer: bytes, privacy: bool
+    ) -> tuple[bytes, bytes]:
+        if privacy:
+            return self.seal.seal(body, head + body + trailer)
+        return body, self.seal.sign(head + body + trailer)
+
+    # SPNEGO's mechListMIC; the RC4 state restarts after it (MS-SPNG 3.2.5.1).
+    def mic(self, data: bytes) -> bytes:
+        sig = self.seal.sign(data)
+        self.seal.reset_out()
+        return sig
+
+    def verify_mic(self, data: bytes, token: bytes) -> None:
+        self.seal.verify(data, token)
+        self.seal.reset_in()
+
+
 def _refuse(message: str, nak: int = pdu.BIND_NAK_REASON_NOT_SPECIFIED) -> AuthError:
     return AuthError(message, nak_reason=nak, status=pdu.NCA_S_FAULT_ACCESS_DENIED)
 
 
 class RpcSecurity:
-    """One connection's security context (the engine's ``Security`` hook)."""
+    """One connection's security context (the engine's ``Security`` hook).
 
-    def __init__(self, acceptors: AcceptorFactory) -> None:
+    ``kerberos`` makes one Kerberos conversation; None means no keytab is
+    configured: auth type 16 is refused and SPNEGO is steered to NTLMSSP.
+    """
+
+    def __init__(
+        self, acceptors: AcceptorFactory, kerberos: KerberosFactory | None = None
+    ) -> None:
         self._acceptors = acceptors
+        self._kerberos = kerberos
         self._acceptor: NtlmAcceptor | None = None
+        self._krb: KerberosContext | None = None
         self._state = "unbound"  # unbound | anonymous | negotiating | established | failed
         self._type = 0
         self._level = pdu.RPC_C_AUTHN_LEVEL_NONE
         self._ctx_id = 0
+        self._header_signing = False
+        self._mech = ""  # "ntlm" | "krb5" once chosen
         self._spnego_mechs: list[str] | None = None
-        self._seal: NtlmSeal | None = None
+        self._prot: PduProtection | None = None
         self.identity: tuple[str, str] | None = None  # (domain, account) once established
+        self.user = ""  # DOMAIN\\account (NTLM) or user@REALM (Kerberos) once established
         self.failure = ""  # why the authentication failed, for the log
 
     # ------------------------------------------------------------- properties
@@ -109,6 +203,13 @@ class RpcSecurity:
         return self._level if self._state == "established" else pdu.RPC_C_AUTHN_LEVEL_NONE
 
     @property
+    def auth_type(self) -> int:
+        """The mechanism that authenticated (10 NTLM, 16 Kerberos; 0 none)."""
+        if self._state != "established":
+            return 0
+        return pdu.RPC_C_AUTHN_GSS_KERBEROS if self._mech == "krb5" else pdu.RPC_C_AUTHN_WINNT
+
+    @property
     def pending(self) -> bool:
         """True until the connection is bound without auth or the auth completed:
         the next PDU may need the credential helper (the transport runs it off-loop)."""
@@ -116,7 +217,13 @@ class RpcSecurity:
 
     @property
     def overhead(self) -> int:
-        return OVERHEAD if self._state == "established" else 0
+        if self._state != "established" or self._prot is None:
+            return 0
+        return FRAME_OVERHEAD + self._prot.token_len(self._privacy)
+
+    @property
+    def _privacy(self) -> bool:
+        return self._level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY
 
     def close(self) -> None:
         if self._acceptor is not None:
@@ -125,11 +232,14 @@ class RpcSecurity:
 
     # --------------------------------------------------------- association
 
-    def bind(self, verifier: AuthVerifier | None) -> AuthVerifier | None:
+    def bind(
+        self, verifier: AuthVerifier | None, header_signing: bool = False
+    ) -> AuthVerifier | None:
         if verifier is None:
             self._state = "anonymous"
             return None
-        if verifier.auth_type not in AUTH_TYPES:
+        types = AUTH_TYPES + ((pdu.RPC_C_AUTHN_GSS_KERBEROS,) if self._kerberos else ())
+        if verifier.auth_type not in types:
             raise _refuse(
                 f"auth type {verifier.auth_type} not supported",
                 pdu.BIND_NAK_AUTH_TYPE_NOT_RECOGNIZED,
@@ -139,8 +249,12 @@ class RpcSecurity:
         self._type = verifier.auth_type
         self._level = verifier.auth_level
         self._ctx_id = verifier.auth_context_id
+        self._header_signing = header_signing
         self._state = "negotiating"
-        self._acceptor = self._acceptors()
+        if self._type == pdu.RPC_C_AUTHN_WINNT:
+            self._mech = "ntlm"
+        elif self._type == pdu.RPC_C_AUTHN_GSS_KERBEROS:
+            self._mech = "krb5"
         return self._reply(self._leg(verifier.credentials))
 
     def alter_context(self, verifier: AuthVerifier | None) -> AuthVerifier | None:
@@ -180,6 +294,7 @@ class RpcSecurity:
             self.failure = message
         self._state = "failed"
         self.close()
+        self._krb = None
         return AuthError(message, status=status)
 
     # --------------------------------------------------------------- legs
@@ -189,78 +304,114 @@ class RpcSecurity:
         if len(token) > MAX_TOKEN:
             raise self._fail("auth token too large")
         try:
-            if self._type == pdu.RPC_C_AUTHN_WINNT:
-                return self._ntlm_leg(token)
-            return self._spnego_leg(token, reply_possible)
+            if self._type == pdu.RPC_C_AUTHN_GSS_NEGOTIATE:
+                return self._spnego_leg(token, reply_possible)
+            return self._mech_leg(token)
         except AuthError as exc:
             raise self._fail(str(exc)) from exc
         except (ValueError, TypeError, IndexError, KeyError, struct.error) as exc:
             raise self._fail(f"malformed auth token: {exc}") from exc
 
+    def _mech_leg(self, token: bytes) -> bytes:
+        if self._mech == "krb5":
+            return self._krb5_leg(token)
+        return self._ntlm_leg(token)
+
     def _ntlm_leg(self, token: bytes) -> bytes:
-        assert self._acceptor is not None
+        if self._acceptor is None:
+            self._acceptor = self._acceptors()
         kind = _ntlm_type(token)
-        if kind == 1 and self._seal is None:
+        if kind == 1 and self._prot is None:
             return self._acceptor.negotiate(token)
-        if kind == 3 and self._seal is None:
-            self._finish(self._acceptor.authenticate(token))
+        if kind == 3 and self._prot is None:
+            self._finish_ntlm(self._acceptor.authenticate(token))
             return b""
         raise AuthError(f"unexpected NTLMSSP message type {kind}")
+
+    def _krb5_leg(self, token: bytes) -> bytes:
+        if self._prot is not None:
+            raise AuthError("Kerberos token after the authentication completed")
+        if self._krb is None:
+            assert self._kerberos is not None
+            self._krb = self._kerberos()
+        out = self._krb.step(token)
+        if self._krb.complete:
+            principal = self._krb.principal()
+            user, _, realm = principal.rpartition("@")
+            if not user or not realm:
+                raise AuthError(f"Kerberos principal without a realm: {principal!r}")
+            self._prot = self._krb.protection(self._header_signing)
+            self.identity = (realm, user)
+            self.user = principal
+            self._state = "established"
+        return out
+
+    def _choose(self, offered: list[str]) -> str:
+        """SPNEGO: Kerberos when the client prefers it and we have a keytab; else
+        NTLMSSP when offered; else Kerberos offered later in the list."""
+        if self._kerberos is not None and offered[0] in _KRB5_OIDS:
+            return offered[0]
+        if _NTLM_OID in offered:
+            return _NTLM_OID
+        for oid in offered:
+            if self._kerberos is not None and oid in _KRB5_OIDS:
+                return oid
+        accepted = "Kerberos or NTLMSSP" if self._kerberos is not None else "NTLMSSP"
+        raise AuthError(f"SPNEGO offers no mechanism we accept ({accepted})")
 
     def _spnego_leg(self, token: bytes, reply_possible: bool) -> bytes:
         msg = unpack_token(token)
         if self._spnego_mechs is None:
             if not isinstance(msg, NegTokenInit):
                 raise AuthError("SPNEGO must start with NegTokenInit")
-            if _NTLM_OID not in msg.mech_types:
-                raise AuthError("SPNEGO offers no mechanism we accept (NTLMSSP)")
+            if not msg.mech_types:
+                raise AuthError("SPNEGO offers no mechanism")
+            chosen = self._choose(list(msg.mech_types))
+            self._mech = "ntlm" if chosen == _NTLM_OID else "krb5"
             self._spnego_mechs = list(msg.mech_types)
             inner = b""
             # An optimistic token is only for the client's first choice.
-            if msg.mech_types[0] == _NTLM_OID and msg.mech_token:
-                inner = self._ntlm_leg(msg.mech_token)
+            if msg.mech_types[0] == chosen and msg.mech_token:
+                inner = self._mech_leg(msg.mech_token)
             return NegTokenResp(
                 neg_state=NegState.accept_incomplete,
-                supported_mech=_NTLM_OID,
+                supported_mech=chosen,
                 response_token=inner or None,
             ).pack()
         if not isinstance(msg, NegTokenResp):
             raise AuthError("expected SPNEGO NegTokenResp")
         if msg.neg_state == NegState.reject:
             raise AuthError("client rejected the negotiation")
-        inner = self._ntlm_leg(msg.response_token) if msg.response_token else b""
+        inner = self._mech_leg(msg.response_token) if msg.response_token else b""
         if inner:
             return NegTokenResp(
                 neg_state=NegState.accept_incomplete, response_token=inner
             ).pack()
-        if self._state != "established":
-            raise AuthError("SPNEGO leg without an NTLMSSP token")
-        assert self._seal is not None
+        if self._state != "established" or self._prot is None:
+            raise AuthError(f"SPNEGO leg without a {self._mech} token")
         mechs = pack_mech_type_list(self._spnego_mechs)
         if msg.mech_list_mic is None:
             done = NegTokenResp(neg_state=NegState.accept_complete).pack()
             return done if reply_possible else b""
         try:
-            self._seal.verify(mechs, msg.mech_list_mic)
+            self._prot.verify_mic(mechs, msg.mech_list_mic)
         except SignatureError as exc:
             raise AuthError("SPNEGO mechListMIC does not verify") from exc
-        self._seal.reset_in()
         if not reply_possible:
             return b""
-        mic = self._seal.sign(mechs)
-        self._seal.reset_out()
+        mic = self._prot.mic(mechs)
         return NegTokenResp(neg_state=NegState.accept_complete, mech_list_mic=mic).pack()
 
-    def _finish(self, outcome: NtlmOutcome) -> None:
-        privacy = self._level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY
-        needed = NEGOTIATE_SIGN | (NEGOTIATE_SEAL if privacy else 0)
+    def _finish_ntlm(self, outcome: NtlmOutcome) -> None:
+        needed = NEGOTIATE_SIGN | (NEGOTIATE_SEAL if self._privacy else 0)
         if outcome.flags & needed != needed:
             raise AuthError("the client did not negotiate NTLM signing/sealing for its level")
         try:
-            self._seal = NtlmSeal(outcome.session_key, outcome.flags)
+            self._prot = NtlmPdu(NtlmSeal(outcome.session_key, outcome.flags))
         except ValueError as exc:
             raise AuthError(str(exc)) from exc
         self.identity = (outcome.domain, outcome.account)
+        self.user = f"{outcome.domain}\\{outcome.account}"
         self._state = "established"
         self.close()  # the helper is free for the next conversation
 
@@ -275,7 +426,7 @@ class RpcSecurity:
             return stub
         if self._state == "failed":
             raise AuthError(f"authentication failed: {self.failure}")
-        if self._state != "established" or self._seal is None:
+        if self._state != "established" or self._prot is None:
             raise self._fail("request before the authentication completed")
         if verifier is None:
             raise self._fail("unsigned request on an authenticated association")
@@ -285,34 +436,27 @@ class RpcSecurity:
             )
         trailer = header.frag_length - header.auth_length - pdu.SEC_TRAILER_LEN
         start = trailer - verifier.auth_pad_length - len(stub)
-        signed_end = trailer + pdu.SEC_TRAILER_LEN
+        end = trailer + pdu.SEC_TRAILER_LEN
         try:
-            if self._level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:
-                plain = self._seal.unseal(raw[start:trailer])
-                self._seal.verify(
-                    raw[:start] + plain + raw[trailer:signed_end], verifier.credentials
-                )
-                return plain[: len(stub)]
-            self._seal.verify(raw[:signed_end], verifier.credentials)
+            plain = self._prot.open(raw, start, trailer, end, verifier.credentials, self._privacy)
         except SignatureError as exc:
             raise self._fail(f"request {exc}", pdu.NCA_S_FAULT_SEC_PKG_ERROR) from exc
-        return stub
+        return plain[: len(stub)]
 
     def protect(self, fragment: bytes) -> bytes:
         """Sign or seal one plain response fragment (header + stub) in place of it."""
-        if self._state != "established" or self._seal is None:
+        if self._state != "established" or self._prot is None:
             return fragment
         head_len = pdu.RESPONSE_HEADER_LEN
         stub = fragment[head_len:]
         pad = -len(stub) % AUTH_ALIGN
         body = stub + bytes(pad)
-        length = head_len + len(body) + pdu.SEC_TRAILER_LEN + SIGNATURE_LEN
-        head = fragment[:8] + struct.pack("<HH", length, SIGNATURE_LEN) + fragment[12:head_len]
+        token_len = self._prot.token_len(self._privacy)
+        length = head_len + len(body) + pdu.SEC_TRAILER_LEN + token_len
+        head = fragment[:8] + struct.pack("<HH", length, token_len) + fragment[12:head_len]
         trailer = pdu.SEC_TRAILER.pack(self._type, self._level, pad, 0, self._ctx_id)
-        if self._level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:
-            sealed, sig = self._seal.seal(body, head + body + trailer)
-            return head + sealed + trailer + sig
-        return head + body + trailer + self._seal.sign(head + body + trailer)
+        sent, token = self._prot.close(head, body, trailer, self._privacy)
+        return head + sent + trailer + token
 
 
 def _ntlm_type(token: bytes) -> int:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.exposer import Exposer, SymlinkExposer
+from remotevss.agent.rpc_security import SambaAuthNames
 from remotevss.agent.shares import LocalShare, ShareLookup, ShareTable
 from remotevss.samba.conf import SambaConf
 from remotevss.samba.registry_exposer import RegistryExposer
@@ -22,7 +23,7 @@ class SambaComponents(NamedTuple):
     shares: ShareLookup
     exposer: Exposer
     netbios_name: str
-    winbind_separator: str  # ntlm_auth names users DOMAIN<separator>user
+    auth: SambaAuthNames  # winbind separator, realm, keytab: for RPC authentication
 
 
 def make_samba_components(config: AgentConfig) -> SambaComponents:
@@ -61,5 +62,19 @@ def make_samba_components(config: AgentConfig) -> SambaComponents:
         exposer = RegistryExposer(conf, worker=worker)
     else:
         exposer = SymlinkExposer(config.expose_dir)
-    separator = str(conf.get("winbind separator") or "\\")[:1]
-    return SambaComponents(shares, exposer, conf.netbios_name, separator)
+    return SambaComponents(shares, exposer, conf.netbios_name, auth_names(conf))
+
+
+def auth_names(conf: SambaConf) -> SambaAuthNames:
+    """How smbd names users and where its Kerberos keys are: ``kerberos method =
+    dedicated keytab`` uses ``dedicated keytab file``; the keytab methods use the
+    system keytab ("" here); ``secrets only`` has none the agent could read."""
+    method = str(conf.get("kerberos method") or "").strip().lower()
+    keytab = ""
+    if method == "dedicated keytab":
+        keytab = str(conf.get("dedicated keytab file") or "").removeprefix("FILE:")
+    return SambaAuthNames(
+        separator=str(conf.get("winbind separator") or "\\")[:1],
+        realm=str(conf.get("realm") or "").upper(),
+        keytab=keytab,
+    )

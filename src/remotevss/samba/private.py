@@ -62,6 +62,8 @@ class PrivateSamba:
     password: str = PASSWORD
     #: Also run winbindd (socket in ``<root>/winbindd``): RPC authentication needs it.
     winbind: bool = False
+    #: Extra environment for the daemons and tools (e.g. a private KRB5_CONFIG).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def conf(self) -> Path:
@@ -161,7 +163,10 @@ class PrivateSamba:
         try:
             for argv, ready, what in daemons:  # each waits for the one before
                 self.procs.append(
-                    subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+                    subprocess.Popen(
+                        argv, stdout=log, stderr=log, start_new_session=True,
+                        env={**os.environ, **self.env},
+                    )  # fmt: skip
                 )
                 self._wait(ready, what)
         except BaseException:
@@ -213,6 +218,7 @@ class PrivateSamba:
             text=True,
             check=check,
             timeout=120,
+            env={**os.environ, **self.env},
         )
 
     def net(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -246,7 +252,10 @@ class PrivateSamba:
         )
 
     def _run(self, argv: list[str], check: bool) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
+        return subprocess.run(
+            argv, capture_output=True, text=True, check=check, timeout=60,
+            env={**os.environ, **self.env},
+        )  # fmt: skip
 
     def stop(self) -> None:
         """Stop each daemon with its whole session (smbd and rpcd children included)
@@ -293,6 +302,8 @@ class PrivateAgent:
     min_level: str = "none"
     identity_mismatch: str = "refuse"
     trace: bool = False  # [log] trace: every PDU's stub in the log
+    #: More ``[rpc_auth]`` settings (kerberos, keytab, realm ...), written as TOML strings.
+    rpc_auth: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -335,6 +346,7 @@ class PrivateAgent:
         ]
         if self.samba.winbind:
             lines.append(f"ntlm_auth = {json.dumps(self.samba.ntlm_auth_argv)}")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in self.rpc_auth.items()]
         if self.trace:
             lines += ["[log]", "trace = true"]
         self.config.write_text("\n".join(lines) + "\n")
@@ -358,7 +370,9 @@ class PrivateAgent:
             if stale.is_socket():
                 stale.unlink()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=log, env={**os.environ, **self.samba.env}
+            )
         deadline = time.monotonic() + timeout
         while not (self.socket.is_socket() and self.pipe.is_socket()):
             if self.proc.poll() is not None:

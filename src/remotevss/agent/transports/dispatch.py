@@ -119,8 +119,7 @@ async def serve_connection(
 
 
 def _authenticated(service: AgentService, caller: Caller, sec: Security) -> Caller:
-    identity = sec.identity
-    user = f"{identity[0]}\\{identity[1]}" if identity else ""
+    user = sec.user
     caller = replace(caller, auth_level=sec.auth_level, rpc_user=user)
     refusal = service.policy.refusal(caller)
     log.info(
