@@ -45,6 +45,8 @@ class RpcAuthClient:
         self.level = level
         self.ctx_id = ctx_id
         self.sp = spnego.client(user, password, protocol=protocol, context_req=REQ)
+        self.sig_len = 16
+        self.header_signing = False  # offer PFC_SUPPORT_HEADER_SIGN at bind
         self.call_id = 1
         self.sent: list[bytes] = []
         #: Called with each request PDU before it is sent; returns what is sent.
@@ -62,19 +64,30 @@ class RpcAuthClient:
         syntax = pdu.SyntaxId(self.iface.uuid, *self.iface.version)
         return [pdu.ContextElem(0, syntax, (pdu.NDR20,))]
 
+    # The initiator's side; the Kerberos client (krb5_rpc_client) overrides these.
+    def _step(self, token: bytes | None = None) -> bytes | None:
+        return self.sp.step(token)
+
+    @property
+    def _complete(self) -> bool:
+        return bool(self.sp.complete)
+
     def bind(self) -> None:
-        token = self.sp.step()
+        token = self._step()
         assert token is not None
+        flags = pdu.PFC_FIRST_LAST | (pdu.PFC_SUPPORT_HEADER_SIGN if self.header_signing else 0)
         (ack,) = self._exchange(
-            pdu.encode_bind(self.call_id, self._contexts(), auth=self._verifier(token))
+            pdu.encode_bind(
+                self.call_id, self._contexts(), auth=self._verifier(token), flags=flags
+            )
         )
         self.call_id += 1
         hdr, body = pdu.parse(ack)
         assert hdr.ptype == pdu.PTYPE_BIND_ACK, body
         assert isinstance(body, pdu.BindAck) and body.auth is not None
-        token = self.sp.step(body.auth.credentials)
+        token = self._step(body.auth.credentials)
         assert token is not None
-        if self.auth_type == pdu.RPC_C_AUTHN_WINNT:
+        if self.auth_type != pdu.RPC_C_AUTHN_GSS_NEGOTIATE:  # NTLM, Kerberos: no reply
             assert self._exchange(pdu.encode_auth3(self.call_id, self._verifier(token))) == []
         else:  # SPNEGO: the server's mechListMIC comes back in alter_context_resp
             (resp,) = self._exchange(
@@ -86,32 +99,53 @@ class RpcAuthClient:
             hdr, body = pdu.parse(resp)
             assert hdr.ptype == pdu.PTYPE_ALTER_CONTEXT_RESP, body
             assert isinstance(body, pdu.BindAck) and body.auth is not None
-            assert self.sp.step(body.auth.credentials) is None
+            assert self._step(body.auth.credentials) is None
         self.call_id += 1
-        assert self.sp.complete
+        assert self._complete
+
+    def _seal(self, head: bytes, body: bytes, trailer: bytes) -> tuple[bytes, bytes]:
+        res = self.sp.wrap_iov(
+            [(BufferType.sign_only, head), body, (BufferType.sign_only, trailer),
+             BufferType.header],
+            encrypt=True,
+        )  # fmt: skip
+        sealed, sig = res.buffers[1].data, res.buffers[3].data
+        assert sealed is not None and sig is not None
+        return sealed, sig
+
+    def _sign(self, head: bytes, body: bytes, trailer: bytes) -> bytes:
+        return bytes(self.sp.sign(head + body + trailer))
+
+    def _unseal(self, head: bytes, body: bytes, trailer: bytes, sig: bytes) -> bytes:
+        res = self.sp.unwrap_iov(
+            [(BufferType.sign_only, head), body, (BufferType.sign_only, trailer),
+             (BufferType.header, sig)]
+        )  # fmt: skip
+        plain = res.buffers[1].data
+        assert plain is not None
+        return plain
+
+    def _verify(self, head: bytes, body: bytes, trailer: bytes, sig: bytes) -> None:
+        self.sp.verify(head + body + trailer, sig)
 
     def request_pdu(self, opnum: int, stub: bytes) -> bytes:
         """One signed or sealed single-fragment request (not sent)."""
         pad = -len(stub) % 16
         body_plain = stub + bytes(pad)
-        length = pdu.REQUEST_HEADER_LEN + len(body_plain) + pdu.SEC_TRAILER_LEN + 16
+        sig_len = self.sig_len
+        length = pdu.REQUEST_HEADER_LEN + len(body_plain) + pdu.SEC_TRAILER_LEN + sig_len
         head = struct.pack(
             "<BBBBLHHLLHH", 5, 0, pdu.PTYPE_REQUEST, pdu.PFC_FIRST_LAST, 0x10,
-            length, 16, self.call_id, len(stub), 0, opnum,
+            length, sig_len, self.call_id, len(stub), 0, opnum,
         )  # fmt: skip
         self.call_id += 1
         trailer = pdu.SEC_TRAILER.pack(self.auth_type, self.level, pad, 0, self.ctx_id)
         if self.level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:
-            res = self.sp.wrap_iov(
-                [(BufferType.sign_only, head), body_plain, (BufferType.sign_only, trailer),
-                 BufferType.header],
-                encrypt=True,
-            )  # fmt: skip
-            body, sig = res.buffers[1].data, res.buffers[3].data
+            body, sig = self._seal(head, body_plain, trailer)
         else:
             body = body_plain
-            sig = self.sp.sign(head + body + trailer)
-        assert body is not None and sig is not None and len(sig) == 16
+            sig = self._sign(head, body, trailer)
+        assert len(sig) == sig_len
         return head + body + trailer + sig
 
     def call(self, opnum: int, stub: bytes) -> bytes:
@@ -123,27 +157,22 @@ class RpcAuthClient:
             if hdr.ptype == pdu.PTYPE_FAULT:
                 assert isinstance(body, pdu.FaultPdu)
                 raise RpcFault(body.status)
-            assert hdr.ptype == pdu.PTYPE_RESPONSE and hdr.auth_length == 16
+            assert hdr.ptype == pdu.PTYPE_RESPONSE and hdr.auth_length == self.sig_len
             chunks.append(self.open_response(frag, hdr))
         return b"".join(chunks)
 
     def open_response(self, frag: bytes, hdr: pdu.Header) -> bytes:
-        trailer_at = hdr.frag_length - 16 - pdu.SEC_TRAILER_LEN
+        trailer_at = hdr.frag_length - hdr.auth_length - pdu.SEC_TRAILER_LEN
         auth_type, level, pad, _, ctx = struct.unpack_from("<BBBBL", frag, trailer_at)
         assert (auth_type, level, ctx) == (self.auth_type, self.level, self.ctx_id)
         head = frag[: pdu.RESPONSE_HEADER_LEN]
         body = frag[pdu.RESPONSE_HEADER_LEN : trailer_at]
         trailer = frag[trailer_at : trailer_at + pdu.SEC_TRAILER_LEN]
-        sig = frag[-16:]
+        sig = frag[trailer_at + pdu.SEC_TRAILER_LEN :]
         if self.level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:
-            res = self.sp.unwrap_iov(
-                [(BufferType.sign_only, head), body, (BufferType.sign_only, trailer),
-                 (BufferType.header, sig)]
-            )  # fmt: skip
-            plain = res.buffers[1].data
-            assert plain is not None
+            plain = self._unseal(head, body, trailer, sig)
         else:
-            self.sp.verify(head + body + trailer, sig)
+            self._verify(head, body, trailer, sig)
             plain = body
         return plain[: len(plain) - pad]
 

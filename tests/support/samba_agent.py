@@ -78,16 +78,18 @@ def agent_behind_samba(
     *,
     share_options: dict[str, dict[str, str]] | None = None,
     winbind: bool = False,
+    samba_options: dict[str, Any] | None = None,
     **agent: object,
 ) -> Iterator[tuple[PrivateSamba, PrivateAgent]]:
     """A private smbd without rpcd_fsrvp (recipe B) and ``remotevss agent`` on its pipe.
 
     ``agent`` keywords go to PrivateAgent (mode, sequence_timeout, snapshot_names,
-    min_level); ``winbind`` also runs winbindd, which RPC authentication needs.
+    min_level, rpc_auth); ``winbind`` also runs winbindd, which NTLM RPC
+    authentication needs; ``samba_options`` go to PrivateSamba (env, extra_global ...).
     """
     samba = PrivateSamba(
         work / "samba", shares, samba_fsrvp=False, share_options=share_options or {},
-        winbind=winbind,
+        winbind=winbind, **(samba_options or {}),
     )  # fmt: skip
     proc = PrivateAgent(work / "agent", samba, **agent)  # type: ignore[arg-type]
     try:

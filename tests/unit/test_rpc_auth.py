@@ -288,6 +288,21 @@ SMB_ROOT = Caller(uid=0, name="ANCHORFS\\root", transport="samba")
          Policy(min_auth_level=INTEGRITY, allow_identity_mismatch=True), True),
         (Caller(uid=1000, name="ANCHORFS\\joe", transport="samba", auth_level=PRIVACY,
                 rpc_user="ANCHORFS\\joe"), Policy(min_auth_level=INTEGRITY), False),
+        # Kerberos: user@REALM is the SMB user of that account name in this server's realm
+        (Caller(uid=0, name="REMOTEVSS\\root", transport="samba", auth_level=PRIVACY,
+                rpc_user="root@REMOTEVSS.TEST"),
+         Policy(min_auth_level=INTEGRITY, kerberos_realm="REMOTEVSS.TEST"), True),
+        (Caller(uid=0, name="REMOTEVSS\\root", transport="samba", auth_level=PRIVACY,
+                rpc_user="ROOT@remotevss.test"),
+         Policy(min_auth_level=INTEGRITY, kerberos_realm="REMOTEVSS.TEST"), True),
+        (Caller(uid=0, name="REMOTEVSS\\root", transport="samba", auth_level=PRIVACY,
+                rpc_user="root@OTHER.TEST"),
+         Policy(min_auth_level=INTEGRITY, kerberos_realm="REMOTEVSS.TEST"), False),
+        (Caller(uid=0, name="REMOTEVSS\\root", transport="samba", auth_level=PRIVACY,
+                rpc_user="alice@REMOTEVSS.TEST"),
+         Policy(min_auth_level=INTEGRITY, kerberos_realm="REMOTEVSS.TEST"), False),
+        (Caller(uid=0, name="REMOTEVSS\\root", transport="samba", auth_level=PRIVACY,
+                rpc_user="root@REMOTEVSS.TEST"), Policy(min_auth_level=INTEGRITY), False),
     ],
 )  # fmt: skip
 def test_policy_levels_and_identity(caller: Caller, policy: Policy, allowed: bool) -> None:

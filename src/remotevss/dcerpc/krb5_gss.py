@@ -85,14 +85,19 @@ class KerberosAcceptor:
 
     def step(self, token: bytes) -> bytes:
         """Feed one client token, return ours (b"" for none)."""
+        if not token:
+            raise AuthError("empty Kerberos token")
         if self._first:
             token = raw_ap_req(token)
             self._first = False
         try:
             out = self._ctx.step(token)
+            # python-gssapi keeps a failed step's error (and returns the KRB-ERROR
+            # token) until the context is next touched: touch it here.
+            complete = self._ctx.complete
         except self._gssapi.exceptions.GSSError as exc:
             raise AuthError(f"Kerberos: {_gss_text(exc)}") from exc
-        if self._ctx.complete:
+        if complete:
             flags = self._ctx.actual_flags
             needed = self._gssapi.RequirementFlag
             if needed.dce_style not in flags or needed.mutual_authentication not in flags:
@@ -203,9 +208,13 @@ class Krb5Protection:
 
 
 def _gss_text(exc: Exception) -> str:
+    """The mechanism's own words ("Ticket expired"), not GSSAPI's generic major text."""
     gen = getattr(exc, "gen_message", None)
-    text = gen() if callable(gen) else str(exc)
-    return " ".join(str(text).split())
+    text = " ".join(str(gen() if callable(gen) else exc).split())
+    _, minor, detail = text.rpartition("Minor (")
+    if minor and "): " in detail:
+        return detail.split("): ", 1)[1]
+    return text
 
 
 def default_keytab() -> str | None:

@@ -295,7 +295,8 @@ class RpcSecurity:
         self._state = "failed"
         self.close()
         self._krb = None
-        return AuthError(message, status=status)
+        # a bind whose credentials fail: nak "not specified" (the type was fine)
+        return AuthError(message, status=status, nak_reason=pdu.BIND_NAK_REASON_NOT_SPECIFIED)
 
     # --------------------------------------------------------------- legs
 

@@ -1,0 +1,467 @@
+r"""Kerberos RPC authentication, with a real KDC and clients we did not write.
+
+A private MIT KDC (tests/support/kdc.py) issues the tickets; the file server's
+keys sit in a keytab that smbd (``kerberos method = dedicated keytab``) and the
+agent share.  Two halves:
+
+* in process: the server engine against MIT's own GSSAPI initiator (DCE style,
+  raw auth type 16 and SPNEGO, integrity and privacy, with and without header
+  signing): round trips, tampering, replay, reordering, a ticket for another
+  service, fragments;
+* through smbd against ``remotevss agent`` at its default policy (integrity):
+  Samba's rpcclient binding ``[krb5,...]`` and ``[spnego,krb5,...]``,
+  impacket's Kerberos (Windows' client layout, ccache from MIT's kinit/kvno),
+  ``remotevss shadow -k``; an expired ticket, a ticket for another service and
+  another user's ticket are refused and change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remotevss.dcerpc import pdu
+from remotevss.dcerpc.connection import AuthError
+from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID, HResult
+from remotevss.samba.private import PASSWORD, PrivateAgent, PrivateSamba
+from tests.support.kdc import PrivateKdc, missing_tools
+
+_missing = missing_tools() + [t for t in ("smbd", "rpcclient") if shutil.which(t) is None]
+try:
+    import gssapi  # noqa: F401
+except ImportError:  # pragma: no cover - bootstrap installs python3-gssapi
+    _missing.append("python3-gssapi")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, btrfs on a loop device)"),
+    pytest.mark.skipif(bool(_missing), reason=f"missing Kerberos/Samba tools: {_missing}"),
+]
+
+INTEGRITY, PRIVACY = pdu.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY, pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY
+REALM = "REMOTEVSS.TEST"
+ALICE_PW = "Alice-Passw0rd-1"
+#: The names the file server answers to: ``localhost`` for our client and impacket
+#: (it resolves everywhere), ``fileserver`` for rpcclient, which will not use
+#: Kerberos towards "localhost" (it is told the address with -I).
+HOSTS = ("localhost", "fileserver")
+SKEW = 5  # seconds of clock skew the acceptor allows (krb5.conf), so tickets expire fast
+
+
+@dataclass
+class Realm:
+    kdc: PrivateKdc
+    keytab: Path
+
+    def ccache(self, user: str, password: str, *services: str, lifetime: str = "") -> Path:
+        """A ccache with ``user``'s TGT and the given service tickets (as kinit + kvno)."""
+        path = self.kdc.root / f"cc-{user}-{uuid.uuid4().hex[:8]}"
+        self.kdc.kinit(user, password, path, lifetime)
+        if services:
+            self.kdc.kvno(path, *services)
+        return path
+
+
+@pytest.fixture(scope="module")
+def realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
+    root = tmp_path_factory.mktemp("kdc")
+    kdc = PrivateKdc(root, clockskew=SKEW)
+    kdc.start()
+    saved = {k: os.environ.get(k) for k in kdc.env}
+    os.environ.update(kdc.env)  # this process's GSSAPI and impacket use the private realm
+    try:
+        kdc.add_user("root", PASSWORD)
+        kdc.add_user("alice", ALICE_PW)
+        keytab = root / "fileserver.keytab"
+        for host in HOSTS:
+            for service in ("host", "cifs"):
+                kdc.add_service(f"{service}/{host}", keytab)
+        kdc.kadmin("addprinc -randkey host/otherfs")  # a real service, not this server
+        os.chmod(keytab, 0o600)
+        yield Realm(kdc, keytab)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        kdc.stop()
+
+
+# ------------------------------------------------------------------ in process
+
+
+def _engine(realm: Realm, **kw: int) -> Any:
+    from remotevss.dcerpc.krb5_gss import KerberosAcceptor
+    from remotevss.dcerpc.rpc_auth import RpcSecurity
+    from tests.unit.test_dcerpc_connection import IF_A
+    from tests.unit.test_rpc_auth import EchoConnection
+
+    def no_ntlm() -> Any:
+        raise AssertionError("NTLM was not offered")
+
+    security = RpcSecurity(no_ntlm, partial(KerberosAcceptor, str(realm.keytab)))
+    return EchoConnection([IF_A], security=security, **kw)
+
+
+def _client(conn: Any, ccache: Path, *, service: str = "host/localhost", **kw: Any) -> Any:
+    from tests.support.krb5_rpc_client import Krb5RpcClient
+    from tests.unit.test_dcerpc_connection import IF_A
+
+    return Krb5RpcClient(conn, IF_A, ccache, f"{service}@{REALM}", **kw)
+
+
+@pytest.fixture(scope="module")
+def root_cc(realm: Realm) -> Path:
+    return realm.ccache("root", PASSWORD)
+
+
+@pytest.mark.parametrize("header_signing", [True, False])
+@pytest.mark.parametrize("level", [INTEGRITY, PRIVACY])
+@pytest.mark.parametrize("protocol", ["kerberos", "negotiate"])
+def test_round_trip(realm: Realm, root_cc: Path, protocol: str, level: int,
+                    header_signing: bool) -> None:  # fmt: skip
+    conn = _engine(realm)
+    c = _client(conn, root_cc, protocol=protocol, level=level, header_signing=header_signing)
+    c.bind()
+    sec = conn.security
+    assert sec.user == f"root@{REALM}" and sec.identity == (REALM, "root")
+    assert sec.auth_type == pdu.RPC_C_AUTHN_GSS_KERBEROS and sec.auth_level == level
+    for n in (1, 17, 300):
+        stub = bytes(range(256)) * 2
+        assert c.call(3, stub[:n]) == b"\x03" + stub[:n][::-1]  # the echo, verified, unsealed
+    sealed = c.request_pdu(3, b"secret stub bytes")
+    assert (b"secret stub bytes" in sealed) is (level == INTEGRITY)
+
+
+def test_tampered_request_is_refused_and_closes(realm: Realm, root_cc: Path) -> None:
+    from tests.support.ntlm_rpc_client import RpcFault
+
+    for level in (INTEGRITY, PRIVACY):
+        conn = _engine(realm)
+        c = _client(conn, root_cc, level=level)
+        c.bind()
+        c.mangle = lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:]  # a stub byte
+        with pytest.raises(RpcFault) as exc:
+            c.call(3, b"payload of sixteen")
+        assert exc.value.status == pdu.NCA_S_FAULT_SEC_PKG_ERROR
+        assert conn.closed and not getattr(conn, "seen", [])  # no call ran
+
+
+def test_tampered_header_is_refused_with_header_signing(realm: Realm, root_cc: Path) -> None:
+    from tests.support.ntlm_rpc_client import RpcFault
+
+    conn = _engine(realm)
+    c = _client(conn, root_cc, level=PRIVACY, header_signing=True)
+    c.bind()
+    c.mangle = lambda b: b[:22] + bytes([b[22] ^ 1]) + b[23:]  # the opnum, in the header
+    with pytest.raises(RpcFault):
+        c.call(3, b"payload")
+    assert conn.closed and not getattr(conn, "seen", [])
+
+
+def test_replayed_and_reordered_requests_are_refused(realm: Realm, root_cc: Path) -> None:
+    from tests.support.ntlm_rpc_client import RpcFault
+
+    conn = _engine(realm)
+    c = _client(conn, root_cc)
+    c.bind()
+    c.call(1, b"first")
+    c.mangle = lambda b: c.sent[-1]  # the previous request again
+    with pytest.raises(RpcFault):
+        c.call(1, b"second")
+    assert conn.closed
+
+    conn = _engine(realm)
+    c = _client(conn, root_cc, level=INTEGRITY)
+    c.bind()
+    first, second = c.request_pdu(1, b"one"), c.request_pdu(2, b"two")
+    conn.receive_data(second)
+    (fault,) = conn.pdus_to_send()
+    assert pdu.parse(fault)[0].ptype == pdu.PTYPE_FAULT and conn.closed
+    assert first  # built first, never delivered
+
+
+def test_ticket_for_another_service_is_refused(realm: Realm, root_cc: Path) -> None:
+    conn = _engine(realm)
+    c = _client(conn, root_cc, service="host/otherfs")  # the KDC knows it; our keytab not
+    conn.receive_data(pdu.encode_bind(1, c._contexts(), auth=c._verifier(c._step())))
+    (nak,) = conn.pdus_to_send()
+    hdr, body = pdu.parse(nak)
+    assert hdr.ptype == pdu.PTYPE_BIND_NAK and isinstance(body, pdu.BindNak)
+    assert body.reason == pdu.BIND_NAK_REASON_NOT_SPECIFIED
+    assert conn.closed and "Kerberos" in (conn.close_reason or ""), conn.close_reason
+    assert conn.security.auth_level == pdu.RPC_C_AUTHN_LEVEL_NONE
+
+
+def test_response_fragments_fit_the_negotiated_size(realm: Realm, root_cc: Path) -> None:
+    conn = _engine(realm, max_xmit_frag=1432)
+    c = _client(conn, root_cc, level=PRIVACY)
+    c.bind()
+    conn.receive_data(c.request_pdu(5, bytes(3000)))
+    frags = conn.pdus_to_send()
+    assert len(frags) >= 3 and all(len(f) <= 1432 for f in frags)
+    assert {int.from_bytes(f[10:12], "little") for f in frags} == {c.sig_len}
+    plain = b"".join(c.open_response(f, pdu.parse(f)[0]) for f in frags)
+    assert plain == b"\x05" + bytes(3000)
+
+
+def test_without_a_keytab_kerberos_is_not_offered(realm: Realm, root_cc: Path) -> None:
+    from remotevss.dcerpc.rpc_auth import RpcSecurity
+
+    sec = RpcSecurity(lambda: None)  # type: ignore[arg-type, return-value]
+    with pytest.raises(AuthError) as exc:
+        sec.bind(pdu.AuthVerifier(pdu.RPC_C_AUTHN_GSS_KERBEROS, PRIVACY, 0, 1, b"\x6e"))
+    assert exc.value.nak_reason == pdu.BIND_NAK_AUTH_TYPE_NOT_RECOGNIZED
+
+
+def test_garbage_kerberos_tokens_are_refused(realm: Realm) -> None:
+    from remotevss.dcerpc.krb5_gss import KerberosAcceptor
+    from remotevss.dcerpc.rpc_auth import RpcSecurity
+
+    for token in (b"", b"\x60", b"\x60\x82\xff\xff", b"\x6e\x03\x02\x01", os.urandom(200),
+                  b"\x60\x0b\x06\x09\x2a\x86\x48\x86\xf7\x12\x01\x02\x02"):  # fmt: skip
+        sec = RpcSecurity(lambda: None, partial(KerberosAcceptor, str(realm.keytab)))  # type: ignore[arg-type, return-value]
+        with pytest.raises(AuthError):
+            sec.bind(pdu.AuthVerifier(pdu.RPC_C_AUTHN_GSS_KERBEROS, PRIVACY, 0, 1, token))
+        assert sec.auth_level == pdu.RPC_C_AUTHN_LEVEL_NONE and sec.user == ""
+
+
+def test_kerberos_on_without_a_keytab_stops_the_start(tmp_path: Path) -> None:
+    from remotevss.agent.config import AgentConfig, ConfigError, RpcAuthConfig
+    from remotevss.agent.rpc_security import SambaAuthNames, kerberos_factory
+
+    missing = str(tmp_path / "none.keytab")
+    on = AgentConfig(rpc_auth=RpcAuthConfig(kerberos="on", keytab=missing))
+    with pytest.raises(ConfigError, match="not readable"):
+        kerberos_factory(on, SambaAuthNames())
+    auto = AgentConfig(rpc_auth=RpcAuthConfig(kerberos="auto", keytab=missing))
+    assert kerberos_factory(auto, SambaAuthNames()) is None
+    empty = tmp_path / "empty.keytab"
+    empty.write_bytes(b"\x05\x02")  # a keytab file with no keys
+    with pytest.raises(ConfigError):
+        kerberos_factory(AgentConfig(rpc_auth=RpcAuthConfig(kerberos="on", keytab=str(empty))),
+                         SambaAuthNames())  # fmt: skip
+
+
+# --------------------------------------------------------------- through smbd
+
+SHARES = ("data0", "data1")
+
+
+@dataclass
+class Stack:
+    realm: Realm
+    samba: PrivateSamba
+    agent: PrivateAgent
+
+    def log_since(self, offset: int) -> str:
+        return self.agent.log.read_bytes()[offset:].decode(errors="replace")
+
+    def clean(self) -> None:
+        from tests.support.samba_agent import journal_mappings, leftovers
+
+        assert journal_mappings(self.agent) == [] and leftovers(self.samba) == []
+
+    def rpcclient(self, flags: str, command: str, ccache: Path) -> tuple[int, str]:
+        r = subprocess.run(
+            ["rpcclient", "-s", str(self.samba.conf), "-p", str(self.samba.port),
+             "-I", "127.0.0.1", "--use-kerberos=required", "-U", "root",
+             f"ncacn_np:fileserver[{flags}]", "-c", command],
+            capture_output=True, text=True, check=False, timeout=120,
+            env={**os.environ, **self.realm.kdc.env, "KRB5CCNAME": f"FILE:{ccache}"},
+        )  # fmt: skip
+        return r.returncode, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    import btrfsutil
+
+    from remotevss.loopfs import loop_filesystem
+    from tests.support.samba_agent import agent_behind_samba
+
+    work = tmp_path_factory.mktemp("krbstack")
+    samba_options = {
+        "netbios_name": "FILESERVER",
+        "env": realm.kdc.env,
+        "extra_global": {
+            "realm": REALM,
+            "kerberos method": "dedicated keytab",
+            "dedicated keytab file": f"FILE:{realm.keytab}",
+        },
+    }
+    with loop_filesystem("btrfs", 512, work) as mnt:
+        shares = {}
+        for name in SHARES:
+            btrfsutil.create_subvolume(str(mnt / name))
+            (mnt / name / "file.txt").write_text(f"{name} content\n")
+            shares[name] = mnt / name
+        with agent_behind_samba(work, shares, samba_options=samba_options,
+                                min_level="integrity", rpc_auth={"kerberos": "on"},
+                                trace=True) as (s, a):  # fmt: skip
+            yield Stack(realm, s, a)
+
+
+@pytest.mark.parametrize("flags", ["krb5,seal", "krb5,sign", "spnego,krb5,seal",
+                                   "spnego,krb5,sign"])  # fmt: skip
+def test_rpcclient_kerberos_runs_the_sequence(stack: Stack, root_cc: Path, flags: str) -> None:
+    offset = stack.agent.log.stat().st_size
+    rc, out = stack.rpcclient(flags, "fss_create_expose backup ro data0 data1", root_cc)
+    assert rc == 0, out
+    exposed = re.findall(r"^([0-9a-f-]{36})\(([0-9a-f-]{36})\): share (\S+)@", out, re.M)
+    assert {share for _, _, share in exposed} == set(SHARES), out
+    for set_id, copy_id, share in exposed:
+        rc, out = stack.rpcclient(flags, f"fss_delete {share} {set_id} {copy_id}", root_cc)
+        assert rc == 0, out
+    level = PRIVACY if "seal" in flags else INTEGRITY
+    log = stack.log_since(offset)
+    assert f"RPC auth from 127.0.0.1: root@{REALM} at level {level}" in log, log[-2000:]
+    assert "refused" not in log
+    assert "8ae3137102f43671" in log.lower()  # Samba's verification trailer passed the check
+    stack.clean()
+
+
+class KrbFsrvp:
+    """impacket: an SMB session by NTLM (or Kerberos), the FSRVP bind by Kerberos from a
+    ccache (SPNEGO, DCE style: what Windows sends), addressed to ``name``."""
+
+    def __init__(self, port: int, ccache: Path, level: int, *, name: str = "localhost",
+                 smb_kerberos: bool = False, rpc_user: str = "") -> None:  # fmt: skip
+        from impacket.dcerpc.v5 import rpcrt, transport
+        from impacket.smbconnection import SMBConnection
+        from impacket.uuid import uuidtup_to_bin
+
+        os.environ["KRB5CCNAME"] = str(ccache)
+        try:
+            self.smb = SMBConnection("localhost", "127.0.0.1", sess_port=port, timeout=60)
+            if smb_kerberos:
+                self.smb.kerberosLogin("root", "", REALM)
+            else:
+                self.smb.login("root", PASSWORD)
+            t = transport.SMBTransport(name, port, filename=r"\FssagentRpc", smb_connection=self.smb)
+            t.set_kerberos(True)
+            self.dce = t.get_dce_rpc()
+            if rpc_user:  # the ticket's client, when not the SMB session's user
+                self.dce.set_credentials(rpc_user, "", REALM)
+            self.dce.set_auth_type(rpcrt.RPC_C_AUTHN_GSS_NEGOTIATE)
+            self.dce.set_auth_level(level)
+            self.dce.connect()
+            self.dce.bind(uuidtup_to_bin((str(INTERFACE_UUID), "1.0")))
+        finally:
+            os.environ.pop("KRB5CCNAME", None)
+
+    def calls(self) -> Any:
+        from remotevss.client.rpc import FsrvpCalls
+
+        c = FsrvpCalls()
+        c._dce = self.dce
+        return c
+
+    def close(self) -> None:
+        self.dce.disconnect()
+        self.smb.close()
+
+
+@pytest.mark.parametrize("level", [INTEGRITY, PRIVACY])
+def test_impacket_kerberos_runs_the_whole_sequence(stack: Stack, realm: Realm,
+                                                   level: int) -> None:  # fmt: skip
+    from tests.hardening.harness import delete_all, sequence
+
+    cc = realm.ccache("root", PASSWORD, "cifs/localhost", "host/localhost")
+    c = KrbFsrvp(stack.samba.port, cc, level, smb_kerberos=True)
+    try:
+        calls = c.calls()
+        assert calls.get_supported_version().return_value == 0
+        sid, copies = sequence(calls, list(SHARES), CTX_BACKUP, host="localhost")
+        assert len(copies) == 2
+        delete_all(calls, sid, copies, host="localhost")
+    finally:
+        c.close()
+    stack.clean()
+
+
+def test_remotevss_shadow_with_kerberos(stack: Stack, realm: Realm, tmp_path: Path) -> None:
+    """Our own client (-k), at its default level (privacy) and at integrity."""
+    cc = realm.ccache("root", PASSWORD, "cifs/localhost", "host/localhost")
+    env = {**os.environ, **realm.kdc.env, "KRB5CCNAME": str(cc),
+           "REMOTEVSS_CLIENT_STATE": str(tmp_path / "state")}  # fmt: skip
+    env.pop("REMOTEVSS_PASSWORD", None)
+    offset = stack.agent.log.stat().st_size
+    base = [sys.executable, "-m", "remotevss.cli", "shadow", "-k", "-p", str(stack.samba.port),
+            "--no-follow-owner"]  # the owner name FILESERVER is for rpcclient only
+    for level in ("privacy", "integrity"):
+        r = subprocess.run([*base, "--auth-level", level, "--json", "create",
+                            r"\\localhost\data0"], capture_output=True, text=True, env=env,
+                           timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        set_id = re.search(r'"set_id": "([0-9a-f-]{36})"', r.stdout)
+        assert set_id, r.stdout
+        r = subprocess.run([*base, "--auth-level", level, "delete", set_id.group(1)],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    log = stack.log_since(offset)
+    for level in (PRIVACY, INTEGRITY):
+        assert f"RPC auth from 127.0.0.1: root@{REALM} at level {level}" in log, log[-2000:]
+    stack.clean()
+
+
+def _refused_bind(stack: Stack, cc: Path, **kw: Any) -> str:
+    from impacket.dcerpc.v5.rpcrt import DCERPCException
+
+    offset = stack.agent.log.stat().st_size
+    with pytest.raises(DCERPCException, match="reason_not_specified"):  # bind_nak 0
+        KrbFsrvp(stack.samba.port, cc, PRIVACY, **kw).close()
+    log = stack.log_since(offset)
+    assert "bind refused" in log, log[-2000:]
+    assert "RPC auth from" not in log  # no call ran authenticated
+    return log
+
+
+def test_expired_ticket_is_refused(stack: Stack, realm: Realm) -> None:
+    cc = realm.ccache("root", PASSWORD, "host/localhost", lifetime="2s")
+    time.sleep(2 + SKEW + 1.5)  # past the end time and the clock skew the acceptor allows
+    log = _refused_bind(stack, cc)
+    assert "bind refused: Kerberos: Ticket expired" in log, log[-2000:]
+    stack.clean()
+
+
+def test_ticket_for_another_service_is_refused_through_smbd(stack: Stack, realm: Realm) -> None:
+    cc = realm.ccache("root", PASSWORD, "host/otherfs")
+    log = _refused_bind(stack, cc, name="otherfs")
+    assert "host/otherfs@REMOTEVSS.TEST not found in keytab" in log, log[-2000:]
+    stack.clean()
+
+
+def test_another_users_ticket_gets_access_denied(stack: Stack, realm: Realm) -> None:
+    """The SMB session is root's (NTLM), the RPC ticket alice's: E_ACCESSDENIED."""
+    cc = realm.ccache("alice", ALICE_PW, "host/localhost")
+    offset = stack.agent.log.stat().st_size
+    c = KrbFsrvp(stack.samba.port, cc, PRIVACY, rpc_user="alice")
+    try:
+        calls = c.calls()
+        assert calls.set_context(CTX_BACKUP).return_value == HResult.E_ACCESSDENIED
+        assert calls.start(uuid.uuid4()).return_value == HResult.E_ACCESSDENIED
+    finally:
+        c.close()
+    assert f"RPC user alice@{REALM} is not the SMB user FILESERVER\\root" in stack.log_since(
+        offset
+    )
+    stack.clean()
+
+
+def test_hostname_resolves_for_the_record() -> None:
+    """rpcclient is pointed at 127.0.0.1 with -I; the name only picks the SPN."""
+    assert socket.gethostbyname("localhost").startswith("127.")
