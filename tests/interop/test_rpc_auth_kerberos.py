@@ -35,6 +35,7 @@ import pytest
 
 from remotevss.dcerpc import pdu
 from remotevss.dcerpc.connection import AuthError
+from remotevss.dcerpc.krb5_gss import KRB5_OID, MS_KRB5_OID
 from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID, HResult
 from remotevss.samba.private import PASSWORD, PrivateAgent, PrivateSamba
 from tests.support.kdc import PrivateKdc, missing_tools
@@ -51,6 +52,7 @@ pytestmark = [
 ]
 
 INTEGRITY, PRIVACY = pdu.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY, pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY
+NTLM_OID = "1.3.6.1.4.1.311.2.2.10"
 REALM = "REMOTEVSS.TEST"
 ALICE_PW = "Alice-Passw0rd-1"
 #: The names the file server answers to: ``localhost`` for our client and impacket
@@ -130,7 +132,7 @@ def root_cc(realm: Realm) -> Path:
 
 @pytest.mark.parametrize("header_signing", [True, False])
 @pytest.mark.parametrize("level", [INTEGRITY, PRIVACY])
-@pytest.mark.parametrize("protocol", ["kerberos", "negotiate"])
+@pytest.mark.parametrize("protocol", ["kerberos", "negotiate", "mit-spnego"])
 def test_round_trip(realm: Realm, root_cc: Path, protocol: str, level: int,
                     header_signing: bool) -> None:  # fmt: skip
     conn = _engine(realm)
@@ -144,6 +146,28 @@ def test_round_trip(realm: Realm, root_cc: Path, protocol: str, level: int,
         assert c.call(3, stub[:n]) == b"\x03" + stub[:n][::-1]  # the echo, verified, unsealed
     sealed = c.request_pdu(3, b"secret stub bytes")
     assert (b"secret stub bytes" in sealed) is (level == INTEGRITY)
+
+
+@pytest.mark.parametrize("first", [KRB5_OID, MS_KRB5_OID])
+def test_spnego_mech_list_mic_both_ways(realm: Realm, root_cc: Path, first: str) -> None:
+    """Windows lists Microsoft's Kerberos OID first; the MIC covers the list as sent."""
+    other = MS_KRB5_OID if first == KRB5_OID else KRB5_OID
+    conn = _engine(realm)
+    c = _client(conn, root_cc, protocol="negotiate", mech_types=(first, other, NTLM_OID),
+                mech_list_mic=True)  # fmt: skip
+    c.bind()
+    assert c.server_mic_checked and conn.security.user == f"root@{REALM}"
+    assert c.call(2, b"after the MICs") == b"\x02" + b"after the MICs"[::-1]
+
+
+def test_spnego_with_a_bad_mech_list_mic_is_refused(realm: Realm, root_cc: Path) -> None:
+    conn = _engine(realm)
+    c = _client(conn, root_cc, protocol="negotiate", mech_list_mic=True,
+                mech_types=(KRB5_OID, NTLM_OID))  # fmt: skip
+    c.mic_list = (KRB5_OID,)  # MIC over a list other than the one offered (a downgrade)
+    with pytest.raises(AssertionError):
+        c.bind()
+    assert conn.closed and "mechListMIC" in (conn.close_reason or ""), conn.close_reason
 
 
 def test_tampered_request_is_refused_and_closes(realm: Realm, root_cc: Path) -> None:
@@ -204,6 +228,32 @@ def test_ticket_for_another_service_is_refused(realm: Realm, root_cc: Path) -> N
     assert body.reason == pdu.BIND_NAK_REASON_NOT_SPECIFIED
     assert conn.closed and "Kerberos" in (conn.close_reason or ""), conn.close_reason
     assert conn.security.auth_level == pdu.RPC_C_AUTHN_LEVEL_NONE
+
+
+def test_replayed_bind_is_refused(realm: Realm, root_cc: Path) -> None:
+    """The acceptor's replay cache: the same AP-REQ on a second connection fails."""
+    conn = _engine(realm)
+    c = _client(conn, root_cc)
+    c.bind()
+    again = _engine(realm)
+    again.receive_data(c.sent[0])  # the first connection's bind, byte for byte
+    (nak,) = again.pdus_to_send()
+    assert pdu.parse(nak)[0].ptype == pdu.PTYPE_BIND_NAK
+    assert "replay" in (again.close_reason or "").lower(), again.close_reason
+
+
+def test_framed_ap_req_is_unwrapped_for_both_kerberos_oids() -> None:
+    from remotevss.dcerpc.krb5_gss import raw_ap_req
+
+    ap_req = b"\x6e\x03\x02\x01\x05"
+    for oid in ("2a864886f712010202", "2a864882f712010202"):
+        inner = bytes.fromhex("0609" + oid) + b"\x01\x00" + ap_req
+        assert raw_ap_req(b"\x60" + bytes([len(inner)]) + inner) == ap_req
+    assert raw_ap_req(ap_req) == ap_req  # DCE style's raw AP-REQ as it is
+    for bad in (b"\x60", b"\x60\x05\x06\x03\x2a\x03\x04", b"\x60\x0d" + bytes.fromhex(
+            "06092a864886f712010202") + b"\x02\x00"):  # fmt: skip
+        with pytest.raises(AuthError):
+            raw_ap_req(bad)
 
 
 def test_response_fragments_fit_the_negotiated_size(realm: Realm, root_cc: Path) -> None:

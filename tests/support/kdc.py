@@ -50,7 +50,6 @@ class PrivateKdc:
         return {
             "KRB5_CONFIG": str(self.conf),
             "KRB5_KDC_PROFILE": str(self.root / "kdc.conf"),
-            "KRB5RCACHETYPE": "none",
         }
 
     def write_config(self) -> None:

@@ -4,7 +4,9 @@ Like :mod:`tests.support.ntlm_rpc_client` (whose bind, call and tamper hooks it
 reuses), every token and seal is made by the client-side library from a real
 ticket out of a real KDC, so a round trip proves the server's layout.
 ``protocol="kerberos"`` binds with auth type 16 (third leg in auth3),
-``"negotiate"`` wraps the same tokens in SPNEGO (third leg in alter_context).
+``"negotiate"`` wraps the same tokens in SPNEGO (third leg in alter_context),
+``"mit-spnego"`` lets MIT's own SPNEGO mechanism make and read the SPNEGO
+tokens (mechListMIC included) instead of this module.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import gssapi
 import gssapi.raw as graw
-from spnego._spnego import NegTokenInit, NegTokenResp, unpack_token
+from spnego._spnego import NegTokenInit, NegTokenResp, pack_mech_type_list, unpack_token
 
 from remotevss.dcerpc import pdu
 from remotevss.dcerpc.connection import Interface, ServerConnection
@@ -29,6 +31,7 @@ FLAGS = (
     | gssapi.RequirementFlag.out_of_sequence_detection
 )
 KRB5 = gssapi.OID.from_int_seq(KRB5_OID)
+SPNEGO = gssapi.OID.from_int_seq("1.3.6.1.5.5.2")
 T = graw.IOVBufferType
 
 
@@ -44,6 +47,7 @@ class Krb5RpcClient(RpcAuthClient):
         level: int = pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY,
         header_signing: bool = True,
         mech_types: tuple[str, ...] = (KRB5_OID,),
+        mech_list_mic: bool = False,
     ) -> None:
         self.conn = conn
         self.iface = iface
@@ -54,11 +58,16 @@ class Krb5RpcClient(RpcAuthClient):
         self.ctx_id = 79231
         self.header_signing = header_signing
         self.mech_types = mech_types
+        self.mech_list_mic = mech_list_mic  # send one with the last leg, check the answer
+        self.server_mic_checked = False
+        self.mic_list: tuple[str, ...] | None = None  # MIC over another list (a test's lie)
         creds = gssapi.Credentials(usage="initiate", store={"ccache": f"FILE:{ccache}"})
         name = gssapi.Name(service, gssapi.NameType.kerberos_principal)
+        self.mit_spnego = protocol == "mit-spnego"
         self.gss = gssapi.SecurityContext(
-            name=name, creds=creds, usage="initiate", mech=KRB5, flags=FLAGS
-        )
+            name=name, creds=creds, usage="initiate", flags=FLAGS,
+            mech=SPNEGO if self.mit_spnego else KRB5,
+        )  # fmt: skip
         self.call_id = 1
         self.sent: list[bytes] = []
         self.mangle = lambda b: b
@@ -66,15 +75,21 @@ class Krb5RpcClient(RpcAuthClient):
 
     # ------------------------------------------------------------- legs
     def _step(self, token: bytes | None = None) -> bytes | None:
-        if self.auth_type == pdu.RPC_C_AUTHN_GSS_KERBEROS:
+        if self.auth_type == pdu.RPC_C_AUTHN_GSS_KERBEROS or self.mit_spnego:
             return self.gss.step(token) or None
         if token is None:  # SPNEGO NegTokenInit with the AP-REQ as optimistic token
             return NegTokenInit(mech_types=list(self.mech_types), mech_token=self.gss.step()).pack()
         resp = unpack_token(token)
         assert isinstance(resp, NegTokenResp)
+        mechs = pack_mech_type_list(list(self.mic_list or self.mech_types))
         if resp.response_token is None:  # the final accept_complete
+            if resp.mech_list_mic is not None:
+                graw.verify_mic(self.gss, mechs, resp.mech_list_mic)
+                self.server_mic_checked = True
             return None
-        return NegTokenResp(response_token=self.gss.step(resp.response_token)).pack()
+        out = self.gss.step(resp.response_token)
+        mic = graw.get_mic(self.gss, mechs) if self.mech_list_mic and self.gss.complete else None
+        return NegTokenResp(response_token=out, mech_list_mic=mic).pack()
 
     @property
     def _complete(self) -> bool:

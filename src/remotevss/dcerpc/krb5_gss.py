@@ -28,7 +28,7 @@ from remotevss.dcerpc.ntlm_seal import SignatureError
 #: Kerberos 5 and the OID Microsoft clients of Windows 2000 used for it.
 KRB5_OID = "1.2.840.113554.1.2.2"
 MS_KRB5_OID = "1.2.840.48018.1.2.2"
-_KRB5_OID_DER = bytes.fromhex("06092a864886f712010202")
+_OIDS_DER = (bytes.fromhex("06092a864886f712010202"), bytes.fromhex("06092a864882f712010202"))
 _AP_REQ_TOK_ID = b"\x01\x00"
 
 
@@ -54,9 +54,10 @@ def raw_ap_req(token: bytes) -> bytes:
         raise AuthError("truncated Kerberos token")
     first = token[i]
     i += 1 + (first & 0x7F if first & 0x80 else 0)
-    if token[i : i + len(_KRB5_OID_DER)] != _KRB5_OID_DER:
+    oid = token[i : i + len(_OIDS_DER[0])]
+    if oid not in _OIDS_DER:
         raise AuthError("Kerberos token for another mechanism")
-    i += len(_KRB5_OID_DER)
+    i += len(oid)
     if token[i : i + 2] != _AP_REQ_TOK_ID:
         raise AuthError("Kerberos initial token is not an AP-REQ")
     return token[i + 2 :]
