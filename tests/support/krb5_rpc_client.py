@@ -64,8 +64,11 @@ class Krb5RpcClient(RpcAuthClient):
         creds = gssapi.Credentials(usage="initiate", store={"ccache": f"FILE:{ccache}"})
         name = gssapi.Name(service, gssapi.NameType.kerberos_principal)
         self.mit_spnego = protocol == "mit-spnego"
+        flags = FLAGS
+        if level != pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:  # as Samba's client asks for signing
+            flags &= ~gssapi.RequirementFlag.confidentiality
         self.gss = gssapi.SecurityContext(
-            name=name, creds=creds, usage="initiate", flags=FLAGS,
+            name=name, creds=creds, usage="initiate", flags=flags,
             mech=SPNEGO if self.mit_spnego else KRB5,
         )  # fmt: skip
         self.call_id = 1

@@ -85,6 +85,10 @@ class RpcAuthClient:
         hdr, body = pdu.parse(ack)
         assert hdr.ptype == pdu.PTYPE_BIND_ACK, body
         assert isinstance(body, pdu.BindAck) and body.auth is not None
+        # header signing only if the server echoed the offer (MS-RPCE 3.3.1.5.2.2)
+        self.header_signing = self.header_signing and bool(
+            hdr.pfc_flags & pdu.PFC_SUPPORT_HEADER_SIGN
+        )
         token = self._step(body.auth.credentials)
         assert token is not None
         if self.auth_type != pdu.RPC_C_AUTHN_GSS_NEGOTIATE:  # NTLM, Kerberos: no reply
