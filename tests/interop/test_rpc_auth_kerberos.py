@@ -196,6 +196,30 @@ def test_tampered_header_is_refused_with_header_signing(realm: Realm, root_cc: P
     assert conn.closed and not getattr(conn, "seen", [])
 
 
+def test_mutated_requests_never_run(realm: Realm, root_cc: Path) -> None:
+    """300 requests changed anywhere (header, stub, sec_trailer, token) or cut short, at
+    both levels with header signing: each is refused, nothing raises, no call runs."""
+    import random
+
+    rng = random.Random(20261122)
+    stub = b"fsrvp stub bytes" * 3
+    for case in range(300):
+        conn = _engine(realm)
+        c = _client(conn, root_cc, level=(INTEGRITY, PRIVACY)[case % 2])
+        c.bind()
+        pristine = c.request_pdu(7, stub)
+        raw = bytearray(pristine)
+        for _ in range(rng.randint(1, 3)):
+            raw[rng.randrange(len(raw))] ^= rng.randint(1, 255)
+        data = bytes(raw[: rng.randrange(len(raw))] if case % 7 == 0 else raw)
+        if data == pristine:
+            continue
+        conn.receive_data(data)
+        assert getattr(conn, "seen", []) == [], (case, data.hex())
+        for p in conn.pdus_to_send():
+            assert pdu.parse(p)[0].ptype in (pdu.PTYPE_FAULT, pdu.PTYPE_BIND_NAK)
+
+
 def test_replayed_and_reordered_requests_are_refused(realm: Realm, root_cc: Path) -> None:
     from tests.support.ntlm_rpc_client import RpcFault
 
