@@ -17,6 +17,7 @@ agent share.  Two halves:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -330,6 +331,79 @@ def test_kerberos_on_without_a_keytab_stops_the_start(tmp_path: Path) -> None:
                          SambaAuthNames())  # fmt: skip
 
 
+# ------------------------------------------- our client's binding (in process)
+
+
+class EngineTransport:
+    """impacket's transport shape (send/recv/disconnect) in front of the engine."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.out: list[bytes] = []
+        self.mangle = lambda b: b  # applied to each answer the client reads
+
+    def send(self, data: bytes, forceWriteAndx: int = 0) -> None:  # noqa: N803 - impacket's
+        self.conn.receive_data(data)
+        self.out += self.conn.pdus_to_send()
+
+    def recv(self, forceRecv: int = 0, count: int = 0) -> bytes:  # noqa: N803 - impacket's
+        return self.mangle(self.out.pop(0))
+
+    def disconnect(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("level", [INTEGRITY, PRIVACY])
+def test_client_binding_round_trips_fragments(realm: Realm, root_cc: Path, level: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """remotevss.client.gss_rpc against the engine: header signing negotiated, requests
+    and answers larger than a fragment split and joined, every one verified."""
+    from remotevss.client.gss_rpc import GssKerberosBinding
+    from tests.unit.test_dcerpc_connection import IF_A
+
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{root_cc}")
+    conn = _engine(realm, max_xmit_frag=1432, max_recv_frag=1432)
+    b = GssKerberosBinding(EngineTransport(conn), "localhost", level)
+    b.bind(IF_A.uuid, IF_A.version)
+    assert b.header_signing and b.ack_auth_level == level
+    assert conn.security.user == f"root@{REALM}"
+    for size in (0, 5, 1000, 5000):
+        stub = bytes(i % 251 for i in range(size))
+        b.call(4, stub)
+        assert b.recv() == b"\x04" + stub[::-1]
+    assert len([r for r in conn.seen if r.opnum == 4]) == 4
+
+
+def test_client_binding_refuses_a_forged_answer(realm: Realm, root_cc: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from impacket.dcerpc.v5.rpcrt import DCERPCException
+
+    from remotevss.client.gss_rpc import GssKerberosBinding
+    from tests.unit.test_dcerpc_connection import IF_A
+
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{root_cc}")
+    t = EngineTransport(_engine(realm))
+    b = GssKerberosBinding(t, "localhost", PRIVACY)
+    b.bind(IF_A.uuid, IF_A.version)
+    t.mangle = lambda a: a[:30] + bytes([a[30] ^ 1]) + a[31:]
+    with pytest.raises(DCERPCException, match="does not verify"):
+        b.call(1, b"sealed both ways")
+
+
+def test_client_binding_without_a_ticket_says_so(realm: Realm, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from remotevss.client.gss_rpc import GssKerberosBinding, KerberosBindError
+    from tests.unit.test_dcerpc_connection import IF_A
+
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'empty-cc'}")
+    conn = _engine(realm)
+    with pytest.raises(KerberosBindError, match="no Kerberos ticket for host/localhost"):
+        GssKerberosBinding(EngineTransport(conn), "localhost", PRIVACY).bind(
+            IF_A.uuid, IF_A.version
+        )
+    assert conn.pdus_to_send() == []  # nothing was sent
+
+
 # --------------------------------------------------------------- through smbd
 
 SHARES = ("data0", "data1")
@@ -490,6 +564,56 @@ def test_remotevss_shadow_with_kerberos(stack: Stack, realm: Realm, tmp_path: Pa
     for level in (PRIVACY, INTEGRITY):
         assert f"RPC auth from 127.0.0.1: root@{REALM} at level {level}" in log, log[-2000:]
     stack.clean()
+
+
+@pytest.fixture(scope="module")
+def anchor(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSamba]:
+    """Samba's own FSRVP server (rpcd_fsrvp) taking Kerberos the same way."""
+    import btrfsutil
+
+    from remotevss.loopfs import loop_filesystem
+
+    work = tmp_path_factory.mktemp("krbanchor")
+    with loop_filesystem("btrfs", 512, work) as mnt:
+        btrfsutil.create_subvolume(str(mnt / "data0"))
+        (mnt / "data0" / "file.txt").write_text("anchor content\n")
+        samba = PrivateSamba(
+            work / "samba", {"data0": mnt / "data0"}, samba_fsrvp=True,
+            netbios_name="FILESERVER", env=realm.kdc.env,
+            extra_global={"realm": REALM, "kerberos method": "dedicated keytab",
+                          "dedicated keytab file": f"FILE:{realm.keytab}"},
+        )  # fmt: skip
+        samba.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not (samba.pipe_dir / "fssagentrpc").exists():
+                assert time.monotonic() < deadline, "rpcd_fsrvp did not come up"
+                time.sleep(0.05)
+            yield samba
+        finally:
+            samba.stop()
+
+
+def test_remotevss_shadow_kerberos_against_samba(anchor: PrivateSamba, realm: Realm,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    """Our client drives Samba's FSRVP server with Kerberos at privacy: a shadow copy
+    made, its share read back through smbd, deleted."""
+    cc = realm.ccache("root", PASSWORD, "cifs/localhost")  # the SMB session's ticket
+    env = {**os.environ, **realm.kdc.env, "KRB5CCNAME": str(cc),
+           "REMOTEVSS_CLIENT_STATE": str(tmp_path / "state")}  # fmt: skip
+    env.pop("REMOTEVSS_PASSWORD", None)
+    base = [sys.executable, "-m", "remotevss.cli", "shadow", "-k", "-p", str(anchor.port),
+            "--no-follow-owner"]  # fmt: skip
+    r = subprocess.run([*base, "--json", "create", r"\\localhost\data0"],
+                       capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (made,) = json.loads(r.stdout)["sets"]
+    share = made["copies"][0]["snapshot_share"].rsplit("\\", 1)[1]
+    got = anchor.smbclient(share, "get file.txt /dev/stdout")
+    assert "anchor content" in got.stdout, got.stdout + got.stderr
+    r = subprocess.run([*base, "delete", made["set_id"]], capture_output=True, text=True,
+                       env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
 
 
 def _refused_bind(stack: Stack, cc: Path, **kw: Any) -> str:

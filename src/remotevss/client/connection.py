@@ -19,7 +19,11 @@ for each call, after which the binding is closed (MS-FSRVP 3.2.5).
 Kerberos: ``Credentials.use_kerberos`` True forces it, False forbids it, and
 None (the default) uses it when a readable ccache is named by KRB5CCNAME and
 no password or hash was given.  The service tickets are ``cifs/<host>`` and
-``host/<host>``, so the host must be a name, not an address.
+``host/<host>``, so the host must be a name, not an address.  impacket logs
+on to SMB with the ``cifs/`` ticket; the FSRVP binding itself is made by the
+system's GSSAPI from the same ccache (:mod:`remotevss.client.gss_rpc`: Kerberos
+in DCE style, as Windows and Samba's rpcclient bind), which Samba's FSRVP
+server accepts and impacket's own Kerberos binding it does not.
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ from remotevss.client.errors import (
     PipeNotFound,
     RpcFault,
 )
+from remotevss.client.gss_rpc import GssKerberosBinding, KerberosBindError
 from remotevss.client.rpc import FsrvpCalls
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.calls import MSRPC_UUID_FSRVP, OPNUM_NAMES, StubError
-from remotevss.fsrvp.constants import PIPE_NAME
+from remotevss.fsrvp.constants import INTERFACE_UUID, PIPE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +168,18 @@ def _connect_error(host: str, port: int, exc: BaseException, timeout: float) -> 
     if isinstance(inner, OSError):
         return HostUnreachable(host, f"cannot connect to port {port}: {inner.strerror or inner}")
     return HostUnreachable(host, f"SMB negotiation on port {port} failed: {exc}")
+
+
+_TRANSPORT_ERRORS = (SessionError, nmb.NetBIOSTimeout, nmb.NetBIOSError, TimeoutError, OSError)
+
+
+def _bind_transport_error(host: str, exc: BaseException) -> ClientError:
+    """An SMB or socket failure during the bind, typed."""
+    if isinstance(exc, SessionError):
+        return HostUnreachable(host, f"bind failed: {_status_name(exc.getErrorCode())}")
+    if isinstance(exc, nmb.NetBIOSTimeout | TimeoutError):
+        return ConnectTimeout(host, "the FSRVP bind timed out")
+    return HostUnreachable(host, f"connection dropped during the bind: {exc}")
 
 
 class FsrvpConnection(FsrvpCalls):
@@ -315,10 +332,10 @@ class FsrvpConnection(FsrvpCalls):
     def _bind(self) -> None:
         host = self.host
         wanted = AUTH_LEVELS[self.options.auth_level]
+        if self.kerberos and wanted != rpcrt.RPC_C_AUTHN_LEVEL_NONE:
+            return self._bind_kerberos(wanted)
         if wanted != rpcrt.RPC_C_AUTHN_LEVEL_NONE:
-            self._dce.set_auth_type(
-                rpcrt.RPC_C_AUTHN_GSS_NEGOTIATE if self.kerberos else rpcrt.RPC_C_AUTHN_WINNT
-            )
+            self._dce.set_auth_type(rpcrt.RPC_C_AUTHN_WINNT)
         self._dce.set_auth_level(wanted)
         try:
             ack = self._dce.bind(MSRPC_UUID_FSRVP)
@@ -332,19 +349,31 @@ class FsrvpConnection(FsrvpCalls):
                     host, f"\\pipe\\{PIPE_NAME} does not serve FSRVP 1.0 ({text})"
                 ) from None
             raise BindRejected(host, f"FSRVP bind refused: {text}") from None
-        except SessionError as exc:
-            raise HostUnreachable(
-                host, f"bind failed: {_status_name(exc.getErrorCode())}"
-            ) from None
-        except (nmb.NetBIOSTimeout, TimeoutError) as exc:
-            raise ConnectTimeout(host, "the FSRVP bind timed out") from exc
-        except (nmb.NetBIOSError, OSError) as exc:
-            raise HostUnreachable(host, f"connection dropped during the bind: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - impacket's NTLM/Kerberos code raises anything
+        except _TRANSPORT_ERRORS as exc:
+            raise _bind_transport_error(host, exc) from exc
+        except Exception as exc:  # noqa: BLE001 - impacket's NTLM code raises anything
             raise BindRejected(host, f"FSRVP bind failed: {exc}") from exc
         got = rpcrt.RPC_C_AUTHN_LEVEL_NONE
         if ack and ack["auth_len"]:
             got = rpcrt.SEC_TRAILER(ack["sec_trailer"])["auth_level"]
+        self._bound(wanted, got)
+
+    def _bind_kerberos(self, wanted: int) -> None:
+        host = self.host
+        binding = GssKerberosBinding(self._transport, host, wanted)
+        try:
+            binding.bind(INTERFACE_UUID, (1, 0))
+        except KerberosBindError as exc:
+            raise AuthenticationFailed(host, f"Kerberos bind: {exc}") from None
+        except rpcrt.DCERPCException as exc:
+            raise BindRejected(host, f"FSRVP bind refused: {exc}") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise _bind_transport_error(host, exc) from exc
+        self._dce = binding
+        self._bound(wanted, binding.ack_auth_level)
+
+    def _bound(self, wanted: int, got: int) -> None:
+        host = self.host
         self.negotiated_auth_level = AUTH_LEVEL_NAMES.get(got, str(got))
         if got != wanted:
             raise BindRejected(

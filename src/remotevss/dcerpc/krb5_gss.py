@@ -76,7 +76,7 @@ class KerberosAcceptor:
             else:
                 creds = gssapi.Credentials(usage="accept")
         except gssapi.exceptions.GSSError as exc:
-            raise AuthError(f"no Kerberos key for this server: {_gss_text(exc)}") from exc
+            raise AuthError(f"no Kerberos key for this server: {gss_text(exc)}") from exc
         self._ctx = gssapi.SecurityContext(creds=creds, usage="accept")
         self._first = True
 
@@ -97,7 +97,7 @@ class KerberosAcceptor:
             # token) until the context is next touched: touch it here.
             complete = self._ctx.complete
         except self._gssapi.exceptions.GSSError as exc:
-            raise AuthError(f"Kerberos: {_gss_text(exc)}") from exc
+            raise AuthError(f"Kerberos: {gss_text(exc)}") from exc
         if complete:
             flags = self._ctx.actual_flags
             needed = self._gssapi.RequirementFlag
@@ -171,7 +171,7 @@ class Krb5Protection:
         try:
             res = self._raw.unwrap_iov(self._ctx, iov)
         except self._raw.GSSError as exc:
-            raise SignatureError(f"Kerberos unwrap: {_gss_text(exc)}") from exc
+            raise SignatureError(f"Kerberos unwrap: {gss_text(exc)}") from exc
         if not res.encrypted:
             raise SignatureError("Kerberos token not sealed at privacy")
         return bytes(iov[2].value)
@@ -181,7 +181,7 @@ class Krb5Protection:
         try:
             self._raw.verify_mic(self._ctx, signed if self.header_signing else data, token)
         except self._raw.GSSError as exc:
-            raise SignatureError(f"Kerberos MIC: {_gss_text(exc)}") from exc
+            raise SignatureError(f"Kerberos MIC: {gss_text(exc)}") from exc
 
     def seal(self, before: bytes, plain: bytes, after: bytes) -> tuple[bytes, bytes]:
         iov = self._iov(None, before, plain, after)
@@ -205,10 +205,10 @@ class Krb5Protection:
         try:
             self._raw.verify_mic(self._ctx, data, token)
         except self._raw.GSSError as exc:
-            raise SignatureError(f"mechListMIC: {_gss_text(exc)}") from exc
+            raise SignatureError(f"mechListMIC: {gss_text(exc)}") from exc
 
 
-def _gss_text(exc: Exception) -> str:
+def gss_text(exc: Exception) -> str:
     """The mechanism's own words ("Ticket expired"), not GSSAPI's generic major text."""
     gen = getattr(exc, "gen_message", None)
     text = " ".join(str(gen() if callable(gen) else exc).split())
