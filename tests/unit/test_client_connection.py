@@ -174,14 +174,33 @@ def test_kerberos_from_ccache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     cc.write_bytes(b"\x05\x04")
     monkeypatch.setenv("KRB5CCNAME", str(cc))
     assert ccache_path() == str(cc)
+    bindings: list[FakeGssBinding] = []
+
+    class FakeGssBinding:
+        """Named fake for client/gss_rpc.GssKerberosBinding (GSSAPI needs a real KDC:
+        tests/interop/test_rpc_auth_kerberos.py runs the real one)."""
+
+        def __init__(self, transport: Any, host: str, level: int) -> None:
+            self.transport, self.host, self.level = transport, host, level
+            self.ack_auth_level = level
+            self.bound: tuple[Any, ...] = ()
+            bindings.append(self)
+
+        def bind(self, iface: Any, version: tuple[int, int]) -> None:
+            self.bound = (iface, version)
+
+    monkeypatch.setattr(conmod, "GssKerberosBinding", FakeGssBinding)
     creds = Credentials("u", domain="CORP.EXAMPLE", kdc_host="dc1")
     c = FsrvpConnection("fs1.corp.example", creds, ConnectOptions(auth_level="integrity"))
     smb, t = FakeSmb.last, FakeTransport.last
     assert smb is not None and t is not None
     assert c.kerberos and smb.logins[0][0] == "kerberos"
     assert smb.logins[0][2] == {"kdcHost": "dc1"}
-    assert t.kerberos == (True, "dc1")
-    assert t.dce.auth_type == rpcrt.RPC_C_AUTHN_GSS_NEGOTIATE
+    # the FSRVP binding is GSSAPI's, on impacket's open pipe, not impacket's bind
+    (b,) = bindings
+    assert b.transport is t and b.host == "fs1.corp.example"
+    assert b.level == rpcrt.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY and b.bound[1] == (1, 0)
+    assert t.dce.auth_type is None and c._dce is b
     assert c.negotiated_auth_level == "integrity"
     # a password means NTLM unless Kerberos is asked for
     assert not Credentials("u", "p").kerberos()

@@ -295,8 +295,6 @@ class FsrvpConnection(FsrvpCalls):
         self._transport = transport.SMBTransport(
             host, self.options.port, "\\" + PIPE_NAME, smb_connection=self._smb
         )
-        if self.kerberos:
-            self._transport.set_kerberos(True, self.credentials.kdc_host)
         self._dce = self._transport.get_dce_rpc()
         try:
             self._dce.connect()
