@@ -397,11 +397,31 @@ def test_client_binding_without_a_ticket_says_so(realm: Realm, tmp_path: Path,
 
     monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'empty-cc'}")
     conn = _engine(realm)
-    with pytest.raises(KerberosBindError, match="no Kerberos ticket for host/localhost"):
+    with pytest.raises(KerberosBindError, match="cannot get a ticket for host/localhost"):
         GssKerberosBinding(EngineTransport(conn), "localhost", PRIVACY).bind(
             IF_A.uuid, IF_A.version
         )
     assert conn.pdus_to_send() == []  # nothing was sent
+
+
+def test_client_binding_with_a_password_and_no_ccache(realm: Realm, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """-k with a password: GSSAPI gets the TGT from the KDC in memory, as kinit would;
+    a wrong password is a clear Kerberos error before anything is sent."""
+    from remotevss.client.gss_rpc import GssKerberosBinding, KerberosBindError
+    from tests.unit.test_dcerpc_connection import IF_A
+
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path / 'no-such-cc'}")
+    conn = _engine(realm)
+    b = GssKerberosBinding(EngineTransport(conn), "localhost", PRIVACY, user="root",
+                           password=PASSWORD, realm=REALM.lower())  # fmt: skip
+    b.bind(IF_A.uuid, IF_A.version)
+    assert conn.security.user == f"root@{REALM}"
+    conn = _engine(realm)
+    with pytest.raises(KerberosBindError, match="Decrypt integrity check failed"):  # MIT's words
+        GssKerberosBinding(EngineTransport(conn), "localhost", PRIVACY, user="root",
+                           password="wrong", realm=REALM).bind(IF_A.uuid, IF_A.version)  # fmt: skip
+    assert conn.pdus_to_send() == []
 
 
 # --------------------------------------------------------------- through smbd

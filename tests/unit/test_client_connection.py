@@ -180,7 +180,7 @@ def test_kerberos_from_ccache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         """Named fake for client/gss_rpc.GssKerberosBinding (GSSAPI needs a real KDC:
         tests/interop/test_rpc_auth_kerberos.py runs the real one)."""
 
-        def __init__(self, transport: Any, host: str, level: int) -> None:
+        def __init__(self, transport: Any, host: str, level: int, **creds: str) -> None:
             self.transport, self.host, self.level = transport, host, level
             self.ack_auth_level = level
             self.bound: tuple[Any, ...] = ()

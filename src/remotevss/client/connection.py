@@ -358,7 +358,11 @@ class FsrvpConnection(FsrvpCalls):
 
     def _bind_kerberos(self, wanted: int) -> None:
         host = self.host
-        binding = GssKerberosBinding(self._transport, host, wanted)
+        creds = self.credentials
+        binding = GssKerberosBinding(
+            self._transport, host, wanted, user=creds.username, password=creds.password,
+            realm=creds.domain,
+        )  # fmt: skip
         try:
             binding.bind(INTERFACE_UUID, (1, 0))
         except KerberosBindError as exc:

@@ -39,10 +39,16 @@ class KerberosBindError(Exception):
 class GssKerberosBinding:
     """One bound interface on ``transport`` (an impacket SMBTransport, connected)."""
 
-    def __init__(self, transport: Any, host: str, level: int) -> None:
+    def __init__(
+        self, transport: Any, host: str, level: int, *, user: str = "", password: str = "",
+        realm: str = "",
+    ) -> None:
+        """Tickets come from the default ccache (KRB5CCNAME); with ``password``, a TGT
+        for ``user@realm`` is got from the KDC first, in memory, as kinit would."""
         self._t = transport
         self._host = host
         self.level = level
+        self._user, self._password, self._realm = user, password, realm
         self._call_id = 1
         self._xmit = MAX_FRAG
         self._prot: Krb5Protection | None = None
@@ -65,13 +71,13 @@ class GssKerberosBinding:
         try:
             name = gssapi.Name(f"host@{self._host}", gssapi.NameType.hostbased_service)
             ctx = gssapi.SecurityContext(
-                name=name, usage="initiate", flags=flags,
+                name=name, usage="initiate", flags=flags, creds=self._password_creds(gssapi),
                 mech=gssapi.OID.from_int_seq(KRB5_OID),
             )  # fmt: skip
             token = ctx.step()
         except gssapi.exceptions.GSSError as exc:
             why = gss_text(exc)
-            raise KerberosBindError(f"no Kerberos ticket for host/{self._host}: {why}") from exc
+            raise KerberosBindError(f"cannot get a ticket for host/{self._host}: {why}") from exc
         syntax = pdu.SyntaxId(iface, *version)
         contexts = [pdu.ContextElem(CONTEXT_ID, syntax, (pdu.NDR20,))]
         self._send(
@@ -103,6 +109,15 @@ class GssKerberosBinding:
             raise KerberosBindError("Kerberos did not complete in three legs")
         self.header_signing = bool(hdr.pfc_flags & pdu.PFC_SUPPORT_HEADER_SIGN)
         self._prot = Krb5Protection(ctx, self.header_signing)
+
+    def _password_creds(self, gssapi: Any) -> Any:
+        if not self._password:
+            return None  # the default ccache
+        principal = f"{self._user}@{self._realm.upper()}" if self._realm else self._user
+        name = gssapi.Name(principal, gssapi.NameType.kerberos_principal)
+        return gssapi.raw.acquire_cred_with_password(
+            name, self._password.encode(), usage="initiate"
+        ).creds
 
     def _verifier(self, token: bytes) -> pdu.AuthVerifier:
         return pdu.AuthVerifier(
