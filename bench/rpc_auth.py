@@ -17,8 +17,8 @@ none) plus one bind's difference.
 ``--kerberos``: both Samba instances also take Kerberos (a private MIT KDC,
 ``kerberos method = dedicated keytab``) and the levels are none and privacy
 bound with Kerberos (auth type 16, header signing, as rpcclient binds; Samba
-4.17's rpcd_fsrvp faults this client's integrity calls, so integrity is left
-out): the client is MIT's GSSAPI initiator
+4.17's rpcd_fsrvp runs this client's integrity calls but cannot sign the
+answers, fault 0x1, so integrity is left out): the client is MIT's GSSAPI initiator
 (tests/support/krb5_rpc_client.py) writing the PDUs into the pipe that impacket
 opened on the SMB session, and "none" is the same raw-PDU client unbound, so
 the difference is the authentication alone.
