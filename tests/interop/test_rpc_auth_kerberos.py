@@ -40,6 +40,7 @@ from remotevss.dcerpc.krb5_gss import KRB5_OID, MS_KRB5_OID
 from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID, HResult
 from remotevss.samba.private import PASSWORD, PrivateAgent, PrivateSamba
 from tests.support.kdc import PrivateKdc, missing_tools
+from tests.support.ntlm_rpc_client import assert_replay_refused
 
 _missing = missing_tools() + [t for t in ("smbd", "rpcclient") if shutil.which(t) is None]
 try:
@@ -222,16 +223,11 @@ def test_mutated_requests_never_run(realm: Realm, root_cc: Path) -> None:
 
 
 def test_replayed_and_reordered_requests_are_refused(realm: Realm, root_cc: Path) -> None:
-    from tests.support.ntlm_rpc_client import RpcFault
 
     conn = _engine(realm)
     c = _client(conn, root_cc)
     c.bind()
-    c.call(1, b"first")
-    c.mangle = lambda b: c.sent[-1]  # the previous request again
-    with pytest.raises(RpcFault):
-        c.call(1, b"second")
-    assert conn.closed
+    assert_replay_refused(c)
 
     conn = _engine(realm)
     c = _client(conn, root_cc, level=INTEGRITY)
@@ -456,10 +452,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    import btrfsutil
-
     from remotevss.loopfs import loop_filesystem
-    from tests.support.samba_agent import agent_behind_samba
+    from tests.support.samba_agent import agent_behind_samba, subvolume_shares
 
     work = tmp_path_factory.mktemp("krbstack")
     samba_options = {
@@ -472,11 +466,7 @@ def stack(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         },
     }
     with loop_filesystem("btrfs", 512, work) as mnt:
-        shares = {}
-        for name in SHARES:
-            btrfsutil.create_subvolume(str(mnt / name))
-            (mnt / name / "file.txt").write_text(f"{name} content\n")
-            shares[name] = mnt / name
+        shares = subvolume_shares(mnt, SHARES)
         with agent_behind_samba(work, shares, samba_options=samba_options,
                                 min_level="integrity", rpc_auth={"kerberos": "on"},
                                 trace=True) as (s, a):  # fmt: skip
@@ -589,16 +579,13 @@ def test_remotevss_shadow_with_kerberos(stack: Stack, realm: Realm, tmp_path: Pa
 @pytest.fixture(scope="module")
 def anchor(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSamba]:
     """Samba's own FSRVP server (rpcd_fsrvp) taking Kerberos the same way."""
-    import btrfsutil
-
     from remotevss.loopfs import loop_filesystem
+    from tests.support.samba_agent import subvolume_shares
 
     work = tmp_path_factory.mktemp("krbanchor")
     with loop_filesystem("btrfs", 512, work) as mnt:
-        btrfsutil.create_subvolume(str(mnt / "data0"))
-        (mnt / "data0" / "file.txt").write_text("anchor content\n")
         samba = PrivateSamba(
-            work / "samba", {"data0": mnt / "data0"}, samba_fsrvp=True,
+            work / "samba", subvolume_shares(mnt, ["data0"]), samba_fsrvp=True,
             netbios_name="FILESERVER", env=realm.kdc.env,
             extra_global={"realm": REALM, "kerberos method": "dedicated keytab",
                           "dedicated keytab file": f"FILE:{realm.keytab}"},
@@ -630,7 +617,7 @@ def test_remotevss_shadow_kerberos_against_samba(anchor: PrivateSamba, realm: Re
     (made,) = json.loads(r.stdout)["sets"]
     share = made["copies"][0]["snapshot_share"].rsplit("\\", 1)[1]
     got = anchor.smbclient(share, "get file.txt /dev/stdout")
-    assert "anchor content" in got.stdout, got.stdout + got.stderr
+    assert "data0 content" in got.stdout, got.stdout + got.stderr
     r = subprocess.run([*base, "delete", made["set_id"]], capture_output=True, text=True,
                        env=env, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -30,7 +30,12 @@ from remotevss.client.rpc import FsrvpCalls
 from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID, HResult
 from remotevss.samba.private import PASSWORD, PrivateAgent, PrivateSamba
 from tests.hardening.harness import add_smb_user, delete_all, remove_smb_user, sequence
-from tests.support.samba_agent import agent_behind_samba, journal_mappings, leftovers
+from tests.support.samba_agent import (
+    agent_behind_samba,
+    journal_mappings,
+    leftovers,
+    subvolume_shares,
+)
 from tests.support.vtrailer import verification_trailer
 
 TOOLS = ("smbd", "winbindd", "ntlm_auth", "rpcclient", "smbpasswd", "net", "unshare")
@@ -73,17 +78,11 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    import btrfsutil
-
     from remotevss.loopfs import loop_filesystem
 
     work = tmp_path_factory.mktemp("rpcauth")
     with loop_filesystem("btrfs", 512, work) as mnt:
-        shares = {}
-        for name in SHARES:
-            btrfsutil.create_subvolume(str(mnt / name))
-            (mnt / name / "file.txt").write_text(f"{name} content\n")
-            shares[name] = mnt / name
+        shares = subvolume_shares(mnt, SHARES)
         with agent_behind_samba(work, shares, winbind=True, min_level="integrity",
                                 trace=True) as (s, a):  # fmt: skip
             add_smb_user(s.conf, OTHER, OTHER_PW)

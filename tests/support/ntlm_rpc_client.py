@@ -185,3 +185,16 @@ class RpcFault(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"fault {status:#x}")
         self.status = status
+
+
+def assert_replay_refused(c: RpcAuthClient) -> None:
+    """A bound client's call, then the same request PDU again: refused, connection closed."""
+    c.call(1, b"first")
+    c.mangle = lambda b: c.sent[-1]  # the previous request again
+    try:
+        c.call(1, b"second")
+    except RpcFault:
+        pass
+    else:
+        raise AssertionError("the replayed request was answered")
+    assert c.conn.closed

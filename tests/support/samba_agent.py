@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,19 @@ def agent_behind_samba(
     finally:
         proc.stop()
         samba.stop()
+
+
+def subvolume_shares(mnt: Path, names: Iterable[str]) -> dict[str, Path]:
+    """One btrfs subvolume per share under ``mnt``, each holding ``file.txt``
+    (``<name> content``): what the interop tests snapshot and read back."""
+    import btrfsutil
+
+    shares = {}
+    for name in names:
+        btrfsutil.create_subvolume(str(mnt / name))
+        (mnt / name / "file.txt").write_text(f"{name} content\n")
+        shares[name] = mnt / name
+    return shares
 
 
 # ------------------------------------------------------------- SMB helpers

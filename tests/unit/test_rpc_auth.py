@@ -20,7 +20,7 @@ from remotevss.dcerpc import pdu
 from remotevss.dcerpc.connection import Interface, Request, ServerConnection
 from remotevss.dcerpc.rpc_auth import RpcSecurity
 from tests.support.ntlm_local import DOMAIN, PASSWORD, USER, LocalNtlmAcceptor, write_user_file
-from tests.support.ntlm_rpc_client import RpcAuthClient, RpcFault
+from tests.support.ntlm_rpc_client import RpcAuthClient, RpcFault, assert_replay_refused
 from tests.unit.test_dcerpc_connection import IF_A, echo
 
 INTEGRITY = pdu.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY
@@ -93,14 +93,9 @@ def test_tampered_request_is_refused_and_closes(user_file: Path, protocol: str,
 
 
 def test_replayed_request_is_refused(user_file: Path) -> None:
-    conn = connection(user_file)
-    c = client(conn)
+    c = client(connection(user_file))
     c.bind()
-    c.call(1, b"first")
-    c.mangle = lambda b: c.sent[-1]  # the previous request again
-    with pytest.raises(RpcFault):
-        c.call(1, b"second")
-    assert conn.closed
+    assert_replay_refused(c)
 
 
 def test_reordered_requests_are_refused(user_file: Path) -> None:
