@@ -64,6 +64,9 @@ class PrivateSamba:
     winbind: bool = False
     #: Extra environment for the daemons and tools (e.g. a private KRB5_CONFIG).
     env: dict[str, str] = field(default_factory=dict)
+    #: argv prefix the daemons run under (a domain member's: its own mount namespace,
+    #: :func:`namespace_argv`, so that smbd, winbindd and NSS reach its winbindd).
+    wrap: list[str] = field(default_factory=list)
 
     @property
     def conf(self) -> Path:
@@ -78,14 +81,20 @@ class PrivateSamba:
     def winbind_dir(self) -> Path:
         return self.root / "winbindd"
 
+    def namespace_argv(self, *binds: tuple[Path, str]) -> list[str]:
+        """An argv prefix running a command in a mount namespace of its own where
+        libwbclient finds this Samba's winbindd (and ``binds``: file over file)."""
+        extra = [x for src, dst in binds for x in ("--bind", f"{src}={dst}")]
+        return [
+            "unshare", "--mount", "--propagation", "private", "--",
+            sys.executable, "-m", "remotevss.samba.wbns", *extra, str(self.winbind_dir),
+        ]  # fmt: skip
+
     @property
     def ntlm_auth_argv(self) -> list[str]:
         """``ntlm_auth`` reaching this Samba's winbindd (see :mod:`remotevss.samba.wbns`);
         the caller appends the helper protocol and ``--configfile``."""
-        return [
-            "unshare", "--mount", "--propagation", "private", "--",
-            sys.executable, "-m", "remotevss.samba.wbns", str(self.winbind_dir), "ntlm_auth",
-        ]  # fmt: skip
+        return [*self.namespace_argv(), "ntlm_auth"]
 
     def write_config(self) -> None:
         for d in ("etc", "lock", "state", "cache", "pid", "priv", "ncalrpc", "log"):
@@ -164,7 +173,7 @@ class PrivateSamba:
             for argv, ready, what in daemons:  # each waits for the one before
                 self.procs.append(
                     subprocess.Popen(
-                        argv, stdout=log, stderr=log, start_new_session=True,
+                        [*self.wrap, *argv], stdout=log, stderr=log, start_new_session=True,
                         env={**os.environ, **self.env},
                     )  # fmt: skip
                 )
@@ -260,25 +269,31 @@ class PrivateSamba:
     def stop(self) -> None:
         """Stop each daemon with its whole session (smbd and rpcd children included)
         and wait until no process of those sessions is left."""
-        for p in reversed(self.procs):
+        stop_sessions(self.procs)
+        self.procs.clear()
+
+
+def stop_sessions(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process's whole session (it was started with start_new_session),
+    SIGKILL what is left after a while, and wait until no process of them remains."""
+    for p in reversed(procs):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        deadline = time.monotonic() + 5
+        while _group_alive(p.pid):  # children exit a moment after their parent
+            if time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-            deadline = time.monotonic() + 5
-            while _group_alive(p.pid):  # children exit a moment after their parent
-                if time.monotonic() > deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(p.pid, signal.SIGKILL)
-                    if time.monotonic() > deadline + 5:
-                        break  # only unreaped zombies can be left
-                time.sleep(0.02)
-        self.procs.clear()
+                if time.monotonic() > deadline + 5:
+                    break  # only unreaped zombies can be left
+            time.sleep(0.02)
 
 
 @dataclass

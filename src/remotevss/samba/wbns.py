@@ -9,7 +9,13 @@ module) where that directory is bind-mounted over ``/run/samba/winbindd``.
 The machine's own winbindd, if any, is untouched: this module refuses to run
 in its parent's (or init's) mount namespace, where the bind mount would hijack it.
 
-Usage: ``unshare --mount --propagation private -- python -m remotevss.samba.wbns DIR CMD [ARG...]``
+A domain member's daemons need more of the machine seen their way (tests
+only): ``--bind SRC=DST`` bind-mounts a file over another in the same
+namespace, e.g. a hosts file naming the private domain controller or an
+nsswitch.conf that asks winbind for users.
+
+Usage: ``unshare --mount --propagation private -- python -m remotevss.samba.wbns
+[--bind SRC=DST ...] DIR CMD [ARG...]``
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import sys
 WINBINDD_DIR = "/run/samba/winbindd"
 USAGE = (
     "usage: unshare --mount --propagation private -- "
-    "python -m remotevss.samba.wbns SOCKET_DIR COMMAND [ARG...]"
+    "python -m remotevss.samba.wbns [--bind SRC=DST ...] SOCKET_DIR COMMAND [ARG...]"
 )
 
 
@@ -48,7 +54,28 @@ def _own_mount_namespace() -> bool:
         return False
 
 
+def _bind(source: str, target: str) -> bool:
+    # mount must not write to our stdout: it may be a line protocol (ntlm_auth's).
+    mount = subprocess.run(
+        ["mount", "--bind", source, target],
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr.fileno(),
+        check=False,
+    )
+    if mount.returncode:
+        print(f"wbns: mount --bind {source} {target} failed", file=sys.stderr)
+    return mount.returncode == 0
+
+
 def main(argv: list[str]) -> int:
+    binds: list[tuple[str, str]] = []
+    while len(argv) >= 2 and argv[0] == "--bind":
+        source, sep, target = argv[1].partition("=")
+        if not sep or not os.path.isfile(source) or not os.path.isfile(target):
+            print(f"wbns: --bind wants FILE=FILE, got {argv[1]!r}\n{USAGE}", file=sys.stderr)
+            return 2
+        binds.append((source, target))
+        argv = argv[2:]
     if len(argv) < 2:
         print(USAGE, file=sys.stderr)
         return 2
@@ -64,16 +91,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     os.makedirs(WINBINDD_DIR, exist_ok=True)
-    # mount must not write to our stdout: it may be a line protocol (ntlm_auth's).
-    mount = subprocess.run(
-        ["mount", "--bind", socket_dir, WINBINDD_DIR],
-        stdin=subprocess.DEVNULL,
-        stdout=sys.stderr.fileno(),
-        check=False,
-    )
-    if mount.returncode:
-        print(f"wbns: mount --bind {socket_dir} {WINBINDD_DIR} failed", file=sys.stderr)
-        return 1
+    for source, target in [(socket_dir, WINBINDD_DIR), *binds]:
+        if not _bind(source, target):
+            return 1
     try:
         os.execvp(command[0], command)  # noqa: S606 - argv from our own caller, no shell
     except OSError as exc:
