@@ -197,6 +197,21 @@ def test_wrong_rpc_password_is_denied_and_the_agent_serves_on(stack: Stack) -> N
         assert c.get_supported_version().return_value == 0
 
 
+def test_unknown_rpc_user_is_denied_and_the_agent_serves_on(stack: Stack) -> None:
+    from impacket.dcerpc.v5.rpcrt import DCERPCException
+
+    offset = stack.agent.log.stat().st_size
+    with (
+        pytest.raises(DCERPCException, match="access_denied"),
+        AuthFsrvp(stack.samba.port, PRIVACY, rpc=("no-such-user", "whatever")) as c,
+    ):
+        c.get_supported_version()
+    assert "RPC auth from" not in stack.log_since(offset)  # no call ran authenticated
+    with AuthFsrvp(stack.samba.port, PRIVACY) as c:
+        assert c.get_supported_version().return_value == 0
+    stack.clean()
+
+
 def test_other_domain_on_a_standalone_server_gets_a_clear_error(stack: Stack) -> None:
     """winbindd checks only SERVER\\user against Samba's passdb (docs/security.md)."""
     offset = stack.agent.log.stat().st_size
