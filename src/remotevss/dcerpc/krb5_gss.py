@@ -108,7 +108,14 @@ class KerberosAcceptor:
     def principal(self) -> str:
         return str(self._ctx.initiator_name)
 
-    def protection(self, header_signing: bool) -> Krb5Protection:
+    def protection(self, header_signing: bool, privacy: bool) -> Krb5Protection:
+        """Per-PDU protection, once the context allows the bound level (MIT always
+        grants both; another GSSAPI library might not)."""
+        flags = self._ctx.actual_flags
+        wanted = self._gssapi.RequirementFlag
+        if wanted.integrity not in flags or (privacy and wanted.confidentiality not in flags):
+            level = "privacy" if privacy else "integrity"
+            raise AuthError(f"Kerberos: the client's context does not allow {level}")
         return Krb5Protection(self._ctx, header_signing)
 
 

@@ -122,7 +122,7 @@ class KerberosContext(Protocol):
 
     def principal(self) -> str: ...
 
-    def protection(self, header_signing: bool) -> PduProtection: ...
+    def protection(self, header_signing: bool, privacy: bool) -> PduProtection: ...
 
 
 KerberosFactory = Callable[[], KerberosContext]
@@ -341,7 +341,7 @@ class RpcSecurity:
             user, _, realm = principal.rpartition("@")
             if not user or not realm:
                 raise AuthError(f"Kerberos principal without a realm: {principal!r}")
-            self._prot = self._krb.protection(self._header_signing)
+            self._prot = self._krb.protection(self._header_signing, self._privacy)
             self.identity = (realm, user)
             self.user = principal
             self._state = "established"
