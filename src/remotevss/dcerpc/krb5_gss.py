@@ -19,7 +19,6 @@ so an agent without it still serves NTLM.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from remotevss.dcerpc.connection import AuthError
@@ -223,8 +222,3 @@ def gss_text(exc: Exception) -> str:
     if minor and "): " in detail:
         return detail.split("): ", 1)[1]
     return text
-
-
-def default_keytab() -> str | None:
-    """KRB5_KTNAME, else MIT's default: what ``[rpc_auth] kerberos_keytab = ""`` means."""
-    return os.environ.get("KRB5_KTNAME") or None
