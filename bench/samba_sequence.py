@@ -17,7 +17,14 @@ measured in the same runs) and so approximates the servers' own cost; for
 our agent, "agent" is the sum of its own per-call times (``duration_ms`` of
 its call events, from the complete request to the encoded response).
 
-Usage (root): .venv/bin/python bench/samba_sequence.py [--runs 20]
+``--auth none,seal`` runs the same alternation once per binding level
+(rpcclient's ``[sign]``/``[seal]``: NTLM through SPNEGO, checked by Samba's
+gensec in the anchor and by ``ntlm_auth`` through winbindd for us), so the
+cost of privacy over none for the whole sequence is measured in one process
+run, side by side; ``--shares 1`` skips the 16-share case.
+
+Usage (root): .venv/bin/python bench/samba_sequence.py [--runs 20] [--auth none,seal]
+[--shares 1,16]
 """
 
 from __future__ import annotations
@@ -49,19 +56,21 @@ def agent_ms(log: Path, start: int) -> float:
         return sum(float(x) for x in _DURATION.findall(f.read().decode(errors="replace")))
 
 
-def _timed(samba: PrivateSamba, command: str) -> tuple[float, str]:
+def _timed(samba: PrivateSamba, command: str, auth: str) -> tuple[float, str]:
     t0 = time.perf_counter()
-    out = samba.rpcclient(command)
+    out = samba.rpcclient(command, auth=auth)
     return time.perf_counter() - t0, out.stdout
 
 
-def one_run(samba: PrivateSamba, names: list[str]) -> tuple[float, float, float]:
+def one_run(samba: PrivateSamba, names: list[str], auth: str = "") -> tuple[float, float, float]:
     """(connect + GetSupportedVersion, create+expose, delete) wall seconds."""
-    base, _ = _timed(samba, "fss_get_sup_version")
-    create, out = _timed(samba, "fss_create_expose backup ro " + " ".join(names))
+    base, _ = _timed(samba, "fss_get_sup_version", auth)
+    create, out = _timed(samba, "fss_create_expose backup ro " + " ".join(names), auth)
     ids = _EXPOSED.findall(out)
     assert len(ids) == len(names), out
-    delete, _ = _timed(samba, "; ".join(f"fss_delete {share} {s} {c}" for s, c, share in ids))
+    delete, _ = _timed(
+        samba, "; ".join(f"fss_delete {share} {s} {c}" for s, c, share in ids), auth
+    )
     return base, create, delete
 
 
@@ -81,7 +90,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--auth", default="none", help="binding levels: none, sign, seal")
+    ap.add_argument("--shares", default="1,16", help="set sizes")
     args = ap.parse_args()
+    levels = [x.strip() for x in args.auth.split(",")]
+    sizes = [int(x) for x in args.shares.split(",")]
+    if not set(levels) <= {"none", "sign", "seal"}:
+        ap.error("--auth takes none, sign, seal")
     results: dict[str, dict[str, float]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="rvss-bench-") as tmp,
@@ -95,7 +110,9 @@ def main() -> int:
                 (path / "file.txt").write_text("x" * 4096)
                 table[f"share{i}"] = path
         anchor = PrivateSamba(Path(tmp) / "anchor", shares["samba"], samba_fsrvp=True)
-        ours = PrivateSamba(Path(tmp) / "ours", shares["ours"], samba_fsrvp=False)
+        ours = PrivateSamba(  # winbindd: our NTLM binds go through ntlm_auth
+            Path(tmp) / "ours", shares["ours"], samba_fsrvp=False, winbind=levels != ["none"]
+        )
         agent = PrivateAgent(Path(tmp) / "agent", ours, verbose=1)  # call events: timings
         try:
             anchor.start()
@@ -104,40 +121,51 @@ def main() -> int:
             fss = anchor.pipe_dir / "fssagentrpc"
             while not fss.exists():
                 time.sleep(0.05)
-            for n in (1, 16):
+            for n, level in ((n, lv) for n in sizes for lv in levels):
+                auth = "" if level == "none" else level
                 names = [f"share{i}" for i in range(n)]
                 done: dict[str, list[tuple[float, float, float]]] = {"samba": [], "ours": []}
                 own: list[float] = []
                 for server in (anchor, ours):  # warm-up (helpers, caches)
-                    one_run(server, names)
+                    one_run(server, names, auth)
                 time.sleep(1.05)
                 for _ in range(args.runs):
-                    done["samba"].append(one_run(anchor, names))
+                    done["samba"].append(one_run(anchor, names, auth))
                     mark = agent.log.stat().st_size
-                    done["ours"].append(one_run(ours, names))
+                    done["ours"].append(one_run(ours, names, auth))
                     own.append(agent_ms(agent.log, mark))
                     # Samba names snapshots by the second: let each run have its own
                     time.sleep(1.05)
-                results[f"samba_{n}"] = summary(done["samba"])
-                results[f"ours_{n}"] = summary(done["ours"])
-                results[f"ours_{n}"]["agent_ms"] = statistics.median(own)
+                key = f"{n}_{level}"
+                results[f"samba_{key}"] = summary(done["samba"])
+                results[f"ours_{key}"] = summary(done["ours"])
+                results[f"ours_{key}"]["agent_ms"] = statistics.median(own)
         finally:
             agent.stop()
             ours.stop()
             anchor.stop()
     print(f"rpcclient fss_create_expose + fss_delete through smbd, median of {args.runs} runs (ms)")
     head = ("case", "server", "create", "delete", "wall", "connect", "net")
-    print(f"{head[0]:<9} {head[1]:<7} " + " ".join(f"{h:>8}" for h in head[2:]))
-    for n in (1, 16):
+    print(f"{head[0]:<15} {head[1]:<7} " + " ".join(f"{h:>8}" for h in head[2:]))
+    for n, level in ((n, lv) for n in sizes for lv in levels):
+        key = f"{n}_{level}"
         for kind in ("samba", "ours"):
-            r = results[f"{kind}_{n}"]
+            r = results[f"{kind}_{key}"]
             cols = ("create_ms", "delete_ms", "wall_ms", "connect_ms", "net_ms")
-            print(f"{f'{n} share':<9} {kind:<7} " + " ".join(f"{r[c]:>8.1f}" for c in cols))
-        o, s = results[f"ours_{n}"], results[f"samba_{n}"]
+            case = f"{n} share {level}"
+            print(f"{case:<15} {kind:<7} " + " ".join(f"{r[c]:>8.1f}" for c in cols))
+        o, s = results[f"ours_{key}"], results[f"samba_{key}"]
         print(
-            f"{'':<9} ratio ours/samba: wall {o['wall_ms'] / s['wall_ms']:.2f}, "
+            f"{'':<15} ratio ours/samba: wall {o['wall_ms'] / s['wall_ms']:.2f}, "
             f"net {o['net_ms'] / s['net_ms']:.2f}; agent's own time {o['agent_ms']:.1f} ms"
         )
+    for n, level in ((n, lv) for n in sizes for lv in levels if lv != "none"):
+        if "none" not in levels:
+            break
+        for kind in ("samba", "ours"):
+            cost = (results[f"{kind}_{n}_{level}"]["create_ms"]
+                    - results[f"{kind}_{n}_none"]["create_ms"])  # fmt: skip
+            print(f"{level} over none, {n}-share creation sequence, {kind}: {cost:+.1f} ms")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
