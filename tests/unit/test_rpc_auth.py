@@ -211,7 +211,10 @@ def test_spnego_without_ntlm_is_refused(user_file: Path) -> None:
     verifier = pdu.AuthVerifier(pdu.RPC_C_AUTHN_GSS_NEGOTIATE, PRIVACY, 0, 1, token)
     conn.receive_data(pdu.encode_bind(1, ctx, auth=verifier))
     (nak,) = conn.pdus_to_send()
-    assert pdu.parse(nak)[0].ptype == pdu.PTYPE_BIND_NAK and conn.closed
+    hdr, body = pdu.parse(nak)
+    assert hdr.ptype == pdu.PTYPE_BIND_NAK and conn.closed
+    assert isinstance(body, pdu.BindNak) and body.reason == pdu.BIND_NAK_REASON_NOT_SPECIFIED
+    assert "no mechanism we accept (NTLMSSP)" in (conn.close_reason or "")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
