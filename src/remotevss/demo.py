@@ -25,7 +25,6 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from remotevss.loopfs import loop_filesystem
-from remotevss.samba.private import SAMBA_DCERPCD, PrivateAgent, PrivateSamba
+from remotevss.samba.private import PrivateAgent, PrivateSamba, missing_tools
 
 SHARE = "data"
 FILE = "report.txt"
@@ -76,11 +75,6 @@ def _step(what: str) -> Iterator[None]:
     say(f"      ({what}: {(time.perf_counter() - t0) * 1000:.0f} ms)")
 
 
-def _missing_tools() -> list[str]:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    return missing + ([] if SAMBA_DCERPCD.exists() else [str(SAMBA_DCERPCD)])
-
-
 def _loop_device(mnt: Path) -> str:
     out = subprocess.run(
         ["findmnt", "-n", "-o", "SOURCE", str(mnt)], capture_output=True, text=True, check=False
@@ -103,7 +97,7 @@ def run_demo(verbose: int = 0) -> int:
     if os.geteuid() != 0:
         print("remotevss demo needs root (loop btrfs, smbd)", file=sys.stderr)
         return 2
-    if missing := _missing_tools():
+    if missing := missing_tools(*TOOLS):
         print(
             f"remotevss demo: missing {', '.join(missing)}; run scripts/bootstrap.sh",
             file=sys.stderr,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -51,9 +50,10 @@ from test_client_samba import (  # the suite itself, run against the fixtures be
 from test_client_samba import test_auth_levels as _auth_levels
 from test_client_samba import test_cli_create_at_other_levels as _create_at_level
 
+from remotevss.samba.private import missing_tools
+
 TOOLS = ("smbd", "smbpasswd", "net", "mkfs.btrfs")
-_missing = [t for t in TOOLS if shutil.which(t) is None]
-_missing += [] if Path("/usr/libexec/samba/samba-dcerpcd").exists() else ["samba-dcerpcd"]
+_missing = missing_tools(*TOOLS)
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs)"),

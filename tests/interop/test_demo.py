@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
-from remotevss.demo import _missing_tools
+from remotevss.demo import TOOLS
+from remotevss.samba.private import missing_tools
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs)"),
-    pytest.mark.skipif(bool(_missing_tools()), reason=f"missing tools: {_missing_tools()}"),
+    pytest.mark.skipif(bool(missing_tools(*TOOLS)), reason=f"missing tools: {missing_tools(*TOOLS)}"),
 ]
 
 

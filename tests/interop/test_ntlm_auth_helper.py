@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,13 +28,12 @@ import spnego
 
 from remotevss.agent.ntlm_auth import MAX_TOKEN, NtlmHelperPool, NtlmResult
 from remotevss.dcerpc.connection import AuthError
-from remotevss.samba.private import PASSWORD, PrivateSamba
+from remotevss.samba.private import PASSWORD, PrivateSamba, missing_tools
 
 HELPER_PROTOCOL = "--helper-protocol=squid-2.5-ntlmssp"
 SIGN, SEAL, ESS, KEY128 = 0x10, 0x20, 0x80000, 0x20000000
 TOOLS = ("smbd", "winbindd", "ntlm_auth", "unshare", "smbpasswd", "mount")
-_missing = [t for t in TOOLS if shutil.which(t) is None]
-_missing += [] if Path("/usr/libexec/samba/samba-dcerpcd").exists() else ["samba-dcerpcd"]
+_missing = missing_tools(*TOOLS)
 
 
 def gone(pid: int) -> bool:

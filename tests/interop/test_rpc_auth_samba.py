@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import pytest
 
 from remotevss.client.rpc import FsrvpCalls
 from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID, HResult
-from remotevss.samba.private import PASSWORD, PrivateAgent, PrivateSamba
+from remotevss.samba.private import PASSWORD, PrivateAgent, PrivateSamba, missing_tools
 from tests.hardening.harness import add_smb_user, delete_all, remove_smb_user, sequence
 from tests.support.samba_agent import (
     agent_behind_samba,
@@ -39,8 +38,7 @@ from tests.support.samba_agent import (
 from tests.support.vtrailer import verification_trailer
 
 TOOLS = ("smbd", "winbindd", "ntlm_auth", "rpcclient", "smbpasswd", "net", "unshare")
-_missing = [t for t in TOOLS if shutil.which(t) is None]
-_missing += [] if Path("/usr/libexec/samba/samba-dcerpcd").exists() else ["samba-dcerpcd"]
+_missing = missing_tools(*TOOLS)
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, winbindd, mount namespace)"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import grp
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -32,13 +31,13 @@ import pytest
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.constants import INTERFACE_UUID, HResult
 from remotevss.samba import npa
+from remotevss.samba.private import missing_tools
 from tests.support.pipe_harness import assert_closed_without_reply, serve_listener
 from tests.support.samba import PASSWORD, PrivateSamba
 from tests.system.agent_harness import AgentProcess
 
 TOOLS = ("smbd", "rpcclient", "smbtorture", "smbpasswd", "mkfs.btrfs", "useradd", "userdel")
-_missing = [t for t in TOOLS if shutil.which(t) is None]
-_missing += [] if Path("/usr/libexec/samba/samba-dcerpcd").exists() else ["samba-dcerpcd"]
+_missing = missing_tools(*TOOLS)
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs, users)"),

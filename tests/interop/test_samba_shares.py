@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,11 +32,11 @@ import pytest
 from remotevss.agent.exposer import ExposeError, SymlinkExposer
 from remotevss.agent.shares import ShareTable
 from remotevss.loopfs import loop_filesystem
+from remotevss.samba.private import missing_tools
 from tests.support.samba import PASSWORD, PrivateSamba
 
 TOOLS = ("smbd", "net", "sharesec", "smbclient", "smbpasswd", "rpcclient", "mkfs.btrfs")
-_missing = [t for t in TOOLS if shutil.which(t) is None]
-_missing += [] if Path("/usr/libexec/samba/samba-dcerpcd").exists() else ["samba-dcerpcd"]
+_missing = missing_tools(*TOOLS)
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs)"),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ import pytest
 
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.constants import HResult
-from remotevss.samba.private import PrivateAgent, PrivateSamba
+from remotevss.samba.private import PrivateAgent, PrivateSamba, missing_tools
 from tests.support.samba_agent import (
     FsrvpOverSmb,
     agent_behind_samba,
@@ -49,8 +48,7 @@ from tests.support.samba_agent import (
 )
 
 TOOLS = ("smbd", "smbtorture", "smbclient", "rpcclient", "smbpasswd", "net", "mkfs.btrfs")
-_missing = [t for t in TOOLS if shutil.which(t) is None]
-_missing += [] if Path("/usr/libexec/samba/samba-dcerpcd").exists() else ["samba-dcerpcd"]
+_missing = missing_tools(*TOOLS)
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs)"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +35,13 @@ PASSWORD = "Passw0rd-remotevss"  # noqa: S105 - tests: a loopback-only private S
 #: Helpers samba-dcerpcd runs besides (optionally) rpcd_fsrvp: srvsvc and friends,
 #: winreg, lsarpc/samr.  No rpcd_epmapper: nothing then listens on TCP 135.
 HELPERS = ("rpcd_classic", "rpcd_winreg", "rpcd_lsad")
+
+
+def missing_tools(*programs: str) -> list[str]:
+    """Which of ``programs`` are not on PATH, plus samba-dcerpcd if it is not installed
+    (it lives outside PATH): what a private Samba's user lacks, for one clear message."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    return missing + ([] if SAMBA_DCERPCD.exists() else [str(SAMBA_DCERPCD)])
 
 
 def free_port() -> int:
