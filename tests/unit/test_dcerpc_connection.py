@@ -26,6 +26,7 @@ from remotevss.dcerpc.connection import (
     AssocGroupAllocator,
     AuthError,
     Interface,
+    NoSecurity,
     Request,
     ServerConnection,
 )
@@ -332,19 +333,10 @@ def test_big_endian_bind_nakked_user_data_not_readable() -> None:
 
 
 def test_security_hook_sees_and_answers_the_verifier() -> None:
-    class Accepting:
+    class Accepting(NoSecurity):  # protect, close, overhead, identity as NoSecurity's
         auth_level = pdu.RPC_C_AUTHN_LEVEL_PKT_INTEGRITY
         seen: list[AuthVerifier | None] = []
-        overhead = 0
         pending = True
-        identity = None
-        user = ""
-
-        def protect(self, fragment: bytes) -> bytes:
-            return fragment
-
-        def close(self) -> None:
-            pass
 
         def bind(self, v: AuthVerifier | None, header_signing: bool = False) -> AuthVerifier | None:
             self.seen.append(v)
