@@ -52,6 +52,17 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
     return out
 
 
+def expose_cycle(
+    exposer: RegistryExposer, snap: Path, runs: int
+) -> tuple[list[float], list[float]]:
+    """``runs`` exposures of fresh snapshot share names, then their removal: the times."""
+    names = [f"data@{{{uuid.uuid4()}}}" for _ in range(runs)]
+    it = iter(names)
+    expose = timed(lambda: exposer.expose(next(it), "data", str(snap), False), runs)
+    it = iter(names)
+    return expose, timed(lambda: exposer.unexpose(next(it)), runs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
@@ -78,13 +89,7 @@ def main() -> None:
                 conf = SambaConf(samba.conf)
                 table = SambaShareTable(conf)
                 exposer = RegistryExposer(conf)
-                names = [f"data@{{{uuid.uuid4()}}}" for _ in range(args.runs)]
-                it = iter(names)
-                expose = timed(
-                    lambda: exposer.expose(next(it), "data", str(snap), False), args.runs
-                )
-                it = iter(names)
-                unexpose = timed(lambda: exposer.unexpose(next(it)), args.runs)
+                expose, unexpose = expose_cycle(exposer, snap, args.runs)
                 lookup_file = timed(lambda: table.lookup("data"), 1000)
                 samba.net("conf", "addshare", "regshare", str(data))
                 lookup_reg = timed(lambda: table.lookup("regshare"), 1000)
@@ -98,13 +103,7 @@ def main() -> None:
                 worker_start = time.perf_counter() - t0
                 conf.registry_reader = worker.get_share
                 wexposer = RegistryExposer(conf, worker=worker)
-                wnames = [f"data@{{{uuid.uuid4()}}}" for _ in range(args.runs)]
-                it = iter(wnames)
-                wexpose = timed(
-                    lambda: wexposer.expose(next(it), "data", str(snap), False), args.runs
-                )
-                it = iter(wnames)
-                wunexpose = timed(lambda: wexposer.unexpose(next(it)), args.runs)
+                wexpose, wunexpose = expose_cycle(wexposer, snap, args.runs)
                 wlookup_reg = timed(lambda: table.lookup("regshare"), 1000)
                 worker.close()
                 conf.registry_reader = None
