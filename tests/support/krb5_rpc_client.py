@@ -49,14 +49,10 @@ class Krb5RpcClient(RpcAuthClient):
         mech_types: tuple[str, ...] = (KRB5_OID,),
         mech_list_mic: bool = False,
     ) -> None:
-        self.conn = conn
-        self.iface = iface
-        self.auth_type = (
+        auth_type = (
             pdu.RPC_C_AUTHN_GSS_KERBEROS if protocol == "kerberos" else pdu.RPC_C_AUTHN_GSS_NEGOTIATE
         )
-        self.level = level
-        self.ctx_id = 79231
-        self.header_signing = header_signing
+        self._wire(conn, iface, auth_type, level, 79231, header_signing=header_signing)
         self.mech_types = mech_types
         self.mech_list_mic = mech_list_mic  # send one with the last leg, check the answer
         self.server_mic_checked = False
@@ -71,10 +67,6 @@ class Krb5RpcClient(RpcAuthClient):
             name=name, creds=creds, usage="initiate", flags=flags,
             mech=SPNEGO if self.mit_spnego else KRB5,
         )  # fmt: skip
-        self.call_id = 1
-        self.sent: list[bytes] = []
-        self.mangle = lambda b: b
-        self._legs = 0
 
     # ------------------------------------------------------------- legs
     def _step(self, token: bytes | None = None) -> bytes | None:
@@ -99,16 +91,12 @@ class Krb5RpcClient(RpcAuthClient):
         return bool(self.gss.complete)
 
     @property
-    def sig_len(self) -> int:  # type: ignore[override]
+    def sig_len(self) -> int:
         if self.level == pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY:
             iov = graw.IOV((T.header, True, None), (T.data, False, bytes(16)), std_layout=False)
             graw.wrap_iov_length(self.gss, iov, confidential=True)
             return len(iov[0].value or b"")
         return 28  # RFC 4121 MIC with an AES key: 16-byte header + 12-byte HMAC
-
-    @sig_len.setter
-    def sig_len(self, value: int) -> None:
-        pass
 
     # ------------------------------------------------------------- per PDU
     def _iov(self, token: bytes | None, head: bytes, body: bytes, trailer: bytes) -> graw.IOV:

@@ -39,18 +39,27 @@ class RpcAuthClient:
         level: int = pdu.RPC_C_AUTHN_LEVEL_PKT_PRIVACY,
         ctx_id: int = 79231,
     ) -> None:
+        self._wire(conn, iface, PROTOCOLS[protocol], level, ctx_id, header_signing=False)
+        self.sp = spnego.client(user, password, protocol=protocol, context_req=REQ)
+
+    def _wire(self, conn: ServerConnection, iface: Interface, auth_type: int, level: int,
+              ctx_id: int, *, header_signing: bool) -> None:  # fmt: skip
+        """The state every initiator shares (the Kerberos client calls it too)."""
         self.conn = conn
         self.iface = iface
-        self.auth_type = PROTOCOLS[protocol]
+        self.auth_type = auth_type
         self.level = level
         self.ctx_id = ctx_id
-        self.sp = spnego.client(user, password, protocol=protocol, context_req=REQ)
-        self.sig_len = 16
-        self.header_signing = False  # offer PFC_SUPPORT_HEADER_SIGN at bind
+        self.header_signing = header_signing  # offer PFC_SUPPORT_HEADER_SIGN at bind
         self.call_id = 1
         self.sent: list[bytes] = []
         #: Called with each request PDU before it is sent; returns what is sent.
         self.mangle: Callable[[bytes], bytes] = lambda b: b
+
+    @property
+    def sig_len(self) -> int:
+        """The auth value's length (NTLM's signature: always 16)."""
+        return 16
 
     def _verifier(self, token: bytes) -> pdu.AuthVerifier:
         return pdu.AuthVerifier(self.auth_type, self.level, 0, self.ctx_id, token)
