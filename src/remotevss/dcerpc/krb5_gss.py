@@ -205,7 +205,10 @@ class Krb5Protection:
 
     # SPNEGO's mechListMIC (MS-SPNG 3.2.5.1) uses the same context.
     def mic(self, data: bytes) -> bytes:
-        return bytes(self._raw.get_mic(self._ctx, data))
+        try:
+            return bytes(self._raw.get_mic(self._ctx, data))
+        except self._raw.GSSError as exc:
+            raise SignatureError(f"mechListMIC: {gss_text(exc)}") from exc
 
     def verify_mic(self, data: bytes, token: bytes) -> None:
         try:

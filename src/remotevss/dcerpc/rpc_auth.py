@@ -400,7 +400,10 @@ class RpcSecurity:
             raise AuthError("SPNEGO mechListMIC does not verify") from exc
         if not reply_possible:
             return b""
-        mic = self._prot.mic(mechs)
+        try:
+            mic = self._prot.mic(mechs)
+        except SignatureError as exc:
+            raise AuthError(f"cannot answer the SPNEGO mechListMIC: {exc}") from exc
         return NegTokenResp(neg_state=NegState.accept_complete, mech_list_mic=mic).pack()
 
     def _finish_ntlm(self, outcome: NtlmOutcome) -> None:
