@@ -68,7 +68,8 @@ def kerberos_factory(config: AgentConfig, names: SambaAuthNames) -> KerberosFact
         return None
     from remotevss.dcerpc.krb5_gss import KerberosAcceptor
 
-    log.info("Kerberos RPC authentication on: keytab %s, realm %s", keytab, names.realm or "-")
+    realm = (config.rpc_auth.realm or names.realm).upper()  # as authz.policy_for takes it
+    log.info("Kerberos RPC authentication on: keytab %s, realm %s", keytab, realm or "-")
     return partial(KerberosAcceptor, keytab)
 
 
