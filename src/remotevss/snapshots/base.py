@@ -117,3 +117,36 @@ class Backend(Protocol):
     def usage(self, volume: Volume) -> Usage:
         """Filesystem size/free (statvfs) and, when cheap to know, bytes held by snapshots."""
         ...
+
+
+@dataclass(frozen=True)
+class SnapRequest:
+    """One snapshot of a set to take together with the others (``create_many``)."""
+
+    volume: Volume
+    snap_name: str
+    writable: bool
+
+
+class BatchBackend(Backend, Protocol):
+    """A backend that can take several snapshots at once.
+
+    Why: a shadow copy set is meant to be one point in time across its
+    volumes; the spread between the first and the last snapshot is the window
+    in which a write can land in one share's image and not in another's.  A
+    backend that can snapshot several volumes in one operation (ZFS: one
+    ``zfs snapshot`` of several datasets of a pool) implements this.
+    """
+
+    def create_many(self, requests: list[SnapRequest]) -> list[str]:
+        """Create every snapshot of ``requests``; return their paths in order.
+
+        All-or-nothing, like ``create``: on failure every snapshot this call
+        made is removed again before the error is raised.
+        """
+        ...
+
+
+def supports_batches(backend: Backend) -> bool:
+    """True if ``backend`` implements ``create_many`` (see BatchBackend)."""
+    return callable(getattr(backend, "create_many", None))
