@@ -9,8 +9,12 @@ reason where root, mkfs.<type> or loop devices are missing.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +23,55 @@ from typing import Protocol
 import pytest
 
 from remotevss.loopfs import MIN_SIZE_MB, MKFS
+from tests.support import reaper
 
 
 class LoopFs(Protocol):
     def __call__(self, fstype: str, size_mb: int = 0) -> Path: ...
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the run its own temporary root and token (tests/support/reaper.py) and
+    turn SIGTERM into KeyboardInterrupt, so that fixtures tear down as on Ctrl-C."""
+    root = tempfile.mkdtemp(prefix="rv-", dir=tempfile.gettempdir())
+    token = secrets.token_hex(8)
+    config.stash[_RUN] = (token, root)
+    Path(root, reaper.TOKEN_FILE).write_text(token)
+    os.environ["TMPDIR"] = root
+    os.environ[reaper.TOKEN_VAR] = token
+    tempfile.tempdir = None
+    if config.option.basetemp is None:  # tmp_path right below it: socket paths stay short
+        config.option.basetemp = os.path.join(root, "t")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+_RUN = pytest.StashKey[tuple[str, str]]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture has torn down: whatever the run left is removed, and a
+    run that was not interrupted fails for it (a test or fixture leaked)."""
+    token, root = session.config.stash[_RUN]
+    found = reaper.reap(token, root)
+    if found:
+        print(f"\nleft behind by this run and removed now: {found.describe()}", file=sys.stderr)
+        if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUN not in config.stash:
+        return
+    token, root = config.stash[_RUN]
+    reaper.reap(token, root)
+    if not os.environ.get("REMOTEVSS_KEEP_TMP"):
+        reaper.remove_tree(Path(root))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
