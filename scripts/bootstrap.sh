@@ -19,9 +19,11 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Samba's and MIT's packaged daemons are not ours to run: tests start private instances.
-command -v systemctl >/dev/null && for svc in smbd nmbd samba-ad-dc winbind krb5-kdc krb5-admin-server; do
-  systemctl disable --now "$svc" >/dev/null 2>&1 || true
-done
+if command -v systemctl >/dev/null; then
+  for svc in smbd nmbd samba-ad-dc winbind krb5-kdc krb5-admin-server; do
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  done
+fi
 
 # Debian's python3 carries btrfsutil bound to the system libbtrfsutil;
 # the PyPI build of btrfsutil does not match Debian 12's library.

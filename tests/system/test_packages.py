@@ -176,10 +176,10 @@ def _programs_in_source() -> dict[str, str]:
                 fname = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
                 if fname in ("which", "missing_tools"):
                     names = list(node.args)
-            elif isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id.endswith("TOOLS") for t in node.targets):
-                if isinstance(node.value, (ast.List, ast.Tuple)):
-                    names = list(node.value.elts)
+            elif (isinstance(node, ast.Assign) and isinstance(node.value, (ast.List, ast.Tuple))
+                  and any(isinstance(t, ast.Name) and t.id.endswith("TOOLS")
+                          for t in node.targets)):
+                names = list(node.value.elts)
             for n in names:
                 if isinstance(n, ast.Constant) and isinstance(n.value, str):
                     found.setdefault(n.value, str(path.relative_to(REPO)))
