@@ -35,6 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Give the run its own temporary root and token (tests/support/reaper.py) and
     turn SIGTERM into KeyboardInterrupt, so that fixtures tear down as on Ctrl-C."""
     root = tempfile.mkdtemp(prefix="rv-", dir=tempfile.gettempdir())
+    os.chmod(root, 0o755)  # noqa: S103 - it is every child's TMPDIR, smbd's users' too
     token = secrets.token_hex(8)
     config.stash[_RUN] = (token, root)
     Path(root, reaper.TOKEN_FILE).write_text(token)
