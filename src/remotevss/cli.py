@@ -13,6 +13,7 @@ from remotevss.agent import admin_cli
 from remotevss.agent.config import AgentConfig, ConfigError, ShareConfig, load_config
 from remotevss.backup import cli as backup_cli
 from remotevss.client import cli as shadow_cli
+from remotevss.setup import cli as setup_cli
 
 
 def _share_arg(text: str) -> ShareConfig:
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     shadow_cli.add_parser(sub)
     backup_cli.add_parser(sub)
     admin_cli.add_parsers(sub)
+    setup_cli.add_parsers(sub)
     return p
 
 
@@ -98,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_logging(config.log, args.verbose)
         return asyncio.run(run_agent(config, reload=configure, verbose=args.verbose))
-    if args.command in ("status", "storage", "gc"):
+    if args.command in ("setup", "doctor"):
+        from remotevss.setup.cli import run as setup_run
+
+        return setup_run(args)
+    if args.command in ("status", "storage", "gc", "sets"):
         return admin_cli.run(args)
     if args.command == "demo":
         from remotevss.demo import run_demo

@@ -51,6 +51,17 @@ def add_parsers(sub: Any) -> None:
                     help="bytes with a unit (10G, 512MiB), PERCENT%% of the filesystem, "
                          "or unbounded")
 
+    sets = sub.add_parser("sets", help="the shadow copy sets the agent holds; delete one (root)")
+    setsub = sets.add_subparsers(dest="sets_command", required=True)
+    ls = setsub.add_parser("list", help="every set with its copies and snapshot shares")
+    _where(ls)
+    ls.add_argument("--json", action="store_true")
+    rm = setsub.add_parser("delete", help="delete a set (or one copy): its snapshot shares "
+                                          "and snapshots go (root)")
+    _where(rm)
+    rm.add_argument("set_id", metavar="SET_ID")
+    rm.add_argument("--copy", metavar="COPY_ID", help="only this shadow copy of the set")
+
     g = sub.add_parser("gc", help="run an orphan collection pass now (root)")
     _where(g)
     g.add_argument("--json", action="store_true")
@@ -75,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "status":
             return _status(path, args.json)
+        if args.command == "sets":
+            return _sets(path, args)
         if args.command == "gc":
             done = admin.request(path, "gc", timeout=600)
             _out(done, args.json, _gc_text)
@@ -103,6 +116,34 @@ def _gc_text(done: list[dict[str, Any]]) -> None:
     for d in done:
         what = f"copy {d['copy']} of set {d['set']}" if d["copy"] else f"set {d['set']}"
         print(f"deleted {what}: {d['reason']}: {d['detail']}")
+
+
+# ------------------------------------------------------------------ sets
+
+
+def _sets(path: str, args: argparse.Namespace) -> int:
+    if args.sets_command == "delete":
+        done = admin.request(path, "release", timeout=600, set=args.set_id, copy=args.copy)
+        for d in done:
+            what = f"shadow copy {d['copy']} of set {d['set']}" if d["copy"] else f"set {d['set']}"
+            print(f"deleted {what}")
+        return 0
+    sets = admin.request(path, "status", timeout=10).get("sets", [])
+    _out(sets, args.json, _sets_text)
+    return 0
+
+
+def _sets_text(sets: list[dict[str, Any]]) -> None:
+    if not sets:
+        print("no shadow copy sets")
+    for s in sets:
+        print(f"set {s['id']}  {s['status']}  {s['context_name']}"
+              f"{'' if s['auto_release'] else ' (persistent)'}")
+        for c in s["copies"]:
+            print(f"  copy {c['id']}  {c['volume']}  {c['snapshot'] or '(no snapshot yet)'}")
+            for m in c["shares"]:
+                shown = m["exposed_name"] if m["exposed"] else "(not exposed)"
+                print(f"    {m['share']} -> {shown}")
 
 
 # ------------------------------------------------------------------ status

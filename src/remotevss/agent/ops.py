@@ -19,13 +19,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from remotevss import __version__
 from remotevss.agent import admin
 from remotevss.agent.authz import Caller, Policy
 from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.events import CallEvent, configure_logging, emit, log_call
-from remotevss.agent.gc import Activity, Collector, Pick, context_name, logged, shutdown_outcome
+from remotevss.agent.gc import (
+    Activity,
+    Collector,
+    Pick,
+    context_name,
+    logged,
+    release_picks,
+    shutdown_outcome,
+)
 from remotevss.agent.metrics import Metrics
 from remotevss.agent.sdnotify import Watchdog, notify, watchdog_interval
 from remotevss.agent.service import AgentService
@@ -176,7 +185,7 @@ class Operations:
         if op == "storage":
             usage = await self.storage.measure_all(self.service)
             return [u.as_dict() for u in usage.values()]
-        if op in ("resize", "gc") and uid != 0:
+        if op in ("resize", "gc", "release") and uid != 0:
             raise admin.AdminError(f"{op}: root only")
         if op == "resize":
             return await self._resize(str(request.get("volume", "")), request.get("max"))
@@ -184,7 +193,32 @@ class Operations:
             done = await self.collector.run_pass()
             return [{"set": str(p.set_id), "copy": str(p.copy_id) if p.copy_id else None,
                      "reason": p.reason, "detail": p.detail} for p in done]
-        raise admin.AdminError(f"unknown op {op!r} (status, storage, resize, gc)")
+        if op == "release":
+            return await self._release(request.get("set"), request.get("copy"))
+        raise admin.AdminError(f"unknown op {op!r} (status, storage, resize, gc, release)")
+
+    async def _release(self, set_text: Any, copy_text: Any) -> list[dict[str, Any]]:
+        """An admin's deletion of one set (or one copy of it): what DeleteShareMapping
+        of every mapping would do, for a set whose client is gone."""
+        try:
+            set_id = UUID(str(set_text))
+            copy_id = UUID(str(copy_text)) if copy_text else None
+        except ValueError as exc:
+            raise admin.AdminError(f"release: not a GUID: {exc}") from exc
+        s = self.service.machine.sets.get(set_id)
+        if s is None:
+            raise admin.AdminError(f"no shadow copy set {set_id}")
+        if copy_id is not None and all(c.id != copy_id for c in s.copies):
+            raise admin.AdminError(f"set {set_id} has no shadow copy {copy_id}")
+        pick = Pick(set_id, copy_id, "admin", "deleted by an administrator")
+        done: list[Pick] = []
+        await self.service.release(lambda m, now: release_picks(m, [pick], done),
+                                   wait_commits=True)
+        for p in done:
+            emit({"event": "admin_release", "set": str(p.set_id),
+                  "copy": str(p.copy_id) if p.copy_id else None})
+        return [{"set": str(p.set_id), "copy": str(p.copy_id) if p.copy_id else None}
+                for p in done]
 
     async def _resize(self, volume: str, size: Any) -> dict[str, Any]:
         if not volume or not isinstance(size, str | int):

@@ -1,0 +1,117 @@
+"""`remotevss setup samba` and `remotevss doctor`: the arguments and the output.
+
+Exit status of setup: 0 done (or nothing to do, or shown without --yes),
+2 the machine's configuration does not allow it (nothing changed).
+Exit status of doctor: see :mod:`remotevss.setup.doctor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from remotevss.agent.admin_cli import DEFAULT_CONFIG
+
+EXIT_REFUSED = 2
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("setup", help="set up the machine's own Samba for the agent (root)")
+    ssub = s.add_subparsers(dest="setup_command", required=True)
+    sm = ssub.add_parser(
+        "samba", help="smb.conf, samba-dcerpcd without rpcd_fsrvp, winbind, the agent's "
+                      "config and unit: shown, applied with --yes, undone with --undo")
+    sm.add_argument("--yes", action="store_true", help="apply the changes (default: show them)")
+    sm.add_argument("--undo", action="store_true",
+                    help="put back every file as it was before the first setup")
+    sm.add_argument("--smb-conf", default="/etc/samba/smb.conf")
+    sm.add_argument("--config", default=DEFAULT_CONFIG, help="the agent's TOML file to write")
+    sm.add_argument("--share", action="append", default=[], metavar="NAME",
+                    help="give this share previous versions (repeatable; default: every share "
+                         "on btrfs, ZFS or reflink XFS)")
+    sm.add_argument("--root", default="/", help="install into this directory as if it were / "
+                                                "(images, tests); nothing is started")
+    sm.add_argument("--no-start", action="store_true",
+                    help="write the files, start or restart nothing")
+
+    d = sub.add_parser("doctor", help="check every prerequisite of the agent behind Samba; "
+                                      "exit 0 ok, 1 a check failed, 2 unreadable configuration")
+    d.add_argument("--config", help=f"the agent's configuration (default {DEFAULT_CONFIG} "
+                                    "if it exists)")
+    d.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "doctor":
+        return _doctor(args)
+    return _setup_samba(args)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from remotevss.setup.doctor import render, run_checks
+
+    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    checks, rc = run_checks(path)
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        sys.stdout.write(render(checks))
+    return rc
+
+
+def _setup_samba(args: argparse.Namespace) -> int:
+    from remotevss.setup import samba_setup as ss
+
+    root = Path(args.root)
+    try:
+        if args.undo:
+            for path in ss.undo(root):
+                print(f"restored {path}")
+            _systemctl(root, args.no_start, [["daemon-reload"]])
+            return 0
+        opts = ss.SetupOptions(root=root, smb_conf=args.smb_conf, agent_config=args.config,
+                               shares=tuple(args.share),
+                               executable=_executable())
+        plan = ss.plan(opts)
+    except ss.SetupError as exc:
+        print(f"remotevss setup: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    sys.stdout.write(plan.describe())
+    if not plan.changes:
+        return 0
+    if not args.yes:
+        print("(nothing changed: run again with --yes to apply)")
+        return 0
+    record = ss.apply(plan)
+    print(f"applied; the files as they were are kept for --undo ({record})")
+    _systemctl(root, args.no_start, [
+        ["daemon-reload"], ["enable", "--now", "winbind"], ["restart", "samba-dcerpcd"],
+        ["restart", "remotevss-agent"], ["restart", "smbd"]])
+    return 0
+
+
+def _executable() -> str:
+    """The remotevss program of this installation, for the unit's ExecStart: the one
+    beside this Python (a virtualenv's bin/), else the one on PATH."""
+    beside = Path(sys.executable).parent / "remotevss"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("remotevss") or str(beside)
+
+
+def _systemctl(root: Path, no_start: bool, commands: list[list[str]]) -> None:
+    from remotevss.setup.samba_setup import systemd_running
+
+    if no_start or not systemd_running(root):
+        print("start order: winbind, samba-dcerpcd, remotevss-agent, then (re)start smbd"
+              + ("" if no_start else " (systemd is not running here: nothing was started)"))
+        return
+    for argv in commands:
+        print("systemctl " + " ".join(argv))
+        subprocess.run(["systemctl", *argv], check=False)

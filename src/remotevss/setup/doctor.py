@@ -1,0 +1,245 @@
+"""`remotevss doctor`: every prerequisite of the agent behind Samba, each with its fix.
+
+Why: the failures an admin meets first are all outside the agent (a missing
+VFS module makes a share unreachable, Samba's own rpcd_fsrvp grabs the pipe,
+ntlm_auth cannot reach winbindd so every bind is refused) and each one looks,
+from Windows, like "the server does not support shadow copies".  Each check
+names what it saw and the command that fixes it.
+
+Exit status: 0 every check passed (warnings allowed), 1 at least one check
+failed, 2 the configuration could not be read.
+
+Rules of this module: read-only.  The only things it runs are Samba's own
+tools (``smbd -b``, ``ntlm_auth`` with a user name that does not exist, which
+cannot lock any account out) and one status request to the agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from remotevss.setup.smbconf_text import SmbConfText
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+PROBE_USER = "remotevss-doctor-no-such-user"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    result: str  # OK, WARN or FAIL
+    detail: str
+    fix: str = ""
+
+
+def _run(argv: list[str], timeout: float = 20) -> tuple[int, str]:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        return 127, f"{argv[0]}: not installed"
+    except subprocess.TimeoutExpired:
+        return 124, f"{argv[0]}: no answer in {timeout:.0f} s"
+    return p.returncode, p.stdout + p.stderr
+
+
+def modules_dir() -> Path | None:
+    """Samba's MODULESDIR as smbd was built (``smbd -b``)."""
+    rc, out = _run(["smbd", "-b"])
+    m = re.search(r"^\s*MODULESDIR:\s*(\S+)", out, re.M)
+    return Path(m.group(1)) if rc == 0 and m else None
+
+
+def check_vfs_modules(conf: SmbConfText) -> list[Check]:
+    wanted: dict[str, list[str]] = {}
+    for name in ["global", *conf.share_names()]:
+        for mod in (conf.get(name, "vfs objects") or "").replace(",", " ").split():
+            wanted.setdefault(mod, []).append(name)
+    if not wanted:
+        return [Check("VFS modules", OK, "no share names a VFS module")]
+    mdir = modules_dir()
+    if mdir is None:
+        return [Check("VFS modules", FAIL, "smbd -b does not say where Samba's modules are",
+                      "apt-get install samba")]
+    missing = [m for m in wanted if not (mdir / "vfs" / f"{m}.so").exists()]
+    if missing:
+        shares = sorted({s for m in missing for s in wanted[m]})
+        return [Check("VFS modules", FAIL,
+                      f"{', '.join(missing)} not in {mdir / 'vfs'}: tree connects to "
+                      f"{', '.join(shares)} fail (NT_STATUS_BAD_NETWORK_NAME)",
+                      "apt-get install samba-vfs-modules")]
+    return [Check("VFS modules", OK, f"{', '.join(sorted(wanted))} present in {mdir / 'vfs'}")]
+
+
+def check_shares(conf: SmbConfText) -> list[Check]:
+    from remotevss.setup.samba_setup import SPECIAL, _backend_of
+
+    checks = []
+    for name in conf.share_names():
+        if name.lower() in SPECIAL:
+            continue
+        path = conf.get(name, "path")
+        if (conf.get(name, "printable") or "no").lower() in ("yes", "true", "1"):
+            continue
+        if not path or "%" in path:
+            checks.append(Check(f"share [{name}]", WARN,
+                                f"path {path or '(none)'} is not one directory: not snapshotted"))
+            continue
+        backend = _backend_of(path)
+        if not backend:
+            checks.append(Check(f"share [{name}]", FAIL, f"{path}: no backend can snapshot it",
+                                "put the share on btrfs, XFS (reflink) or ZFS, or fix the path"))
+        elif backend == "copy":
+            checks.append(Check(f"share [{name}]", WARN,
+                                f"{path}: plain copy backend (every snapshot copies the data)",
+                                "move the share to btrfs, XFS with reflink or ZFS"))
+        else:
+            checks.append(Check(f"share [{name}]", OK, f"{path}: {backend} snapshots"))
+    return checks
+
+
+def check_globals(conf: SmbConfText) -> list[Check]:
+    out = []
+    on_demand = (conf.get("global", "rpc start on demand helpers") or "yes").lower()
+    if on_demand in ("no", "false", "0"):
+        out.append(Check("rpc start on demand helpers", OK, "no: smbd will not start rpcd_fsrvp"))
+    else:
+        out.append(Check("rpc start on demand helpers", FAIL,
+                         "on: smbd starts samba-dcerpcd, which starts Samba's own rpcd_fsrvp "
+                         "on \\pipe\\FssagentRpc", "remotevss setup samba --yes"))
+    reg = (conf.get("global", "registry shares") or "no").lower()
+    inc = (conf.get("global", "include") or "").lower() == "registry"
+    if reg in ("yes", "true", "1") or inc:
+        out.append(Check("registry shares", OK, "on: snapshot shares are visible at once"))
+    else:
+        out.append(Check("registry shares", FAIL, "off: smbd would never see snapshot shares",
+                         "remotevss setup samba --yes"))
+    return out
+
+
+def _socket_owners(path: Path) -> list[tuple[int, str]]:
+    """Processes holding the listening unix socket bound to ``path``."""
+    inodes = set()
+    try:
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == str(path):
+                inodes.add(fields[6])
+    except OSError:
+        return []
+    owners = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                owners.append((int(pid), cmd.decode(errors="replace").strip()))
+                break
+    return owners
+
+
+def check_pipe(pipe: Path) -> Check:
+    if not pipe.is_socket():
+        return Check("FSRVP pipe socket", FAIL, f"{pipe} does not exist: the agent is not serving "
+                     "Samba", "systemctl start remotevss-agent")
+    owners = _socket_owners(pipe)
+    names = " | ".join(cmd for _, cmd in owners)
+    if any("rpcd_fsrvp" in c or "samba-dcerpcd" in c for _, c in owners):
+        return Check("FSRVP pipe socket", FAIL, f"{pipe} is served by Samba's own FSRVP server "
+                     f"({names})", "remotevss setup samba --yes, then restart samba-dcerpcd and "
+                     "the agent")
+    if owners and not any("remotevss" in c for _, c in owners):
+        return Check("FSRVP pipe socket", FAIL, f"{pipe} is served by {names}",
+                     "stop that process and restart remotevss-agent")
+    return Check("FSRVP pipe socket", OK, f"{pipe} is the agent's" + (
+        f" ({owners[0][0]})" if owners else ""))
+
+
+def check_winbind(smb_conf: str, ntlm_auth: tuple[str, ...]) -> Check:
+    """A logon for a user that does not exist: winbindd answers NO_SUCH_USER or a logon
+    failure; without winbindd, ntlm_auth cannot ask and every RPC bind is refused."""
+    rc, out = _run([*ntlm_auth, f"--configfile={smb_conf}", f"--username={PROBE_USER}",
+                    "--password=x"])
+    if re.search(r"NT_STATUS_(NO_SUCH_USER|LOGON_FAILURE|WRONG_PASSWORD)", out):
+        return Check("winbindd via ntlm_auth", OK, "winbindd answers ntlm_auth's logons")
+    if rc == 127:
+        return Check("winbindd via ntlm_auth", FAIL, out.strip(), "apt-get install winbind")
+    last = out.strip().splitlines()[-1] if out.strip() else f"exit {rc}"
+    return Check("winbindd via ntlm_auth", FAIL,
+                 f"ntlm_auth cannot check logons ({last}): every NTLM RPC bind would be refused",
+                 "systemctl enable --now winbind (the agent's unit starts after it)")
+
+
+def check_agent(admin_socket: str, sequence_timeout: float | None) -> list[Check]:
+    from remotevss.agent import admin
+
+    out = []
+    try:
+        st = admin.request(admin_socket, "status", timeout=10)
+    except (admin.AgentUnreachable, admin.AdminError, OSError) as exc:
+        out.append(Check("agent", FAIL, f"no answer on {admin_socket}: {exc}",
+                         "systemctl start remotevss-agent; journalctl -u remotevss-agent"))
+    else:
+        problems = st.get("problems") or []
+        out.append(Check("agent", FAIL if problems else OK,
+                         "; ".join(problems) if problems else
+                         f"running, {len(st.get('sets', []))} set(s) held"))
+    if sequence_timeout == 0:
+        out.append(Check("sequence timer", WARN, "off (sequence_timeout = 0): an abandoned "
+                         "sequence keeps its snapshots until the next GC pass"))
+    else:
+        t = "spec values (180 s, 1800 s for ATTR_AUTO_RECOVERY)" if sequence_timeout is None \
+            else f"{sequence_timeout:g} s"
+        out.append(Check("sequence timer", OK, t))
+    return out
+
+
+def run_checks(config_path: str | None) -> tuple[list[Check], int]:
+    from remotevss.agent.config import ConfigError, load_config
+    from remotevss.samba.pipedir import PipeDirError, default_pipe_dir
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        return [Check("agent configuration", FAIL, str(exc))], 2
+    smb_conf = config.samba.config_file
+    checks = [Check("agent configuration", OK, config_path or "(built-in defaults)")]
+    if not smb_conf:
+        checks.append(Check("Samba", FAIL, "[samba] config_file is not set: the agent serves "
+                            "only its local socket", "remotevss setup samba --yes"))
+        return checks, 1
+    try:
+        conf = SmbConfText(Path(smb_conf).read_text())
+    except OSError as exc:
+        return [*checks, Check("smb.conf", FAIL, str(exc))], 2
+    checks += check_vfs_modules(conf) + check_globals(conf) + check_shares(conf)
+    try:
+        pipe_dir = (Path(config.samba.pipe_dir) if config.samba.pipe_dir
+                    else default_pipe_dir(smb_conf))
+        checks.append(check_pipe(pipe_dir / "fssagentrpc"))
+    except PipeDirError as exc:
+        checks.append(Check("FSRVP pipe socket", FAIL, str(exc)))
+    if config.rpc_auth.min_level != "none":
+        checks.append(check_winbind(smb_conf, config.rpc_auth.ntlm_auth))
+    checks += check_agent(config.admin_socket_path, config.sequence_timeout)
+    return checks, 1 if any(c.result == FAIL for c in checks) else 0
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for c in checks:
+        lines.append(f"[{c.result:>4}] {c.name}: {c.detail}")
+        if c.fix and c.result != OK:
+            lines.append(f"       fix: {c.fix}")
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,323 @@
+"""`remotevss setup samba`: make the machine's own Samba hand FSRVP to the agent.
+
+Why a command: the recipe (docs/samba.md, "Recipe B") touches five files
+across Samba, systemd and remotevss, and one wrong line (samba-dcerpcd without
+``-s``, rpcd_fsrvp still on demand, no winbindd for ntlm_auth) leaves an agent
+that starts and then answers nobody.  The command computes every change from
+what is on the machine, shows it, applies it only with ``--yes``, changes
+nothing on a second run, and keeps the files as they were so that ``--undo``
+puts them back.
+
+What it changes (``root`` prefixes every path, for tests and image builds):
+
+* smb.conf ``[global]``: ``rpc start on demand helpers = no`` (smbd must not
+  start samba-dcerpcd, which would start Samba's own rpcd_fsrvp on the pipe),
+  ``registry shares = yes`` (snapshot shares are registry shares);
+* smb.conf shares that get previous versions: ``vfs objects`` gains
+  ``shadow_copy2``, ``shadow:snapdir = .snapshots``, ``shadow:sort = desc``;
+  by default every share whose path has a cheap snapshot backend (btrfs, zfs,
+  reflink), or the ones named with ``--share``;
+* ``samba-dcerpcd.service``: samba-dcerpcd run by systemd with ``-s`` and an
+  explicit helper list without rpcd_fsrvp, before smbd;
+* ``remotevss-agent.service``: the agent, after winbind and samba-dcerpcd,
+  before smbd;
+* the agent's TOML (``snapshot_names = "gmt"`` so shadow_copy2 maps previous
+  versions; ``[samba] config_file``), only when there is none;
+* ``*.wants`` links that enable winbind (ntlm_auth checks every NTLM bind
+  through winbindd), samba-dcerpcd and the agent.
+
+Rules of this module: paths are built from ``root``; every write goes through
+:class:`Change` so that it is shown first and recorded for ``--undo``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from remotevss.setup.smbconf_text import SmbConfText
+
+RPCD_DIR = "/usr/libexec/samba"
+SYSTEMD_DIR = "/etc/systemd/system"
+DEBIAN_UNITS = "/lib/systemd/system"
+UNDO_DIR = "/var/lib/remotevss/setup-undo"
+#: Shares that are never snapshot targets (Samba's special sections).
+SPECIAL = {"global", "homes", "printers", "print$", "ipc$"}
+CHEAP_BACKENDS = ("btrfs", "zfs", "reflink")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One file (or symlink) to create or rewrite; ``new`` None removes it."""
+
+    path: str  # absolute, as on the target system (without root)
+    old: str | None
+    new: str | None
+    why: list[str]
+    link: bool = False  # a symlink whose target is ``new``
+
+
+@dataclass(frozen=True)
+class Plan:
+    root: Path
+    changes: list[Change]
+    notes: list[str]
+
+    def describe(self) -> str:
+        if not self.changes:
+            return "nothing to change: this machine is set up already\n"
+        out = []
+        for c in self.changes:
+            verb = "create" if c.old is None else "change"
+            what = f"link -> {c.new}" if c.link else verb
+            out.append(f"{c.path}: {what}")
+            out += [f"    {w}" for w in c.why]
+            if c.old is not None and c.new is not None and not c.link:
+                diff = difflib.unified_diff(c.old.splitlines(), c.new.splitlines(),
+                                            c.path, c.path + " (new)", lineterm="", n=1)
+                out += [f"    | {d}" for d in diff]
+        return "\n".join(out + [f"note: {n}" for n in self.notes]) + "\n"
+
+
+@dataclass(frozen=True)
+class SetupOptions:
+    root: Path = Path("/")
+    smb_conf: str = "/etc/samba/smb.conf"
+    agent_config: str = "/etc/remotevss/agent.toml"
+    shares: tuple[str, ...] = ()  # empty: every share on a cheap snapshot backend
+    executable: str = ""  # the remotevss program the unit runs
+
+
+def at(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def _read(p: Path) -> str | None:
+    try:
+        return p.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _link(p: Path) -> str | None:
+    return os.readlink(p) if p.is_symlink() else None
+
+
+def _backend_of(path: str) -> str:
+    """The backend the agent would choose for a share path ('' if none can)."""
+    from remotevss.snapshots.base import SnapshotError
+    from remotevss.snapshots.select import choose_backend
+
+    try:
+        backend = choose_backend(path)
+        backend.check(path)
+        return backend.name
+    except (SnapshotError, OSError):
+        return ""
+
+
+def previous_versions_shares(conf: SmbConfText, root: Path,
+                             wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(shares to give shadow_copy2, notes) from ``--share`` or the backends."""
+    notes: list[str] = []
+    names = [n for n in conf.share_names() if n.lower() not in SPECIAL]
+    if wanted:
+        by_lower = {n.lower(): n for n in names}
+        missing = [w for w in wanted if w.lower() not in by_lower]
+        if missing:
+            raise SetupError(f"no such share in smb.conf: {', '.join(missing)}")
+        return [by_lower[w.lower()] for w in wanted], notes
+    chosen = []
+    for name in names:
+        path = conf.get(name, "path")
+        printable = (conf.get(name, "printable") or "no").lower() in ("yes", "true", "1")
+        if not path or "%" in path or printable:
+            continue
+        backend = _backend_of(str(at(root, path)))
+        if backend in CHEAP_BACKENDS:
+            chosen.append(name)
+        else:
+            notes.append(f"[{name}] ({path}) gets no previous versions: "
+                         f"{'backend ' + backend if backend else 'not snapshot-capable'}; "
+                         f"name it with --share to include it")
+    return chosen, notes
+
+
+class SetupError(Exception):
+    """The machine's configuration does not allow the setup; nothing was changed."""
+
+
+def _smb_conf_change(opts: SetupOptions) -> tuple[Change | None, list[str]]:
+    path = at(opts.root, opts.smb_conf)
+    old = _read(path)
+    if old is None:
+        raise SetupError(f"{opts.smb_conf} does not exist: install samba first")
+    conf = SmbConfText(old)
+    why = []
+    for key, value, reason in (
+        ("rpc start on demand helpers", "no",
+         "smbd must not start samba-dcerpcd with rpcd_fsrvp on \\pipe\\FssagentRpc"),
+        ("registry shares", "yes", "snapshot shares share@{GUID} are registry shares"),
+    ):
+        if conf.set("global", key, value):
+            why.append(f"[global] {key} = {value}: {reason}")
+    shares, notes = previous_versions_shares(conf, opts.root, opts.shares)
+    for name in shares:
+        vfs = (conf.get(name, "vfs objects") or "").split()
+        if "shadow_copy2" not in vfs:
+            conf.set(name, "vfs objects", " ".join([*vfs, "shadow_copy2"]))
+            why.append(f"[{name}] vfs objects += shadow_copy2: snapshots as previous versions")
+        for key, value in (("shadow:snapdir", ".snapshots"), ("shadow:sort", "desc")):
+            if conf.get(name, key) is None and conf.set(name, key, value):
+                why.append(f"[{name}] {key} = {value}")
+    text = conf.text()
+    return (Change(opts.smb_conf, old, text, why) if text != old else None), notes
+
+
+def dcerpcd_unit(opts: SetupOptions) -> str:
+    helpers = sorted(p.name for p in at(opts.root, RPCD_DIR).glob("rpcd_*")
+                     if p.name != "rpcd_fsrvp")
+    if not helpers:
+        raise SetupError(f"no rpcd_* helpers in {RPCD_DIR}: install samba first")
+    args = " \\\n    ".join(f"{RPCD_DIR}/{h}" for h in helpers)
+    return (
+        "# Written by remotevss setup samba: Samba's RPC services without rpcd_fsrvp,\n"
+        "# which remotevss-agent serves instead (\\pipe\\FssagentRpc).\n"
+        "[Unit]\n"
+        "Description=Samba RPC daemon (without rpcd_fsrvp: remotevss serves FSRVP)\n"
+        "After=network.target winbind.service\n"
+        "Before=smbd.service\n\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"ExecStart={RPCD_DIR}/samba-dcerpcd -s {opts.smb_conf} -F --no-process-group \\\n"
+        f"    {args}\n"
+        "Restart=on-failure\n\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
+def agent_unit(opts: SetupOptions) -> str:
+    from remotevss.agent.admin_cli import unit_text
+
+    text = unit_text(opts.executable or None)
+    text = text.replace("--config /etc/remotevss/agent.toml", f"--config {opts.agent_config}")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("After=") and "winbind.service" not in line:
+            lines[i] = line + " winbind.service samba-dcerpcd.service"
+        elif line.startswith("Wants=") and "winbind.service" not in line:
+            lines[i] = line + " winbind.service"
+    return "\n".join(lines) + "\n"
+
+
+def agent_toml(opts: SetupOptions) -> str:
+    return (
+        "# Written by remotevss setup samba (docs/configuration.md has every key).\n"
+        "[agent]\n"
+        "# exact @GMT- names: Samba's shadow_copy2 lists snapshots as previous versions\n"
+        'snapshot_names = "gmt"\n\n'
+        "[samba]\n"
+        f'config_file = "{opts.smb_conf}"\n'
+    )
+
+
+def plan(opts: SetupOptions) -> Plan:
+    changes: list[Change] = []
+    smb, notes = _smb_conf_change(opts)
+    if smb:
+        changes.append(smb)
+    units = {
+        f"{SYSTEMD_DIR}/samba-dcerpcd.service": (
+            dcerpcd_unit(opts), ["samba-dcerpcd with -s and every rpcd_* helper but rpcd_fsrvp"]),
+        f"{SYSTEMD_DIR}/remotevss-agent.service": (
+            agent_unit(opts), ["the agent: after winbind and samba-dcerpcd, before smbd"]),
+    }
+    for path, (text, why) in units.items():
+        old = _read(at(opts.root, path))
+        if old != text:
+            changes.append(Change(path, old, text, why))
+    if _read(at(opts.root, opts.agent_config)) is None:
+        changes.append(Change(opts.agent_config, None, agent_toml(opts),
+                              ["the agent's configuration: Samba's shares, @GMT- names"]))
+    else:
+        notes.append(f"{opts.agent_config} exists: kept as it is")
+    winbind = f"{DEBIAN_UNITS}/winbind.service"
+    if not at(opts.root, winbind).exists():
+        raise SetupError("winbind is not installed (apt-get install winbind): the agent checks "
+                         "NTLM binds with ntlm_auth, which needs winbindd")
+    for unit, target in (("winbind.service", winbind),
+                         ("samba-dcerpcd.service", f"{SYSTEMD_DIR}/samba-dcerpcd.service"),
+                         ("remotevss-agent.service", f"{SYSTEMD_DIR}/remotevss-agent.service")):
+        path = f"{SYSTEMD_DIR}/multi-user.target.wants/{unit}"
+        if _link(at(opts.root, path)) != target:
+            changes.append(Change(path, _link(at(opts.root, path)), target,
+                                  [f"enable {unit} at boot"], link=True))
+    return Plan(opts.root, changes, notes)
+
+
+# ------------------------------------------------------------------ apply / undo
+
+
+def apply(p: Plan) -> Path:
+    """Carry out ``p``; the first setup's originals are kept for --undo. Returns the record."""
+    record_dir = at(p.root, UNDO_DIR)
+    record_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record_file = record_dir / "record.json"
+    record: dict[str, Any] = json.loads(record_file.read_text()) if record_file.exists() else {
+        "made": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "files": {}}
+    files: dict[str, Any] = record["files"]
+    for c in p.changes:
+        if c.path not in files:  # the state before remotevss touched it
+            files[c.path] = {"old": c.old, "link": c.link}
+    tmp = record_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, record_file)
+    for c in p.changes:
+        _write(at(p.root, c.path), c.new, c.link)
+    return record_file
+
+
+def undo(root: Path) -> list[str]:
+    """Put every file the setup changed back as it was; return their paths."""
+    record_file = at(root, UNDO_DIR) / "record.json"
+    if not record_file.exists():
+        raise SetupError(f"nothing to undo: no {UNDO_DIR}/record.json")
+    record = json.loads(record_file.read_text())
+    done = []
+    for path, entry in record["files"].items():
+        _write(at(root, path), entry["old"], bool(entry["link"]))
+        done.append(path)
+    record_file.unlink()
+    return done
+
+
+def _write(path: Path, content: str | None, link: bool) -> None:
+    if content is None:
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        os.symlink(content, path)
+        return
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    tmp = path.with_name(f".{path.name}.remotevss-tmp")
+    tmp.write_text(content)
+    os.chmod(tmp, mode)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def systemd_running(root: Path) -> bool:
+    return root == Path("/") and Path("/run/systemd/system").is_dir() and bool(
+        shutil.which("systemctl"))

@@ -1,0 +1,256 @@
+"""The admin's path: the machine's own Samba, set up by `remotevss setup samba`.
+
+What a Samba admin does on a Debian server, end to end, with nothing private:
+Debian's samba (installed by bootstrap, its stock /etc/samba/smb.conf plus a
+share on a loop btrfs), `remotevss setup samba --yes`, then the daemons started
+with exactly the command lines of the units (Debian's winbind.service and
+smbd.service, the samba-dcerpcd.service and remotevss-agent.service the
+command wrote; systemd itself does not run here, so the test does what their
+RuntimeDirectory/StateDirectory lines ask).  Then: `remotevss doctor` passes,
+impacket binds NTLM at privacy and runs the whole MS-FSRVP sequence, a new SMB
+session reads the snapshot share, `remotevss shadow create/delete` works from
+the same machine, `remotevss sets list/delete` sees and drops a set, and
+`--undo` puts every file back.
+
+It changes /etc/samba, /etc/systemd and /etc/remotevss and uses Samba's
+default ports and /run/samba: it runs only in a fresh Debian root
+(scripts/fresh-debian.sh sets REMOTEVSS_FRESH_ROOT=1; CI runs there) and
+skips on a machine someone works on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remotevss.client.rpc import FsrvpCalls
+from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID
+from tests.conftest import LoopFs
+from tests.hardening.harness import delete_all, sequence
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.environ.get("REMOTEVSS_FRESH_ROOT") != "1",
+                       reason="changes the machine's own Samba: runs only in a fresh Debian root "
+                              "(bash scripts/fresh-debian.sh bash scripts/test.sh)"),
+]
+
+PASSWORD = "Admin-Passw0rd-1"  # noqa: S105 - a throwaway root of a throwaway Debian root
+CLI = [sys.executable, "-m", "remotevss.cli"]
+PRIVACY = 6
+UNITS = {  # start order, as the units' After=/Before= lines give it
+    "winbind": "/lib/systemd/system/winbind.service",
+    "samba-dcerpcd": "/etc/systemd/system/samba-dcerpcd.service",
+    "remotevss-agent": "/etc/systemd/system/remotevss-agent.service",
+    "smbd": "/lib/systemd/system/smbd.service",
+}
+
+
+def exec_start(unit: Path) -> list[str]:
+    """ExecStart of a unit as systemd runs it: continuations joined, $VARS from its
+    EnvironmentFile (Debian's /etc/default/samba; empty when absent)."""
+    text = unit.read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    if m := re.search(r"^EnvironmentFile=-?(\S+)", text, re.M):
+        envfile = Path(m.group(1))
+        if envfile.exists():
+            for line in envfile.read_text().splitlines():
+                if "=" in line and not line.lstrip().startswith("#"):
+                    k, v = line.split("=", 1)
+                    env[k.strip()] = v.strip().strip('"')
+    m = re.search(r"^ExecStart=(.*)$", text, re.M)
+    assert m, f"{unit} has no ExecStart"
+    argv = []
+    for word in shlex.split(m.group(1)):
+        if word.startswith("$"):
+            argv += shlex.split(env.get(word[1:].strip("{}"), ""))
+        else:
+            argv.append(word)
+    return argv
+
+
+def _wait(what: str, ready: object, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not ready():  # type: ignore[operator]
+        assert proc.poll() is None, f"{what} exited {proc.returncode}: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"{what} not ready in 30 s: {log.read_text()[-2000:]}"
+        time.sleep(0.1)
+
+
+def _connects(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        return s.connect_ex(path) == 0
+
+
+def _port_open() -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", 445)) == 0
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def debian_samba(loopfs: LoopFs, tmp_path: Path) -> Iterator[Path]:
+    """Stock smb.conf + [data] on a btrfs subvolume, set up by the command, daemons up."""
+    import btrfsutil
+
+    conf = Path("/etc/samba/smb.conf")
+    stock = Path("/usr/share/samba/smb.conf")
+    assert stock.exists(), "Debian's samba ships /usr/share/samba/smb.conf"
+    before = conf.read_text() if conf.exists() else None
+    mnt = loopfs("btrfs")
+    btrfsutil.create_subvolume(str(mnt / "data"))
+    (mnt / "data" / "report.txt").write_text("version 1\n")
+    conf.write_text(stock.read_text() + f"\n[data]\n   path = {mnt / 'data'}\n   read only = no\n")
+    original = conf.read_text()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        shown = run(*CLI, "setup", "samba")
+        assert shown.returncode == 0, shown.stderr
+        assert "rpc start on demand helpers = no" in shown.stdout
+        assert conf.read_text() == original, "without --yes nothing is changed"
+        applied = run(*CLI, "setup", "samba", "--yes")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        again = run(*CLI, "setup", "samba", "--yes")
+        assert "nothing to change" in again.stdout, again.stdout
+        text = conf.read_text()
+        assert "[data]" in text and "vfs objects = shadow_copy2" in text, text
+        assert stock.read_text().splitlines()[0] in text  # the admin's comments are kept
+        agent_unit = Path(UNITS["remotevss-agent"]).read_text()
+        assert re.search(r"^After=.*winbind\.service", agent_unit, re.M), agent_unit
+        assert "ExecStart=" + str(Path(sys.executable).parent / "remotevss") in agent_unit
+
+        pw = f"{PASSWORD}\n{PASSWORD}\n"
+        subprocess.run(["smbpasswd", "-s", "-a", "root"], input=pw, text=True, check=True,
+                       capture_output=True)
+        Path("/run/remotevss").mkdir(mode=0o755, exist_ok=True)  # RuntimeDirectory=remotevss
+        Path("/var/lib/remotevss").mkdir(mode=0o700, exist_ok=True)  # StateDirectory=remotevss
+        Path("/run/samba").mkdir(mode=0o755, exist_ok=True)
+        ready = {
+            "winbind": lambda: _connects("/run/samba/winbindd/pipe"),
+            "samba-dcerpcd": lambda: Path("/run/samba/ncalrpc/np/srvsvc").exists(),
+            "remotevss-agent": lambda: _connects("/run/samba/ncalrpc/np/fssagentrpc"),
+            "smbd": _port_open,
+        }
+        for name, unit in UNITS.items():
+            argv = exec_start(Path(unit))
+            log = tmp_path / f"{name}.log"
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen(argv, stdout=out, stderr=out,
+                                              start_new_session=True))
+            _wait(name, ready[name], procs[-1], log)
+        yield mnt
+    finally:
+        for p in reversed(procs):
+            with_group = os.getpgid(p.pid) if p.poll() is None else None
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if with_group:
+                subprocess.run(["pkill", "-KILL", "-g", str(with_group)], check=False)
+        undone = run(*CLI, "setup", "samba", "--undo")
+        assert undone.returncode == 0, undone.stderr
+        assert conf.read_text() == original, "--undo restores smb.conf byte for byte"
+        for unit in ("samba-dcerpcd.service", "remotevss-agent.service"):
+            assert not Path("/etc/systemd/system", unit).exists()
+        if before is None:
+            conf.unlink()
+        else:
+            conf.write_text(before)
+        shutil.rmtree("/etc/remotevss", ignore_errors=True)
+
+
+class SealedFsrvp(FsrvpCalls):
+    """impacket over SMB3: the FSRVP bind NTLM-authenticated at packet privacy."""
+
+    def __init__(self) -> None:
+        from impacket.dcerpc.v5 import rpcrt, transport
+        from impacket.smbconnection import SMBConnection
+        from impacket.uuid import uuidtup_to_bin
+
+        self.smb = SMBConnection("127.0.0.1", "127.0.0.1", timeout=60)
+        self.smb.login("root", PASSWORD)
+        t = transport.SMBTransport("127.0.0.1", filename=r"\FssagentRpc", smb_connection=self.smb)
+        dce = t.get_dce_rpc()
+        dce.set_credentials("root", PASSWORD, "")
+        dce.set_auth_type(rpcrt.RPC_C_AUTHN_WINNT)
+        dce.set_auth_level(PRIVACY)
+        dce.connect()
+        dce.bind(uuidtup_to_bin((str(INTERFACE_UUID), "1.0")))
+        super().__init__(dce)
+
+
+def _read_share(share: str, path: str) -> str:
+    from impacket.smbconnection import SMBConnection
+
+    c = SMBConnection("127.0.0.1", "127.0.0.1", timeout=60)  # a new session
+    try:
+        c.login("root", PASSWORD)
+        tid = c.connectTree(share)
+        fid = c.openFile(tid, path, desiredAccess=0x120089)
+        data = c.readFile(tid, fid)
+        c.closeFile(tid, fid)
+        return data.decode()
+    finally:
+        c.close()
+
+
+def test_setup_then_the_whole_sequence_through_debians_samba(debian_samba: Path) -> None:
+    doctor = run(*CLI, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "[  ok] FSRVP pipe socket" in doctor.stdout and "btrfs snapshots" in doctor.stdout
+
+    c = SealedFsrvp()
+    try:
+        sid, copies = sequence(c, ["data"], CTX_BACKUP, host="127.0.0.1", recover=False)
+        m = c.get_share_mapping(copies["data"], sid, "\\\\127.0.0.1\\data")
+        snap_share = m.mapping.shadow_copy_share_name.rsplit("\\", 1)[-1]
+        (debian_samba / "data" / "report.txt").write_text("version 2\n")
+        assert _read_share(snap_share, "report.txt") == "version 1\n"
+        assert _read_share("data", "report.txt") == "version 2\n"
+        listed = run(*CLI, "sets", "list", "--json")
+        assert str(sid) in listed.stdout, listed.stdout + listed.stderr
+        assert c.recovery_complete(sid).return_value == 0
+        delete_all(c, sid, copies, host="127.0.0.1")
+    finally:
+        c.dce.disconnect()
+        c.smb.close()
+
+    env = {"REMOTEVSS_PASSWORD": PASSWORD}
+    made = run(*CLI, "shadow", "-U", "root", "create", "\\\\127.0.0.1\\data", env=env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    set_ids = re.findall(r"\{?([0-9a-f]{8}-[0-9a-f-]{27})\}?", made.stdout)
+    assert set_ids, made.stdout
+    listed = run(*CLI, "sets", "list", "--json").stdout
+    held = [s for s in set_ids if s in listed]
+    assert held, (made.stdout, listed)
+    gone = run(*CLI, "shadow", "-U", "root", "delete", "{" + held[0] + "}", env=env)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert held[0] not in run(*CLI, "sets", "list", "--json").stdout
+
+    # an admin drops a set whose client went away
+    made = run(*CLI, "shadow", "-U", "root", "create", "\\\\127.0.0.1\\data", env=env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    listed = run(*CLI, "sets", "list", "--json").stdout
+    dropped = next(s for s in re.findall(r'"id": "([0-9a-f-]{36})"', listed)
+                   if uuid.UUID(s) and s in made.stdout)
+    out = run(*CLI, "sets", "delete", dropped)
+    assert out.returncode == 0 and f"deleted set {dropped}" in out.stdout, out.stdout + out.stderr
+    assert dropped not in run(*CLI, "sets", "list", "--json").stdout

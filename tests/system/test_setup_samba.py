@@ -1,0 +1,130 @@
+"""`remotevss setup samba --root DIR` on a copy of this machine's Samba files.
+
+The full path (daemons started from the written units, a sealed FSRVP
+sequence) is tests/interop/test_admin_setup.py, which runs in a fresh Debian
+root; here the command's own promises are checked where it can run anywhere:
+it shows before it changes, it is idempotent, --undo restores every file byte
+for byte, and it picks the shares that should show previous versions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from remotevss.setup.smbconf_text import SmbConfText
+from tests.conftest import LoopFs
+
+CLI = [sys.executable, "-m", "remotevss.cli"]
+STOCK = Path("/usr/share/samba/smb.conf")
+
+
+def setup(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, "setup", "samba", "--root", str(root), *args],
+                          capture_output=True, text=True, check=False, timeout=60)
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    """A directory laid out like a Debian server with samba and winbind installed."""
+    if not STOCK.exists() or not Path("/lib/systemd/system/winbind.service").exists():
+        pytest.skip("Debian's samba and winbind packages are not installed")
+    root = tmp_path / "root"
+    (root / "etc/samba").mkdir(parents=True)
+    shutil.copy(STOCK, root / "etc/samba/smb.conf")
+    (root / "lib/systemd/system").mkdir(parents=True)
+    shutil.copy("/lib/systemd/system/winbind.service", root / "lib/systemd/system/")
+    shutil.copytree("/usr/libexec/samba", root / "usr/libexec/samba")
+    return root
+
+
+def _tree(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out[str(p.relative_to(root))] = "-> " + str(p.readlink())
+        elif p.is_file() and "usr/libexec" not in str(p):
+            out[str(p.relative_to(root))] = p.read_text()
+    return out
+
+
+def test_shows_applies_once_and_undoes(target: Path) -> None:
+    before = _tree(target)
+    shown = setup(target)
+    assert shown.returncode == 0, shown.stderr
+    assert "+   rpc start on demand helpers = no" in shown.stdout
+    assert _tree(target) == before, "without --yes nothing changes"
+    applied = setup(target, "--yes")
+    assert applied.returncode == 0, applied.stderr
+    conf = SmbConfText((target / "etc/samba/smb.conf").read_text())
+    assert conf.get("global", "rpc start on demand helpers") == "no"
+    assert conf.get("global", "registry shares") == "yes"
+    unit = (target / "etc/systemd/system/samba-dcerpcd.service").read_text()
+    assert " -s /etc/samba/smb.conf " in unit and "rpcd_fsrvp" not in unit.split("ExecStart")[1]
+    assert "rpcd_classic" in unit
+    agent = (target / "etc/systemd/system/remotevss-agent.service").read_text()
+    assert "winbind.service" in agent and "Before=smbd.service" in agent
+    assert "--config /etc/remotevss/agent.toml" in agent
+    wants = target / "etc/systemd/system/multi-user.target.wants"
+    assert {p.name for p in wants.iterdir()} == {
+        "winbind.service", "samba-dcerpcd.service", "remotevss-agent.service"}
+    after = _tree(target)
+    again = setup(target, "--yes")
+    assert "nothing to change" in again.stdout and _tree(target) == after
+    undone = setup(target, "--undo")
+    assert undone.returncode == 0, undone.stderr
+    assert _tree(target) == before, "--undo restores every file as it was"
+
+
+def test_an_existing_agent_config_is_kept(target: Path) -> None:
+    cfg = target / "etc/remotevss/agent.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("[agent]\nmode = \"samba\"\n")
+    out = setup(target, "--yes")
+    assert out.returncode == 0 and "agent.toml exists: kept" in out.stdout, out.stdout
+    assert cfg.read_text() == "[agent]\nmode = \"samba\"\n"
+
+
+@pytest.mark.root
+def test_previous_versions_go_to_shares_on_snapshot_filesystems(target: Path,
+                                                                loopfs: LoopFs) -> None:
+    btrfs = loopfs("btrfs")
+    plain = loopfs("tmpfs")
+    conf = target / "etc/samba/smb.conf"
+    # paths as the target system sees them: below --root
+    for fs in (btrfs, plain):
+        (target / fs.relative_to("/")).mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(btrfs), str(target / btrfs.relative_to("/"))],
+                   check=True)
+    try:
+        conf.write_text(conf.read_text() + f"\n[fast]\n   path = {btrfs}\n   vfs objects = acl_xattr\n"
+                        f"\n[slow]\n   path = {plain}\n")
+        out = setup(target, "--yes")
+        assert out.returncode == 0, out.stderr
+        c = SmbConfText(conf.read_text())
+        assert c.get("fast", "vfs objects") == "acl_xattr shadow_copy2"
+        assert c.get("fast", "shadow:snapdir") == ".snapshots"
+        assert c.get("slow", "vfs objects") is None
+        assert "[slow]" in out.stdout and "--share" in out.stdout  # said why, and how
+        named = setup(target, "--yes", "--share", "slow")
+        assert named.returncode == 0
+        assert SmbConfText(conf.read_text()).get("slow", "vfs objects") == "shadow_copy2"
+        bad = setup(target, "--share", "nosuch")
+        assert bad.returncode == 2 and "no such share" in bad.stderr
+    finally:
+        subprocess.run(["umount", str(target / btrfs.relative_to("/"))], check=False)
+
+
+def test_smbconf_edits_keep_the_file() -> None:
+    text = "# top\n[global]\n   workgroup = W  \n; note\n[data]\n\tpath = /srv/d\n\n[x]\n"
+    c = SmbConfText(text)
+    assert not c.set("global", "Work Group", "W")  # same value, Samba's key spelling rules
+    assert c.set("data", "vfs objects", "shadow_copy2")
+    assert c.set("global", "registry shares", "yes")
+    assert c.text() == ("# top\n[global]\n   workgroup = W  \n   registry shares = yes\n; note\n"
+                        "[data]\n\tpath = /srv/d\n   vfs objects = shadow_copy2\n\n[x]\n")
+    assert c.share_names() == ["data", "x"]
