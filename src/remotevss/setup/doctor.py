@@ -166,10 +166,18 @@ def check_pipe(pipe: Path) -> Check:
 
 
 def check_winbind(smb_conf: str, ntlm_auth: tuple[str, ...]) -> Check:
-    """A logon for a user that does not exist: winbindd answers NO_SUCH_USER or a logon
-    failure; without winbindd, ntlm_auth cannot ask and every RPC bind is refused."""
+    """A logon for a user that does not exist, in this server's own domain (its netbios
+    name: the local SAM, on a standalone server and on a member alike): winbindd
+    answers NO_SUCH_USER or a logon failure; without winbindd, ntlm_auth cannot ask
+    and every RPC bind is refused."""
+    from remotevss.samba.pipedir import PipeDirError, samba_parameter
+
+    try:
+        own = samba_parameter(smb_conf, "netbios name")
+    except PipeDirError as exc:
+        return Check("winbindd via ntlm_auth", FAIL, str(exc))
     rc, out = _run([*ntlm_auth, f"--configfile={smb_conf}", f"--username={PROBE_USER}",
-                    "--password=x"])
+                    f"--domain={own}", "--password=x"])
     if re.search(r"NT_STATUS_(NO_SUCH_USER|LOGON_FAILURE|WRONG_PASSWORD)", out):
         return Check("winbindd via ntlm_auth", OK, "winbindd answers ntlm_auth's logons")
     if rc == 127:
