@@ -9,7 +9,8 @@ client on the local unix socket; its wall time is reported too.
 Anchor: Samba 4.17's own FSRVP server (rpcd_fsrvp + vfs_btrfs) behind a
 private smbd on the same btrfs.  Its server-side cost of
 ``fss_create_expose`` + ``fss_delete`` is measured from outside:
-rpcclient wall time of the sequence minus rpcclient wall time of a bare ``fss_get_sup_version`` (connection set-up).
+rpcclient wall time of the sequence minus rpcclient wall time of a bare
+``fss_get_sup_version`` (connection set-up).
 
 Usage (root): .venv/bin/python bench/sequence.py [--runs 50]
 """
