@@ -194,7 +194,7 @@ class SealedFsrvp(FsrvpCalls):
         dce.set_auth_level(PRIVACY)
         dce.connect()
         dce.bind(uuidtup_to_bin((str(INTERFACE_UUID), "1.0")))
-        super().__init__(dce)
+        self._dce = dce
 
 
 def _read_share(share: str, path: str) -> str:
@@ -230,7 +230,7 @@ def test_setup_then_the_whole_sequence_through_debians_samba(debian_samba: Path)
         assert c.recovery_complete(sid).return_value == 0
         delete_all(c, sid, copies, host="127.0.0.1")
     finally:
-        c.dce.disconnect()
+        c._dce.disconnect()
         c.smb.close()
 
     env = {"REMOTEVSS_PASSWORD": PASSWORD}
