@@ -49,6 +49,7 @@ PROGRAMS = {
     "kinit": "krb5-user", "kvno": "krb5-user",
     # the rest
     "restic": "restic", "borg": "borgbackup", "strace": "strace", "pgrep": "procps",
+    "pkill": "procps",
     "useradd": "passwd", "userdel": "passwd", "groupadd": "passwd", "groupdel": "passwd",
     "rm": "coreutils",
     "debootstrap": "debootstrap",
