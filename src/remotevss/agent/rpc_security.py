@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from remotevss.agent.config import AgentConfig, ConfigError
-from remotevss.agent.ntlm_auth import NtlmHelperPool
+from remotevss.agent.ntlm_auth import LocalSamLogon, NtlmHelperPool
 from remotevss.dcerpc.rpc_auth import KerberosFactory, RpcSecurity
 
 HELPER_PROTOCOL = "--helper-protocol=squid-2.5-ntlmssp"
@@ -35,6 +35,8 @@ class SambaAuthNames:
     separator: str = "\\"  # ``winbind separator``: ntlm_auth answers DOMAIN<sep>user
     realm: str = ""  # ``realm``
     keytab: str = ""  # the keytab smbd uses (``kerberos method``), if any
+    netbios_name: str = ""  # ``netbios name``: the local SAM's domain name
+    standalone: bool = False  # no domain (``security = user``, not a DC): see LocalSamLogon
 
 
 def helper_argv(config: AgentConfig) -> list[str]:
@@ -91,9 +93,14 @@ class RpcAuthenticator:
     def __init__(self, config: AgentConfig, names: SambaAuthNames | None = None) -> None:
         names = names or SambaAuthNames()
         ra = config.rpc_auth
+        local = None
+        if names.standalone and names.netbios_name and config.samba.config_file:
+            # smbd's name mapping on a standalone server (ntlm_auth.LocalSamLogon)
+            local = LocalSamLogon(config.samba.config_file, names.netbios_name,
+                                  timeout=ra.timeout)  # fmt: skip
         self.pool = NtlmHelperPool(
             helper_argv(config), size=ra.helpers, timeout=ra.timeout,
-            separator=names.separator,
+            separator=names.separator, local_sam=local,
         )  # fmt: skip
         self.kerberos = kerberos_factory(config, names)
 
