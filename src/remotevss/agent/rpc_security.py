@@ -104,6 +104,13 @@ class RpcAuthenticator:
         )  # fmt: skip
         self.kerberos = kerberos_factory(config, names)
 
+    def apply(self, config: AgentConfig) -> None:
+        """A reload: the pool's size and per-answer timeout (agent/reload.py)."""
+        self.pool.size = config.rpc_auth.helpers
+        self.pool.timeout = config.rpc_auth.timeout
+        if self.pool.local_sam is not None:
+            self.pool.local_sam.timeout = config.rpc_auth.timeout
+
     def security(self) -> RpcSecurity:
         return RpcSecurity(self.pool.acceptor, self.kerberos)
 
