@@ -36,6 +36,16 @@ def build_service(config: AgentConfig) -> tuple[AgentService, SambaAuthNames]:
     return service, samba.auth
 
 
+def _served(service: AgentService) -> str:
+    """How many shares the agent serves: Samba's behind Samba, else its own."""
+    try:
+        count = len(list(service.shares))  # type: ignore[call-overload]
+    except TypeError:  # a share table that cannot list (lookup only)
+        return f"{len(service.config.shares)} share(s)"
+    from_samba = service.config.samba.config_file and service.config.samba.shares == "samba"
+    return f"{count} share(s)" + (" from Samba" if from_samba else "")
+
+
 def _as_built(reload: Callable[[], AgentConfig], built: AgentConfig) -> Callable[[], AgentConfig]:
     """The reloaded file's config as build_service derives it behind Samba: the
     netbios name is smb.conf's, so an unchanged file compares equal."""
@@ -75,7 +85,7 @@ async def run_agent(
     print(
         f"remotevss agent: serving FSRVP on {config.socket_path}"
         + (f" and {pipe.path}" if pipe else "")
-        + f" ({len(config.shares)} share(s), mode {config.mode.value})",
+        + f" ({_served(service)}, mode {config.mode.value})",
         file=sys.stderr,
         flush=True,
     )

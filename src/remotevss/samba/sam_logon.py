@@ -80,8 +80,10 @@ def logon(request: dict[str, Any]) -> dict[str, Any]:
         nt_response = bytes.fromhex(request["nt_response"])
     except ValueError:
         return {"ok": False, "status": "NT_STATUS_INVALID_PARAMETER"}
+    from remotevss.samba.conf import quiet_load
+
     lp = s3param.get_context()
-    lp.load(request["config"])
+    quiet_load(lp, request["config"])
     passdb.set_secrets_dir(lp.get("private dir"))
     pdb = passdb.PDB(lp.get("passdb backend"))
     try:
