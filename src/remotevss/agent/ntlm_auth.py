@@ -63,10 +63,11 @@ _FLAGS = re.compile(r"0x[0-9a-fA-F]{1,8}")
 _NTLMSSP_CHALLENGE = b"NTLMSSP\0\x02\0\0\0"
 #: winbindd sends a user of a domain other than the local SAM (the netbios name)
 #: to a domain controller; without one it answers NT_STATUS_NO_LOGON_SERVERS.  A
-#: standalone agent maps such names to the local SAM itself (LocalSamLogon).
-STANDALONE_HINT = (
-    " (winbindd found no domain controller for the client's domain: a standalone"
-    " server needs [samba] config_file so that the agent maps it; see docs/security.md)"
+#: standalone agent maps such names to the local SAM itself (LocalSamLogon), so
+#: this is a member whose DC winbindd cannot reach (or a name it cannot route).
+NO_DC_HINT = (
+    " (winbindd reached no domain controller for the client's domain: check that"
+    " winbindd reaches the DC; see docs/security.md)"
 )
 
 
@@ -174,7 +175,7 @@ def _reply(line: str, expected: str) -> str:
     if kind == expected and sep and rest and rest.isprintable():
         return rest
     if kind == "NA":
-        hint = STANDALONE_HINT if "NO_LOGON_SERVERS" in rest else ""
+        hint = NO_DC_HINT if "NO_LOGON_SERVERS" in rest else ""
         raise _LogonFailed(f"NTLM logon failed: {rest[:80] or 'refused'}{hint}")
     if kind == "BH":
         raise AuthError(f"ntlm_auth broken: {rest[:80] or 'no reason'}")
