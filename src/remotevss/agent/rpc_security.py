@@ -2,7 +2,10 @@
 
 Why a helper process for NTLM: on a standalone server winbindd checks NTLM
 against Samba's own passdb, on a domain member against the DC, and neither
-way does the agent see a password hash.  Helpers are pooled (a spawn costs
+way does the agent see a password hash.  On a standalone server a name of
+another domain (the workgroup, none) is the local SAM's user, as smbd maps
+it; winbindd cannot route those, so a one-shot child checks them against the
+passdb (``ntlm_auth.LocalSamLogon``, ``samba/sam_logon.py``).  Helpers are pooled (a spawn costs
 ~40 ms) and spawned on the first authenticated bind, so an agent whose
 clients never authenticate never runs one.
 
