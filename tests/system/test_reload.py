@@ -17,6 +17,7 @@ import pytest
 from remotevss.agent.authz import policy_for
 from remotevss.agent.config import AgentConfig, LogConfig, ShareConfig
 from remotevss.agent.reload import RELOAD, RESTART, RULES, flat, with_key
+from remotevss.agent.rpc_security import RpcAuthenticator
 from remotevss.fsrvp.machine import Mode
 from tests.system.ops_harness import Agent, running_agent
 
@@ -73,7 +74,11 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, lis
     # gc interval 0: no timer pass races the reloads; events on, at info, captured below
     with running_agent(tmp, {"data": share}, reload_to=reload_to,
                        log=LogConfig(level="info")) as a:  # fmt: skip
-        yield a, reload_to
+        a.ops.rpc_auth = RpcAuthenticator(a.service.config)  # as main.py wires it behind Samba
+        try:
+            yield a, reload_to
+        finally:
+            a.ops.rpc_auth.close()
 
 
 def _reload(a: Agent, reload_to: list[AgentConfig], config: AgentConfig) -> dict[str, Any]:
@@ -113,6 +118,9 @@ def test_reload_applies_or_names_each_key(agent: tuple[Agent, list[AgentConfig]]
             assert event["changed"] == [key] and event["needs_restart"] == [], event
             assert now[key] == OTHER[key]  # the running config has it
             assert a.service.config == with_key(base, key, OTHER[key])
+            pool = a.ops.rpc_auth.pool if a.ops.rpc_auth else None
+            assert pool is not None and (pool.size, pool.timeout) == (
+                a.service.config.rpc_auth.helpers, a.service.config.rpc_auth.timeout)
             assert a.service.policy == policy_for(a.service.config) or key not in {
                 "samba.allowed_sids", "samba.allowed_groups", "rpc_auth.min_level",
                 "rpc_auth.identity_mismatch", "rpc_auth.realm"}  # fmt: skip
