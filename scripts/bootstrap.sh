@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3 python3-venv python3-btrfsutil btrfs-progs xfsprogs util-linux
+APT_PACKAGES=(python3 python3-venv systemd python3-btrfsutil btrfs-progs xfsprogs util-linux
               samba samba-common-bin samba-vfs-modules samba-testsuite winbind smbclient restic borgbackup strace procps debootstrap
               python3-samba python3-gssapi krb5-user krb5-kdc krb5-admin-server
               samba-ad-provision samba-dsdb-modules libnss-winbind)

@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "agent":
         if args.print_unit:
-            print(admin_cli.unit_text(), end="")
+            try:
+                print(admin_cli.unit_text(config=args.config), end="")
+            except ValueError as exc:
+                print(f"remotevss: {exc}", file=sys.stderr)
+                return 2
             return 0
 
         def configure() -> AgentConfig:  # at start and again on SIGHUP

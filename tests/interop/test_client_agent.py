@@ -11,9 +11,9 @@ What differs from Samba, and why (the tests check the server they run against):
 
 * DCE/RPC authentication: the client binds NTLM at packet privacy by default
   and the agent runs its default policy (``min_level = "integrity"``), with
-  credentials checked by Samba's ntlm_auth through a private winbindd.  On a
-  standalone server winbindd knows only ``SERVER\\user``, so the client names
-  the domain (``-W ANCHORFS``, ``Server.creds``).  Privacy and integrity work
+  credentials checked by Samba's ntlm_auth through a private winbindd (or,
+  for a domain other than ``ANCHORFS``, against the passdb as smbd maps it;
+  the client names ``-W ANCHORFS``, ``Server.creds``).  Privacy and integrity work
   as against Samba; level ``none`` is refused with E_ACCESSDENIED here
   (Samba's own server accepts it).
 * spec-mode codes: a share that does not exist is FSRVP_E_OBJECT_NOT_FOUND
@@ -117,7 +117,11 @@ def test_cli_create_at_integrity(clean: Server, state: Path) -> None:
 
 
 def test_level_none_is_refused_by_the_default_policy(clean: Server, state: Path) -> None:
+    """The caller is root: the message names the real cause, the server's policy on
+    the auth level, and the way out; not a missing administrator right."""
     r = cli(clean, state, "--auth-level", "none", "--json", "create", clean.unc("share8"))
-    assert r.returncode != 0
+    assert r.returncode == 4, r.stderr
     assert "E_ACCESSDENIED" in r.stderr, r.stderr
+    assert "administrator or backup operator" not in r.stderr, r.stderr
+    assert "packet integrity or privacy" in r.stderr and "--auth-level" in r.stderr, r.stderr
     assert clean.leftovers() == []

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import spnego
 
-from remotevss.agent.ntlm_auth import MAX_TOKEN, NtlmHelperPool, NtlmResult
+from remotevss.agent.ntlm_auth import MAX_TOKEN, LocalSamLogon, NtlmHelperPool, NtlmResult
 from remotevss.dcerpc.connection import AuthError
 from remotevss.samba.private import PASSWORD, PrivateSamba, missing_tools
 
@@ -104,8 +104,33 @@ def test_good_password(pool: NtlmHelperPool, user: str) -> None:
 
 @pytest.mark.root
 def test_workgroup_user_is_sent_to_a_dc_with_a_hint(pool: NtlmHelperPool) -> None:
-    with pytest.raises(AuthError, match="NO_LOGON_SERVERS.*standalone server"):
+    """winbindd alone (a pool without LocalSamLogon, as on a member)."""
+    with pytest.raises(AuthError, match="NO_LOGON_SERVERS.*domain controller"):
         logon(pool, "REMOTEVSS\\root")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("user", ["REMOTEVSS\\root", "WORKGROUP\\root", "anchorfs\\root"])
+def test_local_sam_maps_other_domains_as_smbd(samba: PrivateSamba, user: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """A standalone agent's pool: names of another domain are the local SAM's user, with
+    the client's session key and flags; the netbios name still goes to winbindd."""
+    local = LocalSamLogon(str(samba.conf), "ANCHORFS", timeout=20)
+    p = NtlmHelperPool(helper_argv(samba), size=2, timeout=5, local_sam=local)
+    caplog.set_level("INFO", "remotevss.agent.ntlm_auth")
+    try:
+        result, client_key = logon(p, user)
+        assert (result.domain, result.account) == ("ANCHORFS", "root")
+        assert result.session_key == client_key
+        assert result.flags & (SIGN | SEAL | ESS | KEY128) == SIGN | SEAL | ESS | KEY128
+        assert p.stats.idle == 1  # the helper that made the challenge went back
+        mapped = "checked against the local SAM" in caplog.text
+        assert mapped == (not user.upper().startswith("ANCHORFS\\")), caplog.text
+        with pytest.raises(AuthError, match="NT_STATUS_LOGON_FAILURE"):
+            logon(p, user, password="wrong")
+        assert logon(p, user)[0].account == "root"  # and the pool serves on
+    finally:
+        p.close()
 
 
 @pytest.mark.root

@@ -210,12 +210,47 @@ def test_unknown_rpc_user_is_denied_and_the_agent_serves_on(stack: Stack) -> Non
     stack.clean()
 
 
-def test_other_domain_on_a_standalone_server_gets_a_clear_error(stack: Stack) -> None:
-    """winbindd checks only SERVER\\user against Samba's passdb (docs/security.md)."""
+@pytest.mark.parametrize("domain", ["WORKGROUP", "REMOTEVSS", ""])
+def test_any_other_domain_is_the_local_sam_on_a_standalone_server(stack: Stack,
+                                                                  domain: str) -> None:  # fmt: skip
+    """smbd on a standalone server maps a domain that is not its netbios name (an
+    unknown one, its workgroup, none) to its own SAM; so does the agent, where
+    winbindd alone answers NT_STATUS_NO_LOGON_SERVERS (docs/security.md)."""
     offset = stack.agent.log.stat().st_size
-    rc, out = stack.rpcclient("ncacn_np:127.0.0.1[seal]", "fss_get_sup_version", "REMOTEVSS\\root")
-    assert rc != 0 and "ACCESS_DENIED" in out, out
-    assert "a standalone server authenticates only SERVER\\user" in stack.log_since(offset)
+    with AuthFsrvp(stack.samba.port, PRIVACY, domain=domain) as c:
+        assert c.get_supported_version().return_value == 0
+        sid, copies = sequence(c, list(SHARES), CTX_BACKUP, host="127.0.0.1")
+        assert len(copies) == 2
+        delete_all(c, sid, copies)
+    log = stack.log_since(offset)
+    assert "RPC auth from 127.0.0.1: ANCHORFS\\root at level 6" in log, log[-2000:]
+    assert f"NTLM {domain}\\root checked against the local SAM as ANCHORFS\\root" in log
+    stack.clean()
+
+
+def test_rpcclient_naming_the_workgroup_binds_sealed(stack: Stack) -> None:
+    rc, out = stack.rpcclient("ncacn_np:127.0.0.1[seal]", "fss_get_sup_version", "WORKGROUP\\root")
+    assert rc == 0 and "NO_LOGON_SERVERS" not in out, out
+
+
+def test_other_domain_with_a_wrong_password_is_still_refused(stack: Stack) -> None:
+    from impacket.dcerpc.v5.rpcrt import DCERPCException
+
+    offset = stack.agent.log.stat().st_size
+    for rpc, domain in [(("root", "wrong-password"), "WORKGROUP"), (("root", PASSWORD[:-1]), ""),
+                        (("no-such-user", PASSWORD), "WORKGROUP")]:  # fmt: skip
+        with (
+            pytest.raises(DCERPCException, match="access_denied"),
+            AuthFsrvp(stack.samba.port, PRIVACY, rpc=rpc, domain=domain) as c,
+        ):
+            c.get_supported_version()
+    log = stack.log_since(offset)
+    assert "RPC auth from" not in log and log.count("NT_STATUS_LOGON_FAILURE") >= 3, log[-2000:]
+    # another SAM user naming the workgroup is that user, not the SMB session's
+    with AuthFsrvp(stack.samba.port, PRIVACY, rpc=(OTHER, OTHER_PW), domain="WORKGROUP") as c:
+        assert c.set_context(CTX_BACKUP).return_value == HResult.E_ACCESSDENIED
+    assert f"RPC user ANCHORFS\\{OTHER} is not the SMB user" in stack.log_since(offset)
+    stack.clean()
 
 
 def test_rpc_identity_must_be_the_smb_user(stack: Stack) -> None:

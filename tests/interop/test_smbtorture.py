@@ -84,13 +84,14 @@ class Stack:
     share: Path
     client_conf: Path
 
-    def smbtorture(self, test: str, binding: str = "") -> subprocess.CompletedProcess[str]:
-        """``binding``: "" (no RPC auth), or "sign"/"seal"[",spnego"|",ntlm"]; the user
-        is named SERVER\\root so winbindd checks it against Samba's passdb."""
+    def smbtorture(self, test: str, binding: str = "",
+                   user: str = "ANCHORFS\\root") -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """``binding``: "" (no RPC auth), or "sign"/"seal"[",spnego"|",ntlm"]; ``user``
+        as ``-U`` names it (``root`` alone: smbtorture adds its workgroup)."""
         return subprocess.run(
             ["smbtorture", "-s", str(self.client_conf),
              f"ncacn_np:127.0.0.1[{binding}]" if binding else "ncacn_np:127.0.0.1",
-             "-U", f"ANCHORFS\\root%{self.samba.password}",
+             "-U", f"{user}%{self.samba.password}",
              f"--option=smb ports={self.samba.port}",
              "--option=fss:sequence timeout=1", test],
             capture_output=True, text=True, check=False, timeout=300,
@@ -173,6 +174,25 @@ def test_smbtorture_whole_suite(clean: Stack, capsys: pytest.CaptureFixture[str]
     # enum_created leaves its two shadow copies exposed, as against Samba; nothing else
     exposed = [m for m in journal_mappings(clean.agent) if m.status == "Exposed"]
     assert len(exposed) == 2 and len(leftovers(clean.samba)) == 4
+
+
+@pytest.mark.parametrize("binding", ["seal", "sign,ntlm"])
+def test_smbtorture_user_without_domain(clean: Stack, binding: str) -> None:
+    """``-U root%secret``, what an admin types: smbtorture names its workgroup
+    (WORKGROUP, the client config has none).  Samba's own server maps that to its
+    SAM and accepts the binds (8/10 there; its two failures, enum_created and
+    sc_share_io, are not about authentication); the agent now maps the name as
+    smbd does and passes all 10, where before every bind was refused."""
+    offset = clean.agent.log.stat().st_size
+    out = clean.smbtorture("rpc.fsrvp", binding, user="root")
+    log = clean.agent.log.read_bytes()[offset:].decode(errors="replace")
+    assert "NO_LOGON_SERVERS" not in log and "refused" not in log, log[-3000:]
+    level = 6 if binding.startswith("seal") else 5
+    opened, authed = log.count("pipe opened by"), log.count(f"ANCHORFS\\root at level {level}")
+    assert opened >= 1 and authed == opened, (opened, authed, log[-3000:])
+    assert "NTLM WORKGROUP\\root checked against the local SAM" in log
+    assert _results(out.stdout) == dict.fromkeys(TESTS, "success"), out.stdout + out.stderr
+    assert out.returncode == 0
 
 
 def test_session_opened_before_expose_sees_the_share_at_once(clean: Stack) -> None:

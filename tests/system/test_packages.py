@@ -49,7 +49,7 @@ PROGRAMS = {
     "kinit": "krb5-user", "kvno": "krb5-user",
     # the rest
     "restic": "restic", "borg": "borgbackup", "strace": "strace", "pgrep": "procps",
-    "pkill": "procps",
+    "pkill": "procps", "systemd-analyze": "systemd",
     "useradd": "passwd", "userdel": "passwd", "groupadd": "passwd", "groupdel": "passwd",
     "rm": "coreutils",
     "debootstrap": "debootstrap",

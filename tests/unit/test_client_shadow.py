@@ -416,3 +416,21 @@ def test_delete_one_copy_then_missing() -> None:
     out = s.delete()
     assert [o.deleted for o in out] == [False] and "already gone" in out[0].detail
     assert s.status == "deleted"
+
+
+def test_refusal_of_an_unauthenticated_binding_names_the_auth_level() -> None:
+    """E_ACCESSDENIED from a call, or a bind refused for access, at --auth-level none:
+    the server's auth level policy, not the caller's rights (still exit 4)."""
+    from remotevss.client.errors import EXIT_AUTH, ConnectAccessDenied, fsrvp_error
+    from remotevss.fsrvp.constants import HResult, Opnum
+
+    call = fsrvp_error(Opnum.IS_PATH_SUPPORTED, HResult.E_ACCESSDENIED)
+    bind = ConnectAccessDenied("fs1", "FSRVP bind refused: rpc_s_access_denied")
+    for exc in (call, bind):
+        assert exc.exit_code == EXIT_AUTH
+        exc.auth_level = "none"
+        text = describe_error(exc)
+        assert "packet integrity or privacy" in text and "--auth-level" in text, text
+        assert "administrator" not in text
+    call.auth_level = "privacy"  # a signed caller refused: then it is about rights
+    assert "administrator or backup operator" in describe_error(call)

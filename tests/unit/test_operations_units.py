@@ -252,3 +252,43 @@ def test_unit_file() -> None:
     assert ("ExecStart=/opt/remotevss/bin/remotevss agent --config /etc/remotevss/agent.toml "
             "--log-format json") in lines
     assert "@REMOTEVSS@" not in text and "[Install]" in lines
+
+
+def _unit_argv(unit: str, key: str) -> list[str]:
+    (line,) = [x for x in unit.splitlines() if x.startswith(f"{key}=")]
+    return line.split("=", 1)[1].split()
+
+
+def test_print_unit_runs_the_agent_with_the_given_config(tmp_path: Path) -> None:
+    """``--print-unit --config FILE``: the unit runs this installation's agent with that
+    file (absolute: systemd starts it in /), ordered after winbindd (RPC NTLM checks
+    go through it) and before smbd; systemd-analyze accepts it."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "site.toml").write_text("[agent]\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "remotevss.cli", "agent", "--config", "site.toml", "--print-unit"],
+        capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )  # fmt: skip
+    unit = r.stdout
+    argv = shlex.split(unit.split("ExecStart=", 1)[1].splitlines()[0])
+    agent_at = argv.index("agent")
+    assert argv[agent_at:agent_at + 3] == ["agent", "--config", str(tmp_path / "site.toml")]
+    assert argv.count("--config") == 1
+    # the program part runs here: the unit starts this installation, not a guess
+    help_run = subprocess.run([*argv[:agent_at], "agent", "--help"], capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+    assert help_run.returncode == 0 and "--print-unit" in help_run.stdout, help_run.stderr
+    assert "winbind.service" in _unit_argv(unit, "After")
+    assert "winbind.service" in _unit_argv(unit, "Wants")
+    assert "smbd.service" in _unit_argv(unit, "Before")
+    if shutil.which("systemd-analyze"):
+        path = tmp_path / "remotevss-agent.service"
+        path.write_text(unit)
+        v = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
+                           text=True, timeout=60, check=False)  # fmt: skip
+        assert v.returncode == 0, v.stdout + v.stderr

@@ -276,8 +276,24 @@ def _storage_resize(path: str, config: AgentConfig, volume: str, size: str) -> i
 # ------------------------------------------------------------------ systemd unit
 
 
-def unit_text(executable: str | None = None) -> str:
-    """The shipped unit file, with ExecStart pointing at this installation."""
-    exe = executable or shutil.which("remotevss") or str(Path(sys.argv[0]).resolve())
+def unit_text(executable: str | None = None, config: str | None = None) -> str:
+    """The shipped unit file, with ExecStart running this installation's agent with
+    ``config`` (made absolute: systemd starts the agent in /; default
+    /etc/remotevss/agent.toml)."""
+    exe = executable or _this_installation()
     text = resources.files("remotevss").joinpath("data/remotevss-agent.service").read_text()
-    return text.replace("@REMOTEVSS@", exe)
+    text = text.replace("@REMOTEVSS@", exe)
+    if config is not None:
+        path = str(Path(config).absolute())
+        if any(ch.isspace() or ch in "\\\"'%$" for ch in path):
+            raise ValueError(f"config path {path!r}: spaces, quotes, % and $ do not fit a unit")
+        text = text.replace("--config /etc/remotevss/agent.toml", f"--config {path}")
+    return text
+
+
+def _this_installation() -> str:
+    """``remotevss`` on PATH, else the console script beside this interpreter, else
+    ``python -m remotevss.cli`` (never sys.argv[0]: under ``-m`` that is a .py file)."""
+    beside = str(Path(sys.executable).parent)
+    found = shutil.which("remotevss") or shutil.which("remotevss", path=beside)
+    return found or f"{sys.executable} -m remotevss.cli"

@@ -36,13 +36,32 @@ def build_service(config: AgentConfig) -> tuple[AgentService, SambaAuthNames]:
     return service, samba.auth
 
 
+def _served(service: AgentService) -> str:
+    """How many shares the agent serves: Samba's behind Samba, else its own."""
+    try:
+        count = len(list(service.shares))  # type: ignore[call-overload]
+    except TypeError:  # a share table that cannot list (lookup only)
+        return f"{len(service.config.shares)} share(s)"
+    from_samba = service.config.samba.config_file and service.config.samba.shares == "samba"
+    return f"{count} share(s)" + (" from Samba" if from_samba else "")
+
+
+def _as_built(reload: Callable[[], AgentConfig], built: AgentConfig) -> Callable[[], AgentConfig]:
+    """The reloaded file's config as build_service derives it behind Samba: the
+    netbios name is smb.conf's, so an unchanged file compares equal."""
+    return lambda: replace(reload(), netbios_name=built.netbios_name)
+
+
 async def run_agent(
     config: AgentConfig,
     reload: Callable[[], AgentConfig] | None = None,
     verbose: int = 0,
 ) -> int:
     service, names = build_service(config)
+    if reload is not None and config.samba.config_file:
+        reload = _as_built(reload, service.config)
     ops = Operations(service, reload=reload, verbose=verbose)  # docs/operations.md
+    ops.samba_realm = names.realm
     report = await service.start()
     for line in report.lines():
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
@@ -52,6 +71,7 @@ async def run_agent(
     if config.samba.config_file:
         pipe_dir = config.samba.pipe_dir or default_pipe_dir(config.samba.config_file)
         auth = RpcAuthenticator(config, names)
+        ops.rpc_auth = auth  # a reload resizes its pool
         pipe = PipeListener(service, Path(pipe_dir), security=auth.security)
         await pipe.start()
         if risk := takeover_risk(config.samba.config_file):
@@ -65,7 +85,7 @@ async def run_agent(
     print(
         f"remotevss agent: serving FSRVP on {config.socket_path}"
         + (f" and {pipe.path}" if pipe else "")
-        + f" ({len(config.shares)} share(s), mode {config.mode.value})",
+        + f" ({_served(service)}, mode {config.mode.value})",
         file=sys.stderr,
         flush=True,
     )

@@ -27,15 +27,29 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
 import os
 import re
 import selectors
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from spnego._ntlm_raw.crypto import rc4k
+from spnego._ntlm_raw.messages import (
+    Authenticate,
+    AvFlags,
+    AvId,
+    Challenge,
+    NegotiateFlags,
+    NTClientChallengeV2,
+)
 
 from remotevss.dcerpc.connection import AuthError
 from remotevss.linepipe import LinePipe, stop_process
@@ -47,12 +61,13 @@ MAX_LINE = 4 * MAX_TOKEN
 KILL_AFTER = 2.0  # seconds between SIGTERM and SIGKILL
 _FLAGS = re.compile(r"0x[0-9a-fA-F]{1,8}")
 _NTLMSSP_CHALLENGE = b"NTLMSSP\0\x02\0\0\0"
-#: winbindd on a standalone server checks only users of its own SAM domain (the
-#: netbios name) or of no domain; a client naming another domain (the workgroup,
-#: say) is sent to a DC, and there is none.
-STANDALONE_HINT = (
-    " (a standalone server authenticates only SERVER\\user or a user without a domain:"
-    " the client named another domain; see docs/security.md)"
+#: winbindd sends a user of a domain other than the local SAM (the netbios name)
+#: to a domain controller; without one it answers NT_STATUS_NO_LOGON_SERVERS.  A
+#: standalone agent maps such names to the local SAM itself (LocalSamLogon), so
+#: this is a member whose DC winbindd cannot reach (or a name it cannot route).
+NO_DC_HINT = (
+    " (winbindd reached no domain controller for the client's domain: check that"
+    " winbindd reaches the DC; see docs/security.md)"
 )
 
 
@@ -160,7 +175,7 @@ def _reply(line: str, expected: str) -> str:
     if kind == expected and sep and rest and rest.isprintable():
         return rest
     if kind == "NA":
-        hint = STANDALONE_HINT if "NO_LOGON_SERVERS" in rest else ""
+        hint = NO_DC_HINT if "NO_LOGON_SERVERS" in rest else ""
         raise _LogonFailed(f"NTLM logon failed: {rest[:80] or 'refused'}{hint}")
     if kind == "BH":
         raise AuthError(f"ntlm_auth broken: {rest[:80] or 'no reason'}")
@@ -182,6 +197,8 @@ class WinbindNtlmAcceptor:
         self._helper: _Helper | None = None
         self._state = "new"  # new | challenged | done | closed
         self._in_flight = False
+        self._negotiate = b""  # both kept for a local SAM logon's MIC (LocalSamLogon)
+        self._challenge = b""
 
     def negotiate(self, token: bytes) -> bytes:
         """NEGOTIATE -> CHALLENGE."""
@@ -200,6 +217,7 @@ class WinbindNtlmAcceptor:
                 if self._state == "closed":
                     raise AuthError("NTLM conversation closed")
                 self._state = "challenged"
+            self._negotiate, self._challenge = token, challenge
             return challenge
         finally:
             self._end()
@@ -210,6 +228,11 @@ class WinbindNtlmAcceptor:
         try:
             try:
                 request = f"KK {_b64(token)}"
+                local = self._pool.local_sam
+                if local is not None and local.handles(token):
+                    # smbd's mapping: the local SAM, not winbindd (LocalSamLogon)
+                    self._release(reuse=True)  # never sent KK: the next YR resets it
+                    return local.logon(self._negotiate, self._challenge, token)
             except AuthError:
                 self._release(reuse=True)  # never sent: the next YR resets the helper
                 raise
@@ -302,6 +325,7 @@ class NtlmHelperPool:
         size: int = 4,
         timeout: float = 10.0,
         separator: str = "\\",
+        local_sam: LocalSamLogon | None = None,
     ) -> None:
         if not argv:
             raise ValueError("ntlm_auth: empty command line")
@@ -311,6 +335,7 @@ class NtlmHelperPool:
         self.size = size
         self.timeout = timeout
         self.separator = separator
+        self.local_sam = local_sam
         self._lock = threading.Lock()
         self._idle: list[_Helper] = []
         self._busy: set[_Helper] = set()
@@ -395,3 +420,90 @@ class NtlmHelperPool:
             helper.kill()
         for helper in busy:
             helper.stop()
+
+
+class LocalSamLogon:
+    """NTLM logons smbd would map to the local SAM, checked in :mod:`remotevss.samba.sam_logon`.
+
+    Why: a standalone smbd treats ``WORKGROUP\\user``, ``\\user`` and any domain
+    other than its netbios name as its own SAM's user (smbd's ``auth`` maps the
+    name, then checks the response with the domain the client hashed); winbindd
+    would send them to a domain controller that does not exist.  Only on a
+    standalone server: on a member every name goes to winbindd, as smbd's do.
+    The child returns the user session key, as winbindd does; the exported key,
+    the MIC and the flags are worked out here from the three messages.
+    """
+
+    def __init__(self, config_file: str, netbios_name: str, *, timeout: float = 10.0,
+                 argv: Sequence[str] | None = None) -> None:  # fmt: skip
+        self.config_file = config_file
+        self.netbios_name = netbios_name.upper()
+        self.timeout = timeout
+        self.argv = list(argv or [sys.executable, "-m", "remotevss.samba.sam_logon"])
+
+    def handles(self, authenticate: bytes) -> bool:
+        """True for a named user whose domain is not this server's netbios name."""
+        try:
+            auth = Authenticate.unpack(authenticate)
+            user, domain = auth.user_name or "", auth.domain_name or ""
+        except Exception:  # noqa: BLE001 - malformed: ntlm_auth refuses it with a status
+            return False
+        return bool(user) and domain.upper() != self.netbios_name
+
+    def logon(self, negotiate: bytes, challenge: bytes, authenticate: bytes) -> NtlmResult:
+        try:
+            auth = Authenticate.unpack(authenticate)
+            chal = Challenge.unpack(challenge)
+            user, domain = auth.user_name or "", auth.domain_name or ""
+            nt_response = auth.nt_challenge_response or b""
+            av_flags = 0
+            if len(nt_response) > 24:
+                av_flags = int(NTClientChallengeV2.unpack(nt_response[16:]).av_pairs.get(
+                    AvId.flags, 0))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - any parse error is a malformed token
+            raise _LogonFailed("NTLM logon failed: malformed AUTHENTICATE message") from exc
+        if len(user) > 256 or len(domain) > 256:
+            raise _LogonFailed("NTLM logon failed: user or domain name too long")
+        answer = self._ask({
+            "config": self.config_file, "user": user, "domain": domain,
+            "challenge": chal.server_challenge.hex(), "nt_response": nt_response.hex(),
+        })  # fmt: skip
+        if not answer.get("ok"):
+            status = str(answer.get("status", "NT_STATUS_LOGON_FAILURE"))[:80]
+            raise _LogonFailed(f"NTLM logon failed: {status} ({domain}\\{user}, local SAM)")
+        try:
+            base_key = bytes.fromhex(str(answer["user_session_key"]))
+            account, sam = str(answer["account"]), str(answer["domain"])
+        except (KeyError, ValueError) as exc:
+            raise AuthError("sam_logon answered without a session key") from exc
+        flags = auth.flags & chal.flags
+        key = base_key  # NTLMv2: the key exchange key is the session base key
+        if flags & NegotiateFlags.key_exch and flags & (NegotiateFlags.sign | NegotiateFlags.seal):
+            key = rc4k(base_key, auth.encrypted_random_session_key or b"")
+        if av_flags & AvFlags.mic:
+            sent = auth.mic or b""
+            auth.mic = b"\0" * 16
+            mic = hmac.new(key, negotiate + challenge + auth.pack(), hashlib.md5).digest()
+            if not hmac.compare_digest(mic, sent):
+                raise _LogonFailed(f"NTLM logon failed: bad MIC ({domain}\\{user}, local SAM)")
+        log.info("NTLM %s\\%s checked against the local SAM as %s\\%s", domain, user, sam, account)
+        return NtlmResult(sam, account, key, flags)
+
+    def _ask(self, request: dict[str, str]) -> dict[str, object]:
+        try:
+            done = subprocess.run(
+                self.argv, input=json.dumps(request) + "\n", capture_output=True, text=True,
+                timeout=self.timeout, check=False, close_fds=True,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise AuthError(f"local SAM logon did not answer within {self.timeout:g} s") from exc
+        except OSError as exc:
+            raise AuthError(f"cannot start the local SAM logon ({self.argv[0]}): {exc}") from exc
+        try:
+            answer = json.loads(done.stdout.splitlines()[-1])
+        except (IndexError, json.JSONDecodeError) as exc:
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise AuthError(f"local SAM logon failed: {tail[0][:200]}") from exc
+        if not isinstance(answer, dict):
+            raise AuthError("local SAM logon answered something else than an object")
+        return answer

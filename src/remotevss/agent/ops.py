@@ -16,14 +16,14 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from remotevss import __version__
 from remotevss.agent import admin
-from remotevss.agent.authz import Caller, Policy
+from remotevss.agent.authz import Caller, Policy, policy_for
 from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.events import CallEvent, configure_logging, emit, log_call
 from remotevss.agent.gc import (
@@ -36,12 +36,17 @@ from remotevss.agent.gc import (
     shutdown_outcome,
 )
 from remotevss.agent.metrics import Metrics
+from remotevss.agent.reload import POLICY_KEYS, ReloadPlan
+from remotevss.agent.reload import plan as reload_plan
 from remotevss.agent.sdnotify import Watchdog, notify, watchdog_interval
 from remotevss.agent.service import AgentService
 from remotevss.agent.sizes import parse_limit
 from remotevss.agent.storage import StorageManager, resolve_volume_root
 from remotevss.agent.transports.samba_pipe import PipeListener
 from remotevss.fsrvp.machine import Status, TimerPolicy
+
+if TYPE_CHECKING:
+    from remotevss.agent.rpc_security import RpcAuthenticator
 
 log = logging.getLogger("remotevss.agent")
 
@@ -93,6 +98,11 @@ class Operations:
         self._admin: asyncio.Server | None = None
         self._watchdog: Watchdog | None = None
         self.metrics_port: int | None = None
+        #: Set by agent/main.py behind Samba: what a reload re-applies the policy and
+        #: the ntlm_auth pool with (smb.conf's realm; the pipe's authenticator).
+        self.samba_realm = ""
+        self.rpc_auth: RpcAuthenticator | None = None
+        self.last_reload: ReloadPlan | None = None
 
     def _after_call(self, _event: CallEvent) -> None:
         if self.metrics is not None:
@@ -155,26 +165,27 @@ class Operations:
             log.error("reload: configuration error, keeping the old one: %s", exc)
             notify("READY=1\nSTATUS=reload failed; old configuration kept")
             return []
-        old = self.service.config
-        changed = [k for k in ("sequence_timeout", "gc", "storage", "log")
-                   if getattr(old, k) != getattr(new, k)]
-        cfg = replace(old, sequence_timeout=new.sequence_timeout, gc=new.gc,
-                      storage=new.storage, log=new.log)
+        p = reload_plan(self.service.config, new)  # every key has a rule (agent/reload.py)
+        cfg = p.config
         self.service.config = cfg
         self.service.machine.timers = TimerPolicy(cfg.sequence_timeout)
         self.storage.config = cfg
+        if set(p.changed) & POLICY_KEYS and not self.stopping:  # stopping: all refused
+            self.service.policy = policy_for(cfg, self.samba_realm)
+        if self.rpc_auth is not None:
+            self.rpc_auth.apply(cfg)
         configure_logging(cfg.log, self.verbose)
-        ignored = [k for k in ("socket_path", "socket_group", "state_dir", "expose_dir", "mode",
-                               "shares", "samba", "metrics", "admin_socket", "backend",
-                               "netbios_name", "share_name_format", "max_connections")
-                   if getattr(old, k) != getattr(new, k)]
         self.reloads += 1
-        emit({"event": "reload", "changed": changed, "needs_restart": ignored})
-        if ignored:
-            log.warning("reload: %s changed but only take effect at restart", ", ".join(ignored))
+        self.last_reload = p
+        emit({"event": "reload", "changed": p.changed, "needs_restart": p.needs_restart})
+        if p.changed:
+            log.info("reload: applied %s", ", ".join(p.changed))
+        if p.needs_restart:
+            log.warning("reload: %s changed but only take effect at restart",
+                        ", ".join(p.needs_restart))  # fmt: skip
         self.collector.wake()
         notify("READY=1\nSTATUS=configuration reloaded")
-        return changed
+        return p.changed
 
     # ------------------------------------------------------------ admin requests
 

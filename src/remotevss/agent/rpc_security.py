@@ -2,7 +2,10 @@
 
 Why a helper process for NTLM: on a standalone server winbindd checks NTLM
 against Samba's own passdb, on a domain member against the DC, and neither
-way does the agent see a password hash.  Helpers are pooled (a spawn costs
+way does the agent see a password hash.  On a standalone server a name of
+another domain (the workgroup, none) is the local SAM's user, as smbd maps
+it; winbindd cannot route those, so a one-shot child checks them against the
+passdb (``ntlm_auth.LocalSamLogon``, ``samba/sam_logon.py``).  Helpers are pooled (a spawn costs
 ~40 ms) and spawned on the first authenticated bind, so an agent whose
 clients never authenticate never runs one.
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from remotevss.agent.config import AgentConfig, ConfigError
-from remotevss.agent.ntlm_auth import NtlmHelperPool
+from remotevss.agent.ntlm_auth import LocalSamLogon, NtlmHelperPool
 from remotevss.dcerpc.rpc_auth import KerberosFactory, RpcSecurity
 
 HELPER_PROTOCOL = "--helper-protocol=squid-2.5-ntlmssp"
@@ -35,6 +38,8 @@ class SambaAuthNames:
     separator: str = "\\"  # ``winbind separator``: ntlm_auth answers DOMAIN<sep>user
     realm: str = ""  # ``realm``
     keytab: str = ""  # the keytab smbd uses (``kerberos method``), if any
+    netbios_name: str = ""  # ``netbios name``: the local SAM's domain name
+    standalone: bool = False  # no domain (``security = user``, not a DC): see LocalSamLogon
 
 
 def helper_argv(config: AgentConfig) -> list[str]:
@@ -91,11 +96,23 @@ class RpcAuthenticator:
     def __init__(self, config: AgentConfig, names: SambaAuthNames | None = None) -> None:
         names = names or SambaAuthNames()
         ra = config.rpc_auth
+        local = None
+        if names.standalone and names.netbios_name and config.samba.config_file:
+            # smbd's name mapping on a standalone server (ntlm_auth.LocalSamLogon)
+            local = LocalSamLogon(config.samba.config_file, names.netbios_name,
+                                  timeout=ra.timeout)  # fmt: skip
         self.pool = NtlmHelperPool(
             helper_argv(config), size=ra.helpers, timeout=ra.timeout,
-            separator=names.separator,
+            separator=names.separator, local_sam=local,
         )  # fmt: skip
         self.kerberos = kerberos_factory(config, names)
+
+    def apply(self, config: AgentConfig) -> None:
+        """A reload: the pool's size and per-answer timeout (agent/reload.py)."""
+        self.pool.size = config.rpc_auth.helpers
+        self.pool.timeout = config.rpc_auth.timeout
+        if self.pool.local_sam is not None:
+            self.pool.local_sam.timeout = config.rpc_auth.timeout
 
     def security(self) -> RpcSecurity:
         return RpcSecurity(self.pool.acceptor, self.kerberos)

@@ -7,6 +7,7 @@ final summary (``--json`` prints that as JSON on stdout for scripts).
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -71,11 +72,24 @@ class Progress:
         files = f"{self.files}" + (f"/{self.total_files}" if self.total_files is not None else "")
         done = human(self.bytes) + (f"/{human(self.total_bytes)}" if self.total_bytes else "")
         text = f"{self.label} {files} files, {done}, {human(rate)}/s, {_duration(elapsed)}"
-        if self.total_bytes and rate > 0 and self.bytes <= self.total_bytes:
-            text += f", ETA {_duration((self.total_bytes - self.bytes) / rate)}"
+        eta = self.eta(elapsed)
+        if eta is not None:
+            text += f", ETA {_duration(eta)}"
         if self.errors:
             text += f", {self.errors} errors"
         return text
+
+    def eta(self, elapsed: float) -> float | None:
+        """Seconds left: the slower of the bytes and the files still to go at the rates
+        so far, rounded up to a whole second (never 0 while work remains); None when
+        nothing is left or nothing can be estimated yet."""
+        guesses = []
+        for done, total in ((self.bytes, self.total_bytes), (self.files, self.total_files)):
+            if total is not None and 0 < done < total:
+                guesses.append((total - done) * elapsed / done)
+        if not guesses:
+            return None
+        return float(max(1, math.ceil(max(guesses))))
 
     def _draw(self, now: float) -> None:
         with self._lock:

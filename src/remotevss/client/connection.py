@@ -341,7 +341,9 @@ class FsrvpConnection(FsrvpCalls):
             text = str(exc)
             words = text.lower().replace("_", " ")
             if "access denied" in words or "authentication" in words:
-                raise ConnectAccessDenied(host, f"FSRVP bind refused: {text}") from None
+                denied = ConnectAccessDenied(host, f"FSRVP bind refused: {text}")
+                denied.auth_level = self.options.auth_level
+                raise denied from None
             if "abstract syntax" in words:
                 raise BindRejected(
                     host, f"\\pipe\\{PIPE_NAME} does not serve FSRVP 1.0 ({text})"

@@ -73,6 +73,10 @@ class AccessDeniedError(ClientError):
     """Marker: access was refused, at the SMB, bind or FSRVP level."""
 
     exit_code = EXIT_AUTH
+    #: The DCE/RPC auth level of the binding that was refused ("none", "integrity",
+    #: "privacy"), when known: a server requiring integrity refuses "none" with the
+    #: same E_ACCESSDENIED as a caller without rights (MS-FSRVP 3.1.4).
+    auth_level: str | None = None
 
 
 # ----------------------------------------------------------------- connecting

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 from uuid import UUID
 
-from remotevss.client.errors import fsrvp_error
+from remotevss.client.errors import AccessDeniedError, fsrvp_error
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.constants import HResult
 
@@ -67,8 +67,13 @@ class FsrvpCalls:
         return self._exchange(opnum, stub)
 
     def checked(self, request: calls.Request, detail: str = "") -> calls.Response:
-        """Like :meth:`call`, but a non-zero return raises the typed FsrvpError."""
-        return check(self.call(request), request.opnum, detail)
+        """Like :meth:`call`, but a non-zero return raises the typed FsrvpError
+        (an access refusal says at which auth level the binding was)."""
+        try:
+            return check(self.call(request), request.opnum, detail)
+        except AccessDeniedError as exc:
+            exc.auth_level = getattr(self, "negotiated_auth_level", None)
+            raise
 
     # The calls in the spec's client sequence order (return values not checked).
     def get_supported_version(self) -> calls.GetSupportedVersionResponse:

@@ -64,6 +64,7 @@ from uuid import UUID
 
 from remotevss.client.connection import ConnectOptions, Credentials, FsrvpConnection
 from remotevss.client.errors import (
+    AccessDeniedError,
     BadUnc,
     ClientError,
     FsrvpCallError,
@@ -1001,6 +1002,8 @@ def check_set(
 
 def describe_error(exc: BaseException) -> str:
     """One line for people (the CLI prints this)."""
+    if isinstance(exc, AccessDeniedError) and exc.auth_level == "none":
+        return f"{exc}; {UNAUTHENTICATED_HINT}"
     if isinstance(exc, FsrvpError):
         hint = _HINTS.get(exc.code, "")
         if exc.call.startswith("IsPathSupported") and exc.code in (
@@ -1013,6 +1016,13 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc}{'; ' + hint if hint else ''}"
     return str(exc)
 
+
+#: A refusal of an unauthenticated binding: most servers (our agent by default,
+#: MS-FSRVP 3.1.4) require signing; the refusal looks like a missing right.
+UNAUTHENTICATED_HINT = (
+    "this binding is unauthenticated (--auth-level none) and the server requires "
+    "packet integrity or privacy for FSRVP: use --auth-level integrity or privacy (the default)"
+)
 
 _HINTS: dict[int, str] = {
     HResult.FSRVP_E_SHADOW_COPY_SET_IN_PROGRESS: "another shadow copy set is being created "

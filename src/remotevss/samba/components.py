@@ -13,7 +13,7 @@ from remotevss.agent.config import AgentConfig
 from remotevss.agent.exposer import Exposer, SymlinkExposer
 from remotevss.agent.rpc_security import SambaAuthNames
 from remotevss.agent.shares import LocalShare, ShareLookup, ShareTable
-from remotevss.samba.conf import SambaConf
+from remotevss.samba.conf import SambaConf, samba_bool
 from remotevss.samba.registry_exposer import RegistryExposer
 from remotevss.samba.shares import SambaShareTable
 from remotevss.samba.worker import SambaWorker
@@ -77,4 +77,16 @@ def auth_names(conf: SambaConf) -> SambaAuthNames:
         separator=str(conf.get("winbind separator") or "\\")[:1],
         realm=str(conf.get("realm") or "").upper(),
         keytab=keytab,
+        netbios_name=conf.netbios_name,
+        standalone=is_standalone(conf),
     )
+
+
+def is_standalone(conf: SambaConf) -> bool:
+    """A server of its own (smbd's ROLE_STANDALONE): ``server role = standalone``, or
+    ``auto`` with ``security = user`` and no ``domain logons`` (a classic DC)."""
+    role = str(conf.get("server role") or "auto").strip().lower()
+    if role != "auto":
+        return role.startswith("standalone")
+    security = str(conf.get("security") or "user").strip().lower()
+    return security in ("user", "auto") and not samba_bool(conf.get("domain logons"))

@@ -67,6 +67,15 @@ def is_snapshot_share_name(name: str) -> bool:
     return SNAPSHOT_SHARE_RE.match(name) is not None
 
 
+def quiet_load(lp: Any, config_file: str) -> None:
+    """``lp.load`` without Samba's debug output on our stderr: smb.conf's ``log level``
+    (2 and up prints ``Processing section "[x]"`` per share per load) is for
+    smbd's logs.  A ``log level`` set before the load is a command-line setting,
+    which the file does not override."""
+    lp.set("log level", "0")
+    lp.load(config_file)
+
+
 def samba_bool(value: object, default: bool = False) -> bool:
     """A boolean parameter value as Samba parses it (yes/no, true/false, 1/0, on/off)."""
     if isinstance(value, bool):
@@ -169,7 +178,7 @@ class SambaConf:
         if not os.path.isfile(self.config_file):
             raise SambaConfigError(f"Samba config {self.config_file} does not exist")
         try:
-            self._lp.load(self.config_file)
+            quiet_load(self._lp, self.config_file)
         except RuntimeError as exc:
             raise SambaConfigError(f"cannot load Samba config {self.config_file}: {exc}") from exc
         stamps: dict[str, _Stamp] = {}

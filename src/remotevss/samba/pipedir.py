@@ -35,9 +35,11 @@ def samba_parameter(config_file: str, name: str) -> str:
         from samba.samba3 import param as s3param
     except ImportError:  # python3-samba missing: ask testparm
         return _testparm(config_file, name)
+    from remotevss.samba.conf import quiet_load
+
     lp = s3param.get_context()
     try:
-        lp.load(config_file)
+        quiet_load(lp, config_file)
     except RuntimeError as exc:
         raise PipeDirError(f"cannot load Samba config {config_file}: {exc}") from exc
     value = lp.get(name)
