@@ -180,9 +180,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 conf = SambaConf(samba.conf)
             except SambaConfigError as exc:  # another test in this process pinned a registry
                 pytest.skip(f"cannot use this Samba's registry in this process: {exc}")
-            yield Env(
-                samba, mnt, data, plain, snaps, conf, SambaShareTable(conf), RegistryExposer(conf)
-            )
+            exposer = RegistryExposer(conf)
+            try:
+                yield Env(samba, mnt, data, plain, snaps, conf, SambaShareTable(conf), exposer)
+            finally:
+                exposer.close()  # its registry worker process goes with it
         finally:
             samba.stop()
 
@@ -648,3 +650,4 @@ def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_pa
         run(stop_serving())
         run(service.close())
         loop.call_soon_threadsafe(loop.stop)
+        exposer.close()  # and its Samba worker child
