@@ -118,6 +118,15 @@ def configure(b: argparse.ArgumentParser) -> None:
     g.add_argument("--smb-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="timeout of any one SMB request (default 120)")
 
+    p = sub.add_parser("mount", help="show every recovery point as a read-only directory "
+                                      "tree (FUSE) until Ctrl-C")
+    _common(p)
+    p.add_argument("paths", nargs="+", metavar="[REPO] MOUNTPOINT",
+                   help="the repository (default: --repo or $REMOTEVSS_REPO) and an existing "
+                        "empty directory to mount on")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users see the mount (FUSE allow_other; modes still apply)")
+
     p = sub.add_parser("verify", help="re-read and re-hash all data; name damaged files")
     _common(p)
 
@@ -162,6 +171,12 @@ def run(args: argparse.Namespace) -> int:
     from remotevss.backup.repo import RepoError, RepoLocked
     from remotevss.backup.requestor import terminate_as
 
+    if args.backup_command == "mount":
+        if len(args.paths) > 2:
+            print("remotevss backup mount: expected [REPO] MOUNTPOINT", file=sys.stderr)
+            return EXIT_USAGE
+        if len(args.paths) == 2:
+            args.repo = args.paths[0]
     if not args.repo:
         print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
         return EXIT_USAGE
@@ -245,6 +260,20 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{human(result.bytes)} to {args.to}"
               + (f"; {len(result.errors)} failed" if result.errors else ""))
         return EXIT_PARTIAL if result.errors else EXIT_OK
+    if cmd == "mount":
+        from remotevss.backup.mount import mount
+
+        mountpoint = Path(args.paths[-1])
+        print(f"remotevss backup: mounting {repo_path} on {mountpoint} (read-only); Ctrl-C "
+              "or umount ends it", file=sys.stderr, flush=True)
+        try:
+            mount(repo_path, mountpoint, allow_other=args.allow_other)
+        except RuntimeError as exc:
+            print(f"remotevss backup: cannot mount on {mountpoint}: libfuse returned {exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        print(f"remotevss backup: unmounted {mountpoint}", file=sys.stderr)
+        return EXIT_OK
     if cmd in ("check", "verify"):
         from remotevss.backup.verify import check, verify
 
