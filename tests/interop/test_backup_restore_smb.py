@@ -270,6 +270,14 @@ def test_existing_files_refuse_without_overwrite_and_change_nothing(env: Env) ->
                     point_btimes(env.repo, "data"))
     assert json.loads(r.stdout)["errors"] == []
 
+    # Again over itself: every file exists now, one of them read-only (DOS attribute).
+    r = env.restore("latest", "--path", "data", "--to", to, "--overwrite", "--json")
+    report = json.loads(r.stdout)
+    assert report["errors"] == [] and report["warnings"] == [], report
+    with env.session() as s:
+        assert_same(smb_view(s, "restore", "again"), smb_view(s, "data"),
+                    point_btimes(env.repo, "data"))
+
 
 def test_unsupported_entries_are_skipped_and_reported(env: Env, tmp_path: Path) -> None:
     local = tmp_path / "local"

@@ -244,7 +244,7 @@ class _Pending:
     reqs: list[Any]
     kinds: list[str]  # what each request is: create, write, eof, sd, basic, close
     size: int
-    entry: Entry
+    msgs: list[Any]  # to send again once (see _ShareRestorer.retry_create)
 
 
 class _ShareRestorer:
@@ -515,7 +515,7 @@ class _ShareRestorer:
                    runs: list[tuple[int, memoryview]]) -> None:
         access = self._access(e) | _FILE_WRITE_DATA
         msgs: list[Any] = [_create(smb_path, access, self.disposition(),
-                                   _FILE_NON_DIRECTORY_FILE)]
+                                   _FILE_NON_DIRECTORY_FILE, _create_attrs(e))]
         kinds = ["create"]
         written = 0
         for off, view in runs:
@@ -534,10 +534,28 @@ class _ShareRestorer:
                                 or self.session.credits() < CREDIT_RESERVE + need):
             self.finish(self.pending.popleft())
         reqs = self.session.send(self.tree_, msgs, related=True)
-        self.pending.append(_Pending(point_path, smb_path, reqs, kinds, size, e))
+        self.pending.append(_Pending(point_path, smb_path, reqs, kinds, size, msgs))
+
+    def retry_create(self, created: bytes | _Status, smb_path: str) -> bool:
+        """Whether an overwrite refused because of the existing file's DOS attributes
+        (read-only; hidden or system not asked for) may be tried again: they are
+        cleared first (the point's are set again at the end)."""
+        if not (self.overwrite and isinstance(created, _Status)
+                and created.status == NtStatus.STATUS_ACCESS_DENIED):
+            return False
+        reqs = self.session.send(self.tree_, [
+            _create(smb_path, _FILE_WRITE_ATTRIBUTES | _SYNCHRONIZE, _FILE_OPEN,
+                    _FILE_NON_DIRECTORY_FILE),
+            _set_info(_RELATED, _INFO_FILE, _FILE_BASIC_INFORMATION,
+                      _BASIC.pack(0, 0, 0, 0, _ATTR_NORMAL, 0)),
+            _close(_RELATED)], related=True)
+        return not any(isinstance(r, _Status) for r in self.session.recv_all(reqs))
 
     def finish(self, p: _Pending) -> None:
         results = self.session.recv_all(p.reqs)
+        if self.retry_create(results[0], p.target):
+            results = self.session.recv_all(self.session.send(self.tree_, p.msgs,
+                                                              related=True))
         if self._check(p.point_path, p.kinds, results):
             self._done(p.size)
         elif not isinstance(results[0], _Status):
@@ -563,8 +581,11 @@ class _ShareRestorer:
     def write_large(self, smb_path: str, e: Entry, data_entry: Entry, point_path: str,
                     size: int) -> None:
         access = self._access(e) | _FILE_WRITE_DATA | _DELETE
-        (created,) = self.session.recv_all(self.session.send(self.tree_, [
-            _create(smb_path, access, self.disposition(), _FILE_NON_DIRECTORY_FILE)]))
+        create = _create(smb_path, access, self.disposition(), _FILE_NON_DIRECTORY_FILE,
+                         _create_attrs(e))
+        (created,) = self.session.recv_all(self.session.send(self.tree_, [create]))
+        if self.retry_create(created, smb_path):
+            (created,) = self.session.recv_all(self.session.send(self.tree_, [create]))
         if not self._check(point_path, ["create"], [created]):
             return
         assert isinstance(created, bytes)
@@ -619,6 +640,12 @@ class _ShareRestorer:
             self.progress.file_done()
         else:
             self.remove(smb_path)
+
+
+def _create_attrs(e: Entry) -> int:
+    """DOS attributes for Create: hidden and system must be asked for to overwrite a
+    file that has them (read-only is set at the end, with the times)."""
+    return int(e.get("attrib", 0)) & 0x6
 
 
 def _write_failure(session: SmbSession, req: Any) -> str | None:
