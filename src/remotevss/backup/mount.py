@@ -137,8 +137,7 @@ class PointsView:
             return "root", None, None
         top = parts[0]
         if top in ("points", "by-time", "latest") and len(parts) == 1:
-            if top != "latest":
-                self.refresh()
+            self.refresh()
             if top == "latest" and self._latest is None:
                 raise _enoent()
             return top, None, None
