@@ -195,12 +195,22 @@ def _filetime(ns: int | None) -> int:
     return ns // 100 + _FILETIME_EPOCH if ns else 0
 
 
-def _create(path: str, access: int, disposition: int, options: int, attrs: int = 0) -> _Raw:
-    name = path.encode("utf-16-le")
+def _create(path: str, access: int, disposition: int, options: int, attrs: int = 0,
+            sd: bytes | None = None) -> _Raw:
+    """A Create request; ``sd`` goes along as an SMB2_CREATE_SD_BUFFER context ("SecD"),
+    applied by the server to a file it creates (one SetInfo fewer per file)."""
+    name = path.encode("utf-16-le") or b"\0\0"
+    ctx = b""
+    ctx_off = 0
+    if sd:
+        pad = -(120 + len(name)) % 8
+        name += b"\0" * pad
+        ctx_off = 120 + len(name)
+        ctx = struct.pack("<IHHHHI", 0, 16, 4, 0, 24, len(sd)) + b"SecD\0\0\0\0" + sd
     body = _CREATE_REQ.pack(57, 0, 0, _IMPERSONATION, 0, 0, access, attrs, _SHARE_ALL,
                             disposition, options | _FILE_OPEN_FOR_BACKUP_INTENT, 120,
-                            len(name), 0, 0)
-    return _Raw(0x05, body + (name or b"\0\0"))
+                            len(path.encode("utf-16-le")), ctx_off, len(ctx))
+    return _Raw(0x05, body + name + ctx)
 
 
 def _write(fid: bytes, offset: int, data: bytes | memoryview) -> _Raw:
@@ -244,7 +254,9 @@ class _Pending:
     reqs: list[Any]
     kinds: list[str]  # what each request is: create, write, eof, sd, basic, close
     size: int
-    msgs: list[Any]  # to send again once (see _ShareRestorer.retry_create)
+    msgs_again: list[Any]  # to send again once (see _ShareRestorer.finish) ...
+    kinds_again: list[str]
+    sd_in_create: bool  # ... which then set the descriptor by SetInfo
 
 
 class _ShareRestorer:
@@ -416,10 +428,14 @@ class _ShareRestorer:
         self.result.dirs += 1
         self.restore_dir(rel, e, children, point_path, wanted)
 
-    def meta_msgs(self, fid: bytes, e: Entry, directory: bool) -> tuple[list[Any], list[str]]:
+    def sd_of(self, e: Entry) -> bytes | None:
+        return xattrs_of(e).get(SD_XATTR) if self.security else None
+
+    def meta_msgs(self, fid: bytes, e: Entry, directory: bool, with_sd: bool = True
+                  ) -> tuple[list[Any], list[str]]:
         msgs: list[Any] = []
         kinds: list[str] = []
-        sd = xattrs_of(e).get(SD_XATTR) if self.security else None
+        sd = self.sd_of(e) if with_sd else None
         if sd:
             msgs.append(_set_info(fid, _INFO_SECURITY, 0, sd, _OWNER_GROUP_DACL))
             kinds.append("sd")
@@ -513,9 +529,25 @@ class _ShareRestorer:
 
     def send_small(self, smb_path: str, e: Entry, point_path: str, size: int,
                    runs: list[tuple[int, memoryview]]) -> None:
+        # A new file takes its descriptor with the Create; an overwritten one (which the
+        # server does not create) by SetInfo, as does a file whose Create refused it.
+        sd = None if self.overwrite else self.sd_of(e)
+        msgs, kinds = self.small_msgs(smb_path, e, size, runs, sd)
+        again = self.small_msgs(smb_path, e, size, runs, None) if sd else (msgs, kinds)
+        need = 4 + len(msgs) + size // 65536
+        while self.pending and (len(self.pending) >= DEPTH
+                                or self.session.credits() < CREDIT_RESERVE + need):
+            self.finish(self.pending.popleft())
+        reqs = self.session.send(self.tree_, msgs, related=True)
+        self.pending.append(_Pending(point_path, smb_path, reqs, kinds, size, *again,
+                                     sd is not None))
+
+    def small_msgs(self, smb_path: str, e: Entry, size: int, runs: list[tuple[int, memoryview]],
+                   sd: bytes | None) -> tuple[list[Any], list[str]]:
+        """Create (with ``sd``), Write(s), SetInfo(s), Close of one file."""
         access = self._access(e) | _FILE_WRITE_DATA
         msgs: list[Any] = [_create(smb_path, access, self.disposition(),
-                                   _FILE_NON_DIRECTORY_FILE, _create_attrs(e))]
+                                   _FILE_NON_DIRECTORY_FILE, _create_attrs(e), sd)]
         kinds = ["create"]
         written = 0
         for off, view in runs:
@@ -526,15 +558,10 @@ class _ShareRestorer:
             msgs.append(_set_info(_RELATED, _INFO_FILE, _FILE_END_OF_FILE_INFORMATION,
                                   struct.pack("<q", size)))
             kinds.append("eof")
-        meta, meta_kinds = self.meta_msgs(_RELATED, e, directory=False)
+        meta, meta_kinds = self.meta_msgs(_RELATED, e, directory=False, with_sd=sd is None)
         msgs += [*meta, _close(_RELATED)]
         kinds += [*meta_kinds, "close"]
-        need = 4 + len(msgs) + size // 65536
-        while self.pending and (len(self.pending) >= DEPTH
-                                or self.session.credits() < CREDIT_RESERVE + need):
-            self.finish(self.pending.popleft())
-        reqs = self.session.send(self.tree_, msgs, related=True)
-        self.pending.append(_Pending(point_path, smb_path, reqs, kinds, size, msgs))
+        return msgs, kinds
 
     def retry_create(self, created: bytes | _Status, smb_path: str) -> bool:
         """Whether an overwrite refused because of the existing file's DOS attributes
@@ -553,8 +580,13 @@ class _ShareRestorer:
 
     def finish(self, p: _Pending) -> None:
         results = self.session.recv_all(p.reqs)
-        if self.retry_create(results[0], p.target):
-            results = self.session.recv_all(self.session.send(self.tree_, p.msgs,
+        again = self.retry_create(results[0], p.target)
+        if p.sd_in_create and isinstance(results[0], _Status) and results[0].status != (
+                NtStatus.STATUS_OBJECT_NAME_COLLISION):
+            again = True  # e.g. an owner the server refuses: then a warning, not a failure
+        if again:
+            p.kinds = p.kinds_again
+            results = self.session.recv_all(self.session.send(self.tree_, p.msgs_again,
                                                               related=True))
         if self._check(p.point_path, p.kinds, results):
             self._done(p.size)
