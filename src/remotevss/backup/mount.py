@@ -79,6 +79,7 @@ class PointsView:
         self._latest: str | None = None
         self._loaded = -REFRESH_S
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
+        self._names: dict[bytes, dict[str, Entry]] = {}  # the same trees by entry name
         self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
         self._open: dict[int, tuple[list[int], list[Any]]] = {}
         self._next_fh = 1
@@ -109,24 +110,26 @@ class PointsView:
         if entries is None:
             entries = decode_tree(self.repo.read_blob(tid))
             self._trees[tid] = entries
+            self._names[tid] = {e["name"]: e for e in entries}
             if len(self._trees) > TREE_CACHE:
-                self._trees.popitem(last=False)
+                self._names.pop(self._trees.popitem(last=False)[0], None)
         else:
             self._trees.move_to_end(tid)
         return entries
 
     def _walk(self, point: PointRow, parts: list[str]) -> Entry | None:
         """The entry at ``parts`` inside a point (None: the point's root)."""
-        entries = self.tree(point.root)
+        tid = point.root
         found: Entry | None = None
         for i, part in enumerate(parts):
-            found = next((e for e in entries if e["name"] == part), None)
+            self.tree(tid)
+            found = self._names[tid].get(part)
             if found is None:
                 raise _enoent()
             if i < len(parts) - 1:
                 if "subtree" not in found:
                     raise _enoent()
-                entries = self.tree(found["subtree"])
+                tid = bytes.fromhex(found["subtree"])
         return found
 
     def resolve(self, path: str) -> tuple[str, PointRow | None, Entry | None]:
