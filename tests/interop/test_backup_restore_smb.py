@@ -219,6 +219,13 @@ def test_whole_share_restore_equals_the_source(env: Env) -> None:
     sparse = env.target / "whole" / "sparse.img"
     assert sparse.stat().st_blocks * 512 < 2 << 20, "holes are not written"
 
+    # The whole point (no --path): one directory per source label below the target.
+    env.restore("latest", "--to", "//127.0.0.1/restore/wholepoint")
+    with env.session() as s:
+        assert_same(smb_view(s, "restore", "wholepoint/data"), source,
+                    point_btimes(env.repo, "data"))
+        assert [e.name for e in SmbSource(s, "restore", "v").scandir("wholepoint")] == ["data"]
+
 
 def test_include_restores_only_the_named_items(env: Env) -> None:
     r = env.restore("latest", "--path", "data", "--include", "data/small/d1",

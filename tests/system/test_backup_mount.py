@@ -241,6 +241,9 @@ def test_repository_stays_usable_while_mounted(
         assert (mnt / "points/3/src/third.txt").read_bytes() == b"point three"
         assert os.readlink(mnt / "latest") == "points/3"
         cli("check", "--repo", repo)
+        out = source.parent / "restored"
+        cli("restore", "--repo", repo, "3", "--to", out)  # another reader, alongside
+        assert snapshot(out / "src") == snapshot(mnt / "points/3/src")
         locked = cli("prune", "--repo", repo, "--keep-last", "1", check=5)
         assert "locked" in locked.stderr
     finally:
