@@ -13,8 +13,9 @@ Python on the same cores:
    and with ``--no-security``;
 2. anchor: ``smbclient -c 'recurse; mput *'`` of the same tree from a local
    directory into ``\\127.0.0.1\restore\anchor``: data only (no descriptors,
-   no times), nothing to decompress; its default transport (signed, SMB 3).
-   Reported: ours / smbclient time;
+   no times), nothing to decompress; encrypted (``--client-protection=encrypt``)
+   against our default, signed only against ``--no-encryption``.  Reported:
+   ours / smbclient time;
 3. browsing: ``cp -a`` of the point's directory out of ``backup mount``
    against ``backup restore --to DIR`` of the same point (both local).
 
@@ -74,63 +75,78 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rvss-bench-restore-", dir=args.workdir or "/var/tmp"))
     results: dict[str, dict[str, float]] = {}
     size_mb = int(args.size_gb * 1000 * 7) + 1024
-    with loop_filesystem("btrfs", size_mb, work) as mnt:
-        data, target = mnt / "data", mnt / "restore"
-        data.mkdir()
-        target.mkdir()
-        nfiles, nbytes = generate(data, args.size_gb, args.files)
-        print(f"dataset: {nfiles} files, {nbytes / 1e6:.0f} MB", flush=True)
-        samba = PrivateSamba(work / "samba", {"data": data, "restore": target},
-                             share_options={"restore": {"vfs objects": "acl_xattr btrfs"}})
-        samba.start()
-        repo = mnt / "repo"
-        try:
-            init_repo(repo)
-            with SmbSession("127.0.0.1", username="root", password=PASSWORD,
-                            port=samba.port) as s, Repository(repo, "write") as r:
-                run_backup(r, [SmbSource(s, "data", "data")])
-            local = mnt / "local"
-            t_local = timed([*CLI, "restore", "latest", "--repo", str(repo), "--to", str(local)])
-            subprocess.run(["sync"], check=True)
-            warm(local / "data")
-            base = [*CLI, "restore", "latest", "--repo", str(repo), "--path", "data",
-                    "-U", "root", "-p", str(samba.port)]
-            t_ours = timed([*base, "--to", r"\\127.0.0.1\restore\ours"])
-            t_nosec = timed([*base, "--no-security", "--to", r"\\127.0.0.1\restore\nosec"])
-            smbclient = ["smbclient", "-s", str(samba.conf), "//127.0.0.1/restore", "-p",
-                         str(samba.port), "-U", f"root%{PASSWORD}", "-m", "SMB3", "-c",
-                         f'lcd "{local / "data"}"; mkdir anchor; cd anchor; prompt OFF; '
-                         "recurse ON; mput *"]
-            t_anchor = timed(smbclient)
-            for name, secs in (("restore --to share (ours)", t_ours),
-                               ("restore --to share --no-security", t_nosec),
-                               ("smbclient mput (anchor)", t_anchor)):
-                results[name] = {"seconds": round(secs, 2), "MB/s": round(nbytes / secs / 1e6, 1),
-                                 "files/s": round(nfiles / secs, 1),
-                                 "ratio_to_anchor": round(secs / t_anchor, 2)}
-            mp = mnt / "mnt"
-            mp.mkdir()
-            proc = subprocess.Popen([*CLI, "mount", str(repo), str(mp)],
-                                    stderr=subprocess.DEVNULL)
-            try:
-                while not mounted(mp):
-                    time.sleep(0.05)
-                t_cp = timed(["cp", "-a", str(mp / "latest" / "data"), str(mnt / "copied")])
-            finally:
-                proc.send_signal(2)
-                proc.wait(timeout=60)
-            results["cp -a out of backup mount"] = {
-                "seconds": round(t_cp, 2), "MB/s": round(nbytes / t_cp / 1e6, 1),
-                "ratio_to_local_restore": round(t_cp / t_local, 2)}
-            results["restore --to DIR (local)"] = {"seconds": round(t_local, 2),
-                                                   "MB/s": round(nbytes / t_local / 1e6, 1)}
-        finally:
-            samba.stop()
+    try:
+        with loop_filesystem("btrfs", size_mb, work) as mnt:
+            run(args, mnt, work, results)
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
     for name, r in results.items():
         print(f"{name:36s} " + "  ".join(f"{k} {v}" for k, v in r.items()), flush=True)
     print(json.dumps(results, indent=2))
-    subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
+
+
+def run(args: argparse.Namespace, mnt: Path, work: Path,
+        results: dict[str, dict[str, float]]) -> None:
+    data, target = mnt / "data", mnt / "restore"
+    data.mkdir()
+    target.mkdir()
+    nfiles, nbytes = generate(data, args.size_gb, args.files)
+    print(f"dataset: {nfiles} files, {nbytes / 1e6:.0f} MB", flush=True)
+    samba = PrivateSamba(work / "samba", {"data": data, "restore": target},
+                         share_options={"restore": {"vfs objects": "acl_xattr btrfs"}})
+    samba.start()
+    repo = mnt / "repo"
+    try:
+        init_repo(repo)
+        with SmbSession("127.0.0.1", username="root", password=PASSWORD,
+                        port=samba.port) as s, Repository(repo, "write") as r:
+            run_backup(r, [SmbSource(s, "data", "data")])
+        local = mnt / "local"
+        t_local = timed([*CLI, "restore", "latest", "--repo", str(repo), "--to", str(local)])
+        subprocess.run(["sync"], check=True)
+        warm(local / "data")
+        base = [*CLI, "restore", "latest", "--repo", str(repo), "--path", "data",
+                "-U", "root", "-p", str(samba.port)]
+        t_ours = timed([*base, "--to", r"\\127.0.0.1\restore\ours"])
+        t_nosec = timed([*base, "--no-security", "--to", r"\\127.0.0.1\restore\nosec"])
+        t_signed = timed([*base, "--no-encryption", "--to", r"\\127.0.0.1\restore\signed"])
+
+        def smbclient(directory: str, *extra: str) -> list[str]:
+            return ["smbclient", "-s", str(samba.conf), "//127.0.0.1/restore", "-p",
+                    str(samba.port), "-U", f"root%{PASSWORD}", "-m", "SMB3", *extra, "-c",
+                    f'lcd "{local / "data"}"; mkdir {directory}; cd {directory}; '
+                    "prompt OFF; recurse ON; mput *"]
+
+        t_anchor = timed(smbclient("anchor", "--client-protection=encrypt"))
+        t_anchor_signed = timed(smbclient("anchor-signed"))
+        for name, secs, anchor in (
+                ("restore --to share (ours)", t_ours, t_anchor),
+                ("restore --to share --no-security", t_nosec, t_anchor),
+                ("smbclient -e mput (anchor)", t_anchor, t_anchor),
+                ("restore --to share --no-encryption", t_signed, t_anchor_signed),
+                ("smbclient mput, signed (anchor)", t_anchor_signed, t_anchor_signed)):
+            results[name] = {"seconds": round(secs, 2), "MB/s": round(nbytes / secs / 1e6, 1),
+                             "files/s": round(nfiles / secs, 1),
+                             "ratio_to_anchor": round(secs / anchor, 2)}
+        mp = mnt / "mnt"
+        mp.mkdir()
+        proc = subprocess.Popen([*CLI, "mount", str(repo), str(mp)],
+                                stderr=subprocess.DEVNULL)
+        try:
+            while not mounted(mp):
+                time.sleep(0.05)
+            t_cp = timed(["cp", "-a", str(mp / "latest" / "data"), str(mnt / "copied")])
+        finally:
+            proc.send_signal(2)
+            proc.wait(timeout=60)
+        results["cp -a out of backup mount"] = {
+            "seconds": round(t_cp, 2), "MB/s": round(nbytes / t_cp / 1e6, 1),
+            "ratio_to_local_restore": round(t_cp / t_local, 2)}
+        results["restore --to DIR (local)"] = {"seconds": round(t_local, 2),
+                                               "MB/s": round(nbytes / t_local / 1e6, 1)}
+    finally:
+        samba.stop()
 
 
 if __name__ == "__main__":
