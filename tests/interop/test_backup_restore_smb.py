@@ -307,6 +307,51 @@ def test_unsupported_entries_are_skipped_and_reported(env: Env, tmp_path: Path) 
     assert not (out / "link").exists()
 
 
+def test_damaged_data_fails_only_its_files(env: Env, tmp_path: Path) -> None:
+    """A flipped byte in a pack: the small and the large file using that data are
+    reported and not left on the share; everything else is restored (exit 3)."""
+    from remotevss.backup.packs import pack_path
+    from remotevss.backup.tree import decode_tree
+
+    repo = tmp_path / "repo"
+    shutil.copytree(env.repo, repo)
+    with Repository(repo, "read") as r:
+        point = r.find_point("latest")
+        root = decode_tree(r.read_blob(point.root))
+        data = decode_tree(r.read_blob(bytes.fromhex(root[0]["subtree"])))
+        small = decode_tree(r.read_blob(bytes.fromhex(
+            next(e for e in data if e["name"] == "small")["subtree"])))
+        d0 = decode_tree(r.read_blob(bytes.fromhex(
+            next(e for e in small if e["name"] == "d0")["subtree"])))
+        e1 = decode_tree(r.read_blob(bytes.fromhex(
+            next(e for e in d0 if e["name"] == "e1")["subtree"])))
+        victims = {"dense.bin": next(e for e in data if e["name"] == "dense.bin"),
+                   "small/d0/e1/f004.bin": next(e for e in e1 if e["name"] == "f004.bin")}
+        spots = []
+        for e in victims.values():
+            loc = r.index.locate(bytes.fromhex(e["content"][-1][2]))
+            assert loc is not None
+            spots.append((pack_path(repo, loc.pack), loc.entry.offset + loc.entry.stored_len // 2))
+    for path, off in spots:
+        with open(path, "r+b") as f:
+            f.seek(off)
+            byte = f.read(1)
+            f.seek(off)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    proc = env.cli("restore", "--repo", repo, "-U", "root", "-p", str(env.samba.port),
+                   "latest", "--path", "data", "--to", env.unc("restore", "damaged"), "--json",
+                   check=3)
+    report = json.loads(proc.stdout)
+    assert sorted(x["path"] for x in report["errors"]) == sorted(
+        f"data/{k}" for k in victims), report["errors"]
+    with env.session() as s:
+        restored = smb_view(s, "restore", "damaged")
+        source = smb_view(s, "data")
+    assert set(source) - set(restored) == set(victims)
+    assert_same(restored, {k: v for k, v in source.items() if k not in victims},
+                point_btimes(env.repo, "data"))
+
+
 @pytest.mark.parametrize("to", [
     "\\\\127.0.0.1\\restore\\..\\x",
     "\\\\127.0.0.1\\restore\\a:b",
