@@ -24,7 +24,10 @@ SIGTERM and SIGHUP end the loop through libfuse's own handlers, which
 unmount before the command returns; so does ``umount MOUNTPOINT``.
 
 Entries show what the point kept: type, permission bits, owner ids (unknown
-ones, from SMB sources, as the mounting user), size, mtime/atime/ctime in ns,
+ones, from SMB sources, as the mounting user, with the group and other bits
+cleared: their modes are synthesised and the real ACL is in the security
+descriptor, so ``--allow-other`` must not open them to every local user),
+size, mtime/atime/ctime in ns,
 symlink targets, device numbers; hardlinks show their first name's data;
 xattrs are readable (``smb.security_descriptor`` as
 ``user.remotevss.smb.security_descriptor``, Linux has no ``smb.`` namespace).
@@ -196,8 +199,11 @@ class PointsView:
         size = int(data.get("size", 0))
         if e["type"] == SYMLINK:
             size = len(os.fsencode(e.get("target", "")))
+        mode = int(e.get("mode", 0)) & 0o7777
+        if uid == -1:  # SMB source: synthesised bits, the real ACL is in the descriptor
+            mode &= 0o700
         return {
-            "st_mode": _TYPE_BITS.get(e["type"], stat.S_IFREG) | (int(e.get("mode", 0)) & 0o7777),
+            "st_mode": _TYPE_BITS.get(e["type"], stat.S_IFREG) | mode,
             "st_nlink": 2 if e["type"] == DIR else 1,
             "st_uid": self.uid if uid == -1 else uid,
             "st_gid": self.gid if gid == -1 else gid,
