@@ -251,6 +251,14 @@ def test_include_restores_only_the_named_items(env: Env) -> None:
     bad = env.restore("latest", "--include", "data/nope", "--to", env.unc("restore", "x"),
                       check=1)
     assert "no such path" in bad.stderr and not (env.target / "x").exists()
+    bad = env.restore("latest", "--path", "data", "--include", "home/x", "--to",
+                      env.unc("restore", "x"), check=1)
+    assert "no such path" in bad.stderr or "not inside --path" in bad.stderr
+    # a file where the target directory should be
+    bad = env.restore("latest", "--path", "data/small", "--to",
+                      env.unc("restore", "subset", "empty"), check=1)
+    assert "directory" in bad.stderr.lower(), bad.stderr
+    assert (env.target / "subset" / "empty").is_file()
 
 
 def test_existing_files_refuse_without_overwrite_and_change_nothing(env: Env) -> None:

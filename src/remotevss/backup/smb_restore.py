@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import re
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,7 @@ WRITE_SIZE = 1 << 20  # bytes per write request of a large file (16 credits)
 WRITE_DEPTH = 4  # write requests in flight per large file
 DEPTH = 8  # small-file compounds in flight
 CREDIT_RESERVE = 32
+TREE_CACHE = 4096  # decoded trees kept between the two passes
 HOLE_BLOCK = 64 << 10
 MAX_TARGET_CHARS = 1024
 MAX_CONFLICTS_SHOWN = 20
@@ -273,7 +274,7 @@ class _ShareRestorer:
         self.result = ShareRestoreResult(target.text())
         self.src = SmbSource(session, target.unc.share, "restore", security=False)
         self.tree_ = self.src.tree
-        self._trees: dict[bytes, list[Entry]] = {}
+        self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()  # LRU of decoded trees
         self.existing_dirs: set[str] = set()  # share paths (casefolded) that exist
         self.conflicts: list[dict[str, str]] = []
         self.pending: deque[_Pending] = deque()
@@ -286,6 +287,10 @@ class _ShareRestorer:
         cached = self._trees.get(tid)
         if cached is None:
             cached = self._trees[tid] = decode_tree(self.repo.read_blob(tid))
+            if len(self._trees) > TREE_CACHE:
+                self._trees.popitem(last=False)
+        else:
+            self._trees.move_to_end(tid)
         return cached
 
     def find(self, path: str) -> Entry | None:
