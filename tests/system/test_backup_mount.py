@@ -254,6 +254,22 @@ def test_repository_stays_usable_while_mounted(
     cli("prune", "--repo", repo, "--keep-last", "1")  # free again after the unmount
 
 
+def test_umount_ends_the_command(
+        mount_env: tuple[Path, Path, list[dict[str, tuple[object, ...]]]]) -> None:
+    repo, mnt, _states = mount_env
+    m = Mount(repo, mnt)
+    try:
+        twice = cli("mount", repo, mnt, check=1)
+        assert "already mounted" in twice.stderr
+        subprocess.run(["umount", str(mnt)], check=True)
+        _out, err = m.proc.communicate(timeout=30)
+        assert m.proc.returncode == 0, err
+        assert "unmounted" in err
+    finally:
+        m.cleanup()
+    assert not mounted(mnt)
+
+
 def test_bad_mount_points_are_refused(mount_env: tuple[Path, Path, list[dict[str, tuple[object, ...]]]],
                                       tmp_path: Path) -> None:
     repo, _mnt, _states = mount_env

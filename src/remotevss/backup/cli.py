@@ -261,9 +261,12 @@ def _dispatch(args: argparse.Namespace) -> int:
               + (f"; {len(result.errors)} failed" if result.errors else ""))
         return EXIT_PARTIAL if result.errors else EXIT_OK
     if cmd == "mount":
-        from remotevss.backup.mount import mount
+        from remotevss.backup.mount import check_mountpoint, mount
 
         mountpoint = Path(args.paths[-1])
+        check_mountpoint(mountpoint)
+        with Repository(repo_path, "read"):
+            pass  # a bad repository is named before "mounting"
         print(f"remotevss backup: mounting {repo_path} on {mountpoint} (read-only); Ctrl-C "
               "or umount ends it", file=sys.stderr, flush=True)
         try:

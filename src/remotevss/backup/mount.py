@@ -381,6 +381,14 @@ def _ops(view: PointsView) -> Any:
     return Ops()
 
 
+def check_mountpoint(mountpoint: Path) -> None:
+    """RepoError unless ``mountpoint`` is a directory with nothing mounted on it."""
+    if not mountpoint.is_dir():
+        raise RepoError(f"{mountpoint}: the mount point must be an existing directory")
+    if os.path.ismount(mountpoint):
+        raise RepoError(f"{mountpoint}: something is already mounted there")
+
+
 def mount(repo_path: Path, mountpoint: Path, allow_other: bool = False,
           debug: bool = False) -> None:
     """Serve the points of ``repo_path`` at ``mountpoint`` until unmounted (Ctrl-C,
@@ -388,10 +396,7 @@ def mount(repo_path: Path, mountpoint: Path, allow_other: bool = False,
     point, RuntimeError if libfuse cannot mount."""
     import signal
 
-    if not mountpoint.is_dir():
-        raise RepoError(f"{mountpoint}: the mount point must be an existing directory")
-    if os.path.ismount(mountpoint):
-        raise RepoError(f"{mountpoint}: something is already mounted there")
+    check_mountpoint(mountpoint)
     with Repository(repo_path, "read") as repo:
         view = PointsView(repo)
         import mfusepy
