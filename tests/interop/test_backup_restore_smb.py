@@ -294,6 +294,72 @@ def test_existing_files_refuse_without_overwrite_and_change_nothing(env: Env) ->
                     point_btimes(env.repo, "data"))
 
 
+def test_two_restores_racing_onto_one_target_never_replace(env: Env) -> None:
+    """Two restores of the same point onto the same new target at once: the one that
+    looks after the other has written is refused whole (in practice: always, on
+    loopback), or, if both looked before, whichever creates a file first writes it and
+    the other skips it.  Every file is written exactly once; the result equals the
+    source."""
+    env_vars = dict(os.environ, REMOTEVSS_PASSWORD=PASSWORD)
+    argv = [*CLI, "restore", "--repo", str(env.repo), "-U", "root", "-p", str(env.samba.port),
+            "latest", "--path", "data", "--to", env.unc("restore", "race"), "--json"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env_vars) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert all(c in (0, 1, 3) for c in codes) and codes != [1, 1], (codes, outs)
+    with env.session() as s:
+        source = smb_view(s, "data")
+        restored = smb_view(s, "restore", "race")
+    files = {k for k, v in source.items() if v[0] == "f"}
+    written = skipped = 0
+    for code, (out, err) in zip(codes, outs, strict=True):
+        if code == 1:
+            assert "already exist" in err, err
+            continue
+        report = json.loads(out)
+        assert report["errors"] == [], report["errors"]
+        assert all(x["error"] == "exists (not overwritten)" for x in report["skipped"])
+        written += report["files"]
+        skipped += len(report["skipped"])
+    assert written == len(files), (written, len(files), codes)
+    assert skipped in (0, len(files)), (skipped, codes)  # 0: the other was refused whole
+    btimes = point_btimes(env.repo, "data")
+    assert_same({k: restored[k] for k in files}, {k: source[k] for k in files}, btimes)
+    assert set(restored) == set(source)
+
+
+def test_a_file_appearing_between_the_passes_is_skipped_not_replaced(env: Env) -> None:
+    """A user's file created after the existence check and before the writing pass
+    (at the hook between them, by the real file system under smbd) survives."""
+    from remotevss.backup.progress import Progress
+    from remotevss.backup.smb_restore import parse_target, restore_to_share
+
+    (env.target / "between").mkdir()
+    user_file = env.target / "between" / "dense.bin"
+
+    class Between(Progress):
+        def set_total(self, files: int, nbytes: int) -> None:
+            super().set_total(files, nbytes)
+            user_file.write_bytes(b"written by a user meanwhile")
+
+    with env.session() as s, Repository(env.repo, "read") as r:
+        result = restore_to_share(r, r.find_point("latest"), s,
+                                  parse_target(env.unc("restore", "between")), "data",
+                                  progress=Between(enabled=False))
+    assert result.skipped == [{"path": "data/dense.bin", "error": "exists (not overwritten)"}]
+    assert result.errors == []
+    assert user_file.read_bytes() == b"written by a user meanwhile"
+    with env.session() as s:
+        source = smb_view(s, "data")
+        restored = smb_view(s, "restore", "between")
+    assert set(restored) == set(source)
+    files = {k for k, v in source.items() if v[0] == "f" and k != "dense.bin"}
+    assert result.files == len(files)
+    assert_same({k: restored[k] for k in files}, {k: source[k] for k in files},
+                point_btimes(env.repo, "data"))
+
+
 def test_unsupported_entries_are_skipped_and_reported(env: Env, tmp_path: Path) -> None:
     local = tmp_path / "local"
     local.mkdir()
