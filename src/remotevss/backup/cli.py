@@ -105,10 +105,10 @@ def configure(b: argparse.ArgumentParser) -> None:
     p.add_argument("--to", required=True,
                    help="target directory, or \\\\host\\share[\\path] to write over SMB 3 "
                         "(credentials as for run)")
-    g = p.add_argument_group("restoring onto a share")
-    g.add_argument("--include", action="append", default=[], metavar="LABEL/PATH",
+    p.add_argument("--include", action="append", default=[], metavar="LABEL/PATH",
                    help="restore only this item of the point (repeatable); it lands where a "
                         "whole restore would put it")
+    g = p.add_argument_group("restoring onto a share")
     g.add_argument("--overwrite", action="store_true",
                    help="replace existing files (default: refuse and change nothing)")
     g.add_argument("--no-security", action="store_true",
@@ -247,14 +247,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if is_share_target(args.to):
             return _restore_to_share(args, repo_path)
-        if args.include or args.overwrite:
-            print("remotevss backup: --include and --overwrite apply to a restore onto a "
-                  "share (--to \\\\host\\share\\path)", file=sys.stderr)
+        if args.overwrite:
+            print("remotevss backup: --overwrite applies to a restore onto a share (a "
+                  "local restore replaces files)", file=sys.stderr)
             return EXIT_USAGE
 
         with Repository(repo_path, "read") as repo:
             chosen = repo.find_point(args.point)
-            result = restore(repo, chosen, args.to, args.path, _progress(args, "restore"))
+            if args.include:
+                from remotevss.backup.restore_items import restore_items
+
+                result = restore_items(repo, chosen, args.to, args.path, args.include,
+                                       _progress(args, "restore"))
+            else:
+                result = restore(repo, chosen, args.to, args.path, _progress(args, "restore"))
         _emit(args, result.to_json(),
               f"restored {result.files} files, {result.dirs} directories, "
               f"{human(result.bytes)} to {args.to}"
