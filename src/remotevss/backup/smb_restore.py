@@ -36,7 +36,7 @@ import errno
 import re
 import struct
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,9 +255,8 @@ class _Pending:
     reqs: list[Any]
     kinds: list[str]  # what each request is: create, write, eof, sd, basic, close
     size: int
-    msgs_again: list[Any]  # to send again once (see _ShareRestorer.finish) ...
-    kinds_again: list[str]
-    sd_in_create: bool  # ... which then set the descriptor by SetInfo
+    again: Callable[[], tuple[list[Any], list[str]]]  # what to send if it must be retried
+    sd_in_create: bool  # (then setting the descriptor by SetInfo; see _ShareRestorer.finish)
 
 
 class _ShareRestorer:
@@ -538,13 +537,15 @@ class _ShareRestorer:
         # server does not create) by SetInfo, as does a file whose Create refused it.
         sd = None if self.overwrite else self.sd_of(e)
         msgs, kinds = self.small_msgs(smb_path, e, size, runs, sd)
-        again = self.small_msgs(smb_path, e, size, runs, None) if sd else (msgs, kinds)
+
+        def again() -> tuple[list[Any], list[str]]:
+            return self.small_msgs(smb_path, e, size, runs, None) if sd else (msgs, kinds)
         need = 4 + len(msgs) + size // 65536
         while self.pending and (len(self.pending) >= DEPTH
                                 or self.session.credits() < CREDIT_RESERVE + need):
             self.finish(self.pending.popleft())
         reqs = self.session.send(self.tree_, msgs, related=True)
-        self.pending.append(_Pending(point_path, smb_path, reqs, kinds, size, *again,
+        self.pending.append(_Pending(point_path, smb_path, reqs, kinds, size, again,
                                      sd is not None))
 
     def small_msgs(self, smb_path: str, e: Entry, size: int, runs: list[tuple[int, memoryview]],
@@ -590,9 +591,8 @@ class _ShareRestorer:
                 NtStatus.STATUS_OBJECT_NAME_COLLISION):
             again = True  # e.g. an owner the server refuses: then a warning, not a failure
         if again:
-            p.kinds = p.kinds_again
-            results = self.session.recv_all(self.session.send(self.tree_, p.msgs_again,
-                                                              related=True))
+            msgs, p.kinds = p.again()
+            results = self.session.recv_all(self.session.send(self.tree_, msgs, related=True))
         if self._check(p.point_path, p.kinds, results):
             self._done(p.size)
         elif not isinstance(results[0], _Status):
