@@ -1,4 +1,4 @@
-"""``remotevss backup ...``: init, run, list, restore, verify, check, prune.
+"""``remotevss backup ...``: init, run, list, restore, mount, verify, check, prune.
 
 Why ``add_parser``/``run`` rather than a ``main``: the top-level ``remotevss``
 command mounts these verbs; ``python -m remotevss.backup.cli`` runs them
