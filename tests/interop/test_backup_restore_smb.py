@@ -13,7 +13,8 @@ security descriptor bytes.  Checked:
   change nothing (not even a time); ``--overwrite`` then restores it;
 * entries SMB cannot create (a symlink of a local-directory point) are
   skipped and reported (exit 3);
-* bad targets are refused before any connection.
+* bad targets are refused before any connection;
+* what `backup mount` shows of such a point (descriptor as an xattr, owner bits).
 """
 
 from __future__ import annotations
@@ -434,3 +435,26 @@ def test_damaged_data_fails_only_its_files(env: Env, tmp_path: Path) -> None:
 def test_bad_targets_are_refused(env: Env, to: str) -> None:
     r = env.restore("latest", "--to", to, check=2)
     assert "bad share path" in r.stderr
+
+
+def test_mount_view_of_a_point_from_smb(env: Env) -> None:
+    """What ``backup mount`` shows of an SMB point (its file system without FUSE, which
+    tests/system/test_backup_mount.py covers): the descriptor as a user.* xattr,
+    the mounting user as owner, owner bits only, the kept times and sizes."""
+    from remotevss.backup.mount import SMB_XATTR_PREFIX, PointsView
+
+    with env.session() as s:
+        source = smb_view(s, "data")
+    with Repository(env.repo, "read") as r:
+        view = PointsView(r)
+        pid = r.find_point("latest").id
+        base = f"/points/{pid}/data"
+        for rel in ("dense.bin", "empty", "small/d1", "café ünïcode.txt"):
+            st = view.getattr(f"{base}/{rel}")
+            kind, mtime, _btime, _attrs, size, _sha, sd = source[rel]
+            assert st["st_mtime"] == mtime and st["st_uid"] == os.getuid(), rel
+            assert st["st_mode"] & 0o077 == 0, rel
+            if kind == "f":
+                assert st["st_size"] == size
+            assert view.listxattr(f"{base}/{rel}") == [SMB_XATTR_PREFIX + SD_XATTR]
+            assert view.getxattr(f"{base}/{rel}", SMB_XATTR_PREFIX + SD_XATTR) == sd
