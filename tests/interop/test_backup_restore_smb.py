@@ -7,14 +7,19 @@ share of the same smbd (loop btrfs) by the real CLI.  Everything is read back
 sizes, LastWriteTime and CreationTime (100 ns), DOS attributes and the
 security descriptor bytes.  Checked:
 
-* a whole-share restore equals the source, and the report counts what it wrote;
+* a whole-share and a whole-point restore equal the source, and the report
+  counts what was written;
 * ``--include`` restores only the named items, at their places;
 * an existing file makes the restore refuse without ``--overwrite`` and
-  change nothing (not even a time); ``--overwrite`` then restores it;
+  change nothing (not even a time); ``--overwrite`` then restores it, also
+  over read-only and hidden files;
+* two restores racing onto one target write each file once; a file that
+  appears between the check and the writing pass is skipped, not replaced;
+* damaged data fails only its files, which are not left on the share;
 * entries SMB cannot create (a symlink of a local-directory point) are
   skipped and reported (exit 3);
 * bad targets are refused before any connection;
-* what `backup mount` shows of such a point (descriptor as an xattr, owner bits).
+* what ``backup mount`` shows of such a point (descriptor as an xattr, owner bits).
 """
 
 from __future__ import annotations
