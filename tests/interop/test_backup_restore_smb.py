@@ -254,6 +254,15 @@ def test_include_restores_only_the_named_items(env: Env) -> None:
     assert sorted(p.name for p in (env.target / "bylabel").iterdir()) == ["data"]
     assert [p.name for p in (env.target / "bylabel" / "data").iterdir()] == ["dense.bin"]
 
+    # A file --path: restored into the target directory.
+    env.restore("latest", "--path", "data/small/d0/e0/f000.bin", "--to",
+                env.unc("restore", "single", "dir"))
+    with env.session() as s:
+        one = smb_view(s, "restore", "single")
+    assert set(one) == {"dir", "dir/f000.bin"}
+    assert without_btime({"f": one["dir/f000.bin"]}) == without_btime(
+        {"f": source["small/d0/e0/f000.bin"]})
+
     bad = env.restore("latest", "--include", "data/nope", "--to", env.unc("restore", "x"),
                       check=1)
     assert "no such path" in bad.stderr and not (env.target / "x").exists()
