@@ -472,3 +472,12 @@ def test_mount_view_of_a_point_from_smb(env: Env) -> None:
                 assert st["st_size"] == size
             assert view.listxattr(f"{base}/{rel}") == [SMB_XATTR_PREFIX + SD_XATTR]
             assert view.getxattr(f"{base}/{rel}", SMB_XATTR_PREFIX + SD_XATTR) == sd
+
+
+def test_refused_logon_and_missing_share_fail_cleanly(env: Env) -> None:
+    r = env.cli("restore", "--repo", env.repo, "-U", "root%wrong-password", "-p",
+                str(env.samba.port), "latest", "--to", env.unc("restore", "nologon"), check=1)
+    assert "STATUS_LOGON_FAILURE" in r.stderr, r.stderr
+    r = env.restore("latest", "--to", env.unc("nosuchshare", "x"), check=1)
+    assert "no such share" in r.stderr, r.stderr
+    assert not (env.target / "nologon").exists()
