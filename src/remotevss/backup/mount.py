@@ -71,7 +71,7 @@ def _enoent() -> OSError:
 
 class PointsView:
     """The mount's file system: path -> attributes, listings, data.  No FUSE here, so
-    it can be used (and is tested) on its own; :class:`_Ops` adapts it to mfusepy."""
+    it can be used (and is tested) on its own; :func:`_ops` adapts it to mfusepy."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
