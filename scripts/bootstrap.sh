@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv systemd python3-btrfsutil btrfs-progs xfsprogs util-linux
               samba samba-common-bin samba-vfs-modules samba-testsuite winbind smbclient restic borgbackup strace procps debootstrap
               python3-samba python3-gssapi krb5-user krb5-kdc krb5-admin-server
-              samba-ad-provision samba-dsdb-modules libnss-winbind)
+              samba-ad-provision samba-dsdb-modules libnss-winbind
+              fuse3 libfuse3-3)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -65,6 +65,8 @@ FILES = {
     "/usr/lib/*/samba/vfs/btrfs.so": "samba-vfs-modules",
     "/usr/lib/*/samba/vfs/shadow_copy2.so": "samba-vfs-modules",
     "/usr/lib/*/libnss_winbind.so.2": "libnss-winbind",
+    "/usr/lib/*/libfuse3.so.3": "libfuse3-3",  # mfusepy loads it (backup mount)
+    "/usr/bin/fusermount3": "fuse3",
 }
 
 #: Python modules only Debian provides (bound to its C libraries) -> package.
@@ -77,7 +79,7 @@ PYTHON_MODULES = {"btrfsutil": "python3-btrfsutil", "gssapi": "python3-gssapi",
 OPTIONAL = {"systemctl", "git"}
 
 #: Words that are programs on this machine but appear in the code as data.
-NOT_PROGRAMS = {"host", "id", "init", "yes", "ls", "true", "false", "test"}
+NOT_PROGRAMS = {"host", "id", "init", "yes", "ls", "true", "false", "test", "write", "read"}
 
 
 def _bootstrap_packages() -> set[str]:

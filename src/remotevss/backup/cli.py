@@ -1,4 +1,4 @@
-"""``remotevss backup ...``: init, run, list, restore, verify, check, prune.
+"""``remotevss backup ...``: init, run, list, restore, mount, verify, check, prune.
 
 Why ``add_parser``/``run`` rather than a ``main``: the top-level ``remotevss``
 command mounts these verbs; ``python -m remotevss.backup.cli`` runs them
@@ -95,11 +95,37 @@ def configure(b: argparse.ArgumentParser) -> None:
     p = sub.add_parser("list", help="list recovery points")
     _common(p)
 
-    p = sub.add_parser("restore", help="restore a recovery point or part of it")
-    _common(p)
+    p = sub.add_parser("restore", parents=[connection_options()],
+                       help="restore a recovery point or part of it, to a directory or "
+                            "back onto an SMB share")
+    p.add_argument("--repo", default=os.environ.get("REMOTEVSS_REPO"),
+                   help="repository directory (default: $REMOTEVSS_REPO)")
     p.add_argument("point", help="point number, uuid prefix, or 'latest'")
     p.add_argument("--path", default="", help="LABEL/sub/dir inside the point")
-    p.add_argument("--to", required=True, help="target directory")
+    p.add_argument("--to", required=True,
+                   help="target directory, or \\\\host\\share[\\path] to write over SMB 3 "
+                        "(credentials as for run)")
+    p.add_argument("--include", action="append", default=[], metavar="LABEL/PATH",
+                   help="restore only this item of the point (repeatable); it lands where a "
+                        "whole restore would put it")
+    g = p.add_argument_group("restoring onto a share")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace existing files (default: refuse and change nothing)")
+    g.add_argument("--no-security", action="store_true",
+                   help="do not write the kept security descriptors")
+    g.add_argument("--no-encryption", action="store_true",
+                   help="sign but do not encrypt the SMB connection")
+    g.add_argument("--smb-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="timeout of any one SMB request (default 120)")
+
+    p = sub.add_parser("mount", help="show every recovery point as a read-only directory "
+                                      "tree (FUSE) until Ctrl-C")
+    _common(p)
+    p.add_argument("paths", nargs="+", metavar="[REPO] MOUNTPOINT",
+                   help="the repository (default: --repo or $REMOTEVSS_REPO) and an existing "
+                        "empty directory to mount on")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users see the mount (FUSE allow_other; modes still apply)")
 
     p = sub.add_parser("verify", help="re-read and re-hash all data; name damaged files")
     _common(p)
@@ -145,6 +171,12 @@ def run(args: argparse.Namespace) -> int:
     from remotevss.backup.repo import RepoError, RepoLocked
     from remotevss.backup.requestor import terminate_as
 
+    if args.backup_command == "mount":
+        if len(args.paths) > 2:
+            print("remotevss backup mount: expected [REPO] MOUNTPOINT", file=sys.stderr)
+            return EXIT_USAGE
+        if len(args.paths) == 2:
+            args.repo = args.paths[0]
     if not args.repo:
         print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
         return EXIT_USAGE
@@ -211,15 +243,46 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "restore":
         from remotevss.backup.restore import restore
+        from remotevss.backup.smb_restore import is_share_target
+
+        if is_share_target(args.to):
+            return _restore_to_share(args, repo_path)
+        if args.overwrite:
+            print("remotevss backup: --overwrite applies to a restore onto a share (a "
+                  "local restore replaces files)", file=sys.stderr)
+            return EXIT_USAGE
 
         with Repository(repo_path, "read") as repo:
             chosen = repo.find_point(args.point)
-            result = restore(repo, chosen, args.to, args.path, _progress(args, "restore"))
+            if args.include:
+                from remotevss.backup.restore_items import restore_items
+
+                result = restore_items(repo, chosen, args.to, args.path, args.include,
+                                       _progress(args, "restore"))
+            else:
+                result = restore(repo, chosen, args.to, args.path, _progress(args, "restore"))
         _emit(args, result.to_json(),
               f"restored {result.files} files, {result.dirs} directories, "
               f"{human(result.bytes)} to {args.to}"
               + (f"; {len(result.errors)} failed" if result.errors else ""))
         return EXIT_PARTIAL if result.errors else EXIT_OK
+    if cmd == "mount":
+        from remotevss.backup.mount import check_mountpoint, mount
+
+        mountpoint = Path(args.paths[-1])
+        check_mountpoint(mountpoint)
+        with Repository(repo_path, "read"):
+            pass  # a bad repository is named before "mounting"
+        print(f"remotevss backup: mounting {repo_path} on {mountpoint} (read-only); Ctrl-C "
+              "or umount ends it", file=sys.stderr, flush=True)
+        try:
+            mount(repo_path, mountpoint, allow_other=args.allow_other)
+        except RuntimeError as exc:
+            print(f"remotevss backup: cannot mount on {mountpoint}: libfuse returned {exc}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        print(f"remotevss backup: unmounted {mountpoint}", file=sys.stderr)
+        return EXIT_OK
     if cmd in ("check", "verify"):
         from remotevss.backup.verify import check, verify
 
@@ -298,6 +361,51 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
     if outcome.release_failed:
         return EXIT_NOT_RELEASED
     return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
+
+
+def _restore_to_share(args: argparse.Namespace, repo_path: Path) -> int:
+    """``backup restore POINT --to \\\\host\\share\\path``: see remotevss.backup.smb_restore."""
+    from remotevss.backup.repo import Repository
+    from remotevss.backup.smb import SmbError, SmbSession
+    from remotevss.backup.smb_restore import RestoreRefused, parse_target, restore_to_share
+    from remotevss.client.cli import Session, Settings
+    from remotevss.client.errors import UsageError
+
+    try:
+        target = parse_target(args.to)
+        session = Session(Settings.from_args(args))
+        creds, options = session.credentials(), session.options()
+    except UsageError as exc:
+        print(f"remotevss backup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with Repository(repo_path, "read") as repo:
+        chosen = repo.find_point(args.point)
+        try:
+            # The one host the user named; nothing is followed to another.
+            with SmbSession(target.unc.host, username=creds.username, password=creds.password,
+                            domain=creds.domain, nt_hash=creds.nt_hash,
+                            kerberos=creds.kerberos(), port=options.port,
+                            encrypt=not args.no_encryption, timeout=args.smb_timeout,
+                            connect_timeout=options.connect_timeout) as smb:
+                result = restore_to_share(repo, chosen, smb, target, args.path, args.include,
+                                          overwrite=args.overwrite,
+                                          security=not args.no_security,
+                                          progress=_progress(args, "restore"))
+        except RestoreRefused as exc:
+            print(f"remotevss backup: {exc}", file=sys.stderr)
+            if args.json:
+                _emit(args, {"refused": exc.conflicts}, "")
+            return EXIT_FAILED
+        except SmbError as exc:
+            print(f"remotevss backup: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    _emit(args, result.to_json(),
+          f"restored {result.files} files, {result.dirs} directories, "
+          f"{human(result.bytes)} to {result.target}"
+          + (f"; {len(result.skipped)} skipped" if result.skipped else "")
+          + (f"; {len(result.errors)} failed" if result.errors else "")
+          + (f"; {len(result.warnings)} warnings" if result.warnings else ""))
+    return EXIT_PARTIAL if result.errors or result.skipped else EXIT_OK
 
 
 def _report_release(outcome: Any) -> None:
