@@ -54,18 +54,10 @@ from remotevss.backup.repo import Repository
 from remotevss.backup.snapshot_source import DIR, FILE, LocalSource, Source
 from remotevss.client.connection import ConnectOptions, Credentials
 from remotevss.client.errors import ClientError, UsageError
-from remotevss.client.shadow import (
-    EXPOSED,
-    RECOVERED,
-    STALE,
-    Connector,
-    CreateRequest,
-    ShadowCopySet,
-    create_shadow_copies,
-    filetime_to_datetime,
-)
-from remotevss.client.state import ClientState, default_state_path
+from remotevss.client.shadow import Connector, CreateRequest, ShadowCopySet, create_shadow_copies
+from remotevss.client.state import ClientState, SetStatus, default_state_path
 from remotevss.client.unc import Unc, parse_unc, snapshot_share
+from remotevss.fsrvp import filetime
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +190,7 @@ def release_leftovers(state: ClientState, state_path: Path, creds: Credentials,
             for rec in records:
                 s = ShadowCopySet.resume(rec, creds, options, state=state, connector=connector)
                 try:
-                    if rec.status in (EXPOSED, RECOVERED, STALE):
+                    if rec.status in (SetStatus.EXPOSED, SetStatus.RECOVERED, SetStatus.STALE):
                         s.delete(missing_ok=True)
                     else:
                         s.abort()
@@ -291,7 +283,7 @@ def _hold_sigterm() -> Callable[[], None]:
 
 
 def _iso(ft: int | None) -> str | None:
-    dt = filetime_to_datetime(ft)
+    dt = filetime.to_datetime(ft)
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 

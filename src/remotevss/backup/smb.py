@@ -74,6 +74,7 @@ from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
 from remotevss.backup.snapshot_source import DIR, FILE, SourceEntry
+from remotevss.fsrvp import filetime
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,6 @@ ATTR_DIRECTORY = 0x10
 ATTR_REPARSE_POINT = 0x400
 ATTR_SPARSE = 0x200
 
-_FILETIME_EPOCH = 116_444_736_000_000_000  # 1601-01-01 -> 1970-01-01 in 100 ns
 
 # Response bodies (after the 64-byte SMB2 header)
 _CREATE = struct.Struct("<HBBIqqqqqqII16sII")  # 88 bytes
@@ -137,9 +137,8 @@ class SmbError(RuntimeError):
     connection failure every later request would fail the same way."""
 
 
-def filetime_ns(ft: int) -> int:
-    """Nanoseconds since 1970 from a FILETIME; 0 (unknown) stays 0."""
-    return (ft - _FILETIME_EPOCH) * 100 if ft else 0
+#: Nanoseconds since 1970 from a FILETIME; 0 (unknown) stays 0.
+filetime_ns = filetime.to_unix_ns
 
 
 def parse_id_full_directory(buf: bytes | memoryview) -> list[tuple[str, int, int, int, int, int,

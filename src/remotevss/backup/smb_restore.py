@@ -64,6 +64,7 @@ from remotevss.backup.snapshot_source import DIR, FILE
 from remotevss.backup.tree import Entry, decode_tree, xattrs_of
 from remotevss.client.errors import BadUnc
 from remotevss.client.unc import Unc, parse_unc, unc_text
+from remotevss.fsrvp import filetime
 
 WRITE_SIZE = 1 << 20  # bytes per write request of a large file (16 credits)
 WRITE_DEPTH = 4  # write requests in flight per large file
@@ -98,7 +99,6 @@ _FILE_DISPOSITION_INFORMATION = 13
 _FILE_END_OF_FILE_INFORMATION = 20
 _OWNER_GROUP_DACL = 0x1 | 0x2 | 0x4
 _SMB2_WRITE, _SMB2_SET_INFO = 0x09, 0x11
-_FILETIME_EPOCH = 116_444_736_000_000_000
 _WRITE_REQ = struct.Struct("<HHIQ16sIIHHI")  # 48 bytes, then the data
 _SET_INFO_REQ = struct.Struct("<HBBIHHI16s")  # 32 bytes, then the buffer
 _BASIC = struct.Struct("<qqqqII")
@@ -189,11 +189,6 @@ class ShareRestoreResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _filetime(ns: int | None) -> int:
-    """A FILETIME for SetInfo; 0 means "leave unchanged" (unknown time)."""
-    return ns // 100 + _FILETIME_EPOCH if ns else 0
 
 
 def _create(path: str, access: int, disposition: int, options: int, attrs: int = 0,
@@ -450,9 +445,10 @@ class _ShareRestorer:
                 attrs |= _ATTR_DIRECTORY
             elif not attrs:
                 attrs = _ATTR_NORMAL
-        msgs.append(_set_info(fid, _INFO_FILE, _FILE_BASIC_INFORMATION, _BASIC.pack(
-            _filetime(e.get("btime")), _filetime(e.get("atime")), _filetime(e.get("mtime")),
-            0, attrs, 0)))
+        # A FILETIME of 0 leaves that time unchanged (an unknown time).
+        btime, atime, mtime = (filetime.from_unix_ns(e.get(k)) for k in ("btime", "atime", "mtime"))
+        msgs.append(_set_info(fid, _INFO_FILE, _FILE_BASIC_INFORMATION,
+                              _BASIC.pack(btime, atime, mtime, 0, attrs, 0)))
         kinds.append("basic")
         return msgs, kinds
 

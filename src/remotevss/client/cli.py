@@ -602,19 +602,19 @@ class Session:
         return status
 
     def cmd_expose(self, ids: Sequence[str], recover: bool | None = None) -> list[SetRecord]:
-        from remotevss.client.shadow import COMMITTED, EXPOSED, RECOVERED
+        from remotevss.client.state import SetStatus
 
         done: list[SetRecord] = []
         for rec, _ in self.find_sets(ids):
             s = self.resume(rec)
             try:
-                if rec.status == COMMITTED:
+                if rec.status == SetStatus.COMMITTED:
                     s.expose(recover=recover)
-                elif rec.status in (EXPOSED, RECOVERED):
+                elif rec.status in (SetStatus.EXPOSED, SetStatus.RECOVERED):
                     try:
                         s.refresh_mappings()
                     except BadState:
-                        if rec.status != RECOVERED:
+                        if rec.status != SetStatus.RECOVERED:
                             raise
                         # MS-FSRVP 3.1.4.11: a server SHOULD refuse GetShareMapping once
                         # the set is Recovered (Samba allows it): show what we recorded.
@@ -633,15 +633,17 @@ class Session:
         return done
 
     def cmd_recover(self, ids: Sequence[str]) -> int:
-        from remotevss.client.shadow import EXPOSED, RECOVERED
+        from remotevss.client.state import SetStatus
 
         done = []
         for rec, _ in self.find_sets(ids):
-            if rec.status == RECOVERED:
+            if rec.status == SetStatus.RECOVERED:
                 self.say(f"set {{{rec.set_id}}} is already recovered")
-                done.append({"set_id": str(rec.set_id), "status": RECOVERED, "changed": False})
+                done.append(
+                    {"set_id": str(rec.set_id), "status": SetStatus.RECOVERED, "changed": False}
+                )
                 continue
-            if rec.status != EXPOSED:
+            if rec.status != SetStatus.EXPOSED:
                 raise UsageError(
                     f"set {{{rec.set_id}}} is {rec.status}; recover needs an exposed set"
                 )
@@ -651,7 +653,7 @@ class Session:
             finally:
                 s.close()
             self.say(f"set {{{rec.set_id}}} recovered (RecoveryComplete)")
-            done.append({"set_id": str(rec.set_id), "status": RECOVERED, "changed": True})
+            done.append({"set_id": str(rec.set_id), "status": SetStatus.RECOVERED, "changed": True})
         self.emit({"recovered": done})
         return EXIT_OK
 
@@ -666,7 +668,8 @@ class Session:
         copy_id: str | None = None,
         records: Sequence[tuple[SetRecord, CopyRecord | None]] | None = None,
     ) -> int:
-        from remotevss.client.shadow import EXPOSED, RECOVERED, STALE, describe_error
+        from remotevss.client.shadow import describe_error
+        from remotevss.client.state import SetStatus
 
         if share is not None:
             targets = [self._explicit_target(share, set_id, copy_id)]
@@ -694,7 +697,7 @@ class Session:
         for rec, copy in targets:
             s = self.resume(rec)
             try:
-                if rec.status not in (EXPOSED, RECOVERED, STALE):
+                if rec.status not in (SetStatus.EXPOSED, SetStatus.RECOVERED, SetStatus.STALE):
                     if s.abort(missing_ok=missing_ok):
                         results.append({"set_id": str(rec.set_id), "outcome": "aborted"})
                         self.say(f"aborted set {{{rec.set_id}}} (it was {rec.status})")
@@ -744,8 +747,7 @@ class Session:
     ) -> tuple[SetRecord, CopyRecord | None]:
         import time
 
-        from remotevss.client.shadow import EXPOSED
-        from remotevss.client.state import CopyRecord, SetRecord
+        from remotevss.client.state import CopyRecord, SetRecord, SetStatus
         from remotevss.client.unc import parse_unc
 
         if not set_id or not copy_id:
@@ -761,7 +763,7 @@ class Session:
             sid,
             0,
             False,
-            EXPOSED,
+            SetStatus.EXPOSED,
             time.time(),
             time.time(),
             copies=[copy],
@@ -834,7 +836,7 @@ def _ts(epoch: float | None) -> str:
 
 
 def _filetime_text(ft: int | None) -> str:
-    from remotevss.client.shadow import filetime_to_datetime
+    from remotevss.fsrvp.filetime import to_datetime as filetime_to_datetime
 
     dt = filetime_to_datetime(ft)
     return dt.strftime("%Y-%m-%d %H:%M:%S UTC") if dt else "-"
@@ -866,7 +868,8 @@ def _format_set(r: SetRecord, multi: bool = False) -> str:
 
 
 def _set_json(r: SetRecord) -> dict[str, Any]:
-    from remotevss.client.shadow import attribute_names, context_name, filetime_to_datetime
+    from remotevss.client.shadow import attribute_names, context_name
+    from remotevss.fsrvp.filetime import to_datetime as filetime_to_datetime
 
     def iso(ft: int | None) -> str | None:
         dt = filetime_to_datetime(ft)

@@ -27,7 +27,6 @@ Recovered set on a spec server).
 
 from __future__ import annotations
 
-from remotevss.fsrvp.calls import OPNUM_NAMES
 from remotevss.fsrvp.constants import HResult, Opnum, hresult_name
 
 # Exit codes of ``remotevss shadow`` (docs/client.md keeps the same table).
@@ -278,6 +277,10 @@ def _no_such_set_class(base: type[FsrvpError]) -> type[FsrvpError]:
 
 def fsrvp_error(opnum: int, code: int, detail: str = "") -> FsrvpError:
     """The typed exception for ``code`` returned by ``opnum`` (see the module docstring)."""
+    # Here, not at the top: fsrvp.calls loads impacket, which the command line
+    # must not pay for before it connects (by now a call was made, so it is loaded).
+    from remotevss.fsrvp.calls import OPNUM_NAMES
+
     code &= 0xFFFFFFFF
     cls = _BY_CODE.get(code, FsrvpError)
     if opnum in _SET_CALLS and (

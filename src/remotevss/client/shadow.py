@@ -58,7 +58,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -82,54 +82,30 @@ from remotevss.client.rpc import (
     EXPOSE_TIMEOUT_MS,
     PREPARE_TIMEOUT_MS,
 )
-from remotevss.client.state import ClientState, CopyRecord, SetRecord
+from remotevss.client.state import ClientState, CopyRecord, CopyStatus, SetRecord, SetStatus
 from remotevss.client.unc import ServerForm, Unc, classify_host, parse_unc, snapshot_share, unc_text
-from remotevss.fsrvp import calls
-from remotevss.fsrvp.constants import (
-    CTX_APP_ROLLBACK,
-    CTX_BACKUP,
-    CTX_FILE_SHARE_BACKUP,
-    CTX_NAS_ROLLBACK,
-    FSRVP_RPC_VERSION_1,
-    Attr,
-    HResult,
-    Opnum,
-)
+from remotevss.fsrvp import calls, contexts, filetime
+from remotevss.fsrvp.constants import FSRVP_RPC_VERSION_1, Attr, HResult, Opnum
 
 log = logging.getLogger(__name__)
 
-#: Context names as DiskShadow-like commands take them.
-CONTEXTS: dict[str, int] = {
-    "backup": CTX_BACKUP,
-    "file-share-backup": CTX_FILE_SHARE_BACKUP,
-    "nas-rollback": CTX_NAS_ROLLBACK,
-    "app-rollback": CTX_APP_ROLLBACK,
-}
+#: Context names as DiskShadow-like commands take them (hyphenated; the
+#: underscored spelling is accepted too: remotevss.fsrvp.contexts).
+CONTEXTS: dict[str, int] = contexts.BY_NAME
 CLIENT_VERSION = FSRVP_RPC_VERSION_1
 
-# Set status in the client table (MS-FSRVP 3.2.1's Status, plus our end states).
-NEW, STARTED, ADDED, COMMITTED, EXPOSED, RECOVERED = (
-    "new",
-    "started",
-    "added",
-    "committed",
-    "exposed",
-    "recovered",
-)
-ABORTED, DELETED, STALE = "aborted", "deleted", "stale"
-_BEFORE_EXPOSE = (STARTED, ADDED, COMMITTED)
-_EXPOSED = (EXPOSED, RECOVERED)
+_BEFORE_EXPOSE = (SetStatus.STARTED, SetStatus.ADDED, SetStatus.COMMITTED)
+_EXPOSED = (SetStatus.EXPOSED, SetStatus.RECOVERED)
+_NOTHING_ON_SERVER = (SetStatus.NEW, SetStatus.ABORTED, SetStatus.DELETED)
 
 
 def context_value(context: str | int, writable: bool = False) -> int:
     """A SetContext value: a context name or number, plus ATTR_AUTO_RECOVERY if writable."""
     if isinstance(context, str):
-        try:
-            value = CONTEXTS[context.lower()]
-        except KeyError:
-            raise UsageError(
-                f"unknown context {context!r}; use one of {', '.join(CONTEXTS)}"
-            ) from None
+        named = contexts.context_from_name(context)
+        if named is None:
+            raise UsageError(f"unknown context {context!r}; use one of {', '.join(contexts.NAMES)}")
+        value = named
     else:
         value = int(context)
     if writable:
@@ -138,11 +114,8 @@ def context_value(context: str | int, writable: bool = False) -> int:
 
 
 def context_name(value: int) -> str:
-    base = value & ~(Attr.ATTR_AUTO_RECOVERY | Attr.ATTR_NO_AUTO_RECOVERY)
-    for name, v in CONTEXTS.items():
-        if v == base:
-            return name
-    return f"0x{value:08X}"
+    """The hyphenated context name (recovery bits ignored), or the value in hex."""
+    return contexts.context_name(value) or f"0x{value:08X}"
 
 
 def is_auto_release(context: int) -> bool:
@@ -162,15 +135,6 @@ def attribute_names(context: int) -> list[str]:
         words.append("No_Auto_Recovery")
     words.append("Writable" if context & Attr.ATTR_AUTO_RECOVERY else "Read-only")
     return words
-
-
-def filetime_to_datetime(ft: int | None) -> datetime | None:
-    if not ft:
-        return None
-    try:
-        return datetime.fromtimestamp(ft / 10_000_000 - 11_644_473_600, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 class Binding(Protocol):
@@ -213,11 +177,11 @@ class ShadowCopy:
     exposed_name: str | None = None  # ShadowCopyShareName as returned
     exposed_unc: str | None = None  # \\host\share@{guid}
     creation_filetime: int | None = None
-    status: str = "ok"
+    status: CopyStatus = CopyStatus.OK
 
     @property
     def creation_time(self) -> datetime | None:
-        return filetime_to_datetime(self.creation_filetime)
+        return filetime.to_datetime(self.creation_filetime)
 
     @property
     def share_display(self) -> str:
@@ -314,7 +278,7 @@ class ShadowCopySet:
         self.client_set_id = client_set_id or uuid.uuid4()
         self.set_id: UUID | None = None
         self.owner: str | None = None  # the host we talk to (after redirection)
-        self.status = NEW
+        self.status = SetStatus.NEW
         self.copies: list[ShadowCopy] = []
         self.created = time.time()
         self._connector: Connector = connector or _default_connector
@@ -455,7 +419,7 @@ class ShadowCopySet:
         started = conn.checked(calls.StartShadowCopySetRequest(self.client_set_id))
         assert isinstance(started, calls.StartShadowCopySetResponse)
         self.set_id = started.shadow_copy_set_id
-        self.status = STARTED
+        self.status = SetStatus.STARTED
         self._save()
 
     def _check_version(self, conn: Binding) -> None:
@@ -469,7 +433,7 @@ class ShadowCopySet:
 
     def add(self, unc: str | Unc) -> ShadowCopy:
         """Add one share (the first add starts the set on the server)."""
-        if self.status not in (NEW, STARTED, ADDED):
+        if self.status not in (SetStatus.NEW, SetStatus.STARTED, SetStatus.ADDED):
             raise UsageError(f"cannot add to a set that is {self.status}")
         u = self._adopt(unc)
         if any(parse_unc(c.share_unc).key == u.key for c in self.copies):
@@ -479,7 +443,7 @@ class ShadowCopySet:
                 f"{u.display} is already in this set",
             )
         try:
-            if self.status == NEW:
+            if self.status == SetStatus.NEW:
                 self._begin(u)
             else:
                 conn = self._binding()
@@ -501,10 +465,10 @@ class ShadowCopySet:
             raise
         copy = ShadowCopy(added.shadow_copy_id, self.set_id, self._require_server(), u.wire)
         self.copies.append(copy)
-        self.status = ADDED
+        self.status = SetStatus.ADDED
         if self.state is not None:
             self.state.put_copy(copy.record())
-            self.state.set_status(self.set_id, copy.server, ADDED)
+            self.state.set_status(self.set_id, copy.server, SetStatus.ADDED)
         return copy
 
     def _owner_matches(self, owner: str) -> bool:
@@ -517,7 +481,7 @@ class ShadowCopySet:
 
     def prepare(self) -> None:
         """PrepareShadowCopySet, after the last add (commit() calls it if needed)."""
-        self._need(ADDED, "prepare")
+        self._need(SetStatus.ADDED, "prepare")
         assert self.set_id is not None
         try:
             self._binding().checked(
@@ -532,7 +496,7 @@ class ShadowCopySet:
         """Prepare (once) and CommitShadowCopySet: the snapshots are taken now."""
         if not self._prepared:
             self.prepare()
-        self._need(ADDED, "commit")
+        self._need(SetStatus.ADDED, "commit")
         assert self.set_id is not None
         try:
             self._binding().checked(
@@ -541,19 +505,19 @@ class ShadowCopySet:
         except BaseException as exc:
             self._teardown(exc)
             raise
-        self.status = COMMITTED
+        self.status = SetStatus.COMMITTED
         self._save_status()
 
     def expose(self, recover: bool | None = None) -> dict[str, str]:
         """ExposeShadowCopySet, GetShareMapping for each copy, and -- unless the set
         is writable (or ``recover`` says otherwise) -- RecoveryCompleteShadowCopySet."""
-        self._need(COMMITTED, "expose")
+        self._need(SetStatus.COMMITTED, "expose")
         assert self.set_id is not None
         try:
             self._binding().checked(
                 calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
             )
-            self.status = EXPOSED
+            self.status = SetStatus.EXPOSED
             self._save_status()
             self.refresh_mappings()
             if recover if recover is not None else not self.writable:
@@ -585,16 +549,16 @@ class ShadowCopySet:
         c.exposed_name = m.shadow_copy_share_name
         c.exposed_unc = unc_text(host, share)
         c.creation_filetime = m.creation_timestamp
-        c.status = "ok"
+        c.status = CopyStatus.OK
         if self.state is not None:
             self.state.update_copy(c.record())
 
     def recovery_complete(self) -> None:
         """RecoveryCompleteShadowCopySet: Exposed -> Recovered (a writable copy is sealed)."""
-        self._need(EXPOSED, "recover")
+        self._need(SetStatus.EXPOSED, "recover")
         assert self.set_id is not None
         self._binding().checked(calls.RecoveryCompleteShadowCopySetRequest(self.set_id))
-        self.status = RECOVERED
+        self.status = SetStatus.RECOVERED
         self._save_status()
 
     def create(self, uncs: Iterable[str | Unc], *, recover: bool | None = None) -> dict[str, str]:
@@ -610,8 +574,8 @@ class ShadowCopySet:
         Returns False if the server no longer knew the set (a "no such set"
         code; raised instead unless ``missing_ok``).
         """
-        if self.set_id is None or self.status in (NEW, ABORTED, DELETED):
-            self.status = ABORTED
+        if self.set_id is None or self.status in _NOTHING_ON_SERVER:
+            self.status = SetStatus.ABORTED
             return False
         conn = self._binding()
         try:
@@ -619,9 +583,9 @@ class ShadowCopySet:
         except NoSuchSet:
             if not missing_ok:
                 raise
-            self._forget(ABORTED)
+            self._forget(SetStatus.ABORTED)
             return False
-        if self.status == COMMITTED and self.copies and self._still_committed(conn):
+        if self.status == SetStatus.COMMITTED and self.copies and self._still_committed(conn):
             # Samba answers ZERO to Abort of a committed set and keeps it with its
             # snapshots (docs/decisions.md #7).  Expose and delete it instead, so a
             # failed creation leaves nothing behind on either kind of server.
@@ -631,9 +595,9 @@ class ShadowCopySet:
             conn.checked(
                 calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
             )
-            self.status = EXPOSED
+            self.status = SetStatus.EXPOSED
             self.delete(missing_ok=True)
-        self._forget(ABORTED)
+        self._forget(SetStatus.ABORTED)
         return True
 
     def _still_committed(self, conn: Binding) -> bool:
@@ -679,17 +643,17 @@ class ShadowCopySet:
             if self.state is not None:
                 self.state.remove_copy(c.copy_id, c.server)
         if not self.copies:
-            self._forget(DELETED)
+            self._forget(SetStatus.DELETED)
         return outcomes
 
     # ------------------------------------------------------------- failure
-    def _need(self, status: str, what: str) -> None:
+    def _need(self, status: SetStatus, what: str) -> None:
         if self.status != status:
             raise UsageError(f"cannot {what} a set that is {self.status} (needs {status})")
 
     def _teardown(self, cause: BaseException | None = None) -> None:
         """Abort (before Exposed) or delete (after); never raises, logs what it could not do."""
-        if self.set_id is None or self.status in (NEW, ABORTED, DELETED):
+        if self.set_id is None or self.status in _NOTHING_ON_SERVER:
             self.close()  # nothing on the server yet (or any more)
             return
         why = f" after {type(cause).__name__}: {cause}" if cause is not None else ""
@@ -716,7 +680,7 @@ class ShadowCopySet:
             if isinstance(cause, FsrvpCallError | FsrvpConnectError):
                 self.close()
 
-    def _forget(self, status: str) -> None:
+    def _forget(self, status: SetStatus) -> None:
         self.status = status
         if self.state is not None and self.set_id is not None and self.server is not None:
             self.state.remove_set(self.set_id, self.server)
@@ -780,10 +744,10 @@ class ShadowCopySet:
         )
         s.set_id = record.set_id
         s.owner = record.owner
-        s.status = record.status if record.status != STALE else EXPOSED
+        s.status = record.status if record.status != SetStatus.STALE else SetStatus.EXPOSED
         s.created = record.created
         s.copies = [ShadowCopy.from_record(c) for c in record.copies]
-        s._prepared = record.status != ADDED
+        s._prepared = record.status != SetStatus.ADDED
         return s
 
     # ------------------------------------------------------------- context manager
@@ -976,7 +940,7 @@ def check_set(
                     c.share_unc.rstrip("\\"),
                 )
             except NoSuchSet as exc:
-                c.status = STALE
+                c.status = CopyStatus.STALE
                 result.stale.append((c, f"{exc.name} from GetShareMapping"))
                 continue
             except FsrvpError as exc:
@@ -986,7 +950,7 @@ def check_set(
             sc = ShadowCopy.from_record(c)
             s._apply_mapping(sc, resp)
             c.exposed_name, c.exposed_unc = sc.exposed_name, sc.exposed_unc
-            c.creation_time, c.status = sc.creation_filetime, "ok"
+            c.creation_time, c.status = sc.creation_filetime, CopyStatus.OK
             result.alive.append(c)
     finally:
         if own:
@@ -995,8 +959,10 @@ def check_set(
         for c in record.copies:
             state.update_copy(c)
         if result.stale and not result.alive and not result.unknown:
-            state.set_status(record.set_id, record.server, STALE, "no longer on the server")
-            record.status = STALE
+            state.set_status(
+                record.set_id, record.server, SetStatus.STALE, "no longer on the server"
+            )
+            record.status = SetStatus.STALE
     return result
 
 

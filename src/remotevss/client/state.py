@@ -16,10 +16,14 @@ two invocations at once are safe.  Nothing secret is stored.
 Entries can go stale (the server deleted a set: timer expiry, a restart, an
 administrator); :mod:`remotevss.client.shadow` checks them against the server
 and marks them ``stale`` here.
+
+Statuses are :class:`SetStatus` and :class:`CopyStatus` (string enums: the
+table, the JSON output and the text output hold their lower-case values).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import time
@@ -77,6 +81,27 @@ def default_state_path(env: dict[str, str] | os._Environ[str] | None = None) -> 
     return root / "remotevss" / "client.sqlite3"
 
 
+class SetStatus(enum.StrEnum):
+    """A set's status in the client table: MS-FSRVP 3.2.1's, plus our end states."""
+
+    NEW = "new"
+    STARTED = "started"
+    ADDED = "added"
+    COMMITTED = "committed"
+    EXPOSED = "exposed"
+    RECOVERED = "recovered"
+    ABORTED = "aborted"
+    DELETED = "deleted"
+    STALE = "stale"  # recorded here, no longer on the server
+
+
+class CopyStatus(enum.StrEnum):
+    """One shadow copy's status in the client table."""
+
+    OK = "ok"
+    STALE = "stale"
+
+
 @dataclass
 class CopyRecord:
     copy_id: UUID
@@ -86,7 +111,7 @@ class CopyRecord:
     exposed_name: str | None = None
     exposed_unc: str | None = None
     creation_time: int | None = None  # FILETIME
-    status: str = "ok"
+    status: CopyStatus = CopyStatus.OK
 
 
 @dataclass
@@ -98,7 +123,7 @@ class SetRecord:
     client_set_id: UUID
     context: int
     writable: bool
-    status: str
+    status: SetStatus
     created: float
     updated: float
     note: str = ""
@@ -170,7 +195,7 @@ class ClientState:
             for i, c in enumerate(rec.copies):
                 self._put_copy(db, c, i)
 
-    def set_status(self, set_id: UUID, server: str, status: str, note: str = "") -> None:
+    def set_status(self, set_id: UUID, server: str, status: SetStatus, note: str = "") -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE sets SET status=?, note=?, updated=? WHERE set_id=? AND server=?",
@@ -250,7 +275,17 @@ class ClientState:
         ).fetchall()
         for r in rows:
             rec = SetRecord(
-                UUID(r[0]), r[1], r[2], r[3], UUID(r[4]), r[5], bool(r[6]), r[7], r[8], r[9], r[10]
+                UUID(r[0]),
+                r[1],
+                r[2],
+                r[3],
+                UUID(r[4]),
+                r[5],
+                bool(r[6]),
+                SetStatus(r[7]),
+                r[8],
+                r[9],
+                r[10],
             )
             for c in self._db.execute(
                 "SELECT copy_id, set_id, server, share_unc, exposed_name, exposed_unc, "
@@ -258,7 +293,9 @@ class ClientState:
                 (r[0], r[1]),
             ).fetchall():
                 rec.copies.append(
-                    CopyRecord(UUID(c[0]), UUID(c[1]), c[2], c[3], c[4], c[5], c[6], c[7])
+                    CopyRecord(
+                        UUID(c[0]), UUID(c[1]), c[2], c[3], c[4], c[5], c[6], CopyStatus(c[7])
+                    )
                 )
             out.append(rec)
         return out
