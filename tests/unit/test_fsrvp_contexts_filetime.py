@@ -64,3 +64,20 @@ def test_filetime_zero_means_unknown(ft: int | None) -> None:
 
 def test_filetime_out_of_range_is_unknown_not_an_error() -> None:
     assert filetime.to_datetime(2**63 - 1) is None
+
+
+def test_client_cli_and_scripts_take_both_spellings() -> None:
+    from remotevss.cli import build_parser
+    from remotevss.client.cli import ScriptRunner, Session, Settings
+    from remotevss.client.cli.script import ScriptError
+
+    args = build_parser().parse_args(["shadow", "create", "--context", "nas_rollback", r"\\h\s"])
+    assert args.context == "nas-rollback"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["shadow", "create", "--context", "nas rollback"])
+    runner = ScriptRunner(Session(Settings()))
+    runner.line("set context file_share_backup writable")
+    assert (runner.context, runner.writable) == ("file-share-backup", True)
+    with pytest.raises(ScriptError, match="unknown context"):
+        runner.line("set context nope")
+    assert runner.context == "file-share-backup"
