@@ -20,7 +20,6 @@ import pytest
 
 from remotevss.loopfs import MIN_SIZE_MB, MKFS
 
-
 # Backup repositories are encrypted by default and take their passphrase from
 # this variable (the CLI and the library alike); tests that are about
 # passphrases set or remove it themselves.

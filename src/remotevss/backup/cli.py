@@ -23,6 +23,7 @@ import argparse
 import getpass
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -231,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
     except (RepoError, OSError, ValueError) as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except sqlite3.DatabaseError as exc:
+        print(f"remotevss backup: index.sqlite is damaged: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
     except KeyboardInterrupt:
         print("remotevss backup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

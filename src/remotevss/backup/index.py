@@ -177,6 +177,19 @@ class Index:
             self.con.close()
             raise ValueError(f"index.sqlite: schema {row and row[0]!r} is not {self.schema}")
 
+    def schema_differences(self) -> list[str]:
+        """Tables and indexes that differ from what this code creates (a changed byte
+        in the stored schema text would otherwise go unnoticed: SQLite accepts it)."""
+        mem = sqlite3.connect(":memory:")
+        try:
+            mem.executescript(SCHEMA_1 if self.schema == 1 else SCHEMA_2)
+            want = set(mem.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+        finally:
+            mem.close()
+        have = set(self.con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+        return [f"schema entry {row[1]!r} is not what this program created"
+                for row in sorted(have ^ want, key=str)]
+
     def reader(self) -> Index:
         """Another read-only connection (for a worker thread)."""
         return Index(self.path, readonly=True, codec=self.codec)

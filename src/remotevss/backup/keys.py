@@ -81,9 +81,10 @@ def load_checked(raw: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode),
+              "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -245,7 +246,7 @@ def add_key(repo: Path, keys: Keys, passphrase: str, repo_id: str, config_digest
     """Write one more key file for the same master secret; returns its id."""
     (repo / KEYS_DIR).mkdir(exist_ok=True)
     doc = make_key(keys.master, passphrase, repo_id, config_digest, kdf)
-    write_atomic(key_path(repo, doc["id"]), dump_checked(doc))
+    write_atomic(key_path(repo, doc["id"]), dump_checked(doc), 0o600)
     return str(doc["id"])
 
 

@@ -165,7 +165,7 @@ def read_config(path: Path) -> tuple[RepoConfig, bytes]:
         raise RepoError(f"{path}: config.json is damaged (not valid JSON)") from None
     if not isinstance(data, dict):
         raise RepoError(f"{path}: config.json is damaged (not an object)")
-    if data.get("format") == FORMAT and data.get("version") == FORMAT_VERSION:
+    if "checksum" in data or data.get("version") == FORMAT_VERSION:
         try:  # format 2 carries a checksum: any changed byte is named as damage
             data = keyfiles.load_checked(raw, "config.json")
         except keyfiles.DamagedFile as exc:

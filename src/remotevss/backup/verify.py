@@ -120,6 +120,7 @@ def _check_index(repo: Repository, report: Report) -> None:
         problems = [r[0] for r in con.execute("PRAGMA integrity_check")]
         if problems != ["ok"]:
             report.errors.extend(f"index: {p}" for p in problems[:20])
+        report.errors.extend(f"index: {p}" for p in repo.index.schema_differences())
         orphans = con.execute("SELECT count(*) FROM blobs WHERE pack NOT IN "
                               "(SELECT id FROM packs)").fetchone()[0]
         if orphans:
@@ -132,9 +133,19 @@ def _check_index(repo: Repository, report: Report) -> None:
         report.errors.append(f"index: {exc}")
 
 
+def _check_keys(repo: Repository, report: Report) -> None:
+    """Every key file is intact (only the one we opened with can be unwrapped)."""
+    from remotevss.backup.keys import DamagedFile, list_keys
+
+    for k in list_keys(repo.path):
+        if isinstance(k, DamagedFile):
+            report.errors.append(str(k))
+
+
 def check(repo: Repository) -> Report:
-    """Index vs. pack trailers, and every point's trees and chunk references."""
+    """Keys, index vs. pack trailers, and every point's trees and chunk references."""
     report = Report()
+    _check_keys(repo, report)
     _check_index(repo, report)
     _check_packs(repo, report)
     checked: set[bytes] = set()
@@ -152,6 +163,7 @@ def verify(repo: Repository, progress: Progress | None = None, workers: int = 2)
     """Re-read every indexed blob, decompress and re-hash it; name the affected files."""
     progress = progress or Progress(enabled=False)
     report = Report()
+    _check_keys(repo, report)
     _check_index(repo, report)
     trailers = _check_packs(repo, report)
     bad: dict[bytes, str] = {}
