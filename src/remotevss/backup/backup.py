@@ -243,7 +243,8 @@ class _Engine:
             f.entry["content"] = content
             # Same text as json.dumps(content, separators=(",", ":")), 5x faster.
             text = ",".join([f'[{off},{n},"{h}"]' for off, n, h in content])
-            xattrs = json.dumps(f.entry.get("xattrs", {}), sort_keys=True)
+            xa = f.entry.get("xattrs")
+            xattrs = json.dumps(xa, sort_keys=True) if xa else "{}"  # most files have none
             cdir, name, size, mtime_ns, ctime_ns, ino = f.cache_row
             cdir.rows[name] = CacheRow(size, mtime_ns, ctime_ns, ino, f"[{text}]", xattrs)
         parent.pending -= 1

@@ -220,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.repo:
         print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
         return EXIT_USAGE
+    from remotevss.backup.memory import tune_malloc
+
+    tune_malloc()
     try:
         with terminate_as(Terminated):
             return _dispatch(args)
