@@ -6,7 +6,8 @@ small) has the one real shares have, where per-file costs dominate.  All
 three tools encrypt (remotevss AES-256-GCM, restic's repository v2, borg
 ``repokey-blake2``) and compress with zstd; each does a full backup and an
 unchanged incremental of the same trees with a warm page cache, runs
-interleaved per round so machine noise hits all alike.  Reported: medians,
+interleaved per round (order rotated, the page cache re-warmed before each
+tool) so machine noise hits all alike.  Reported: medians,
 ratios to restic, peak RSS (wait4), and for remotevss the CPU split.
 
     .venv/bin/python bench/backup_real.py [--trees /usr/share /usr/lib/python3]
@@ -145,7 +146,10 @@ def main() -> int:
         print(f"trees {' '.join(map(str, trees))}: {nfiles} files, {nbytes / 1e6:.0f} MB",
               file=sys.stderr)
         for rnd in range(args.rounds):
-            for tool in tools:
+            # Rotate the order and re-warm before each tool: on a busy machine the page
+            # cache is partly evicted between runs, and the first tool would pay for it.
+            for tool in tools[rnd % len(tools):] + tools[:rnd % len(tools)]:
+                warm(trees)
                 tool.init()
                 r = results[tool.name]
                 full, rss1, cpu1 = run(tool.backup_argv(), tool.env)

@@ -214,6 +214,7 @@ class Repository:
                  passphrase: Passphrase = None, wait: float = 0.0) -> None:
         self.path = Path(path)
         self.mode = mode
+        self.command = command
         self.config, raw_config = read_config(self.path)
         # Keys first: a wrong passphrase must leave no trace (no lock note, no tmp cleanup).
         self.codec, self.key_id = open_codec(self.path, self.config, raw_config, passphrase)
@@ -239,7 +240,8 @@ class Repository:
         self._pack_lock = threading.Lock()
 
     # -- locking --------------------------------------------------------------
-    def _lock(self, path: Path, op: int, wait: float = 0.0, what: str = "") -> int:
+    def _lock(self, path: Path, op: int, wait: float = 0.0, what: str = "",
+              holder: dict[str, Any] | None = None) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         deadline = time.monotonic() + wait
         while True:
@@ -251,7 +253,8 @@ class Repository:
                     time.sleep(0.2)
                     continue
                 os.close(fd)
-                holders = [h for h in self.holders() if h.get("id") != self.writer_id]
+                holders = ([holder] if holder else
+                           [h for h in self.holders() if h.get("id") != self.writer_id])
                 who = "; ".join(f"{h.get('command') or 'a process'} (pid {h.get('pid')} on "
                                 f"{h.get('host')} since {h.get('started')})" for h in holders)
                 raise RepoLocked(f"{self.path}: {what or 'repository'} is locked"
@@ -261,13 +264,26 @@ class Repository:
         return fd
 
     def holders(self) -> list[dict[str, Any]]:
-        """The notes of running (or killed, not yet cleaned) backups and prunes."""
+        """The notes of running backups and prunes (a note whose flock is free is a
+        dead run's, not yet cleaned up: left out)."""
         out = []
         for note in sorted((self.path / "locks").glob("*.lock")):
-            with contextlib.suppress(OSError, ValueError):
-                data = json.loads(note.read_text() or "{}")
-                if isinstance(data, dict) and data:
-                    out.append(data)
+            try:
+                fd = os.open(note, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    continue  # nobody holds it: dead
+                except BlockingIOError:
+                    pass
+                with contextlib.suppress(ValueError):
+                    data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                    if isinstance(data, dict) and data:
+                        out.append(data)
+            finally:
+                os.close(fd)
         return out
 
     def _register(self, command: str) -> None:
@@ -301,6 +317,16 @@ class Repository:
         at was created after its writer's note became visible."""
         leftovers = list((self.path / "tmp").iterdir())
         live = {self.writer_id}
+        for half in (self.path / "locks").glob("*.new"):  # died while registering
+            with contextlib.suppress(OSError):
+                fd = os.open(half, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    half.unlink()
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
         for note in (self.path / "locks").glob("*.lock"):
             writer = note.name.removesuffix(".lock")
             if writer == self.writer_id:
@@ -341,10 +367,17 @@ class Repository:
 
     def lock_sources(self, labels: Sequence[str]) -> None:
         """One backup per source label at a time (their files-cache rows are shared)."""
+        note = {"id": self.writer_id, "pid": os.getpid(), "host": socket.gethostname(),
+                "command": self.command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for label in labels:
-            h = blake3.blake3(label.encode()).hexdigest()[:16]
-            self._lock(self.path / "locks" / f"source-{h}", fcntl.LOCK_EX,
-                       what=f"source {label!r}")
+            path = self.path / "locks" / f"source-{blake3.blake3(label.encode()).hexdigest()[:16]}"
+            holder: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                holder = json.loads(path.read_bytes() or b"{}")
+            fd = self._lock(path, fcntl.LOCK_EX, what=f"source {label!r}",
+                            holder=holder if isinstance(holder, dict) else None)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(note).encode(), 0)  # names us to a second run
 
     def _unlock(self) -> None:
         if self._note is not None:
