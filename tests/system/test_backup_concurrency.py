@@ -62,7 +62,7 @@ def hold_mid_run(repo: Path, proc: subprocess.Popen[str]) -> None:
     packs = len(list((repo / "packs").rglob("*.pack")))
     deadline = time.monotonic() + 60
     while (len(list((repo / "packs").rglob("*.pack"))) <= packs
-           or not list((repo / "tmp").iterdir())):  # sealed one, writing the next
+           or not list((repo / "tmp").glob(f"{writer_of(repo, proc.pid)}-*"))):
         assert proc.poll() is None, ("the backup ended before it could be held", proc.stderr)
         assert time.monotonic() < deadline
         time.sleep(0.005)
@@ -78,6 +78,18 @@ def hold_mid_run(repo: Path, proc: subprocess.Popen[str]) -> None:
             time.sleep(0.01)
         finally:
             con.close()
+
+
+def writer_of(repo: Path, pid: int) -> str:
+    """The writer id in the lock note of process ``pid`` (its tmp files' prefix)."""
+    for note in (repo / "locks").glob("*.lock"):
+        try:
+            data = json.loads(note.read_text() or "{}")
+        except (OSError, ValueError):
+            continue
+        if data.get("pid") == pid:
+            return str(data["id"])
+    return "no-note-yet"
 
 
 def finish(proc: subprocess.Popen[str]) -> dict[str, object]:
@@ -176,3 +188,35 @@ def test_prune_refuses_or_waits_while_a_backup_runs_and_keeps_what_it_needs(
     assert tree(restored) == tree(src)
     assert cli("verify", "--repo", repo).returncode == 0
     assert os.listdir(repo / "tmp") == []
+
+
+def test_sigkill_of_one_of_two_concurrent_backups(tmp_path: Path) -> None:
+    """The survivor completes; the repository checks with both earlier points; the next
+    run names the killed one and removes its unfinished pack, and nobody else's."""
+    repo = tmp_path / "repo"
+    cli("init", "--repo", repo, "--pack-size", "1")
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_share(a, "a", big=6)
+    make_share(b, "b", big=6)
+    cli("run", f"hr={b / 'small'}", "--repo", repo)  # point 1
+
+    victim = start(repo, f"sales={a}")
+    hold_mid_run(repo, victim)
+    survivor = start(repo, f"hr={b}")
+    hold_mid_run(repo, survivor)  # both mid-run, each with its own pack in progress
+    assert len(list((repo / "tmp").iterdir())) == 2
+    victim.kill()
+    victim.communicate(timeout=60)
+    point = finish(survivor)
+    assert point["id"] == 2
+    report = cli("check", "--repo", repo).stdout
+    assert "2 points: ok" in report and "tmp/" in report  # the victim's pack: a note
+    third = cli("run", f"sales={a}", "--repo", repo, "--json")
+    assert f"(pid {victim.pid}" in third.stderr and "was interrupted" in third.stderr
+    assert not list((repo / "tmp").iterdir())
+    assert not list((repo / "locks").glob("*.lock"))
+    assert "3 points: ok" in cli("check", "--repo", repo).stdout
+    for pid, label, src in ((1, "hr", b / "small"), (2, "hr", b), (3, "sales", a)):
+        out = tmp_path / f"out{pid}"
+        cli("restore", str(pid), "--repo", repo, "--path", label, "--to", out)
+        assert tree(out) == tree(src), pid
