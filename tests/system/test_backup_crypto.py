@@ -395,3 +395,34 @@ def test_wrong_passphrase_error_type(tmp_path: Path) -> None:
     with pytest.raises(WrongPassphrase, match="wrong passphrase"):
         Repository(tmp_path / "r", passphrase="nope")
     assert not list((tmp_path / "r" / "locks").iterdir())
+
+
+def test_format_1_points_copy_into_an_encrypted_repository(tmp_path: Path) -> None:
+    with tarfile.open(V1_REPO) as tar:
+        tar.extractall(tmp_path)  # our own fixture
+    old, new = tmp_path / "repo", tmp_path / "new"
+    before = json.loads(cli("list", "--repo", old, "--json", password=None).stdout)
+    cli("init", "--repo", new)
+    res = json.loads(cli("copy", "--from", old, "--repo", new, "--json").stdout)
+    assert len(res["copied"]) == 2 and res["skipped"] == []
+    after = json.loads(cli("list", "--repo", new, "--json").stdout)
+    assert [(p["uuid"], p["time_ns"], p["meta"], p["stats"]) for p in after] == [
+        (p["uuid"], p["time_ns"], p["meta"], p["stats"]) for p in before]
+    assert cli("verify", "--repo", new).returncode == 0
+    for point, extra in ((1, {}), (2, {"sub/gen2.bin": rand("gen2", 50_000)})):
+        out = tmp_path / f"out{point}"
+        cli("restore", str(point), "--repo", new, "--path", "data", "--to", out)
+        assert _tree(out) == {**_v1_expected(), "link": ("link", "sub/small.txt"), **extra}
+        assert os.getxattr(out / "sub/small.txt", "user.note") == b"v1 xattr"
+    with Repository(new, passphrase=PASS) as r:
+        assert r.codec.encrypted
+    again = json.loads(cli("copy", "--from", old, "--repo", new, "--json").stdout)
+    assert again["copied"] == [] and len(again["skipped"]) == 2  # resumable, idempotent
+    # An encrypted source needs its own passphrase.
+    other = tmp_path / "other"
+    cli("init", "--repo", other, password="other pass")
+    proc = cli("copy", "--from", other, "--repo", new, check=7,
+               env={"REMOTEVSS_BACKUP_FROM_PASSWORD": "wrong"})
+    assert "wrong passphrase" in proc.stderr
+    cli("copy", "--from", other, "--repo", new, env={"REMOTEVSS_BACKUP_FROM_PASSWORD":
+                                                     "other pass"})

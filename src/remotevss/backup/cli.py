@@ -1,4 +1,4 @@
-"""``remotevss backup ...``: init, run, list, restore, verify, check, prune, key.
+"""``remotevss backup ...``: init, run, list, restore, verify, check, prune, key, copy.
 
 Why ``add_parser``/``run`` rather than a ``main``: the top-level ``remotevss``
 command mounts these verbs; ``python -m remotevss.backup.cli`` runs them
@@ -116,6 +116,15 @@ def configure(b: argparse.ArgumentParser) -> None:
     p.add_argument("--unencrypted", action="store_true",
                    help="store data unencrypted (anyone who can read the repository can "
                         "read the backups)")
+
+    p = sub.add_parser("copy", help="copy the recovery points of another repository into "
+                                    "this one (e.g. a format 1 repository into an encrypted one)")
+    _common(p)
+    p.add_argument("--from", dest="source_repo", required=True, metavar="PATH",
+                   help="the repository to copy from (read only)")
+    p.add_argument("--from-password-file", metavar="FILE",
+                   help="its passphrase (default: $REMOTEVSS_BACKUP_FROM_PASSWORD, else a "
+                        "prompt; format 1 and unencrypted repositories need none)")
 
     p = sub.add_parser("key", help="list, add, remove or change the repository's passphrases")
     ksub = p.add_subparsers(dest="key_command", required=True)
@@ -268,6 +277,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "key":
         return _key(args, repo_path, secret)
+    if cmd == "copy":
+        from remotevss.backup.copy import copy_points
+
+        source = passphrase_source(args, env="REMOTEVSS_BACKUP_FROM_PASSWORD",
+                                   file_attr="from_password_file",
+                                   prompt="Source repository passphrase: ")
+        with Repository(Path(args.source_repo), "read", passphrase=source) as src, \
+                Repository(repo_path, "write", command="backup copy", passphrase=secret) as dst:
+            copied = copy_points(src, dst, _progress(args, "copy"))
+        _emit(args, copied.to_json(),
+              f"copied {len(copied.copied)} recovery points ({copied.blobs} blobs, "
+              f"{human(copied.bytes)}); {len(copied.skipped)} already there")
+        return EXIT_OK
     if cmd == "run":
         from remotevss.backup.backup import local_sources, run_backup
         from remotevss.backup.requestor import split_specs
