@@ -426,3 +426,19 @@ def test_format_1_points_copy_into_an_encrypted_repository(tmp_path: Path) -> No
     assert "wrong passphrase" in proc.stderr
     cli("copy", "--from", other, "--repo", new, env={"REMOTEVSS_BACKUP_FROM_PASSWORD":
                                                      "other pass"})
+
+
+def test_crafted_key_file_cannot_demand_huge_kdf_memory(tmp_path: Path) -> None:
+    """A key file is input: its scrypt parameters are bounded before any allocation."""
+    from remotevss.backup.keys import dump_checked, load_checked
+
+    repo = tmp_path / "r"
+    init_repo(repo, passphrase=PASS)
+    key = next((repo / "keys").glob("*.json"))
+    doc = load_checked(key.read_bytes(), "key")
+    for kdf in ({"name": "scrypt", "n": 1 << 20, "r": 32, "p": 1},  # 4 GiB
+                {"name": "scrypt", "n": 3, "r": 8, "p": 1},
+                {"name": "argon2", "n": 1 << 16, "r": 8, "p": 1}):
+        key.write_bytes(dump_checked({**doc, "kdf": kdf}))
+        with pytest.raises(RepoError, match="unsupported key derivation parameters"):
+            Repository(repo, passphrase=PASS)

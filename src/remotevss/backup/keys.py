@@ -43,6 +43,7 @@ KEY_VERSION = 1
 DEFAULT_KDF: dict[str, Any] = {"name": "scrypt", "n": 1 << 16, "r": 8, "p": 2}
 MAX_KEY_FILE = 4096
 _MAX_N, _MAX_R, _MAX_P = 1 << 20, 32, 16
+_MAX_MEMORY = 256 << 20  # scrypt needs 128 * N * r bytes
 
 
 class KeyProblem(Exception):
@@ -98,6 +99,7 @@ def _kdf(passphrase: str, kdf: dict[str, Any], salt: bytes) -> bytes:
     if (kdf.get("name") != "scrypt" or not all(isinstance(v, int) for v in (n, r, p))
             or not (2 <= n <= _MAX_N and n & (n - 1) == 0)  # type: ignore[operator]
             or not (1 <= r <= _MAX_R) or not (1 <= p <= _MAX_P)  # type: ignore[operator]
+            or 128 * n * r > _MAX_MEMORY  # type: ignore[operator]
             or len(salt) < 16):
         raise DamagedFile(f"unsupported key derivation parameters {kdf}")
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(  # type: ignore[arg-type]

@@ -165,10 +165,15 @@ def read_config(path: Path) -> tuple[RepoConfig, bytes]:
         raise RepoError(f"{path}: config.json is damaged (not valid JSON)") from None
     if not isinstance(data, dict):
         raise RepoError(f"{path}: config.json is damaged (not an object)")
-    if "checksum" in data or data.get("version") == FORMAT_VERSION:
+    version = data.get("version")
+    if "checksum" in data or version == FORMAT_VERSION:
         try:  # format 2 carries a checksum: any changed byte is named as damage
             data = keyfiles.load_checked(raw, "config.json")
         except keyfiles.DamagedFile as exc:
+            if data.get("format") == FORMAT and version not in READABLE_VERSIONS:
+                raise RepoError(f"{path}: repository format version {version} is not "
+                                f"supported (this program reads versions 1 and "
+                                f"{FORMAT_VERSION}), or {exc}") from None
             raise RepoError(f"{path}: {exc}") from None
     return RepoConfig.from_json(data), raw
 
