@@ -191,9 +191,11 @@ def run_tool(tool: str, repo: Path, snap: Path) -> dict[str, float]:
     py = str(REPO_ROOT / ".venv/bin/python")
     if tool == "remotevss":
         cli = [py, "-m", "remotevss.backup.cli"]
-        subprocess.run([*cli, "init", "--repo", str(repo)], check=True, stdout=subprocess.DEVNULL)
-        full, rss1 = timed_rss([*cli, "run", f"data={snap}", "--repo", str(repo)])
-        incr, rss2 = timed_rss([*cli, "run", f"data={snap}", "--repo", str(repo)])
+        env = {"REMOTEVSS_BACKUP_PASSWORD": "bench"}  # encrypted, as restic's repository is
+        subprocess.run([*cli, "init", "--repo", str(repo)], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, **env})
+        full, rss1 = timed_rss([*cli, "run", f"data={snap}", "--repo", str(repo)], env)
+        incr, rss2 = timed_rss([*cli, "run", f"data={snap}", "--repo", str(repo)], env)
     elif tool == "restic":
         env = {"RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(repo) + "-cache"}
         subprocess.run(["restic", "-r", str(repo), "init", "--repository-version", "2"],

@@ -80,7 +80,7 @@ def copy_out(port: int, share: str, encrypt: bool, subdir: str = "",
 
 def cli(args: list[str]) -> tuple[float, float, dict[str, object]]:
     """Wall seconds, peak RSS (MB) and the JSON result of ``remotevss backup ...``."""
-    env = dict(os.environ, REMOTEVSS_PASSWORD=PASSWORD)
+    env = dict(os.environ, REMOTEVSS_PASSWORD=PASSWORD, REMOTEVSS_BACKUP_PASSWORD="bench")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "remotevss.cli", "backup", *args, "--json"],

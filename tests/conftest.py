@@ -25,6 +25,11 @@ import pytest
 from remotevss.loopfs import MIN_SIZE_MB, MKFS
 from tests.support import reaper
 
+# Backup repositories are encrypted by default and take their passphrase from
+# this variable (the CLI and the library alike); tests that are about
+# passphrases set or remove it themselves.
+os.environ.setdefault("REMOTEVSS_BACKUP_PASSWORD", "correct horse battery staple")
+
 
 class LoopFs(Protocol):
     def __call__(self, fstype: str, size_mb: int = 0) -> Path: ...

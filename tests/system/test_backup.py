@@ -313,7 +313,8 @@ def test_sigkill_during_backup_leaves_repository_valid(
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (repo / "write.lock").read_text(), "a killed run leaves its note"
+    notes = list((repo / "locks").glob("*.lock"))
+    assert len(notes) == 1 and notes[0].read_text(), "a killed run leaves its note"
     out = cli("check", "--repo", repo)
     assert "1 points: ok" in out.stdout, out.stdout
     assert [p["id"] for p in json.loads(cli("list", "--repo", repo, "--json").stdout)] == [1]
@@ -327,7 +328,8 @@ def test_sigkill_during_backup_leaves_repository_valid(
     assert cli("check", "--repo", repo).returncode == 0
     cli("restore", "2", "--repo", repo, "--path", "all", "--to", tmp_path / "r2")
     assert_same_tree(snap, tmp_path / "r2")
-    assert not (repo / "write.lock").read_text()
+    assert not list((repo / "locks").glob("*.lock"))
+    assert not list((repo / "tmp").iterdir())
 
 
 # --- any filesystem ---------------------------------------------------------------------
@@ -388,9 +390,8 @@ def test_flipped_byte_is_found_by_verify_and_spares_other_files(tmp_path: Path) 
     (src / "f00").write_bytes(rand("later", 1000))  # a second point sharing f07's chunk
     backup(repo, f"data={src}")
     assert cli("verify", "--repo", repo).returncode == 0
-    victim = blake3.blake3(rand("v7", 100_000)).digest()
     with Repository(repo) as r:
-        loc = r.index.locate(victim)
+        loc = r.index.locate(r.blob_id(rand("v7", 100_000)))
     assert loc is not None and loc.entry.type == DATA
     path = pack_path(repo, loc.pack)
     data = bytearray(path.read_bytes())
@@ -475,24 +476,30 @@ def test_prune_keep_within_keeps_recent_points(tmp_path: Path) -> None:
     assert res["removed_points"] == [] and res["kept_points"] == [1, 2, 3]
 
 
-def test_locks_exclude_writers_and_prune(tmp_path: Path) -> None:
+def test_locks_let_writers_share_and_exclude_prune(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     init_repo(repo)
     src = tmp_path / "src"
     src.mkdir()
     with Repository(repo, "write", command="test"):
-        with pytest.raises(RepoLocked, match="pid"):
-            Repository(repo, "write")
-        with pytest.raises(RepoLocked):
+        with Repository(repo, "write"):  # backups of other sources may run at once
+            pass
+        with pytest.raises(RepoLocked, match=r"by test \(pid"):
             Repository(repo, "exclusive")
         with Repository(repo, "read"):  # restore/verify may read during a backup
             pass
-        proc = cli("run", src, "--repo", repo, check=5)
-        assert "locked" in proc.stderr
+        proc = cli("prune", "--repo", repo, "--keep-last", "1", check=5)
+        assert "locked by test (pid" in proc.stderr
     with Repository(repo, "read"), pytest.raises(RepoLocked):
         Repository(repo, "exclusive")
+    with Repository(repo, "exclusive", command="prune"):
+        proc = cli("run", src, "--repo", repo, check=5)
+        assert "locked by prune (pid" in proc.stderr
     with Repository(repo, "write") as r:
         assert r.interrupted is None  # released cleanly before
+        r.lock_sources(["data"])
+        with Repository(repo, "write") as other, pytest.raises(RepoLocked, match="'data'"):
+            other.lock_sources(["data"])  # one backup per source label at a time
 
 
 def test_stale_lock_of_a_killed_process_is_detected(tmp_path: Path) -> None:
@@ -500,13 +507,16 @@ def test_stale_lock_of_a_killed_process_is_detected(tmp_path: Path) -> None:
     init_repo(repo)
     code = ("import sys, time; from pathlib import Path; from remotevss.backup.repo import "
             "Repository; r = Repository(Path(sys.argv[1]), 'write', command='victim'); "
-            "(Path(sys.argv[1]) / 'tmp' / 'x.pack').write_bytes(b'partial'); "
+            "(Path(sys.argv[1]) / 'tmp' / (r.writer_id + '-x.pack')).write_bytes(b'partial'); "
             "print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(repo)], stdout=subprocess.PIPE,
                             text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     with pytest.raises(RepoLocked, match="victim"):
-        Repository(repo, "write")
+        Repository(repo, "exclusive")
+    with Repository(repo, "write") as r:  # a live writer's tmp file is not touched
+        assert r.interrupted is None
+        assert list((repo / "tmp").iterdir())
     proc.kill()
     proc.wait()
     with Repository(repo, "write") as r:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remotevss.backup.chunker import ChunkerParams, chunk_id, compress, decompress, is_zero
+from remotevss.backup.crypto import Codec, Keys, LegacyCodec, new_master
 from remotevss.backup.index import PointRow
 from remotevss.backup.packs import (
     DATA,
@@ -75,10 +76,13 @@ def test_is_zero(prefix: bytes, zeros: int) -> None:
     assert is_zero(memoryview(data)) == (len(data) > 0 and not any(data))
 
 
-def _write_pack(tmp_path: Path) -> tuple[str, list[tuple[bytes, bytes]]]:
+CODECS = {"legacy": LegacyCodec(), "plain": Codec(), "encrypted": Keys(new_master())}
+
+
+def _write_pack(tmp_path: Path, codec: Codec) -> tuple[str, list[tuple[bytes, bytes]]]:
     (tmp_path / "tmp").mkdir()
     (tmp_path / "packs").mkdir()
-    w = PackWriter(tmp_path)
+    w = PackWriter(tmp_path, codec)
     blobs = [(chunk_id(b"x" * n), b"x" * n) for n in (1, 10, 1000)]
     for bid, raw in blobs:
         w.add(bid, DATA, RAW, raw, len(raw))
@@ -88,9 +92,10 @@ def _write_pack(tmp_path: Path) -> tuple[str, list[tuple[bytes, bytes]]]:
     return name, blobs
 
 
-def test_pack_trailer_lists_every_blob(tmp_path: Path) -> None:
-    name, blobs = _write_pack(tmp_path)
-    entries = read_trailer(pack_path(tmp_path, name))
+@pytest.mark.parametrize("kind", CODECS)
+def test_pack_trailer_lists_every_blob(tmp_path: Path, kind: str) -> None:
+    name, blobs = _write_pack(tmp_path, CODECS[kind])
+    entries = read_trailer(pack_path(tmp_path, name), CODECS[kind])
     assert [e.id for e in entries] == [b for b, _ in blobs]
     with open(pack_path(tmp_path, name), "rb") as f:
         data = f.read()
@@ -99,9 +104,11 @@ def test_pack_trailer_lists_every_blob(tmp_path: Path) -> None:
         assert e.type == DATA and e.raw_len == len(raw)
 
 
+@pytest.mark.parametrize("kind", CODECS)
 @pytest.mark.parametrize("where", ["header", "trailer", "footer", "truncate"])
-def test_damaged_pack_structure_is_detected(tmp_path: Path, where: str) -> None:
-    name, _ = _write_pack(tmp_path)
+def test_damaged_pack_structure_is_detected(tmp_path: Path, where: str, kind: str) -> None:
+    codec = CODECS[kind]
+    name, _ = _write_pack(tmp_path, codec)
     path = pack_path(tmp_path, name)
     data = bytearray(path.read_bytes())
     if where == "header":
@@ -114,16 +121,17 @@ def test_damaged_pack_structure_is_detected(tmp_path: Path, where: str) -> None:
         data = data[:-5]
     path.write_bytes(bytes(data))
     with pytest.raises(PackError):
-        read_trailer(path)
+        read_trailer(path, codec)
 
 
-def test_pack_renamed_to_another_id_is_detected(tmp_path: Path) -> None:
-    name, _ = _write_pack(tmp_path)
+@pytest.mark.parametrize("kind", CODECS)
+def test_pack_renamed_to_another_id_is_detected(tmp_path: Path, kind: str) -> None:
+    name, _ = _write_pack(tmp_path, CODECS[kind])
     other = "0" * 32
     pack_path(tmp_path, other).parent.mkdir(exist_ok=True)
     pack_path(tmp_path, name).rename(pack_path(tmp_path, other))
     with pytest.raises(PackError, match="header names"):
-        read_trailer(pack_path(tmp_path, other))
+        read_trailer(pack_path(tmp_path, other), CODECS[kind])
 
 
 def test_tree_round_trips_odd_names_and_is_canonical() -> None:

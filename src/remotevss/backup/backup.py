@@ -26,11 +26,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from remotevss.backup.chunker import chunk_id, compress, is_zero
-from remotevss.backup.index import CacheRow
+from remotevss.backup.chunker import compress, is_zero
+from remotevss.backup.crypto import Codec
+from remotevss.backup.index import CacheRow, IndexDamaged
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
-from remotevss.backup.repo import BlobWriter, Repository
+from remotevss.backup.repo import BlobWriter, Repository, blob_aad
 from remotevss.backup.snapshot_source import DIR, FILE, FileReader, Source, SourceEntry
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
 
@@ -79,20 +80,32 @@ class Stats:
         return dict(self.__dict__)
 
 
-def _work(chunks: list[Chunk], known: Callable[[bytes], bool]) -> WorkResult:
-    """Worker: hash every chunk; compress only those the repository lacks."""
+def _work(chunks: list[Chunk], known: Callable[[bytes], bool], codec: Codec) -> WorkResult:
+    """Worker: hash every chunk; compress and seal only those the repository lacks."""
     out: WorkResult = []
     for data in chunks:
         if is_zero(data):
             out.append((None, 0, None))
             continue
-        cid = chunk_id(data)
+        cid = codec.blob_id(data)
         if known(cid):
             out.append((cid, 0, None))
         else:
-            comp, stored = compress(data)
-            out.append((cid, comp, stored))
+            comp, packed = compress(data)
+            out.append((cid, comp, codec.seal(packed, blob_aad(cid, DATA))))
     return out
+
+
+class _CacheDir:
+    """The files-cache rows of one directory as this run leaves them."""
+
+    __slots__ = ("source", "relpath", "rows", "changed")
+
+    def __init__(self, source: str, relpath: str) -> None:
+        self.source = source
+        self.relpath = relpath
+        self.rows: dict[str, CacheRow] = {}
+        self.changed = False
 
 
 class _Dir:
@@ -110,7 +123,7 @@ class _File:
     __slots__ = ("entry", "parent", "segments", "pending", "sealed", "failed", "cache_row")
 
     def __init__(self, entry: Entry, parent: _Dir,
-                 cache_row: tuple[str, str, str, int, int, int, int]) -> None:
+                 cache_row: tuple[_CacheDir, str, int, int, int, int]) -> None:
         self.entry = entry
         self.parent = parent
         self.segments: list[list[Any]] = []  # [offset, length, chunk id or None (zeros)]
@@ -140,7 +153,8 @@ class _Engine:
         self.repo = repo
         self.index = repo.index
         self.writer: BlobWriter = repo.writer()
-        self.params = repo.config.chunker
+        self.params = repo.chunker
+        self.codec = repo.codec
         self.chunker = self.params.make()
         self.progress = progress
         self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rvss-chunk")
@@ -150,8 +164,7 @@ class _Engine:
         self.batch_data: list[Chunk] = []
         self.batch_bytes = 0
         self.stats = Stats()
-        self.cache_new: list[tuple[str, str, str, int, int, int, int, str, str]] = []
-        self.cache_del: list[tuple[str, str, str]] = []
+        self.cache_changed: list[_CacheDir] = []
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
 
@@ -178,7 +191,7 @@ class _Engine:
     def submit(self) -> None:
         if not self.batch_ops:
             return
-        fut = self.pool.submit(_work, self.batch_data, self.writer.known)
+        fut = self.pool.submit(_work, self.batch_data, self.writer.known, self.codec)
         self.fifo.append((fut, self.batch_ops, self.batch_data))
         self.batch_ops, self.batch_data, self.batch_bytes = [], [], 0
         while len(self.fifo) > self.max_inflight:
@@ -193,7 +206,7 @@ class _Engine:
             if cid is not None:
                 if not self.writer.has(cid):
                     if stored is None:  # a worker saw it as known; it is not (cannot happen)
-                        comp, stored = compress(data)
+                        comp, stored = self.repo.encode(cid, DATA, data)
                     self.writer.add(cid, DATA, comp, stored, len(data))
                 f.segments[idx][2] = cid
             f.pending -= 1
@@ -211,7 +224,7 @@ class _Engine:
             fut, ops, datas = self.fifo[i]
             if fut.cancel():
                 done: Future[WorkResult] = Future()
-                done.set_result(_work(datas, self.writer.known))
+                done.set_result(_work(datas, self.writer.known, self.codec))
                 self.fifo[i] = (done, ops, datas)
                 return
 
@@ -230,15 +243,17 @@ class _Engine:
             f.entry["content"] = content
             # Same text as json.dumps(content, separators=(",", ":")), 5x faster.
             text = ",".join([f'[{off},{n},"{h}"]' for off, n, h in content])
-            xattrs = json.dumps(f.entry.get("xattrs", {}), sort_keys=True)
-            self.cache_new.append((*f.cache_row, f"[{text}]", xattrs))
+            xa = f.entry.get("xattrs")
+            xattrs = json.dumps(xa, sort_keys=True) if xa else "{}"  # most files have none
+            cdir, name, size, mtime_ns, ctime_ns, ino = f.cache_row
+            cdir.rows[name] = CacheRow(size, mtime_ns, ctime_ns, ino, f"[{text}]", xattrs)
         parent.pending -= 1
         if parent.pending == 0 and parent.sealed:
             self.close_dir(parent)
 
     def close_dir(self, node: _Dir) -> None:
         raw = encode_tree(node.children)
-        tid = chunk_id(raw)
+        tid = self.codec.blob_id(raw)
         self.writer.add_raw(tid, TREE, raw)
         node.entry["subtree"] = tid.hex()
         node.children = []
@@ -257,7 +272,13 @@ class _Engine:
         except OSError as exc:
             self.error(point_path, exc)
             listing = []
-        cached = self.index.cache_dir(src.cache_key, relpath)
+        cdir = _CacheDir(src.cache_key, relpath)
+        try:
+            cached = self.index.cache_dir(src.cache_key, relpath)
+        except IndexDamaged as exc:
+            self.progress.message(f"backup: {point_path}: {exc}; its files are read again")
+            cached = {}
+            cdir.changed = True
         if src.read_hints:  # tell the source which files will be read (SMB: prefetch them)
             misses = []
             for e in listing:
@@ -275,6 +296,11 @@ class _Engine:
             if hit is not None and (hit.size, hit.mtime_ns, hit.ctime_ns, hit.ino) != (
                     e.size, e.mtime_ns, e.ctime_ns, e.ino):
                 hit = None
+            if e.type == FILE and not (e.nlink > 1 and (e.dev, e.ino) in self.hardlinks):
+                if hit is not None:
+                    cdir.rows[e.name] = hit
+                else:
+                    cdir.changed = True
             if hit is not None:
                 # Setting or removing an xattr changes ctime, so an unchanged
                 # ctime means the cached xattrs hold: no listxattr per file.
@@ -289,16 +315,18 @@ class _Engine:
                 node.pending += 1
                 self.walk(src, child, child_rel, child_point)
             elif e.type == FILE:
-                self.file(src, node, relpath, child_rel, child_point, e, entry, hit)
+                self.file(src, node, cdir, child_rel, child_point, e, entry, hit)
             else:
                 self.stats.others += 1
-        for name in cached:  # cached names that are no longer regular files here
-            self.cache_del.append((src.cache_key, relpath, name))
+        if cached:  # cached names that are no longer regular files here
+            cdir.changed = True
+        if cdir.changed:  # rows of files still being read are filled in by finish_file
+            self.cache_changed.append(cdir)
         node.sealed = True
         if node.pending == 0:
             self.close_dir(node)
 
-    def file(self, src: Source, node: _Dir, reldir: str, relpath: str, point_path: str,
+    def file(self, src: Source, node: _Dir, cdir: _CacheDir, relpath: str, point_path: str,
              e: SourceEntry, entry: Entry, hit: CacheRow | None) -> None:
         self.stats.files += 1
         self.stats.bytes_total += e.size
@@ -314,8 +342,7 @@ class _Engine:
             self.stats.cache_hits += 1
             self.progress.file_done(e.size)
             return
-        f = _File(entry, node,
-                  (src.cache_key, reldir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
+        f = _File(entry, node, (cdir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
         node.pending += 1
         try:
             reader = src.open(relpath, e)
@@ -396,6 +423,7 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     labels = [s.label for s in sources]
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"sources need distinct labels, got {labels}")
+    repo.lock_sources(labels)
     progress = progress or Progress(enabled=False)
     started = time.monotonic()
     # Hand the GIL over after 1 ms instead of 5: a worker whose zstd call
@@ -420,7 +448,7 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
             engine.walk(src, _Dir(entry, None), "", src.label)
         engine.drain()
         root_raw = encode_tree(roots)
-        root_id = chunk_id(root_raw)
+        root_id = repo.blob_id(root_raw)
         engine.writer.add_raw(root_id, TREE, root_raw)
         point_uuid = uuid.uuid4().hex
         stats = engine.stats
@@ -431,18 +459,16 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
         record = json.dumps({"uuid": point_uuid, "time_ns": time_ns, "root": root_id.hex(),
                              "sources": labels, "meta": dict(meta or {})},
                             sort_keys=True).encode()
-        record_id = chunk_id(record)
+        record_id = repo.blob_id(record)
         engine.writer.add_raw(record_id, POINT, record)
         stats.packs = engine.writer.packs_written + (engine.writer.pack is not None)
         with engine.writer.final() as idx:
             point_id = idx.add_point(point_uuid, time_ns, root_id, record_id,
                                      dict(meta or {}), stats.to_json())
-            idx.cache_put(engine.cache_new)
-            idx.cache_delete(engine.cache_del)
+            for cdir in engine.cache_changed:
+                idx.cache_write_dir(cdir.source, cdir.relpath, cdir.rows)
             for src in sources:
-                for gone in idx.cache_dirs(src.cache_key) - engine.visited.get(src.cache_key,
-                                                                               set()):
-                    idx.cache_delete_dir(src.cache_key, gone)
+                idx.cache_prune_dirs(src.cache_key, engine.visited.get(src.cache_key, set()))
         return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),
                              stats.to_json())
     finally:

@@ -1,4 +1,4 @@
-"""``remotevss backup ...``: init, run, list, restore, mount, verify, check, prune.
+"""``remotevss backup ...``: init, run, list, restore, mount, verify, check, prune, key, copy.
 
 Why ``add_parser``/``run`` rather than a ``main``: the top-level ``remotevss``
 command mounts these verbs; ``python -m remotevss.backup.cli`` runs them
@@ -9,14 +9,22 @@ Exit codes (docs/backup.md): 0 success; 1 failed (nothing committed for
 at backup, damaged at restore); 4 ``check``/``verify`` found damage;
 5 the repository is locked by another process; 6 ``run`` committed the
 point but could not release a shadow copy set (the next run will);
+7 wrong passphrase (nothing was changed);
 130 interrupted (SIGINT); 143 terminated (SIGTERM/SIGHUP).
+
+The repository passphrase comes from ``--password-file``, else
+``$REMOTEVSS_BACKUP_PASSWORD``, else a prompt on a terminal (asked only when
+the repository is encrypted), as ``remotevss shadow`` gets its password.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import getpass
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -31,6 +39,8 @@ EXIT_PARTIAL = 3
 EXIT_DAMAGED = 4
 EXIT_LOCKED = 5
 EXIT_NOT_RELEASED = 6
+EXIT_WRONG_PASSPHRASE = 7
+NEW_PASSWORD_ENV = "REMOTEVSS_BACKUP_NEW_PASSWORD"  # noqa: S105 - the variable's name
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -45,7 +55,48 @@ def _meta_arg(text: str) -> tuple[str, str]:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=os.environ.get("REMOTEVSS_REPO"),
                    help="repository directory (default: $REMOTEVSS_REPO)")
+    _password_option(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _password_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--password-file", metavar="FILE",
+                   help="file whose first line is the repository passphrase (default: "
+                        "$REMOTEVSS_BACKUP_PASSWORD, else a prompt)")
+
+
+def _read_secret_file(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        line = f.readline(4097).rstrip("\r\n")
+    if not line or len(line) > 4096:
+        raise ValueError(f"{path}: no passphrase on its first line (or longer than 4096)")
+    return line
+
+
+def passphrase_source(args: argparse.Namespace, confirm: bool = False,
+                      env: str = "REMOTEVSS_BACKUP_PASSWORD", file_attr: str = "password_file",
+                      prompt: str = "Repository passphrase: ") -> Any:
+    """A callable giving the passphrase: --password-file, $REMOTEVSS_BACKUP_PASSWORD, or a
+    prompt on a terminal; asked only when needed (a plain repository never asks)."""
+
+    def get() -> str:
+        path = getattr(args, file_attr, None)
+        if path:
+            return _read_secret_file(path)
+        value = os.environ.get(env)
+        if value:
+            return value
+        if not sys.stdin.isatty():
+            raise ValueError(f"no repository passphrase: use --{file_attr.replace('_', '-')} "
+                             f"or ${env} (no terminal to ask on)")
+        first = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Again: ") != first:
+            raise ValueError("the two passphrases differ")
+        if not first:
+            raise ValueError("the passphrase must not be empty")
+        return first
+
+    return get
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -59,10 +110,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def configure(b: argparse.ArgumentParser) -> None:
     sub = b.add_subparsers(dest="backup_command", required=True)
 
-    p = sub.add_parser("init", help="create an empty repository")
+    p = sub.add_parser("init", help="create an empty repository (encrypted unless --unencrypted)")
     _common(p)
     p.add_argument("--pack-size", type=int, default=64, metavar="MiB",
                    help="target pack size (default 64)")
+    p.add_argument("--unencrypted", action="store_true",
+                   help="store data unencrypted (anyone who can read the repository can "
+                        "read the backups)")
+
+    p = sub.add_parser("copy", help="copy the recovery points of another repository into "
+                                    "this one (e.g. a format 1 repository into an encrypted one)")
+    _common(p)
+    p.add_argument("--from", dest="source_repo", required=True, metavar="PATH",
+                   help="the repository to copy from (read only)")
+    p.add_argument("--from-password-file", metavar="FILE",
+                   help="its passphrase (default: $REMOTEVSS_BACKUP_FROM_PASSWORD, else a "
+                        "prompt; format 1 and unencrypted repositories need none)")
+
+    p = sub.add_parser("key", help="list, add, remove or change the repository's passphrases")
+    ksub = p.add_subparsers(dest="key_command", required=True)
+    for verb, text in (("list", "list the keys (one per passphrase)"),
+                       ("add", "add a key for a new passphrase"),
+                       ("remove", "remove a key (not the one you opened with, not the last)"),
+                       ("passwd", "change the passphrase of the key you open with")):
+        kp = ksub.add_parser(verb, help=text)
+        _common(kp)
+        if verb in ("add", "passwd"):
+            kp.add_argument("--new-password-file", metavar="FILE",
+                            help=f"the new passphrase (default: ${NEW_PASSWORD_ENV}, else a "
+                                 "prompt)")
+        if verb == "remove":
+            kp.add_argument("key_id", metavar="ID", help="key id (or a unique prefix)")
 
     from remotevss.client.cli import connection_options
 
@@ -71,6 +149,7 @@ def configure(b: argparse.ArgumentParser) -> None:
                             "into a new recovery point")
     p.add_argument("--repo", default=os.environ.get("REMOTEVSS_REPO"),
                    help="repository directory (default: $REMOTEVSS_REPO)")
+    _password_option(p)
     p.add_argument("sources", nargs="+", metavar="[LABEL=]PATH|UNC",
                    help="a directory, or a share \\\\host\\share (all shares are shadow-"
                         "copied together and the copies backed up); LABEL names it in the "
@@ -139,6 +218,9 @@ def configure(b: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-within", metavar="DURATION",
                    help="keep points newer than DURATION (e.g. 30d, 12h, 1w2d)")
     p.add_argument("--dry-run", action="store_true", help="only say which points would go")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for running backups to finish (default: refuse "
+                        "at once, naming them)")
 
 
 def _meta_text(value: Any) -> str:
@@ -168,7 +250,7 @@ class Terminated(BaseException):
 
 def run(args: argparse.Namespace) -> int:
     """Carry out one ``backup`` sub-verb; returns the exit code."""
-    from remotevss.backup.repo import RepoError, RepoLocked
+    from remotevss.backup.repo import RepoError, RepoLocked, WrongPassphrase
     from remotevss.backup.requestor import terminate_as
 
     if args.backup_command == "mount":
@@ -180,15 +262,24 @@ def run(args: argparse.Namespace) -> int:
     if not args.repo:
         print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
         return EXIT_USAGE
+    from remotevss.backup.memory import tune_malloc
+
+    tune_malloc()
     try:
         with terminate_as(Terminated):
             return _dispatch(args)
     except RepoLocked as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except WrongPassphrase as exc:
+        print(f"remotevss backup: {exc}", file=sys.stderr)
+        return EXIT_WRONG_PASSPHRASE
     except (RepoError, OSError, ValueError) as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except sqlite3.DatabaseError as exc:
+        print(f"remotevss backup: index.sqlite is damaged: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
     except KeyboardInterrupt:
         print("remotevss backup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -202,12 +293,35 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     repo_path = Path(args.repo)
     cmd = args.backup_command
+    secret = functools.cache(passphrase_source(args))  # asked at most once per command
     if cmd == "init":
         from remotevss.backup.repo import DEFAULT_PACK_SIZE
 
         size = args.pack_size << 20 if args.pack_size else DEFAULT_PACK_SIZE
-        config = init_repo(repo_path, pack_size=size)
-        _emit(args, config.to_json(), f"initialized repository {repo_path} ({config.repo_id})")
+        if (repo_path / "config.json").exists():  # before asking for a passphrase
+            print(f"remotevss backup: {repo_path} is not empty", file=sys.stderr)
+            return EXIT_FAILED
+        config = init_repo(repo_path, pack_size=size, encrypted=not args.unencrypted,
+                           passphrase=None if args.unencrypted else
+                           passphrase_source(args, confirm=True)())
+        _emit(args, config.to_json(),
+              f"initialized repository {repo_path} ({config.repo_id}, "
+              + ("unencrypted)" if args.unencrypted else f"encrypted: {config.encryption})"))
+        return EXIT_OK
+    if cmd == "key":
+        return _key(args, repo_path, secret)
+    if cmd == "copy":
+        from remotevss.backup.copy import copy_points
+
+        source = passphrase_source(args, env="REMOTEVSS_BACKUP_FROM_PASSWORD",
+                                   file_attr="from_password_file",
+                                   prompt="Source repository passphrase: ")
+        with Repository(Path(args.source_repo), "read", passphrase=source) as src, \
+                Repository(repo_path, "write", command="backup copy", passphrase=secret) as dst:
+            copied = copy_points(src, dst, _progress(args, "copy"))
+        _emit(args, copied.to_json(),
+              f"copied {len(copied.copied)} recovery points ({copied.blobs} blobs, "
+              f"{human(copied.bytes)}); {len(copied.skipped)} already there")
         return EXIT_OK
     if cmd == "run":
         from remotevss.backup.backup import local_sources, run_backup
@@ -222,7 +336,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if shares:
             return _run_shares(args, repo_path, local_specs, shares)
         sources = local_sources(args.sources)
-        with Repository(repo_path, "write", command="backup run") as repo:
+        with Repository(repo_path, "write", command="backup run", passphrase=secret) as repo:
             if repo.interrupted:
                 print(f"remotevss backup: the previous run (pid {repo.interrupted.get('pid')}, "
                       f"started {repo.interrupted.get('started')}) was interrupted; its "
@@ -231,7 +345,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _emit(args, point.__dict__, _point_line(point))
         return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
     if cmd == "list":
-        with Repository(repo_path, "read") as repo:
+        with Repository(repo_path, "read", passphrase=secret) as repo:
             points = repo.points()
         lines = []
         for p in points:
@@ -246,13 +360,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from remotevss.backup.smb_restore import is_share_target
 
         if is_share_target(args.to):
-            return _restore_to_share(args, repo_path)
+            return _restore_to_share(args, repo_path, secret)
         if args.overwrite:
             print("remotevss backup: --overwrite applies to a restore onto a share (a "
                   "local restore replaces files)", file=sys.stderr)
             return EXIT_USAGE
 
-        with Repository(repo_path, "read") as repo:
+        with Repository(repo_path, "read", passphrase=secret) as repo:
             chosen = repo.find_point(args.point)
             if args.include:
                 from remotevss.backup.restore_items import restore_items
@@ -271,12 +385,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         mountpoint = Path(args.paths[-1])
         check_mountpoint(mountpoint)
-        with Repository(repo_path, "read"):
-            pass  # a bad repository is named before "mounting"
+        with Repository(repo_path, "read", passphrase=secret):
+            pass  # a bad repository (or passphrase) is named before "mounting"
         print(f"remotevss backup: mounting {repo_path} on {mountpoint} (read-only); Ctrl-C "
               "or umount ends it", file=sys.stderr, flush=True)
         try:
-            mount(repo_path, mountpoint, allow_other=args.allow_other)
+            mount(repo_path, mountpoint, allow_other=args.allow_other, passphrase=secret)
         except RuntimeError as exc:
             print(f"remotevss backup: cannot mount on {mountpoint}: libfuse returned {exc}",
                   file=sys.stderr)
@@ -286,7 +400,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd in ("check", "verify"):
         from remotevss.backup.verify import check, verify
 
-        with Repository(repo_path, "read") as repo:
+        with Repository(repo_path, "read", passphrase=secret) as repo:
             report = check(repo) if cmd == "check" else verify(repo, _progress(args, "verify"))
         lines = [f"error: {e}" for e in report.errors] + [f"note: {n}" for n in report.notes]
         lines += [f"affected: point {a['point']} ({a['uuid'][:12]}): {a['path']}"
@@ -299,7 +413,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from remotevss.backup.prune import parse_duration, prune
 
         within = parse_duration(args.keep_within) if args.keep_within else None
-        with Repository(repo_path, "exclusive", command="backup prune") as repo:
+        with Repository(repo_path, "exclusive", command="backup prune", passphrase=secret,
+                        wait=args.wait) as repo:
             res = prune(repo, args.keep_last, within, dry_run=args.dry_run,
                         progress=_progress(args, "prune"))
         _emit(args, res.to_json(),
@@ -338,7 +453,8 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
             encrypt=not args.no_encryption, security=not args.no_security,
             smb_timeout=args.smb_timeout, follow_owner=session.settings.follow_owner,
             resolve=session.settings.resolve)
-        with Repository(repo_path, "write", command="backup run") as repo:
+        with Repository(repo_path, "write", command="backup run",
+                        passphrase=passphrase_source(args)) as repo:
             if repo.interrupted:
                 print(f"remotevss backup: the previous run (pid {repo.interrupted.get('pid')}, "
                       f"started {repo.interrupted.get('started')}) was interrupted; its "
@@ -363,7 +479,7 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
     return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
 
 
-def _restore_to_share(args: argparse.Namespace, repo_path: Path) -> int:
+def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
     """``backup restore POINT --to \\\\host\\share\\path``: see remotevss.backup.smb_restore."""
     from remotevss.backup.repo import Repository
     from remotevss.backup.smb import SmbError, SmbSession
@@ -378,7 +494,7 @@ def _restore_to_share(args: argparse.Namespace, repo_path: Path) -> int:
     except UsageError as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with Repository(repo_path, "read") as repo:
+    with Repository(repo_path, "read", passphrase=secret) as repo:
         chosen = repo.find_point(args.point)
         try:
             # The one host the user named; nothing is followed to another.
@@ -416,6 +532,49 @@ def _report_release(outcome: Any) -> None:
         if not r.released:
             print(f"remotevss backup: shadow copy set {{{r.set_id}}} on {r.server} was NOT "
                   f"released: {r.detail}", file=sys.stderr)
+
+
+def _key(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
+    """``backup key list|add|remove|passwd``: one key file per passphrase."""
+    import blake3
+
+    from remotevss.backup import keys as keyfiles
+    from remotevss.backup.crypto import Keys
+    from remotevss.backup.repo import RepoError, Repository
+
+    with Repository(repo_path, "read", passphrase=secret) as repo:
+        if not isinstance(repo.codec, Keys):
+            raise RepoError(f"{repo_path}: the repository is not encrypted: it has no keys")
+        current = repo.key_id or ""
+        digest = blake3.blake3((repo_path / "config.json").read_bytes()).hexdigest()
+        verb = args.key_command
+        if verb == "list":
+            rows: list[dict[str, Any]] = []
+            for k in keyfiles.list_keys(repo_path):
+                if isinstance(k, keyfiles.DamagedFile):
+                    rows.append({"error": str(k)})
+                else:
+                    rows.append({"id": k.id, "current": k.id == current, "created": k.created,
+                                 "host": k.host, "user": k.user})
+            _emit(args, rows, "\n".join(
+                r.get("error") or f"{'*' if r['current'] else ' '} {r['id']}  {r['created']}  "
+                                  f"{r['user']}@{r['host']}" for r in rows))
+            return EXIT_FAILED if any("error" in r for r in rows) else EXIT_OK
+        if verb in ("add", "passwd"):
+            new = passphrase_source(args, confirm=True, env=NEW_PASSWORD_ENV,
+                                    file_attr="new_password_file",
+                                    prompt="New passphrase: ")()
+            key_id = keyfiles.add_key(repo_path, repo.codec, new, repo.config.repo_id, digest)
+            if verb == "passwd":  # the new key is durable before the old one goes
+                (repo_path / keyfiles.KEYS_DIR / f"{current}.json").unlink()
+                keyfiles.fsync_dir(repo_path / keyfiles.KEYS_DIR)
+            _emit(args, {"added": key_id, "removed": current if verb == "passwd" else None},
+                  f"added key {key_id}" + (f", removed key {current}" if verb == "passwd"
+                                           else ""))
+            return EXIT_OK
+        keyfiles.remove_key(repo_path, args.key_id, current)
+        _emit(args, {"removed": args.key_id}, f"removed key {args.key_id}")
+        return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

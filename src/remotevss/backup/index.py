@@ -2,8 +2,17 @@
 
 Why SQLite: transactions give the atomicity the repository relies on (a
 recovery point and its files-cache rows appear in one commit), WAL lets
-restore/verify read while a backup appends, and lookups by blob id are a
-B-tree probe, so memory stays flat however large the repository grows.
+restore/verify read while backups append (several at once: SQLite serialises
+their commits), and lookups by blob id are a B-tree probe, so memory stays
+flat however large the repository grows.
+
+Schema 2 (format 2) keeps nothing readable that the packs hide: a point's
+meta and stats, and the files cache (one row per directory, keyed by a keyed
+hash of label and path) are sealed with the repository's codec, with the
+row's key as associated data, so a row changed or moved does not open.  Blob
+and pack rows stay plain (ids are keyed hashes; ``check`` compares every row
+with the authenticated pack trailers).  Schema 1 (format 1) is read and
+written as it was.
 """
 
 from __future__ import annotations
@@ -11,16 +20,56 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remotevss.backup.crypto import Codec, SealError
 from remotevss.backup.packs import BlobEntry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SCHEMA = """
+
+class IndexDamaged(Exception):
+    """A sealed index row does not open (changed, moved, or another repository's)."""
+
+
+SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL REFERENCES packs(id),
+    type INTEGER NOT NULL,
+    compression INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    time_ns INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    record BLOB NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files_cache (
+    source BLOB NOT NULL,
+    dir BLOB NOT NULL,
+    sealed BLOB NOT NULL,
+    PRIMARY KEY (source, dir)
+) WITHOUT ROWID;
+"""
+
+SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS packs (
     id INTEGER PRIMARY KEY,
@@ -78,6 +127,7 @@ class PointRow:
     record: bytes
     meta: dict[str, Any]
     stats: dict[str, Any]
+    damaged: str = ""  # why the row's sealed part did not open (schema 2)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "uuid": self.uuid, "time_ns": self.time_ns,
@@ -109,16 +159,40 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
 class Index:
     """Typed queries over one connection; callers group writes with ``transaction``."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path, readonly: bool = False, codec: Codec | None = None) -> None:
         self.path = path
+        self.codec = codec or Codec()
+        self.schema = 1 if self.codec.legacy else SCHEMA_VERSION
         self.con = connect(path, readonly)
         if not readonly:
-            self.con.executescript(SCHEMA)
+            self.con.executescript(SCHEMA_1 if self.schema == 1 else SCHEMA_2)
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
-                             (str(SCHEMA_VERSION),))
-        row = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None or int(row[0]) != SCHEMA_VERSION:
-            raise ValueError(f"index schema {row and row[0]} is not {SCHEMA_VERSION}")
+                             (str(self.schema),))
+        try:
+            row = self.con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.con.close()
+            raise ValueError(f"index.sqlite: {exc}") from None
+        if row is None or row[0] != str(self.schema):
+            self.con.close()
+            raise ValueError(f"index.sqlite: schema {row and row[0]!r} is not {self.schema}")
+
+    def schema_differences(self) -> list[str]:
+        """Tables and indexes that differ from what this code creates (a changed byte
+        in the stored schema text would otherwise go unnoticed: SQLite accepts it)."""
+        mem = sqlite3.connect(":memory:")
+        try:
+            mem.executescript(SCHEMA_1 if self.schema == 1 else SCHEMA_2)
+            want = set(mem.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+        finally:
+            mem.close()
+        have = set(self.con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+        return [f"schema entry {row[1]!r} is not what this program created"
+                for row in sorted(have ^ want, key=str)]
+
+    def reader(self) -> Index:
+        """Another read-only connection (for a worker thread)."""
+        return Index(self.path, readonly=True, codec=self.codec)
 
     def close(self) -> None:
         self.con.close()
@@ -173,51 +247,148 @@ class Index:
         return int(self.con.execute("SELECT count(*) FROM blobs").fetchone()[0])
 
     # -- recovery points ----------------------------------------------------
+    @staticmethod
+    def _point_aad(pid: int, uuid: str, time_ns: int, root: bytes, record: bytes) -> bytes:
+        return b"point\0" + struct.pack("<qq", pid, time_ns) + uuid.encode() + root + record
+
     def add_point(self, uuid: str, time_ns: int, root: bytes, record: bytes,
                   meta: dict[str, Any], stats: dict[str, Any]) -> int:
+        if self.schema == 1:
+            cur = self.con.execute(
+                "INSERT INTO points (uuid, time_ns, root, record, meta, stats) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (uuid, time_ns, root, record, json.dumps(meta, sort_keys=True),
+                 json.dumps(stats, sort_keys=True)))
+            assert cur.lastrowid is not None
+            return cur.lastrowid
         cur = self.con.execute(
-            "INSERT INTO points (uuid, time_ns, root, record, meta, stats) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (uuid, time_ns, root, record, json.dumps(meta, sort_keys=True),
-             json.dumps(stats, sort_keys=True)))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+            "INSERT INTO points (uuid, time_ns, root, record, sealed) VALUES (?, ?, ?, ?, x'')",
+            (uuid, time_ns, root, record))
+        pid = cur.lastrowid
+        assert pid is not None
+        body = json.dumps({"meta": meta, "stats": stats}, sort_keys=True).encode()
+        self.con.execute("UPDATE points SET sealed=? WHERE id=?",
+                         (self.codec.seal(body, self._point_aad(pid, uuid, time_ns, root,
+                                                                record)), pid))
+        return pid
 
     def points(self) -> list[PointRow]:
-        return [PointRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]))
-                for r in self.con.execute(
-                    "SELECT id, uuid, time_ns, root, record, meta, stats FROM points ORDER BY id")]
+        if self.schema == 1:
+            return [PointRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]))
+                    for r in self.con.execute(
+                        "SELECT id, uuid, time_ns, root, record, meta, stats FROM points "
+                        "ORDER BY id")]
+        out = []
+        for pid, uuid, time_ns, root, record, sealed in self.con.execute(
+                "SELECT id, uuid, time_ns, root, record, sealed FROM points ORDER BY id"):
+            try:
+                body = json.loads(self.codec.open(
+                    sealed, self._point_aad(pid, uuid, time_ns, root, record)))
+                out.append(PointRow(pid, uuid, time_ns, root, record, body["meta"],
+                                    body["stats"]))
+            except (SealError, ValueError, KeyError, TypeError) as exc:
+                out.append(PointRow(pid, uuid, time_ns, root, record, {}, {},
+                                    f"index row of point {pid} is damaged ({exc})"))
+        return out
 
     def delete_point(self, point_id: int) -> None:
         self.con.execute("DELETE FROM points WHERE id=?", (point_id,))
 
     # -- files cache --------------------------------------------------------
-    # Paths are stored as bytes (os.fsencode): file names need not be UTF-8.
+    # Schema 2: one sealed row per directory, {name: [size, mtime, ctime, ino,
+    # content JSON, xattrs JSON]}; schema 1: one plain row per file.  Paths are
+    # bytes (os.fsencode): file names need not be UTF-8.
+    def _cache_keys(self, source: str, directory: str) -> tuple[bytes, bytes]:
+        return self.codec.cache_key(source), self.codec.cache_key(source, directory)
+
+    @staticmethod
+    def _cache_aad(skey: bytes, dkey: bytes) -> bytes:
+        return b"cache\0" + struct.pack("<I", len(skey)) + skey + dkey
+
+    def _open_cache(self, skey: bytes, dkey: bytes, sealed: bytes) -> dict[str, CacheRow]:
+        try:
+            doc = json.loads(self.codec.open(sealed, self._cache_aad(skey, dkey)))
+            return {name: CacheRow(*row) for name, row in doc.items()}
+        except (SealError, ValueError, TypeError, AttributeError) as exc:
+            raise IndexDamaged(f"files-cache row does not open ({exc})") from None
+
     def cache_dir(self, source: str, directory: str) -> dict[str, CacheRow]:
-        """All cached files of one directory: one query per directory, not per file."""
-        return {r[0].decode("utf-8", "surrogateescape"): CacheRow(*r[1:]) for r in self.con.execute(
-            "SELECT name, size, mtime_ns, ctime_ns, ino, content, xattrs FROM files_cache "
-            "WHERE source=? AND dir=?", (source, os.fsencode(directory)))}
+        """All cached files of one directory: one query per directory, not per file.
 
-    def cache_put(self, rows: list[tuple[str, str, str, int, int, int, int, str, str]]) -> None:
-        self.con.executemany(
-            "INSERT OR REPLACE INTO files_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r[0], os.fsencode(r[1]), os.fsencode(r[2]), *r[3:]) for r in rows])
+        Raises IndexDamaged for a row that does not open (the caller reads the
+        directory's files again and the commit replaces the row)."""
+        if self.schema == 1:
+            return {r[0].decode("utf-8", "surrogateescape"): CacheRow(*r[1:])
+                    for r in self.con.execute(
+                        "SELECT name, size, mtime_ns, ctime_ns, ino, content, xattrs "
+                        "FROM files_cache WHERE source=? AND dir=?",
+                        (source, os.fsencode(directory)))}
+        skey, dkey = self._cache_keys(source, directory)
+        row = self.con.execute("SELECT sealed FROM files_cache WHERE source=? AND dir=?",
+                               (skey, dkey)).fetchone()
+        return {} if row is None else self._open_cache(skey, dkey, row[0])
 
-    def cache_dirs(self, source: str) -> set[str]:
-        return {os.fsdecode(r[0]) for r in self.con.execute(
-            "SELECT DISTINCT dir FROM files_cache WHERE source=?", (source,))}
+    def cache_write_dir(self, source: str, directory: str, rows: dict[str, CacheRow]) -> None:
+        """Replace one directory's cached files (inside the caller's transaction)."""
+        if self.schema == 1:
+            d = os.fsencode(directory)
+            self.con.execute("DELETE FROM files_cache WHERE source=? AND dir=?", (source, d))
+            self.con.executemany(
+                "INSERT INTO files_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(source, d, os.fsencode(n), r.size, r.mtime_ns, r.ctime_ns, r.ino, r.content,
+                  r.xattrs) for n, r in rows.items()])
+            return
+        self._write_sealed(*self._cache_keys(source, directory), rows)
 
-    def cache_delete_dir(self, source: str, directory: str) -> None:
-        self.con.execute("DELETE FROM files_cache WHERE source=? AND dir=?",
-                         (source, os.fsencode(directory)))
+    def _write_sealed(self, skey: bytes, dkey: bytes, rows: dict[str, CacheRow]) -> None:
+        if not rows:
+            self.con.execute("DELETE FROM files_cache WHERE source=? AND dir=?", (skey, dkey))
+            return
+        body = json.dumps({n: [r.size, r.mtime_ns, r.ctime_ns, r.ino, r.content, r.xattrs]
+                           for n, r in rows.items()}, separators=(",", ":")).encode()
+        self.con.execute("INSERT OR REPLACE INTO files_cache VALUES (?, ?, ?)",
+                         (skey, dkey, self.codec.seal(body, self._cache_aad(skey, dkey))))
 
-    def cache_rows(self) -> Iterator[tuple[str, str, str, str]]:
-        for source, d, name, content in self.con.execute(
-                "SELECT source, dir, name, content FROM files_cache"):
-            yield source, os.fsdecode(d), os.fsdecode(name), content
+    def cache_prune_dirs(self, source: str, visited: set[str]) -> None:
+        """Forget the directories of ``source`` that the run did not see (deleted)."""
+        if self.schema == 1:
+            for (d,) in list(self.con.execute(
+                    "SELECT DISTINCT dir FROM files_cache WHERE source=?", (source,))):
+                if os.fsdecode(d) not in visited:
+                    self.con.execute("DELETE FROM files_cache WHERE source=? AND dir=?",
+                                     (source, d))
+            return
+        skey = self.codec.cache_key(source)
+        keep = {self.codec.cache_key(source, d) for d in visited}
+        gone = [(skey, d) for (d,) in self.con.execute(
+            "SELECT dir FROM files_cache WHERE source=?", (skey,)) if d not in keep]
+        self.con.executemany("DELETE FROM files_cache WHERE source=? AND dir=?", gone)
 
-    def cache_delete(self, keys: list[tuple[str, str, str]]) -> None:
-        self.con.executemany(
-            "DELETE FROM files_cache WHERE source=? AND dir=? AND name=?",
-            [(k[0], os.fsencode(k[1]), os.fsencode(k[2])) for k in keys])
+    def cache_scan(self) -> Iterator[tuple[Any, Any, dict[str, CacheRow] | None]]:
+        """(source key, dir key, rows or None if the row does not open) for every
+        cached directory: for prune and check."""
+        if self.schema == 1:
+            rows: dict[tuple[str, bytes], dict[str, CacheRow]] = {}
+            for r in self.con.execute("SELECT source, dir, name, size, mtime_ns, ctime_ns, ino, "
+                                      "content, xattrs FROM files_cache"):
+                rows.setdefault((r[0], r[1]), {})[os.fsdecode(r[2])] = CacheRow(*r[3:])
+            for (source, d), entries in rows.items():
+                yield source, d, entries
+            return
+        for skey, dkey, sealed in list(self.con.execute(
+                "SELECT source, dir, sealed FROM files_cache")):
+            try:
+                yield skey, dkey, self._open_cache(skey, dkey, sealed)
+            except IndexDamaged:
+                yield skey, dkey, None
+
+    def cache_replace(self, skey: Any, dkey: Any, rows: dict[str, CacheRow]) -> None:
+        """Rewrite a directory found by ``cache_scan`` (by its stored keys)."""
+        if self.schema == 1:
+            self.con.execute("DELETE FROM files_cache WHERE source=? AND dir=?", (skey, dkey))
+            self.con.executemany(
+                "INSERT INTO files_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(skey, dkey, os.fsencode(n), r.size, r.mtime_ns, r.ctime_ns, r.ino, r.content,
+                  r.xattrs) for n, r in rows.items()])
+            return
+        self._write_sealed(skey, dkey, rows)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from remotevss.backup.index import PointRow
-from remotevss.backup.repo import RepoError, Repository
+from remotevss.backup.repo import Passphrase, RepoError, Repository
 from remotevss.backup.snapshot_source import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK
 from remotevss.backup.tree import Entry, decode_tree, xattrs_of
 
@@ -390,14 +390,14 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 
 def mount(repo_path: Path, mountpoint: Path, allow_other: bool = False,
-          debug: bool = False) -> None:
+          debug: bool = False, passphrase: Passphrase = None) -> None:
     """Serve the points of ``repo_path`` at ``mountpoint`` until unmounted (Ctrl-C,
     SIGTERM, SIGHUP or ``umount``).  Raises RepoError for a bad repository or mount
     point, RuntimeError if libfuse cannot mount."""
     import signal
 
     check_mountpoint(mountpoint)
-    with Repository(repo_path, "read") as repo:
+    with Repository(repo_path, "read", passphrase=passphrase) as repo:
         view = PointsView(repo)
         import mfusepy
 

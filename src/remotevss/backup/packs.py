@@ -8,13 +8,18 @@ rebuilt from the packs alone.
 
 Layout (all integers little-endian)::
 
-    header   "RVSSPACK" | u16 format version | u16 flags (0) | u32 reserved | 16-byte pack id
-    blobs    stored bytes of each blob, back to back
+    header   "RVSSPACK" | u16 pack version | u16 flags | u32 reserved (0) | 16-byte pack id
+    blobs    stored bytes of each blob, back to back (version 2: each sealed, see crypto.py)
     trailer  one 56-byte entry per blob:
                32-byte blob id | u8 type | u8 compression | u16 reserved
                | u32 stored length | u32 raw length | u64 offset in the pack | u32 reserved
-    footer   u32 entry count | u32 trailer length | 32-byte blake3 of the trailer
-             | "RVSSEND\\0"
+             version 2: the whole trailer sealed, with the 32-byte header as associated data
+    footer   u32 entry count | u32 trailer length (as stored) | 32-byte blake3 of the stored
+             trailer | "RVSSEND\\0"
+
+Version 1 packs (repository format 1) have flags 0 and a plain trailer; version 2
+packs set flag bit 0 when the repository is encrypted.  The blake3 in the footer
+tells damage ("checksum mismatch") from a trailer that does not authenticate.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from pathlib import Path
 
 import blake3
 
+from remotevss.backup.crypto import Codec, SealError
+
 PACK_MAGIC = b"RVSSPACK"
 PACK_END = b"RVSSEND\0"
-PACK_VERSION = 1
+PACK_VERSION = 2
+FLAG_ENCRYPTED = 1
 HEADER = struct.Struct("<8sHHI16s")
 ENTRY = struct.Struct("<32sBBHIIQI")
 FOOTER = struct.Struct("<II32s8s")
@@ -82,12 +90,14 @@ class PackWriter:
     so anything under ``packs/`` parses; a crash leaves at most a tmp file.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, codec: Codec, tmp_prefix: str = "") -> None:
         self.root = root
+        self.codec = codec
         self.name = uuid.uuid4().hex
-        self.tmp_path = root / "tmp" / f"{self.name}.pack"
+        self.tmp_path = root / "tmp" / f"{tmp_prefix}{self.name}.pack"
         self._f = open(self.tmp_path, "xb", buffering=1 << 20)  # noqa: SIM115 - closed in finish
-        self._f.write(HEADER.pack(PACK_MAGIC, PACK_VERSION, 0, 0, bytes.fromhex(self.name)))
+        self.header = pack_header(codec, self.name)
+        self._f.write(self.header)
         self.size = HEADER.size
         self.entries: list[BlobEntry] = []
 
@@ -105,6 +115,8 @@ class PackWriter:
             ENTRY.pack(e.id, e.type, e.compression, 0, e.stored_len, e.raw_len, e.offset, 0)
             for e in self.entries
         )
+        if not self.codec.legacy:
+            trailer = self.codec.seal(trailer, self.header)
         self._f.write(trailer)
         self._f.write(FOOTER.pack(len(self.entries), len(trailer),
                                   blake3.blake3(trailer).digest(), PACK_END))
@@ -122,29 +134,49 @@ class PackWriter:
         self.tmp_path.unlink(missing_ok=True)
 
 
-def read_trailer(path: Path) -> list[BlobEntry]:
+def pack_header(codec: Codec, name: str) -> bytes:
+    """The 32-byte header a pack of this repository must start with."""
+    if codec.legacy:
+        return HEADER.pack(PACK_MAGIC, 1, 0, 0, bytes.fromhex(name))
+    return HEADER.pack(PACK_MAGIC, PACK_VERSION, FLAG_ENCRYPTED if codec.encrypted else 0, 0,
+                       bytes.fromhex(name))
+
+
+def read_trailer(path: Path, codec: Codec) -> list[BlobEntry]:
     """Parse and check a pack's header, footer and trailer (not the blobs)."""
+    name = path.name.removesuffix(".pack")
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < HEADER.size + FOOTER.size:
             raise PackError(f"{path.name}: truncated ({size} bytes)")
-        magic, version, _flags, _res, pid = HEADER.unpack(f.read(HEADER.size))
+        header = f.read(HEADER.size)
+        magic, version, flags, res, pid = HEADER.unpack(header)
         if magic != PACK_MAGIC:
             raise PackError(f"{path.name}: bad header magic")
-        if version != PACK_VERSION:
+        if version not in (1, PACK_VERSION):
             raise PackError(f"{path.name}: unsupported pack version {version}")
-        if pid.hex() != path.name.removesuffix(".pack"):
+        if pid.hex() != name:
             raise PackError(f"{path.name}: header names pack {pid.hex()}")
+        if header != pack_header(codec, name) or res:
+            raise PackError(f"{path.name}: header (version {version}, flags {flags}) does not "
+                            "fit this repository")
         f.seek(size - FOOTER.size)
         count, tlen, digest, end = FOOTER.unpack(f.read(FOOTER.size))
         if end != PACK_END:
             raise PackError(f"{path.name}: bad footer magic")
-        if tlen != count * ENTRY.size or HEADER.size + tlen + FOOTER.size > size:
+        plain_len = count * ENTRY.size
+        if (tlen != plain_len + (0 if codec.legacy else codec.overhead)
+                or HEADER.size + tlen + FOOTER.size > size):
             raise PackError(f"{path.name}: bad trailer length")
         f.seek(size - FOOTER.size - tlen)
         trailer = f.read(tlen)
     if blake3.blake3(trailer).digest() != digest:
         raise PackError(f"{path.name}: trailer checksum mismatch")
+    if not codec.legacy:
+        try:
+            trailer = codec.open(trailer, header)
+        except SealError as exc:
+            raise PackError(f"{path.name}: trailer {exc}") from None
     entries = []
     data_end = size - FOOTER.size - tlen
     for i in range(count):

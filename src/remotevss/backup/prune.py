@@ -22,7 +22,7 @@ from remotevss.backup.index import PointRow
 from remotevss.backup.packs import fsync_dir, pack_path
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobError, Repository
-from remotevss.backup.tree import Entry, content_ids, decode_tree, walk
+from remotevss.backup.tree import Entry, content_ids, walk
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
@@ -99,7 +99,7 @@ def prune(repo: Repository, keep_last: int | None, keep_within: int | None,
 
     def load(tid: bytes) -> list[Entry]:
         live.add(tid)
-        return decode_tree(repo.read_blob(tid))
+        return repo.read_tree(tid)
 
     seen: set[bytes] = set()
     for p in points:
@@ -150,12 +150,15 @@ def prune(repo: Repository, keep_last: int | None, keep_within: int | None,
         idx.delete_pack(pack_id)  # only rows still pointing at the old pack
     # Files-cache rows naming a blob that is gone would make the next backup
     # reference missing data: forget them (those files are read again).
-    stale = []
     if dead:
-        for source, directory, fname, content in idx.cache_rows():
-            if any(bytes.fromhex(c[2]) in dead for c in json.loads(content)):
-                stale.append((source, directory, fname))
-        idx.cache_delete(stale)
+        for skey, dkey, rows in idx.cache_scan():
+            if rows is None:  # a row that does not open: forget it too
+                idx.cache_replace(skey, dkey, {})
+                continue
+            alive = {n: r for n, r in rows.items()
+                     if not any(bytes.fromhex(c[2]) in dead for c in json.loads(r.content))}
+            if len(alive) != len(rows):
+                idx.cache_replace(skey, dkey, alive)
     idx.commit()
     dirs = set()
     for _pid, name in delete:

@@ -1,24 +1,30 @@
-"""The backup repository: layout, config, locks, and reading/writing blobs.
+"""The backup repository: layout, config, keys, locks, and reading/writing blobs.
 
 Why this shape: packs are written and fsynced before the index transaction
 that makes their blobs visible, and a recovery point is one more row in a
 later transaction; so at any instant the index only names data that is on
 disk, and a killed run leaves at most unreferenced packs (reclaimed by
-prune) and tmp files (removed by the next writer).
+prune) and tmp files (removed by the next writer).  Several backups may
+append at once (each its own packs, SQLite serialising the commits); prune
+needs the repository to itself.
 
 Layout::
 
-    config.json        format name and version, repository id, chunker, compression, pack size
+    config.json        format name and version, repository id, chunker, compression,
+                       pack size, encryption (checksummed; format 1: plain JSON)
+    keys/<id>.json     the master secret wrapped under one passphrase each (encrypted only)
     index.sqlite       blobs, packs, recovery points, files cache (WAL)
     lock               flock: shared by readers and backups, exclusive for prune
-    write.lock         flock: exclusive for backup and prune; holds the holder's pid/host/time
+    locks/<id>.lock    one per running backup or prune (flock held), its pid/host/command
+    locks/source-<h>   flock: one backup per source label at a time
     packs/XX/<id>.pack sealed packs
-    tmp/               packs being written
+    tmp/<writer>-<id>.pack  packs being written, named after their writer
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -27,20 +33,27 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from remotevss.backup.chunker import ChunkerParams, chunk_id, compress, decompress
+import blake3
+
+from remotevss.backup import keys as keyfiles
+from remotevss.backup.chunker import ChunkerParams, compress, decompress
+from remotevss.backup.crypto import CIPHER_NAME, Codec, Keys, LegacyCodec, SealError, new_master
 from remotevss.backup.index import Index, PointRow
 from remotevss.backup.packs import DATA, BlobEntry, PackWriter, fsync_dir, pack_path
 
 FORMAT = "remotevss-backup"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_PACK_SIZE = 64 << 20
+PASSWORD_ENV = "REMOTEVSS_BACKUP_PASSWORD"  # noqa: S105 - the variable's name
 
 Mode = Literal["read", "write", "exclusive"]
+Passphrase = str | Callable[[], str] | None
 
 
 class RepoError(Exception):
@@ -49,6 +62,10 @@ class RepoError(Exception):
 
 class RepoLocked(RepoError):
     """Another process holds the lock this operation needs."""
+
+
+class WrongPassphrase(RepoError):
+    """No key of the repository opens with the passphrase given."""
 
 
 class BlobError(RepoError):
@@ -65,73 +82,162 @@ class RepoConfig:
     chunker: ChunkerParams
     compression: str
     pack_size: int
+    version: int = FORMAT_VERSION
+    encryption: str = CIPHER_NAME
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "id": self.repo_id,
-                "chunker": self.chunker.to_json(), "compression": self.compression,
-                "pack_size": self.pack_size}
+        out = {"format": FORMAT, "version": self.version, "id": self.repo_id,
+               "chunker": self.chunker.to_json(), "compression": self.compression,
+               "pack_size": self.pack_size}
+        if self.version >= 2:
+            out["encryption"] = self.encryption
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RepoConfig:
         if data.get("format") != FORMAT:
             raise RepoError("not a remotevss backup repository")
-        if data.get("version") != FORMAT_VERSION:
-            raise RepoError(f"repository format version {data.get('version')} is not supported "
-                            f"(this program reads version {FORMAT_VERSION})")
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            raise RepoError(f"repository format version {version} is not supported "
+                            f"(this program reads versions 1 and {FORMAT_VERSION})")
+        encryption = str(data.get("encryption", "none"))
+        if encryption not in ("none", CIPHER_NAME):
+            raise RepoError(f"unknown repository encryption {encryption!r}")
         return cls(str(data["id"]), ChunkerParams.from_json(data["chunker"]),
-                   str(data["compression"]), int(data["pack_size"]))
+                   str(data["compression"]), int(data["pack_size"]), int(version), encryption)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption != "none"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(path.parent)
+    keyfiles.write_atomic(path, data)
+
+
+def resolve_passphrase(passphrase: Passphrase) -> str | None:
+    """An explicit passphrase, else ``$REMOTEVSS_BACKUP_PASSWORD``."""
+    if callable(passphrase):
+        return passphrase()
+    if passphrase is not None:
+        return passphrase
+    return os.environ.get(PASSWORD_ENV) or None
 
 
 def init_repo(path: Path, chunker: ChunkerParams | None = None,
-              pack_size: int = DEFAULT_PACK_SIZE) -> RepoConfig:
-    """Create an empty repository; refuses a non-empty directory."""
+              pack_size: int = DEFAULT_PACK_SIZE, passphrase: Passphrase = None,
+              encrypted: bool = True, kdf: dict[str, Any] | None = None) -> RepoConfig:
+    """Create an empty repository (encrypted unless ``encrypted=False``); refuses a
+    non-empty directory, and an encrypted one without a passphrase."""
+    path = Path(path)
+    secret = resolve_passphrase(passphrase) if encrypted else None
+    if encrypted and not secret:
+        raise RepoError(f"an encrypted repository needs a passphrase (--password-file, "
+                        f"${PASSWORD_ENV} or the prompt); --unencrypted makes a plain one")
     path.mkdir(parents=True, exist_ok=True)
     if any(path.iterdir()):
         raise RepoError(f"{path} is not empty")
-    for sub in ("packs", "tmp"):
+    for sub in ("packs", "tmp", "locks", "keys"):
         (path / sub).mkdir()
-    for name in ("lock", "write.lock"):
-        (path / name).touch()
-    Index(path / "index.sqlite").close()
-    config = RepoConfig(uuid.uuid4().hex, chunker or ChunkerParams(), "zstd-3", pack_size)
+    (path / "lock").touch()
+    config = RepoConfig(uuid.uuid4().hex, chunker or ChunkerParams(), "zstd-3", pack_size,
+                        FORMAT_VERSION, CIPHER_NAME if encrypted else "none")
+    raw = keyfiles.dump_checked(config.to_json())
+    Index(path / "index.sqlite", codec=Codec()).close()
+    if secret:
+        keyfiles.add_key(path, Keys(new_master()), secret, config.repo_id,
+                         blake3.blake3(raw).hexdigest(), kdf)
     # config.json last: its presence means "initialized".
-    _write_atomic(path / "config.json", json.dumps(config.to_json(), indent=2).encode() + b"\n")
+    _write_atomic(path / "config.json", raw)
     return config
+
+
+def read_config(path: Path) -> tuple[RepoConfig, bytes]:
+    cfg = path / "config.json"
+    try:
+        raw = cfg.read_bytes()
+    except FileNotFoundError:
+        raise RepoError(f"{path}: no repository here (run 'backup init')") from None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise RepoError(f"{path}: config.json is damaged (not valid JSON)") from None
+    if not isinstance(data, dict):
+        raise RepoError(f"{path}: config.json is damaged (not an object)")
+    version = data.get("version")
+    if "checksum" in data or version == FORMAT_VERSION:
+        try:  # format 2 carries a checksum: any changed byte is named as damage
+            data = keyfiles.load_checked(raw, "config.json")
+        except keyfiles.DamagedFile as exc:
+            if data.get("format") == FORMAT and version not in READABLE_VERSIONS:
+                raise RepoError(f"{path}: repository format version {version} is not "
+                                f"supported (this program reads versions 1 and "
+                                f"{FORMAT_VERSION}), or {exc}") from None
+            raise RepoError(f"{path}: {exc}") from None
+    return RepoConfig.from_json(data), raw
+
+
+def open_codec(path: Path, config: RepoConfig, raw_config: bytes, passphrase: Passphrase
+               ) -> tuple[Codec, str | None]:
+    """The codec of an existing repository (unlocking its keys); nothing is written."""
+    if config.version == 1:
+        return LegacyCodec(), None
+    if not config.encrypted:
+        if keyfiles.key_files(path):
+            raise RepoError(f"{path}: config.json says the repository is not encrypted, but "
+                            f"{keyfiles.KEYS_DIR}/ holds keys: config.json was altered")
+        return Codec(), None
+    secret = resolve_passphrase(passphrase)
+    if not secret:
+        raise RepoError(f"{path}: the repository is encrypted: give its passphrase "
+                        f"(--password-file, ${PASSWORD_ENV}, or the prompt)")
+    try:
+        got = keyfiles.unlock(path, config.repo_id, secret)
+    except keyfiles.WrongPassphrase as exc:
+        raise WrongPassphrase(f"{path}: {exc}") from None
+    except keyfiles.DamagedFile as exc:
+        raise RepoError(f"{path}: {exc}") from None
+    if got.config_digest != blake3.blake3(raw_config).hexdigest():
+        raise RepoError(f"{path}: config.json is not the one the repository was created "
+                        "with (altered)")
+    return got.keys, got.key_id
 
 
 class Repository:
     """An open repository holding the locks of ``mode``; use as a context manager.
 
-    read: shared ``lock`` (list, restore, check, verify; concurrent with a backup);
-    write: shared ``lock`` + exclusive ``write.lock`` (backup: appends only);
-    exclusive: both exclusive (prune: deletes packs).
+    read: shared ``lock`` (list, restore, check, verify; concurrent with backups);
+    write: shared ``lock`` + a note in ``locks/`` (backup: appends only; several at once);
+    exclusive: ``lock`` exclusive (prune: deletes packs; no backup can be running).
+    ``passphrase``: a string, a callable asked only if the repository is
+    encrypted, or None for ``$REMOTEVSS_BACKUP_PASSWORD``.  ``wait``: seconds to
+    wait for a lock before giving up (RepoLocked).
     """
 
-    def __init__(self, path: Path, mode: Mode = "read", command: str = "") -> None:
+    def __init__(self, path: Path, mode: Mode = "read", command: str = "",
+                 passphrase: Passphrase = None, wait: float = 0.0) -> None:
         self.path = Path(path)
         self.mode = mode
-        cfg = self.path / "config.json"
-        if not cfg.exists():
-            raise RepoError(f"{self.path}: no repository here (run 'backup init')")
-        self.config = RepoConfig.from_json(json.loads(cfg.read_text()))
+        self.command = command
+        self.config, raw_config = read_config(self.path)
+        # Keys first: a wrong passphrase must leave no trace (no lock note, no tmp cleanup).
+        self.codec, self.key_id = open_codec(self.path, self.config, raw_config, passphrase)
+        seed = self.codec.chunker_seed()
+        self.chunker = (dataclasses.replace(self.config.chunker, seed=seed) if seed is not None
+                        else self.config.chunker)
         self._fds: list[int] = []
+        self._note: Path | None = None
+        self.writer_id = uuid.uuid4().hex[:16]
         self.interrupted: dict[str, Any] | None = None
         try:
-            self._lock("lock", fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH)
+            self._lock(self.path / "lock",
+                       fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH, wait)
             if mode != "read":
-                self._take_write_lock(command)
+                self._register(command)
             # Readers open the index read-only: they never wait for a writer's lock.
-            self.index = Index(self.path / "index.sqlite", readonly=mode == "read")
+            self.index = Index(self.path / "index.sqlite", readonly=mode == "read",
+                               codec=self.codec)
         except BaseException:
             self._unlock()
             raise
@@ -139,49 +245,149 @@ class Repository:
         self._pack_lock = threading.Lock()
 
     # -- locking --------------------------------------------------------------
-    def _lock(self, name: str, op: int) -> int:
-        fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, op | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder()
-            os.close(fd)
-            who = (f" by pid {holder.get('pid')} on {holder.get('host')} "
-                   f"({holder.get('command')}) since {holder.get('started')}") if holder else ""
-            raise RepoLocked(f"{self.path}: repository is locked{who}") from None
+    def _lock(self, path: Path, op: int, wait: float = 0.0, what: str = "",
+              holder: dict[str, Any] | None = None) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                os.close(fd)
+                holders = ([holder] if holder else
+                           [h for h in self.holders() if h.get("id") != self.writer_id])
+                who = "; ".join(f"{h.get('command') or 'a process'} (pid {h.get('pid')} on "
+                                f"{h.get('host')} since {h.get('started')})" for h in holders)
+                raise RepoLocked(f"{self.path}: {what or 'repository'} is locked"
+                                 + (f" by {who}" if who else "")
+                                 + (f" (waited {wait:g} s)" if wait else "")) from None
         self._fds.append(fd)
         return fd
 
-    def _holder(self) -> dict[str, Any]:
-        try:
-            text = (self.path / "write.lock").read_text()
-            data = json.loads(text) if text.strip() else {}
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+    def holders(self) -> list[dict[str, Any]]:
+        """The notes of running backups and prunes (a note whose flock is free is a
+        dead run's, not yet cleaned up: left out)."""
+        out = []
+        for note in sorted((self.path / "locks").glob("*.lock")):
+            try:
+                fd = os.open(note, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    continue  # nobody holds it: dead
+                except BlockingIOError:
+                    pass
+                with contextlib.suppress(ValueError):
+                    data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                    if isinstance(data, dict) and data:
+                        out.append(data)
+            finally:
+                os.close(fd)
+        return out
 
-    def _take_write_lock(self, command: str) -> None:
-        """Take write.lock; non-empty contents mean the last holder died holding it.
+    def _register(self, command: str) -> None:
+        """Leave a note in ``locks/`` (flock held while we run) and clean up after dead
+        writers.
 
-        Why record the holder: flock vanishes with the process, so a killed run
-        leaves no lock; what it leaves is its note, which tells us to clean
-        ``tmp/`` and lets us say which run was interrupted.
+        Why a note per writer: flock vanishes with the process, so a killed run
+        leaves no lock; what it leaves is its note, which tells the next writer
+        which ``tmp/`` files are garbage and lets us say which run was interrupted.
         """
-        fd = self._lock("write.lock", fcntl.LOCK_EX)
-        previous = self._holder()
-        if previous:
-            self.interrupted = previous
-            for leftover in (self.path / "tmp").iterdir():
-                leftover.unlink(missing_ok=True)
-        note = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, note.encode(), 0)
+        locks = self.path / "locks"
+        locks.mkdir(exist_ok=True)
+        tmp_note = locks / f"{self.writer_id}.new"
+        fd = os.open(tmp_note, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fds.append(fd)
+        note = {"id": self.writer_id, "pid": os.getpid(), "host": socket.gethostname(),
+                "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.pwrite(fd, json.dumps(note).encode(), 0)
         os.fsync(fd)
+        final = locks / f"{self.writer_id}.lock"
+        os.rename(tmp_note, final)  # visible only once locked: scanners never take it
+        self._note = final
+        fsync_dir(locks)
+        self._clean_dead()
+
+    def _clean_dead(self) -> None:
+        """Remove the notes and tmp packs of writers that died (their note's flock is free).
+
+        Order matters: list ``tmp/`` before ``locks/``, so every tmp file we look
+        at was created after its writer's note became visible."""
+        leftovers = list((self.path / "tmp").iterdir())
+        live = {self.writer_id}
+        for half in (self.path / "locks").glob("*.new"):  # died while registering
+            with contextlib.suppress(OSError):
+                fd = os.open(half, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    half.unlink()
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
+        for note in (self.path / "locks").glob("*.lock"):
+            writer = note.name.removesuffix(".lock")
+            if writer == self.writer_id:
+                continue
+            try:
+                fd = os.open(note, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    live.add(writer)
+                    continue
+                with contextlib.suppress(ValueError):
+                    data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+                    if isinstance(data, dict) and data and self.interrupted is None:
+                        self.interrupted = data
+                for leftover in leftovers:
+                    if leftover.name.startswith(writer + "-"):
+                        leftover.unlink(missing_ok=True)
+                note.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        # A format-1 writer's note (it used one write.lock), and tmp files of writers
+        # that are gone: no prefix (format 1) or a prefix whose note is not live.
+        legacy = self.path / "write.lock"
+        if legacy.exists():
+            with contextlib.suppress(OSError, ValueError):
+                text = legacy.read_text()
+                if text.strip() and self.interrupted is None:
+                    self.interrupted = json.loads(text)
+                legacy.write_text("")
+        for leftover in leftovers:
+            owner, sep, _rest = leftover.name.partition("-")
+            if not sep or owner not in live:
+                leftover.unlink(missing_ok=True)
+
+    def lock_sources(self, labels: Sequence[str]) -> None:
+        """One backup per source label at a time (their files-cache rows are shared)."""
+        note = {"id": self.writer_id, "pid": os.getpid(), "host": socket.gethostname(),
+                "command": self.command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for label in labels:
+            path = self.path / "locks" / f"source-{blake3.blake3(label.encode()).hexdigest()[:16]}"
+            holder: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                holder = json.loads(path.read_bytes() or b"{}")
+            fd = self._lock(path, fcntl.LOCK_EX, what=f"source {label!r}",
+                            holder=holder if isinstance(holder, dict) else None)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(note).encode(), 0)  # names us to a second run
 
     def _unlock(self) -> None:
-        if self.mode != "read" and len(self._fds) == 2:
-            os.ftruncate(self._fds[1], 0)  # a clean release leaves no note
+        if self._note is not None:
+            self._note.unlink(missing_ok=True)  # a clean release leaves no note
+            self._note = None
         for fd in reversed(self._fds):
             os.close(fd)
         self._fds.clear()
@@ -223,14 +429,26 @@ class Repository:
             raise BlobError(entry.id, f"pack {pack} is truncated")
         return data
 
-    @staticmethod
-    def decode(entry: BlobEntry, stored: bytes) -> bytes:
-        """Decompress and check the content address: the end-to-end integrity check."""
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        """The repository's content address (keyed blake3 when encrypted)."""
+        return self.codec.blob_id(data)
+
+    def encode(self, blob_id: bytes, btype: int, raw: bytes | memoryview) -> tuple[int, bytes]:
+        """(compression, stored bytes) of a new blob: compressed, then sealed."""
+        comp, data = compress(raw)
+        return comp, self.codec.seal(data, blob_aad(blob_id, btype))
+
+    def decode(self, entry: BlobEntry, stored: bytes) -> bytes:
+        """Open, decompress and check the content address: the end-to-end integrity check."""
         try:
-            raw = decompress(entry.compression, stored, entry.raw_len)
+            data = self.codec.open(stored, blob_aad(entry.id, entry.type))
+        except SealError as exc:
+            raise BlobError(entry.id, str(exc)) from None
+        try:
+            raw = decompress(entry.compression, data, entry.raw_len)
         except Exception as exc:  # zstd raises its own error type on corrupt frames
             raise BlobError(entry.id, f"cannot decompress: {exc}") from exc
-        if len(raw) != entry.raw_len or chunk_id(raw) != entry.id:
+        if len(raw) != entry.raw_len or self.codec.blob_id(raw) != entry.id:
             raise BlobError(entry.id, "content does not match its id")
         return raw
 
@@ -263,6 +481,12 @@ class Repository:
         raise RepoError(f"no single recovery point matches {spec!r}")
 
     # -- writing --------------------------------------------------------------------
+    def read_tree(self, tree_id: bytes) -> list[dict[str, Any]]:
+        """A directory's entries (tree.decode_tree of the blob)."""
+        from remotevss.backup.tree import decode_tree
+
+        return decode_tree(self.read_blob(tree_id))
+
     def writer(self) -> BlobWriter:
         if self.mode == "read":
             raise RepoError("repository opened read-only")
@@ -282,19 +506,28 @@ class Bloom:
         self.mask = bits - 1
         self.bits = bytearray(bits >> 3)
 
-    def _probes(self, blob_id: bytes) -> tuple[int, int, int, int]:
-        v = int.from_bytes(blob_id[:16], "little")  # ids are uniform: slice them
-        m = self.mask
-        return v & m, (v >> 32) & m, (v >> 64) & m, (v >> 96) & m
-
-    def add(self, blob_id: bytes) -> None:
-        b = self.bits
-        for p in self._probes(blob_id):
+    def add(self, blob_id: bytes, _from_bytes: Any = int.from_bytes) -> None:
+        v = _from_bytes(blob_id[:16], "little")  # ids are uniform: slice them
+        m, b = self.mask, self.bits
+        for p in (v & m, (v >> 32) & m, (v >> 64) & m, (v >> 96) & m):
             b[p >> 3] |= 1 << (p & 7)
 
-    def __contains__(self, blob_id: bytes) -> bool:
-        b = self.bits
-        return all(b[p >> 3] & (1 << (p & 7)) for p in self._probes(blob_id))
+    def __contains__(self, blob_id: bytes, _from_bytes: Any = int.from_bytes) -> bool:
+        # Unrolled, no generator: this runs for every chunk, in three threads
+        # that share the GIL with the reading thread.
+        v = _from_bytes(blob_id[:16], "little")
+        m, b = self.mask, self.bits
+        p = v & m
+        if not b[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (v >> 32) & m
+        if not b[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (v >> 64) & m
+        if not b[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (v >> 96) & m
+        return bool(b[p >> 3] & (1 << (p & 7)))
 
 
 class BlobWriter:
@@ -340,7 +573,7 @@ class BlobWriter:
             return True
         idx: Index | None = getattr(self._tls, "index", None)
         if idx is None:
-            idx = self._tls.index = Index(self.index.path, readonly=True)
+            idx = self._tls.index = self.index.reader()
         return idx.has_blob(blob_id)
 
     def has(self, blob_id: bytes) -> bool:
@@ -351,7 +584,7 @@ class BlobWriter:
     def add(self, blob_id: bytes, btype: int, compression: int, stored: bytes, raw_len: int
             ) -> None:
         if self.pack is None:
-            self.pack = PackWriter(self.repo.path)
+            self.pack = PackWriter(self.repo.path, self.repo.codec, f"{self.repo.writer_id}-")
         self.pending[blob_id] = self.pack.add(blob_id, btype, compression, stored, raw_len)
         if self._bloom is not None:
             self._bloom.add(blob_id)
@@ -364,10 +597,13 @@ class BlobWriter:
     def add_raw(self, blob_id: bytes, btype: int, raw: bytes) -> bool:
         """Store ``raw`` (compressing here) unless present; True when it was new.
 
-        For trees and point records: few per run, so a direct index probe."""
-        if blob_id in self.pending or self.index.has_blob(blob_id):
+        For trees and point records: an index probe, unless the Bloom filter
+        (once built) already says the id is new."""
+        bloom = self._bloom
+        if blob_id in self.pending or (
+                (bloom is None or blob_id in bloom) and self.index.has_blob(blob_id)):
             return False
-        comp, stored = compress(raw)
+        comp, stored = self.repo.encode(blob_id, btype, raw)
         self.add(blob_id, btype, comp, stored, len(raw))
         return True
 
@@ -420,7 +656,12 @@ class BlobWriter:
             self.pack = None
 
 
+def blob_aad(blob_id: bytes, btype: int) -> bytes:
+    """What a stored blob is sealed to: its id and type (so it cannot be swapped)."""
+    return blob_id + bytes((btype,))
+
+
 def store_data(writer: BlobWriter, raw: bytes) -> bytes:
-    cid = chunk_id(raw)
+    cid = writer.repo.blob_id(raw)
     writer.add_raw(cid, DATA, raw)
     return cid

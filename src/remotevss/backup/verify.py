@@ -1,13 +1,16 @@
 """``check`` (structure, fast) and ``verify`` (every byte re-read and re-hashed).
 
-Why two: ``check`` reads only pack headers/trailers and trees, so it is cheap
-enough to run after every backup and proves the index, the packs and the
-points agree; ``verify`` reads all data, so it finds bit rot, and it names
-the files of every recovery point that a damaged blob affects.
+Why two: ``check`` reads only pack headers/trailers, trees and the index, so
+it is cheap enough to run after every backup and proves the index, the packs
+and the points agree (every index row is compared with the authenticated pack
+trailers and point records, or opened); ``verify`` also reads all data, every
+blob a trailer lists, so it finds bit rot and tampering anywhere in a pack,
+and it names the files of every recovery point that a damaged blob affects.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ from typing import Any
 from remotevss.backup.packs import BlobEntry, PackError, pack_path, read_trailer
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobError, Repository
-from remotevss.backup.tree import Entry, content_ids, decode_tree, walk
+from remotevss.backup.tree import Entry, content_ids, walk
 
 
 @dataclass
@@ -49,7 +52,7 @@ def _check_packs(repo: Repository, report: Report) -> dict[str, list[BlobEntry]]
         path = pack_path(repo.path, name)
         try:
             actual = path.stat().st_size
-            entries = read_trailer(path)
+            entries = read_trailer(path, repo.codec)
         except FileNotFoundError:
             report.errors.append(f"pack {name}: missing")
             continue
@@ -63,8 +66,8 @@ def _check_packs(repo: Repository, report: Report) -> dict[str, list[BlobEntry]]
         for b in repo.index.pack_blobs(pack_id):
             report.blobs += 1
             if by_id.get(b.id) != b:
-                report.errors.append(f"pack {name}: blob {b.id.hex()[:16]} differs from the "
-                                     "pack's trailer")
+                report.errors.append(f"index: row of blob {b.id.hex()[:16]} differs from the "
+                                     f"trailer of pack {name}")
     for path in sorted((repo.path / "packs").glob("*/*.pack")):
         if path.name.removesuffix(".pack") not in indexed:
             report.notes.append(f"pack {path.name}: not in the index (left by an interrupted "
@@ -89,18 +92,61 @@ def _point_walk(repo: Repository, report: Report, bad: dict[bytes, str] | None,
         def load(tid: bytes) -> list[Entry]:
             if bad is not None and tid in bad:
                 raise BlobError(tid, bad[tid])
-            return decode_tree(repo.read_blob(tid))
+            return repo.read_tree(tid)
 
-        if not repo.index.has_blob(point.record):
-            report.errors.append(f"point {point.id}: record blob {point.record.hex()[:16]} "
-                                 "missing")
+        if point.damaged:
+            report.errors.append(f"index: {point.damaged}")
+        _check_record(repo, report, point)
         for path, e in walk(load, point.root, "", on_error, seen):
             yield point.id, point.uuid, path, e
 
 
+def _check_record(repo: Repository, report: Report, point: Any) -> None:
+    """The point's index row must say what its (authenticated) record blob says."""
+    try:
+        record = repo.load_json(point.record)
+    except (BlobError, ValueError) as exc:
+        report.errors.append(f"point {point.id}: record blob {point.record.hex()[:16]}: {exc}")
+        return
+    if (record.get("uuid"), record.get("time_ns"), record.get("root")) != (
+            point.uuid, point.time_ns, point.root.hex()):
+        report.errors.append(f"index: row of point {point.id} differs from its record blob")
+
+
+def _check_index(repo: Repository, report: Report) -> None:
+    """SQLite's own structure, rows that name no pack, and every sealed row opens."""
+    con = repo.index.con
+    try:
+        problems = [r[0] for r in con.execute("PRAGMA integrity_check")]
+        if problems != ["ok"]:
+            report.errors.extend(f"index: {p}" for p in problems[:20])
+        report.errors.extend(f"index: {p}" for p in repo.index.schema_differences())
+        orphans = con.execute("SELECT count(*) FROM blobs WHERE pack NOT IN "
+                              "(SELECT id FROM packs)").fetchone()[0]
+        if orphans:
+            report.errors.append(f"index: {orphans} blob rows name no pack")
+        for _skey, dkey, rows in repo.index.cache_scan():
+            if rows is None:
+                report.errors.append(f"index: files-cache row {bytes(dkey).hex()[:16]} does not "
+                                     "open (damaged; the next backup rereads that directory)")
+    except sqlite3.DatabaseError as exc:
+        report.errors.append(f"index: {exc}")
+
+
+def _check_keys(repo: Repository, report: Report) -> None:
+    """Every key file is intact (only the one we opened with can be unwrapped)."""
+    from remotevss.backup.keys import DamagedFile, list_keys
+
+    for k in list_keys(repo.path):
+        if isinstance(k, DamagedFile):
+            report.errors.append(str(k))
+
+
 def check(repo: Repository) -> Report:
-    """Index vs. pack trailers, and every point's trees and chunk references."""
+    """Keys, index vs. pack trailers, and every point's trees and chunk references."""
     report = Report()
+    _check_keys(repo, report)
+    _check_index(repo, report)
     _check_packs(repo, report)
     checked: set[bytes] = set()
     for pid, _uuid, path, e in _point_walk(repo, report, None, set()):
@@ -117,28 +163,33 @@ def verify(repo: Repository, progress: Progress | None = None, workers: int = 2)
     """Re-read every indexed blob, decompress and re-hash it; name the affected files."""
     progress = progress or Progress(enabled=False)
     report = Report()
+    _check_keys(repo, report)
+    _check_index(repo, report)
     trailers = _check_packs(repo, report)
     bad: dict[bytes, str] = {}
     total = sum(size for _i, _n, size in repo.index.packs())
     progress.set_total(0, total)
 
-    def verify_pack(pack_id: int, name: str) -> dict[bytes, str]:
-        errs: dict[bytes, str] = {}
-        for b in repo.index.pack_blobs(pack_id):
+    def verify_pack(name: str, indexed: set[BlobEntry]) -> list[tuple[bytes, bool, str]]:
+        """Every blob the trailer lists, indexed or not: no byte of a pack goes unchecked."""
+        errs = []
+        for b in trailers[name]:
             try:
                 repo.decode(b, repo.read_stored(name, b))
             except BlobError as exc:
-                errs[b.id] = str(exc)
+                errs.append((b.id, b in indexed, str(exc)))
         return errs
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         packs = repo.index.packs()
-        futures = [(name, size, pool.submit(verify_pack, pid, name))
+        futures = [(name, size, pool.submit(verify_pack, name, set(repo.index.pack_blobs(pid))))
                    for pid, name, size in packs if name in trailers]
         for name, size, fut in futures:
-            for bid, msg in fut.result().items():
-                bad[bid] = msg
-                report.errors.append(f"pack {name}: {msg}")
+            for bid, indexed, msg in fut.result():
+                if indexed:  # a copy no index row uses harms no point
+                    bad[bid] = msg
+                report.errors.append(f"pack {name}: {msg}"
+                                     + ("" if indexed else " (an unused copy)"))
             report.bytes_read += size
             progress.add_bytes(size)
     # Which files of which points does the damage reach?  Walk every point
