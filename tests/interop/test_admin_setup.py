@@ -36,6 +36,7 @@ import pytest
 
 from remotevss.client.rpc import FsrvpCalls
 from remotevss.fsrvp.constants import CTX_BACKUP, INTERFACE_UUID
+from remotevss.samba.private import stop_sessions
 from tests.conftest import LoopFs
 from tests.hardening.harness import delete_all, sequence
 
@@ -155,16 +156,7 @@ def debian_samba(loopfs: LoopFs, tmp_path: Path) -> Iterator[Path]:
             _wait(name, ready[name], procs[-1], log)
         yield mnt
     finally:
-        for p in reversed(procs):
-            with_group = os.getpgid(p.pid) if p.poll() is None else None
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if with_group:
-                subprocess.run(["pkill", "-KILL", "-g", str(with_group)], check=False)
+        stop_sessions(procs)  # each daemon with its children, the last started first
         undone = run(*CLI, "setup", "samba", "--undo")
         assert undone.returncode == 0, undone.stderr
         assert conf.read_text() == original, "--undo restores smb.conf byte for byte"

@@ -28,23 +28,13 @@ from remotevss.backup.backup import local_sources, run_backup
 from remotevss.backup.packs import DATA, pack_path
 from remotevss.backup.repo import RepoLocked, Repository, init_repo
 from remotevss.backup.snapshot_source import LocalSource
+from tests.support.backup_cli import CLI, cli, rand
 
 LoopFs = Callable[..., Path]
-CLI = [sys.executable, "-m", "remotevss.backup.cli"]
 ROOT = os.geteuid() == 0
 ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
 
 
-def cli(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=120, check=False)
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
-
-
-def rand(seed: str, n: int) -> bytes:
-    return blake3.blake3(seed.encode()).digest(length=n)
 
 
 def acl_xattr(uid: int) -> bytes:

@@ -13,25 +13,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import blake3
-
-CLI = [sys.executable, "-m", "remotevss.backup.cli"]
-
-
-def cli(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=180, check=False)
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
-
-
-def rand(seed: str, n: int) -> bytes:
-    return blake3.blake3(seed.encode()).digest(length=n)
+from tests.support.backup_cli import CLI, cli, rand
 
 
 def make_share(root: Path, seed: str, big: int = 10, shared: bool = False) -> None:

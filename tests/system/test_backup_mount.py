@@ -22,15 +22,14 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import blake3
 import pytest
 
 from remotevss.backup.mount import time_name
+from tests.support.backup_cli import CLI, cli, rand
 
 _missing = [] if Path("/dev/fuse").exists() else ["/dev/fuse"]
 _missing += [] if shutil.which("cp") else ["cp"]
@@ -40,19 +39,8 @@ pytestmark = [
     pytest.mark.skipif(bool(_missing), reason=f"missing: {_missing}"),
 ]
 
-CLI = [sys.executable, "-m", "remotevss.backup.cli"]
 
 
-def rand(seed: str, n: int) -> bytes:
-    return blake3.blake3(seed.encode()).digest(length=n)
-
-
-def cli(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=120, check=False)
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
 
 
 def mounted(path: Path) -> bool:

@@ -10,21 +10,11 @@ that is missing or outside ``--path`` is refused before anything is written;
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "remotevss.backup.cli"]
-
-
-def cli(*args: str | Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=120, check=False)
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
+from tests.support.backup_cli import cli
 
 
 def tree(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
