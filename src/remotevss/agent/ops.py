@@ -25,8 +25,9 @@ from remotevss.agent import admin
 from remotevss.agent.authz import Caller, Policy
 from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.events import CallEvent, configure_logging, emit, log_call
-from remotevss.agent.gc import Activity, Collector, Pick, context_name, logged, shutdown_outcome
+from remotevss.agent.gc import Activity, Collector
 from remotevss.agent.metrics import Metrics
+from remotevss.agent.release import Pick, context_name, logged, shutdown_outcome
 from remotevss.agent.sdnotify import Watchdog, notify, watchdog_interval
 from remotevss.agent.service import AgentService
 from remotevss.agent.sizes import parse_limit
@@ -113,7 +114,7 @@ class Operations:
 
     async def stop(self) -> None:
         """SIGTERM: refuse new calls, finish running commits, release what cannot
-        outlive the agent (gc.shutdown_outcome), close the admin side."""
+        outlive the agent (Machine.shutdown), close the admin side."""
         self.stopping = True
         notify("STOPPING=1\nSTATUS=releasing unfinished shadow copy sets")
         self.service.policy = _Closed()

@@ -215,14 +215,45 @@ def exposed_share_name(local_share: str, copy_id: UUID, share_unc: str, mode: Mo
     return name + "$" if hidden else name
 
 
+def copy_teardown(c: ShadowCopy) -> list[Effect]:
+    """Everything on disk or in Samba that belongs to one copy: its exposed
+    shares, then its snapshot."""
+    effects: list[Effect] = [UnexposeShare(m.exposed_name) for m in c.mappings if m.is_exposed]
+    if c.snapshot_path:
+        effects.append(DeleteSnapshot(c.id, c.volume_name, c.snapshot_path))
+    return effects
+
+
 def teardown_effects(s: ShadowCopySet) -> list[Effect]:
     """Everything on disk or in Samba that belongs to a set, to be removed."""
-    effects: list[Effect] = []
-    for c in s.copies:
-        effects.extend(UnexposeShare(m.exposed_name) for m in c.mappings if m.is_exposed)
-        if c.snapshot_path:
-            effects.append(DeleteSnapshot(c.id, c.volume_name, c.snapshot_path))
-    return effects
+    return [e for c in s.copies for e in copy_teardown(c)]
+
+
+def take_copy(
+    table: dict[UUID, ShadowCopySet], s: ShadowCopySet, c: ShadowCopy, out: Outcome
+) -> None:
+    """The one rule of removal: a copy goes with its exposed shares and its
+    snapshot, and the set goes with its last copy.  DeleteShareMapping (the
+    last mapping takes the copy), server-initiated release and start-up's
+    roll-forward all remove through here.  ``table`` is the machine's sets, or
+    the journal's at start-up."""
+    out.teardown.extend(copy_teardown(c))
+    s.copies.remove(c)
+    if not s.copies:
+        del table[s.id]
+        out.dropped_sets.append(s.id)
+
+
+def unmap(
+    table: dict[UUID, ShadowCopySet], s: ShadowCopySet, c: ShadowCopy,
+    gone: Callable[[MappedShare], bool], out: Outcome,
+) -> None:
+    """DeleteShareMapping's rule: the mappings ``gone`` picks leave the copy; the
+    last mapping takes the copy (:func:`take_copy`).  The caller has removed
+    the exposed shares of those mappings already."""
+    c.mappings = [m for m in c.mappings if not gone(m)]
+    if not c.mappings:
+        take_copy(table, s, c, out)
 
 
 class Machine:
@@ -311,6 +342,41 @@ class Machine:
                 c.writable = False
         s.status = Status.RECOVERED
         out.recovered_sets.append(s.id)
+
+    def release(self, set_id: UUID, copy_id: UUID | None, out: Outcome) -> bool:
+        """Server-initiated deletion (orphan and age rules, shadow storage, an
+        administrator): the whole set (``copy_id`` None) or one copy leaves the
+        table, with its shares and snapshots handed out as teardown in ``out``.
+        False if that set or copy is not there (any more)."""
+        s = self.sets.get(set_id)
+        if s is None:
+            return False
+        victims = [c for c in s.copies if copy_id in (None, c.id)]
+        if not victims and copy_id is not None:
+            return False
+        if not victims:  # a set without copies
+            self._drop(s, out)
+        for c in victims:
+            take_copy(self.sets, s, c, out)
+        return True
+
+    def shutdown(self) -> Outcome:
+        """The agent stops: nobody can finish a sequence across a restart, so every
+        set that is not Recovered is dropped with its snapshots and shares, except an
+        Exposed *persistent* set, which the client already has: it is sealed and
+        kept as Recovered (the rule of timer expiry, decisions.md 6a).  Recovered
+        sets are kept; the context and the timer are cleared."""
+        out = Outcome(HResult.ZERO)
+        for s in list(self.sets.values()):
+            if s.status is Status.RECOVERED:
+                continue
+            if s.status is Status.EXPOSED and not s.auto_release:
+                self._recover(s, out)
+            else:
+                self._drop(s, out)
+        self._clear_context()
+        self._stop_timer()
+        return out
 
     def tick(self, now: float) -> Outcome:
         """Apply an expired message sequence timer (§3.1.5)."""
@@ -707,14 +773,7 @@ class Machine:
         if error is not None:
             out.result = error
             return out
-        c.mappings.remove(mapping)
-        if not c.mappings:
-            if c.snapshot_path:
-                out.teardown.append(DeleteSnapshot(c.id, c.volume_name, c.snapshot_path))
-            s.copies.remove(c)
-        if not s.copies:
-            del self.sets[s.id]
-            out.dropped_sets.append(s.id)
+        unmap(self.sets, s, c, lambda m: m is mapping, out)
         return out
 
 
