@@ -450,12 +450,15 @@ def test_failed_registry_write_leaves_nothing_half_made(
     from remotevss.samba.registry_exposer import RegistryExposer
     from remotevss.samba.worker import _delete_if_present
 
-    def failing_write(self: RegistryExposer, name: str, params: list[tuple[str, str]]) -> None:
+    def failing_write(
+        self: RegistryExposer, shares: list[tuple[str, list[tuple[str, str]]]]
+    ) -> None:
         reg = self.conf.registry
         reg.transaction_start()
         try:
-            _delete_if_present(reg, self._smbconf, name)  # the old share goes, the new one is
-            reg.create_set_share(name, params)  # written, then the commit "fails"
+            for name, params in shares:
+                _delete_if_present(reg, self._smbconf, name)  # the old share goes, the new
+                reg.create_set_share(name, params)  # one is written, then the commit "fails"
             raise RuntimeError("injected: registry transaction commit failed")
         except BaseException:
             reg.transaction_cancel()
@@ -470,7 +473,7 @@ def test_failed_registry_write_leaves_nothing_half_made(
         kept_sd = db.get(kept)
         assert kept_sd is not None
         env.samba.sharesec("data", "--replace=S-1-1-0:ALLOWED/0x0/FULL")
-        monkeypatch.setattr(RegistryExposer, "_write_share", failing_write)
+        monkeypatch.setattr(RegistryExposer, "_write_shares", failing_write)
         fresh = new_name()
         with pytest.raises(ExposeError, match="injected"):
             env.exposer.expose(fresh, "data", snap, False)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from uuid import UUID
 
 from remotevss.agent.exposer import ExposeError, Exposer, removed_before, unexpose_all
@@ -43,7 +44,7 @@ from remotevss.fsrvp.machine import (
     ShadowCopySet,
     UnexposeShare,
 )
-from remotevss.snapshots.base import Backend, SnapshotError
+from remotevss.snapshots.base import Backend, SnapRequest, SnapshotError, supports_batches
 from remotevss.snapshots.select import BACKENDS
 
 log = logging.getLogger("remotevss.agent")
@@ -54,6 +55,54 @@ Pending = list[tuple[int, Effect]]  # (intent id, teardown effect)
 def backend_of(volume_name: str) -> Backend:
     """The backend that made a snapshot of ``volume_name`` (``backend:root``)."""
     return BACKENDS[volume_name.split(":", 1)[0]]
+
+
+MAX_PARALLEL = 64  # snapshot threads of one set
+
+
+def take_together(requests: Sequence[SnapRequest]) -> list[str | SnapshotError]:
+    """Take every snapshot of one set at (as nearly as possible) the same instant
+    (blocking): per backend, one ``create_many`` where the backend takes batches,
+    else every ``create`` started at once in its own thread.  Returns, in order,
+    each snapshot's path or the error that stopped it: the caller keeps what was
+    made for its all-or-nothing (a failed commit hands it back for deletion)."""
+    results: list[str | SnapshotError] = [SnapshotError("not attempted")] * len(requests)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.volume.backend, []).append(i)
+
+    def batch(backend: Backend, idx: list[int]) -> None:
+        try:
+            paths = backend.create_many([requests[i] for i in idx])  # type: ignore[attr-defined]
+        except SnapshotError as exc:
+            for i in idx:
+                results[i] = exc
+            return
+        for i, path in zip(idx, paths, strict=True):
+            results[i] = path
+
+    def one(i: int) -> None:
+        r = requests[i]
+        try:
+            results[i] = BACKENDS[r.volume.backend].create(r.volume, r.snap_name, r.writable)
+        except SnapshotError as exc:
+            results[i] = exc
+
+    jobs: list[tuple[Callable[..., None], tuple[object, ...]]] = []
+    for name, idx in groups.items():
+        backend = BACKENDS[name]
+        if supports_batches(backend) and len(idx) > 1:
+            jobs.append((batch, (backend, idx)))
+        else:
+            jobs += [(one, (i,)) for i in idx]
+    if len(jobs) == 1:
+        fn, args = jobs[0]
+        fn(*args)
+        return results
+    with ThreadPoolExecutor(min(len(jobs), MAX_PARALLEL), "snapshot") as pool:
+        for f in [pool.submit(fn, *args) for fn, args in jobs]:
+            f.result()
+    return results
 
 
 class EffectRunner:

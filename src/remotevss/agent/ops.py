@@ -252,6 +252,7 @@ class Operations:
             "context": {"set": m.context_set, "client": m.client_address,
                         "context": f"0x{m.current_context:08X}" if m.context_set else None},
             "timer_deadline": m.deadline,
+            "io": self.service.io_counters(),
             "timer_remaining_s": None if m.deadline is None else round(m.deadline - now, 1),
             "sets": sets,
             "exposed_shares": exposed,

@@ -22,9 +22,15 @@ from uuid import UUID
 
 from remotevss.agent.authz import Caller, Policy
 from remotevss.agent.config import AgentConfig
-from remotevss.agent.effects import EffectRunner
+from remotevss.agent.effects import EffectRunner, take_together
 from remotevss.agent.events import CallEvent
-from remotevss.agent.exposer import ExposeError, Exposer, SymlinkExposer
+from remotevss.agent.exposer import (
+    ExposeError,
+    Exposer,
+    ShareRequest,
+    SymlinkExposer,
+    expose_all,
+)
 from remotevss.agent.intents import (
     CreateSnapshotIntent,
     DeleteMappingIntent,
@@ -58,8 +64,8 @@ from remotevss.fsrvp.machine import (
     TimerPolicy,
     UnexposeShare,
 )
-from remotevss.snapshots.base import NotSupported, SnapshotError, Volume
-from remotevss.snapshots.select import BACKENDS, choose_backend
+from remotevss.snapshots.base import NotSupported, SnapRequest, SnapshotError, Volume
+from remotevss.snapshots.select import choose_backend
 
 log = logging.getLogger("remotevss.agent")
 
@@ -192,6 +198,19 @@ class AgentService:
             await self._teardown(out)
             self._arm_timer()
             return out
+
+    def io_counters(self) -> dict[str, int]:
+        """Journal transactions (all, fsync'd) and, behind Samba, registry and ACL
+        transactions and smbd message rounds, since start: what a set costs
+        (bench/set_scaling.py reads them from ``remotevss status``)."""
+        out = {
+            "journal_transactions": self.journal.transactions,
+            "journal_durable": self.journal.durable_transactions,
+        }
+        exposer_counters = getattr(self.exposer, "io_counters", None)
+        if callable(exposer_counters):
+            out.update(exposer_counters())
+        return out
 
     # ----------------------------------------------------------- call entry
 
@@ -490,7 +509,8 @@ class AgentService:
         self, set_id: UUID, creates: list[CreateSnapshot]
     ) -> tuple[int | None, list[int]]:
         """Take every snapshot of a commit, as close together in time as possible:
-        all intents are journaled first (one transaction), then the snapshots."""
+        all intents are journaled first (one transaction), then the snapshots are
+        started together (effects.take_together)."""
         plan: list[tuple[Volume, str, CreateSnapshot]] = []
         taken: dict[str, list[str]] = {}  # snapshot dir -> names ("gmt" naming)
         for e in creates:
@@ -513,20 +533,21 @@ class AgentService:
         )
         self._crash_point("create_intent")
         job = self._commits.get(set_id)
-        for volume, name, e in plan:
-            try:
-                made = await asyncio.to_thread(
-                    BACKENDS[volume.backend].create, volume, name, e.writable
-                )
-            except SnapshotError as exc:
-                log.error("snapshot of %s failed: %s", volume.root, exc)
-                return _snapshot_error(exc), intent_ids
+        results = await asyncio.to_thread(
+            take_together, [SnapRequest(v, name, e.writable) for v, name, e in plan]
+        )
+        error: int | None = None
+        for (volume, _name, e), made in zip(plan, results, strict=True):
+            if isinstance(made, SnapshotError):
+                log.error("snapshot of %s failed: %s", volume.root, made)
+                error = error if error is not None else _snapshot_error(made)
+                continue
             self._crash_point("create_snapshot")
             if job is not None:
                 job.made.append((volume.name, made))
             self.machine.snapshot_created(set_id, e.copy_id, made, e.writable)
             log.info("snapshot %s of %s created (%s)", made, volume.root, volume.backend)
-        return None, intent_ids
+        return error, intent_ids
 
     def _volume_of(self, e: CreateSnapshot) -> Volume | None:
         s = self.machine.sets.get(e.set_id)
@@ -539,7 +560,8 @@ class AgentService:
     # -------------------------------------------------------------- expose
 
     async def _expose(self, set_id: UUID, now: float) -> int:
-        """Publish every snapshot share of the set; all or nothing, two transactions."""
+        """Publish every snapshot share of the set; all or nothing, two journal
+        transactions and (behind Samba) one registry transaction, whatever the size."""
         m = self.machine
         out = m.begin_expose(set_id, now)
         await self._teardown(out)
@@ -562,17 +584,21 @@ class AgentService:
         if error is None:
             intent_ids = self.effects.begin([ExposeIntent(e.exposed_name) for e, _ in plan])
             self._crash_point("expose_intent")
-            for e, path in plan:
-                try:
-                    await asyncio.to_thread(
-                        self.exposer.expose, e.exposed_name, e.base_share, path, e.writable
-                    )
-                except (ExposeError, OSError) as exc:
-                    log.error("expose of %s failed: %s", e.exposed_name, exc)
-                    error = HResult.E_FAIL
-                    break
+            # the whole set at once: one registry transaction and one smbd message round
+            done, exc = await asyncio.to_thread(
+                expose_all,
+                self.exposer,
+                [ShareRequest(e.exposed_name, e.base_share, path, e.writable) for e, path in plan],
+            )
+            if exc is not None:
+                log.error("expose of set %s failed: %s", set_id, exc)
+                error = HResult.E_FAIL
+            if done:
                 self._crash_point("expose_share")
-                m.share_exposed(e.set_id, e.copy_id, e.exposed_name)
+            published = set(done)
+            for e, _ in plan:
+                if e.exposed_name in published:
+                    m.share_exposed(e.set_id, e.copy_id, e.exposed_name)
         fin = m.finish_expose(set_id, error, self.clock())
         await self._record(set_id, intent_ids, fin)
         return fin.result

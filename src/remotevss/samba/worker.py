@@ -18,6 +18,8 @@ Safety:
 Protocol: one JSON object per line each way.  Requests:
 - ``{"op": "write", "name", "params": [[k, v], ...]}``
 - ``{"op": "delete", "name"}``
+- ``{"op": "write_many", "shares": [[name, [[k, v], ...]], ...]}`` (one transaction)
+- ``{"op": "delete_many", "names": [...]}`` (one transaction)
 - ``{"op": "get", "name"}`` (a registry share's name and parameters, or null)
 - ``{"op": "notify", "force_tdis": [...], "conf_updated": bool}``
 
@@ -73,6 +75,13 @@ class SambaWorker:
 
     def delete_share(self, name: str) -> None:
         self.call({"op": "delete", "name": name})
+
+    def write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        self.call({"op": "write_many",
+                   "shares": [[name, [list(p) for p in params]] for name, params in shares]})
+
+    def delete_shares(self, names: list[str]) -> None:
+        self.call({"op": "delete_many", "names": list(names)})
 
     def get_share(self, name: str) -> tuple[str, list[tuple[str, str]]] | None:
         """A registry share as stored, or None (SambaConf.registry_reader)."""
@@ -181,21 +190,31 @@ class SambaOps:
 
     def write_share(self, name: str, params: list[tuple[str, str]]) -> None:
         """Replace share ``name`` with ``params``: one registry transaction."""
+        self.write_shares([(name, params)])
+
+    def delete_share(self, name: str) -> None:
+        self.delete_shares([name])
+
+    def write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        """Replace each share with its parameters, all in one registry transaction."""
         reg = self.conf.registry
         reg.transaction_start()
         try:
-            _delete_if_present(reg, self._smbconf, name)
-            reg.create_set_share(name, params)
+            for name, params in shares:
+                _delete_if_present(reg, self._smbconf, name)
+                reg.create_set_share(name, params)
             reg.transaction_commit()
         except BaseException:
             _cancel(reg)
             raise
 
-    def delete_share(self, name: str) -> None:
+    def delete_shares(self, names: list[str]) -> None:
+        """Delete each share that exists, all in one registry transaction."""
         reg = self.conf.registry
         reg.transaction_start()
         try:
-            _delete_if_present(reg, self._smbconf, name)
+            for name in names:
+                _delete_if_present(reg, self._smbconf, name)
             reg.transaction_commit()
         except BaseException:
             _cancel(reg)
@@ -237,6 +256,10 @@ def serve(config_file: str) -> int:
             str(r["name"]), [(str(k), str(v)) for k, v in r["params"]]
         ),
         "delete": lambda r: ops.delete_share(str(r["name"])),
+        "write_many": lambda r: ops.write_shares(
+            [(str(n), [(str(k), str(v)) for k, v in params]) for n, params in r["shares"]]
+        ),
+        "delete_many": lambda r: ops.delete_shares([str(n) for n in r["names"]]),
         "get": lambda r: ops.get_share(str(r["name"])),
         "notify": lambda r: ops.notify(
             force_tdis=[str(x) for x in r.get("force_tdis", [])],
