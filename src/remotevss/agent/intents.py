@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Self
 
 from remotevss.fsrvp.machine import DeleteSnapshot, Effect, SealSnapshot, UnexposeShare
 
@@ -59,52 +59,48 @@ class CreateSnapshotIntent:
 
 
 @dataclass(frozen=True)
-class ExposeIntent:
+class _ShareIntent:
+    """The shape of an intent about one snapshot share (detail: its name)."""
+
+    kind: ClassVar[str]
+    name: str
+
+    def row(self) -> dict[str, str | bool]:
+        return {"name": self.name}
+
+    @classmethod
+    def from_row(cls, d: Detail) -> Self:
+        return cls(str(d["name"]))
+
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class ExposeIntent(_ShareIntent):
     """A snapshot share is being published (Expose).  Undo: take it away."""
 
     kind: ClassVar[str] = "expose"
-    name: str
-
-    def row(self) -> dict[str, str | bool]:
-        return {"name": self.name}
-
-    @classmethod
-    def from_row(cls, d: Detail) -> ExposeIntent:
-        return cls(str(d["name"]))
 
     def recover(self, fx: Effects) -> None:
         fx.unexpose(self.name)
 
-    def label(self) -> str:
-        return f"{self.kind} {self.name}"
-
 
 @dataclass(frozen=True)
-class UnexposeIntent:
+class UnexposeIntent(_ShareIntent):
     """A snapshot share is being removed (teardown).  Finish: remove it."""
 
     kind: ClassVar[str] = "unexpose"
-    name: str
-
-    def row(self) -> dict[str, str | bool]:
-        return {"name": self.name}
-
-    @classmethod
-    def from_row(cls, d: Detail) -> UnexposeIntent:
-        return cls(str(d["name"]))
 
     def recover(self, fx: Effects) -> None:
         fx.unexpose(self.name)
 
-    def label(self) -> str:
-        return f"{self.kind} {self.name}"
-
 
 @dataclass(frozen=True)
-class DeleteSnapshotIntent:
-    """A snapshot is being deleted (teardown).  Finish: delete it."""
+class _SnapshotIntent:
+    """The shape of an intent about one existing snapshot (detail: volume, path)."""
 
-    kind: ClassVar[str] = "delete_snapshot"
+    kind: ClassVar[str]
     volume: str
     path: str
 
@@ -112,36 +108,31 @@ class DeleteSnapshotIntent:
         return {"volume": self.volume, "path": self.path}
 
     @classmethod
-    def from_row(cls, d: Detail) -> DeleteSnapshotIntent:
+    def from_row(cls, d: Detail) -> Self:
         return cls(str(d["volume"]), str(d["path"]))
+
+    def label(self) -> str:
+        return f"{self.kind} {self.path}"
+
+
+@dataclass(frozen=True)
+class DeleteSnapshotIntent(_SnapshotIntent):
+    """A snapshot is being deleted (teardown).  Finish: delete it."""
+
+    kind: ClassVar[str] = "delete_snapshot"
 
     def recover(self, fx: Effects) -> None:
         fx.delete_snapshot(self.volume, self.path)
 
-    def label(self) -> str:
-        return f"{self.kind} {self.path}"
-
 
 @dataclass(frozen=True)
-class SealSnapshotIntent:
+class SealSnapshotIntent(_SnapshotIntent):
     """A writable snapshot is being made read-only (expiry, shutdown).  Finish: seal it."""
 
     kind: ClassVar[str] = "seal_snapshot"
-    volume: str
-    path: str
-
-    def row(self) -> dict[str, str | bool]:
-        return {"volume": self.volume, "path": self.path}
-
-    @classmethod
-    def from_row(cls, d: Detail) -> SealSnapshotIntent:
-        return cls(str(d["volume"]), str(d["path"]))
 
     def recover(self, fx: Effects) -> None:
         fx.seal_snapshot(self.volume, self.path)
-
-    def label(self) -> str:
-        return f"{self.kind} {self.path}"
 
 
 @dataclass(frozen=True)
