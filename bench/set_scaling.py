@@ -23,7 +23,8 @@ Reported, side by side in one run:
   creation+expose command and for the deletion command separately.
 * **memory**: RSS summed over the agent's process tree (the agent, the Samba
   worker, ``ntlm_auth`` helpers), and of Samba's ``rpcd_fsrvp``: idle after a
-  16-share set, and the peak while 8 clients run 1-share sequences at once.
+  16-share set (2 s and, for the worker's idle exit, 33 s after it), and the
+  peak while 8 clients run 1-share sequences at once.
 
 Usage (root): .venv/bin/python bench/set_scaling.py [--runs 5] [--sizes 1,4,16,64]
 [--auth seal|none] [--json out.json]
@@ -54,6 +55,7 @@ import btrfsutil  # noqa: E402
 from remotevss.agent import admin  # noqa: E402
 from remotevss.loopfs import loop_filesystem  # noqa: E402
 from remotevss.samba.private import PrivateAgent, PrivateSamba  # noqa: E402
+from remotevss.samba.worker import IDLE_EXIT  # noqa: E402
 
 _EXPOSED = re.compile(r"^([0-9a-f-]{36})\(([0-9a-f-]{36})\): share (\S+)@", re.M)
 _DURATION = re.compile(r'"duration_ms": ([0-9.]+)')
@@ -276,6 +278,9 @@ def memory(anchor: PrivateSamba, ours: PrivateSamba, agent: PrivateAgent,
         delete(server, ids, auth)
     time.sleep(2)
     res = {"ours_idle_mb": agent_rss() / 1024, "samba_idle_mb": samba_rss() / 1024}
+    time.sleep(IDLE_EXIT + 3)  # the agent's Samba worker exits when idle
+    res["ours_idle_late_mb"] = agent_rss() / 1024
+    res["samba_idle_late_mb"] = samba_rss() / 1024
     for kind, server, probe in (("ours", ours, agent_rss), ("samba", anchor, samba_rss)):
         stop = time.monotonic() + seconds
         peak = 0
@@ -295,7 +300,6 @@ def memory(anchor: PrivateSamba, ours: PrivateSamba, agent: PrivateAgent,
             time.sleep(0.1)
         res[f"{kind}_busy_peak_mb"] = peak / 1024
         time.sleep(1.05)
-    res["ours_pids"] = float(len(children(agent.proc.pid)))
     return res
 
 
@@ -375,10 +379,13 @@ def report(results: dict[str, Any], sizes: list[int], args: argparse.Namespace) 
               f"delete {c['delete_fsyncs']} fsyncs {c['delete_io']}")
     m = results.get("memory", {})
     if m:
-        print(f"RSS MB: ours (agent tree, {m['ours_pids']:.0f} processes) idle "
-              f"{m['ours_idle_mb']:.1f}, peak with {CLIENTS} clients {m['ours_busy_peak_mb']:.1f}; "
-              f"Samba rpcd_fsrvp idle {m['samba_idle_mb']:.1f}, "
-              f"peak {m['samba_busy_peak_mb']:.1f}")
+        print(f"RSS MB, ours = the agent's process tree, Samba = its rpcd_fsrvp; idle 2 s "
+              f"after a 16-share set, idle {IDLE_EXIT + 3:.0f} s after it, peak with {CLIENTS} "
+              "clients")
+        for kind in ("ours", "samba"):
+            print(f"  {kind:<6} idle {m[kind + '_idle_mb']:.1f}, later "
+                  f"{m.get(kind + '_idle_late_mb', float('nan')):.1f}, "
+                  f"busy peak {m[kind + '_busy_peak_mb']:.1f}")
 
 
 if __name__ == "__main__":

@@ -589,6 +589,37 @@ def test_make_samba_components(env: Env) -> None:
         make_samba_components(AgentConfig())
 
 
+def test_samba_worker_runs_only_while_there_is_work(env: Env) -> None:
+    """The worker child exits after idle_exit seconds without an operation (its
+    python-samba is most of the agent's idle memory) and comes back for the next
+    one, or ahead of it with warm()."""
+    from remotevss.samba.worker import SambaWorker
+
+    worker = SambaWorker(str(env.samba.conf), idle_exit=0.5)
+    try:
+        assert worker.get_share("regshare") is not None and worker.pid is not None
+        first = worker.pid
+        deadline = time.monotonic() + 10
+        while worker.pid is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.pid is None  # idle: gone
+        with worker._lock:  # its stop (close stdin, reap) has finished
+            with pytest.raises(ProcessLookupError):
+                os.kill(first, 0)
+        assert worker.get_share("regshare") is not None  # the next operation starts one
+        assert worker.spawned == 2
+        while worker.pid is not None and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        worker.warm()  # a set has started: ready before Expose needs it
+        deadline = time.monotonic() + 10
+        while worker.pid is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.pid is not None and worker.spawned == 3
+    finally:
+        worker.close()
+    assert worker.pid is None
+
+
 def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_path: Path) -> None:
     """The agent in-process with Samba's share table and registry exposure: the full
     FSRVP sequence over its local socket, the snapshot read back through smbd."""

@@ -154,10 +154,13 @@ class EffectRunner:
         save: Iterable[ShadowCopySet] = (),
         delete: Iterable[UUID] = (),
         teardown: Sequence[Effect] = (),
+        durable: bool = True,
     ) -> Pending:
         """One transaction: ``done`` intents cleared, sets deleted and saved, and an
-        intent for each teardown effect; returns the teardown to carry out."""
-        with self.journal.transaction() as txn:
+        intent for each teardown effect; returns the teardown to carry out.
+        ``durable=False`` only where a durable intent already fixes the outcome
+        (a roll-forward intent: losing this transaction to a power cut replays it)."""
+        with self.journal.transaction(durable=durable) as txn:
             for iid in done:
                 txn.clear_intent(iid)
             for sid in delete:

@@ -290,6 +290,9 @@ class AgentService:
                 await self._teardown(out)
                 if out.ok:
                     self._persist(out, cast(UUID, out.value), durable=False)
+                    warm_up = getattr(self.exposer, "warm_up", None)
+                    if callable(warm_up):  # e.g. start the Samba worker for Expose
+                        warm_up()
                 new_sid = cast(UUID, out.value) if out.ok else UUID(int=0)
                 return calls.StartShadowCopySetResponse(new_sid, out.result)
             case calls.AddToShadowCopySetRequest(shadow_copy_set_id=sid, share_name=unc):
@@ -661,9 +664,12 @@ class AgentService:
         retry = await asyncio.to_thread(self.effects.apply_covered, fin.teardown)
         self._crash_point("delete_snapshot")
         s = m.sets.get(set_id)
-        # a failed deletion stays journaled for the next start-up
+        # A failed deletion stays journaled for the next start-up.  No fsync: the
+        # roll-forward intent is on disk, so a power cut that loses this transaction
+        # finishes the same deletion at start-up (an agent crash loses nothing: WAL).
         self.effects.settle(
-            [iid], save=[s] if s is not None else [], delete=fin.dropped_sets, teardown=retry
+            [iid], save=[s] if s is not None else [], delete=fin.dropped_sets, teardown=retry,
+            durable=False,
         )
         return fin.result
 

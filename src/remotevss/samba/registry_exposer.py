@@ -360,6 +360,12 @@ class RegistryExposer:
                 raise ExposeError(f"cannot seal {name}: {exc}") from exc
         self._notify()
 
+    def warm_up(self) -> None:
+        """A set has started: have the Samba worker ready for its Expose."""
+        warm = getattr(self.ops, "warm", None)
+        if callable(warm):
+            warm()
+
     def close(self) -> None:
         with LOCK:
             self.security.close()
