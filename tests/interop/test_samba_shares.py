@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from remotevss.agent.exposer import ExposeError, SymlinkExposer
-from remotevss.agent.shares import ShareTable
 from remotevss.loopfs import loop_filesystem
 from remotevss.samba.private import missing_tools
+from remotevss.shares.exposer import ExposeError, SymlinkExposer
+from remotevss.shares.table import ShareTable
 from tests.support.samba import PASSWORD, PrivateSamba
 
 TOOLS = ("smbd", "net", "sharesec", "smbclient", "smbpasswd", "rpcclient", "mkfs.btrfs")
@@ -508,8 +508,8 @@ def test_unusable_state_directory_fails_cleanly(env: Env, tmp_path: Path) -> Non
         code = textwrap.dedent(
             f"""
             from remotevss.agent.config import AgentConfig, SambaConfig
-            from remotevss.agent.exposer import ExposeError
-            from remotevss.samba.components import make_samba_components
+            from remotevss.shares.exposer import ExposeError
+            from remotevss.agent.samba_components import make_samba_components
             from remotevss.samba.conf import SambaConfigError
             try:
                 make_samba_components(AgentConfig(samba=SambaConfig(config_file={str(conf)!r})))
@@ -569,7 +569,7 @@ def test_expose_and_unexpose_cost_against_net_conf(env: Env) -> None:
 
 def test_make_samba_components(env: Env) -> None:
     from remotevss.agent.config import AgentConfig, SambaConfig
-    from remotevss.samba.components import make_samba_components
+    from remotevss.agent.samba_components import make_samba_components
     from remotevss.samba.registry_exposer import RegistryExposer
     from remotevss.samba.shares import SambaShareTable
 
@@ -603,9 +603,8 @@ def test_samba_worker_runs_only_while_there_is_work(env: Env) -> None:
         while worker.pid is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert worker.pid is None  # idle: gone
-        with worker._lock:  # its stop (close stdin, reap) has finished
-            with pytest.raises(ProcessLookupError):
-                os.kill(first, 0)
+        with worker._lock, pytest.raises(ProcessLookupError):  # its stop has finished
+            os.kill(first, 0)
         assert worker.get_share("regshare") is not None  # the next operation starts one
         assert worker.spawned == 2
         while worker.pid is not None and time.monotonic() < deadline + 10:
@@ -624,11 +623,11 @@ def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_pa
     """The agent in-process with Samba's share table and registry exposure: the full
     FSRVP sequence over its local socket, the snapshot read back through smbd."""
     from remotevss.agent.config import AgentConfig, SambaConfig
+    from remotevss.agent.samba_components import make_samba_components
     from remotevss.agent.service import AgentService
     from remotevss.agent.transports.unix import serve_unix
     from remotevss.client.local import LocalClient
     from remotevss.fsrvp.constants import CTX_BACKUP, HResult
-    from remotevss.samba.components import make_samba_components
 
     cfg = AgentConfig(
         socket_path=str(tmp_path / "agent.sock"),

@@ -17,7 +17,10 @@ import pytest
 
 from remotevss.agent import intents
 from remotevss.agent.effects import EffectRunner, take_together
-from remotevss.agent.exposer import (
+from remotevss.agent.journal import Journal
+from remotevss.agent.reconcile import Reconciler
+from remotevss.fsrvp.machine import DeleteSnapshot, SealSnapshot, UnexposeShare
+from remotevss.shares.exposer import (
     ExposeError,
     ShareRequest,
     SymlinkExposer,
@@ -25,10 +28,7 @@ from remotevss.agent.exposer import (
     removed_before,
     unexpose_all,
 )
-from remotevss.agent.journal import Journal
-from remotevss.agent.reconcile import Reconciler
-from remotevss.agent.shares import LocalShare, ShareTable
-from remotevss.fsrvp.machine import DeleteSnapshot, SealSnapshot, UnexposeShare
+from remotevss.shares.table import LocalShare, ShareTable
 from remotevss.snapshots.base import SnapRequest, SnapshotError
 from remotevss.snapshots.select import BACKENDS
 

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from uuid import UUID
 
-from remotevss.agent.exposer import ExposeError, Exposer, removed_before, unexpose_all
 from remotevss.agent.intents import Intent, UnexposeIntent, for_teardown
 from remotevss.agent.journal import Journal
 from remotevss.fsrvp.machine import (
@@ -44,6 +43,7 @@ from remotevss.fsrvp.machine import (
     ShadowCopySet,
     UnexposeShare,
 )
+from remotevss.shares.exposer import ExposeError, Exposer, removed_before, unexpose_all
 from remotevss.snapshots.base import Backend, SnapRequest, SnapshotError, supports_batches
 from remotevss.snapshots.select import BACKENDS
 

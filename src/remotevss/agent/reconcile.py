@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from remotevss.agent.effects import EffectRunner, backend_of
-from remotevss.agent.exposer import ExposeError, Exposer
 from remotevss.agent.intents import DeleteMappingIntent, UnknownIntent, from_row
 from remotevss.agent.journal import Journal
-from remotevss.agent.shares import ShareLookup
 from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import (
     MappedShare,
@@ -36,6 +34,8 @@ from remotevss.fsrvp.machine import (
     teardown_effects,
     unmap,
 )
+from remotevss.shares.exposer import ExposeError, Exposer
+from remotevss.shares.table import ShareLookup
 from remotevss.snapshots.base import NotSupported, SnapshotError
 from remotevss.snapshots.select import BACKENDS
 

@@ -24,13 +24,6 @@ from remotevss.agent.authz import Caller, Policy
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.effects import EffectRunner, take_together
 from remotevss.agent.events import CallEvent
-from remotevss.agent.exposer import (
-    ExposeError,
-    Exposer,
-    ShareRequest,
-    SymlinkExposer,
-    expose_all,
-)
 from remotevss.agent.intents import (
     CreateSnapshotIntent,
     DeleteMappingIntent,
@@ -39,13 +32,6 @@ from remotevss.agent.intents import (
 from remotevss.agent.journal import Journal
 from remotevss.agent.naming import filetime, gmt_snapshot_name, snapshot_name
 from remotevss.agent.reconcile import Reconciler, ReconcileReport
-from remotevss.agent.shares import (
-    BadShareName,
-    LocalShare,
-    ShareLookup,
-    ShareTable,
-    parse_unc,
-)
 from remotevss.dcerpc import pdu
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.constants import DISABLE_DEFRAG, HResult, Opnum, hresult_name
@@ -63,6 +49,20 @@ from remotevss.fsrvp.machine import (
     Status,
     TimerPolicy,
     UnexposeShare,
+)
+from remotevss.shares.exposer import (
+    ExposeError,
+    Exposer,
+    ShareRequest,
+    SymlinkExposer,
+    expose_all,
+)
+from remotevss.shares.table import (
+    BadShareName,
+    LocalShare,
+    ShareLookup,
+    ShareTable,
+    parse_unc,
 )
 from remotevss.snapshots.base import NotSupported, SnapRequest, SnapshotError, Volume
 from remotevss.snapshots.select import choose_backend

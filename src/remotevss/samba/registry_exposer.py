@@ -52,7 +52,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from remotevss.agent.exposer import ExposeError, ShareRequest
 from remotevss.samba._lib import LOCK, SambaUnavailable, module
 from remotevss.samba.conf import (
     SNAPSHOT_SHARE_RE,
@@ -63,6 +62,7 @@ from remotevss.samba.conf import (
 )
 from remotevss.samba.notify import SmbdNotifier
 from remotevss.samba.worker import SambaOps, SambaWorker
+from remotevss.shares.exposer import ExposeError, ShareRequest
 
 log = logging.getLogger("remotevss.samba")
 
@@ -194,7 +194,7 @@ class ShareSecurityDb:
 
 
 class RegistryExposer:
-    """The agent's Exposer (agent/exposer.py) for a Samba server."""
+    """The agent's Exposer (shares/exposer.py) for a Samba server."""
 
     def __init__(
         self,
