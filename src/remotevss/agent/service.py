@@ -452,7 +452,7 @@ class AgentService:
                 refusal = await self.commit_guard(set_id, creates)
                 if refusal is not None:
                     fin = m.finish_commit(set_id, refusal, self.clock())
-                    await self._record(set_id, [], fin)
+                    await self._record(set_id, [], fin, durable=False)  # back to Added
                     return fin.result
             job = _CommitJob(asyncio.ensure_future(self._create_snapshots(set_id, creates)))
             self._commits[set_id] = job
@@ -475,15 +475,21 @@ class AgentService:
         del self._commits[set_id]
         error, intent_ids = job.task.result()
         fin = self.machine.finish_commit(set_id, error, self.clock())
-        await self._record(set_id, intent_ids, fin)
+        # No fsync: a set that has not reached Exposed is dropped at start-up whatever
+        # the journal says of it, and its snapshots are undone by their creation
+        # intents, which are on disk; losing this transaction to a power cut changes
+        # nothing (an agent crash loses nothing: WAL).  Expose's record is durable.
+        await self._record(set_id, intent_ids, fin, durable=False)
         return fin.result
 
-    async def _record(self, set_id: UUID, intent_ids: list[int], fin: Outcome) -> None:
+    async def _record(
+        self, set_id: UUID, intent_ids: list[int], fin: Outcome, *, durable: bool = True
+    ) -> None:
         """One transaction: the call's effects are done (intents cleared), the set's
         new state, and intents for the teardown the outcome asks for; then that teardown."""
         s = self.machine.sets.get(set_id)
         pending = self.effects.settle(
-            intent_ids, save=[s] if s is not None else [], teardown=fin.teardown
+            intent_ids, save=[s] if s is not None else [], teardown=fin.teardown, durable=durable
         )
         if pending:
             await asyncio.to_thread(self.effects.carry_out, pending)
