@@ -1,4 +1,4 @@
-"""Snapshot names and FILETIME: how the agent names what it makes, and dates it.
+"""Snapshot names: how the agent names what it makes.
 
 Why a module of its own: the names are a contract with Samba's shadow_copy2
 (previous versions) and with the journal (the name is part of the snapshot
@@ -16,13 +16,7 @@ import time
 from collections.abc import Iterable
 from uuid import UUID
 
-FILETIME_EPOCH_OFFSET = 11644473600
 GMT_FORMAT = "@GMT-%Y.%m.%d-%H.%M.%S"  # Samba's previous-versions token (SHADOW_COPY_PATH_FORMAT)
-
-
-def filetime(unix_seconds: float) -> int:
-    """FILETIME: 100-ns ticks since 1601-01-01 UTC."""
-    return int(round((unix_seconds + FILETIME_EPOCH_OFFSET) * 10_000_000))
 
 
 def snapshot_name(unix_seconds: float, copy_id: UUID) -> str:

@@ -30,10 +30,10 @@ from remotevss.agent.intents import (
     ExposeIntent,
 )
 from remotevss.agent.journal import Journal
-from remotevss.agent.naming import filetime, gmt_snapshot_name, snapshot_name
+from remotevss.agent.naming import gmt_snapshot_name, snapshot_name
 from remotevss.agent.reconcile import Reconciler, ReconcileReport
 from remotevss.dcerpc import pdu
-from remotevss.fsrvp import calls
+from remotevss.fsrvp import calls, server
 from remotevss.fsrvp.constants import DISABLE_DEFRAG, HResult, Opnum, hresult_name
 from remotevss.fsrvp.machine import (
     CreateSnapshot,
@@ -273,42 +273,11 @@ class AgentService:
                 log.exception("call hook %r failed", hook)
 
     async def _dispatch(self, caller: Caller, req: calls.Request) -> calls.Response:
+        """The calls with effects run here; every other call is fsrvp/server.py's
+        pure step, with its share resolved first and its teardown carried out."""
         now = self.clock()
         m = self.machine
         match req:
-            case calls.GetSupportedVersionRequest():
-                out = m.get_supported_version(now)
-                await self._teardown(out)
-                lo, hi = cast(tuple[int, int], out.value)
-                return calls.GetSupportedVersionResponse(lo, hi, out.result)
-            case calls.SetContextRequest(context=ctx):
-                out = m.set_context(ctx, caller.address, now)
-                await self._teardown(out)
-                return calls.SetContextResponse(out.result)
-            case calls.StartShadowCopySetRequest(client_shadow_copy_set_id=cid):
-                out = m.start_shadow_copy_set(cid, now)
-                await self._teardown(out)
-                if out.ok:
-                    self._persist(out, cast(UUID, out.value), durable=False)
-                    warm_up = getattr(self.exposer, "warm_up", None)
-                    if callable(warm_up):  # e.g. start the Samba worker for Expose
-                        warm_up()
-                new_sid = cast(UUID, out.value) if out.ok else UUID(int=0)
-                return calls.StartShadowCopySetResponse(new_sid, out.result)
-            case calls.AddToShadowCopySetRequest(shadow_copy_set_id=sid, share_name=unc):
-                info = await self._share_info(unc)
-                if info is None:
-                    return calls.AddToShadowCopySetResponse(UUID(int=0), HResult.E_INVALIDARG)
-                out = m.add_to_shadow_copy_set(sid, unc, info, now)
-                await self._teardown(out)
-                if out.ok:
-                    self._persist(out, sid, durable=False)
-                new_cid = cast(UUID, out.value) if out.ok else UUID(int=0)
-                return calls.AddToShadowCopySetResponse(new_cid, out.result)
-            case calls.PrepareShadowCopySetRequest(shadow_copy_set_id=sid):
-                out = m.prepare_shadow_copy_set(sid, now)
-                await self._teardown(out)
-                return calls.PrepareShadowCopySetResponse(out.result)
             case calls.CommitShadowCopySetRequest(shadow_copy_set_id=sid, timeout_ms=ms):
                 return calls.CommitShadowCopySetResponse(await self._commit(sid, ms, now))
             case calls.ExposeShadowCopySetRequest(shadow_copy_set_id=sid):
@@ -317,56 +286,33 @@ class AgentService:
                 return calls.RecoveryCompleteShadowCopySetResponse(
                     await self._recovery_complete(sid, now)
                 )
-            case calls.AbortShadowCopySetRequest(shadow_copy_set_id=sid):
-                out = m.abort_shadow_copy_set(sid, now)
-                await self._teardown(out)
-                return calls.AbortShadowCopySetResponse(out.result)
-            case calls.IsPathSupportedRequest(share_name=unc):
-                info = await self._share_info(unc)
-                if info is None:
-                    return calls.IsPathSupportedResponse(False, None, HResult.E_INVALIDARG)
-                out = m.is_path_supported(info, now)
-                await self._teardown(out)
-                owner = self.config.netbios_name if out.ok else None
-                return calls.IsPathSupportedResponse(out.ok, owner, out.result)
-            case calls.IsPathShadowCopiedRequest(share_name=unc):
-                info = await self._share_info(unc)
-                if info is None:
-                    return calls.IsPathShadowCopiedResponse(False, 0, HResult.E_INVALIDARG)
-                out = m.is_path_shadow_copied(info, now)
-                await self._teardown(out)
-                present, compat = cast(tuple[bool, int], out.value) if out.ok else (False, 0)
-                return calls.IsPathShadowCopiedResponse(present, compat, out.result)
-            case calls.GetShareMappingRequest(
-                shadow_copy_id=cid, shadow_copy_set_id=sid, share_name=unc, level=level
-            ):
-                out = m.get_share_mapping(cid, sid, _share_part(unc), level, now)
-                await self._teardown(out)
-                if not out.ok:
-                    return calls.GetShareMappingResponse(level, None, out.result)
-                s, c, mp = cast(tuple[ShadowCopySet, ShadowCopy, MappedShare], out.value)
-                exposed = self._exposed_unc(mp.exposed_name) if mp.is_exposed else None
-                unc_out = mp.share_name
-                if self.config.mode.value == "samba":
-                    unc_out = f"\\\\{self.config.netbios_name}\\{mp.local_share}"
-                mapping = calls.ShareMapping1(
-                    s.id, c.id, unc_out, exposed, filetime(c.creation_time)
-                )
-                return calls.GetShareMappingResponse(1, mapping, HResult.ZERO)
             case calls.DeleteShareMappingRequest(
                 shadow_copy_set_id=sid, shadow_copy_id=cid, share_name=unc
             ):
                 return calls.DeleteShareMappingResponse(
                     await self._delete_share_mapping(sid, cid, unc, now)
                 )
-        raise CallFault(pdu.NCA_S_OP_RNG_ERROR)  # pragma: no cover - decode covers all opnums
+        named = server.share_unc(req)
+        info = await self._share_info(named) if named is not None else None
+        local = (
+            _share_part(req.share_name) if isinstance(req, calls.GetShareMappingRequest) else None
+        )
+        names = server.Names(self.config.netbios_name, self.config.share_name_format)
+        step = server.answer(m, req, now, caller.address, names, info, local)
+        if step is None:  # pragma: no cover - the calls with effects are matched above
+            raise CallFault(pdu.NCA_S_OP_RNG_ERROR)
+        response, out = step
+        await self._teardown(out)
+        if out.ok and isinstance(req, calls.StartShadowCopySetRequest):
+            self._persist(out, cast(UUID, out.value), durable=False)
+            warm_up = getattr(self.exposer, "warm_up", None)
+            if callable(warm_up):  # e.g. start the Samba worker for Expose
+                warm_up()
+        elif out.ok and isinstance(req, calls.AddToShadowCopySetRequest):
+            self._persist(out, req.shadow_copy_set_id, durable=False)
+        return response
 
     # ------------------------------------------------------------- helpers
-
-    def _exposed_unc(self, name: str) -> str:
-        if self.config.share_name_format == "unc":
-            return f"\\\\{self.config.netbios_name}\\{name}"
-        return name
 
     def _resolve(self, unc: str) -> tuple[LocalShare | None, Volume | None, str]:
         """UNC -> local share -> volume.  Runs in a worker thread (stat, mountinfo)."""
