@@ -287,6 +287,43 @@ def test_expose_serves_the_snapshot_over_smb(env: Env) -> None:
         env.exposer.unexpose(name)
 
 
+def test_a_set_is_exposed_and_removed_in_one_registry_transaction(env: Env) -> None:
+    """expose_many / unexpose_many: every share of a set in one registry transaction
+    and one round of smbd messages, visible to a session that was open before; a
+    batch with one bad member publishes nothing."""
+    from remotevss.shares.exposer import ShareRequest
+
+    snaps = [env.prepare_file(f"set{i}.txt", before=f"pre-{i}") for i in range(3)]
+    names = [new_name() for _ in snaps]
+    old = env.connect()
+    before = dict(env.exposer.io_counters())
+    env.exposer.expose_many(
+        [ShareRequest(n, "data", str(p), False) for n, p in zip(names, snaps, strict=True)])
+    try:
+        after = env.exposer.io_counters()
+        assert after["registry_transactions"] == before["registry_transactions"] + 1
+        assert after["smbd_message_rounds"] == before["smbd_message_rounds"] + 1
+        for i, n in enumerate(names):
+            assert smb_read(old, n, f"set{i}.txt") == f"pre-{i}"
+            assert env.exposer.exposed()[n] == str(snaps[i])
+        bad = [ShareRequest(new_name(), "data", str(snaps[0]), False),
+               ShareRequest(new_name("nosuchshare"), "nosuchshare", str(snaps[0]), False)]
+        with pytest.raises(ExposeError, match="no share 'nosuchshare'"):
+            env.exposer.expose_many(bad)
+        assert bad[0].name not in env.exposer.exposed()  # all or nothing
+        before = dict(env.exposer.io_counters())
+        env.exposer.unexpose_many(names)
+        after = env.exposer.io_counters()
+        assert after["registry_transactions"] == before["registry_transactions"] + 1
+        assert after["smbd_message_rounds"] == before["smbd_message_rounds"] + 1
+        assert not set(names) & set(env.exposer.exposed())
+        for i, n in enumerate(names):
+            assert smb_read(old, n, f"set{i}.txt").startswith("ERR STATUS_BAD_NETWORK_NAME")
+    finally:
+        for n in names:
+            env.exposer.unexpose(n)
+
+
 def test_session_opened_before_expose_connects_right_after(env: Env) -> None:
     snap = env.prepare_file("early.txt")
     name = new_name()
