@@ -92,7 +92,7 @@ def answer(
             return calls.StartShadowCopySetResponse(cast(UUID, out.value), out.result), out
         case calls.AddToShadowCopySetRequest(shadow_copy_set_id=sid, share_name=unc):
             if share is None:
-                return calls.error_response(op, HResult.E_INVALIDARG), Outcome(HResult.ZERO)
+                return _unparsed(op)
             out = m.add_to_shadow_copy_set(sid, unc, share, now)
             if not out.ok:
                 return calls.error_response(op, out.result), out
@@ -105,14 +105,14 @@ def answer(
             return calls.AbortShadowCopySetResponse(out.result), out
         case calls.IsPathSupportedRequest():
             if share is None:
-                return calls.error_response(op, HResult.E_INVALIDARG), Outcome(HResult.ZERO)
+                return _unparsed(op)
             out = m.is_path_supported(share, now)
             if not out.ok:
                 return calls.error_response(op, out.result), out
             return calls.IsPathSupportedResponse(True, names.netbios_name, out.result), out
         case calls.IsPathShadowCopiedRequest():
             if share is None:
-                return calls.error_response(op, HResult.E_INVALIDARG), Outcome(HResult.ZERO)
+                return _unparsed(op)
             out = m.is_path_shadow_copied(share, now)
             if not out.ok:
                 return calls.error_response(op, out.result), out
@@ -128,6 +128,11 @@ def answer(
             return calls.GetShareMappingResponse(1, mapping(m.mode, names, s, c, mp),
                                                  HResult.ZERO), out
     return None
+
+
+def _unparsed(op: int) -> tuple[calls.Response, Outcome]:
+    """A UNC that does not parse: E_INVALIDARG, the machine untouched."""
+    return calls.error_response(op, HResult.E_INVALIDARG), Outcome(HResult.ZERO)
 
 
 def mapping(
