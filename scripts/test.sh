@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports  # layering contracts in pyproject.toml (DESIGN.md "Layers")
 exec .venv/bin/python -m pytest "$@"

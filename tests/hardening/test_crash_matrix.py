@@ -1,7 +1,7 @@
 """SIGKILL at every step, for every snapshot backend; and SIGKILL of smbd.
 
-The agent has test crash points (``REMOTEVSS_CRASH_AFTER``, ``_crash_point`` in
-agent/service.py): it SIGKILLs itself right after the named effect.  For each
+The agent has test crash points (``REMOTEVSS_CRASH_AFTER``, ``EffectRunner.crash_point`` in
+agent/effects.py): it SIGKILLs itself right after the named effect.  For each
 backend (btrfs is covered by tests/system/test_agent.py; here reflink on XFS and
 copy on ext4, with symlink exposure, and btrfs behind Samba with registry
 exposure) and each point, a persistent shadow copy made before the crash must
@@ -52,7 +52,7 @@ POINTS = [
     "unexpose_share",
     "delete_snapshot",
 ]
-# Teardown effects (Abort of an Exposed set) have their own points in _run_intents.
+# Teardown effects (Abort of an Exposed set) have their own points in EffectRunner.carry_out.
 ABORT_POINTS = ["unexpose", "delete_snapshot"]
 
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from remotevss.agent.exposer import ExposeError, SymlinkExposer
-from remotevss.agent.shares import ShareTable
 from remotevss.loopfs import loop_filesystem
 from remotevss.samba.private import missing_tools
+from remotevss.shares.exposer import ExposeError, SymlinkExposer
+from remotevss.shares.table import ShareTable
 from tests.support.samba import PASSWORD, PrivateSamba
 
 TOOLS = ("smbd", "net", "sharesec", "smbclient", "smbpasswd", "rpcclient", "mkfs.btrfs")
@@ -289,6 +289,43 @@ def test_expose_serves_the_snapshot_over_smb(env: Env) -> None:
         env.exposer.unexpose(name)
 
 
+def test_a_set_is_exposed_and_removed_in_one_registry_transaction(env: Env) -> None:
+    """expose_many / unexpose_many: every share of a set in one registry transaction
+    and one round of smbd messages, visible to a session that was open before; a
+    batch with one bad member publishes nothing."""
+    from remotevss.shares.exposer import ShareRequest
+
+    snaps = [env.prepare_file(f"set{i}.txt", before=f"pre-{i}") for i in range(3)]
+    names = [new_name() for _ in snaps]
+    old = env.connect()
+    before = dict(env.exposer.io_counters())
+    env.exposer.expose_many(
+        [ShareRequest(n, "data", str(p), False) for n, p in zip(names, snaps, strict=True)])
+    try:
+        after = env.exposer.io_counters()
+        assert after["registry_transactions"] == before["registry_transactions"] + 1
+        assert after["smbd_message_rounds"] == before["smbd_message_rounds"] + 1
+        for i, n in enumerate(names):
+            assert smb_read(old, n, f"set{i}.txt") == f"pre-{i}"
+            assert env.exposer.exposed()[n] == str(snaps[i])
+        bad = [ShareRequest(new_name(), "data", str(snaps[0]), False),
+               ShareRequest(new_name("nosuchshare"), "nosuchshare", str(snaps[0]), False)]
+        with pytest.raises(ExposeError, match="no share 'nosuchshare'"):
+            env.exposer.expose_many(bad)
+        assert bad[0].name not in env.exposer.exposed()  # all or nothing
+        before = dict(env.exposer.io_counters())
+        env.exposer.unexpose_many(names)
+        after = env.exposer.io_counters()
+        assert after["registry_transactions"] == before["registry_transactions"] + 1
+        assert after["smbd_message_rounds"] == before["smbd_message_rounds"] + 1
+        assert not set(names) & set(env.exposer.exposed())
+        for i, n in enumerate(names):
+            assert smb_read(old, n, f"set{i}.txt").startswith("ERR STATUS_BAD_NETWORK_NAME")
+    finally:
+        for n in names:
+            env.exposer.unexpose(n)
+
+
 def test_session_opened_before_expose_connects_right_after(env: Env) -> None:
     snap = env.prepare_file("early.txt")
     name = new_name()
@@ -452,12 +489,15 @@ def test_failed_registry_write_leaves_nothing_half_made(
     from remotevss.samba.registry_exposer import RegistryExposer
     from remotevss.samba.worker import _delete_if_present
 
-    def failing_write(self: RegistryExposer, name: str, params: list[tuple[str, str]]) -> None:
+    def failing_write(
+        self: RegistryExposer, shares: list[tuple[str, list[tuple[str, str]]]]
+    ) -> None:
         reg = self.conf.registry
         reg.transaction_start()
         try:
-            _delete_if_present(reg, self._smbconf, name)  # the old share goes, the new one is
-            reg.create_set_share(name, params)  # written, then the commit "fails"
+            for name, params in shares:
+                _delete_if_present(reg, self._smbconf, name)  # the old share goes, the new
+                reg.create_set_share(name, params)  # one is written, then the commit "fails"
             raise RuntimeError("injected: registry transaction commit failed")
         except BaseException:
             reg.transaction_cancel()
@@ -472,7 +512,7 @@ def test_failed_registry_write_leaves_nothing_half_made(
         kept_sd = db.get(kept)
         assert kept_sd is not None
         env.samba.sharesec("data", "--replace=S-1-1-0:ALLOWED/0x0/FULL")
-        monkeypatch.setattr(RegistryExposer, "_write_share", failing_write)
+        monkeypatch.setattr(RegistryExposer, "_write_shares", failing_write)
         fresh = new_name()
         with pytest.raises(ExposeError, match="injected"):
             env.exposer.expose(fresh, "data", snap, False)
@@ -507,8 +547,8 @@ def test_unusable_state_directory_fails_cleanly(env: Env, tmp_path: Path) -> Non
         code = textwrap.dedent(
             f"""
             from remotevss.agent.config import AgentConfig, SambaConfig
-            from remotevss.agent.exposer import ExposeError
-            from remotevss.samba.components import make_samba_components
+            from remotevss.shares.exposer import ExposeError
+            from remotevss.agent.samba_components import make_samba_components
             from remotevss.samba.conf import SambaConfigError
             try:
                 make_samba_components(AgentConfig(samba=SambaConfig(config_file={str(conf)!r})))
@@ -568,7 +608,7 @@ def test_expose_and_unexpose_cost_against_net_conf(env: Env) -> None:
 
 def test_make_samba_components(env: Env) -> None:
     from remotevss.agent.config import AgentConfig, SambaConfig
-    from remotevss.samba.components import make_samba_components
+    from remotevss.agent.samba_components import make_samba_components
     from remotevss.samba.registry_exposer import RegistryExposer
     from remotevss.samba.shares import SambaShareTable
 
@@ -588,15 +628,45 @@ def test_make_samba_components(env: Env) -> None:
         make_samba_components(AgentConfig())
 
 
+def test_samba_worker_runs_only_while_there_is_work(env: Env) -> None:
+    """The worker child exits after idle_exit seconds without an operation (its
+    python-samba is most of the agent's idle memory) and comes back for the next
+    one, or ahead of it with warm()."""
+    from remotevss.samba.worker import SambaWorker
+
+    worker = SambaWorker(str(env.samba.conf), idle_exit=0.5)
+    try:
+        assert worker.get_share("regshare") is not None and worker.pid is not None
+        first = worker.pid
+        deadline = time.monotonic() + 10
+        while worker.pid is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.pid is None  # idle: gone
+        with worker._lock, pytest.raises(ProcessLookupError):  # its stop has finished
+            os.kill(first, 0)
+        assert worker.get_share("regshare") is not None  # the next operation starts one
+        assert worker.spawned == 2
+        while worker.pid is not None and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        worker.warm()  # a set has started: ready before Expose needs it
+        deadline = time.monotonic() + 10
+        while worker.pid is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.pid is not None and worker.spawned == 3
+    finally:
+        worker.close()
+    assert worker.pid is None
+
+
 def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_path: Path) -> None:
     """The agent in-process with Samba's share table and registry exposure: the full
     FSRVP sequence over its local socket, the snapshot read back through smbd."""
     from remotevss.agent.config import AgentConfig, SambaConfig
+    from remotevss.agent.samba_components import make_samba_components
     from remotevss.agent.service import AgentService
     from remotevss.agent.transports.unix import serve_unix
     from remotevss.client.local import LocalClient
     from remotevss.fsrvp.constants import CTX_BACKUP, HResult
-    from remotevss.samba.components import make_samba_components
 
     cfg = AgentConfig(
         socket_path=str(tmp_path / "agent.sock"),

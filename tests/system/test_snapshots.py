@@ -554,3 +554,34 @@ def test_mountinfo_octal_escapes() -> None:
     (m,) = mounts.parse_mountinfo(line)
     assert (m.root, m.mount_point, m.source) == ("/a\\b", "/mnt/with space\ttab", "/dev/my disk")
     assert (m.fstype, m.read_only, m.mount_id, m.parent_id) == ("ext4", False, 36, 35)
+
+
+def test_btrfs_create_many_takes_a_set_together_all_or_nothing(
+        loopfs: LoopFs, subvolume: Callable[[Path], Path]) -> None:
+    """BatchBackend: every snapshot of the set, in order, read-only where asked; a
+    failure on the last one leaves none of the others behind."""
+    from remotevss.snapshots.base import SnapRequest, supports_batches
+
+    mnt = loopfs("btrfs")
+    backend = BACKENDS["btrfs"]
+    assert supports_batches(backend)
+    vols = []
+    for i in range(3):
+        share = subvolume(mnt / f"vol{i}")
+        populate(share, 2, f"v{i}")
+        vols.append(backend.check(str(share)))
+    made = backend.create_many(  # type: ignore[attr-defined]
+        [SnapRequest(v, NAME, writable=(i == 1)) for i, v in enumerate(vols)])
+    assert made == [os.path.join(v.snapshot_dir, NAME) for v in vols]
+    for i, path in enumerate(made):
+        assert (Path(path) / "f0").read_text().startswith(f"v{i}")
+    assert_read_only(Path(made[0]))
+    (Path(made[1]) / "new").write_text("writable")  # the one asked writable
+    other = "@GMT-2024.01.02-03.04.06.000000-abcd1234"
+    with pytest.raises(SnapshotError) as exc:  # the last name is taken: EEXIST
+        backend.create_many(  # type: ignore[attr-defined]
+            [SnapRequest(vols[0], other, False), SnapRequest(vols[1], other, False),
+             SnapRequest(vols[2], NAME, False)])
+    assert exc.value.errno == errno.EEXIST
+    assert not os.path.lexists(os.path.join(vols[0].snapshot_dir, other))
+    assert not os.path.lexists(os.path.join(vols[1].snapshot_dir, other))

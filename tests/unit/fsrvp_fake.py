@@ -11,12 +11,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from uuid import UUID
 
 from remotevss.client.connection import ConnectOptions, Credentials
 from remotevss.client.errors import CallTimeout, ConnectionLost, HostUnreachable
 from remotevss.client.rpc import check
-from remotevss.fsrvp import calls
+from remotevss.fsrvp import calls, server
 from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import (
     CreateSnapshot,
@@ -88,42 +87,17 @@ class FakeServer:
         if req.opnum in self.fail:
             code = self.fail.pop(req.opnum)
             return calls.error_response(req.opnum, code, req)
-        if isinstance(req, calls.GetSupportedVersionRequest):
-            return calls.GetSupportedVersionResponse(1, 1, 0)
-        if isinstance(req, calls.IsPathSupportedRequest):
-            info, _ = self.share_info(req.share_name)
-            out = m.is_path_supported(info, now)
-            if not out.ok:
-                return calls.error_response(req.opnum, out.result)
-            return calls.IsPathSupportedResponse(True, self.owner_name, 0)
-        if isinstance(req, calls.IsPathShadowCopiedRequest):
-            info, _ = self.share_info(req.share_name)
-            out = m.is_path_shadow_copied(info, now)
-            if not out.ok:
-                return calls.error_response(req.opnum, out.result)
-            present, compat = out.value  # type: ignore[misc]
-            return calls.IsPathShadowCopiedResponse(present, compat, 0)
-        if isinstance(req, calls.SetContextRequest):
-            out = m.set_context(req.context, client, now)
+        unc = server.share_unc(req)
+        info = self.share_info(unc)[0] if unc is not None else None
+        local = (
+            self.share_info(req.share_name)[1]
+            if isinstance(req, calls.GetShareMappingRequest) else None
+        )
+        step = server.answer(m, req, now, client, server.Names(self.owner_name), info, local)
+        if step is not None:  # the agent's own request -> machine -> response step
+            response, out = step
             self.apply(out.teardown)
-            return calls.SetContextResponse(out.result)
-        if isinstance(req, calls.StartShadowCopySetRequest):
-            out = m.start_shadow_copy_set(req.client_shadow_copy_set_id, now)
-            if not out.ok:
-                return calls.error_response(req.opnum, out.result)
-            assert isinstance(out.value, UUID)
-            return calls.StartShadowCopySetResponse(out.value, 0)
-        if isinstance(req, calls.AddToShadowCopySetRequest):
-            info, _ = self.share_info(req.share_name)
-            out = m.add_to_shadow_copy_set(req.shadow_copy_set_id, req.share_name, info, now)
-            if not out.ok:
-                return calls.error_response(req.opnum, out.result)
-            assert isinstance(out.value, UUID)
-            return calls.AddToShadowCopySetResponse(out.value, 0)
-        if isinstance(req, calls.PrepareShadowCopySetRequest):
-            return calls.PrepareShadowCopySetResponse(
-                m.prepare_shadow_copy_set(req.shadow_copy_set_id, now).result
-            )
+            return response
         if isinstance(req, calls.CommitShadowCopySetRequest):
             out = m.begin_commit(req.shadow_copy_set_id, now)
             if not out.ok:
@@ -146,22 +120,6 @@ class FakeServer:
             return calls.RecoveryCompleteShadowCopySetResponse(
                 m.finish_recovery_complete(req.shadow_copy_set_id, None).result
             )
-        if isinstance(req, calls.AbortShadowCopySetRequest):
-            out = m.abort_shadow_copy_set(req.shadow_copy_set_id, now)
-            self.apply(out.teardown)
-            return calls.AbortShadowCopySetResponse(out.result)
-        if isinstance(req, calls.GetShareMappingRequest):
-            _, local = self.share_info(req.share_name)
-            out = m.get_share_mapping(
-                req.shadow_copy_id, req.shadow_copy_set_id, local, req.level, now
-            )
-            if not out.ok:
-                return calls.error_response(req.opnum, out.result, req)
-            s, c, mp = out.value  # type: ignore[misc]
-            mapping = calls.ShareMapping1(
-                s.id, c.id, mp.share_name, mp.exposed_name or None, 133_000_000_000_000_000
-            )
-            return calls.GetShareMappingResponse(1, mapping, 0)
         if isinstance(req, calls.DeleteShareMappingRequest):
             _, local = self.share_info(req.share_name)
             out = m.begin_delete_share_mapping(

@@ -9,8 +9,8 @@ import pytest
 
 from remotevss.agent.config import ConfigError, ShareConfig, load_config
 from remotevss.agent.journal import Journal
-from remotevss.agent.shares import BadShareName, LocalShare, ShareTable, parse_unc
 from remotevss.fsrvp.machine import MappedShare, Mode, ShadowCopy, ShadowCopySet, Status
+from remotevss.shares.table import BadShareName, LocalShare, ShareTable, parse_unc
 
 
 def test_defaults_need_no_file() -> None:

@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from impacket.dcerpc.v5.dtypes import NULL
 
+from bench.codec import bench_codec
+from remotevss.client import fsrvp_ndr
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.calls import (
     MAX_STRING_UNITS,
@@ -535,7 +537,7 @@ def _values(obj: Any) -> list[Any]:
 
 
 def _impacket_request(req: Any) -> Any:
-    ndr = calls.NDR_CALLS[req.opnum][0]()
+    ndr = fsrvp_ndr.NDR_CALLS[req.opnum][0]()
     values = _values(req)
     for (name, _), value in zip(ndr.structure, values, strict=True):
         ndr[name] = _to_impacket(value)
@@ -543,7 +545,7 @@ def _impacket_request(req: Any) -> Any:
 
 
 def _impacket_response(resp: Any) -> Any:
-    ndr = calls.NDR_CALLS[resp.opnum][1]()
+    ndr = fsrvp_ndr.NDR_CALLS[resp.opnum][1]()
     if isinstance(resp, GetShareMappingResponse):
         ndr["ShareMapping"]["tag"] = resp.level
         if resp.mapping is None:
@@ -571,12 +573,12 @@ def _impacket_response(resp: Any) -> Any:
 
 
 def _parse_with_impacket_request(req: Any, stub: bytes) -> Any:
-    ndr = calls.NDR_CALLS[req.opnum][0](stub)
+    ndr = fsrvp_ndr.NDR_CALLS[req.opnum][0](stub)
     return type(req)(*(_from_impacket(ndr[name]) for name, _ in ndr.structure))
 
 
 def _parse_with_impacket_response(resp: Any, stub: bytes) -> Any:
-    ndr = calls.NDR_CALLS[resp.opnum][1](stub)
+    ndr = fsrvp_ndr.NDR_CALLS[resp.opnum][1](stub)
     if isinstance(resp, GetShareMappingResponse):
         union = ndr["ShareMapping"]
         mapping = None
@@ -603,7 +605,7 @@ def _parse_with_impacket_response(resp: Any, stub: bytes) -> Any:
 
 
 def _request_from_impacket(req: Any) -> Any:
-    ndr = calls.NDR_CALLS[req.opnum][0](_impacket_request(req).getData())
+    ndr = fsrvp_ndr.NDR_CALLS[req.opnum][0](_impacket_request(req).getData())
     values = [_from_impacket(ndr[name]) for name, _ in ndr.structure]
     return type(req)(*(UUID(bytes_le=v) if isinstance(v, bytes) else v for v in values))
 
@@ -615,7 +617,7 @@ def test_impacket_request_classes_agree(req: Any) -> None:
     theirs = _impacket_request(req).getData()
     assert decode_request(req.opnum, theirs) == req
     assert _request_from_impacket(req) == req
-    parsed = calls.NDR_CALLS[req.opnum][0](ours)
+    parsed = fsrvp_ndr.NDR_CALLS[req.opnum][0](ours)
     assert [_from_impacket(parsed[n]) for n, _ in parsed.structure] == [
         _from_impacket(_to_impacket(v)) for v in _values(req)
     ]
@@ -634,24 +636,24 @@ def test_impacket_response_classes_agree(resp: Any) -> None:
 
 
 def test_impacket_dce_request_finds_the_response_classes() -> None:
-    module = sys.modules[calls.FssIsPathSupported.__module__]
-    for op, (req_cls, resp_cls) in calls.NDR_CALLS.items():
+    module = sys.modules[fsrvp_ndr.FssIsPathSupported.__module__]
+    for op, (req_cls, resp_cls) in fsrvp_ndr.NDR_CALLS.items():
         assert req_cls.opnum == op
         assert getattr(module, req_cls.__name__ + "Response") is resp_cls
         assert resp_cls.structure[-1][0] == "ErrorCode"
-    assert list(calls.NDR_CALLS) == OPNUMS
-    err = calls.DCERPCSessionError(error_code=0x8004230C)
+    assert list(fsrvp_ndr.NDR_CALLS) == OPNUMS
+    err = fsrvp_ndr.DCERPCSessionError(error_code=0x8004230C)
     assert "FSRVP_E_NOT_SUPPORTED" in str(err)
 
 
 def test_impacket_cannot_build_the_default_arm() -> None:
     # Documents quirk 1: why encode_response hand-packs Level != 1.
-    ndr = calls.FssGetShareMappingResponse()
+    ndr = fsrvp_ndr.FssGetShareMappingResponse()
     with pytest.raises(Exception, match="Unknown tag"):
         ndr["ShareMapping"]["tag"] = 2
 
 
 def test_bench_codec_reports_every_call() -> None:
-    result = calls.bench_codec(number=50)
+    result = bench_codec(number=50)
     assert list(result) == list(calls.OPNUM_NAMES.values())
     assert all(0 < us < 1000 for us in result.values())

@@ -16,7 +16,8 @@ from remotevss.agent.admin_cli import unit_text
 from remotevss.agent.authz import Caller
 from remotevss.agent.config import ConfigError, GcConfig, load_config
 from remotevss.agent.events import CallEvent, JsonFormatter
-from remotevss.agent.gc import Activity, Pick, plan_gc, release_picks, shutdown_outcome
+from remotevss.agent.gc import Activity, plan_gc
+from remotevss.agent.release import Pick, release_picks, shutdown_outcome
 from remotevss.agent.sdnotify import notify, watchdog_interval
 from remotevss.agent.sizes import SizeLimit, parse_limit
 from remotevss.fsrvp import calls

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from remotevss.agent.config import ConfigError, load_config
-from remotevss.agent.service import gmt_seconds, gmt_snapshot_name, snapshot_name
+from remotevss.agent.naming import gmt_seconds, gmt_snapshot_name, snapshot_name
 
 T = calendar.timegm((2026, 11, 22, 8, 4, 18, 0, 0, 0)) + 0.5
 CID = uuid.UUID("93e92ee8-2018-4b6f-80eb-beb7c64ee9c6")

@@ -19,7 +19,8 @@ captured.  The Windows agent ages shadow copies out; so do we:
 
 Sets still in a sequence (Started, Added, CreationInProgress) are never
 touched: the message sequence timer owns them.  Deletion goes through the
-service's teardown path (:meth:`AgentService.release`): the set leaves the
+service's teardown path (:meth:`AgentService.release`): the rules only
+choose (agent/release.py), :meth:`Machine.release` takes the set off the
 machine, the journal records intents, snapshots and shares are removed, and
 a crash in the middle is finished at start-up like any teardown.  Every
 deletion is one ``gc_delete`` event line naming the reason.
@@ -39,25 +40,9 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from remotevss.agent.config import GcConfig
-from remotevss.agent.events import CallEvent, emit, trace_effect
-from remotevss.fsrvp.constants import (
-    CTX_APP_ROLLBACK,
-    CTX_BACKUP,
-    CTX_FILE_SHARE_BACKUP,
-    CTX_NAS_ROLLBACK,
-    Attr,
-    HResult,
-)
-from remotevss.fsrvp.machine import (
-    DeleteSnapshot,
-    Machine,
-    Outcome,
-    SealSnapshot,
-    ShadowCopySet,
-    Status,
-    UnexposeShare,
-    teardown_effects,
-)
+from remotevss.agent.events import CallEvent
+from remotevss.agent.release import Pick, context_name, logged, release_picks
+from remotevss.fsrvp.machine import Machine, Outcome, Status
 
 if TYPE_CHECKING:
     from remotevss.agent.service import AgentService
@@ -65,30 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("remotevss.agent.gc")
 
-_BASES = {
-    CTX_BACKUP: "backup",
-    CTX_FILE_SHARE_BACKUP: "file_share_backup",
-    CTX_NAS_ROLLBACK: "nas_rollback",
-    CTX_APP_ROLLBACK: "app_rollback",
-}
 FINISHED = (Status.COMMITTED, Status.EXPOSED, Status.RECOVERED)
-
-
-def context_name(context: int) -> str:
-    """The base context's name in [gc.max_age_by_context] (recovery bits ignored)."""
-    base = context & ~(Attr.ATTR_AUTO_RECOVERY | Attr.ATTR_NO_AUTO_RECOVERY)
-    return _BASES.get(base, f"0x{context:08x}")
-
-
-@dataclass(frozen=True)
-class Pick:
-    """One deletion the agent decided on: a whole set (``copy_id`` None) or one copy."""
-
-    set_id: UUID
-    copy_id: UUID | None
-    reason: str  # orphan | max_age | storage | shutdown
-    detail: str
-    deleted: bool = True  # False: kept (a persistent Exposed set sealed at shutdown)
 
 
 # --------------------------------------------------------------- activity
@@ -160,110 +122,6 @@ def plan_gc(machine: Machine, now: float, policy: GcConfig, activity: Activity) 
                                   f"copy {age:.0f} s old >= max_age {limit:.0f} s "
                                   f"({context_name(s.context)})"))
     return picks
-
-
-def release_picks(machine: Machine, picks: Iterable[Pick], done: list[Pick]) -> Outcome:
-    """Take the picked sets/copies off the machine; their teardown is the outcome.
-
-    The mirror of DeleteShareMapping's last mapping: a copy goes with its shares
-    and snapshot, a set with its last copy.  Picks whose set or copy is gone by
-    now are skipped; those applied are appended to ``done``."""
-    out = Outcome(HResult.ZERO)
-    for p in picks:
-        s = machine.sets.get(p.set_id)
-        if s is None:
-            continue
-        victims = [c for c in s.copies if p.copy_id in (None, c.id)]
-        if not victims and p.copy_id is not None:
-            continue
-        for c in victims:
-            out.teardown.extend(UnexposeShare(m.exposed_name) for m in c.mappings if m.is_exposed)
-            if c.snapshot_path:
-                out.teardown.append(DeleteSnapshot(c.id, c.volume_name, c.snapshot_path))
-            s.copies.remove(c)
-        if not s.copies:
-            del machine.sets[s.id]
-            out.dropped_sets.append(s.id)
-        done.append(p)
-    return out
-
-
-def shutdown_outcome(machine: Machine, done: list[Pick]) -> Outcome:
-    """SIGTERM: nobody can finish a sequence across a restart, so every set that is
-    not Recovered is dropped with its snapshots and shares, except an Exposed
-    *persistent* set, which the client already has: it is sealed and kept as
-    Recovered (the machine's own rule at timer expiry, decisions.md 6a).
-    Recovered sets (persistent or not) are kept; the context is cleared."""
-    out = Outcome(HResult.ZERO)
-    for s in list(machine.sets.values()):
-        if s.status is Status.RECOVERED:
-            continue
-        if s.status is Status.EXPOSED and not s.auto_release:
-            for c in s.copies:
-                if c.writable and c.snapshot_path:
-                    out.teardown.append(SealSnapshot(c.id, c.volume_name, c.snapshot_path))
-                    c.writable = False
-            s.status = Status.RECOVERED
-            done.append(Pick(s.id, None, "shutdown", "persistent Exposed set kept as Recovered",
-                             deleted=False))
-            continue
-        del machine.sets[s.id]
-        out.teardown.extend(teardown_effects(s))
-        out.dropped_sets.append(s.id)
-        done.append(Pick(s.id, None, "shutdown", f"{s.status.value} set cannot outlive the agent"))
-    machine.context_set = False
-    machine.current_context = 0
-    machine.client_address = None
-    machine.deadline = None
-    return out
-
-
-def describe(s: ShadowCopySet | None, p: Pick) -> dict[str, object]:
-    """The event fields of one deletion, read before it happens."""
-    copies = [] if s is None else [c for c in s.copies if p.copy_id in (None, c.id)]
-    return {
-        "event": "gc_delete" if p.reason != "shutdown" else "shutdown_release",
-        "reason": p.reason,
-        "detail": p.detail,
-        "set": str(p.set_id),
-        "copy": str(p.copy_id) if p.copy_id else None,
-        "status": s.status.value if s else None,
-        "context": context_name(s.context) if s else None,
-        "copies": [
-            {
-                "id": str(c.id),
-                "volume": c.volume_name,
-                "snapshot": c.snapshot_path,
-                "shares": [m.exposed_name for m in c.mappings if m.is_exposed],
-            }
-            for c in copies
-        ],
-    }
-
-
-def logged(decide: Callable[[Machine, list[Pick]], Outcome],
-           on_delete: Iterable[Callable[[Pick], None]] = ()) -> Callable[[Machine, float], Outcome]:
-    """Wrap a decision so each applied pick becomes one event line (and a metric)."""
-    hooks = list(on_delete)
-
-    def run(machine: Machine, _now: float) -> Outcome:
-        before = {sid: _clone(s) for sid, s in machine.sets.items()}
-        done: list[Pick] = []
-        out = decide(machine, done)
-        for p in done:
-            emit(describe(before.get(p.set_id), p),
-                 logging.INFO if p.reason == "shutdown" else logging.WARNING)
-            for hook in hooks if p.deleted else ():
-                hook(p)
-        for e in out.teardown:
-            trace_effect(type(e).__name__, **{k: v for k, v in vars(e).items()})
-        return out
-
-    return run
-
-
-def _clone(s: ShadowCopySet) -> ShadowCopySet:
-    return ShadowCopySet(s.id, s.status, s.context, list(s.copies))
 
 
 # --------------------------------------------------------------- the collector

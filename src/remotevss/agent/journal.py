@@ -54,7 +54,7 @@ class Intent:
     """An external effect that was about to happen (or to be retried)."""
 
     id: int
-    kind: str  # create_snapshot | delete_snapshot | seal_snapshot | expose | unexpose
+    kind: str  # one of agent/intents.py's KINDS (typed there: intents.from_row)
     detail: dict[str, str | bool]
 
 
@@ -69,6 +69,8 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._durable = True
+        self.transactions = 0  # commits, and those fsync'd (benchmarks, status)
+        self.durable_transactions = 0
         self._db.execute("PRAGMA foreign_keys=ON")
         for stmt in _SCHEMA.strip().split(";"):
             if stmt.strip():
@@ -100,6 +102,8 @@ class Journal:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.transactions += 1
+            self.durable_transactions += durable
 
     # ----------------------------------------------------------------- reads
 

@@ -27,7 +27,7 @@ def build_service(config: AgentConfig) -> tuple[AgentService, SambaAuthNames]:
     what smb.conf says about user names and Kerberos (defaults without Samba)."""
     if not config.samba.config_file:
         return AgentService(config, policy=policy_for(config)), SambaAuthNames()
-    from remotevss.samba.components import make_samba_components
+    from remotevss.agent.samba_components import make_samba_components
 
     samba = make_samba_components(config)
     config = replace(config, netbios_name=samba.netbios_name)

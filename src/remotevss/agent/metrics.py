@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from remotevss.agent.events import CallEvent
-from remotevss.agent.gc import Pick
+from remotevss.agent.release import Pick
 from remotevss.fsrvp import calls
 from remotevss.fsrvp.machine import Machine, Status
 

@@ -26,16 +26,9 @@ from remotevss.agent import admin
 from remotevss.agent.authz import Caller, Policy, policy_for
 from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.events import CallEvent, configure_logging, emit, log_call
-from remotevss.agent.gc import (
-    Activity,
-    Collector,
-    Pick,
-    context_name,
-    logged,
-    release_picks,
-    shutdown_outcome,
-)
+from remotevss.agent.gc import Activity, Collector
 from remotevss.agent.metrics import Metrics
+from remotevss.agent.release import Pick, context_name, logged, release_picks, shutdown_outcome
 from remotevss.agent.reload import POLICY_KEYS, ReloadPlan
 from remotevss.agent.reload import plan as reload_plan
 from remotevss.agent.sdnotify import Watchdog, notify, watchdog_interval
@@ -132,7 +125,7 @@ class Operations:
 
     async def stop(self) -> None:
         """SIGTERM: refuse new calls, finish running commits, release what cannot
-        outlive the agent (gc.shutdown_outcome), close the admin side."""
+        outlive the agent (Machine.shutdown), close the admin side."""
         self.stopping = True
         notify("STOPPING=1\nSTATUS=releasing unfinished shadow copy sets")
         self.service.policy = _Closed()
@@ -296,6 +289,7 @@ class Operations:
             "context": {"set": m.context_set, "client": m.client_address,
                         "context": f"0x{m.current_context:08X}" if m.context_set else None},
             "timer_deadline": m.deadline,
+            "io": self.service.io_counters(),
             "timer_remaining_s": None if m.deadline is None else round(m.deadline - now, 1),
             "sets": sets,
             "exposed_shares": exposed,

@@ -11,37 +11,33 @@ new state is on disk.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import errno
 import logging
 import os
-import re
-import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 from uuid import UUID
 
 from remotevss.agent.authz import Caller, Policy
 from remotevss.agent.config import AgentConfig
+from remotevss.agent.effects import EffectRunner, take_together
 from remotevss.agent.events import CallEvent
-from remotevss.agent.exposer import ExposeError, Exposer, SymlinkExposer
-from remotevss.agent.journal import Intent, Journal
-from remotevss.agent.shares import (
-    BadShareName,
-    LocalShare,
-    ShareLookup,
-    ShareTable,
-    parse_unc,
+from remotevss.agent.intents import (
+    CreateSnapshotIntent,
+    DeleteMappingIntent,
+    ExposeIntent,
 )
+from remotevss.agent.journal import Journal
+from remotevss.agent.naming import gmt_snapshot_name, snapshot_name
+from remotevss.agent.reconcile import Reconciler, ReconcileReport
 from remotevss.dcerpc import pdu
-from remotevss.fsrvp import calls
+from remotevss.fsrvp import calls, server
 from remotevss.fsrvp.constants import DISABLE_DEFRAG, HResult, Opnum, hresult_name
 from remotevss.fsrvp.machine import (
     CreateSnapshot,
     DeleteSnapshot,
-    Effect,
     ExposeShare,
     Machine,
     MappedShare,
@@ -53,57 +49,27 @@ from remotevss.fsrvp.machine import (
     Status,
     TimerPolicy,
     UnexposeShare,
-    teardown_effects,
 )
-from remotevss.snapshots.base import Backend, NotSupported, SnapshotError, Volume
-from remotevss.snapshots.select import BACKENDS, choose_backend
+from remotevss.shares.exposer import (
+    ExposeError,
+    Exposer,
+    ShareRequest,
+    SymlinkExposer,
+    expose_all,
+)
+from remotevss.shares.table import (
+    BadShareName,
+    LocalShare,
+    ShareLookup,
+    ShareTable,
+    parse_unc,
+)
+from remotevss.snapshots.base import NotSupported, SnapRequest, SnapshotError, Volume
+from remotevss.snapshots.select import choose_backend
 
 log = logging.getLogger("remotevss.agent")
 
-FILETIME_EPOCH_OFFSET = 11644473600
-GMT_FORMAT = "@GMT-%Y.%m.%d-%H.%M.%S"  # Samba's previous-versions token (SHADOW_COPY_PATH_FORMAT)
-
-
-def filetime(unix_seconds: float) -> int:
-    """FILETIME: 100-ns ticks since 1601-01-01 UTC."""
-    return int(round((unix_seconds + FILETIME_EPOCH_OFFSET) * 10_000_000))
-
-
-def snapshot_name(unix_seconds: float, copy_id: UUID) -> str:
-    """``@GMT-YYYY.MM.DD-HH.MM.SS`` (the previous-versions token) plus microseconds and
-    the copy id, so back-to-back snapshots within one second never collide yet
-    names still sort by creation time."""
-    t = time.gmtime(unix_seconds)
-    usec = int((unix_seconds % 1) * 1_000_000)
-    return time.strftime(GMT_FORMAT, t) + f".{usec:06d}-{copy_id.hex[:8]}"
-
-
-_GMT_PREFIX = re.compile(r"@GMT-(\d{4})\.(\d\d)\.(\d\d)-(\d\d)\.(\d\d)\.(\d\d)")
-
-
-def gmt_seconds(name: str) -> int | None:
-    """The second named by a leading ``@GMT-YYYY.MM.DD-HH.MM.SS`` (any suffix), if any."""
-    m = _GMT_PREFIX.match(name)
-    if m is None:
-        return None
-    try:
-        return calendar.timegm(tuple(int(x) for x in m.groups()) + (0, 0, 0))
-    except (ValueError, OverflowError):
-        return None
-
-
-def gmt_snapshot_name(unix_seconds: float, taken: Iterable[str]) -> str:
-    """``snapshot_names = "gmt"``: exactly ``@GMT-YYYY.MM.DD-HH.MM.SS``, the name
-    Samba's shadow_copy2 maps a previous-versions label back to with its default
-    format.  One name per second: if this second (or a later one) is already
-    taken in the snapshot directory, the second after the newest name is used,
-    so names stay unique and sorted by creation (the name may then run ahead of
-    the clock by the number of snapshots taken within one second)."""
-    second = int(unix_seconds)
-    newest = max((t for t in map(gmt_seconds, taken) if t is not None), default=None)
-    if newest is not None and newest >= second:
-        second = newest + 1
-    return time.strftime(GMT_FORMAT, time.gmtime(second))
+__all__ = ["AgentService", "CallFault", "ReconcileReport"]
 
 
 def _entries(directory: str) -> list[str]:
@@ -111,31 +77,6 @@ def _entries(directory: str) -> list[str]:
         return os.listdir(directory)
     except FileNotFoundError:
         return []
-
-
-@dataclass
-class ReconcileReport:
-    """What start-up did to make the disk agree with the journal."""
-
-    kept_sets: list[str] = field(default_factory=list)
-    dropped_sets: list[str] = field(default_factory=list)
-    intents_replayed: list[str] = field(default_factory=list)
-    removed_shares: list[str] = field(default_factory=list)
-    missing_snapshots: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out: list[str] = []
-        for label, items in (
-            ("kept set", self.kept_sets),
-            ("dropped unfinished set", self.dropped_sets),
-            ("replayed intent", self.intents_replayed),
-            ("removed leaked share", self.removed_shares),
-            ("snapshot missing on disk", self.missing_snapshots),
-            ("error", self.errors),
-        ):
-            out.extend(f"{label}: {x}" for x in items)
-        return out
 
 
 @dataclass
@@ -204,7 +145,9 @@ class AgentService:
         self._timer: asyncio.TimerHandle | None = None
         self._commits: dict[UUID, _CommitJob] = {}
         # Test-only crash points: os._exit right after the named effect (see tests/system).
-        self._crash_after = crash_after or os.environ.get("REMOTEVSS_CRASH_AFTER")
+        self.effects = EffectRunner(
+            self.journal, self.exposer, crash_after or os.environ.get("REMOTEVSS_CRASH_AFTER")
+        )
         # Operations (agent/ops.py): event log, metrics, GC activity; shadow storage limit.
         self.call_hooks: list[Callable[[CallEvent], None]] = []
         self.commit_guard: (
@@ -215,7 +158,10 @@ class AgentService:
 
     async def start(self) -> ReconcileReport:
         async with self._lock:
-            report = await asyncio.to_thread(self._reconcile)
+            report, kept = await asyncio.to_thread(
+                Reconciler(self.journal, self.exposer, self.effects, self.shares).run
+            )
+            self.machine.load(kept, self.clock())
             self._arm_timer()  # kept sets still in progress must not block for ever
             return report
 
@@ -252,6 +198,19 @@ class AgentService:
             await self._teardown(out)
             self._arm_timer()
             return out
+
+    def io_counters(self) -> dict[str, int]:
+        """Journal transactions (all, fsync'd) and, behind Samba, registry and ACL
+        transactions and smbd message rounds, since start: what a set costs
+        (bench/set_scaling.py reads them from ``remotevss status``)."""
+        out = {
+            "journal_transactions": self.journal.transactions,
+            "journal_durable": self.journal.durable_transactions,
+        }
+        exposer_counters = getattr(self.exposer, "io_counters", None)
+        if callable(exposer_counters):
+            out.update(exposer_counters())
+        return out
 
     # ----------------------------------------------------------- call entry
 
@@ -314,39 +273,11 @@ class AgentService:
                 log.exception("call hook %r failed", hook)
 
     async def _dispatch(self, caller: Caller, req: calls.Request) -> calls.Response:
+        """The calls with effects run here; every other call is fsrvp/server.py's
+        pure step, with its share resolved first and its teardown carried out."""
         now = self.clock()
         m = self.machine
         match req:
-            case calls.GetSupportedVersionRequest():
-                out = m.get_supported_version(now)
-                await self._teardown(out)
-                lo, hi = cast(tuple[int, int], out.value)
-                return calls.GetSupportedVersionResponse(lo, hi, out.result)
-            case calls.SetContextRequest(context=ctx):
-                out = m.set_context(ctx, caller.address, now)
-                await self._teardown(out)
-                return calls.SetContextResponse(out.result)
-            case calls.StartShadowCopySetRequest(client_shadow_copy_set_id=cid):
-                out = m.start_shadow_copy_set(cid, now)
-                await self._teardown(out)
-                if out.ok:
-                    self._persist(out, cast(UUID, out.value), durable=False)
-                new_sid = cast(UUID, out.value) if out.ok else UUID(int=0)
-                return calls.StartShadowCopySetResponse(new_sid, out.result)
-            case calls.AddToShadowCopySetRequest(shadow_copy_set_id=sid, share_name=unc):
-                info = await self._share_info(unc)
-                if info is None:
-                    return calls.AddToShadowCopySetResponse(UUID(int=0), HResult.E_INVALIDARG)
-                out = m.add_to_shadow_copy_set(sid, unc, info, now)
-                await self._teardown(out)
-                if out.ok:
-                    self._persist(out, sid, durable=False)
-                new_cid = cast(UUID, out.value) if out.ok else UUID(int=0)
-                return calls.AddToShadowCopySetResponse(new_cid, out.result)
-            case calls.PrepareShadowCopySetRequest(shadow_copy_set_id=sid):
-                out = m.prepare_shadow_copy_set(sid, now)
-                await self._teardown(out)
-                return calls.PrepareShadowCopySetResponse(out.result)
             case calls.CommitShadowCopySetRequest(shadow_copy_set_id=sid, timeout_ms=ms):
                 return calls.CommitShadowCopySetResponse(await self._commit(sid, ms, now))
             case calls.ExposeShadowCopySetRequest(shadow_copy_set_id=sid):
@@ -355,56 +286,33 @@ class AgentService:
                 return calls.RecoveryCompleteShadowCopySetResponse(
                     await self._recovery_complete(sid, now)
                 )
-            case calls.AbortShadowCopySetRequest(shadow_copy_set_id=sid):
-                out = m.abort_shadow_copy_set(sid, now)
-                await self._teardown(out)
-                return calls.AbortShadowCopySetResponse(out.result)
-            case calls.IsPathSupportedRequest(share_name=unc):
-                info = await self._share_info(unc)
-                if info is None:
-                    return calls.IsPathSupportedResponse(False, None, HResult.E_INVALIDARG)
-                out = m.is_path_supported(info, now)
-                await self._teardown(out)
-                owner = self.config.netbios_name if out.ok else None
-                return calls.IsPathSupportedResponse(out.ok, owner, out.result)
-            case calls.IsPathShadowCopiedRequest(share_name=unc):
-                info = await self._share_info(unc)
-                if info is None:
-                    return calls.IsPathShadowCopiedResponse(False, 0, HResult.E_INVALIDARG)
-                out = m.is_path_shadow_copied(info, now)
-                await self._teardown(out)
-                present, compat = cast(tuple[bool, int], out.value) if out.ok else (False, 0)
-                return calls.IsPathShadowCopiedResponse(present, compat, out.result)
-            case calls.GetShareMappingRequest(
-                shadow_copy_id=cid, shadow_copy_set_id=sid, share_name=unc, level=level
-            ):
-                out = m.get_share_mapping(cid, sid, _share_part(unc), level, now)
-                await self._teardown(out)
-                if not out.ok:
-                    return calls.GetShareMappingResponse(level, None, out.result)
-                s, c, mp = cast(tuple[ShadowCopySet, ShadowCopy, MappedShare], out.value)
-                exposed = self._exposed_unc(mp.exposed_name) if mp.is_exposed else None
-                unc_out = mp.share_name
-                if self.config.mode.value == "samba":
-                    unc_out = f"\\\\{self.config.netbios_name}\\{mp.local_share}"
-                mapping = calls.ShareMapping1(
-                    s.id, c.id, unc_out, exposed, filetime(c.creation_time)
-                )
-                return calls.GetShareMappingResponse(1, mapping, HResult.ZERO)
             case calls.DeleteShareMappingRequest(
                 shadow_copy_set_id=sid, shadow_copy_id=cid, share_name=unc
             ):
                 return calls.DeleteShareMappingResponse(
                     await self._delete_share_mapping(sid, cid, unc, now)
                 )
-        raise CallFault(pdu.NCA_S_OP_RNG_ERROR)  # pragma: no cover - decode covers all opnums
+        named = server.share_unc(req)
+        info = await self._share_info(named) if named is not None else None
+        local = (
+            _share_part(req.share_name) if isinstance(req, calls.GetShareMappingRequest) else None
+        )
+        names = server.Names(self.config.netbios_name, self.config.share_name_format)
+        step = server.answer(m, req, now, caller.address, names, info, local)
+        if step is None:  # pragma: no cover - the calls with effects are matched above
+            raise CallFault(pdu.NCA_S_OP_RNG_ERROR)
+        response, out = step
+        await self._teardown(out)
+        if out.ok and isinstance(req, calls.StartShadowCopySetRequest):
+            self._persist(out, cast(UUID, out.value), durable=False)
+            warm_up = getattr(self.exposer, "warm_up", None)
+            if callable(warm_up):  # e.g. start the Samba worker for Expose
+                warm_up()
+        elif out.ok and isinstance(req, calls.AddToShadowCopySetRequest):
+            self._persist(out, req.shadow_copy_set_id, durable=False)
+        return response
 
     # ------------------------------------------------------------- helpers
-
-    def _exposed_unc(self, name: str) -> str:
-        if self.config.share_name_format == "unc":
-            return f"\\\\{self.config.netbios_name}\\{name}"
-        return name
 
     def _resolve(self, unc: str) -> tuple[LocalShare | None, Volume | None, str]:
         """UNC -> local share -> volume.  Runs in a worker thread (stat, mountinfo)."""
@@ -452,9 +360,7 @@ class AgentService:
                     txn.save_set(s)
 
     def _crash_point(self, name: str) -> None:
-        if self._crash_after == name:
-            log.error("test crash point %s reached: SIGKILL", name)
-            os.kill(os.getpid(), signal.SIGKILL)
+        self.effects.crash_point(name)
 
     # -------------------------------------------------- teardown (fire & journal)
 
@@ -464,37 +370,14 @@ class AgentService:
         intent in place for the next start-up."""
         if not out.dropped_sets and not out.teardown and not out.recovered_sets:
             return
-        with self.journal.transaction() as txn:
-            for sid in out.dropped_sets:
-                txn.delete_set(sid)
-            for s in self.machine.sets.values():
-                txn.save_set(s)  # sealed/recovered by expiry
-            intents = [(txn.add_intent(*_intent_of(e)), e) for e in out.teardown]
+        pending = self.effects.settle(
+            delete=out.dropped_sets,
+            save=self.machine.sets.values(),  # sealed/recovered by expiry
+            teardown=out.teardown,
+        )
         for sid in out.dropped_sets:
             log.info("set %s dropped; removing its snapshots and shares", sid)
-        await asyncio.to_thread(self._run_intents, intents)
-
-    def _run_intents(self, intents: Sequence[tuple[int, Effect]]) -> None:
-        for intent_id, effect in intents:
-            try:
-                self._apply(effect)
-            except (SnapshotError, ExposeError, OSError) as exc:
-                log.error("%s failed, will retry at start-up: %s", type(effect).__name__, exc)
-                continue
-            self._crash_point(_intent_of(effect)[0])
-            with self.journal.transaction() as txn:
-                txn.clear_intent(intent_id)
-
-    def _apply(self, e: Effect) -> None:
-        match e:
-            case UnexposeShare(exposed_name=name):
-                self.exposer.unexpose(name)
-            case DeleteSnapshot(volume_name=vol, snapshot_path=path):
-                _backend_of(vol).delete(path)
-            case SealSnapshot(volume_name=vol, snapshot_path=path):
-                _backend_of(vol).seal(path)
-            case _:
-                raise AssertionError(f"not a teardown effect: {e}")
+        await asyncio.to_thread(self.effects.carry_out, pending)
 
     # -------------------------------------------------------------- commit
 
@@ -515,7 +398,7 @@ class AgentService:
                 refusal = await self.commit_guard(set_id, creates)
                 if refusal is not None:
                     fin = m.finish_commit(set_id, refusal, self.clock())
-                    await self._record(set_id, [], fin)
+                    await self._record(set_id, [], fin, durable=False)  # back to Added
                     return fin.result
             job = _CommitJob(asyncio.ensure_future(self._create_snapshots(set_id, creates)))
             self._commits[set_id] = job
@@ -538,21 +421,24 @@ class AgentService:
         del self._commits[set_id]
         error, intent_ids = job.task.result()
         fin = self.machine.finish_commit(set_id, error, self.clock())
-        await self._record(set_id, intent_ids, fin)
+        # No fsync: a set that has not reached Exposed is dropped at start-up whatever
+        # the journal says of it, and its snapshots are undone by their creation
+        # intents, which are on disk; losing this transaction to a power cut changes
+        # nothing (an agent crash loses nothing: WAL).  Expose's record is durable.
+        await self._record(set_id, intent_ids, fin, durable=False)
         return fin.result
 
-    async def _record(self, set_id: UUID, intent_ids: list[int], fin: Outcome) -> None:
+    async def _record(
+        self, set_id: UUID, intent_ids: list[int], fin: Outcome, *, durable: bool = True
+    ) -> None:
         """One transaction: the call's effects are done (intents cleared), the set's
         new state, and intents for the teardown the outcome asks for; then that teardown."""
         s = self.machine.sets.get(set_id)
-        with self.journal.transaction() as txn:
-            for iid in intent_ids:
-                txn.clear_intent(iid)
-            if s is not None:
-                txn.save_set(s)
-            intents = [(txn.add_intent(*_intent_of(e)), e) for e in fin.teardown]
-        if intents:
-            await asyncio.to_thread(self._run_intents, intents)
+        pending = self.effects.settle(
+            intent_ids, save=[s] if s is not None else [], teardown=fin.teardown, durable=durable
+        )
+        if pending:
+            await asyncio.to_thread(self.effects.carry_out, pending)
 
     async def _orphaned_commit(self, set_id: UUID) -> None:
         """A commit job ended with no caller waiting for it: finish it here."""
@@ -568,23 +454,18 @@ class AgentService:
             # the set was dropped while snapshots were being taken: remove what was made
             live = {c.snapshot_path for s in self.machine.sets.values() for c in s.copies}
             stray = [(vol, path) for vol, path in job.made if path not in live]
-            with self.journal.transaction() as txn:
-                for iid in intent_ids:
-                    txn.clear_intent(iid)
-                intents = [
-                    (
-                        txn.add_intent("delete_snapshot", {"volume": vol, "path": path}),
-                        DeleteSnapshot(UUID(int=0), vol, path),
-                    )
-                    for vol, path in stray
-                ]
-            await asyncio.to_thread(self._run_intents, intents)
+            pending = self.effects.settle(
+                intent_ids,
+                teardown=[DeleteSnapshot(UUID(int=0), vol, path) for vol, path in stray],
+            )
+            await asyncio.to_thread(self.effects.carry_out, pending)
 
     async def _create_snapshots(
         self, set_id: UUID, creates: list[CreateSnapshot]
     ) -> tuple[int | None, list[int]]:
         """Take every snapshot of a commit, as close together in time as possible:
-        all intents are journaled first (one transaction), then the snapshots."""
+        all intents are journaled first (one transaction), then the snapshots are
+        started together (effects.take_together)."""
         plan: list[tuple[Volume, str, CreateSnapshot]] = []
         taken: dict[str, list[str]] = {}  # snapshot dir -> names ("gmt" naming)
         for e in creates:
@@ -599,34 +480,29 @@ class AgentService:
             else:
                 name = snapshot_name(self.clock(), e.copy_id)
             plan.append((volume, name, e))
-        with self.journal.transaction() as txn:
-            intent_ids = [
-                txn.add_intent(
-                    "create_snapshot",
-                    {
-                        "volume": v.name,
-                        "path": os.path.join(v.snapshot_dir, name),
-                        "copy": str(e.copy_id),
-                    },
-                )
+        intent_ids = self.effects.begin(
+            [
+                CreateSnapshotIntent(v.name, os.path.join(v.snapshot_dir, name), str(e.copy_id))
                 for v, name, e in plan
             ]
+        )
         self._crash_point("create_intent")
         job = self._commits.get(set_id)
-        for volume, name, e in plan:
-            try:
-                made = await asyncio.to_thread(
-                    BACKENDS[volume.backend].create, volume, name, e.writable
-                )
-            except SnapshotError as exc:
-                log.error("snapshot of %s failed: %s", volume.root, exc)
-                return _snapshot_error(exc), intent_ids
+        results = await asyncio.to_thread(
+            take_together, [SnapRequest(v, name, e.writable) for v, name, e in plan]
+        )
+        error: int | None = None
+        for (volume, _name, e), made in zip(plan, results, strict=True):
+            if isinstance(made, SnapshotError):
+                log.error("snapshot of %s failed: %s", volume.root, made)
+                error = error if error is not None else _snapshot_error(made)
+                continue
             self._crash_point("create_snapshot")
             if job is not None:
                 job.made.append((volume.name, made))
             self.machine.snapshot_created(set_id, e.copy_id, made, e.writable)
             log.info("snapshot %s of %s created (%s)", made, volume.root, volume.backend)
-        return None, intent_ids
+        return error, intent_ids
 
     def _volume_of(self, e: CreateSnapshot) -> Volume | None:
         s = self.machine.sets.get(e.set_id)
@@ -639,7 +515,8 @@ class AgentService:
     # -------------------------------------------------------------- expose
 
     async def _expose(self, set_id: UUID, now: float) -> int:
-        """Publish every snapshot share of the set; all or nothing, two transactions."""
+        """Publish every snapshot share of the set; all or nothing, two journal
+        transactions and (behind Samba) one registry transaction, whatever the size."""
         m = self.machine
         out = m.begin_expose(set_id, now)
         await self._teardown(out)
@@ -660,20 +537,23 @@ class AgentService:
             plan.append((e, os.path.join(e.snapshot_path, sub) if sub else e.snapshot_path))
         intent_ids: list[int] = []
         if error is None:
-            with self.journal.transaction() as txn:
-                intent_ids = [txn.add_intent("expose", {"name": e.exposed_name}) for e, _ in plan]
+            intent_ids = self.effects.begin([ExposeIntent(e.exposed_name) for e, _ in plan])
             self._crash_point("expose_intent")
-            for e, path in plan:
-                try:
-                    await asyncio.to_thread(
-                        self.exposer.expose, e.exposed_name, e.base_share, path, e.writable
-                    )
-                except (ExposeError, OSError) as exc:
-                    log.error("expose of %s failed: %s", e.exposed_name, exc)
-                    error = HResult.E_FAIL
-                    break
+            # the whole set at once: one registry transaction and one smbd message round
+            done, exc = await asyncio.to_thread(
+                expose_all,
+                self.exposer,
+                [ShareRequest(e.exposed_name, e.base_share, path, e.writable) for e, path in plan],
+            )
+            if exc is not None:
+                log.error("expose of set %s failed: %s", set_id, exc)
+                error = HResult.E_FAIL
+            if done:
                 self._crash_point("expose_share")
-                m.share_exposed(e.set_id, e.copy_id, e.exposed_name)
+            published = set(done)
+            for e, _ in plan:
+                if e.exposed_name in published:
+                    m.share_exposed(e.set_id, e.copy_id, e.exposed_name)
         fin = m.finish_expose(set_id, error, self.clock())
         await self._record(set_id, intent_ids, fin)
         return fin.result
@@ -690,7 +570,7 @@ class AgentService:
         for e in out.effects:
             assert isinstance(e, SealSnapshot)
             try:
-                await asyncio.to_thread(_backend_of(e.volume_name).seal, e.snapshot_path)
+                await asyncio.to_thread(self.effects.seal_snapshot, e.volume_name, e.snapshot_path)
             except (SnapshotError, OSError) as exc:
                 log.error("sealing %s failed: %s", e.snapshot_path, exc)
                 error = HResult.E_FAIL
@@ -711,45 +591,38 @@ class AgentService:
         if not out.ok:
             return out.result
         _, _, mapping = cast(tuple[ShadowCopySet, ShadowCopy, MappedShare], out.value)
-        with self.journal.transaction() as txn:
-            iid = txn.add_intent(
-                "delete_mapping",
-                {
-                    "set": str(set_id),
-                    "copy": str(copy_id),
-                    "share": mapping.local_share,
-                    "name": mapping.exposed_name if mapping.is_exposed else "",
-                },
-            )
+        [iid] = self.effects.begin(
+            [
+                DeleteMappingIntent(
+                    str(set_id),
+                    str(copy_id),
+                    mapping.local_share,
+                    mapping.exposed_name if mapping.is_exposed else "",
+                )
+            ]
+        )
         for e in out.effects:
             assert isinstance(e, UnexposeShare)
             try:
                 await asyncio.to_thread(self.exposer.unexpose, e.exposed_name)
             except ExposeError as exc:
                 log.error("unexpose of %s failed: %s", e.exposed_name, exc)
-                with self.journal.transaction() as txn:
-                    txn.clear_intent(iid)
+                self.effects.settle([iid])
                 m.finish_delete_share_mapping(set_id, copy_id, mapping, HResult.E_FAIL)
                 return HResult.E_FAIL
         self._crash_point("unexpose_share")
         fin = m.finish_delete_share_mapping(set_id, copy_id, mapping, None)
-        retry: list[Effect] = []
-        for e in fin.teardown:  # the snapshot, with the last mapping
-            try:
-                await asyncio.to_thread(self._apply, e)
-            except (SnapshotError, OSError) as exc:
-                log.error("deleting %s failed, will retry: %s", e, exc)
-                retry.append(e)
+        # the snapshot, with the last mapping: covered by the intent's roll-forward
+        retry = await asyncio.to_thread(self.effects.apply_covered, fin.teardown)
         self._crash_point("delete_snapshot")
         s = m.sets.get(set_id)
-        with self.journal.transaction() as txn:
-            txn.clear_intent(iid)
-            if s is None:
-                txn.delete_set(set_id)
-            else:
-                txn.save_set(s)
-            for e in retry:
-                txn.add_intent(*_intent_of(e))
+        # A failed deletion stays journaled for the next start-up.  No fsync: the
+        # roll-forward intent is on disk, so a power cut that loses this transaction
+        # finishes the same deletion at start-up (an agent crash loses nothing: WAL).
+        self.effects.settle(
+            [iid], save=[s] if s is not None else [], delete=fin.dropped_sets, teardown=retry,
+            durable=False,
+        )
         return fin.result
 
     # ----------------------------------------------------------------- timer
@@ -775,146 +648,9 @@ class AgentService:
             await self._teardown(out)
             self._arm_timer()
 
-    # -------------------------------------------------------- reconciliation
-
-    def _reconcile(self) -> ReconcileReport:
-        """Make disk and exposures agree with the journal (runs before serving).
-
-        1. Replay pending intents: half-made snapshots and shares are removed,
-           interrupted deletions and seals are finished.
-        2. Sets that never reached Exposed are dropped with their snapshots;
-           Exposed and Recovered sets are kept (persistent copies survive),
-           their snapshots checked on disk and their protection re-applied.
-        3. Shares exposed by us that no kept set knows are removed.
-        """
-        rep = ReconcileReport()
-        unmapped: list[Intent] = []
-        for intent in self.journal.pending_intents():
-            try:
-                self._undo_or_finish(intent)
-            except (SnapshotError, ExposeError, OSError) as exc:
-                rep.errors.append(f"intent {intent.kind} {intent.detail}: {exc}")
-                continue
-            if intent.kind == "delete_mapping":
-                unmapped.append(intent)  # cleared once the journal's sets reflect it
-                continue
-            with self.journal.transaction() as txn:
-                txn.clear_intent(intent.id)
-            rep.intents_replayed.append(
-                f"{intent.kind} {intent.detail.get('path') or intent.detail.get('name')}"
-            )
-        kept: list[ShadowCopySet] = []
-        for s in self._finish_unmapping(self.journal.load_sets(), unmapped, rep):
-            if s.status in (Status.EXPOSED, Status.RECOVERED):
-                self._check_kept(s, rep)
-                kept.append(s)
-                rep.kept_sets.append(f"{s.id} ({s.status.value}, {len(s.copies)} copies)")
-                continue
-            for effect in teardown_effects(s):
-                try:
-                    self._apply(effect)
-                except (SnapshotError, ExposeError, OSError) as exc:
-                    rep.errors.append(f"dropping {s.id}: {exc}")
-            with self.journal.transaction() as txn:
-                txn.delete_set(s.id)
-            rep.dropped_sets.append(f"{s.id} ({s.status.value})")
-        with self.journal.transaction() as txn:
-            txn.save_sets(kept)
-        known = {m.exposed_name for s in kept for c in s.copies for m in c.mappings if m.is_exposed}
-        for name in set(self.exposer.exposed()) - known:
-            try:
-                self.exposer.unexpose(name)
-                rep.removed_shares.append(name)
-            except ExposeError as exc:
-                rep.errors.append(str(exc))
-        self.machine.load(kept, self.clock())
-        for line in rep.lines():
-            log.info("start-up: %s", line)
-        return rep
-
-    def _finish_unmapping(
-        self, sets: list[ShadowCopySet], unmapped: list[Intent], rep: ReconcileReport
-    ) -> list[ShadowCopySet]:
-        """Roll interrupted DeleteShareMapping calls forward: drop the mapping, and the
-        snapshot with the last mapping, and the set with the last copy."""
-        by_id = {str(s.id): s for s in sets}
-        for intent in unmapped:
-            d = intent.detail
-            s = by_id.get(str(d["set"]))
-            c = next((c for c in s.copies if str(c.id) == d["copy"]), None) if s else None
-            if s is None or c is None:
-                with self.journal.transaction() as txn:
-                    txn.clear_intent(intent.id)
-                continue
-            c.mappings = [mp for mp in c.mappings if mp.local_share != d["share"]]
-            if not c.mappings:
-                if c.snapshot_path:
-                    _backend_of(c.volume_name).delete(c.snapshot_path)
-                s.copies.remove(c)
-            rep.intents_replayed.append(f"delete_mapping {d['share']} of {s.id}")
-            with self.journal.transaction() as txn:
-                txn.clear_intent(intent.id)
-                if s.copies:
-                    txn.save_set(s)
-                else:
-                    txn.delete_set(s.id)
-                    del by_id[str(s.id)]
-        return list(by_id.values())
-
-    def _undo_or_finish(self, intent: Intent) -> None:
-        d = intent.detail
-        if intent.kind == "delete_mapping" and d["name"]:
-            self.exposer.unexpose(str(d["name"]))
-        elif intent.kind == "create_snapshot":
-            _backend_of(str(d["volume"])).delete(str(d["path"]))
-        elif intent.kind in ("expose", "unexpose"):
-            self.exposer.unexpose(str(d["name"]))
-        elif intent.kind == "delete_snapshot":
-            _backend_of(str(d["volume"])).delete(str(d["path"]))
-        elif intent.kind == "seal_snapshot":
-            _backend_of(str(d["volume"])).seal(str(d["path"]))
-
-    def _check_kept(self, s: ShadowCopySet, rep: ReconcileReport) -> None:
-        for c in list(s.copies):
-            backend = _backend_of(c.volume_name)
-            if not c.snapshot_path or not backend.exists(c.snapshot_path):
-                rep.missing_snapshots.append(f"{c.id} {c.snapshot_path}")
-                for mp in c.mappings:
-                    if mp.is_exposed:
-                        self.exposer.unexpose(mp.exposed_name)
-                s.copies.remove(c)
-                continue
-            backend.restore_protection(c.snapshot_path, read_only=not c.writable)
-            for mp in c.mappings:
-                if mp.is_exposed and mp.exposed_name not in self.exposer.exposed():
-                    share = self.shares.lookup(mp.local_share)
-                    if share is not None:
-                        try:
-                            volume = BACKENDS[backend.name].check(share.path)
-                            sub = volume.share_subpath
-                        except (NotSupported, SnapshotError):
-                            sub = ""
-                        path = os.path.join(c.snapshot_path, sub) if sub else c.snapshot_path
-                        self.exposer.expose(mp.exposed_name, mp.local_share, path, c.writable)
-
 
 def _share_part(unc: str) -> str | None:
     try:
         return parse_unc(unc)
     except BadShareName:
         return None
-
-
-def _backend_of(volume_name: str) -> Backend:
-    return BACKENDS[volume_name.split(":", 1)[0]]
-
-
-def _intent_of(e: Effect) -> tuple[str, dict[str, str | bool]]:
-    match e:
-        case UnexposeShare(exposed_name=name):
-            return "unexpose", {"name": name}
-        case DeleteSnapshot(volume_name=vol, snapshot_path=path):
-            return "delete_snapshot", {"volume": vol, "path": path}
-        case SealSnapshot(volume_name=vol, snapshot_path=path):
-            return "seal_snapshot", {"volume": vol, "path": path}
-    raise AssertionError(f"not a teardown effect: {e}")

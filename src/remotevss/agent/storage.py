@@ -58,7 +58,7 @@ from uuid import UUID
 
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.events import emit
-from remotevss.agent.gc import Pick, logged, release_picks
+from remotevss.agent.release import Pick, logged, release_picks
 from remotevss.agent.sizes import SizeLimit, human, parse_limit
 from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import CreateSnapshot, Machine, Outcome, Status

@@ -54,10 +54,11 @@ from remotevss.client.errors import (
     PipeNotFound,
     RpcFault,
 )
+from remotevss.client.fsrvp_ndr import MSRPC_UUID_FSRVP
 from remotevss.client.gss_rpc import GssKerberosBinding, KerberosBindError
 from remotevss.client.rpc import FsrvpCalls
 from remotevss.fsrvp import calls
-from remotevss.fsrvp.calls import MSRPC_UUID_FSRVP, OPNUM_NAMES, StubError
+from remotevss.fsrvp.calls import OPNUM_NAMES, StubError
 from remotevss.fsrvp.constants import INTERFACE_UUID, PIPE_NAME
 
 log = logging.getLogger(__name__)

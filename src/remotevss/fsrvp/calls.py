@@ -1,28 +1,25 @@
-"""The 13 FSRVP calls, declared once for the server and the client.
+"""The 13 FSRVP calls: typed dataclasses and a strict NDR20 codec, for server and client.
 
-Two views of the one IDL ([SPEC §6], Samba's ``fsrvp.idl``), kept identical by
-tests (tests/unit/test_fsrvp_calls.py cross-checks every call against the
-impacket classes; tests/interop/test_ndrdump.py has Samba's ``ndrdump
---validate`` re-marshal our bytes and compare them byte for byte):
+The one IDL ([SPEC §6], Samba's ``fsrvp.idl``) as frozen dataclasses per call
+and four functions, :func:`decode_request` / :func:`encode_response`
+(server) and :func:`encode_request` / :func:`decode_response` (client).
+impacket's view of the same IDL (NDRCALL classes for impacket clients) lives
+in remotevss/client/fsrvp_ndr.py, kept identical by tests
+(tests/unit/test_fsrvp_calls.py cross-checks every call against it;
+tests/interop/test_ndrdump.py has Samba's ``ndrdump --validate`` re-marshal
+our bytes and compare them byte for byte).  Why not here: this module is
+loaded by the agent and by every CLI start, and impacket is not needed by
+either (its import costs ~16 MB of the agent's resident memory and most of a
+CLI start-up).
 
-* **impacket NDRCALL classes** in impacket's per-interface style, for impacket
-  clients: ``dce.request(FssSetContext(...))`` finds ``FssSetContextResponse``
-  and raises :class:`DCERPCSessionError` on a non-zero return.  They carry an
-  ``Fss`` prefix (Samba's ``fss_`` function names) because impacket looks the
-  response class up as *request class name* + ``"Response"`` and the typed API
-  below owns the plain names.
-* **The typed API** everything in remotevss uses: frozen dataclasses per call
-  and four functions, :func:`decode_request` / :func:`encode_response`
-  (server) and :func:`encode_request` / :func:`decode_response` (client).
-
-Why the typed API runs on a small NDR20 codec of its own (``_REQUEST_KINDS``,
-``_RESPONSE_KINDS`` below) rather than on impacket's: the server faces the
-network and impacket's unmarshalling is lenient (unchecked counts, silent
-truncation), raises arbitrary exception types and logs an error for every bad
-stub; it picks random referent ids (Samba and Windows number them 0x20000,
-0x20004, ...), cannot marshal the empty ``[default]`` union arm, and is 10-35x
-slower.  FSRVP needs only u32, GUID, ``[string]`` UTF-16, one unique pointer
-and one union, so the strict codec is short.
+Why a small NDR20 codec of its own (``_REQUEST_KINDS``, ``_RESPONSE_KINDS``
+below) rather than impacket's: the server faces the network and impacket's
+unmarshalling is lenient (unchecked counts, silent truncation), raises
+arbitrary exception types and logs an error for every bad stub; it picks
+random referent ids (Samba and Windows number them 0x20000, 0x20004, ...),
+cannot marshal the empty ``[default]`` union arm, and is 10-35x slower.
+FSRVP needs only u32, GUID, ``[string]`` UTF-16, one unique pointer and one
+union, so the strict codec is short.
 
 Rules of the codec: NDR20 little-endian only (the DCE/RPC engine rejects
 NDR64); ``[string]`` values are checked (offset 0, 1 <= actual <= max <=
@@ -31,6 +28,7 @@ bytes after the last parameter are ignored (a Windows client appends an
 MS-RPCE verification trailer, digest §1.5); pad bytes are written as zeros and
 not checked on input.  A failing response still marshals every out parameter
 (zeros / NULL), as Samba and Windows do; :func:`error_response` builds one.
+This module imports nothing but the standard library and fsrvp/constants.py.
 
 Errors: any malformed stub raises :class:`StubError` (the server answers with
 the fault nca_s_fault_ndr); an opnum outside 0-12 raises :class:`UnknownOpnum`,
@@ -39,8 +37,8 @@ Encoding a value that cannot be marshalled (a u32 out of range, a string with
 a NUL or a lone surrogate, ...) raises ``ValueError``.
 
 Speed: decode_request + encode_response of a typical call, µs (timeit, best
-of 5; Python 3.11, 2-core EPYC dev box; rerun with ``python -m
-remotevss.fsrvp.calls``), impacket's NDRCALLs for the same work in brackets:
+of 5; Python 3.11, 2-core EPYC dev box; rerun with ``python bench/codec.py``),
+impacket's NDRCALLs for the same work in brackets:
 
     GetSupportedVersion 1.4 (23) | SetContext 1.3 (17) | StartShadowCopySet 2.8 (26)
     AddToShadowCopySet 5.3 (67) | CommitShadowCopySet 2.5 (24)
@@ -52,29 +50,16 @@ The 11-call create-and-delete sequence spends ~40 µs in the codec (impacket:
 ~630 µs, before any validation), i.e. 0.5 % of the 8 ms budget.
 """
 
-# mypy: allow-subclassing-any
-# (impacket ships no type information; its NDR base classes are Any to mypy.)
-
 from __future__ import annotations
 
 import struct
-import timeit
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeAlias
 from uuid import UUID
 
-from impacket.dcerpc.v5.dtypes import DWORD, GUID, LONG, LONGLONG, LPWSTR, ULONG, WSTR
-from impacket.dcerpc.v5.ndr import NDRCALL, NDRPOINTER, NDRSTRUCT, NDRUNION
-from impacket.dcerpc.v5.rpcrt import DCERPCException
-from impacket.uuid import uuidtup_to_bin
-
 from remotevss.fsrvp.constants import (
-    INTERFACE_UUID,
-    INTERFACE_VERSION,
-    HResult,
     Opnum,
-    hresult_name,
 )
 
 #: Longest ``[string]`` accepted or produced, in UTF-16 code units incl. the NUL
@@ -90,192 +75,6 @@ class StubError(ValueError):
 
 class UnknownOpnum(StubError):
     """The opnum is not 0-12 (answer: nca_s_op_rng_error)."""
-
-
-# ======================================================================
-# impacket declarations (for impacket clients; the typed API does not use them)
-# ======================================================================
-
-MSRPC_UUID_FSRVP = uuidtup_to_bin((str(INTERFACE_UUID), "{}.{}".format(*INTERFACE_VERSION)))
-
-
-class DCERPCSessionError(DCERPCException):
-    """What impacket's ``dce.request`` raises for a non-zero FSRVP return code."""
-
-    def __str__(self) -> str:
-        return f"FSRVP SessionError: {hresult_name(int(self.error_code or 0))}"
-
-
-class FSSAGENT_SHARE_MAPPING_1(NDRSTRUCT):
-    structure = (
-        ("ShadowCopySetId", GUID),
-        ("ShadowCopyId", GUID),
-        ("ShareNameUNC", LPWSTR),
-        ("ShadowCopyShareName", LPWSTR),
-        ("CreationTimestamp", LONGLONG),
-    )
-
-
-class PFSSAGENT_SHARE_MAPPING_1(NDRPOINTER):
-    referent = (("Data", FSSAGENT_SHARE_MAPPING_1),)
-
-
-class FSSAGENT_SHARE_MAPPING(NDRUNION):
-    """[switch_type(unsigned long)]; impacket cannot marshal the empty [default] arm."""
-
-    commonHdr = (("tag", ULONG),)
-    union = {1: ("ShareMapping1", PFSSAGENT_SHARE_MAPPING_1)}
-
-
-class FssGetSupportedVersion(NDRCALL):
-    opnum = 0
-    structure = ()
-
-
-class FssGetSupportedVersionResponse(NDRCALL):
-    structure = (("MinVersion", DWORD), ("MaxVersion", DWORD), ("ErrorCode", ULONG))
-
-
-class FssSetContext(NDRCALL):
-    opnum = 1
-    structure = (("Context", ULONG),)
-
-
-class FssSetContextResponse(NDRCALL):
-    structure = (("ErrorCode", ULONG),)
-
-
-class FssStartShadowCopySet(NDRCALL):
-    opnum = 2
-    structure = (("ClientShadowCopySetId", GUID),)
-
-
-class FssStartShadowCopySetResponse(NDRCALL):
-    structure = (("pShadowCopySetId", GUID), ("ErrorCode", ULONG))
-
-
-class FssAddToShadowCopySet(NDRCALL):
-    opnum = 3
-    structure = (("ClientShadowCopyId", GUID), ("ShadowCopySetId", GUID), ("ShareName", WSTR))
-
-
-class FssAddToShadowCopySetResponse(NDRCALL):
-    structure = (("pShadowCopyId", GUID), ("ErrorCode", ULONG))
-
-
-class FssCommitShadowCopySet(NDRCALL):
-    opnum = 4
-    structure = (("ShadowCopySetId", GUID), ("TimeOutInMilliseconds", ULONG))
-
-
-class FssCommitShadowCopySetResponse(NDRCALL):
-    structure = (("ErrorCode", ULONG),)
-
-
-class FssExposeShadowCopySet(NDRCALL):
-    opnum = 5
-    structure = (("ShadowCopySetId", GUID), ("TimeOutInMilliseconds", ULONG))
-
-
-class FssExposeShadowCopySetResponse(NDRCALL):
-    structure = (("ErrorCode", ULONG),)
-
-
-class FssRecoveryCompleteShadowCopySet(NDRCALL):
-    opnum = 6
-    structure = (("ShadowCopySetId", GUID),)
-
-
-class FssRecoveryCompleteShadowCopySetResponse(NDRCALL):
-    structure = (("ErrorCode", ULONG),)
-
-
-class FssAbortShadowCopySet(NDRCALL):
-    opnum = 7
-    structure = (("ShadowCopySetId", GUID),)
-
-
-class FssAbortShadowCopySetResponse(NDRCALL):
-    structure = (("ErrorCode", ULONG),)
-
-
-class FssIsPathSupported(NDRCALL):
-    opnum = 8
-    structure = (("ShareName", WSTR),)
-
-
-class FssIsPathSupportedResponse(NDRCALL):
-    structure = (
-        ("SupportedByThisProvider", ULONG),  # BOOL
-        ("OwnerMachineName", LPWSTR),
-        ("ErrorCode", ULONG),
-    )
-
-
-class FssIsPathShadowCopied(NDRCALL):
-    opnum = 9
-    structure = (("ShareName", WSTR),)
-
-
-class FssIsPathShadowCopiedResponse(NDRCALL):
-    structure = (
-        ("ShadowCopyPresent", ULONG),  # BOOL
-        ("ShadowCopyCompatibility", LONG),
-        ("ErrorCode", ULONG),
-    )
-
-
-class FssGetShareMapping(NDRCALL):
-    opnum = 10
-    structure = (
-        ("ShadowCopyId", GUID),
-        ("ShadowCopySetId", GUID),
-        ("ShareName", WSTR),
-        ("Level", DWORD),
-    )
-
-
-class FssGetShareMappingResponse(NDRCALL):
-    structure = (("ShareMapping", FSSAGENT_SHARE_MAPPING), ("ErrorCode", ULONG))
-
-
-class FssDeleteShareMapping(NDRCALL):
-    opnum = 11
-    structure = (("ShadowCopySetId", GUID), ("ShadowCopyId", GUID), ("ShareName", WSTR))
-
-
-class FssDeleteShareMappingResponse(NDRCALL):
-    structure = (("ErrorCode", ULONG),)
-
-
-class FssPrepareShadowCopySet(NDRCALL):
-    opnum = 12
-    structure = (("ShadowCopySetId", GUID), ("TimeOutInMilliseconds", ULONG))
-
-
-class FssPrepareShadowCopySetResponse(NDRCALL):
-    structure = (("ErrorCode", ULONG),)
-
-
-#: opnum -> (impacket request class, impacket response class)
-NDR_CALLS: dict[int, tuple[type[Any], type[Any]]] = {
-    c.opnum: (c, globals()[c.__name__ + "Response"])
-    for c in (
-        FssGetSupportedVersion,
-        FssSetContext,
-        FssStartShadowCopySet,
-        FssAddToShadowCopySet,
-        FssCommitShadowCopySet,
-        FssExposeShadowCopySet,
-        FssRecoveryCompleteShadowCopySet,
-        FssAbortShadowCopySet,
-        FssIsPathSupported,
-        FssIsPathShadowCopied,
-        FssGetShareMapping,
-        FssDeleteShareMapping,
-        FssPrepareShadowCopySet,
-    )
-}
 
 
 # ======================================================================
@@ -849,56 +648,3 @@ def error_response(opnum: int, return_value: int, request: Request | None = None
     zeros: dict[Kind, object] = {_GUID_K: NULL_GUID, _BOOL_K: False, _PSTR_K: None}
     args = [zeros.get(k, 0) for k in kinds[:-1]]
     return cls(*args, return_value)  # type: ignore[no-any-return]
-
-
-# ----------------------------------------------------------------- benchmark
-
-
-def _typical_calls() -> list[tuple[Request, Response]]:
-    set_id = UUID("11111111-2222-3333-4444-555555555555")
-    copy_id = UUID("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
-    unc = "\\\\FS1\\data\\"
-    ok = HResult.ZERO
-    mapping = ShareMapping1(
-        set_id, copy_id, unc, f"\\\\FS1\\data@{{{copy_id}}}", 133000000000000000
-    )
-    return [
-        (GetSupportedVersionRequest(), GetSupportedVersionResponse(1, 1, ok)),
-        (SetContextRequest(0), SetContextResponse(ok)),
-        (StartShadowCopySetRequest(set_id), StartShadowCopySetResponse(set_id, ok)),
-        (AddToShadowCopySetRequest(copy_id, set_id, unc), AddToShadowCopySetResponse(copy_id, ok)),
-        (CommitShadowCopySetRequest(set_id, 60000), CommitShadowCopySetResponse(ok)),
-        (ExposeShadowCopySetRequest(set_id, 1800000), ExposeShadowCopySetResponse(ok)),
-        (RecoveryCompleteShadowCopySetRequest(set_id), RecoveryCompleteShadowCopySetResponse(ok)),
-        (AbortShadowCopySetRequest(set_id), AbortShadowCopySetResponse(ok)),
-        (IsPathSupportedRequest(unc), IsPathSupportedResponse(True, "FS1", ok)),
-        (IsPathShadowCopiedRequest(unc), IsPathShadowCopiedResponse(True, 1, ok)),
-        (
-            GetShareMappingRequest(copy_id, set_id, unc, 1),
-            GetShareMappingResponse(1, mapping, ok),
-        ),
-        (DeleteShareMappingRequest(set_id, copy_id, unc), DeleteShareMappingResponse(ok)),
-        (PrepareShadowCopySetRequest(set_id, 1800000), PrepareShadowCopySetResponse(ok)),
-    ]
-
-
-def bench_codec(number: int = 20000) -> dict[str, float]:
-    """µs per decode_request + encode_response, per call (the docstring's numbers)."""
-    result = {}
-    for req, resp in _typical_calls():
-        env = {
-            "d": decode_request,
-            "e": encode_response,
-            "op": req.opnum,
-            "stub": encode_request(req),
-            "resp": resp,
-        }
-        timer = timeit.Timer("d(op, stub); e(resp)", globals=env)
-        best = min(timer.repeat(repeat=5, number=number))
-        result[OPNUM_NAMES[req.opnum]] = best / number * 1e6
-    return result
-
-
-if __name__ == "__main__":  # pragma: no cover
-    for name, us in bench_codec().items():
-        print(f"{name:32} {us:6.1f} µs")

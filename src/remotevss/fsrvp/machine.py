@@ -33,7 +33,6 @@ rules where smbtorture expects them.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,6 +47,9 @@ from remotevss.fsrvp.constants import (
     Attr,
     HResult,
 )
+from remotevss.fsrvp.rules import DONE, READINGS, Call, Reading
+from remotevss.fsrvp.rules import Mode as Mode
+from remotevss.fsrvp.rules import Status as Status
 
 NULL_GUID = UUID(int=0)
 SHORT_TIMEOUT = 180.0
@@ -56,24 +58,6 @@ CONTEXT_RETRY_LIMIT = 5
 VALID_BASE_CONTEXTS = frozenset(
     {CTX_BACKUP, CTX_FILE_SHARE_BACKUP, CTX_NAS_ROLLBACK, CTX_APP_ROLLBACK}
 )
-
-
-class Mode(enum.StrEnum):
-    """Which reading of the protocol to follow where sources disagree."""
-
-    SPEC = "spec"
-    SAMBA = "samba"
-
-
-class Status(enum.StrEnum):
-    """The six set states of MS-FSRVP §3.1.1.2 (there is no Aborted/Deleted)."""
-
-    STARTED = "Started"
-    ADDED = "Added"
-    CREATION_IN_PROGRESS = "CreationInProgress"
-    COMMITTED = "Committed"
-    EXPOSED = "Exposed"
-    RECOVERED = "Recovered"
 
 
 # --------------------------------------------------------------------- model
@@ -215,14 +199,45 @@ def exposed_share_name(local_share: str, copy_id: UUID, share_unc: str, mode: Mo
     return name + "$" if hidden else name
 
 
+def copy_teardown(c: ShadowCopy) -> list[Effect]:
+    """Everything on disk or in Samba that belongs to one copy: its exposed
+    shares, then its snapshot."""
+    effects: list[Effect] = [UnexposeShare(m.exposed_name) for m in c.mappings if m.is_exposed]
+    if c.snapshot_path:
+        effects.append(DeleteSnapshot(c.id, c.volume_name, c.snapshot_path))
+    return effects
+
+
 def teardown_effects(s: ShadowCopySet) -> list[Effect]:
     """Everything on disk or in Samba that belongs to a set, to be removed."""
-    effects: list[Effect] = []
-    for c in s.copies:
-        effects.extend(UnexposeShare(m.exposed_name) for m in c.mappings if m.is_exposed)
-        if c.snapshot_path:
-            effects.append(DeleteSnapshot(c.id, c.volume_name, c.snapshot_path))
-    return effects
+    return [e for c in s.copies for e in copy_teardown(c)]
+
+
+def take_copy(
+    table: dict[UUID, ShadowCopySet], s: ShadowCopySet, c: ShadowCopy, out: Outcome
+) -> None:
+    """The one rule of removal: a copy goes with its exposed shares and its
+    snapshot, and the set goes with its last copy.  DeleteShareMapping (the
+    last mapping takes the copy), server-initiated release and start-up's
+    roll-forward all remove through here.  ``table`` is the machine's sets, or
+    the journal's at start-up."""
+    out.teardown.extend(copy_teardown(c))
+    s.copies.remove(c)
+    if not s.copies:
+        del table[s.id]
+        out.dropped_sets.append(s.id)
+
+
+def unmap(
+    table: dict[UUID, ShadowCopySet], s: ShadowCopySet, c: ShadowCopy,
+    gone: Callable[[MappedShare], bool], out: Outcome,
+) -> None:
+    """DeleteShareMapping's rule: the mappings ``gone`` picks leave the copy; the
+    last mapping takes the copy (:func:`take_copy`).  The caller has removed
+    the exposed shares of those mappings already."""
+    c.mappings = [m for m in c.mappings if not gone(m)]
+    if not c.mappings:
+        take_copy(table, s, c, out)
 
 
 class Machine:
@@ -236,6 +251,7 @@ class Machine:
         new_id: Callable[[], UUID] = uuid.uuid4,
     ) -> None:
         self.mode = mode
+        self.rules: Reading = READINGS[mode]  # the state x call table (fsrvp/rules.py)
         self.timers = timers or TimerPolicy()
         self._new_id = new_id
         self.sets: dict[UUID, ShadowCopySet] = {}
@@ -280,9 +296,7 @@ class Machine:
 
     def _blocks(self, s: ShadowCopySet) -> bool:
         """Does this set count as "in progress" (blocks Start, dies on expiry)?"""
-        if self.mode is Mode.SAMBA:
-            return s.status not in (Status.EXPOSED, Status.RECOVERED)
-        return s.status is not Status.RECOVERED
+        return s.status in self.rules.blocking
 
     def _drop(self, s: ShadowCopySet, out: Outcome) -> None:
         del self.sets[s.id]
@@ -312,6 +326,41 @@ class Machine:
         s.status = Status.RECOVERED
         out.recovered_sets.append(s.id)
 
+    def release(self, set_id: UUID, copy_id: UUID | None, out: Outcome) -> bool:
+        """Server-initiated deletion (orphan and age rules, shadow storage, an
+        administrator): the whole set (``copy_id`` None) or one copy leaves the
+        table, with its shares and snapshots handed out as teardown in ``out``.
+        False if that set or copy is not there (any more)."""
+        s = self.sets.get(set_id)
+        if s is None:
+            return False
+        victims = [c for c in s.copies if copy_id in (None, c.id)]
+        if not victims and copy_id is not None:
+            return False
+        if not victims:  # a set without copies
+            self._drop(s, out)
+        for c in victims:
+            take_copy(self.sets, s, c, out)
+        return True
+
+    def shutdown(self) -> Outcome:
+        """The agent stops: nobody can finish a sequence across a restart, so every
+        set that is not Recovered is dropped with its snapshots and shares, except an
+        Exposed *persistent* set, which the client already has: it is sealed and
+        kept as Recovered (the rule of timer expiry, decisions.md 6a).  Recovered
+        sets are kept; the context and the timer are cleared."""
+        out = Outcome(HResult.ZERO)
+        for s in list(self.sets.values()):
+            if s.status is Status.RECOVERED:
+                continue
+            if s.status is Status.EXPOSED and not s.auto_release:
+                self._recover(s, out)
+            else:
+                self._drop(s, out)
+        self._clear_context()
+        self._stop_timer()
+        return out
+
     def tick(self, now: float) -> Outcome:
         """Apply an expired message sequence timer (§3.1.5)."""
         out = Outcome(HResult.ZERO)
@@ -322,23 +371,16 @@ class Machine:
         return out
 
     def _set_in(
-        self, set_id: UUID, now: float, *allowed: Status
+        self, set_id: UUID, now: float, call: Call
     ) -> tuple[Outcome, ShadowCopySet | None]:
         """tick, look the set up, check its state: the common head of most calls."""
         out = self.tick(now)
         s = self.sets.get(set_id)
         if s is None:
-            out.result = self._unknown_set()
-        elif s.status not in allowed:
-            out.result = HResult.FSRVP_E_BAD_STATE
+            out.result = self.rules.unknown_set
+        elif s.status not in self.rules.allowed[call]:
+            out.result = self.rules.code_for_state(call)
         return out, (s if out.ok else None)
-
-    def _unknown_set(self, opnum_is_delete: bool = False) -> int:
-        if opnum_is_delete:
-            return HResult.FSRVP_E_OBJECT_NOT_FOUND
-        if self.mode is Mode.SAMBA:
-            return HResult.E_INVALIDARG
-        return HResult.FSRVP_E_SHADOWCOPYSET_ID_MISMATCH
 
     # -------------------------------------------------------------- opnums
 
@@ -350,11 +392,7 @@ class Machine:
     def set_context(self, context: int, client_address: str, now: float) -> Outcome:
         out = self.tick(now)
         if not valid_context(context, self.mode):
-            out.result = (
-                HResult.E_INVALIDARG
-                if self.mode is Mode.SAMBA
-                else HResult.FSRVP_E_UNSUPPORTED_CONTEXT
-            )
+            out.result = self.rules.bad_context
             return out
         if self.mode is Mode.SPEC:
             if self.context_set:
@@ -422,8 +460,8 @@ class Machine:
             out.result = HResult.FSRVP_E_SHADOWCOPYSET_ID_MISMATCH
         if out.result != HResult.ZERO or s is None:
             return out
-        if s.status not in (Status.STARTED, Status.ADDED):
-            out.result = HResult.FSRVP_E_BAD_STATE
+        if s.status not in self.rules.allowed[Call.ADD]:
+            out.result = self.rules.code_for_state(Call.ADD)
             return out
         self._stop_timer()
         if any(c.volume_name == share.volume_name for c in s.copies):
@@ -441,7 +479,7 @@ class Machine:
 
     def prepare_shadow_copy_set(self, set_id: UUID, now: float) -> Outcome:
         """Prepare has nothing to flush on a Linux file server: it succeeds at once."""
-        out, s = self._set_in(set_id, now, Status.ADDED)
+        out, s = self._set_in(set_id, now, Call.PREPARE)
         if s is not None:
             self._start_timer(now, LONG_TIMEOUT)
         return out
@@ -449,18 +487,8 @@ class Machine:
     def begin_commit(self, set_id: UUID, now: float) -> Outcome:
         """Checks, then Status = CreationInProgress and one CreateSnapshot per copy still
         without a snapshot (a retried commit only creates what is missing)."""
-        out = self.tick(now)
-        s = self.sets.get(set_id)
-        allowed = (
-            (Status.ADDED,)
-            if self.mode is Mode.SAMBA
-            else (Status.ADDED, Status.CREATION_IN_PROGRESS)
-        )
+        out, s = self._set_in(set_id, now, Call.COMMIT)
         if s is None:
-            out.result = self._unknown_set()
-            return out
-        if s.status not in allowed:
-            out.result = HResult.FSRVP_E_BAD_STATE
             return out
         self._stop_timer()
         s.status = Status.CREATION_IN_PROGRESS
@@ -507,7 +535,7 @@ class Machine:
         return out
 
     def begin_expose(self, set_id: UUID, now: float) -> Outcome:
-        out, s = self._set_in(set_id, now, Status.COMMITTED)
+        out, s = self._set_in(set_id, now, Call.EXPOSE)
         if s is None:
             return out
         self._stop_timer()
@@ -551,7 +579,7 @@ class Machine:
         return out
 
     def begin_recovery_complete(self, set_id: UUID, now: float) -> Outcome:
-        out, s = self._set_in(set_id, now, Status.EXPOSED)
+        out, s = self._set_in(set_id, now, Call.RECOVERY_COMPLETE)
         if s is None:
             return out
         self._stop_timer()
@@ -580,15 +608,11 @@ class Machine:
         if set_id == NULL_GUID and self.mode is Mode.SPEC:
             out.result = HResult.E_INVALIDARG
         elif s is None:
-            out.result = self._unknown_set()
-        elif self.mode is Mode.SAMBA and s.status is Status.CREATION_IN_PROGRESS:
-            out.result = HResult.FSRVP_E_BAD_STATE
-        elif self.mode is Mode.SAMBA and s.status in (
-            Status.COMMITTED,
-            Status.EXPOSED,
-            Status.RECOVERED,
-        ):
+            out.result = self.rules.unknown_set
+        elif s.status in self.rules.abort_noop:
             pass  # Samba: a silent no-op
+        elif s.status not in self.rules.allowed[Call.ABORT]:
+            out.result = self.rules.code_for_state(Call.ABORT)
         else:
             self._drop(s, out)
             if self.mode is Mode.SPEC:
@@ -599,11 +623,7 @@ class Machine:
     def is_path_supported(self, share: ShareInfo, now: float) -> Outcome:
         out = self.tick(now)
         if not share.exists:
-            out.result = (
-                HResult.E_INVALIDARG
-                if self.mode is Mode.SAMBA
-                else HResult.FSRVP_E_OBJECT_NOT_FOUND
-            )
+            out.result = self.rules.missing_share
         elif not share.supported:
             out.result = HResult.FSRVP_E_NOT_SUPPORTED
         else:
@@ -613,17 +633,12 @@ class Machine:
     def is_path_shadow_copied(self, share: ShareInfo, now: float) -> Outcome:
         out = self.tick(now)
         if not share.exists:
-            out.result = (
-                HResult.E_INVALIDARG
-                if self.mode is Mode.SAMBA
-                else HResult.FSRVP_E_OBJECT_NOT_FOUND
-            )
+            out.result = self.rules.missing_share
             return out
-        done = (Status.COMMITTED, Status.EXPOSED, Status.RECOVERED)
         present = share.supported and any(
             c.volume_name == share.volume_name
             for s in self.sets.values()
-            if s.status in done
+            if s.status in DONE
             for c in s.copies
         )
         out.value = (present, share.compatibility if present else 0)
@@ -643,14 +658,10 @@ class Machine:
             return out
         s = self.sets.get(set_id)
         if s is None:
-            out.result = self._unknown_set()
+            out.result = self.rules.unknown_set
             return out
-        if self.mode is Mode.SAMBA:
-            if s.status not in (Status.EXPOSED, Status.RECOVERED):
-                out.result = HResult.VSS_E_INVALID_XML_DOCUMENT
-                return out
-        elif s.status is not Status.EXPOSED:
-            out.result = HResult.FSRVP_E_BAD_STATE
+        if s.status not in self.rules.allowed[Call.GET_SHARE_MAPPING]:
+            out.result = self.rules.code_for_state(Call.GET_SHARE_MAPPING)
             return out
         self._stop_timer()
         c = s.copy(copy_id)
@@ -675,13 +686,11 @@ class Machine:
         if s is None:
             out.result = HResult.FSRVP_E_OBJECT_NOT_FOUND
             return out
-        if s.status not in (Status.EXPOSED, Status.RECOVERED):
-            out.result = HResult.FSRVP_E_BAD_STATE
+        if s.status not in self.rules.allowed[Call.DELETE_SHARE_MAPPING]:
+            out.result = self.rules.code_for_state(Call.DELETE_SHARE_MAPPING)
             return out
         c = s.copy(copy_id)
-        missing = (
-            HResult.E_INVALIDARG if self.mode is Mode.SAMBA else HResult.FSRVP_E_OBJECT_NOT_FOUND
-        )
+        missing = self.rules.unknown_copy_on_delete
         if c is None:
             out.result = missing
             return out
@@ -707,14 +716,7 @@ class Machine:
         if error is not None:
             out.result = error
             return out
-        c.mappings.remove(mapping)
-        if not c.mappings:
-            if c.snapshot_path:
-                out.teardown.append(DeleteSnapshot(c.id, c.volume_name, c.snapshot_path))
-            s.copies.remove(c)
-        if not s.copies:
-            del self.sets[s.id]
-            out.dropped_sets.append(s.id)
+        unmap(self.sets, s, c, lambda m: m is mapping, out)
         return out
 
 

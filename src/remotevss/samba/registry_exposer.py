@@ -49,10 +49,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from remotevss.agent.exposer import ExposeError
 from remotevss.samba._lib import LOCK, SambaUnavailable, module
 from remotevss.samba.conf import (
     SNAPSHOT_SHARE_RE,
@@ -63,6 +62,7 @@ from remotevss.samba.conf import (
 )
 from remotevss.samba.notify import SmbdNotifier
 from remotevss.samba.worker import SambaOps, SambaWorker
+from remotevss.shares.exposer import ExposeError, ShareRequest
 
 log = logging.getLogger("remotevss.samba")
 
@@ -118,6 +118,7 @@ class ShareSecurityDb:
     def __init__(self, path: str) -> None:
         self.path = os.path.realpath(path)
         self._tdb_mod = module("tdb")
+        self.transactions = 0  # ACL writes made by this process (benchmarks)
 
     @staticmethod
     def key(share: str) -> bytes:
@@ -157,10 +158,18 @@ class ShareSecurityDb:
     def set(self, share: str, sd: bytes | None) -> None:
         """Store (or with None delete) ``share``'s ACL, in one tdb transaction; no
         transaction at all when it already is so."""
+        self.set_many({share: sd})
+
+    def set_many(self, items: dict[str, bytes | None]) -> bool:
+        """:meth:`set` for several shares in one tdb transaction (none if nothing
+        changes); True if a transaction was made."""
         with LOCK:
-            if self.get(share) == sd:
-                return
-            self._store(self._open(create=True), {self.key(share): sd})
+            changed = {k: v for k, v in items.items() if self.get(k) != v}
+            if not changed:
+                return False
+            self._store(self._open(create=True), {self.key(k): v for k, v in changed.items()})
+            self.transactions += 1
+            return True
 
     def _store(self, db: Any, items: dict[bytes, bytes | None]) -> None:
         db.transaction_start()
@@ -185,7 +194,7 @@ class ShareSecurityDb:
 
 
 class RegistryExposer:
-    """The agent's Exposer (agent/exposer.py) for a Samba server."""
+    """The agent's Exposer (shares/exposer.py) for a Samba server."""
 
     def __init__(
         self,
@@ -216,6 +225,7 @@ class RegistryExposer:
         self.ops: SambaWorker | SambaOps = (
             worker if worker is not None else SambaOps(conf, self.notifier)
         )
+        self.counters = {"registry_transactions": 0, "smbd_message_rounds": 0}
 
     # ------------------------------------------------------------ Exposer
 
@@ -225,55 +235,94 @@ class RegistryExposer:
         """Create (or replace) snapshot share ``name`` of ``base_share`` at ``path``.
         ``taken`` (unix time) goes into the comment; default: the ``@GMT-`` token of
         ``path``, else now."""
-        self._check_name(name, base_share)
-        if not os.path.isabs(path) or "\0" in path:
-            raise ExposeError(f"cannot expose {name}: snapshot path {path!r} is not absolute")
-        when = taken if taken is not None else snapshot_time(path)
-        comment = f"Shadow copy of {base_share} taken {http_date(when or self.clock())}"
+        self.expose_many([ShareRequest(name, base_share, path, writable)], taken=taken)
+
+    def expose_many(
+        self, requests: Sequence[ShareRequest], *, taken: float | None = None
+    ) -> None:
+        """:meth:`expose` for a whole set: every share's ACL in one tdb transaction,
+        every share in one registry transaction, one round of smbd messages.  All
+        or nothing: on failure the ACL entries are put back and ExposeError raised."""
+        if len({r.name.casefold() for r in requests}) != len(requests):
+            raise ExposeError("cannot expose a share twice in one batch")
+        for r in requests:
+            self._check_name(r.name, r.base_share)
+            if not os.path.isabs(r.path) or "\0" in r.path:
+                raise ExposeError(
+                    f"cannot expose {r.name}: snapshot path {r.path!r} is not absolute"
+                )
+        what = ", ".join(r.name for r in requests)
+        moved: list[str] = []
         with LOCK:
             try:
                 self.conf.refresh()
-                base = self.conf.share_definition(base_share)
-                if base is None:
-                    raise ExposeError(f"cannot expose {name}: no share {base_share!r} in Samba")
-                old = self.conf.registry_share(name)
-                if old is not None and old.get(MARKER) is None:
-                    raise ExposeError(f"cannot expose {name}: a share of that name exists")
-                params = _clone(base, path, comment, writable)
-                base_sd = self.security.get(base.name)
-                old_sd = self.security.get(name)
-                self.security.set(name, base_sd)
+                bases: dict[str, ShareDefinition] = {}
+                writes: list[tuple[str, list[tuple[str, str]]]] = []
+                acls: dict[str, bytes | None] = {}
+                old_acls: dict[str, bytes | None] = {}
+                for r in requests:
+                    base = bases.get(r.base_share) or self.conf.share_definition(r.base_share)
+                    if base is None:
+                        raise ExposeError(
+                            f"cannot expose {r.name}: no share {r.base_share!r} in Samba"
+                        )
+                    bases[r.base_share] = base
+                    old = self.conf.registry_share(r.name)
+                    if old is not None and old.get(MARKER) is None:
+                        raise ExposeError(f"cannot expose {r.name}: a share of that name exists")
+                    if old is not None and old.get("path") != r.path:
+                        moved.append(r.name)  # no tree may stay on an old snapshot
+                    when = taken if taken is not None else snapshot_time(r.path)
+                    stamp = http_date(when or self.clock())
+                    comment = f"Shadow copy of {r.base_share} taken {stamp}"
+                    writes.append((r.name, _clone(base, r.path, comment, r.writable)))
+                    acls[r.name] = self.security.get(base.name)
+                    old_acls[r.name] = self.security.get(r.name)
+                self.security.set_many(acls)
                 try:
-                    self._write_share(name, params)
+                    self._write_shares(writes)
                 except BaseException:
-                    _restore_sd(self.security, name, old_sd)
+                    _restore_sds(self.security, old_acls)
                     raise
             except ExposeError:
                 raise
             except Exception as exc:  # SMBConfError, tdb's RuntimeError/OSError, ...
-                raise ExposeError(f"cannot expose {name}: {exc}") from exc
-        moved = old is not None and old.get("path") != path
-        self._notify(force_tdis=[name] if moved else [])  # no tree on an old snapshot
-        log.info("exposed %s (%s, %s) at %s", name, base.name, "rw" if writable else "ro", path)
+                raise ExposeError(f"cannot expose {what}: {exc}") from exc
+        self._notify(force_tdis=moved)
+        for r in requests:
+            log.info("exposed %s (%s, %s) at %s", r.name, bases[r.base_share].name,
+                     "rw" if r.writable else "ro", r.path)
 
     def unexpose(self, name: str) -> None:
         """Delete snapshot share ``name`` and its ACL and disconnect its trees."""
-        if not SNAPSHOT_SHARE_RE.match(name) or not _SHARE_NAME_RE.match(name):
-            raise ExposeError(f"refusing to unexpose {name!r}: not a snapshot share name")
+        self.unexpose_many([name])
+
+    def unexpose_many(self, names: Sequence[str]) -> None:
+        """:meth:`unexpose` for a whole set: one registry transaction, one tdb
+        transaction for the ACLs, one round of smbd messages."""
+        for name in names:
+            if not SNAPSHOT_SHARE_RE.match(name) or not _SHARE_NAME_RE.match(name):
+                raise ExposeError(f"refusing to unexpose {name!r}: not a snapshot share name")
+        what = ", ".join(names)
+        present: list[str] = []
         with LOCK:
             try:
-                old = self.conf.registry_share(name)
-                if old is not None:
+                for name in names:
+                    old = self.conf.registry_share(name)
+                    if old is None:
+                        continue
                     if old.get(MARKER) is None:
                         raise ExposeError(f"refusing to unexpose {name}: not made by remotevss")
-                    self._delete_share(name)
-                self.security.set(name, None)
+                    present.append(name)
+                if present:
+                    self._delete_shares(present)
+                self.security.set_many(dict.fromkeys(names))
             except ExposeError:
                 raise
             except Exception as exc:  # SMBConfError, tdb's RuntimeError/OSError, ...
-                raise ExposeError(f"cannot unexpose {name}: {exc}") from exc
-        self._notify(force_tdis=[name])
-        if old is not None:
+                raise ExposeError(f"cannot unexpose {what}: {exc}") from exc
+        self._notify(force_tdis=list(names))
+        for name in present:
             log.info("unexposed %s", name)
 
     def exposed(self) -> dict[str, str]:
@@ -311,6 +360,12 @@ class RegistryExposer:
                 raise ExposeError(f"cannot seal {name}: {exc}") from exc
         self._notify()
 
+    def warm_up(self) -> None:
+        """A set has started: have the Samba worker ready for its Expose."""
+        warm = getattr(self.ops, "warm", None)
+        if callable(warm):
+            warm()
+
     def close(self) -> None:
         with LOCK:
             self.security.close()
@@ -331,6 +386,7 @@ class RegistryExposer:
     def _notify(self, force_tdis: list[str] | None = None) -> None:
         """Tell smbd; a failure is logged, not raised: the registry already says what
         is true, new tree connects read it, and a retry would change nothing."""
+        self.counters["smbd_message_rounds"] += 1
         try:
             self.ops.notify(force_tdis=force_tdis or [])
         except Exception:
@@ -338,17 +394,27 @@ class RegistryExposer:
 
     def _write_share(self, name: str, params: list[tuple[str, str]]) -> None:
         """Replace share ``name`` with ``params``: one registry transaction."""
-        self.ops.write_share(name, params)
+        self._write_shares([(name, params)])
 
-    def _delete_share(self, name: str) -> None:
-        self.ops.delete_share(name)
+    def _write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        """Replace each share with its parameters: one registry transaction."""
+        self.counters["registry_transactions"] += 1
+        self.ops.write_shares(shares)
+
+    def _delete_shares(self, names: list[str]) -> None:
+        self.counters["registry_transactions"] += 1
+        self.ops.delete_shares(names)
+
+    def io_counters(self) -> dict[str, int]:
+        """Registry and share-ACL transactions and smbd message rounds so far."""
+        return {**self.counters, "acl_transactions": self.security.transactions}
 
 
-def _restore_sd(db: ShareSecurityDb, name: str, sd: bytes | None) -> None:
+def _restore_sds(db: ShareSecurityDb, sds: dict[str, bytes | None]) -> None:
     try:
-        db.set(name, sd)
+        db.set_many(sds)
     except Exception:
-        log.error("could not put back the ACL entry of %s", name, exc_info=True)
+        log.error("could not put back the ACL entries of %s", ", ".join(sds), exc_info=True)
 
 
 def _clone(base: ShareDefinition, path: str, comment: str, writable: bool) -> list[tuple[str, str]]:

@@ -2,11 +2,11 @@
 
 Why: behind smbd, the shares a client can name in an FSRVP UNC are smbd's
 shares, not a list in our own config.  :class:`SambaShareTable` answers the
-agent's ``lookup(name)`` (agent/shares.py ``ShareLookup``) the way smbd's
+agent's ``lookup(name)`` (shares/table.py ``ShareLookup``) the way smbd's
 ``find_service`` resolves a tree connect: file shares (smb.conf after
 includes and ``copy =``) first, then registry shares if ``registry shares``
 is on.  Only the share part of the UNC is ever looked up; the host part is
-never contacted or resolved (agent/shares.py ``parse_unc``).
+never contacted or resolved (shares/table.py ``parse_unc``).
 
 Left out, as no snapshot can be taken of them: ``[global]``, ``IPC$``,
 ``[homes]`` and ``[printers]``, printable shares, ``available = no`` shares,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from remotevss.agent.shares import LocalShare
 from remotevss.samba._lib import LOCK
 from remotevss.samba.conf import (
     SambaConf,
@@ -33,6 +32,7 @@ from remotevss.samba.conf import (
     is_snapshot_share_name,
     samba_bool,
 )
+from remotevss.shares.table import LocalShare
 
 #: Sections that are never a snapshot-capable share (compared case-insensitively).
 SPECIAL_SECTIONS = frozenset({"global", "homes", "printers", "ipc$", "print$"})

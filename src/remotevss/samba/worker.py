@@ -7,6 +7,13 @@ years that is the agent's memory (RELIABILITY.md §5).  A child process makes
 those calls instead and is replaced after ``max_ops`` of them, so the leak is
 bounded by what one child accumulates and the agent's RSS stays flat.
 
+The child runs only while there is work: it exits after ``idle_exit``
+seconds without an operation (its ~20-30 MB of python-samba are the largest
+part of the agent's resident set when idle) and is started again by the next
+operation, or ahead of it by :meth:`SambaWorker.warm` (the agent calls it when
+a shadow copy set starts, so the child has loaded Samba's libraries by the
+time Expose needs it).
+
 Safety:
 - The child dies with the agent (PR_SET_PDEATHSIG), so a registry transaction
   can never complete after an agent crash, behind the back of the next agent's
@@ -18,6 +25,8 @@ Safety:
 Protocol: one JSON object per line each way.  Requests:
 - ``{"op": "write", "name", "params": [[k, v], ...]}``
 - ``{"op": "delete", "name"}``
+- ``{"op": "write_many", "shares": [[name, [[k, v], ...]], ...]}`` (one transaction)
+- ``{"op": "delete_many", "names": [...]}`` (one transaction)
 - ``{"op": "get", "name"}`` (a registry share's name and parameters, or null)
 - ``{"op": "notify", "force_tdis": [...], "conf_updated": bool}``
 
@@ -45,6 +54,7 @@ log = logging.getLogger("remotevss.samba")
 
 PR_SET_PDEATHSIG = 1
 MAX_LINE = 1 << 20
+IDLE_EXIT = 30.0  # seconds without an operation before the child exits
 
 
 class WorkerError(RuntimeError):
@@ -54,10 +64,19 @@ class WorkerError(RuntimeError):
 class SambaWorker:
     """The agent's side: one child at a time, replaced every ``max_ops`` operations."""
 
-    def __init__(self, config_file: str, *, max_ops: int = 5000, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        config_file: str,
+        *,
+        max_ops: int = 5000,
+        timeout: float = 30.0,
+        idle_exit: float | None = IDLE_EXIT,
+    ) -> None:
         self.config_file = config_file
         self.max_ops = max_ops
         self.timeout = timeout
+        self.idle_exit = idle_exit
+        self._idle_timer: threading.Timer | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ops = 0
         self._out: LinePipe | None = None
@@ -73,6 +92,13 @@ class SambaWorker:
 
     def delete_share(self, name: str) -> None:
         self.call({"op": "delete", "name": name})
+
+    def write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        self.call({"op": "write_many",
+                   "shares": [[name, [list(p) for p in params]] for name, params in shares]})
+
+    def delete_shares(self, names: list[str]) -> None:
+        self.call({"op": "delete_many", "names": list(names)})
 
     def get_share(self, name: str) -> tuple[str, list[tuple[str, str]]] | None:
         """A registry share as stored, or None (SambaConf.registry_reader)."""
@@ -106,6 +132,7 @@ class SambaWorker:
                 # libraries (~0.12 s) by the time the next call comes
                 self._stop(kill=False)
                 self._ensure()
+            self._arm_idle()
         if not isinstance(reply, dict) or "ok" not in reply:
             raise WorkerError("Samba worker sent a malformed reply")
         if not reply["ok"]:
@@ -116,10 +143,43 @@ class SambaWorker:
         """Start the child now rather than on the first call (agent start-up)."""
         with self._lock:
             self._ensure()
+            self._arm_idle()
+
+    def warm(self) -> None:
+        """Have a child ready soon, without waiting for it (a set has started)."""
+        if self.pid is None:
+            threading.Thread(target=self.start, name="samba-worker-warm", daemon=True).start()
+        else:
+            with self._lock:
+                self._arm_idle()
 
     def close(self) -> None:
         with self._lock:
+            self._cancel_idle()
             self._stop(kill=False)
+
+    def _arm_idle(self) -> None:
+        """(Re)start the idle countdown; call with the lock held."""
+        self._cancel_idle()
+        if self.idle_exit is None:
+            return
+        self._idle_timer = threading.Timer(self.idle_exit, self._idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle(self) -> None:
+        with self._lock:
+            if threading.current_thread() is not self._idle_timer:
+                return  # re-armed or cancelled meanwhile (fired as it was replaced)
+            self._idle_timer = None
+            if self._proc is not None:
+                log.debug("Samba worker idle for %.0f s: stopping it", self.idle_exit)
+                self._stop(kill=False)
 
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
@@ -181,21 +241,31 @@ class SambaOps:
 
     def write_share(self, name: str, params: list[tuple[str, str]]) -> None:
         """Replace share ``name`` with ``params``: one registry transaction."""
+        self.write_shares([(name, params)])
+
+    def delete_share(self, name: str) -> None:
+        self.delete_shares([name])
+
+    def write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        """Replace each share with its parameters, all in one registry transaction."""
         reg = self.conf.registry
         reg.transaction_start()
         try:
-            _delete_if_present(reg, self._smbconf, name)
-            reg.create_set_share(name, params)
+            for name, params in shares:
+                _delete_if_present(reg, self._smbconf, name)
+                reg.create_set_share(name, params)
             reg.transaction_commit()
         except BaseException:
             _cancel(reg)
             raise
 
-    def delete_share(self, name: str) -> None:
+    def delete_shares(self, names: list[str]) -> None:
+        """Delete each share that exists, all in one registry transaction."""
         reg = self.conf.registry
         reg.transaction_start()
         try:
-            _delete_if_present(reg, self._smbconf, name)
+            for name in names:
+                _delete_if_present(reg, self._smbconf, name)
             reg.transaction_commit()
         except BaseException:
             _cancel(reg)
@@ -237,6 +307,10 @@ def serve(config_file: str) -> int:
             str(r["name"]), [(str(k), str(v)) for k, v in r["params"]]
         ),
         "delete": lambda r: ops.delete_share(str(r["name"])),
+        "write_many": lambda r: ops.write_shares(
+            [(str(n), [(str(k), str(v)) for k, v in params]) for n, params in r["shares"]]
+        ),
+        "delete_many": lambda r: ops.delete_shares([str(n) for n in r["names"]]),
         "get": lambda r: ops.get_share(str(r["name"])),
         "notify": lambda r: ops.notify(
             force_tdis=[str(x) for x in r.get("force_tdis", [])],

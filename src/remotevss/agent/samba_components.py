@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from remotevss.agent.config import AgentConfig
-from remotevss.agent.exposer import Exposer, SymlinkExposer
 from remotevss.agent.rpc_security import SambaAuthNames
-from remotevss.agent.shares import LocalShare, ShareLookup, ShareTable
 from remotevss.samba.conf import SambaConf, samba_bool
 from remotevss.samba.registry_exposer import RegistryExposer
 from remotevss.samba.shares import SambaShareTable
 from remotevss.samba.worker import SambaWorker
+from remotevss.shares.exposer import Exposer, SymlinkExposer
+from remotevss.shares.table import LocalShare, ShareLookup, ShareTable
 
 
 class SambaComponents(NamedTuple):
@@ -39,7 +39,7 @@ def make_samba_components(config: AgentConfig) -> SambaComponents:
 
     Raises ValueError when ``[samba] config_file`` is empty;
     remotevss.samba.conf.SambaConfigError when Samba's config cannot be read;
-    remotevss.agent.exposer.ExposeError when registry exposure cannot work
+    remotevss.shares.exposer.ExposeError when registry exposure cannot work
     (``registry shares`` off, registry unreadable);
     remotevss.samba._lib.SambaUnavailable without python3-samba.
     """
