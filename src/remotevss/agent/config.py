@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from remotevss.fsrvp import contexts
 from remotevss.fsrvp.machine import Mode
 
 BACKEND_NAMES = ("auto", "btrfs", "reflink", "copy")
@@ -43,7 +44,7 @@ class SambaConfig:
     allowed_groups: tuple[str, ...] = ()  # unix groups (names or gids) of admitted SMB users
 
 
-CONTEXT_NAMES = ("backup", "file_share_backup", "nas_rollback", "app_rollback")
+CONTEXT_NAMES = contexts.CONFIG_NAMES  # [gc.max_age_by_context] keys
 STORAGE_POLICIES = ("delete_oldest", "refuse")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

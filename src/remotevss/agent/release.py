@@ -23,28 +23,14 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from remotevss.agent.events import emit, trace_effect
-from remotevss.fsrvp.constants import (
-    CTX_APP_ROLLBACK,
-    CTX_BACKUP,
-    CTX_FILE_SHARE_BACKUP,
-    CTX_NAS_ROLLBACK,
-    Attr,
-    HResult,
-)
+from remotevss.fsrvp import contexts
+from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import Machine, Outcome, ShadowCopySet
-
-_BASES = {
-    CTX_BACKUP: "backup",
-    CTX_FILE_SHARE_BACKUP: "file_share_backup",
-    CTX_NAS_ROLLBACK: "nas_rollback",
-    CTX_APP_ROLLBACK: "app_rollback",
-}
 
 
 def context_name(context: int) -> str:
     """The base context's name in [gc.max_age_by_context] (recovery bits ignored)."""
-    base = context & ~(Attr.ATTR_AUTO_RECOVERY | Attr.ATTR_NO_AUTO_RECOVERY)
-    return _BASES.get(base, f"0x{context:08x}")
+    return contexts.context_name(context, underscored=True) or f"0x{context:08x}"
 
 
 @dataclass(frozen=True)

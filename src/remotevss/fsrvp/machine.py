@@ -38,11 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from remotevss.fsrvp import contexts
 from remotevss.fsrvp.constants import (
-    CTX_APP_ROLLBACK,
-    CTX_BACKUP,
-    CTX_FILE_SHARE_BACKUP,
-    CTX_NAS_ROLLBACK,
     FSRVP_RPC_VERSION_1,
     Attr,
     HResult,
@@ -55,9 +52,7 @@ NULL_GUID = UUID(int=0)
 SHORT_TIMEOUT = 180.0
 LONG_TIMEOUT = 1800.0
 CONTEXT_RETRY_LIMIT = 5
-VALID_BASE_CONTEXTS = frozenset(
-    {CTX_BACKUP, CTX_FILE_SHARE_BACKUP, CTX_NAS_ROLLBACK, CTX_APP_ROLLBACK}
-)
+VALID_BASE_CONTEXTS = contexts.BASE_CONTEXTS
 
 
 # --------------------------------------------------------------------- model

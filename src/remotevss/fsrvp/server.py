@@ -25,18 +25,11 @@ from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
 
-from remotevss.fsrvp import calls
+from remotevss.fsrvp import calls, filetime
 from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import Machine, MappedShare, Mode, Outcome, ShadowCopy
 from remotevss.fsrvp.machine import ShadowCopySet as ShadowCopySet
 from remotevss.fsrvp.machine import ShareInfo as ShareInfo
-
-FILETIME_EPOCH_OFFSET = 11644473600
-
-
-def filetime(unix_seconds: float) -> int:
-    """FILETIME: 100-ns ticks since 1601-01-01 UTC."""
-    return int(round((unix_seconds + FILETIME_EPOCH_OFFSET) * 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -144,4 +137,4 @@ def mapping(
     if mode is Mode.SAMBA:
         unc = f"\\\\{names.netbios_name}\\{mp.local_share}"
     exposed = names.exposed(mp.exposed_name) if mp.is_exposed else None
-    return calls.ShareMapping1(s.id, c.id, unc, exposed, filetime(c.creation_time))
+    return calls.ShareMapping1(s.id, c.id, unc, exposed, filetime.from_unix(c.creation_time))
