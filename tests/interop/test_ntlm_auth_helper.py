@@ -525,3 +525,25 @@ def test_fake_missing_program() -> None:
             pool.acceptor().negotiate(NEGOTIATE)
     finally:
         pool.close()
+
+
+@pytest.mark.root
+def test_idle_helpers_are_ended_after_the_idle_time(pool: NtlmHelperPool) -> None:
+    """Memory is for bursts: a helper idle past ``idle_seconds`` is ended, the next
+    logon starts a new one."""
+    logon(pool)
+    [pid] = pool.idle_pids
+    assert pool.trim() == 0, "a helper idle for less than idle_seconds stays"
+    assert pool.trim(now=time.monotonic() + pool.idle_seconds + 1) == 1
+    assert pool.idle_pids == [] and pool.stats.live == 0
+    assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
+    result, _ = logon(pool)
+    assert result.account == "root" and pool.idle_pids != [pid]
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"

@@ -52,6 +52,14 @@ def _as_built(reload: Callable[[], AgentConfig], built: AgentConfig) -> Callable
     return lambda: replace(reload(), netbios_name=built.netbios_name)
 
 
+async def _trim_helpers(auth: RpcAuthenticator, every: float = 15.0) -> None:
+    """Idle ntlm_auth helpers go after [rpc_auth]'s idle time: memory is for bursts."""
+    while True:
+        await asyncio.sleep(every)
+        if ended := await asyncio.to_thread(auth.pool.trim):
+            log.debug("ended %d idle ntlm_auth helper(s)", ended)
+
+
 async def run_agent(
     config: AgentConfig,
     reload: Callable[[], AgentConfig] | None = None,
@@ -89,8 +97,11 @@ async def run_agent(
         file=sys.stderr,
         flush=True,
     )
+    trimmer = asyncio.create_task(_trim_helpers(auth)) if auth is not None else None
     await stop.wait()
     log.info("stopping")
+    if trimmer is not None:
+        trimmer.cancel()
     if pipe is not None:
         await pipe.close()
     if auth is not None:

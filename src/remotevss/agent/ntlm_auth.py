@@ -108,6 +108,7 @@ class _Helper:
         self._out = LinePipe(self.proc.stdout.fileno(), MAX_LINE)
         self.conversations = 0
         self.doomed = False  # killed by a close() from another thread: never reuse
+        self.idle_since = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -326,6 +327,7 @@ class NtlmHelperPool:
         timeout: float = 10.0,
         separator: str = "\\",
         local_sam: LocalSamLogon | None = None,
+        idle_seconds: float = 120.0,
     ) -> None:
         if not argv:
             raise ValueError("ntlm_auth: empty command line")
@@ -336,6 +338,9 @@ class NtlmHelperPool:
         self.timeout = timeout
         self.separator = separator
         self.local_sam = local_sam
+        #: An idle helper is ended after this long (0: kept): each holds ~8-16 MB, and a
+        #: backup window's binds come in bursts, hours apart.
+        self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._idle: list[_Helper] = []
         self._busy: set[_Helper] = set()
@@ -402,10 +407,24 @@ class NtlmHelperPool:
             self._busy.discard(helper)
             keep = reuse and not self._closed and len(self._idle) < self.size
             if keep and helper.proc.poll() is None:
+                helper.idle_since = time.monotonic()
                 self._idle.append(helper)
                 return
             self.killed += 1
         helper.kill()
+
+    def trim(self, now: float | None = None) -> int:
+        """End the helpers idle for longer than ``idle_seconds``; how many were ended."""
+        if self.idle_seconds <= 0:
+            return 0
+        cutoff = (time.monotonic() if now is None else now) - self.idle_seconds
+        with self._lock:
+            old = [h for h in self._idle if h.idle_since < cutoff]
+            self._idle = [h for h in self._idle if h.idle_since >= cutoff]
+            self.killed += len(old)
+        for helper in old:
+            helper.kill()
+        return len(old)
 
     def close(self) -> None:
         """Terminate every helper (SIGKILL after 2 s) and wait for them.  Busy helpers
