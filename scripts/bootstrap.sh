@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-btrfsutil btrfs-progs xfsprogs util-linux
               samba samba-vfs-modules samba-testsuite winbind smbclient restic borgbackup strace procps
               python3-gssapi krb5-user krb5-kdc krb5-admin-server
-              samba-ad-provision samba-dsdb-modules libnss-winbind)
+              samba-ad-provision samba-dsdb-modules libnss-winbind zfs-fuse)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,7 +19,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Samba's and MIT's packaged daemons are not ours to run: tests start private instances.
-for svc in smbd nmbd samba-ad-dc winbind krb5-kdc krb5-admin-server; do
+for svc in smbd nmbd samba-ad-dc winbind krb5-kdc krb5-admin-server zfs-fuse; do
   systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 
