@@ -544,3 +544,34 @@ class ZfsBackend:
             log.warning("zfs accounting of %s unavailable: %s", ds.name, exc)
             return mounts.statvfs_usage(volume.root, used=None)
         return Usage(used, size, avail)
+
+
+def copy_bytes(snap_path: str) -> int | None:
+    """What deleting this shadow copy frees, from ZFS's accounting: the snapshot's
+    ``used`` (blocks only it still references) plus its clone's ``used``.
+    None when ZFS cannot say (the snapshot is not ours or not there)."""
+    try:
+        ds, zname, _ = ZfsBackend()._locate(snap_path)
+        vals = _get_present([ds.snapshot(zname), ds.clone(zname)], ["used", MANAGED])
+    except SnapshotError:
+        return None
+    snap = vals.get(ds.snapshot(zname), {})
+    if snap.get(MANAGED) != "yes":
+        return None
+    clone = vals.get(ds.clone(zname), {})
+    try:
+        return int(snap["used"]) + (int(clone["used"]) if clone.get(MANAGED) == "yes" else 0)
+    except (KeyError, ValueError):
+        return None
+
+
+def _get_present(names: list[str], props: list[str]) -> dict[str, dict[str, str]]:
+    """``zfs get`` of the names that exist (one missing name fails the whole call)."""
+    out: dict[str, dict[str, str]] = {}
+    for n in names:
+        try:
+            out.update(zfs_cli.get([n], props))
+        except zfs_cli.ZfsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+    return out
