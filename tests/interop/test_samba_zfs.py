@@ -1,0 +1,80 @@
+"""The agent behind a private smbd on ZFS shares (zfs-fuse datasets).
+
+Samba's own client (rpcclient ``fss_create_expose`` / ``fss_delete``) runs
+the FSRVP sequence through smbd's \\pipe\\FssagentRpc to ``remotevss agent``;
+the exposed snapshot share is read back over SMB (impacket): the point-in-time
+content, read-only, and gone with every ZFS snapshot and clone after delete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from remotevss.samba.private import missing_tools
+from tests.support.samba import PASSWORD
+from tests.support.samba_agent import agent_behind_samba, fresh_tree, smb_login, smb_read, smb_write
+
+TOOLS = ("smbd", "net", "smbclient", "rpcclient", "zfs", "zpool", "zfs-fuse")
+_missing = missing_tools(*TOOLS)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, zfs-fuse)"),
+    pytest.mark.skipif(bool(_missing), reason=f"missing Samba/ZFS tools: {_missing}"),
+]
+ZfsPool = Callable[..., tuple[str, Path]]
+CREATED = re.compile(r"^([0-9a-f-]{36})\(([0-9a-f-]{36})\): share (\S+)@", re.M)
+
+
+def zfs(*args: str) -> str:
+    return subprocess.run(["zfs", *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_fsrvp_through_smbd_on_zfs_datasets(tmp_path: Path, zfspool: ZfsPool) -> None:
+    pool, mnt = zfspool(256)
+    shares = {}
+    for name in ("zdata", "zother"):
+        zfs("create", f"{pool}/{name}")
+        (mnt / name / "file.txt").write_text(f"{name} before\n")
+        shares[name] = mnt / name
+    (mnt / "zdata" / "dept").mkdir()
+    shares["zdept"] = mnt / "zdata" / "dept"  # a directory inside a dataset
+    with agent_behind_samba(tmp_path, shares) as (samba, agent):
+        refused = samba.rpcclient("fss_create_expose backup ro zdept", check=False)
+        assert refused.returncode != 0 or not CREATED.search(refused.stdout)
+        assert "NOT_SUPPORTED" in (refused.stdout + refused.stderr).upper() or \
+            "0x8004230c" in (refused.stdout + refused.stderr).lower()
+
+        out = samba.rpcclient("fss_create_expose backup ro zdata zother").stdout
+        made = CREATED.findall(out)
+        assert sorted(s for _, _, s in made) == ["zdata", "zother"], out
+        for name in ("zdata", "zother"):
+            (mnt / name / "file.txt").write_text(f"{name} after\n")
+        snaps = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split()
+        assert {s.split("@")[0] for s in snaps} == {f"{pool}/zdata", f"{pool}/zother"}
+        listing = samba.net("conf", "listshares").stdout
+        exposed = {n: re.search(rf"^\s*({n}@\{{[0-9A-Fa-f-]+\}})\s*$", listing, re.M)
+                   for n in ("zdata", "zother")}
+        assert all(exposed.values()), listing
+        c = smb_login(samba.port, PASSWORD)
+        try:
+            for name, m in exposed.items():
+                assert m is not None
+                tid = fresh_tree(c, m.group(1))
+                assert smb_read(c, tid, "file.txt") == f"{name} before\n"
+                assert smb_write(c, tid, "new.txt", b"x").startswith("ERR")
+            live = fresh_tree(c, "zdata")
+            assert smb_read(c, live, "file.txt") == "zdata after\n"
+        finally:
+            c.close()
+        deletes = "; ".join(f"fss_delete {share} {sid} {cid}" for sid, cid, share in made)
+        samba.rpcclient(deletes)
+        assert zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split() == []
+        assert "@{" not in samba.net("conf", "listshares").stdout
+        for name in ("zdata", "zother"):
+            assert os.listdir(mnt / name / ".snapshots") == []
