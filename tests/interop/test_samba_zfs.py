@@ -18,7 +18,15 @@ import pytest
 
 from remotevss.samba.private import missing_tools
 from tests.support.samba import PASSWORD
-from tests.support.samba_agent import agent_behind_samba, fresh_tree, smb_login, smb_read, smb_write
+from tests.support.samba_agent import (
+    FsrvpOverSmb,
+    agent_behind_samba,
+    delete_everything,
+    fresh_tree,
+    smb_login,
+    smb_read,
+    smb_write,
+)
 
 TOOLS = ("smbd", "net", "smbclient", "rpcclient", "zfs", "zpool", "zfs-fuse")
 _missing = missing_tools(*TOOLS)
@@ -78,3 +86,39 @@ def test_fsrvp_through_smbd_on_zfs_datasets(tmp_path: Path, zfspool: ZfsPool) ->
         assert "@{" not in samba.net("conf", "listshares").stdout
         for name in ("zdata", "zother"):
             assert os.listdir(mnt / name / ".snapshots") == []
+
+
+SHADOW_COPY2 = {"vfs objects": "shadow_copy2", "shadow:snapdir": ".snapshots",
+                "shadow:sort": "desc"}
+
+
+def test_previous_versions_of_zfs_snapshots_through_shadow_copy2(
+        tmp_path: Path, zfspool: ZfsPool) -> None:
+    """docs/samba.md "On ZFS": the btrfs settings show the agent's ZFS copies."""
+    pool, mnt = zfspool(256)
+    zfs("create", f"{pool}/zdata")
+    share = mnt / "zdata"
+    live = share / "pv.txt"
+    with agent_behind_samba(tmp_path, {"zdata": share}, share_options={"zdata": SHADOW_COPY2},
+                            snapshot_names="gmt", mode="samba") as (samba, _agent):
+        c = smb_login(samba.port, PASSWORD)
+        pipe = FsrvpOverSmb(c, samba.port)
+        try:  # mode "samba": sets are kept as Samba keeps them (docs/samba.md)
+            for text in ("first", "second"):
+                live.write_text(text)
+                pipe.create_expose("\\\\127.0.0.1\\zdata")
+            live.write_text("live")
+            names = sorted(os.listdir(share / ".snapshots"))
+            assert len(names) == 2 and all(re.fullmatch(r"@GMT-[\d.-]+", n) for n in names), names
+            out = samba.smbclient("zdata", "allinfo pv.txt").stdout
+            labels = re.findall(r"^(@GMT-\S+)", out, re.M)
+            assert sorted(labels) == names, out
+            got = {label: samba.smbclient("zdata", f"get {label}/pv.txt -").stdout.split(
+                "getting")[0] for label in labels}
+            assert got == {names[0]: "first", names[1]: "second"}, got
+        finally:
+            pipe.close()
+            c.close()
+        delete_everything(_agent)
+        assert zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split() == []
+        assert os.listdir(share / ".snapshots") == []
