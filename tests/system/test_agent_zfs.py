@@ -16,8 +16,11 @@ import pytest
 
 from remotevss import cli
 from remotevss.agent.config import GcConfig
-from remotevss.fsrvp.constants import CTX_BACKUP, HResult
+from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, HResult
+from tests.system.agent_harness import AgentProcess
 from tests.system.ops_harness import ZERO, running_agent, sequence, unc
+from tests.system.test_agent import CRASH_POINTS, full_sequence
+from tests.system.test_agent import unc as agent_unc
 
 pytestmark = pytest.mark.root
 ZfsPool = Callable[..., tuple[str, Path]]
@@ -91,3 +94,61 @@ def test_subdirectory_share_with_zfs_enclosing(tmp_path: Path, zfspool: ZfsPool)
             assert c.recovery_complete(sid).return_value == ZERO
             assert c.delete_share_mapping(sid, cid, unc("sub")).return_value == ZERO
     assert os.listdir(mnt / "data" / ".snapshots") == []
+
+
+# ------------------------------------------------- SIGKILL after every effect
+
+
+def _zfs_objects(pool: str) -> list[str]:
+    """Every snapshot, and every clone below a .snapshots container, of the pool."""
+    names = zfs("list", "-H", "-o", "name", "-t", "all", "-r", pool).split()
+    return sorted(n for n in names if "@" in n or "/.snapshots/" in n)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_after_each_effect_leaks_no_zfs_object(tmp_path: Path, zfspool: ZfsPool,
+                                                       point: str) -> None:
+    """As tests/system/test_agent.py's matrix for btrfs, on ZFS datasets: after the
+    restart only the persistent copy's snapshot and clone are left, in ZFS itself."""
+    pool, mnt = zfspool()
+    shares = {}
+    for i in range(2):
+        zfs("create", f"{pool}/share{i}")
+        shares[f"share{i}"] = mnt / f"share{i}"
+    work = tmp_path / "agent"
+    work.mkdir()
+    a = AgentProcess(work, shares)
+    a.start()
+    keep = full_sequence(a, ["share1"], CTX_APP_ROLLBACK)
+    with a.client() as c:
+        assert c.recovery_complete(keep["set"]).return_value == ZERO  # type: ignore[arg-type]
+    kept_snaps, kept_exposed, kept_zfs = a.snapshots(), a.exposed(), _zfs_objects(pool)
+    assert len(kept_snaps) == 1 and len(kept_zfs) == 2  # the snapshot and its clone
+    a.stop()
+
+    a.start(crash_after=point)
+    try:
+        with a.client() as c:
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            cid = c.add(sid, agent_unc("share0")).shadow_copy_id
+            c.commit(sid)
+            c.expose(sid)
+            c.get_share_mapping(cid, sid, agent_unc("share0"))
+            c.recovery_complete(sid)
+            c.delete_share_mapping(sid, cid, agent_unc("share0"))
+    except Exception:  # noqa: BLE001 - the agent dies mid-call by design
+        pass
+    assert a.wait_dead() == -9, f"agent did not die at {point}"
+
+    a.start()
+    try:
+        assert a.snapshots() == kept_snaps, a.log.read_text()
+        assert a.exposed() == kept_exposed
+        assert _zfs_objects(pool) == kept_zfs
+        with a.client() as c:
+            kset, kcopy = keep["set"], keep["copies"]["share1"]  # type: ignore[index]
+            assert c.delete_share_mapping(kset, kcopy, agent_unc("share1")).return_value == ZERO
+        assert a.snapshots() == [] and a.exposed() == {} and _zfs_objects(pool) == []
+    finally:
+        a.stop()
