@@ -267,3 +267,24 @@ def test_usage_from_zfs_accounting(zfspool: ZfsPool, zb: ZfsBackend) -> None:
     assert int(prop(f"{pool}/data", "usedbysnapshots")) >= 3 << 20
     assert 0 < after.filesystem_free <= after.filesystem_size
     zb.delete(path)
+
+
+def test_managed_snapshots_are_found_from_zfs_alone(zfspool: ZfsPool, zb: ZfsBackend) -> None:
+    """What orphan collection needs after a lost journal: ZFS says which snapshots
+    are ours, of which set, copy and context, and which are held."""
+    pool, mnt = zfspool()
+    share = dataset(pool, mnt, "data")
+    volume = zb.check(str(share))
+    zfs("snapshot", f"{pool}/data@admin-made")  # not ours: never listed
+    a = zb.create(volume, NAME[:-8] + "aaaaaaaa", False, set_id="S1", copy_id="C1",
+                  context="FSRVP_CTX_APP_ROLLBACK", persistent=True)
+    b = zb.create(volume, NAME[:-8] + "bbbbbbbb", True, set_id="S2", copy_id="C2")
+    found = {m.path: m for m in zb.managed(volume)}
+    assert set(found) == {a, b}
+    assert (found[a].set_id, found[a].copy_id, found[a].context, found[a].held) == (
+        "S1", "C1", "FSRVP_CTX_APP_ROLLBACK", True)
+    assert (found[b].set_id, found[b].copy_id, found[b].held) == ("S2", "C2", False)
+    for m in found.values():  # what a collector would do with an orphan
+        zb.delete(m.path)
+    assert zb.managed(volume) == []
+    assert datasets(pool, "snapshot") == {f"{pool}/data@admin-made"}

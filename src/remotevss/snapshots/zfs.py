@@ -83,6 +83,18 @@ class Dataset:
         return f"{self.container}/{zname}"
 
 
+@dataclass(frozen=True)
+class ManagedSnapshot:
+    """A snapshot remotevss made, as ZFS itself records it (``ZfsBackend.managed``)."""
+
+    path: str
+    zfs_name: str
+    set_id: str
+    copy_id: str
+    context: str
+    held: bool
+
+
 @dataclass
 class Spread:
     """How far apart in time the snapshots of the last ``create_many`` were."""
@@ -527,6 +539,32 @@ class ZfsBackend:
                 zfs_cli.run("mount", clone, what=f"zfs mount {clone}")
         if read_only:
             self._protect(path)
+
+    def managed(self, volume: Volume) -> list[ManagedSnapshot]:
+        """Every snapshot of the volume's dataset that remotevss made, read from ZFS
+        (user properties), not from the journal: what reconciliation and orphan
+        collection compare the journal against.  ``path`` is what ``delete`` takes."""
+        ds = self._dataset(volume)
+        props = [MANAGED, f"{PROP}:set", f"{PROP}:copy", f"{PROP}:context", DOOMED,
+                 "userrefs"]
+        with _errors(f"listing snapshots of {ds.name}"):
+            names = zfs_cli.list_snapshots(ds.name)
+            vals = zfs_cli.get(names, props) if names else {}
+        out = []
+        for name in names:
+            v = vals.get(name, {})
+            if v.get(MANAGED) != "yes":
+                continue
+            zname = name.split("@", 1)[1]
+            path = os.path.join(volume.snapshot_dir, "@" + zname)
+            if not os.path.lexists(path) and os.path.lexists(
+                    alt := os.path.join(volume.snapshot_dir, zname)):
+                path = alt  # a name the agent gave without the leading "@"
+            out.append(ManagedSnapshot(
+                path, name, v.get(f"{PROP}:set", ""), v.get(f"{PROP}:copy", ""),
+                v.get(f"{PROP}:context", ""), v.get("userrefs", "0") not in ("0", ""),
+            ))
+        return out
 
     def usage(self, volume: Volume) -> Usage:
         """``used``: what our snapshots and clones hold (usedbysnapshots of the
