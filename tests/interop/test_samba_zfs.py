@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,3 +123,43 @@ def test_previous_versions_of_zfs_snapshots_through_shadow_copy2(
         delete_everything(_agent)
         assert zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split() == []
         assert os.listdir(share / ".snapshots") == []
+
+
+def test_smbtorture_rpc_fsrvp_on_a_zfs_share(tmp_path: Path, zfspool: ZfsPool,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Samba's own suite, as tests/interop/test_smbtorture.py runs it on btrfs, with
+    ``fsrvp_share`` a zfs-fuse dataset: every test alone from a clean server, then
+    the whole suite once (no RPC auth)."""
+    if missing_tools("smbtorture"):
+        pytest.skip("smbtorture is not installed (samba-testsuite)")
+    from tests.interop.test_smbtorture import SHARE, TESTS, Stack, _results
+
+    pool, mnt = zfspool(256)
+    zfs("create", "-o", f"mountpoint={mnt / SHARE}", f"{pool}/share")
+    share = mnt / SHARE
+    client_conf = tmp_path / "client.conf"
+    client_conf.write_text("[global]\n")
+    with agent_behind_samba(tmp_path, {SHARE: share}, share_options={SHARE: SHADOW_COPY2},
+                            mode="samba", sequence_timeout=1, snapshot_names="gmt",
+                            winbind=True) as (samba, agent):
+        stack = Stack(samba, agent, share, client_conf)
+        failed = {}
+        for test in TESTS:
+            stack.clean()
+            out = stack.smbtorture(f"rpc.fsrvp.fsrvp.{test}")
+            if _results(out.stdout) != {test: "success"}:
+                failed[test] = (out.stdout + out.stderr)[-1500:]
+        stack.clean()
+        t0 = time.monotonic()
+        out = stack.smbtorture("rpc.fsrvp")
+        took = time.monotonic() - t0
+        results = _results(out.stdout)
+        with capsys.disabled():
+            print(f"\n[smbtorture] rpc.fsrvp on ZFS (zfs-fuse): "
+                  f"{sum(r == 'success' for r in results.values())}/{len(TESTS)} passed "
+                  f"in {took:.1f} s")
+        assert failed == {}
+        assert results == dict.fromkeys(TESTS, "success"), out.stdout + out.stderr
+        stack.clean()
+        delete_everything(agent)
+    assert zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split() == []
