@@ -163,3 +163,33 @@ def test_smbtorture_rpc_fsrvp_on_a_zfs_share(tmp_path: Path, zfspool: ZfsPool,
         stack.clean()
         delete_everything(agent)
     assert zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split() == []
+
+
+def test_client_every_command_on_zfs_shares(tmp_path: Path, zfspool: ZfsPool,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """tests/interop/test_client_samba.py's end-to-end run of every
+    ``remotevss shadow`` command, against the agent behind smbd, with the shares
+    zfs-fuse datasets: read-only and writable copies (clones, sealed at recover),
+    persistent and auto-release contexts, delete; no ZFS object left."""
+    from remotevss.samba.private import PrivateAgent, PrivateSamba
+    from tests.interop.test_client_samba import Server, test_every_command_end_to_end
+
+    pool, mnt = zfspool(256)
+    shares = {}
+    for i in range(4):
+        zfs("create", f"{pool}/share{i}")
+        (mnt / f"share{i}" / "f.txt").write_text(f"share{i}: version 1\n")
+        shares[f"share{i}"] = mnt / f"share{i}"
+    samba = PrivateSamba(tmp_path / "samba", shares, samba_fsrvp=False, sequence_timeout=60,
+                         winbind=True)
+    agent = PrivateAgent(tmp_path / "samba" / "agent", samba, sequence_timeout=60,
+                         min_level="integrity")
+    server = Server(samba, shares, mnt, agent)
+    samba.start()
+    try:
+        agent.start()
+        test_every_command_end_to_end(server, tmp_path / "client.sqlite3", capsys)
+        assert server.leftovers() == []
+    finally:
+        server.stop()
+    assert zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split() == []
