@@ -290,3 +290,26 @@ def test_managed_snapshots_are_found_from_zfs_alone(zfspool: ZfsPool, zb: ZfsBac
         zb.delete(m.path)
     assert zb.managed(volume) == []
     assert datasets(pool, "snapshot") == {f"{pool}/data@admin-made"}
+
+
+def test_restore_protection_after_the_read_only_mount_is_lost(zfspool: ZfsPool,
+                                                              zb: ZfsBackend) -> None:
+    """As after a reboot: the clone is mounted by ZFS again, the bind mount is not."""
+    pool, mnt = zfspool()
+    share = dataset(pool, mnt, "data")
+    (share / "f").write_text("v0")
+    volume = zb.check(str(share))
+    path = zb.create(volume, NAME, False)
+    top = mounts.mount_at(path)
+    assert top is not None and top.read_only
+    subprocess.run(["umount", path], check=True)  # our read-only bind mount only
+    under = mounts.mount_at(path)
+    assert under is not None and not under.read_only  # zfs-fuse's own mount
+    zb.restore_protection(path, read_only=True)
+    with pytest.raises(OSError) as info:
+        os.open(os.path.join(path, "f"), os.O_WRONLY)
+    assert info.value.errno == errno.EROFS
+    zb.restore_protection(path, read_only=True)  # idempotent: one bind mount
+    assert len([m for m in mounts.read_mounts() if m.mount_point == path]) == 2
+    zb.delete(path)
+    assert datasets(pool, "snapshot") == set()
