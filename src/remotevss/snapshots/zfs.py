@@ -157,8 +157,6 @@ class ZfsBackend:
         self.name = name
         self.enclosing = enclosing
         self.last_spread = Spread()
-        # Tests force the single-name path on an OpenZFS that has both.
-        self.force_single = False
 
     # ------------------------------------------------------------ mapping
 
@@ -204,7 +202,7 @@ class ZfsBackend:
         return os.path.isdir(os.path.join(ds.mountpoint, ".zfs", "snapshot"))
 
     def multi_snapshot(self, pool: str) -> bool:
-        return not self.force_single and zfs_cli.probe_multi_snapshot(pool)
+        return zfs_cli.probe_multi_snapshot(pool)
 
     # ------------------------------------------------------------ create
 

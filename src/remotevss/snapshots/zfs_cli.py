@@ -9,8 +9,8 @@ would be read as an option); a failure becomes ZfsError carrying the errno
 that best matches ZFS's message, and the message itself, so the agent can log
 exactly what ZFS said.
 
-What the running ZFS can do is probed, not assumed from a version string
-(``Capabilities``): several snapshot names in one ``zfs snapshot`` (OpenZFS;
+What the running ZFS can do is probed, not assumed from a version string:
+several snapshot names in one ``zfs snapshot`` (OpenZFS;
 atomic within one pool) and the ``.zfs`` directory are missing from zfs-fuse.
 """
 
@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import errno
 import re
-import shutil
 import subprocess
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from remotevss.snapshots.base import SnapshotError
 
@@ -114,10 +112,6 @@ def _check_props(props: Mapping[str, str]) -> list[str]:
     return args
 
 
-def available() -> bool:
-    return shutil.which(ZFS) is not None
-
-
 def run(*args: str, what: str = "") -> str:
     """Run ``zfs args...``; stdout on success, ZfsError (with ZFS's message) otherwise."""
     argv = [ZFS, *args]
@@ -172,12 +166,6 @@ def list_snapshots(dataset: str) -> list[str]:
     text = run("list", "-H", "-t", "snapshot", "-o", "name", "-s", "creation", "-r", dataset)
     prefix = dataset + "@"
     return [n for n in text.splitlines() if n.startswith(prefix)]
-
-
-def children(dataset: str) -> list[str]:
-    """Datasets below ``dataset`` (filesystems and volumes, any depth)."""
-    text = run("list", "-H", "-t", "filesystem,volume", "-o", "name", "-r", dataset)
-    return [n for n in text.splitlines() if n != dataset]
 
 
 # ------------------------------------------------------------------ effects
@@ -238,18 +226,6 @@ def destroy(name: str) -> None:
 # ------------------------------------------------------------------ capabilities
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What the running ZFS does, probed once per pool.
-
-    ``multi_snapshot``: ``zfs snapshot a@x b@x`` in one call (one txg: atomic
-    within the pool).  ``snapdir``: the ``.zfs/snapshot`` control directory.
-    """
-
-    multi_snapshot: bool
-    snapdir: bool
-
-
 _probed: dict[str, bool] = {}
 _lock = threading.Lock()
 
@@ -275,18 +251,10 @@ def probe_multi_snapshot(pool: str) -> bool:
 
 
 def forget_probes() -> None:
-    """Tests switch between ZFS implementations (and fake a single-name ZFS)."""
+    """Forget the cached answers (tests start a new zfs-fuse daemon)."""
     with _lock:
         _probed.clear()
 
 
 def pool_of(dataset: str) -> str:
     return dataset.split("/", 1)[0]
-
-
-def batches(names: Iterable[str]) -> dict[str, list[str]]:
-    """Snapshot names grouped by pool, in first-seen order."""
-    out: dict[str, list[str]] = {}
-    for n in names:
-        out.setdefault(pool_of(n), []).append(n)
-    return out
