@@ -59,6 +59,7 @@ PROP = "org.remotevss"
 MANAGED = f"{PROP}:managed"
 DOOMED = f"{PROP}:doomed"  # deleted while busy; destroyed by _sweep
 HOLD_TAG = "remotevss"
+FUSE_BUSY_WAIT = 3.0  # seconds a busy zfs-fuse clone is retried before EBUSY
 
 
 @dataclass(frozen=True)
@@ -441,8 +442,12 @@ class ZfsBackend:
         closes; zfs-fuse: only after its daemon restarts)."""
         with _errors(f"destroying {clone}"):
             busy = False
+            deadline = time.monotonic() + FUSE_BUSY_WAIT
             while (m := mounts.mount_at(path)) is not None:
                 if not mounts.try_unmount(path):
+                    if m.fstype != "zfs" and time.monotonic() < deadline:
+                        time.sleep(0.1)  # smbd lets go of an unexposed share in a moment
+                        continue
                     if m.fstype != "zfs":
                         # zfs-fuse wedges once a busy FUSE mount of it is detached:
                         # refuse, change nothing; the caller retries later
