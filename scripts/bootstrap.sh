@@ -8,7 +8,7 @@ APT_PACKAGES=(python3 python3-venv systemd python3-btrfsutil btrfs-progs xfsprog
               samba samba-common-bin samba-vfs-modules samba-testsuite winbind smbclient restic borgbackup strace procps debootstrap
               python3-samba python3-gssapi krb5-user krb5-kdc krb5-admin-server
               samba-ad-provision samba-dsdb-modules libnss-winbind
-              fuse3 libfuse3-3)
+              fuse3 libfuse3-3 zfs-fuse)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +21,7 @@ if ((${#missing[@]})); then
 fi
 # Samba's and MIT's packaged daemons are not ours to run: tests start private instances.
 if command -v systemctl >/dev/null; then
-  for svc in smbd nmbd samba-ad-dc winbind krb5-kdc krb5-admin-server; do
+  for svc in smbd nmbd samba-ad-dc winbind krb5-kdc krb5-admin-server zfs-fuse; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 fi

@@ -29,6 +29,7 @@ from tests.support import reaper
 # this variable (the CLI and the library alike); tests that are about
 # passphrases set or remove it themselves.
 os.environ.setdefault("REMOTEVSS_BACKUP_PASSWORD", "correct horse battery staple")
+from tests.support.zfs_fuse import ZfsFuse, ZfsFuseUnavailable
 
 
 class LoopFs(Protocol):
@@ -167,3 +168,40 @@ def subvolume() -> Callable[[Path], Path]:
         return path
 
     return make
+
+
+class ZfsPool(Protocol):
+    def __call__(self, size_mb: int = 128) -> tuple[str, Path]: ...
+
+
+@pytest.fixture(scope="session")
+def zfs_fuse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsFuse]:
+    """The zfs-fuse daemon, started once per session (skip where it cannot run).
+    Stopped at the end of the session, also after Ctrl-C (pytest tears down
+    session fixtures on KeyboardInterrupt)."""
+    daemon = ZfsFuse(tmp_path_factory.mktemp("zfs-fuse") / "daemon.log")
+    try:
+        daemon.start()
+    except ZfsFuseUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def zfspool(zfs_fuse: ZfsFuse, tmp_path: Path) -> Iterator[ZfsPool]:
+    """``make(size_mb=128) -> (pool name, mount point)``: a pool on a file;
+    destroyed at teardown, holds released first."""
+    made: list[str] = []
+
+    def make(size_mb: int = 128) -> tuple[str, Path]:
+        name = f"rvt{os.getpid() % 10000}x{len(made)}{time.monotonic_ns() % 100000}"
+        mnt = zfs_fuse.pool(name, tmp_path, size_mb)
+        made.append(name)
+        return name, mnt
+
+    yield make
+    for name in reversed(made):
+        zfs_fuse.destroy_pool(name)

@@ -50,6 +50,7 @@ PROGRAMS = {
     # the rest
     "restic": "restic", "borg": "borgbackup", "strace": "strace", "pgrep": "procps",
     "pkill": "procps", "systemd-analyze": "systemd",
+    "zfs": "zfs-fuse", "zpool": "zfs-fuse", "zfs-fuse": "zfs-fuse",
     "useradd": "passwd", "userdel": "passwd", "groupadd": "passwd", "groupdel": "passwd",
     "rm": "coreutils",
     "debootstrap": "debootstrap",

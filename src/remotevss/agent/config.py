@@ -18,7 +18,7 @@ from typing import Any
 from remotevss.fsrvp import contexts
 from remotevss.fsrvp.machine import Mode
 
-BACKEND_NAMES = ("auto", "btrfs", "reflink", "copy")
+BACKEND_NAMES = ("auto", "btrfs", "reflink", "copy", "zfs", "zfs-enclosing")
 
 
 class ConfigError(ValueError):

@@ -12,6 +12,10 @@ that deleting our snapshots would free:
   the snapshots' level-0 qgroup *exclusive* bytes, read from the quota tree
   with BTRFS_IOC_TREE_SEARCH (snapshots/btrfs_qgroup.py).  Exact, up to the
   last transaction commit (~30 s).
+* **zfs** backend: ZFS's own accounting, per copy the snapshot's ``used``
+  (blocks only it references) plus its clone's ``used``; the volume's
+  ``usedbysnapshots`` and quotas are ZFS's (snapshots/zfs.py).  Exact, up to
+  the last transaction group sync (seconds).
 * **btrfs without quotas, reflink**: shared extents make per-snapshot usage
   unknowable cheaply (du counts shared data, FIEMAP is O(extents)).  The
   maximum then applies to the *filesystem's* used space (statvfs), and
@@ -237,6 +241,8 @@ class StorageManager:
                 per_copy[str(r.copy_id)] = self._tree_bytes(r)
         elif backend == "btrfs":
             note = self._btrfs(root, copies, per_copy)
+        elif backend in ("zfs", "zfs-enclosing"):
+            note = self._zfs(copies, per_copy)
         else:
             note = "reflink clones share extents with the live data: not measured per snapshot"
             per_copy = {str(r.copy_id): None for r in copies}
@@ -283,6 +289,17 @@ class StorageManager:
             per_copy[str(r.copy_id)] = None if q is None else q.exclusive
         if any(v is None for v in per_copy.values()):
             return "some snapshots have no qgroup (created before quotas were enabled)"
+        return ""
+
+    @staticmethod
+    def _zfs(copies: list[CopyRef], per_copy: dict[str, int | None]) -> str:
+        """ZFS's own accounting per copy (snapshot + clone ``used``; snapshots/zfs.py)."""
+        from remotevss.snapshots.zfs import copy_bytes
+
+        for r in copies:
+            per_copy[str(r.copy_id)] = copy_bytes(r.snapshot_path)
+        if any(v is None for v in per_copy.values()):
+            return "some snapshots are unknown to ZFS (gone, or not made by remotevss)"
         return ""
 
     async def measure_all(self, service: AgentService) -> dict[str, VolumeUsage]:
@@ -409,7 +426,8 @@ def resolve_volume_root(text: str, service_shares: Iterable[tuple[str, str]] = (
     from remotevss.snapshots.select import choose_backend
 
     backend, sep, root = text.partition(":")
-    if sep and backend in ("btrfs", "reflink", "copy") and os.path.isabs(root):
+    known = ("btrfs", "reflink", "copy", "zfs", "zfs-enclosing")
+    if sep and backend in known and os.path.isabs(root):
         return root
     shares = {n.casefold(): p for n, p in service_shares}
     path = shares.get(text.casefold(), text)

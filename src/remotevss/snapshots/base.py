@@ -121,11 +121,21 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class SnapRequest:
-    """One snapshot of a set to take together with the others (``create_many``)."""
+    """One snapshot of a set to take together with the others (``create_many``).
+
+    The ids are optional labels: a backend that can store them with the
+    snapshot (ZFS user properties) does, so orphans can be found from the
+    filesystem alone; ``persistent`` (a context without auto-release) lets a
+    backend pin the snapshot (ZFS: ``zfs hold``).  Backends that cannot, ignore them.
+    """
 
     volume: Volume
     snap_name: str
     writable: bool
+    set_id: str = ""
+    copy_id: str = ""
+    context: str = ""
+    persistent: bool = False
 
 
 class BatchBackend(Backend, Protocol):

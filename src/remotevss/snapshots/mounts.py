@@ -247,6 +247,18 @@ def bind_readonly(path: str) -> None:
         raise
 
 
+def try_unmount(path: str) -> bool:
+    """Remove the top mount at ``path`` unless it is busy (False then; nothing changed)."""
+    if _libc.umount2(os.fsencode(path), UMOUNT_NOFOLLOW) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EBUSY:
+        return False
+    if err == errno.EINVAL:  # not a mount point (any more)
+        return True
+    raise OSError(err, os.strerror(err), path)
+
+
 def unmount_all(path: str) -> None:
     """Remove every mount stacked on ``path``; a busy one is detached lazily
     (it vanishes from the namespace now, the kernel frees it when unused)."""

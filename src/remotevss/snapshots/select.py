@@ -1,4 +1,4 @@
-"""Pick the backend for a share: btrfs, else reflink, else copy.
+"""Pick the backend for a share: zfs on ZFS, btrfs, else reflink, else copy.
 
 Why here and not in the agent: the order encodes what each filesystem can do
 cheaply (a subvolume snapshot beats per-file clones beats copying), and the
@@ -19,6 +19,7 @@ from remotevss.snapshots.base import (
 from remotevss.snapshots.btrfs import BtrfsBackend, on_btrfs
 from remotevss.snapshots.copy import CopyBackend
 from remotevss.snapshots.reflink import ReflinkBackend, reflink_supported
+from remotevss.snapshots.zfs import ZfsBackend, on_zfs
 
 __all__ = ["BACKENDS", "choose_backend", "validate_snapshot_name"]
 
@@ -26,12 +27,16 @@ BACKENDS: dict[str, Backend] = {
     "btrfs": BtrfsBackend(),
     "reflink": ReflinkBackend(),
     "copy": CopyBackend(),
+    "zfs": ZfsBackend(),
+    # a share that is a directory inside a dataset snapshots the whole dataset
+    "zfs-enclosing": ZfsBackend("zfs-enclosing", enclosing=True),
 }
 
 
 def choose_backend(share_path: str, forced: str | None = None) -> Backend:
     """The backend for ``share_path``; ``forced`` names one and fails with
-    NotSupported where it cannot work (btrfs off btrfs, reflink without FICLONE)."""
+    NotSupported where it cannot work (btrfs off btrfs, zfs off ZFS, reflink without
+    FICLONE)."""
     path = os.path.realpath(share_path)
     if not os.path.isdir(path):
         raise NotSupported(f"{share_path}: not an existing directory", errno.ENOENT)
@@ -43,10 +48,15 @@ def choose_backend(share_path: str, forced: str | None = None) -> Backend:
         raise NotSupported(f"{share_path}: {exc.strerror}", exc.errno) from exc
     if forced == "btrfs" and not btrfs:
         raise NotSupported(f"{share_path}: not on btrfs")
+    zfs = not btrfs and on_zfs(path)
+    if forced in ("zfs", "zfs-enclosing") and not zfs:
+        raise NotSupported(f"{share_path}: not on ZFS")
     if forced == "reflink" and not reflink_supported(path):
         raise NotSupported(f"{share_path}: the filesystem cannot clone files (FICLONE)")
     if forced is not None:
         return BACKENDS[forced]
     if btrfs:
         return BACKENDS["btrfs"]
+    if zfs:
+        return BACKENDS["zfs"]
     return BACKENDS["reflink" if reflink_supported(path) else "copy"]
