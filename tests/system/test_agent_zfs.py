@@ -59,6 +59,12 @@ def test_sequence_on_zfs_datasets_and_subdirectory_refused(
             snaps = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", pool).split()
             assert len(snaps) == 2 and {s.split("@")[0] for s in snaps} == {
                 f"{pool}/data", f"{pool}/other"}
+            # the agent labels what it takes: set, copy and context found from ZFS alone
+            labels = {zfs("get", "-H", "-o", "value", "org.remotevss:copy", s).strip(): (
+                zfs("get", "-H", "-o", "value", "org.remotevss:set", s).strip(),
+                zfs("get", "-H", "-o", "value", "org.remotevss:context", s).strip())
+                for s in snaps}
+            assert labels == {str(cid): (str(sid), "backup") for cid in cids}, labels
             (snap_dir,) = os.listdir(mnt / "data" / ".snapshots")
             assert (mnt / "data" / ".snapshots" / snap_dir / "f.txt").read_text() == \
                 "data at the point in time\n"

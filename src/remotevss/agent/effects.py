@@ -91,7 +91,7 @@ def take_together(requests: Sequence[SnapRequest]) -> list[str | SnapshotError]:
     jobs: list[tuple[Callable[..., None], tuple[object, ...]]] = []
     for name, idx in groups.items():
         backend = BACKENDS[name]
-        if supports_batches(backend) and len(idx) > 1:
+        if supports_batches(backend):  # one request too: create_many carries the labels
             jobs.append((batch, (backend, idx)))
         else:
             jobs += [(one, (i,)) for i in idx]

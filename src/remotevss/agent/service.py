@@ -33,7 +33,7 @@ from remotevss.agent.journal import Journal
 from remotevss.agent.naming import gmt_snapshot_name, snapshot_name
 from remotevss.agent.reconcile import Reconciler, ReconcileReport
 from remotevss.dcerpc import pdu
-from remotevss.fsrvp import calls, server
+from remotevss.fsrvp import calls, contexts, server
 from remotevss.fsrvp.constants import DISABLE_DEFRAG, HResult, Opnum, hresult_name
 from remotevss.fsrvp.machine import (
     CreateSnapshot,
@@ -488,9 +488,13 @@ class AgentService:
         )
         self._crash_point("create_intent")
         job = self._commits.get(set_id)
-        results = await asyncio.to_thread(
-            take_together, [SnapRequest(v, name, e.writable) for v, name, e in plan]
-        )
+        s = self.machine.sets.get(set_id)
+        context = contexts.context_name(s.context, underscored=True) or "" if s else ""
+        persistent = s is not None and not s.auto_release
+        results = await asyncio.to_thread(take_together, [  # labels: ZFS keeps them (and holds)
+            SnapRequest(v, name, e.writable, set_id=str(e.set_id), copy_id=str(e.copy_id),
+                        context=context, persistent=persistent)
+            for v, name, e in plan])
         error: int | None = None
         for (volume, _name, e), made in zip(plan, results, strict=True):
             if isinstance(made, SnapshotError):
