@@ -176,8 +176,11 @@ class LocalSource:
         self._users: dict[int, str | None] = {}
         self._groups: dict[int, str | None] = {}
 
-    def _path(self, relpath: str) -> str:
+    def path(self, relpath: str) -> str:
+        """The absolute path of ``relpath`` (for the backup's read-ahead threads)."""
         return os.path.join(self.root, relpath) if relpath else self.root
+
+    _path = path
 
     def stat_root(self) -> SourceEntry:
         st = os.stat(self.root)
