@@ -468,7 +468,7 @@ def _flat_pickle(obj: object) -> bytes:
     reference to its first occurrence)."""
     buf = io.BytesIO()
     p = pickle.Pickler(buf, protocol=5)
-    p.fast = True  # type: ignore[attr-defined]  # documented, untyped: no memo
+    p.fast = True  # documented: no memo
     p.dump(obj)
     return buf.getvalue()
 
