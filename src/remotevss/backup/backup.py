@@ -38,16 +38,8 @@ from remotevss.backup.index import CacheRow, IndexDamaged
 from remotevss.backup.listing import ListingPrefetch, prefetch_listings
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
-from remotevss.backup.readahead import ReadAhead, ReadFile
 from remotevss.backup.repo import BlobWriter, Repository, blob_aad
-from remotevss.backup.snapshot_source import (
-    DIR,
-    FILE,
-    FileReader,
-    LocalSource,
-    Source,
-    SourceEntry,
-)
+from remotevss.backup.snapshot_source import DIR, FILE, FileReader, Source, SourceEntry
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
@@ -179,7 +171,6 @@ class _Engine:
                  ahead: Mapping[str, ListingPrefetch]) -> None:
         self.repo = repo
         self.ahead = ahead
-        self.readahead: ReadAhead | None = None  # made for the first local source
         self.index = repo.index
         self.writer: BlobWriter = repo.writer()
         self.params = repo.chunker
@@ -336,11 +327,7 @@ class _Engine:
             cdir.changed = True
         node.cdir = cdir
         node.tree_row = cached.pop(TREE_ROW, None)
-        local = _reads_ahead(src)
-        readahead = self.readahead
-        if local and readahead is None:
-            readahead = self.readahead = ReadAhead()
-        if src.read_hints or local:  # tell the source which files will be read
+        if src.read_hints:  # tell the source which files will be read (SMB: prefetch them)
             misses = []
             for e in listing:
                 if e.type == FILE:
@@ -348,13 +335,7 @@ class _Engine:
                     if c is None or (c.size, c.mtime_ns, c.ctime_ns, c.ino) != (
                             e.size, e.mtime_ns, e.ctime_ns, e.ino):
                         misses.append(e)
-            if readahead is not None and local:  # read them in the pool, in walk order
-                assert isinstance(src, LocalSource)
-                prefix = f"{relpath}/" if relpath else ""
-                readahead.announce(relpath, [(e.name, src.path(prefix + e.name), e)
-                                             for e in misses])
-            else:  # SMB: prefetch them
-                src.will_read(relpath, misses)
+            src.will_read(relpath, misses)
         for e in listing:
             child_rel = f"{relpath}/{e.name}" if relpath else e.name
             child_point = f"{point_path}/{e.name}"
@@ -375,9 +356,7 @@ class _Engine:
                 if hit.xattrs != "{}":
                     entry["xattrs"] = _scan_json(hit.xattrs, 0)[0]
             else:
-                xa = (readahead.xattrs(relpath, e.name)
-                      if local and readahead is not None and e.type == FILE else None)
-                entry = make_entry(e, user, group, src.xattrs(child_rel, e) if xa is None else xa)
+                entry = make_entry(e, user, group, src.xattrs(child_rel, e))
             node.children.append(entry)
             if e.type == DIR:
                 child = _Dir(entry, node)
@@ -412,9 +391,7 @@ class _Engine:
         f = _File(entry, node, (cdir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
         node.pending += 1
         try:
-            got = (self.readahead.take(cdir.relpath, e.name)
-                   if self.readahead is not None and _reads_ahead(src) else None)
-            reader = ReadFile(got) if got is not None else src.open(relpath, e)
+            reader = src.open(relpath, e)
         except OSError as exc:
             self.error(point_path, exc)
             f.failed = True
@@ -456,8 +433,6 @@ class _Engine:
                     self.progress.add_bytes(c.length)
 
     def close(self) -> None:
-        if self.readahead is not None:
-            self.readahead.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.close()
 
@@ -471,14 +446,6 @@ def _flat_pickle(obj: object) -> bytes:
     p.fast = True  # documented: no memo
     p.dump(obj)
     return buf.getvalue()
-
-
-def _reads_ahead(src: Source) -> bool:
-    """A local source whose open and xattrs are LocalSource's (what the read-ahead
-    does in their place)."""
-    cls = type(src)
-    return (isinstance(src, LocalSource) and cls.open is LocalSource.open
-            and cls.xattrs is LocalSource.xattrs)
 
 
 def _scan_totals(sources: Sequence[Source], progress: Progress, stop: threading.Event) -> None:

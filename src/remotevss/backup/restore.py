@@ -6,11 +6,6 @@ times last, because each earlier step may change what a later one set
 metadata after their children for the same reason, and so a read-only
 directory does not stop its own restore.  Holes are never written, so sparse
 files stay sparse.  A damaged chunk fails only the files that use it.
-
-Why two fetch threads: on small files the time is per chunk (index lookup,
-pread, AES-GCM, zstd, blake3: the last four release the GIL), so the
-chunks of the next files of a directory are fetched and checked ahead while
-this thread writes files and sets metadata; at most ``AHEAD_BYTES`` wait.
 """
 
 from __future__ import annotations
@@ -19,15 +14,13 @@ import contextlib
 import errno
 import os
 import stat
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from remotevss.backup.chunker import is_zero
-from remotevss.backup.index import Index, PointRow
+from remotevss.backup.index import PointRow
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobError, RepoError, Repository
 from remotevss.backup.snapshot_source import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK
@@ -36,8 +29,6 @@ from remotevss.backup.tree import Entry, decode_tree, xattrs_of
 #: Pseudo-xattrs of non-local sources, kept in the point but not written to a local
 #: file system (Linux has no such namespace): SMB's ``smb.security_descriptor``.
 FOREIGN_XATTR_PREFIXES = ("smb.",)
-AHEAD_BYTES = 8 << 20  # chunks fetched ahead of the writing thread
-AHEAD_FILE = 1 << 20  # only files up to this size are fetched ahead
 
 
 @dataclass
@@ -61,47 +52,6 @@ class _Restorer:
         self.result = RestoreResult()
         self.as_root = os.geteuid() == 0
         self.restored: dict[str, str] = {}  # point path -> restored path (for hardlinks)
-        self.pool: ThreadPoolExecutor | None = None  # made by restore()
-        self._tls = threading.local()
-        self.ahead: dict[int, list[Future[bytes]]] = {}  # id(entry) -> its chunks
-        self.ahead_bytes = 0
-
-    # -- fetching ahead ----------------------------------------------------------------
-    def _fetch(self, cid_hex: str) -> bytes:
-        """One chunk, read and checked in a pool thread (own index connection)."""
-        idx: Index | None = getattr(self._tls, "index", None)
-        if idx is None:
-            idx = self._tls.index = self.repo.index.reader()
-        cid = bytes.fromhex(cid_hex)
-        loc = idx.locate(cid)
-        if loc is None:
-            raise BlobError(cid, "not in the index")
-        return self.repo.decode(loc.entry, self.repo.read_stored(loc.pack, loc.entry))
-
-    def _fetch_ahead(self, e: Entry) -> bool:
-        """Start fetching a small file's chunks; False when the budget is spent."""
-        size = e.get("size", 0)
-        if self.ahead_bytes + size > AHEAD_BYTES:
-            return False
-        assert self.pool is not None
-        self.ahead[id(e)] = [self.pool.submit(self._fetch, cid)
-                             for _off, _len, cid in e["content"]]
-        self.ahead_bytes += size
-        return True
-
-    def _take(self, e: Entry) -> list[Future[bytes]] | None:
-        futs = self.ahead.pop(id(e), None)
-        if futs is not None:
-            self.ahead_bytes -= e.get("size", 0)
-        return futs
-
-    def close(self) -> None:
-        for futs in self.ahead.values():
-            for f in futs:
-                f.cancel()
-        self.ahead.clear()
-        if self.pool is not None:  # its threads' index connections close with them
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def tree(self, tree_id: str | bytes) -> list[Entry]:
         tid = bytes.fromhex(tree_id) if isinstance(tree_id, str) else tree_id
@@ -153,27 +103,13 @@ class _Restorer:
     # -- entries -------------------------------------------------------------------------
     def restore_dir_contents(self, dirpath: str, entries: list[Entry], point_prefix: str
                              ) -> None:
-        queue = ([e for e in entries if e["type"] == FILE and "link" not in e and e.get("content")
-                  and e.get("size", 0) <= AHEAD_FILE] if self.pool is not None else [])
-        nxt = 0
-        try:
-            for e in entries:
-                while nxt < len(queue) and self._fetch_ahead(queue[nxt]):
-                    nxt += 1
-                self._restore_one(dirpath, e, point_prefix)
-        finally:
-            for q in queue[:nxt]:  # skipped or failed before their turn
-                futs = self._take(q)
-                for f in futs or ():
-                    f.cancel()
-
-    def _restore_one(self, dirpath: str, e: Entry, point_prefix: str) -> None:
-        name = e["name"]
-        point_path = f"{point_prefix}/{name}" if point_prefix else name
-        if not name or "/" in name or "\0" in name or name in (".", ".."):
-            self.fail(point_path, "unsafe name in the tree; skipped")
-            return
-        self.restore_entry(os.path.join(dirpath, name), e, point_path)
+        for e in entries:
+            name = e["name"]
+            point_path = f"{point_prefix}/{name}" if point_prefix else name
+            if not name or "/" in name or "\0" in name or name in (".", ".."):
+                self.fail(point_path, "unsafe name in the tree; skipped")
+                continue
+            self.restore_entry(os.path.join(dirpath, name), e, point_path)
 
     def restore_entry(self, path: str, e: Entry, point_path: str) -> None:
         kind = e["type"]
@@ -239,11 +175,9 @@ class _Restorer:
     def write_content(self, path: str, e: Entry, point_path: str) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
-        futs = self._take(e)
         try:
-            for i, (off, length, cid) in enumerate(e.get("content", ())):
-                data = (futs[i].result() if futs is not None
-                        else self.repo.read_blob(bytes.fromhex(cid)))
+            for off, length, cid in e.get("content", ()):
+                data = self.repo.read_blob(bytes.fromhex(cid))
                 if len(data) != length:
                     raise BlobError(bytes.fromhex(cid), "length differs from the tree")
                 _pwrite_sparse(fd, data, off)
@@ -251,8 +185,6 @@ class _Restorer:
                 self.progress.add_bytes(length)
             os.ftruncate(fd, e["size"])
         except (RepoError, OSError) as exc:
-            for f in futs or ():
-                f.cancel()
             os.close(fd)
             os.unlink(path)
             self.fail(point_path, f"not restored: {exc}")
@@ -315,7 +247,6 @@ def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str 
     contents and metadata); with a file, the file is restored into ``target``.
     """
     r = _Restorer(repo, point, progress or Progress(enabled=False))
-    r.pool = ThreadPoolExecutor(2, thread_name_prefix="rvss-fetch")
     target = os.fspath(target)
     sub = subpath.strip("/")
     try:
@@ -333,7 +264,6 @@ def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str 
                 os.makedirs(target, exist_ok=True)
                 r.restore_entry(os.path.join(target, e["name"]), e, sub)
     finally:
-        r.close()
         r.progress.finish()
     return r.result
 
