@@ -12,10 +12,19 @@ ratios to restic, peak RSS (wait4), and for remotevss the CPU split.
 
     .venv/bin/python bench/backup_real.py [--trees /usr/share /usr/lib/python3]
         [--rounds 3] [--tools remotevss,restic,borg] [--profile FILE]
+        [--baseline SRC_DIR] [--restores 5] [--changed 1]
 
 ``--profile FILE`` also runs one remotevss full backup under cProfile (the
 reading thread only; the two workers' CPU shows in the user time) and
-prints the top functions by cumulative and internal time.
+prints the top functions by cumulative and internal time.  ``--changed
+PCT`` (default 1) backs up a private copy of the trees instead, and after
+the unchanged incremental changes PCT % of its files (one byte each, same
+size) and times a third run.  ``--restores N`` restores each tool's last
+point N times warm and N times cold (page cache dropped: needs root).
+``--baseline
+SRC_DIR`` adds a tool "baseline": remotevss run from another checkout's
+``src`` (e.g. ``git archive HEAD~3 src | tar -x -C /tmp/base``), so a
+change is measured before and after in the same run, rotated like the others.
 """
 
 from __future__ import annotations
@@ -52,6 +61,29 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     return secs, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime
 
 
+def changed_files(trees: list[Path], pct: float) -> list[str]:
+    """Every (100 / pct)-th regular file of the trees, in a fixed order."""
+    step = max(1, round(100 / pct))
+    files: list[str] = []
+    for root in trees:
+        for dirpath, dirs, names in os.walk(root):
+            dirs.sort()
+            files.extend(os.path.join(dirpath, n) for n in sorted(names)
+                         if os.path.isfile(os.path.join(dirpath, n))
+                         and not os.path.islink(os.path.join(dirpath, n))
+                         and os.path.getsize(os.path.join(dirpath, n)) > 0)
+    return files[::step]
+
+
+def change(files: list[str]) -> None:
+    """Flip the first byte of each file (size unchanged, content and mtime new)."""
+    for path in files:
+        with open(path, "r+b") as f:
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes((first[0] ^ 1,)))
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -76,8 +108,10 @@ def warm(trees: list[Path]) -> tuple[int, int]:
 
 
 class Tool:
-    def __init__(self, name: str, scratch: Path, trees: list[Path]) -> None:
+    def __init__(self, name: str, scratch: Path, trees: list[Path],
+                 baseline: str | None = None) -> None:
         self.name = name
+        self.baseline = baseline
         self.repo = scratch / f"repo-{name}"
         self.trees = trees
         self.env: dict[str, str] = {}
@@ -87,8 +121,10 @@ class Tool:
         shutil.rmtree(self.repo, ignore_errors=True)
         for extra in ("-cache", "-base"):
             shutil.rmtree(str(self.repo) + extra, ignore_errors=True)
-        if self.name == "remotevss":
+        if self.name in ("remotevss", "baseline"):
             self.env = {"REMOTEVSS_BACKUP_PASSWORD": PASSWORD}
+            if self.name == "baseline" and self.baseline:
+                self.env["PYTHONPATH"] = self.baseline
             argv = [PY, "-m", "remotevss.backup.cli", "init", "--repo", str(self.repo)]
         elif self.name == "restic":
             self.env = {"RESTIC_PASSWORD": PASSWORD,
@@ -102,13 +138,22 @@ class Tool:
 
     def backup_argv(self) -> list[str]:
         self.count += 1
-        if self.name == "remotevss":
+        if self.name in ("remotevss", "baseline"):
             return [PY, "-m", "remotevss.backup.cli", "run", "--repo", str(self.repo),
                     *(f"{p.name}={p}" for p in self.trees)]
         if self.name == "restic":
             return ["restic", "-r", str(self.repo), "backup", "-q", *map(str, self.trees)]
         return ["borg", "create", "--compression", "zstd,3", f"{self.repo}::a{self.count}",
                 *map(str, self.trees)]
+
+    def restore_argv(self, target: Path) -> list[str] | None:
+        if self.name in ("remotevss", "baseline"):
+            return [PY, "-m", "remotevss.backup.cli", "restore", "--repo", str(self.repo),
+                    "latest", "--to", str(target)]
+        if self.name == "restic":
+            return ["restic", "-r", str(self.repo), "restore", "-q", "latest", "--target",
+                    str(target)]
+        return None  # borg extracts into the working directory: left out
 
     def cleanup(self) -> None:
         for extra in ("", "-cache", "-base"):
@@ -136,10 +181,27 @@ def main() -> int:
     ap.add_argument("--tools", default="remotevss,restic,borg")
     ap.add_argument("--workdir", default=None, help="scratch directory (default: /var/tmp)")
     ap.add_argument("--profile", metavar="FILE", help="also profile one remotevss full backup")
+    ap.add_argument("--changed", type=float, default=1.0, metavar="PCT",
+                    help="back up a copy of the trees and time a run after PCT %% of its "
+                         "files changed (0: back up the trees themselves, no such run)")
+    ap.add_argument("--restores", type=int, default=0, metavar="N",
+                    help="then restore the last round's point N times warm and N times cold "
+                         "(drop_caches: needs root) per tool")
+    ap.add_argument("--baseline", metavar="SRC_DIR",
+                    help="also run remotevss from this src directory (tool 'baseline')")
     args = ap.parse_args()
     trees = [Path(t) for t in args.trees]
     scratch = Path(tempfile.mkdtemp(prefix="rvss-bench-real-", dir=args.workdir or "/var/tmp"))
-    tools = [Tool(name, scratch, trees) for name in args.tools.split(",")]
+    to_change: list[str] = []
+    if args.changed:  # a private copy: the benchmark changes files
+        copies = []
+        for t in trees:
+            copies.append(scratch / "trees" / t.name)
+            shutil.copytree(t, copies[-1], symlinks=True, ignore_dangling_symlinks=True)
+        trees = copies
+        to_change = changed_files(trees, args.changed)
+    names = args.tools.split(",") + (["baseline"] if args.baseline else [])
+    tools = [Tool(name, scratch, trees, args.baseline) for name in names]
     results: dict[str, dict[str, list[float]]] = {t.name: {} for t in tools}
     try:
         nfiles, nbytes = warm(trees)
@@ -154,13 +216,22 @@ def main() -> int:
                 r = results[tool.name]
                 full, rss1, cpu1 = run(tool.backup_argv(), tool.env)
                 incr, rss2, cpu2 = run(tool.backup_argv(), tool.env)
+                changed = rss3 = 0.0
+                if to_change:
+                    change(to_change)
+                    changed, rss3, _cpu3 = run(tool.backup_argv(), tool.env)
+                    r.setdefault("changed_s", []).append(changed)
                 for key, value in (("full_s", full), ("incr_s", incr), ("full_cpu_s", cpu1),
-                                   ("incr_cpu_s", cpu2), ("rss_mb", max(rss1, rss2)),
+                                   ("incr_cpu_s", cpu2), ("rss_mb", max(rss1, rss2, rss3)),
                                    ("stored_mb", du(tool.repo) / 1e6)):
                     r.setdefault(key, []).append(value)
                 print(f"round {rnd + 1} {tool.name}: full {full:.1f} s, incr {incr:.2f} s, "
-                      f"RSS {max(rss1, rss2):.0f} MB", file=sys.stderr)
-                tool.cleanup()
+                      f"changed {changed:.2f} s, RSS {max(rss1, rss2, rss3):.0f} MB",
+                      file=sys.stderr)
+                if rnd < args.rounds - 1 or not args.restores:
+                    tool.cleanup()
+        if args.restores:
+            restores(tools, scratch, args.restores, results)
         if args.profile:
             profile(trees, scratch, args.profile)
     finally:
@@ -169,15 +240,51 @@ def main() -> int:
     return 0
 
 
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def restores(tools: list[Tool], scratch: Path, n: int,
+             results: dict[str, dict[str, list[float]]]) -> None:
+    """Restore each tool's last point into an empty directory, warm (repository in the
+    page cache) and cold (all caches dropped first), interleaved per round."""
+    for rnd in range(n):
+        for cold in (False, True):
+            for tool in tools[rnd % len(tools):] + tools[:rnd % len(tools)]:
+                target = scratch / f"restore-{tool.name}"
+                argv = tool.restore_argv(target)
+                if argv is None:
+                    continue
+                shutil.rmtree(target, ignore_errors=True)
+                if cold and not drop_caches():
+                    continue
+                secs, rss, _cpu = run(argv, tool.env)
+                key = "restore_cold_s" if cold else "restore_warm_s"
+                results[tool.name].setdefault(key, []).append(secs)
+                results[tool.name].setdefault("restore_rss_mb", []).append(rss)
+                print(f"restore {rnd + 1} {tool.name} {'cold' if cold else 'warm'}: "
+                      f"{secs:.2f} s, RSS {rss:.0f} MB", file=sys.stderr)
+                shutil.rmtree(target, ignore_errors=True)
+    for tool in tools:
+        tool.cleanup()
+
+
 def report(results: dict[str, dict[str, list[float]]], nfiles: int, nbytes: int) -> None:
     med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in results.items()}
     print(f"\n{nfiles} files, {nbytes / 1e6:.0f} MB, warm cache, {os.cpu_count()} cores, "
           f"median of {len(next(iter(results.values()))['full_s'])} rounds")
     print(f"{'tool':10} {'full s':>7} {'MB/s':>6} {'CPU s':>6} {'incr s':>7} {'incr/full':>9} "
-          f"{'stored MB':>9} {'peak RSS MB':>11}")
+          f"{'changed s':>9} {'stored MB':>9} {'peak RSS MB':>11}")
     for tool, m in med.items():
         print(f"{tool:10} {m['full_s']:7.1f} {nbytes / 1e6 / m['full_s']:6.0f} "
               f"{m['full_cpu_s']:6.1f} {m['incr_s']:7.2f} {m['incr_s'] / m['full_s']:9.1%} "
+              f"{m.get('changed_s', float('nan')):9.2f} "
               f"{m['stored_mb']:9.0f} {m['rss_mb']:11.0f}")
     ours = med.get("remotevss")
     if ours and "restic" in med:
@@ -189,8 +296,21 @@ def report(results: dict[str, dict[str, list[float]]], nfiles: int, nbytes: int)
             print(f"full throughput vs borg: {med['borg']['full_s'] / ours['full_s']:.2f}x")
         print(f"unchanged incremental / full: {frac:.1%} (target <= 10 %) "
               f"{'MET' if frac <= 0.10 else 'MISSED'}")
+        if "changed_s" in ours:
+            cfrac = ours["changed_s"] / ours["full_s"]
+            print(f"1 % changed / full: {cfrac:.1%} (target <= 15 %) "
+                  f"{'MET' if cfrac <= 0.15 else 'MISSED'}")
         print(f"peak RSS: {ours['rss_mb']:.0f} MB (target <= 150 MB) "
               f"{'MET' if ours['rss_mb'] <= 150 else 'MISSED'}")
+    if ours and "baseline" in med:
+        base = med["baseline"]
+        print(f"against the baseline: full {base['full_s'] / ours['full_s']:.2f}x, "
+              f"unchanged incremental {base['incr_s'] / ours['incr_s']:.2f}x faster")
+    for tool, m in med.items():
+        if "restore_warm_s" in m:
+            print(f"restore {tool}: warm {m['restore_warm_s']:.2f} s, cold "
+                  f"{m.get('restore_cold_s', float('nan')):.2f} s, peak RSS "
+                  f"{m['restore_rss_mb']:.0f} MB")
     print(json.dumps(results))
 
 

@@ -8,14 +8,20 @@ consumed in submission order, so packs get blobs in a deterministic order and
 a directory's tree is written as soon as its last file is hashed.
 
 Files whose (size, mtime, ctime, file id) match the files cache are not read
-at all: that is where an unchanged incremental gets its speed.
+at all: that is where an unchanged incremental gets its speed.  A directory
+whose listing fingerprint (every entry as it would be encoded, the cached
+content lists of its files, its subdirectories' tree ids) matches the one
+cached with its tree id reuses that tree: no parsing of content lists, no
+re-encoding, no hashing, no index probe.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import json.scanner
 import os
+import pickle
 import sys
 import threading
 import time
@@ -29,12 +35,19 @@ from typing import Any
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
 from remotevss.backup.index import CacheRow, IndexDamaged
+from remotevss.backup.listing import ListingPrefetch, prefetch_listings
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobWriter, Repository, blob_aad
 from remotevss.backup.snapshot_source import DIR, FILE, FileReader, Source, SourceEntry
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
 
+# The files-cache row that holds a directory's tree id and listing fingerprint.
+# NUL cannot occur in a file name; the row has a file row's shape (content: the
+# tree id as one segment, xattrs: the fingerprint), so prune drops it when the
+# tree blob goes, and a program that does not know it sees a vanished file.
+TREE_ROW = "\0tree"
+TREE_FP_VERSION = b"rvss-tree-fp-1"
 BATCH_BYTES = 1 << 20
 BATCH_OPS = 256
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
@@ -68,6 +81,7 @@ class Stats:
     bytes_total: int = 0
     bytes_read: int = 0
     cache_hits: int = 0
+    trees_reused: int = 0  # directories whose tree came from the files cache
     new_blobs: int = 0
     new_raw: int = 0
     new_stored: int = 0
@@ -109,7 +123,7 @@ class _CacheDir:
 
 
 class _Dir:
-    __slots__ = ("entry", "children", "parent", "pending", "sealed")
+    __slots__ = ("entry", "children", "parent", "pending", "sealed", "cdir", "tree_row")
 
     def __init__(self, entry: Entry, parent: _Dir | None) -> None:
         self.entry = entry
@@ -117,6 +131,10 @@ class _Dir:
         self.parent = parent
         self.pending = 0  # children whose content or subtree is not known yet
         self.sealed = False  # all children listed
+        # Files' content lists stay JSON text, as a 1-tuple, until close_dir:
+        # parsed only when the directory's tree has to be encoded again.
+        self.cdir: _CacheDir | None = None
+        self.tree_row: CacheRow | None = None  # the cached (tree id, fingerprint)
 
 
 class _File:
@@ -149,8 +167,10 @@ class _Window:
 
 
 class _Engine:
-    def __init__(self, repo: Repository, progress: Progress, workers: int) -> None:
+    def __init__(self, repo: Repository, progress: Progress, workers: int,
+                 ahead: Mapping[str, ListingPrefetch]) -> None:
         self.repo = repo
+        self.ahead = ahead
         self.index = repo.index
         self.writer: BlobWriter = repo.writer()
         self.params = repo.chunker
@@ -239,23 +259,48 @@ class _Engine:
         if f.failed:
             parent.children.remove(f.entry)
         else:
-            content = [[off, n, cid.hex()] for off, n, cid in f.segments if cid is not None]
-            f.entry["content"] = content
-            # Same text as json.dumps(content, separators=(",", ":")), 5x faster.
-            text = ",".join([f'[{off},{n},"{h}"]' for off, n, h in content])
+            # Same text as json.dumps(content, separators=(",", ":")), 5x faster;
+            # parsed into the entry only if the directory's tree is encoded.
+            text = ",".join([f'[{off},{n},"{cid.hex()}"]' for off, n, cid in f.segments
+                             if cid is not None])
+            f.entry["content"] = (f"[{text}]",)
             xa = f.entry.get("xattrs")
             xattrs = json.dumps(xa, sort_keys=True) if xa else "{}"  # most files have none
             cdir, name, size, mtime_ns, ctime_ns, ino = f.cache_row
-            cdir.rows[name] = CacheRow(size, mtime_ns, ctime_ns, ino, f"[{text}]", xattrs)
+            cdir.rows[name] = CacheRow(size, mtime_ns, ctime_ns, ino, f.entry["content"][0],
+                                       xattrs)
         parent.pending -= 1
         if parent.pending == 0 and parent.sealed:
             self.close_dir(parent)
 
     def close_dir(self, node: _Dir) -> None:
-        raw = encode_tree(node.children)
-        tid = self.codec.blob_id(raw)
-        self.writer.add_raw(tid, TREE, raw)
-        node.entry["subtree"] = tid.hex()
+        cdir = node.cdir
+        # Every input of the tree's bytes: the entries, with subdirectories' tree
+        # ids set by now and files' content lists still as JSON text.
+        fp = self.codec.blob_id(TREE_FP_VERSION + _flat_pickle(node.children)).hex()
+        row = node.tree_row
+        if (row is not None and row.xattrs == fp and len(row.content) == 74
+                and row.content.startswith('[[0,0,"')):
+            tid_hex = row.content[7:-3]
+            self.stats.trees_reused += 1
+        else:
+            for entry in node.children:
+                content = entry.get("content")
+                if type(content) is tuple:
+                    entry["content"] = _scan_json(content[0], 0)[0]
+            raw = encode_tree(node.children)
+            tid = self.codec.blob_id(raw)
+            self.writer.add_raw(tid, TREE, raw)
+            tid_hex = tid.hex()
+            if cdir is not None:
+                cdir.rows[TREE_ROW] = CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]', fp)
+                cdir.changed = True
+        if cdir is not None:
+            if row is not None and TREE_ROW not in cdir.rows:
+                cdir.rows[TREE_ROW] = row
+            if cdir.changed:  # rows of files read in this run were filled in by finish_file
+                self.cache_changed.append(cdir)
+        node.entry["subtree"] = tid_hex
         node.children = []
         parent = node.parent
         if parent is not None:
@@ -267,8 +312,9 @@ class _Engine:
     def walk(self, src: Source, node: _Dir, relpath: str, point_path: str) -> None:
         self.stats.dirs += 1
         self.visited.setdefault(src.cache_key, set()).add(relpath)
+        lister = self.ahead.get(src.label)
         try:
-            listing = src.scandir(relpath)
+            listing = lister.scandir(relpath) if lister is not None else src.scandir(relpath)
         except OSError as exc:
             self.error(point_path, exc)
             listing = []
@@ -279,6 +325,8 @@ class _Engine:
             self.progress.message(f"backup: {point_path}: {exc}; its files are read again")
             cached = {}
             cdir.changed = True
+        node.cdir = cdir
+        node.tree_row = cached.pop(TREE_ROW, None)
         if src.read_hints:  # tell the source which files will be read (SMB: prefetch them)
             misses = []
             for e in listing:
@@ -320,8 +368,6 @@ class _Engine:
                 self.stats.others += 1
         if cached:  # cached names that are no longer regular files here
             cdir.changed = True
-        if cdir.changed:  # rows of files still being read are filled in by finish_file
-            self.cache_changed.append(cdir)
         node.sealed = True
         if node.pending == 0:
             self.close_dir(node)
@@ -338,7 +384,7 @@ class _Engine:
                 return
             self.hardlinks[(e.dev, e.ino)] = point_path
         if hit is not None:  # (size, mtime, ctime, file id) matched in walk()
-            entry["content"] = _scan_json(hit.content, 0)[0]
+            entry["content"] = (hit.content,)  # parsed in close_dir if needed
             self.stats.cache_hits += 1
             self.progress.file_done(e.size)
             return
@@ -391,6 +437,17 @@ class _Engine:
         self.writer.close()
 
 
+def _flat_pickle(obj: object) -> bytes:
+    """pickle without its memo: the same values give the same bytes whichever
+    objects happen to be shared (plain pickle writes a repeated string as a
+    reference to its first occurrence)."""
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=5)
+    p.fast = True  # documented: no memo
+    p.dump(obj)
+    return buf.getvalue()
+
+
 def _scan_totals(sources: Sequence[Source], progress: Progress, stop: threading.Event) -> None:
     """Count files and bytes in the background so the terminal line can show an ETA."""
     files = nbytes = 0
@@ -413,12 +470,15 @@ def _scan_totals(sources: Sequence[Source], progress: Progress, stop: threading.
 
 
 def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, Any] | None = None,
-               progress: Progress | None = None, workers: int = 2) -> RecoveryPoint:
+               progress: Progress | None = None, workers: int = 2,
+               ahead: Mapping[str, ListingPrefetch] | None = None) -> RecoveryPoint:
     """Back up ``sources`` into one new recovery point; atomic: all or nothing.
 
     ``repo`` must be open in "write" mode.  ``meta`` is stored with the point
     (shadow copy set id, creation time, share names...).  Unreadable files are
     skipped and listed in ``stats["errors"]``; the point is still created.
+    ``ahead``: listings already being read (by label); by default local
+    sources get their own, stopped on return.
     """
     labels = [s.label for s in sources]
     if not labels or len(set(labels)) != len(labels):
@@ -431,7 +491,10 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, 0.001))
     time_ns = time.time_ns()
-    engine = _Engine(repo, progress, workers)
+    own_ahead = ahead is None
+    if ahead is None:
+        ahead = prefetch_listings(sources)
+    engine = _Engine(repo, progress, workers, ahead)
     stop = threading.Event()
     scanner = None
     if progress.enabled:
@@ -474,6 +537,9 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     finally:
         sys.setswitchinterval(switch)
         stop.set()
+        if own_ahead:
+            for lister in ahead.values():
+                lister.stop()
         engine.close()
         progress.finish()
 

@@ -251,7 +251,7 @@ class Terminated(BaseException):
 def run(args: argparse.Namespace) -> int:
     """Carry out one ``backup`` sub-verb; returns the exit code."""
     from remotevss.backup.repo import RepoError, RepoLocked, WrongPassphrase
-    from remotevss.backup.requestor import terminate_as
+    from remotevss.backup.signals import terminate_as
 
     if args.backup_command == "mount":
         if len(args.paths) > 2:
@@ -286,6 +286,13 @@ def run(args: argparse.Namespace) -> int:
     except Terminated:
         print("remotevss backup: terminated", file=sys.stderr)
         return EXIT_TERMINATED
+
+
+def _names_share(spec: str) -> bool:
+    r"""Whether a source argument is ``[LABEL=]\\host\share`` (or ``//host/share``):
+    only then is the requestor (SMB, RPC; ~0.2 s of imports) needed."""
+    _label, sep, rest = spec.partition("=")
+    return spec.startswith(("\\\\", "//")) or bool(sep) and rest.startswith(("\\\\", "//"))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -325,23 +332,34 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if cmd == "run":
         from remotevss.backup.backup import local_sources, run_backup
-        from remotevss.backup.requestor import split_specs
-        from remotevss.client.errors import UsageError
+        from remotevss.backup.listing import prefetch_listings
 
-        try:
-            local_specs, shares = split_specs(args.sources)
-        except UsageError as exc:
-            print(f"remotevss backup: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if shares:
+        if any(_names_share(spec) for spec in args.sources):
+            from remotevss.backup.requestor import split_specs
+            from remotevss.client.errors import UsageError
+
+            try:
+                local_specs, shares = split_specs(args.sources)
+            except UsageError as exc:
+                print(f"remotevss backup: {exc}", file=sys.stderr)
+                return EXIT_USAGE
             return _run_shares(args, repo_path, local_specs, shares)
         sources = local_sources(args.sources)
-        with Repository(repo_path, "write", command="backup run", passphrase=secret) as repo:
-            if repo.interrupted:
-                print(f"remotevss backup: the previous run (pid {repo.interrupted.get('pid')}, "
-                      f"started {repo.interrupted.get('started')}) was interrupted; its "
-                      "unfinished data was discarded", file=sys.stderr)
-            point = run_backup(repo, sources, dict(args.meta), _progress(args, "backup"))
+        # List the trees while the passphrase's scrypt runs (it releases the GIL).
+        ahead = prefetch_listings(sources)
+        try:
+            with Repository(repo_path, "write", command="backup run",
+                            passphrase=secret) as repo:
+                if repo.interrupted:
+                    print(f"remotevss backup: the previous run (pid "
+                          f"{repo.interrupted.get('pid')}, started "
+                          f"{repo.interrupted.get('started')}) was interrupted; its "
+                          "unfinished data was discarded", file=sys.stderr)
+                point = run_backup(repo, sources, dict(args.meta), _progress(args, "backup"),
+                                   ahead=ahead)
+        finally:
+            for a in ahead.values():
+                a.stop()
         _emit(args, point.__dict__, _point_line(point))
         return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
     if cmd == "list":

@@ -38,11 +38,10 @@ import fcntl
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from uuid import UUID
 from remotevss.backup.backup import RecoveryPoint, local_sources, run_backup
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import Repository
+from remotevss.backup.signals import _hold_sigterm, terminate_as
 from remotevss.backup.snapshot_source import DIR, FILE, LocalSource, Source
 from remotevss.client.connection import ConnectOptions, Credentials
 from remotevss.client.errors import ClientError, UsageError
@@ -263,25 +263,6 @@ def _same_top_level(local: LocalSource, remote: Source) -> bool:
 
 
 # ----------------------------------------------------------------------- the run
-_HELD: dict[str, Any] = {"depth": 0, "pending": None}
-
-
-def _hold_sigterm() -> Callable[[], None]:
-    """Defer what :func:`terminate_as` raises until the returned function is called
-    (a flag, not a signal mask: the mask of one thread does not stop the signal
-    from arriving through another, and Python runs handlers in the main thread)."""
-    _HELD["depth"] += 1
-
-    def release() -> None:
-        _HELD["depth"] -= 1
-        pending = _HELD["pending"]
-        if _HELD["depth"] == 0 and pending is not None:
-            _HELD["pending"] = None
-            signal.raise_signal(pending)
-
-    return release
-
-
 def _iso(ft: int | None) -> str | None:
     dt = filetime.to_datetime(ft)
     return dt.isoformat().replace("+00:00", "Z") if dt else None
@@ -414,25 +395,6 @@ def _local_source(host: str, share: str, label: str, remote: Source,
         log.warning("%s: %s does not match what SMB shows; reading over SMB", share, path)
         return None
     return local
-
-
-@contextlib.contextmanager
-def terminate_as(exc_type: type[BaseException]) -> Iterator[None]:
-    """Raise ``exc_type`` in the main thread on SIGTERM or SIGHUP (so ``finally``
-    blocks run: the shadow copy set is released); restored afterwards."""
-
-    def handler(signum: int, frame: object) -> None:
-        if _HELD["depth"]:
-            _HELD["pending"] = signum  # while a shadow copy set is being released
-            return
-        raise exc_type(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def describe(exc: BaseException) -> str:

@@ -186,16 +186,35 @@ class LocalSource:
         return _entry(self.label, st)
 
     def scandir(self, relpath: str) -> list[SourceEntry]:
+        """The listing, without moving atimes where we can help it.
+
+        Why: a directory's atime is part of its parent's tree, and a tree is
+        reused only while nothing in it changed; reading the directory with
+        O_NOATIME (allowed to its owner and root) leaves its atime alone, and
+        a symlink is stat'ed again after readlink (which sets its atime once
+        under relatime), so the next run sees what this one recorded.
+        """
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        try:
+            fd = os.open(self._path(relpath), flags | os.O_NOATIME)
+        except PermissionError:
+            fd = os.open(self._path(relpath), flags)
         out = []
-        with os.scandir(self._path(relpath)) as it:
-            for de in it:
-                try:
-                    e = _entry(de.name, de.stat(follow_symlinks=False))
-                except FileNotFoundError:
-                    continue  # vanished between readdir and stat (live trees)
-                if e.type == SYMLINK:
-                    e.target = os.readlink(de.path)
-                out.append(e)
+        try:
+            with os.scandir(fd) as it:
+                for de in it:
+                    try:
+                        e = _entry(de.name, de.stat(follow_symlinks=False))
+                        if e.type == SYMLINK:
+                            target = os.readlink(de.name, dir_fd=fd)
+                            e = _entry(de.name, os.stat(de.name, dir_fd=fd,
+                                                        follow_symlinks=False))
+                            e.target = target if e.type == SYMLINK else None
+                    except FileNotFoundError:
+                        continue  # vanished between readdir and stat (live trees)
+                    out.append(e)
+        finally:
+            os.close(fd)
         out.sort(key=lambda e: e.name)
         return out
 
