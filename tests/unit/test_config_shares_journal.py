@@ -36,7 +36,7 @@ def test_file_and_overrides(tmp_path: Path) -> None:
     ("[nope]\n", "nope"),
     ('[agent]\nmode = "windows"\n', "mode"),
     ("[agent]\nsequence_timeout = -1\n", "sequence_timeout"),
-    ('[agent]\nbackend = "zfs"\n', "zfs"),
+    ('[agent]\nbackend = "lvm-thin"\n', "lvm-thin"),  # not a backend (yet)
     ('[shares]\n"a/b" = "/x"\n', "invalid share name"),
     ('[shares]\na = "relative"\n', "absolute"),
     ('[shares]\na = "/x"\nA = "/y"\n', "unique"),
