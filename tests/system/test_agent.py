@@ -305,6 +305,26 @@ CRASH_POINTS = [
 ]
 
 
+def run_until_killed(a: AgentProcess, point: str, share: str = "share0") -> None:
+    """Start ``a`` to die by SIGKILL right after effect ``point`` and drive a whole
+    backup sequence on ``share`` into it; assert that it did die there."""
+    a.start(crash_after=point)
+    try:
+        with a.client() as c:
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            cid = c.add(sid, unc(share)).shadow_copy_id
+            c.commit(sid)
+            c.expose(sid)
+            c.get_share_mapping(cid, sid, unc(share))
+            c.recovery_complete(sid)
+            c.delete_share_mapping(sid, cid, unc(share))
+    except Exception:  # noqa: BLE001 - the agent dies mid-call by design
+        pass
+    rc = a.wait_dead()
+    assert rc == -9, f"agent did not die at {point}: {rc}"
+
+
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_sigkill_after_each_effect_leaks_nothing(tmp_path: Path, btrfs: Path, point: str) -> None:
     a = make_agent(tmp_path, btrfs, 2)
@@ -318,21 +338,7 @@ def test_sigkill_after_each_effect_leaks_nothing(tmp_path: Path, btrfs: Path, po
     assert len(kept_snaps) == 1 and len(kept_exposed) == 1
     a.stop()
 
-    a.start(crash_after=point)
-    try:
-        with a.client() as c:
-            assert c.set_context(CTX_BACKUP).return_value == ZERO
-            sid = c.start(uuid.uuid4()).shadow_copy_set_id
-            cid = c.add(sid, unc("share0")).shadow_copy_id
-            c.commit(sid)
-            c.expose(sid)
-            c.get_share_mapping(cid, sid, unc("share0"))
-            c.recovery_complete(sid)
-            c.delete_share_mapping(sid, cid, unc("share0"))
-    except Exception:  # noqa: BLE001 - the agent dies mid-call by design
-        pass
-    rc = a.wait_dead()
-    assert rc == -9, f"agent did not die at {point}: {rc}"
+    run_until_killed(a, point)
 
     a.start()
     try:

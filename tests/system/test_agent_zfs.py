@@ -19,7 +19,7 @@ from remotevss.agent.config import GcConfig
 from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, HResult
 from tests.system.agent_harness import AgentProcess
 from tests.system.ops_harness import ZERO, running_agent, sequence, unc
-from tests.system.test_agent import CRASH_POINTS, full_sequence
+from tests.system.test_agent import CRASH_POINTS, full_sequence, run_until_killed
 from tests.system.test_agent import unc as agent_unc
 
 pytestmark = pytest.mark.root
@@ -132,20 +132,7 @@ def test_sigkill_after_each_effect_leaks_no_zfs_object(tmp_path: Path, zfspool: 
     assert len(kept_snaps) == 1 and len(kept_zfs) == 2  # the snapshot and its clone
     a.stop()
 
-    a.start(crash_after=point)
-    try:
-        with a.client() as c:
-            assert c.set_context(CTX_BACKUP).return_value == ZERO
-            sid = c.start(uuid.uuid4()).shadow_copy_set_id
-            cid = c.add(sid, agent_unc("share0")).shadow_copy_id
-            c.commit(sid)
-            c.expose(sid)
-            c.get_share_mapping(cid, sid, agent_unc("share0"))
-            c.recovery_complete(sid)
-            c.delete_share_mapping(sid, cid, agent_unc("share0"))
-    except Exception:  # noqa: BLE001 - the agent dies mid-call by design
-        pass
-    assert a.wait_dead() == -9, f"agent did not die at {point}"
+    run_until_killed(a, point)
 
     a.start()
     try:
