@@ -558,6 +558,7 @@ def _key(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
 
     from remotevss.backup import keys as keyfiles
     from remotevss.backup.crypto import Keys
+    from remotevss.backup.packs import fsync_dir
     from remotevss.backup.repo import RepoError, Repository
 
     with Repository(repo_path, "read", passphrase=secret) as repo:
@@ -585,7 +586,7 @@ def _key(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
             key_id = keyfiles.add_key(repo_path, repo.codec, new, repo.config.repo_id, digest)
             if verb == "passwd":  # the new key is durable before the old one goes
                 (repo_path / keyfiles.KEYS_DIR / f"{current}.json").unlink()
-                keyfiles.fsync_dir(repo_path / keyfiles.KEYS_DIR)
+                fsync_dir(repo_path / keyfiles.KEYS_DIR)
             _emit(args, {"added": key_id, "removed": current if verb == "passwd" else None},
                   f"added key {key_id}" + (f", removed key {current}" if verb == "passwd"
                                            else ""))

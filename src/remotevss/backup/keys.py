@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from remotevss.backup.crypto import CIPHER_NAME, MASTER_LEN, NONCE, Keys
+from remotevss.backup.packs import fsync_dir
 
 KEYS_DIR = "keys"
 KEY_VERSION = 1
@@ -265,11 +266,3 @@ def remove_key(repo: Path, key_id: str, current: str) -> None:
         raise ValueError("refusing to remove the only key")
     matches[0].unlink()
     fsync_dir(repo / KEYS_DIR)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
