@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from remotevss.samba.conf import samba_bool
 from remotevss.setup.smbconf_text import SmbConfText
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -75,20 +76,15 @@ def check_vfs_modules(conf: SmbConfText) -> list[Check]:
 
 
 def check_shares(conf: SmbConfText) -> list[Check]:
-    from remotevss.setup.samba_setup import SPECIAL, _backend_of
+    from remotevss.setup.samba_setup import backend_of, disk_shares, one_directory
 
     checks = []
-    for name in conf.share_names():
-        if name.lower() in SPECIAL:
-            continue
-        path = conf.get(name, "path")
-        if (conf.get(name, "printable") or "no").lower() in ("yes", "true", "1"):
-            continue
-        if not path or "%" in path:
+    for name, path in disk_shares(conf):
+        if not one_directory(path):
             checks.append(Check(f"share [{name}]", WARN,
                                 f"path {path or '(none)'} is not one directory: not snapshotted"))
             continue
-        backend = _backend_of(path)
+        backend = backend_of(path)
         if not backend:
             checks.append(Check(f"share [{name}]", FAIL, f"{path}: no backend can snapshot it",
                                 "put the share on btrfs, XFS (reflink) or ZFS, or fix the path"))
@@ -103,16 +99,14 @@ def check_shares(conf: SmbConfText) -> list[Check]:
 
 def check_globals(conf: SmbConfText) -> list[Check]:
     out = []
-    on_demand = (conf.get("global", "rpc start on demand helpers") or "yes").lower()
-    if on_demand in ("no", "false", "0"):
+    if not samba_bool(conf.get("global", "rpc start on demand helpers"), default=True):
         out.append(Check("rpc start on demand helpers", OK, "no: smbd will not start rpcd_fsrvp"))
     else:
         out.append(Check("rpc start on demand helpers", FAIL,
                          "on: smbd starts samba-dcerpcd, which starts Samba's own rpcd_fsrvp "
                          "on \\pipe\\FssagentRpc", "remotevss setup samba --yes"))
-    reg = (conf.get("global", "registry shares") or "no").lower()
     inc = (conf.get("global", "include") or "").lower() == "registry"
-    if reg in ("yes", "true", "1") or inc:
+    if samba_bool(conf.get("global", "registry shares")) or inc:
         out.append(Check("registry shares", OK, "on: snapshot shares are visible at once"))
     else:
         out.append(Check("registry shares", FAIL, "off: smbd would never see snapshot shares",

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remotevss.samba.conf import samba_bool
 from remotevss.setup.smbconf_text import SmbConfText
 
 RPCD_DIR = "/usr/libexec/samba"
@@ -109,7 +110,7 @@ def _link(p: Path) -> str | None:
     return os.readlink(p) if p.is_symlink() else None
 
 
-def _backend_of(path: str) -> str:
+def backend_of(path: str) -> str:
     """The backend the agent would choose for a share path ('' if none can)."""
     from remotevss.snapshots.base import SnapshotError
     from remotevss.snapshots.select import choose_backend
@@ -120,6 +121,18 @@ def _backend_of(path: str) -> str:
         return backend.name
     except (SnapshotError, OSError):
         return ""
+
+
+def disk_shares(conf: SmbConfText) -> list[tuple[str, str]]:
+    """(name, path) of every share a snapshot could be for: not one of Samba's special
+    sections, not printable; path "" when unset."""
+    return [(n, conf.get(n, "path") or "") for n in conf.share_names()
+            if n.lower() not in SPECIAL and not samba_bool(conf.get(n, "printable"))]
+
+
+def one_directory(path: str) -> bool:
+    """A path the agent can snapshot: set, and without %-substitutions."""
+    return bool(path) and "%" not in path
 
 
 def previous_versions_shares(conf: SmbConfText, root: Path,
@@ -134,12 +147,10 @@ def previous_versions_shares(conf: SmbConfText, root: Path,
             raise SetupError(f"no such share in smb.conf: {', '.join(missing)}")
         return [by_lower[w.lower()] for w in wanted], notes
     chosen = []
-    for name in names:
-        path = conf.get(name, "path")
-        printable = (conf.get(name, "printable") or "no").lower() in ("yes", "true", "1")
-        if not path or "%" in path or printable:
+    for name, path in disk_shares(conf):
+        if not one_directory(path):
             continue
-        backend = _backend_of(str(at(root, path)))
+        backend = backend_of(str(at(root, path)))
         if backend in CHEAP_BACKENDS:
             chosen.append(name)
         else:
