@@ -133,7 +133,8 @@ def reap(token: str, root: str, grace: float = 5.0) -> Leftovers:
         time.sleep(0.1)
     for pid, _ in alive:
         _signal(pid, signal.SIGKILL)
-    time.sleep(0.1) if alive else None
+    if alive:
+        time.sleep(0.1)  # let the kernel reap them before the mounts go
     for target in run_mounts(root):
         if subprocess.run(["umount", target], capture_output=True, check=False).returncode:
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)

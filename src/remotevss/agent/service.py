@@ -489,7 +489,7 @@ class AgentService:
         self._crash_point("create_intent")
         job = self._commits.get(set_id)
         s = self.machine.sets.get(set_id)
-        context = contexts.context_name(s.context, underscored=True) or "" if s else ""
+        context = (contexts.context_name(s.context, underscored=True) or "") if s else ""
         persistent = s is not None and not s.auto_release
         results = await asyncio.to_thread(take_together, [  # labels: ZFS keeps them (and holds)
             SnapRequest(v, name, e.writable, set_id=str(e.set_id), copy_id=str(e.copy_id),
