@@ -101,6 +101,7 @@ def _base_package(package: str) -> bool:
     return bool(re.search(r"^(Essential: yes|Priority: required)$", out, re.M))
 
 
+@cache
 def _owner(path: str) -> str | None:
     """The package dpkg says installed ``path`` (trying /bin <-> /usr/bin aliases)."""
     real = str(Path(path).resolve())
