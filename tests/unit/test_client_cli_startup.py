@@ -32,3 +32,33 @@ def test_a_server_error_still_names_its_call() -> None:
     )
     # the codec (fsrvp/calls.py) needs no impacket: naming an error loads none
     assert done.stdout.split() == ["CommitShadowCopySet", "FSRVP_E_BAD_STATE", "False"]
+
+
+LIST_PROBE = (
+    "import sys, uuid\n"
+    "from remotevss.client.state import ClientState, CopyRecord, SetRecord, SetStatus\n"
+    "path = sys.argv[1]\n"
+    "sid = uuid.UUID(int=7)\n"
+    "st = ClientState(path)\n"
+    "st.put_set(SetRecord(sid, 'fs1', 445, 'fs1', sid, 0x10, False, SetStatus.EXPOSED, 0.0, 0.0))\n"
+    "st.put_copy(CopyRecord(uuid.UUID(int=8), sid, 'fs1', '\\\\\\\\fs1\\\\data\\\\', 'data@x'))\n"
+    "st.close()\n"
+    "from remotevss.cli import main\n"
+    "rc = main(['shadow', '--state', path, 'list', '--no-check'])\n"
+    "print(sorted({m.split('.')[0] for m in sys.modules} & {'impacket', 'Cryptodome', 'pyasn1'}))\n"
+    "print('rc', rc)\n"
+)
+
+
+def test_listing_the_table_without_checking_loads_no_impacket(tmp_path) -> None:
+    """``list --no-check`` only reads the client table: it names contexts and
+    attributes from fsrvp/contexts.py, so no SMB stack is loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", LIST_PROBE, str(tmp_path / "state.sqlite3")],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    out = done.stdout
+    assert "Shadow copy set ID = {00000000-0000-0000-0000-000000000007}" in out
+    assert "Context:          file-share-backup (0x00000010)" in out
+    assert "Auto_Release" in out and "Read-only" in out
+    assert out.strip().splitlines()[-2:] == ["[]", "rc 0"]

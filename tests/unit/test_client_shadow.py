@@ -17,7 +17,6 @@ from remotevss.client.connection import ConnectOptions, Credentials
 from remotevss.client.shadow import (
     CreateRequest,
     ShadowCopySet,
-    attribute_names,
     check_set,
     context_name,
     context_value,
@@ -28,6 +27,7 @@ from remotevss.client.shadow import (
 )
 from remotevss.client.state import ClientState
 from remotevss.fsrvp.constants import Attr, HResult, Opnum
+from remotevss.fsrvp.contexts import attribute_names
 from remotevss.fsrvp.machine import Mode
 from tests.unit.fsrvp_fake import FakeNetwork, FakeServer
 

@@ -86,6 +86,7 @@ from remotevss.client.state import ClientState, CopyRecord, CopyStatus, SetRecor
 from remotevss.client.unc import ServerForm, Unc, classify_host, parse_unc, snapshot_share, unc_text
 from remotevss.fsrvp import calls, contexts, filetime
 from remotevss.fsrvp.constants import FSRVP_RPC_VERSION_1, Attr, HResult, Opnum
+from remotevss.fsrvp.contexts import display_name as context_name
 
 log = logging.getLogger(__name__)
 
@@ -113,28 +114,9 @@ def context_value(context: str | int, writable: bool = False) -> int:
     return value
 
 
-def context_name(value: int) -> str:
-    """The hyphenated context name (recovery bits ignored), or the value in hex."""
-    return contexts.context_name(value) or f"0x{value:08X}"
-
-
 def is_auto_release(context: int) -> bool:
     """Auto-release contexts (backup, file-share-backup) belong to one backup session."""
     return not context & Attr.ATTR_NO_AUTO_RELEASE
-
-
-def attribute_names(context: int) -> list[str]:
-    """DiskShadow-style attribute words for a set's context."""
-    words = []
-    if context & Attr.ATTR_PERSISTENT:
-        words.append("Persistent")
-    words.append("No_Auto_Release" if context & Attr.ATTR_NO_AUTO_RELEASE else "Auto_Release")
-    if context & Attr.ATTR_NO_WRITERS:
-        words.append("No_Writers")
-    if context & Attr.ATTR_NO_AUTO_RECOVERY:
-        words.append("No_Auto_Recovery")
-    words.append("Writable" if context & Attr.ATTR_AUTO_RECOVERY else "Read-only")
-    return words
 
 
 class Binding(Protocol):

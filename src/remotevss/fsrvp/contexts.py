@@ -71,7 +71,29 @@ def context_name(value: int, *, underscored: bool = False) -> str | None:
     return name
 
 
+def display_name(value: int) -> str:
+    """The hyphenated name (recovery bits ignored), or the value in hex: what the
+    client shows for a set's context."""
+    return context_name(value) or f"0x{value:08X}"
+
+
+def attribute_names(context: int) -> list[str]:
+    """DiskShadow-style attribute words for a set's context."""
+    words = []
+    if context & Attr.ATTR_PERSISTENT:
+        words.append("Persistent")
+    words.append("No_Auto_Release" if context & Attr.ATTR_NO_AUTO_RELEASE else "Auto_Release")
+    if context & Attr.ATTR_NO_WRITERS:
+        words.append("No_Writers")
+    if context & Attr.ATTR_NO_AUTO_RECOVERY:
+        words.append("No_Auto_Recovery")
+    words.append("Writable" if context & Attr.ATTR_AUTO_RECOVERY else "Read-only")
+    return words
+
+
 __all__ = [
+    "attribute_names",
+    "display_name",
     "BASE_CONTEXTS",
     "BY_NAME",
     "CONFIG_NAMES",

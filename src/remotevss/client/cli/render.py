@@ -17,6 +17,8 @@ from uuid import UUID
 
 from remotevss.client.state import CopyStatus, SetRecord
 from remotevss.fsrvp import filetime
+from remotevss.fsrvp.contexts import attribute_names
+from remotevss.fsrvp.contexts import display_name as context_name
 
 if TYPE_CHECKING:
     from remotevss.client.cli.session import Session
@@ -72,8 +74,6 @@ def _filetime_iso(ft: int | None) -> str | None:
 def format_set(r: SetRecord, multi: bool = False) -> str:
     """One set as DiskShadow's ``list shadows`` shows it (``multi``: its creation
     spans servers, so the client set id is shown too)."""
-    from remotevss.client.shadow import attribute_names, context_name
-
     lines = [f"* Shadow copy set ID = {{{r.set_id}}}"]
     where = r.server + (f" port {r.port}" if r.port != 445 else "")
     if r.owner and r.owner != r.server:
@@ -98,8 +98,6 @@ def format_set(r: SetRecord, multi: bool = False) -> str:
 
 def set_json(r: SetRecord) -> dict[str, Any]:
     """One set as the JSON object of ``--json`` output (docs/client.md)."""
-    from remotevss.client.shadow import attribute_names, context_name
-
     return {
         "set_id": str(r.set_id),
         "client_set_id": str(r.client_set_id),
