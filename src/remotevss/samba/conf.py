@@ -153,11 +153,14 @@ class SambaConf:
         # (file, its sections as parsed at load: [(name, [(param, value), ...]), ...])
         self._txt: list[tuple[str, list[tuple[str, list[tuple[str, str]]]]]] = []
         self._registry: Any = None
-        #: Reads existing registry shares elsewhere: python-samba's get_share leaks
-        #: ~1.3 KB per share it returns (RELIABILITY.md §5).  (name, params) or None.
+        #: Reads existing registry shares without python-samba (its get_share leaks
+        #: ~1.3 KB per share returned, RELIABILITY.md §5): the agent sets these to
+        #: RegistryExposer's readers (samba/regdb.py).  (name, params) or None.
         self.registry_reader: Callable[[str], tuple[str, list[tuple[str, str]]] | None] | None = (
             None
         )
+        #: The names of the registry shares, likewise (``global`` left out).
+        self.registry_names_reader: Callable[[], list[str]] | None = None
         with LOCK:
             self._lp: Any = self._param.get_context()
             self._load()
@@ -311,7 +314,7 @@ class SambaConf:
 
     def registry_share(self, name: str) -> ShareDefinition | None:
         """A registry share by case-insensitive name, read live (~30 us; through
-        :attr:`registry_reader` when set, see samba/worker.py)."""
+        :attr:`registry_reader` when set)."""
         with LOCK:
             if self.registry_reader is not None:
                 found = self.registry_reader(name)
@@ -329,6 +332,8 @@ class SambaConf:
 
     def registry_share_names(self) -> list[str]:
         with LOCK:
+            if self.registry_names_reader is not None:
+                return self.registry_names_reader()
             return [str(n) for n in self.registry.share_names() if n != "global"]
 
     def file_share(self, name: str) -> ShareDefinition | None:

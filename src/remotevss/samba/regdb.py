@@ -46,7 +46,10 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself costs the tiny child ~2 MB
+if TYPE_CHECKING:
+    from typing import Any
 
 SMBCONF_KEY = "HKLM\\SOFTWARE\\Samba\\smbconf"
 VERSION_KEY = b"INFO/version\0"
@@ -289,9 +292,12 @@ class RegistryDb:
         _check_ascii(name)
         db = self._open()
         try:
-            return self._consistent(db, lambda: self._read_share(db, name))
+            found: tuple[str, Params] | None = self._consistent(
+                db, lambda: self._read_share(db, name)
+            )
         finally:
             db.close()
+        return found
 
     def check(self) -> None:
         """Raise RegdbFormatError unless the file is one this module can write."""
