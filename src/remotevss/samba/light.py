@@ -19,9 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-TYPE_CHECKING = False  # typing itself costs the tiny child ~2 MB
-if TYPE_CHECKING:
-    from remotevss.samba import dgm
+from remotevss.samba import dgm
 from remotevss.samba.regdb import Params, RegistryDb
 
 TYPE_CHECKING = False  # typing itself costs the tiny child ~2 MB
