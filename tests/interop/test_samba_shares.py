@@ -486,22 +486,16 @@ def test_bad_names_and_unknown_base_shares_are_refused(env: Env) -> None:
 def test_failed_registry_write_leaves_nothing_half_made(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A registry transaction that fails (a fault injected in place of the write: the
+    child's tdb commit cannot be failed for real from here; tests/system/test_regdb.py
+    interrupts a real transaction): the ACL written first is taken back."""
+    from remotevss.samba.regdb import RegdbError
     from remotevss.samba.registry_exposer import RegistryExposer
-    from remotevss.samba.worker import _delete_if_present
 
     def failing_write(
         self: RegistryExposer, shares: list[tuple[str, list[tuple[str, str]]]]
     ) -> None:
-        reg = self.conf.registry
-        reg.transaction_start()
-        try:
-            for name, params in shares:
-                _delete_if_present(reg, self._smbconf, name)  # the old share goes, the new
-                reg.create_set_share(name, params)  # one is written, then the commit "fails"
-            raise RuntimeError("injected: registry transaction commit failed")
-        except BaseException:
-            reg.transaction_cancel()
-            raise
+        raise RegdbError("injected: registry transaction commit failed")
 
     db = env.exposer.security
     snap = str(env.snapshot())
@@ -607,18 +601,38 @@ def test_expose_and_unexpose_cost_against_net_conf(env: Env) -> None:
 
 
 def test_make_samba_components(env: Env) -> None:
+    """The agent's exposer writes the registry without python-samba: here, where
+    python-samba's loadparm holds registry.tdb (``include = registry``), in the
+    tiny light child; nothing starts python-samba's worker."""
     from remotevss.agent.config import AgentConfig, SambaConfig
     from remotevss.agent.samba_components import make_samba_components
     from remotevss.samba.registry_exposer import RegistryExposer
     from remotevss.samba.shares import SambaShareTable
+    from remotevss.samba.worker import SambaWorker
 
     cfg = AgentConfig(samba=SambaConfig(config_file=str(env.samba.conf)))
     shares, exposer, netbios, names = make_samba_components(cfg)
     assert isinstance(shares, SambaShareTable) and isinstance(exposer, RegistryExposer)
     assert netbios == NETBIOS and names.separator == "\\"  # smb.conf default separator
     assert names.realm == "" and names.keytab == ""  # no realm, kerberos method secrets only
-    assert shares.lookup("regshare") is not None
-    exposer.close()  # and its Samba worker child
+    assert shares.lookup("regshare") is not None  # read through the exposer's child
+    assert isinstance(exposer.ops, SambaWorker) and exposer.ops.mode == "light"
+    name = new_name()
+    try:
+        exposer.expose(name, "data", str(env.snapshot()), False)
+        pid = exposer.ops.pid
+        assert pid is not None
+        with open(f"/proc/{pid}/status") as f:
+            rss_kb = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+        assert rss_kb < 16 * 1024, rss_kb  # python-samba's worker: ~30 MB
+        with open(f"/proc/{pid}/maps") as f:
+            assert "libsmbconf" not in f.read()
+        assert name in exposer.exposed() and name in env.samba.net("conf", "listshares").stdout
+    finally:
+        exposer.unexpose(name)
+    assert exposer._fallback is None  # python-samba's worker never started
+    exposer.close()
+    assert exposer.ops.pid is None
     cfg = AgentConfig(
         samba=SambaConfig(config_file=str(env.samba.conf), shares="agent", expose="symlink")
     )
@@ -626,6 +640,58 @@ def test_make_samba_components(env: Env) -> None:
     assert isinstance(shares, ShareTable) and isinstance(exposer, SymlinkExposer)
     with pytest.raises(ValueError):
         make_samba_components(AgentConfig())
+
+
+def test_agent_without_include_registry_writes_in_its_own_process(
+    env: Env, tmp_path: Path
+) -> None:
+    """``registry shares = yes`` without ``include = registry``: loadparm leaves
+    registry.tdb alone, so the agent's exposer writes it itself (no child at all,
+    no python-samba messaging).  A subprocess: this one holds the module's registry."""
+    conf = tmp_path / "smb.conf"
+    conf.write_text(env.samba.conf.read_text().replace("include = registry\n", ""))
+    snap = env.prepare_file("own.txt")
+    name = new_name()
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        from remotevss.agent.config import AgentConfig, SambaConfig
+        from remotevss.agent.samba_components import make_samba_components
+        cfg = AgentConfig(samba=SambaConfig(config_file={str(conf)!r}))
+        shares, exposer, _, _ = make_samba_components(cfg)
+        exposer.expose({name!r}, "data", {str(snap)!r}, False)
+        print(json.dumps({{"ops": type(exposer.ops).__name__,
+                          "regshare": shares.lookup("regshare") is not None,
+                          "exposed": exposer.exposed(),
+                          "messaging": "samba.messaging" in sys.modules}}), flush=True)
+        sys.stdin.readline()  # the test reads the share over SMB meanwhile
+        exposer.unexpose({name!r})
+        print(json.dumps(exposer.exposed()), flush=True)
+        exposer.close()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        import json
+
+        first = json.loads(proc.stdout.readline())
+        assert first["ops"] == "LightOps" and first["regshare"] and not first["messaging"]
+        assert first["exposed"] == {name: str(snap)}
+        c = env.connect()
+        tid = fresh_tree(c, name)
+        assert smb_read(c, name, "own.txt", tid) == "pre-snap"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline()) == {}
+        assert eventually(  # the datagram FORCE_TDIS closed the open tree
+            lambda: smb_read(c, name, "own.txt", tid) == "ERR STATUS_NETWORK_NAME_DELETED"
+        )
+    finally:
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    assert env.conf.registry_share(name) is None
 
 
 def test_samba_worker_runs_only_while_there_is_work(env: Env) -> None:

@@ -68,11 +68,15 @@ def is_snapshot_share_name(name: str) -> bool:
 
 
 def quiet_load(lp: Any, config_file: str) -> None:
-    """``lp.load`` without Samba's debug output on our stderr: smb.conf's ``log level``
-    (2 and up prints ``Processing section "[x]"`` per share per load) is for
-    smbd's logs.  A ``log level`` set before the load is a command-line setting,
-    which the file does not override."""
+    """``lp.load`` without Samba's debug output on our stderr (smb.conf's ``log level``,
+    2 and up prints ``Processing section "[x]"`` per share per load, is for smbd's
+    logs), and without registry shares: loadparm would reload every one and keep
+    registry.tdb open for the life of the process, so that the tdb binding could
+    not open it here (samba/regdb.py; :attr:`SambaConf.registry_shares` reads
+    smbd's setting from the files).  Values set before the load are command-line
+    settings, which the file does not override."""
     lp.set("log level", "0")
+    lp.set("registry shares", "no")
     lp.load(config_file)
 
 
@@ -265,10 +269,24 @@ class SambaConf:
     @property
     def registry_shares(self) -> bool:
         """smbd loads registry shares (``registry shares = yes``, implied by
-        ``include = registry`` and ``config backend = registry``)."""
-        return samba_bool(self.get("registry shares")) or (
-            str(self.get("config backend") or "").lower() == "registry"
-        )
+        ``include = registry`` and ``config backend = registry``), as the files say:
+        this process's loadparm has it off (see :meth:`_load`)."""
+        with LOCK:
+            self._ensure_loaded()
+            value, backend = "no", ""
+            for _path, sections in self._txt:
+                for section, params in sections:
+                    if section.casefold() != "global":
+                        continue
+                    for k, v in params:
+                        key = param_key(k)
+                        if key == "registryshares":
+                            value = v
+                        elif key == "include" and v.strip().lower() == "registry":
+                            value = "yes"  # process_registry_globals sets it
+                        elif key == "configbackend":
+                            backend = v
+            return samba_bool(value) or backend.strip().lower() == "registry"
 
     # ------------------------------------------------------------ shares
 
