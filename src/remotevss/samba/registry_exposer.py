@@ -30,6 +30,16 @@ NETWORK_NAME_DELETED) and MSG_SMB_CONF_UPDATED.  Deleting a share that is not
 there is fine; deleting a share that is not a snapshot share, or a snapshot
 share we did not make, is refused.
 
+Where it runs (:meth:`RegistryExposer._choose_ops`): registry reads and
+writes with the ``tdb`` binding in Samba's own format (samba/regdb.py), and
+the messages as datagrams (samba/dgm.py), all in this process -- no
+python-samba call, so nothing leaks per call.  When python-samba's loadparm
+in this process holds ``registry.tdb`` (``include = registry``: tdb allows one
+handle per file and process), the registry part runs in a tiny child
+(samba/child.py, ~12 MB, only while there is work).  python-samba's worker
+(samba/worker.py, ~30 MB) is left as the fallback for clustered Samba and
+for a registry format or a share name the light code refuses, logged once.
+
 :meth:`seal` (optional, not part of the agent's Exposer protocol) flips an
 exposed share to ``read only = yes``.  The agent seals at filesystem level
 (read-only subvolume / bind mount), which binds trees already open too; the
