@@ -787,3 +787,29 @@ def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_pa
         run(service.close())
         loop.call_soon_threadsafe(loop.stop)
         exposer.close()  # and its Samba worker child
+
+
+def test_message_floods_never_hold_the_agent_up(env: Env) -> None:
+    """smbd reloads its configuration per MSG_SMB_CONF_UPDATED, slower than we can
+    send them; Linux queues 10 datagrams per socket.  The rest wait in a background
+    thread, in order (Samba's own sender uses a thread pool): the caller never
+    waits, nothing is dropped, and a FORCE_TDIS sent after the flood still closes
+    the tree."""
+    from remotevss.samba import dgm
+
+    snap = env.prepare_file("flood.txt")
+    name = new_name()
+    env.exposer.expose(name, "data", str(snap), False)
+    c = env.connect()
+    tid = fresh_tree(c, name)
+    assert smb_read(c, name, "flood.txt", tid) == "pre-snap"
+    t0 = time.perf_counter()
+    for _ in range(300):
+        env.exposer.messenger.notify(conf_updated=True)
+    flood = time.perf_counter() - t0
+    env.exposer.unexpose(name)
+    assert flood < 2.0, flood  # blocking sends took minutes here (smbd reloading)
+    assert dgm._BACKLOG.wait_empty(60) and dgm._BACKLOG.dropped == 0
+    assert eventually(
+        lambda: smb_read(c, name, "flood.txt", tid) == "ERR STATUS_NETWORK_NAME_DELETED"
+    )

@@ -23,10 +23,13 @@ whose names are pids; a stale socket of a dead process refuses the datagram
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import socket
 import struct
+import threading
+import time
 from collections.abc import Sequence
 
 MSG_SMB_CONF_UPDATED = 0x0021
@@ -35,7 +38,7 @@ NONCLUSTER_VNN = 0xFFFFFFFF
 FRAGMENT = 1024
 _SERVER_ID = struct.Struct("<QIIQ")
 HEADER_LENGTH = 2 * _SERVER_ID.size + 4  # MESSAGE_HDR_LENGTH
-SEND_TIMEOUT = 2.0  # seconds a full receive queue may hold us up, per process
+SEND_TIMEOUT = 10.0  # seconds a full receive queue may hold the backlog thread up
 
 
 def datagram(msg_type: int, payload: bytes, dest_pid: int, src_pid: int) -> bytes:
@@ -89,23 +92,104 @@ def send_all(
     """Send ``messages`` (type, payload) in order to every process with a socket in
     ``sock_dir``; MSG_SMB_FORCE_TDIS not to ``skip_tdis_to`` (the smbd parent: it
     forwards it to its children, a second copy that would close trees connected
-    in between).  Returns the number of processes reached."""
+    in between).  Returns the number of processes reached or queued for.
+
+    Never waits for a receiver: a process whose receive queue is full (smbd
+    reloading its configuration for the messages before ours; Linux queues 10
+    datagrams per socket by default) gets the rest of its messages from a
+    background thread, in order, as Samba's own sender does (messaging_dgm
+    hands them to a thread pool)."""
     me = os.getpid()
     reached = 0
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.settimeout(SEND_TIMEOUT)
+    with _BACKLOG.lock, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
         for pid in peers(sock_dir):
             path = os.path.join(sock_dir, str(pid))
-            try:
-                for msg_type, payload in messages:
-                    if msg_type == MSG_SMB_FORCE_TDIS and pid == skip_tdis_to:
-                        continue
-                    s.sendto(datagram(msg_type, payload, pid, me), path)
+            grams = [
+                datagram(msg_type, payload, pid, me)
+                for msg_type, payload in messages
+                if not (msg_type == MSG_SMB_FORCE_TDIS and pid == skip_tdis_to)
+            ]
+            if path in _BACKLOG.pending:  # behind earlier messages still queued for it
+                _BACKLOG.queue(path, grams)
                 reached += 1
-            except TimeoutError:
-                continue  # its queue stayed full: a hung process, not ours to wait for
+                continue
+            try:
+                for i, gram in enumerate(grams):
+                    try:
+                        s.sendto(gram, path)
+                    except BlockingIOError:
+                        _BACKLOG.queue(path, grams[i:])
+                        break
+                reached += 1
             except OSError as exc:
-                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+                if exc.errno in _GONE:
                     continue  # a dead process's leftover socket
                 raise
     return reached
+
+
+_GONE = (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+
+
+class _Backlog:
+    """Datagrams waiting for a full receive queue, sent by one daemon thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
+        self.pending: dict[str, collections.deque[bytes]] = {}
+        self.thread: threading.Thread | None = None
+        self.dropped = 0  # datagrams given up on (a receiver stuck for SEND_TIMEOUT)
+
+    def queue(self, path: str, grams: list[bytes]) -> None:
+        """Call with :attr:`lock` held."""
+        self.pending.setdefault(path, collections.deque()).extend(grams)
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._run, name="samba-dgm", daemon=True)
+            self.thread.start()
+        self.ready.notify()
+
+    def _run(self) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.settimeout(SEND_TIMEOUT)
+            while True:
+                with self.lock:
+                    while not self.pending:
+                        self.ready.wait()
+                    path, grams = next(iter(self.pending.items()))
+                    gram = grams[0]
+                error: OSError | None = None
+                try:
+                    s.sendto(gram, path)
+                except OSError as exc:  # gone, or stuck for SEND_TIMEOUT (TimeoutError)
+                    error = exc
+                with self.lock:
+                    if error is None:
+                        grams.popleft()
+                        if not grams:
+                            del self.pending[path]
+                        continue
+                    del self.pending[path]
+                    if isinstance(error, TimeoutError):
+                        self.dropped += len(grams)
+                if isinstance(error, TimeoutError):
+                    import logging
+
+                    logging.getLogger("remotevss.samba").warning(
+                        "Samba process %s read no message for %.0f s: %d dropped",
+                        os.path.basename(path), SEND_TIMEOUT, len(grams),
+                    )
+
+    def wait_empty(self, timeout: float) -> bool:
+        """True once every queued datagram is sent or dropped (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.pending:
+                    return True
+            time.sleep(0.005)
+        return False
+
+
+_BACKLOG = _Backlog()
