@@ -813,3 +813,53 @@ def test_message_floods_never_hold_the_agent_up(env: Env) -> None:
     assert eventually(
         lambda: smb_read(c, name, "flood.txt", tid) == "ERR STATUS_NETWORK_NAME_DELETED"
     )
+
+
+def test_a_registry_format_the_light_code_refuses_goes_to_python_samba(
+    env: Env, tmp_path: Path
+) -> None:
+    """registry.tdb at regdb version 2 (Samba upgrades it to 3 when it opens it; we
+    write only 3): the exposer says so once and uses python-samba's worker, which
+    upgrades the file; the share still works.  A subprocess: this one holds the
+    module's registry (and tdb allows one handle per file and process)."""
+    conf = tmp_path / "smb.conf"
+    conf.write_text(env.samba.conf.read_text().replace("include = registry\n", ""))
+    registry = env.samba.root / "state" / "registry.tdb"
+    snap = env.prepare_file("v2.txt")
+    name = new_name()
+    code = textwrap.dedent(
+        f"""
+        import logging, os, struct, sys, tdb
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="LOG %(message)s")
+        t = tdb.Tdb({str(registry)!r}, 0, tdb.DEFAULT, os.O_RDWR)
+        t.store(b"INFO/version\\0", struct.pack("<i", 2), tdb.REPLACE)
+        t.close()
+        from remotevss.agent.config import AgentConfig, SambaConfig
+        from remotevss.agent.samba_components import make_samba_components
+        cfg = AgentConfig(samba=SambaConfig(config_file={str(conf)!r}))
+        _, exposer, _, _ = make_samba_components(cfg)
+        print("OPS", type(exposer.ops).__name__, exposer.ops.mode, flush=True)
+        exposer.expose({name!r}, "data", {str(snap)!r}, False)
+        print("EXPOSED", sorted(exposer.exposed()), flush=True)
+        sys.stdin.readline()
+        exposer.unexpose({name!r})
+        exposer.close()
+        t = tdb.Tdb({str(registry)!r}, 0, tdb.DEFAULT, os.O_RDONLY)
+        print("VERSION", struct.unpack("<i", t.get(b"INFO/version\\0"))[0], flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert "registry version 2, this code knows 3" in lines[0], lines
+        assert lines[1].strip() == "OPS SambaWorker samba" and name in lines[2], lines
+        assert smb_read(env.connect(), name, "v2.txt") == "pre-snap"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "VERSION 3"  # Samba's worker upgraded it
+    finally:
+        proc.stdin.close()
+        assert proc.wait(60) == 0
+    assert env.conf.registry_share(name) is None

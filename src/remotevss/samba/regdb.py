@@ -43,6 +43,7 @@ overlap another one in this process (python-samba's, :mod:`remotevss.samba.conf`
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Iterable
@@ -79,6 +80,11 @@ class RegdbError(RuntimeError):
 
 class RegdbFormatError(RegdbError):
     """registry.tdb is not in a format this module knows: use libsmbconf instead."""
+
+
+class RegdbBusy(RegdbError):
+    """This process has registry.tdb open elsewhere (python-samba): tdb refuses a
+    second handle (EBUSY); the light child can do the work instead."""
 
 
 class RegdbUnsupported(RegdbError):
@@ -337,6 +343,8 @@ class RegistryDb:
         try:
             return t.Tdb(self.path, 0, t.SEQNUM, os.O_RDWR, 0o600)
         except (RuntimeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EBUSY:
+                raise RegdbBusy(f"{self.path} is already open in this process") from exc
             raise RegdbError(f"cannot open {self.path}: {exc}") from exc
 
     def _consistent(self, db: Any, read: Any) -> Any:

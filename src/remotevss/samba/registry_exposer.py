@@ -73,7 +73,7 @@ from remotevss.samba.conf import (
     samba_bool,
 )
 from remotevss.samba.light import LightOps, LightPaths
-from remotevss.samba.regdb import RegdbError, RegdbFormatError, RegdbUnsupported
+from remotevss.samba.regdb import RegdbBusy, RegdbError, RegdbFormatError, RegdbUnsupported
 from remotevss.samba.worker import SambaWorker, WorkerError
 from remotevss.shares.exposer import ExposeError, ShareRequest
 
@@ -272,6 +272,11 @@ class RegistryExposer:
         try:
             light.check()
             return light
+        except RegdbBusy:
+            light.close()
+            return self._checked(
+                SambaWorker(self.conf.config_file, mode="light", light_paths=self.paths)
+            )
         except (RegdbError, WorkerError) as exc:
             light.close()
             log.warning("registry shares through python-samba's libsmbconf in the Samba "
@@ -292,9 +297,16 @@ class RegistryExposer:
         return self._fallback
 
     def _run(self, op: str, *args: Any) -> Any:
-        """``op`` on :attr:`ops`; a name or format the light code refuses goes to
-        python-samba's worker instead (a format error: from now on, logged once)."""
+        """``op`` on :attr:`ops`.  registry.tdb held by python-samba in this process
+        after all (a reloaded smb.conf gained ``include = registry``): the light
+        child from now on.  A name or format the light code refuses: python-samba's
+        worker for this call (a format error: from now on; logged)."""
         try:
+            return getattr(self.ops, op)(*args)
+        except RegdbBusy as exc:
+            log.warning("registry shares through the light child from now on: %s", exc)
+            self.ops.close()
+            self.ops = SambaWorker(self.conf.config_file, mode="light", light_paths=self.paths)
             return getattr(self.ops, op)(*args)
         except (RegdbUnsupported, RegdbFormatError, WorkerError) as exc:
             kind = exc.kind if isinstance(exc, WorkerError) else type(exc).__name__
