@@ -46,6 +46,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 from collections.abc import Iterable
 
 TYPE_CHECKING = False  # typing itself costs the tiny child ~2 MB
@@ -72,6 +73,9 @@ FSTRING_MAX = 255  # bytes of a name before its NUL (Samba's fstring is 256 byte
 MAX_DEPTH = 8  # nested keys below a share key (deleted with it)
 
 _U32 = struct.Struct("<I")
+#: Held for every operation: one tdb handle per file and process, so two threads
+#: must not have registry.tdb open at once (the second open would fail, EBUSY).
+_ONE_HANDLE = threading.RLock()
 
 
 class RegdbError(RuntimeError):
@@ -290,7 +294,7 @@ class RegistryDb:
         try:
             names = self._consistent(db, lambda: self._subkeys(db, SMBCONF_KEY))
         finally:
-            db.close()
+            self._close(db)
         return [n for n in names if n.lower() != "global"]
 
     def get_share(self, name: str) -> tuple[str, Params] | None:
@@ -302,7 +306,7 @@ class RegistryDb:
                 db, lambda: self._read_share(db, name)
             )
         finally:
-            db.close()
+            self._close(db)
         return found
 
     def check(self) -> None:
@@ -312,7 +316,7 @@ class RegistryDb:
             self._check_version(db)
             self._subkeys(db, SMBCONF_KEY)
         finally:
-            db.close()
+            self._close(db)
 
     # ------------------------------------------------------------ writing
 
@@ -334,18 +338,28 @@ class RegistryDb:
         try:
             return int(db.seqnum)
         finally:
-            db.close()
+            self._close(db)
 
     # ------------------------------------------------------------ internals
 
     def _open(self) -> Any:
+        """A fresh handle, holding _ONE_HANDLE until :meth:`_close`."""
         t = self._tdb
+        _ONE_HANDLE.acquire()
         try:
             return t.Tdb(self.path, 0, t.SEQNUM, os.O_RDWR, 0o600)
         except (RuntimeError, OSError) as exc:
+            _ONE_HANDLE.release()
             if isinstance(exc, OSError) and exc.errno == errno.EBUSY:
                 raise RegdbBusy(f"{self.path} is already open in this process") from exc
             raise RegdbError(f"cannot open {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _close(db: Any) -> None:
+        try:
+            db.close()
+        finally:
+            _ONE_HANDLE.release()
 
     def _consistent(self, db: Any, read: Any) -> Any:
         """Read until the sequence number is the same before and after (as Samba's
@@ -406,7 +420,7 @@ class RegistryDb:
                 raise
             raise RegdbError(f"registry transaction on {self.path} failed: {exc}") from exc
         finally:
-            db.close()
+            self._close(db)
 
     def _write(self, db: Any, shares: list[tuple[str, list[tuple[str, int, bytes]]]]) -> bool:
         names = self._subkeys(db, SMBCONF_KEY)
