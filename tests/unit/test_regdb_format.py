@@ -116,6 +116,7 @@ def test_share_values_as_libsmbconf_stores_them() -> None:
     "params",
     [
         [("lock directory", "/x")],  # not allowed in the registry
+        [("Lock  Directory", "/x")],  # compared as Samba's strwicmp does
         [("includes", "x")],
         [("path", "a\0b")],  # NUL cannot be stored
         [("bad\\name", "x")],

@@ -67,7 +67,7 @@ REG_MULTI_SZ = 7
 
 INCLUDES_VALUE = "includes"
 #: Names smbconf never stores as a share's value (``smbconf_reg_parameter_is_valid``).
-FORBIDDEN = frozenset({"state directory", "lock directory", "lock dir", "config backend",
+FORBIDDEN = frozenset({"statedirectory", "lockdirectory", "lockdir", "configbackend",
                        "include", INCLUDES_VALUE})  # fmt: skip
 FSTRING_MAX = 255  # bytes of a name before its NUL (Samba's fstring is 256 bytes)
 MAX_DEPTH = 8  # nested keys below a share key (deleted with it)
@@ -237,6 +237,11 @@ def _same(a: str, b: str) -> bool:
     return a.isascii() and b.isascii() and a.lower() == b.lower()
 
 
+def _wkey(name: str) -> str:
+    """A parameter name as Samba's ``strwicmp`` compares it (case and blanks ignored)."""
+    return "".join(name.lower().split())
+
+
 def share_values(params: Params) -> list[tuple[str, int, bytes]]:
     """A share's registry values as ``smbconf_create_set_share`` stores them: each
     parameter REG_SZ (a later one of the same name replaces an earlier one and
@@ -244,7 +249,7 @@ def share_values(params: Params) -> list[tuple[str, int, bytes]]:
     values: list[tuple[str, int, bytes]] = []
     includes: list[str] = []
     for name, value in params:
-        key = " ".join(name.lower().split())
+        key = _wkey(name)
         if key == "include":
             includes.append(value)
             continue
@@ -267,7 +272,7 @@ def share_params(values: list[tuple[str, int, bytes]], what: str) -> Params:
             if vtype == REG_MULTI_SZ:
                 includes = _multi_sz_items(data, what)
             continue
-        if " ".join(name.lower().split()) in FORBIDDEN:
+        if _wkey(name) in FORBIDDEN:
             continue
         params.append((name, format_value(vtype, data, f"{what} value {name!r}")))
     return params + [("include", s) for s in includes]
