@@ -21,13 +21,14 @@ Reported, side by side in one run:
   ones) and the agent's own transaction counters (``remotevss status``:
   journal, registry, share-ACL transactions, smbd message rounds), for the
   creation+expose command and for the deletion command separately.
-* **memory**: RSS summed over the agent's process tree (the agent, the Samba
-  worker, ``ntlm_auth`` helpers), and of Samba's ``rpcd_fsrvp``: idle after a
-  16-share set (2 s and, for the worker's idle exit, 33 s after it), and the
+* **memory**: RSS summed over the agent's process tree (the agent, its light
+  registry child with ``--include-registry``, ``ntlm_auth`` helpers), and of
+  Samba's ``rpcd_fsrvp``: idle after a 16-share set (2 s and, for a worker
+  child's idle exit, 33 s after it), and the
   peak while 8 clients run 1-share sequences at once.
 
 Usage (root): .venv/bin/python bench/set_scaling.py [--runs 5] [--sizes 1,4,16,64]
-[--auth seal|none] [--json out.json]
+[--auth seal|none] [--include-registry] [--json out.json]
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ def memory(anchor: PrivateSamba, ours: PrivateSamba, agent: PrivateAgent,
         delete(server, ids, auth)
     time.sleep(2)
     res = {"ours_idle_mb": agent_rss() / 1024, "samba_idle_mb": samba_rss() / 1024}
-    time.sleep(IDLE_EXIT + 3)  # the agent's Samba worker exits when idle
+    time.sleep(IDLE_EXIT + 3)  # the agent's worker child (if any) exits when idle
     res["ours_idle_late_mb"] = agent_rss() / 1024
     res["samba_idle_late_mb"] = samba_rss() / 1024
     for kind, server, probe in (("ours", ours, agent_rss), ("samba", anchor, samba_rss)):
@@ -310,6 +311,10 @@ def main() -> int:
     ap.add_argument("--auth", default="seal", choices=("none", "sign", "seal"))
     ap.add_argument("--busy-seconds", type=float, default=10.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--include-registry", action="store_true",
+                    help="'include = registry' in both smb.conf (the agent's registry "
+                         "writes then run in its light child); default: 'registry shares "
+                         "= yes' alone, as 'remotevss setup samba' writes")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     auth = "" if args.auth == "none" else args.auth
@@ -326,9 +331,11 @@ def main() -> int:
                 btrfsutil.create_subvolume(str(path))
                 (path / "file.txt").write_text("x" * 4096)
                 table[f"share{i}"] = path
-        anchor = PrivateSamba(Path(tmp) / "anchor", paths["samba"], samba_fsrvp=True)
+        inc = args.include_registry
+        anchor = PrivateSamba(Path(tmp) / "anchor", paths["samba"], samba_fsrvp=True,
+                              include_registry=inc)
         ours = PrivateSamba(Path(tmp) / "ours", paths["ours"], samba_fsrvp=False,
-                            winbind=bool(auth))
+                            winbind=bool(auth), include_registry=inc)
         agent = PrivateAgent(Path(tmp) / "agent", ours, verbose=1)
         try:
             anchor.start()

@@ -486,22 +486,16 @@ def test_bad_names_and_unknown_base_shares_are_refused(env: Env) -> None:
 def test_failed_registry_write_leaves_nothing_half_made(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A registry transaction that fails (a fault injected in place of the write: the
+    child's tdb commit cannot be failed for real from here; tests/system/test_regdb.py
+    interrupts a real transaction): the ACL written first is taken back."""
+    from remotevss.samba.regdb import RegdbError
     from remotevss.samba.registry_exposer import RegistryExposer
-    from remotevss.samba.worker import _delete_if_present
 
     def failing_write(
         self: RegistryExposer, shares: list[tuple[str, list[tuple[str, str]]]]
     ) -> None:
-        reg = self.conf.registry
-        reg.transaction_start()
-        try:
-            for name, params in shares:
-                _delete_if_present(reg, self._smbconf, name)  # the old share goes, the new
-                reg.create_set_share(name, params)  # one is written, then the commit "fails"
-            raise RuntimeError("injected: registry transaction commit failed")
-        except BaseException:
-            reg.transaction_cancel()
-            raise
+        raise RegdbError("injected: registry transaction commit failed")
 
     db = env.exposer.security
     snap = str(env.snapshot())
@@ -607,18 +601,38 @@ def test_expose_and_unexpose_cost_against_net_conf(env: Env) -> None:
 
 
 def test_make_samba_components(env: Env) -> None:
+    """The agent's exposer writes the registry without python-samba: here, where
+    python-samba's loadparm holds registry.tdb (``include = registry``), in the
+    tiny light child; nothing starts python-samba's worker."""
     from remotevss.agent.config import AgentConfig, SambaConfig
     from remotevss.agent.samba_components import make_samba_components
     from remotevss.samba.registry_exposer import RegistryExposer
     from remotevss.samba.shares import SambaShareTable
+    from remotevss.samba.worker import SambaWorker
 
     cfg = AgentConfig(samba=SambaConfig(config_file=str(env.samba.conf)))
     shares, exposer, netbios, names = make_samba_components(cfg)
     assert isinstance(shares, SambaShareTable) and isinstance(exposer, RegistryExposer)
     assert netbios == NETBIOS and names.separator == "\\"  # smb.conf default separator
     assert names.realm == "" and names.keytab == ""  # no realm, kerberos method secrets only
-    assert shares.lookup("regshare") is not None
-    exposer.close()  # and its Samba worker child
+    assert shares.lookup("regshare") is not None  # read through the exposer's child
+    assert isinstance(exposer.ops, SambaWorker) and exposer.ops.mode == "light"
+    name = new_name()
+    try:
+        exposer.expose(name, "data", str(env.snapshot()), False)
+        pid = exposer.ops.pid
+        assert pid is not None
+        with open(f"/proc/{pid}/status") as f:
+            rss_kb = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+        assert rss_kb < 16 * 1024, rss_kb  # python-samba's worker: ~30 MB
+        with open(f"/proc/{pid}/maps") as f:
+            assert "libsmbconf" not in f.read()
+        assert name in exposer.exposed() and name in env.samba.net("conf", "listshares").stdout
+    finally:
+        exposer.unexpose(name)
+    assert exposer._fallback is None  # python-samba's worker never started
+    exposer.close()
+    assert exposer.ops.pid is None
     cfg = AgentConfig(
         samba=SambaConfig(config_file=str(env.samba.conf), shares="agent", expose="symlink")
     )
@@ -626,6 +640,58 @@ def test_make_samba_components(env: Env) -> None:
     assert isinstance(shares, ShareTable) and isinstance(exposer, SymlinkExposer)
     with pytest.raises(ValueError):
         make_samba_components(AgentConfig())
+
+
+def test_agent_without_include_registry_writes_in_its_own_process(
+    env: Env, tmp_path: Path
+) -> None:
+    """``registry shares = yes`` without ``include = registry``: loadparm leaves
+    registry.tdb alone, so the agent's exposer writes it itself (no child at all,
+    no python-samba messaging).  A subprocess: this one holds the module's registry."""
+    conf = tmp_path / "smb.conf"
+    conf.write_text(env.samba.conf.read_text().replace("include = registry\n", ""))
+    snap = env.prepare_file("own.txt")
+    name = new_name()
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        from remotevss.agent.config import AgentConfig, SambaConfig
+        from remotevss.agent.samba_components import make_samba_components
+        cfg = AgentConfig(samba=SambaConfig(config_file={str(conf)!r}))
+        shares, exposer, _, _ = make_samba_components(cfg)
+        exposer.expose({name!r}, "data", {str(snap)!r}, False)
+        print(json.dumps({{"ops": type(exposer.ops).__name__,
+                          "regshare": shares.lookup("regshare") is not None,
+                          "exposed": exposer.exposed(),
+                          "messaging": "samba.messaging" in sys.modules}}), flush=True)
+        sys.stdin.readline()  # the test reads the share over SMB meanwhile
+        exposer.unexpose({name!r})
+        print(json.dumps(exposer.exposed()), flush=True)
+        exposer.close()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        import json
+
+        first = json.loads(proc.stdout.readline())
+        assert first["ops"] == "LightOps" and first["regshare"] and not first["messaging"]
+        assert first["exposed"] == {name: str(snap)}
+        c = env.connect()
+        tid = fresh_tree(c, name)
+        assert smb_read(c, name, "own.txt", tid) == "pre-snap"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline()) == {}
+        assert eventually(  # the datagram FORCE_TDIS closed the open tree
+            lambda: smb_read(c, name, "own.txt", tid) == "ERR STATUS_NETWORK_NAME_DELETED"
+        )
+    finally:
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    assert env.conf.registry_share(name) is None
 
 
 def test_samba_worker_runs_only_while_there_is_work(env: Env) -> None:
@@ -721,3 +787,79 @@ def test_agent_sequence_with_samba_shares_and_registry_exposure(env: Env, tmp_pa
         run(service.close())
         loop.call_soon_threadsafe(loop.stop)
         exposer.close()  # and its Samba worker child
+
+
+def test_message_floods_never_hold_the_agent_up(env: Env) -> None:
+    """smbd reloads its configuration per MSG_SMB_CONF_UPDATED, slower than we can
+    send them; Linux queues 10 datagrams per socket.  The rest wait in a background
+    thread, in order (Samba's own sender uses a thread pool): the caller never
+    waits, nothing is dropped, and a FORCE_TDIS sent after the flood still closes
+    the tree."""
+    from remotevss.samba import dgm
+
+    snap = env.prepare_file("flood.txt")
+    name = new_name()
+    env.exposer.expose(name, "data", str(snap), False)
+    c = env.connect()
+    tid = fresh_tree(c, name)
+    assert smb_read(c, name, "flood.txt", tid) == "pre-snap"
+    t0 = time.perf_counter()
+    for _ in range(300):
+        env.exposer.messenger.notify(conf_updated=True)
+    flood = time.perf_counter() - t0
+    env.exposer.unexpose(name)
+    assert flood < 2.0, flood  # blocking sends took minutes here (smbd reloading)
+    assert dgm._BACKLOG.wait_empty(60) and dgm._BACKLOG.dropped == 0
+    assert eventually(
+        lambda: smb_read(c, name, "flood.txt", tid) == "ERR STATUS_NETWORK_NAME_DELETED"
+    )
+
+
+def test_a_registry_format_the_light_code_refuses_goes_to_python_samba(
+    env: Env, tmp_path: Path
+) -> None:
+    """registry.tdb at regdb version 2 (Samba upgrades it to 3 when it opens it; we
+    write only 3): the exposer says so once and uses python-samba's worker, which
+    upgrades the file; the share still works.  A subprocess: this one holds the
+    module's registry (and tdb allows one handle per file and process)."""
+    conf = tmp_path / "smb.conf"
+    conf.write_text(env.samba.conf.read_text().replace("include = registry\n", ""))
+    registry = env.samba.root / "state" / "registry.tdb"
+    snap = env.prepare_file("v2.txt")
+    name = new_name()
+    code = textwrap.dedent(
+        f"""
+        import logging, os, struct, sys, tdb
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="LOG %(message)s")
+        t = tdb.Tdb({str(registry)!r}, 0, tdb.DEFAULT, os.O_RDWR)
+        t.store(b"INFO/version\\0", struct.pack("<i", 2), tdb.REPLACE)
+        t.close()
+        from remotevss.agent.config import AgentConfig, SambaConfig
+        from remotevss.agent.samba_components import make_samba_components
+        cfg = AgentConfig(samba=SambaConfig(config_file={str(conf)!r}))
+        _, exposer, _, _ = make_samba_components(cfg)
+        print("OPS", type(exposer.ops).__name__, exposer.ops.mode, flush=True)
+        exposer.expose({name!r}, "data", {str(snap)!r}, False)
+        print("EXPOSED", sorted(exposer.exposed()), flush=True)
+        sys.stdin.readline()
+        exposer.unexpose({name!r})
+        exposer.close()
+        t = tdb.Tdb({str(registry)!r}, 0, tdb.DEFAULT, os.O_RDONLY)
+        print("VERSION", struct.unpack("<i", t.get(b"INFO/version\\0"))[0], flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert "registry version 2, this code knows 3" in lines[0], lines
+        assert lines[1].strip() == "OPS SambaWorker samba" and name in lines[2], lines
+        assert smb_read(env.connect(), name, "v2.txt") == "pre-snap"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "VERSION 3"  # Samba's worker upgraded it
+    finally:
+        proc.stdin.close()
+        assert proc.wait(60) == 0
+    assert env.conf.registry_share(name) is None

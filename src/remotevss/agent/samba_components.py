@@ -14,7 +14,6 @@ from remotevss.agent.rpc_security import SambaAuthNames
 from remotevss.samba.conf import SambaConf, samba_bool
 from remotevss.samba.registry_exposer import RegistryExposer
 from remotevss.samba.shares import SambaShareTable
-from remotevss.samba.worker import SambaWorker
 from remotevss.shares.exposer import Exposer, SymlinkExposer
 from remotevss.shares.table import LocalShare, ShareLookup, ShareTable
 
@@ -54,12 +53,12 @@ def make_samba_components(config: AgentConfig) -> SambaComponents:
         shares = ShareTable(LocalShare(x.name, x.path, x.backend) for x in config.shares)
     exposer: Exposer
     if s.expose == "registry":
-        # registry writes, reads of existing shares and smbd messages in a recycled
-        # child: python-samba leaks per call (samba/worker.py)
-        worker = SambaWorker(s.config_file)
-        worker.start()  # loads Samba's libraries while the agent finishes starting
-        conf.registry_reader = worker.get_share
-        exposer = RegistryExposer(conf, worker=worker)
+        # registry shares read and written without python-samba, which leaks per call
+        # (samba/regdb.py); the share table reads them the same way
+        registry = RegistryExposer(conf)
+        conf.registry_reader = registry.read_share
+        conf.registry_names_reader = registry.share_names
+        exposer = registry
     else:
         exposer = SymlinkExposer(config.expose_dir)
     return SambaComponents(shares, exposer, conf.netbios_name, auth_names(conf))

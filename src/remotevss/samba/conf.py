@@ -68,11 +68,15 @@ def is_snapshot_share_name(name: str) -> bool:
 
 
 def quiet_load(lp: Any, config_file: str) -> None:
-    """``lp.load`` without Samba's debug output on our stderr: smb.conf's ``log level``
-    (2 and up prints ``Processing section "[x]"`` per share per load) is for
-    smbd's logs.  A ``log level`` set before the load is a command-line setting,
-    which the file does not override."""
+    """``lp.load`` without Samba's debug output on our stderr (smb.conf's ``log level``,
+    2 and up prints ``Processing section "[x]"`` per share per load, is for smbd's
+    logs), and without registry shares: loadparm would reload every one and keep
+    registry.tdb open for the life of the process, so that the tdb binding could
+    not open it here (samba/regdb.py; :attr:`SambaConf.registry_shares` reads
+    smbd's setting from the files).  Values set before the load are command-line
+    settings, which the file does not override."""
     lp.set("log level", "0")
+    lp.set("registry shares", "no")
     lp.load(config_file)
 
 
@@ -153,11 +157,14 @@ class SambaConf:
         # (file, its sections as parsed at load: [(name, [(param, value), ...]), ...])
         self._txt: list[tuple[str, list[tuple[str, list[tuple[str, str]]]]]] = []
         self._registry: Any = None
-        #: Reads existing registry shares elsewhere: python-samba's get_share leaks
-        #: ~1.3 KB per share it returns (RELIABILITY.md §5).  (name, params) or None.
+        #: Reads existing registry shares without python-samba (its get_share leaks
+        #: ~1.3 KB per share returned, RELIABILITY.md §5): the agent sets these to
+        #: RegistryExposer's readers (samba/regdb.py).  (name, params) or None.
         self.registry_reader: Callable[[str], tuple[str, list[tuple[str, str]]] | None] | None = (
             None
         )
+        #: The names of the registry shares, likewise (``global`` left out).
+        self.registry_names_reader: Callable[[], list[str]] | None = None
         with LOCK:
             self._lp: Any = self._param.get_context()
             self._load()
@@ -262,10 +269,24 @@ class SambaConf:
     @property
     def registry_shares(self) -> bool:
         """smbd loads registry shares (``registry shares = yes``, implied by
-        ``include = registry`` and ``config backend = registry``)."""
-        return samba_bool(self.get("registry shares")) or (
-            str(self.get("config backend") or "").lower() == "registry"
-        )
+        ``include = registry`` and ``config backend = registry``), as the files say:
+        this process's loadparm has it off (see :meth:`_load`)."""
+        with LOCK:
+            self._ensure_loaded()
+            value, backend = "no", ""
+            for _path, sections in self._txt:
+                for section, params in sections:
+                    if section.casefold() != "global":
+                        continue
+                    for k, v in params:
+                        key = param_key(k)
+                        if key == "registryshares":
+                            value = v
+                        elif key == "include" and v.strip().lower() == "registry":
+                            value = "yes"  # process_registry_globals sets it
+                        elif key == "configbackend":
+                            backend = v
+            return samba_bool(value) or backend.strip().lower() == "registry"
 
     # ------------------------------------------------------------ shares
 
@@ -311,7 +332,7 @@ class SambaConf:
 
     def registry_share(self, name: str) -> ShareDefinition | None:
         """A registry share by case-insensitive name, read live (~30 us; through
-        :attr:`registry_reader` when set, see samba/worker.py)."""
+        :attr:`registry_reader` when set)."""
         with LOCK:
             if self.registry_reader is not None:
                 found = self.registry_reader(name)
@@ -329,6 +350,8 @@ class SambaConf:
 
     def registry_share_names(self) -> list[str]:
         with LOCK:
+            if self.registry_names_reader is not None:
+                return self.registry_names_reader()
             return [str(n) for n in self.registry.share_names() if n != "global"]
 
     def file_share(self, name: str) -> ShareDefinition | None:

@@ -1,5 +1,9 @@
 """Tell running smbd processes that shares changed: MSG_SMB_CONF_UPDATED, MSG_SMB_FORCE_TDIS.
 
+Used only by the python-samba fallback (samba/worker.py ``SambaOps``: clustered
+Samba, whose messages go through ctdb, or a registry the light code refuses);
+the agent itself sends the same messages as plain datagrams (samba/dgm.py).
+
 Why in-process messaging: ``smbcontrol smbd reload-config`` costs ~28 ms (a
 process start), and it talks to the smbd parent, which forwards to its
 children when it gets round to it.  Samba's messages are unix datagrams to

@@ -61,6 +61,10 @@ class PrivateSamba:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     #: Extra ``[global]`` parameters (override the defaults above of the same name).
     extra_global: dict[str, str] = field(default_factory=dict)
+    #: ``include = registry`` besides ``registry shares = yes`` (``remotevss setup
+    #: samba`` writes only the latter): the agent's loadparm then holds registry.tdb
+    #: and its registry writes run in the light child (samba/registry_exposer.py).
+    include_registry: bool = True
     #: Per-share parameters, merged over the default share lines (``read only = no``,
     #: ``vfs objects = btrfs``, ``btrfs: manipulate snapshots = yes``).
     share_options: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -131,7 +135,7 @@ class PrivateSamba:
             "disable spoolss = yes",
             "printcap name = /dev/null",
             "registry shares = yes",
-            "include = registry",
+            *(["include = registry"] if self.include_registry else []),
             "rpc start on demand helpers = false",
             f"rpc server dynamic port range = {self.port + 1}-{self.port + 40}",
         ]

@@ -30,13 +30,24 @@ NETWORK_NAME_DELETED) and MSG_SMB_CONF_UPDATED.  Deleting a share that is not
 there is fine; deleting a share that is not a snapshot share, or a snapshot
 share we did not make, is refused.
 
+Where it runs (:meth:`RegistryExposer._choose_ops`): registry reads and
+writes with the ``tdb`` binding in Samba's own format (samba/regdb.py), and
+the messages as datagrams (samba/dgm.py), all in this process -- no
+python-samba call, so nothing leaks per call.  When python-samba's loadparm
+in this process holds ``registry.tdb`` (``include = registry``: tdb allows one
+handle per file and process), the registry part runs in a tiny child
+(samba/child.py, ~12 MB, only while there is work).  python-samba's worker
+(samba/worker.py, ~30 MB) is left as the fallback for clustered Samba and
+for a registry format or a share name the light code refuses, logged once.
+
 :meth:`seal` (optional, not part of the agent's Exposer protocol) flips an
 exposed share to ``read only = yes``.  The agent seals at filesystem level
 (read-only subvolume / bind mount), which binds trees already open too; the
 share flag only changes what new tree connects are offered.
 
 Cost (2-core VM, ext4 state dir, median): expose 3.8-6.6 ms, unexpose
-3.3-6.8 ms, nearly all of it the two fsync'd tdb transaction commits (0.75 /
+3.3-6.8 ms (4.0 / 3.9 ms in the agent, 4.6 / 4.6 ms through the light
+child), nearly all of it the two fsync'd tdb transaction commits (0.75 /
 0.5 ms with the state directory on tmpfs), against ~58 ms for ``net conf
 addshare`` plus ``smbcontrol smbd reload-config``.  bench/samba_expose.py
 measures it; docs/samba.md "Snapshot shares" has the table.
@@ -50,7 +61,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from remotevss.samba._lib import LOCK, SambaUnavailable, module
 from remotevss.samba.conf import (
@@ -58,10 +69,13 @@ from remotevss.samba.conf import (
     SambaConf,
     SambaConfigError,
     ShareDefinition,
+    open_registry_files,
     param_key,
+    samba_bool,
 )
-from remotevss.samba.notify import SmbdNotifier
-from remotevss.samba.worker import SambaOps, SambaWorker
+from remotevss.samba.light import LightOps, LightPaths
+from remotevss.samba.regdb import RegdbBusy, RegdbError, RegdbFormatError, RegdbUnsupported
+from remotevss.samba.worker import SambaWorker, WorkerError
 from remotevss.shares.exposer import ExposeError, ShareRequest
 
 log = logging.getLogger("remotevss.samba")
@@ -100,6 +114,19 @@ def snapshot_time(path: str) -> float | None:
         return float(calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)))
     except (ValueError, OverflowError):
         return None
+
+
+class RegistryOps(Protocol):
+    """What RegistryExposer runs: samba/light.py's LightOps in this process, or
+    samba/worker.py's SambaWorker (a child running either kind)."""
+
+    def check(self) -> None: ...
+    def write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None: ...
+    def delete_shares(self, names: list[str]) -> None: ...
+    def get_share(self, name: str) -> tuple[str, list[tuple[str, str]]] | None: ...
+    def share_names(self) -> list[str]: ...
+    def notify(self, *, force_tdis: Sequence[str] = (), conf_updated: bool = True) -> int: ...
+    def close(self) -> None: ...
 
 
 # Open share_info.tdb handles, by path: tdb refuses a second open of one file in
@@ -200,9 +227,8 @@ class RegistryExposer:
         self,
         conf: SambaConf,
         *,
-        notifier: SmbdNotifier | None = None,
         clock: Callable[[], float] = time.time,
-        worker: SambaWorker | None = None,
+        ops: RegistryOps | None = None,
     ) -> None:
         self.conf = conf
         self.clock = clock
@@ -214,18 +240,97 @@ class RegistryExposer:
                         f"{conf.config_file}: smbd would not see registry shares; "
                         "set 'registry shares = yes' (or 'include = registry') in [global]"
                     )
-                self._smbconf = module("samba.smbconf")
-                conf.registry  # noqa: B018 - open it now: a broken state dir fails at start
+                self.paths = LightPaths.from_conf(conf)
+                self.clustered = samba_bool(conf.get("clustering"))
                 self.security = ShareSecurityDb(os.path.join(conf.state_dir, "share_info.tdb"))
         except (SambaConfigError, SambaUnavailable) as exc:
             raise ExposeError(str(exc)) from exc
-        self.notifier = notifier if notifier is not None else SmbdNotifier(conf)
-        #: Registry writes and smbd messages: in a recycled child (samba/worker.py),
-        #: or without a worker (tests, benchmarks) the same operations in this process.
-        self.ops: SambaWorker | SambaOps = (
-            worker if worker is not None else SambaOps(conf, self.notifier)
-        )
+        #: smbd messages: datagrams from this process (samba/dgm.py); clustered
+        #: Samba's go through ctdb, which only python-samba's messaging speaks.
+        self.messenger: RegistryOps = LightOps(self.paths)
+        self._fallback: SambaWorker | None = None
+        #: Registry reads and writes (see :func:`registry_ops`).
+        self.ops: RegistryOps = ops if ops is not None else self._choose_ops()
+        if self.clustered:
+            self.messenger = self._samba_worker()
         self.counters = {"registry_transactions": 0, "smbd_message_rounds": 0}
+
+    def _choose_ops(self) -> RegistryOps:
+        """In this process if it can open registry.tdb (python-samba's loadparm has
+        not), else in the tiny light child; python-samba's worker child for clustered
+        Samba or a registry the light code refuses (logged once) -- its check then
+        says why the registry is unusable, in Samba's words."""
+        if self.clustered:
+            log.warning("clustered Samba: registry shares through python-samba's "
+                        "libsmbconf in the Samba worker")  # fmt: skip
+            return self._checked(self._samba_worker())
+        held = os.path.realpath(self.paths.registry) in open_registry_files()
+        light: RegistryOps = (
+            SambaWorker(self.conf.config_file, mode="light", light_paths=self.paths)
+            if held
+            else LightOps(self.paths)
+        )
+        try:
+            light.check()
+            return light
+        except RegdbBusy:
+            light.close()
+            return self._checked(
+                SambaWorker(self.conf.config_file, mode="light", light_paths=self.paths)
+            )
+        except (RegdbError, WorkerError) as exc:
+            light.close()
+            log.warning("registry shares through python-samba's libsmbconf in the Samba "
+                        "worker: %s", exc)  # fmt: skip
+        return self._checked(self._samba_worker())
+
+    def _checked(self, ops: RegistryOps) -> RegistryOps:
+        try:
+            ops.check()
+        except Exception as exc:
+            ops.close()
+            raise ExposeError(f"cannot use the Samba registry: {exc}") from exc
+        return ops
+
+    def _samba_worker(self) -> SambaWorker:
+        if self._fallback is None:
+            self._fallback = SambaWorker(self.conf.config_file)
+        return self._fallback
+
+    def _run(self, op: str, *args: Any) -> Any:
+        """``op`` on :attr:`ops`.  registry.tdb held by python-samba in this process
+        after all (a reloaded smb.conf gained ``include = registry``): the light
+        child from now on.  A name or format the light code refuses: python-samba's
+        worker for this call (a format error: from now on; logged)."""
+        try:
+            return getattr(self.ops, op)(*args)
+        except RegdbBusy as exc:
+            log.warning("registry shares through the light child from now on: %s", exc)
+            self.ops.close()
+            self.ops = SambaWorker(self.conf.config_file, mode="light", light_paths=self.paths)
+            return getattr(self.ops, op)(*args)
+        except (RegdbUnsupported, RegdbFormatError, WorkerError) as exc:
+            kind = exc.kind if isinstance(exc, WorkerError) else type(exc).__name__
+            if kind not in ("RegdbUnsupported", "RegdbFormatError") or self.ops is self._fallback:
+                raise
+            fallback = self._samba_worker()
+            if kind == "RegdbFormatError":
+                log.warning("registry shares through python-samba from now on: %s", exc)
+                self.ops.close()
+                self.ops = fallback
+            return getattr(fallback, op)(*args)
+
+    def read_share(self, name: str) -> tuple[str, list[tuple[str, str]]] | None:
+        """A registry share as stored, or None (SambaConf.registry_reader)."""
+        return self._run("get_share", name)  # type: ignore[no-any-return]
+
+    def share_names(self) -> list[str]:
+        """Registry shares but ``global`` (SambaConf.registry_names_reader)."""
+        return [str(n) for n in self._run("share_names") if str(n).lower() != "global"]
+
+    def _registry_share(self, name: str) -> ShareDefinition | None:
+        found = self.read_share(name)
+        return None if found is None else ShareDefinition(found[0], tuple(found[1]), "registry")
 
     # ------------------------------------------------------------ Exposer
 
@@ -261,13 +366,13 @@ class RegistryExposer:
                 acls: dict[str, bytes | None] = {}
                 old_acls: dict[str, bytes | None] = {}
                 for r in requests:
-                    base = bases.get(r.base_share) or self.conf.share_definition(r.base_share)
+                    base = bases.get(r.base_share) or self._base_share(r.base_share)
                     if base is None:
                         raise ExposeError(
                             f"cannot expose {r.name}: no share {r.base_share!r} in Samba"
                         )
                     bases[r.base_share] = base
-                    old = self.conf.registry_share(r.name)
+                    old = self._registry_share(r.name)
                     if old is not None and old.get(MARKER) is None:
                         raise ExposeError(f"cannot expose {r.name}: a share of that name exists")
                     if old is not None and old.get("path") != r.path:
@@ -308,7 +413,7 @@ class RegistryExposer:
         with LOCK:
             try:
                 for name in names:
-                    old = self.conf.registry_share(name)
+                    old = self._registry_share(name)
                     if old is None:
                         continue
                     if old.get(MARKER) is None:
@@ -330,10 +435,10 @@ class RegistryExposer:
         out: dict[str, str] = {}
         with LOCK:
             try:
-                for n in self.conf.registry_share_names():
+                for n in self.share_names():
                     if not SNAPSHOT_SHARE_RE.match(n):
                         continue
-                    d = self.conf.registry_share(n)
+                    d = self._registry_share(n)
                     if d is not None and d.get(MARKER) is not None:
                         out[d.name] = d.get("path") or ""
             except Exception as exc:  # SMBConfError, ...
@@ -344,7 +449,7 @@ class RegistryExposer:
         """Make exposed share ``name`` read-only for new tree connects (see module doc)."""
         with LOCK:
             try:
-                old = self.conf.registry_share(name)
+                old = self._registry_share(name)
                 if old is None or old.get(MARKER) is None:
                     raise ExposeError(f"cannot seal {name}: not an exposed snapshot share")
                 params = [
@@ -361,7 +466,7 @@ class RegistryExposer:
         self._notify()
 
     def warm_up(self) -> None:
-        """A set has started: have the Samba worker ready for its Expose."""
+        """A set has started: have the worker child (if any) ready for its Expose."""
         warm = getattr(self.ops, "warm", None)
         if callable(warm):
             warm()
@@ -370,6 +475,15 @@ class RegistryExposer:
         with LOCK:
             self.security.close()
             self.ops.close()
+            self.messenger.close()
+            if self._fallback is not None:
+                self._fallback.close()
+
+    def _base_share(self, name: str) -> ShareDefinition | None:
+        """File first, then registry: the order smbd resolves names in."""
+        return self.conf.file_share(name) or (
+            self._registry_share(name) if self.conf.registry_shares else None
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -388,7 +502,7 @@ class RegistryExposer:
         is true, new tree connects read it, and a retry would change nothing."""
         self.counters["smbd_message_rounds"] += 1
         try:
-            self.ops.notify(force_tdis=force_tdis or [])
+            self.messenger.notify(force_tdis=force_tdis or [])
         except Exception:
             log.error("could not notify smbd (force_tdis=%s)", force_tdis, exc_info=True)
 
@@ -399,11 +513,11 @@ class RegistryExposer:
     def _write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None:
         """Replace each share with its parameters: one registry transaction."""
         self.counters["registry_transactions"] += 1
-        self.ops.write_shares(shares)
+        self._run("write_shares", shares)
 
     def _delete_shares(self, names: list[str]) -> None:
         self.counters["registry_transactions"] += 1
-        self.ops.delete_shares(names)
+        self._run("delete_shares", names)
 
     def io_counters(self) -> dict[str, int]:
         """Registry and share-ACL transactions and smbd message rounds so far."""

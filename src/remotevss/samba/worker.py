@@ -1,64 +1,54 @@
-"""Registry share writes and smbd notifications in a recycled child process.
+"""The Samba worker: registry share writes and smbd notifications in a child process.
 
-Why: two C bindings of python3-samba 4.17 leak memory on every call the agent
-makes per exposed shadow copy.  Registry share writes (libsmbconf) leak ~1.35
-KB each, and each ``samba.messaging.Messaging`` context leaks ~1.1 KB.  Over
-years that is the agent's memory (RELIABILITY.md §5).  A child process makes
-those calls instead and is replaced after ``max_ops`` of them, so the leak is
-bounded by what one child accumulates and the agent's RSS stays flat.
+Why a child at all: python-samba 4.17's libsmbconf and messaging bindings
+leak ~1.1-1.35 KB per call (RELIABILITY.md §5) and cost ~30 MB resident.
+The agent now does that work without python-samba (samba/light.py), in
+itself when it can; this class runs a child for the two cases it cannot:
 
-The child runs only while there is work: it exits after ``idle_exit``
-seconds without an operation (its ~20-30 MB of python-samba are the largest
-part of the agent's resident set when idle) and is started again by the next
-operation, or ahead of it by :meth:`SambaWorker.warm` (the agent calls it when
-a shadow copy set starts, so the child has loaded Samba's libraries by the
-time Expose needs it).
+* ``mode="light"``: the light operations in a tiny child (~9 MB, standard
+  library and ``tdb`` only), when python-samba's loadparm in the agent holds
+  ``registry.tdb`` open (``include = registry`` in smb.conf): tdb allows one
+  handle per file and process.
+* ``mode="samba"``: python-samba's libsmbconf and messaging (:class:`SambaOps`),
+  the fallback for a registry format the light code refuses or clustered
+  Samba; replaced after ``max_ops`` operations so its leaks stay bounded.
 
-Safety:
-- The child dies with the agent (PR_SET_PDEATHSIG), so a registry transaction
-  can never complete after an agent crash, behind the back of the next agent's
-  reconciliation.
-- tdb transactions roll back when their writer dies.
-- Reads of existing registry shares come here too: python-samba's
-  ``get_share`` leaks ~1.3 KB per share returned.
-
-Protocol: one JSON object per line each way.  Requests:
-- ``{"op": "write", "name", "params": [[k, v], ...]}``
-- ``{"op": "delete", "name"}``
-- ``{"op": "write_many", "shares": [[name, [[k, v], ...]], ...]}`` (one transaction)
-- ``{"op": "delete_many", "names": [...]}`` (one transaction)
-- ``{"op": "get", "name"}`` (a registry share's name and parameters, or null)
-- ``{"op": "notify", "force_tdis": [...], "conf_updated": bool}``
-
-Replies: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+Either child runs only while there is work: it exits after ``idle_exit``
+seconds without an operation and is started again by the next one, or ahead
+of it by :meth:`SambaWorker.warm` (the agent calls it when a shadow copy set
+starts).  It dies with the agent (PR_SET_PDEATHSIG, samba/child.py), so a
+registry transaction can never complete behind the back of the next agent's
+reconciliation; tdb transactions roll back when their writer dies.  The
+protocol is in samba/child.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from remotevss.linepipe import LinePipe
-from remotevss.samba.conf import SBC_ERR_NO_SUCH_SERVICE
 
 log = logging.getLogger("remotevss.samba")
 
-PR_SET_PDEATHSIG = 1
 MAX_LINE = 1 << 20
 IDLE_EXIT = 30.0  # seconds without an operation before the child exits
 
 
 class WorkerError(RuntimeError):
-    """The worker refused or failed an operation, or is gone."""
+    """The worker refused or failed an operation, or is gone.  ``kind``: the class
+    name of the child's exception (e.g. ``RegdbFormatError``), "" if it is gone."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class SambaWorker:
@@ -68,11 +58,17 @@ class SambaWorker:
         self,
         config_file: str,
         *,
+        mode: str = "samba",
+        light_paths: Any = None,
         max_ops: int = 5000,
         timeout: float = 30.0,
         idle_exit: float | None = IDLE_EXIT,
     ) -> None:
+        if mode not in ("samba", "light") or (mode == "light") != (light_paths is not None):
+            raise ValueError("mode 'light' needs light_paths, mode 'samba' none")
         self.config_file = config_file
+        self.mode = mode
+        self.light_paths = light_paths
         self.max_ops = max_ops
         self.timeout = timeout
         self.idle_exit = idle_exit
@@ -88,10 +84,10 @@ class SambaWorker:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def write_share(self, name: str, params: list[tuple[str, str]]) -> None:
-        self.call({"op": "write", "name": name, "params": [list(p) for p in params]})
+        self.write_shares([(name, params)])
 
     def delete_share(self, name: str) -> None:
-        self.call({"op": "delete", "name": name})
+        self.delete_shares([name])
 
     def write_shares(self, shares: list[tuple[str, list[tuple[str, str]]]]) -> None:
         self.call({"op": "write_many",
@@ -107,7 +103,15 @@ class SambaWorker:
             return None
         return str(found[0]), [(str(k), str(v)) for k, v in found[1]]
 
-    def notify(self, *, force_tdis: list[str] | tuple[str, ...] = (),
+    def share_names(self) -> list[str]:
+        return [str(n) for n in self.call({"op": "names"})]
+
+    def check(self) -> None:
+        """Raise WorkerError (kind ``RegdbFormatError``) if the child cannot write
+        this registry (a no-op for the python-samba child)."""
+        self.call({"op": "check"})
+
+    def notify(self, *, force_tdis: Sequence[str] = (),
                conf_updated: bool = True) -> int:  # fmt: skip
         result = self.call(
             {"op": "notify", "force_tdis": list(force_tdis), "conf_updated": conf_updated}
@@ -128,15 +132,15 @@ class SambaWorker:
                 raise WorkerError(f"Samba worker failed on {request.get('op')}: {exc}") from exc
             self._ops += 1
             if self._ops >= self.max_ops:
-                # recycle; the fresh child starts now, so it has loaded Samba's
-                # libraries (~0.12 s) by the time the next call comes
+                # recycle; the fresh child starts now, so it is ready by the
+                # time the next call comes
                 self._stop(kill=False)
                 self._ensure()
             self._arm_idle()
         if not isinstance(reply, dict) or "ok" not in reply:
             raise WorkerError("Samba worker sent a malformed reply")
         if not reply["ok"]:
-            raise WorkerError(str(reply.get("error", "unknown error")))
+            raise WorkerError(str(reply.get("error", "unknown error")), str(reply.get("kind", "")))
         return reply.get("result")
 
     def start(self) -> None:
@@ -185,8 +189,9 @@ class SambaWorker:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
         self._stop(kill=True)
+        arg = self.config_file if self.mode == "samba" else json.dumps(self.light_paths.as_list())
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "remotevss.samba.worker", self.config_file, str(os.getpid())],
+            [sys.executable, "-m", "remotevss.samba.child", self.mode, arg, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -216,20 +221,12 @@ class SambaWorker:
             proc.stdout.close()
 
 
-# ---------------------------------------------------------------- the child
-
-
-def _die_with_parent(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the agent died before prctl took effect
-        os._exit(1)
+# ---------------------------------------------------------------- python-samba operations
 
 
 class SambaOps:
-    """The operations themselves, in the calling process: what the worker child runs
-    for the agent, and what RegistryExposer runs directly without a worker (tests,
-    benchmarks).  Same methods as :class:`SambaWorker`."""
+    """python-samba's operations, in the calling process: what the ``samba`` child
+    runs (the fallback, see the module doc).  Same methods as :class:`SambaWorker`."""
 
     def __init__(self, conf: Any, notifier: Any = None) -> None:
         from remotevss.samba._lib import module
@@ -275,7 +272,13 @@ class SambaOps:
         d = self.conf.registry_share(name)
         return None if d is None else (d.name, list(d.params))
 
-    def notify(self, *, force_tdis: list[str] | tuple[str, ...] = (),
+    def share_names(self) -> list[str]:
+        return self.conf.registry_share_names()  # type: ignore[no-any-return]
+
+    def check(self) -> None:
+        pass
+
+    def notify(self, *, force_tdis: Sequence[str] = (),
                conf_updated: bool = True) -> int:  # fmt: skip
         return int(self.notifier.notify(force_tdis=list(force_tdis), conf_updated=conf_updated))
 
@@ -284,6 +287,8 @@ class SambaOps:
 
 
 def _delete_if_present(reg: Any, smbconf: Any, name: str) -> None:
+    from remotevss.samba.conf import SBC_ERR_NO_SUCH_SERVICE
+
     try:
         reg.delete_share(name)
     except smbconf.SMBConfError as exc:
@@ -296,50 +301,3 @@ def _cancel(reg: Any) -> None:
         reg.transaction_cancel()
     except Exception:  # a failed commit has already cancelled it
         log.debug("registry transaction_cancel after a failure", exc_info=True)
-
-
-def serve(config_file: str) -> int:
-    from remotevss.samba.conf import SambaConf
-
-    ops = SambaOps(SambaConf(config_file))
-    handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
-        "write": lambda r: ops.write_share(
-            str(r["name"]), [(str(k), str(v)) for k, v in r["params"]]
-        ),
-        "delete": lambda r: ops.delete_share(str(r["name"])),
-        "write_many": lambda r: ops.write_shares(
-            [(str(n), [(str(k), str(v)) for k, v in params]) for n, params in r["shares"]]
-        ),
-        "delete_many": lambda r: ops.delete_shares([str(n) for n in r["names"]]),
-        "get": lambda r: ops.get_share(str(r["name"])),
-        "notify": lambda r: ops.notify(
-            force_tdis=[str(x) for x in r.get("force_tdis", [])],
-            conf_updated=bool(r["conf_updated"]),
-        ),
-    }
-    out = sys.stdout.buffer
-    for line in sys.stdin.buffer:
-        try:
-            req = json.loads(line)
-            handler = handlers.get(req["op"])
-            if handler is None:
-                raise ValueError(f"unknown op {req['op']!r}")
-            reply: dict[str, Any] = {"ok": True, "result": handler(req)}
-        except Exception as exc:  # reported to the agent, which decides
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        out.write(json.dumps(reply).encode() + b"\n")
-        out.flush()
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m remotevss.samba.worker SMB_CONF AGENT_PID", file=sys.stderr)
-        return 2
-    _die_with_parent(int(argv[1]))
-    logging.basicConfig(level=logging.WARNING, format="remotevss samba worker: %(message)s")
-    return serve(argv[0])
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
