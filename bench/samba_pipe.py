@@ -6,7 +6,7 @@ Samba's own rpcd_fsrvp (the anchor).  Runs alternate between them.
 
 * rpcclient: wall time of ``rpcclient -c fss_get_sup_version`` (process
   start, SMB negotiate + session set-up, pipe open with the NPA hand-off,
-  bind, one call), what samba-integration.md §8 measured for Samba;
+  bind, one call): the cost a Samba client tool pays per call;
 * impacket: an open SMB session, then pipe open + bind + GetSupportedVersion
   + close, in-process (no process start: the pipe path itself).
 

@@ -1,4 +1,4 @@
-"""The pure FSRVP state machine: every cell of the state x opnum table (digest §5.13),
+"""The pure FSRVP state machine: every cell of the state x opnum table (MS-FSRVP 3.1.4),
 the check order, the timer, the context rules."""
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ S = Status
 DEL = None  # the set is gone afterwards
 SAME = "same"
 
-# (result, status afterwards) per state x op, per [SPEC] (digest §5.13)
+# (result, status afterwards) per state x op, per [SPEC] (MS-FSRVP 3.1.4)
 SPEC_TABLE: dict[Status, dict[str, tuple[int, Status | str | None]]] = {
     S.STARTED: {
         "add": (ZERO, S.ADDED),

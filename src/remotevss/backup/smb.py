@@ -4,7 +4,7 @@ Why smbprotocol's low-level API (``Connection``/``Session``/``TreeConnect``
 and hand-sent requests) rather than ``smbclient.open_file``: measured on
 loopback against Samba 4.17, 2 MiB reads with two outstanding reach
 600-700 MB/s (signed and AES-GCM encrypted alike), the file-object layer
-150-220 MB/s and impacket's ``getFile`` ~90 MB/s (python-ecosystem.md §2).
+150-220 MB/s and impacket's ``getFile`` ~90 MB/s.
 
 Why requests and responses are packed and parsed here with ``struct``:
 smbprotocol's Structure classes cost tens of microseconds per field, so

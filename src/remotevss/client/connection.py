@@ -1,6 +1,6 @@
 r"""An FSRVP binding to any server: ``ncacn_np:\pipe\FssagentRpc`` over SMB3.
 
-How (digest §1.2-1.5, python-ecosystem.md §1.7): impacket's
+How (MS-FSRVP 2.1 and 3.1.4): impacket's
 ``SMBConnection`` logs on (NTLM with a password or an NT hash, or Kerberos
 from a ccache), opens ``FssagentRpc`` on ``IPC$``, and impacket's
 ``DCERPC_v5`` binds the FSRVP interface 1.0 over NDR20 with its own

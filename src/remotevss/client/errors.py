@@ -12,9 +12,9 @@ failure means and how a caller tells them apart.  Four families:
   dropped, the RPC call timed out, or the server sent a DCE/RPC fault.
 * :class:`FsrvpError` -- the server answered with a non-zero FSRVP return
   code.  It carries the code, its FSRVP name and the call, unchanged, as
-  the spec's client does (MS-FSRVP 3.2, digest §6.2 step 9).
+  the spec's client does (MS-FSRVP 3.2).
 
-Server codes are ambiguous about *unknown set ids* (digest §9 item 3): the
+Server codes are ambiguous about *unknown set ids* (MS-FSRVP, Samba and Windows differ): the
 current spec says ID_MISMATCH, older texts and Samba E_INVALIDARG,
 DeleteShareMapping OBJECT_NOT_FOUND, a Windows beta BAD_STATE.
 :func:`fsrvp_error` therefore makes the error for a call that names a set

@@ -1,4 +1,4 @@
-r"""The high-level client: MS-FSRVP's client sequence (digest §6.2) as an API.
+r"""The high-level client: MS-FSRVP's client sequence (MS-FSRVP 3.2) as an API.
 
 Typical use -- a backup of two shares, released when the block ends::
 
@@ -866,7 +866,7 @@ def query_path(
     *,
     connector: Connector | None = None,
 ) -> PathQuery:
-    """IsPathSupported and IsPathShadowCopied for one share (digest §6.2 step 0)."""
+    """IsPathSupported and IsPathShadowCopied for one share (the sequence's first step)."""
     u = parse_unc(unc) if isinstance(unc, str) else unc
     conn = (connector or _default_connector)(
         u.connect_host, credentials or Credentials(), options or ConnectOptions()

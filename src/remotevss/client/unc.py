@@ -285,7 +285,7 @@ def reverse_lookup(unc: Unc, *, fqdn: bool = False) -> Unc:
 def snapshot_share(exposed_name: str, default_host: str) -> tuple[str, str]:
     r"""(host, share) of a ShadowCopyShareName in either form the servers use:
     bare ``share@{guid}`` (Samba, our agent's default) or a UNC
-    ``\\host\share@{guid}`` (the spec's wording); digest §9 item 9."""
+    ``\\host\share@{guid}`` (the spec's wording)."""
     name = exposed_name.strip()
     if name.startswith("\\\\") or name.startswith("//"):
         parts = name[2:].replace("/", "\\").rstrip("\\").split("\\")

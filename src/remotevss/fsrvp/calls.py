@@ -25,7 +25,7 @@ Rules of the codec: NDR20 little-endian only (the DCE/RPC engine rejects
 NDR64); ``[string]`` values are checked (offset 0, 1 <= actual <= max <=
 :data:`MAX_STRING_UNITS`, last code unit NUL and no other, valid UTF-16);
 bytes after the last parameter are ignored (a Windows client appends an
-MS-RPCE verification trailer, digest §1.5); pad bytes are written as zeros and
+MS-RPCE verification trailer); pad bytes are written as zeros and
 not checked on input.  A failing response still marshals every out parameter
 (zeros / NULL), as Samba and Windows do; :func:`error_response` builds one.
 This module imports nothing but the standard library and fsrvp/constants.py.
@@ -533,8 +533,8 @@ def _encode(obj: Any, kinds: tuple[Kind, ...]) -> bytes:
 
 def _encode_share_mapping(resp: GetShareMappingResponse) -> bytes:
     """Union discriminant, [case(1)] unique pointer to the struct, its deferred strings,
-    return value.  Any other level is the empty ``[default]`` arm (quirk 1 in
-    python-ecosystem.md: impacket cannot build it)."""
+    return value.  Any other level is the empty ``[default]`` arm (built by hand:
+    impacket's NDR cannot build an empty default arm of a union)."""
     m = resp.mapping
     try:
         out = bytearray(_U32.pack(resp.level))

@@ -1,7 +1,7 @@
 """MS-FSRVP numbers in one place: interface identity, opnums, flags, return codes.
 
 Why one module: the server, the client, the state machine and the tests must
-agree on every value, and the spec digest (fsrvp-spec.md §1-3) is the only
+agree on every value, and MS-FSRVP (sections 2.1-2.2) is the only
 source.  Values are exact; comments say where sources disagree.
 """
 
@@ -69,7 +69,7 @@ DISABLE_CONTENTINDEX = 0x00000002
 
 
 class HResult(IntEnum):
-    """Every return code the protocol uses (digest §3.5), as unsigned 32-bit values."""
+    """Every return code the protocol uses (MS-FSRVP 2.2.4), as unsigned 32-bit values."""
 
     ZERO = 0x00000000
     FSRVP_E_BAD_STATE = 0x80042301

@@ -26,7 +26,7 @@ two calls; when it fires, unfinished sets are dropped.  ``tick(now)`` applies
 an expired timer; every entry point calls it first, so the machine is right
 even when the caller's timer callback is late.
 
-Where the sources disagree (fsrvp-spec.md §9) the choices are in
+Where the sources disagree (MS-FSRVP, Samba and Windows) the choices are in
 ``docs/decisions.md``; :class:`Mode` ``SAMBA`` reproduces Samba's codes and
 rules where smbtorture expects them.
 """
