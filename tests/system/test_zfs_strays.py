@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 
 from remotevss import cli
+from remotevss.agent.naming import snapshot_name
+from remotevss.agent.strays import agent_identity
 from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP
+from remotevss.snapshots.base import SnapRequest
+from remotevss.snapshots.zfs import ZfsBackend
 from tests.system.agent_harness import AgentProcess
 from tests.system.ops_harness import ZERO
 from tests.system.test_agent import full_sequence
@@ -79,6 +83,17 @@ def events(a: AgentProcess, event: str) -> list[dict[str, object]]:
     return out
 
 
+def labelled_snapshot(share: Path, a: AgentProcess, context: str) -> str:
+    """A snapshot with agent ``a``'s labels that its journal never saw (made by the
+    backend directly, as the agent would have); returns its copy id."""
+    copy_id = uuid.uuid4()
+    zb = ZfsBackend()
+    zb.create_many([SnapRequest(zb.check(str(share)), snapshot_name(time.time(), copy_id),
+                                False, set_id=str(uuid.uuid4()), copy_id=str(copy_id),
+                                context=context, owner=agent_identity(str(a.workdir / "state")))])
+    return str(copy_id)
+
+
 def wait_for(probe: Callable[[], list[dict[str, object]]]) -> list[dict[str, object]]:
     deadline = time.monotonic() + 30
     while not (found := probe()) and time.monotonic() < deadline:
@@ -137,6 +152,11 @@ def test_wiped_state_dir_strays_collected_or_kept_foreign_untouched(
         # a later pass keeps it too, and reports it no more
         assert admin_json(capsys, a, "gc") == []
         assert kept in snapshots(pool) and len(events(a, "stray_kept")) == 1
+        # an auto-release stray that turns up while the agent runs: the next pass takes it
+        late = labelled_snapshot(shares["share0"], a, "backup")
+        (p,) = admin_json(capsys, a, "gc")  # type: ignore[misc]
+        assert (p["reason"], p["copy"]) == ("stray", late), p
+        assert snapshots(pool) == {f"{pool}/share0@mine", kept, other}
         # an unknown set id is still refused, changing nothing
         assert cli.main(["sets", "delete", "00000000-0000-0000-0000-00000000abcd",
                          "--admin-socket", f"{a.socket}.admin"]) == 2
