@@ -241,10 +241,10 @@ def _volumes_text(volumes: list[dict[str, Any]], indent: str = "") -> None:
               f"{v['copies']:>6} {v['basis']}{flag}")
         if v["note"]:
             print(f"{indent}  ({v['note']})")
-        if v.get("strays"):
-            held = "?" if v["stray_bytes"] is None else human(v["stray_bytes"])
-            print(f"{indent}  ({v['strays']} stray copies kept, not in the journal, hold "
-                  f"{held}: remotevss sets list)")
+        if n := v.get("strays"):
+            size = "size unknown" if v["stray_bytes"] is None else human(v["stray_bytes"])
+            print(f"{indent}  ({n} stray cop{'y' if n == 1 else 'ies'} kept, not in the "
+                  f"journal, {size}: remotevss sets list)")
 
 
 def _storage_list(path: str, config: AgentConfig, as_json: bool) -> int:
