@@ -50,8 +50,8 @@ from remotevss.fsrvp.constants import Attr
 from remotevss.fsrvp.machine import DeleteSnapshot, Effect, ShadowCopySet
 from remotevss.shares.table import LocalShare, ShareLookup
 from remotevss.snapshots.base import NotSupported, SnapshotError, Volume
-from remotevss.snapshots.select import choose_backend
-from remotevss.snapshots.zfs import ZfsBackend
+from remotevss.snapshots.select import BACKENDS
+from remotevss.snapshots.zfs import ZfsBackend, on_zfs
 
 log = logging.getLogger("remotevss.agent.gc")
 
@@ -153,7 +153,8 @@ def collectable(strays: Iterable[Stray], done: list[Pick]) -> list[Effect]:
 
 
 def zfs_volumes(shares: Iterable[LocalShare], default_backend: str) -> list[Volume]:
-    """The ZFS volumes behind the shares, one per dataset (blocking: mount table)."""
+    """The ZFS volumes behind the shares, one per dataset (blocking: the mount
+    table only; unlike ``choose_backend`` it never probes other filesystems)."""
     out: dict[str, Volume] = {}
     for share in shares:
         if share.unsupported:
@@ -161,13 +162,12 @@ def zfs_volumes(shares: Iterable[LocalShare], default_backend: str) -> list[Volu
         forced = share.backend if share.backend != "auto" else None
         if forced is None and default_backend != "auto":
             forced = default_backend
-        if forced not in (None, *ZFS_BACKENDS):
-            continue
-        try:
-            backend = choose_backend(share.path, forced)
-            if backend.name not in ZFS_BACKENDS:
+        try:  # auto picks zfs on ZFS (snapshots/select.py); no other backend is probed
+            if forced is None and on_zfs(share.path):
+                forced = "zfs"
+            if forced not in ZFS_BACKENDS:
                 continue
-            volume = backend.check(share.path)
+            volume = BACKENDS[forced].check(share.path)
         except (NotSupported, SnapshotError, OSError):
             continue
         out.setdefault(volume.root, volume)
