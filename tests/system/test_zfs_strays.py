@@ -19,7 +19,7 @@ import pytest
 from remotevss import cli
 from remotevss.agent.naming import snapshot_name
 from remotevss.agent.strays import agent_identity
-from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP
+from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, HResult
 from remotevss.snapshots.base import SnapRequest
 from remotevss.snapshots.zfs import ZfsBackend
 from tests.system.agent_harness import AgentProcess
@@ -209,3 +209,35 @@ def test_sigkill_in_the_middle_of_a_stray_collection_is_finished_at_next_start(
         assert "replayed intent: delete_snapshot" in a.log.read_text()
     finally:
         a.stop()
+
+
+def test_a_snapshot_being_taken_is_never_a_stray(tmp_path: Path, zfspool: ZfsPool,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A Commit that outlives the client's timeout leaves its snapshot in ZFS with only
+    a creation intent in the journal: a GC pass then must not take it."""
+    pool, mnt = zfspool()
+    zfs("create", f"{pool}/share0")
+    a = agent(tmp_path, "a", {"share0": mnt / "share0"})
+    a.start()
+    try:
+        with a.client() as c:
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            assert c.add(sid, agent_unc("share0")).return_value == ZERO
+            assert c.prepare(sid).return_value == ZERO
+            rc = c.commit(sid, timeout_ms=1).return_value
+            if rc == ZERO:  # pragma: no cover - a machine faster than zfs-fuse
+                pytest.skip("the snapshot was taken within 1 ms")
+            assert rc == HResult.FSSAGENT_E_TIMEOUT
+            deadline = time.monotonic() + 30
+            while not of_set(pool, sid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            (snap,) = of_set(pool, sid)
+            assert admin_json(capsys, a, "gc") == []
+            assert of_set(pool, sid) == {snap}
+            assert c.commit(sid).return_value == ZERO  # the retried Commit collects the job
+            assert c.expose(sid).return_value == ZERO
+        assert admin_json(capsys, a, "gc") == [] and of_set(pool, sid) == {snap}
+    finally:
+        a.stop()  # an auto-release Exposed set is released by the agent's stop
+    assert of_set(pool, sid) == set()
