@@ -179,8 +179,7 @@ class Collector:
             measured = None
             if self.storage is not None:
                 measured = await self.storage.measure_all(self.service)
-            # listed before the lock, compared with the journal under it (agent/strays.py)
-            found = await asyncio.to_thread(self.strays.labelled) if self.strays else None
+            found: list[Stray] | None = None
 
             def decide(machine: Machine, applied: list[Pick]) -> Outcome:
                 now = self.service.clock()
@@ -198,7 +197,9 @@ class Collector:
                 done.extend(applied)
                 return out
 
-            await self.service.release(logged(decide, self.on_delete))
+            async with self.service.call_lock:  # see _list_strays
+                found = await self._list_strays()
+                await self.service.release(logged(decide, self.on_delete), locked=True)
             if done and self.storage is not None:
                 await self.storage.measure_all(self.service)  # what status shows: after
             self.activity.save(self.service.machine.sets)
@@ -209,6 +210,13 @@ class Collector:
         self.stats.passes += 1
         self.stats.last_pass = self.service.clock()
         return done
+
+    async def _list_strays(self) -> list[Stray] | None:
+        """ZFS's labelled snapshots, listed while the caller holds the call lock: no
+        call's snapshot is destroyed meanwhile (zfs-fuse refuses a destroy with EBUSY
+        while another ``zfs`` command has the dataset open), and the journal read
+        after it names every snapshot the listing saw."""
+        return await asyncio.to_thread(self.strays.labelled) if self.strays else None
 
     def _unknown(self, found: list[Stray], machine: Machine) -> list[Stray]:
         """Under the service's lock: the labelled snapshots the journal does not name."""
@@ -228,23 +236,20 @@ class Collector:
     async def delete_strays(self, set_id: UUID, copy_id: UUID | None) -> list[Pick]:
         """Root's ``sets delete`` of a set the machine does not hold: its strays
         (persistent ones too) go through the journaled teardown path."""
-        if self.strays is None:
-            return []
-        found = await asyncio.to_thread(self.strays.labelled)
-        wanted = [x for x in found if _same(x.set_id, set_id)
-                  and (copy_id is None or _same(x.copy_id, copy_id))]
         done: list[Pick] = []
         taken: list[Stray] = []
-        if not wanted:
-            return done
 
         def decide(machine: Machine, _now: float) -> Outcome:
+            wanted = [x for x in found if _same(x.set_id, set_id)
+                      and (copy_id is None or _same(x.copy_id, copy_id))]
             taken.extend(self._unknown(wanted, machine))
             out = Outcome(HResult.ZERO)
             out.teardown = teardown(taken, "admin", "stray deleted by an administrator", done)
             return out
 
-        await self.service.release(decide, wait_commits=True)
+        async with self.service.call_lock:
+            found = await self._list_strays() or []
+            await self.service.release(decide, locked=True)
         self._keep([x for x in self.kept_strays if x not in taken])
         return done
 

@@ -156,6 +156,11 @@ class AgentService:
         ) = None
         self.owner = agent_identity(config.state_dir)  # ZFS's label of our snapshots
 
+    @property
+    def call_lock(self) -> asyncio.Lock:
+        """Held by every call with effects; the GC lists ZFS under it (agent/strays.py)."""
+        return self._lock
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> ReconcileReport:
