@@ -556,14 +556,14 @@ class ZfsBackend:
         ds = self._dataset(volume)
         props = [MANAGED, f"{PROP}:set", f"{PROP}:copy", f"{PROP}:context", OWNER, DOOMED,
                  "userrefs"]
-        with _errors(f"listing snapshots of {ds.name}"):
-            names = zfs_cli.list_snapshots(ds.name)
-            vals = zfs_cli.get(names, props) if names else {}
-            doomed = self._doomed_clones(ds) if names else set()
+        zfs_cli.check_dataset(ds.name)
+        with _errors(f"listing snapshots of {ds.name}"):  # one command: the GC's cost
+            vals = zfs_cli.get([ds.name], props, recursive=True)
+        doomed = {n for n, v in vals.items()
+                  if n.startswith(ds.container + "/") and v.get(DOOMED) == "yes"}
         out = []
-        for name in names:
-            v = vals.get(name, {})
-            if v.get(MANAGED) != "yes":
+        for name, v in vals.items():
+            if not name.startswith(ds.name + "@") or v.get(MANAGED) != "yes":
                 continue
             zname = name.split("@", 1)[1]
             path = os.path.join(volume.snapshot_dir, "@" + zname)
@@ -576,19 +576,6 @@ class ZfsBackend:
                 v.get(OWNER, ""), ds.clone(zname) in doomed,
             ))
         return out
-
-    @staticmethod
-    def _doomed_clones(ds: Dataset) -> set[str]:
-        """Clones below the container marked doomed (one recursive ``zfs get``)."""
-        try:
-            text = zfs_cli.run("get", "-H", "-p", "-r", "-o", "name,value", DOOMED,
-                               ds.container, what=f"zfs get {DOOMED}")
-        except zfs_cli.ZfsError as exc:
-            if exc.errno == errno.ENOENT:
-                return set()
-            raise
-        return {n for n, _, v in (line.partition("\t") for line in text.splitlines())
-                if v == "yes"}
 
     def usage(self, volume: Volume) -> Usage:
         """``used``: what our snapshots and clones hold (usedbysnapshots of the
