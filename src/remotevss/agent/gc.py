@@ -213,9 +213,9 @@ class Collector:
 
     async def _list_strays(self) -> list[Stray] | None:
         """ZFS's labelled snapshots, listed while the caller holds the call lock: no
-        call's snapshot is destroyed meanwhile (zfs-fuse refuses a destroy with EBUSY
-        while another ``zfs`` command has the dataset open), and the journal read
-        after it names every snapshot the listing saw."""
+        call removes a copy from the journal, or marks its clone doomed, between the
+        listing and the journal read that follows it (seen here: a DeleteShareMapping
+        whose busy clone was doomed in that window was reported as a kept stray)."""
         return await asyncio.to_thread(self.strays.labelled) if self.strays else None
 
     def _unknown(self, found: list[Stray], machine: Machine) -> list[Stray]:

@@ -20,10 +20,8 @@ Rules of this module
   snapshot's creation intent is journaled before it is taken, so a snapshot
   being taken right now is never a stray.  ZFS is listed, and the journal
   read after it, under the service's call lock (at start-up: before
-  serving), so no call removes a snapshot in between; and zfs-fuse, which
-  refuses a destroy while another ``zfs`` command has the dataset open,
-  never sees the two at once.  Clones marked doomed are being destroyed
-  already (the backend's sweep finishes them).
+  serving), so no call removes a copy in between.  Clones marked doomed are
+  being destroyed already (the backend's sweep finishes them).
 * **Auto-release** strays (no hold, a context label naming an auto-release
   context) are deleted through the ordinary teardown path: a
   ``DeleteSnapshot`` effect journaled as an intent and carried out by the
