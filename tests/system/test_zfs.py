@@ -286,6 +286,22 @@ def test_managed_snapshots_are_found_from_zfs_alone(zfspool: ZfsPool, zb: ZfsBac
     assert (found[a].set_id, found[a].copy_id, found[a].context, found[a].held) == (
         "S1", "C1", "FSRVP_CTX_APP_ROLLBACK", True)
     assert (found[b].set_id, found[b].copy_id, found[b].held) == ("S2", "C2", False)
+    assert found[a].owner == found[b].owner == "" and not found[b].doomed
+    # the owning agent's label; a recursive snapshot of the pool (TrueNAS's periodic
+    # tasks) inherits our labels on the .snapshots children, and is still not ours
+    (c,) = zb.create_many([SnapRequest(volume, NAME[:-8] + "cccccccc", True, set_id="S3",
+                                       copy_id="C3", owner="/var/lib/remotevss")])
+    zfs("snapshot", "-r", f"{pool}@daily")
+    zfs("set", "org.remotevss:doomed=yes",  # as _destroy_clone marks a busy clone
+        f"{pool}/data/.snapshots/{os.path.basename(b)[1:]}")
+    found = {m.path: m for m in zb.managed(volume)}
+    assert set(found) == {a, b, c}
+    assert found[c].owner == "/var/lib/remotevss" and found[b].doomed
+    assert not found[a].doomed and not found[c].doomed
+    zfs("set", "org.remotevss:doomed=no", f"{pool}/data/.snapshots/{os.path.basename(b)[1:]}")
+    for n in sorted(datasets(pool, "snapshot")):
+        if n.endswith("@daily"):
+            zfs("destroy", n)
     for m in found.values():  # what a collector would do with an orphan
         zb.delete(m.path)
     assert zb.managed(volume) == []

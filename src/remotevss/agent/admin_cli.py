@@ -126,11 +126,26 @@ def _sets(path: str, args: argparse.Namespace) -> int:
         done = admin.request(path, "release", timeout=600, set=args.set_id, copy=args.copy)
         for d in done:
             what = f"shadow copy {d['copy']} of set {d['set']}" if d["copy"] else f"set {d['set']}"
-            print(f"deleted {what}")
+            print(f"deleted {what}{' (stray)' if d.get('stray') else ''}")
         return 0
-    sets = admin.request(path, "status", timeout=10).get("sets", [])
-    _out(sets, args.json, _sets_text)
+    st = admin.request(path, "status", timeout=10)
+    _out(st.get("sets", []) + stray_sets(st.get("strays", [])), args.json, _sets_text)
     return 0
+
+
+def stray_sets(strays: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kept strays (ZFS snapshots labelled by this agent, unknown to its journal),
+    grouped by their set label, in the shape of a set with status "stray"."""
+    by_set: dict[str, dict[str, Any]] = {}
+    for x in strays:
+        s = by_set.setdefault(x["set_id"], {
+            "id": x["set_id"], "status": "stray", "context": None,
+            "context_name": x["context"] or "?", "auto_release": not x["persistent"],
+            "in_flight": False, "last_activity": None, "stray": True, "copies": []})
+        s["copies"].append({"id": x["copy_id"], "volume": x["volume"], "snapshot": x["path"],
+                            "zfs": x["zfs_name"], "held": x["held"], "created": None,
+                            "writable": None, "shares": []})
+    return list(by_set.values())
 
 
 def _sets_text(sets: list[dict[str, Any]]) -> None:
@@ -139,8 +154,13 @@ def _sets_text(sets: list[dict[str, Any]]) -> None:
     for s in sets:
         print(f"set {s['id']}  {s['status']}  {s['context_name']}"
               f"{'' if s['auto_release'] else ' (persistent)'}")
+        if s.get("stray"):
+            print("  in ZFS, labelled by this agent, not in its journal: kept; "
+                  "'remotevss sets delete SET_ID' removes it")
         for c in s["copies"]:
-            print(f"  copy {c['id']}  {c['volume']}  {c['snapshot'] or '(no snapshot yet)'}")
+            zfs = f"  [{c['zfs']}{', held' if c['held'] else ''}]" if c.get("zfs") else ""
+            print(f"  copy {c['id']}  {c['volume']}  {c['snapshot'] or '(no snapshot yet)'}"
+                  f"{zfs}")
             for m in c["shares"]:
                 shown = m["exposed_name"] if m["exposed"] else "(not exposed)"
                 print(f"    {m['share']} -> {shown}")
@@ -191,6 +211,9 @@ def _status_text(st: dict[str, Any]) -> None:
             shares = ", ".join(m["exposed_name"] for m in c["shares"] if m["exposed"]) or "-"
             print(f"      copy {c['id']} {c['volume']} {c['snapshot'] or '(no snapshot)'} "
                   f"shares: {shares}")
+    for x in st.get("strays", []):
+        print(f"    stray {x['zfs_name']} (set {x['set_id']}, {x['context'] or '?'}"
+              f"{', held' if x['held'] else ''}): kept, not in the journal")
     print(f"  exposed shares: {len(st['exposed_shares'])}")
     _volumes_text(st["volumes"], indent="  ")
     gc = st["gc"]
@@ -218,6 +241,10 @@ def _volumes_text(volumes: list[dict[str, Any]], indent: str = "") -> None:
               f"{v['copies']:>6} {v['basis']}{flag}")
         if v["note"]:
             print(f"{indent}  ({v['note']})")
+        if n := v.get("strays"):
+            size = "size unknown" if v["stray_bytes"] is None else human(v["stray_bytes"])
+            print(f"{indent}  ({n} stray cop{'y' if n == 1 else 'ies'} kept, not in the "
+                  f"journal, {size}: remotevss sets list)")
 
 
 def _storage_list(path: str, config: AgentConfig, as_json: bool) -> int:

@@ -16,6 +16,9 @@ captured.  The Windows agent ages shadow copies out; so do we:
   ``[gc.max_age_by_context]`` (0: never by age).
 * **storage**: the oldest Recovered copies of a volume over its shadow
   storage maximum, with policy ``delete_oldest`` (agent/storage.py).
+* **stray**: a ZFS snapshot labelled by this agent that the journal does not
+  know (agent/strays.py), if its context is auto-release; persistent strays
+  are kept, reported once (``stray_kept``) and listed, for root to delete.
 
 Sets still in a sequence (Started, Added, CreationInProgress) are never
 touched: the message sequence timer owns them.  Deletion goes through the
@@ -23,7 +26,9 @@ service's teardown path (:meth:`AgentService.release`): the rules only
 choose (agent/release.py), :meth:`Machine.release` takes the set off the
 machine, the journal records intents, snapshots and shares are removed, and
 a crash in the middle is finished at start-up like any teardown.  Every
-deletion is one ``gc_delete`` event line naming the reason.
+deletion is one ``gc_delete`` event line naming the reason.  Strays, which
+the machine does not know, skip the machine: their ``DeleteSnapshot`` effects
+join the pass's teardown, journaled and carried out the same way.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from remotevss.agent.config import GcConfig
-from remotevss.agent.events import CallEvent
+from remotevss.agent.events import CallEvent, emit
 from remotevss.agent.release import Pick, context_name, logged, release_picks
+from remotevss.agent.strays import Stray, StrayFinder, collectable, teardown, unknown
+from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import Machine, Outcome, Status
 
 if TYPE_CHECKING:
@@ -143,10 +150,14 @@ class Collector:
         service: AgentService,
         activity: Activity,
         storage: StorageManager | None = None,
+        strays: StrayFinder | None = None,
     ) -> None:
         self.service = service
         self.activity = activity
         self.storage = storage
+        self.strays = strays
+        self.kept_strays: list[Stray] = []  # persistent strays of the last pass
+        self._reported: set[str] = set()  # zfs names already logged as kept
         self.stats = GcStats()
         self.on_delete: list[Callable[[Pick], None]] = [self._count]
         self._task: asyncio.Task[None] | None = None
@@ -161,13 +172,14 @@ class Collector:
         self.stats.deleted[p.reason] = self.stats.deleted.get(p.reason, 0) + 1
 
     async def run_pass(self) -> list[Pick]:
-        """One pass: age and orphan rules, then shadow storage maximums."""
+        """One pass: age and orphan rules, shadow storage maximums, then strays."""
         done: list[Pick] = []
         try:
             policy = self.policy
             measured = None
             if self.storage is not None:
                 measured = await self.storage.measure_all(self.service)
+            found: list[Stray] | None = None
 
             def decide(machine: Machine, applied: list[Pick]) -> Outcome:
                 now = self.service.clock()
@@ -178,10 +190,16 @@ class Collector:
                               if (p.set_id, p.copy_id) not in taken
                               and (p.set_id, None) not in taken]
                 out = release_picks(machine, picks, applied)
+                if found is not None:
+                    lost = self._unknown(found, machine)
+                    out.teardown += collectable(lost, applied)
+                    self._keep([x for x in lost if x.persistent])
                 done.extend(applied)
                 return out
 
-            await self.service.release(logged(decide, self.on_delete))
+            async with self.service.call_lock:  # see _list_strays
+                found = await self._list_strays()
+                await self.service.release(logged(decide, self.on_delete), locked=True)
             if done and self.storage is not None:
                 await self.storage.measure_all(self.service)  # what status shows: after
             self.activity.save(self.service.machine.sets)
@@ -191,6 +209,48 @@ class Collector:
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
         self.stats.passes += 1
         self.stats.last_pass = self.service.clock()
+        return done
+
+    async def _list_strays(self) -> list[Stray] | None:
+        """ZFS's labelled snapshots, listed while the caller holds the call lock: no
+        call removes a copy from the journal, or marks its clone doomed, between the
+        listing and the journal read that follows it (seen here: a DeleteShareMapping
+        whose busy clone was doomed in that window was reported as a kept stray)."""
+        return await asyncio.to_thread(self.strays.labelled) if self.strays else None
+
+    def _unknown(self, found: list[Stray], machine: Machine) -> list[Stray]:
+        """Under the service's lock: the labelled snapshots the journal does not name."""
+        return unknown(found, machine.sets.values(), self.service.journal.pending_intents())
+
+    def _keep(self, kept: list[Stray]) -> None:
+        self.kept_strays = kept
+        if self.storage is not None:
+            self.storage.strays = kept
+        for x in kept:
+            if x.zfs_name not in self._reported:
+                self._reported.add(x.zfs_name)
+                emit({"event": "stray_kept", "detail": "persistent shadow copy labelled by "
+                      "this agent in ZFS, unknown to its journal: kept (remotevss sets "
+                      "delete SET_ID removes it)", **x.as_dict()}, logging.WARNING)
+
+    async def delete_strays(self, set_id: UUID, copy_id: UUID | None) -> list[Pick]:
+        """Root's ``sets delete`` of a set the machine does not hold: its strays
+        (persistent ones too) go through the journaled teardown path."""
+        done: list[Pick] = []
+        taken: list[Stray] = []
+
+        def decide(machine: Machine, _now: float) -> Outcome:
+            wanted = [x for x in found if _same(x.set_id, set_id)
+                      and (copy_id is None or _same(x.copy_id, copy_id))]
+            taken.extend(self._unknown(wanted, machine))
+            out = Outcome(HResult.ZERO)
+            out.teardown = teardown(taken, "admin", "stray deleted by an administrator", done)
+            return out
+
+        async with self.service.call_lock:
+            found = await self._list_strays() or []
+            await self.service.release(decide, locked=True)
+        self._keep([x for x in self.kept_strays if x not in taken])
         return done
 
     def start(self) -> None:
@@ -217,3 +277,10 @@ class Collector:
         if self._task is not None:
             await self._task
         self.activity.save(self.service.machine.sets)
+
+
+def _same(label: str, wanted: UUID) -> bool:
+    try:
+        return UUID(label) == wanted
+    except ValueError:
+        return False

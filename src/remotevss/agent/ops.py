@@ -35,6 +35,7 @@ from remotevss.agent.sdnotify import Watchdog, notify, watchdog_interval
 from remotevss.agent.service import AgentService
 from remotevss.agent.sizes import parse_limit
 from remotevss.agent.storage import StorageManager, resolve_volume_root
+from remotevss.agent.strays import StrayFinder
 from remotevss.agent.transports.samba_pipe import PipeListener
 from remotevss.fsrvp.machine import Status, TimerPolicy
 
@@ -74,7 +75,8 @@ class Operations:
         config = service.config
         self.storage = StorageManager(config)
         self.activity = Activity(Path(config.state_dir) / "gc-activity.json", service.clock())
-        self.collector = Collector(service, self.activity, self.storage)
+        finder = StrayFinder(service.shares, config.backend, service.owner)
+        self.collector = Collector(service, self.activity, self.storage, finder)
         self.storage.on_delete = self.collector.on_delete  # one list: counts and metrics
         self.metrics: Metrics | None = None
         if config.metrics.port:
@@ -210,8 +212,16 @@ class Operations:
         except ValueError as exc:
             raise admin.AdminError(f"release: not a GUID: {exc}") from exc
         s = self.service.machine.sets.get(set_id)
-        if s is None:
-            raise admin.AdminError(f"no shadow copy set {set_id}")
+        if s is None:  # a stray's set (agent/strays.py)?
+            strays = await self.collector.delete_strays(set_id, copy_id)
+            if not strays:
+                raise admin.AdminError(f"no shadow copy set {set_id}")
+            for p in strays:
+                emit({"event": "admin_release", "set": str(p.set_id),
+                      "copy": str(p.copy_id) if p.copy_id else None, "stray": True,
+                      "copies": (p.extra or {}).get("copies", [])})
+            return [{"set": str(p.set_id), "copy": str(p.copy_id) if p.copy_id else None,
+                     "stray": True} for p in strays]
         if copy_id is not None and all(c.id != copy_id for c in s.copies):
             raise admin.AdminError(f"set {set_id} has no shadow copy {copy_id}")
         pick = Pick(set_id, copy_id, "admin", "deleted by an administrator")
@@ -292,6 +302,7 @@ class Operations:
             "io": self.service.io_counters(),
             "timer_remaining_s": None if m.deadline is None else round(m.deadline - now, 1),
             "sets": sets,
+            "strays": [x.as_dict() for x in self.collector.kept_strays],
             "exposed_shares": exposed,
             "volumes": volumes,
             "storage_measured_at": self.storage.last_at,

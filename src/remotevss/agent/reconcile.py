@@ -13,6 +13,9 @@ Rules of this module
   (:func:`remotevss.fsrvp.machine.unmap`), never edited by hand here.
 * A failure is reported (``ReconcileReport.errors``) and, where it is a
   removal, left journaled for the next start-up; it never stops the agent.
+* Last, ZFS is asked which snapshots this agent labelled (agent/strays.py):
+  those the journal does not know are strays, deleted (auto-release) through
+  journaled teardown like any other, or kept and reported (persistent).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from remotevss.agent.effects import EffectRunner, backend_of
+from remotevss.agent.events import emit
 from remotevss.agent.intents import DeleteMappingIntent, UnknownIntent, from_row
 from remotevss.agent.journal import Journal
+from remotevss.agent.release import Pick, describe
+from remotevss.agent.strays import StrayFinder, collectable, unknown
 from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import (
     MappedShare,
@@ -51,6 +57,8 @@ class ReconcileReport:
     intents_replayed: list[str] = field(default_factory=list)
     removed_shares: list[str] = field(default_factory=list)
     missing_snapshots: list[str] = field(default_factory=list)
+    collected_strays: list[str] = field(default_factory=list)
+    kept_strays: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -61,6 +69,8 @@ class ReconcileReport:
             ("replayed intent", self.intents_replayed),
             ("removed leaked share", self.removed_shares),
             ("snapshot missing on disk", self.missing_snapshots),
+            ("deleted auto-release stray", self.collected_strays),
+            ("kept persistent stray (remotevss sets list)", self.kept_strays),
             ("error", self.errors),
         ):
             out.extend(f"{label}: {x}" for x in items)
@@ -69,12 +79,14 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(
-        self, journal: Journal, exposer: Exposer, runner: EffectRunner, shares: ShareLookup
+        self, journal: Journal, exposer: Exposer, runner: EffectRunner, shares: ShareLookup,
+        strays: StrayFinder | None = None,
     ) -> None:
         self.journal = journal
         self.exposer = exposer
         self.runner = runner
         self.shares = shares
+        self.strays = strays
 
     def run(self) -> tuple[ReconcileReport, list[ShadowCopySet]]:
         """1. Replay pending intents: half-made snapshots and shares are removed,
@@ -83,6 +95,8 @@ class Reconciler:
            Exposed and Recovered sets are kept (persistent copies survive),
            their snapshots checked on disk and their protection re-applied.
         3. Shares exposed by us that no kept set knows are removed.
+        4. Strays (ZFS snapshots labelled by this agent, unknown to the journal)
+           are deleted if auto-release, else kept and reported.
         Returns the report and the kept sets (for the machine)."""
         rep = ReconcileReport()
         unmapped: list[tuple[int, DeleteMappingIntent]] = []
@@ -127,6 +141,8 @@ class Reconciler:
                 rep.removed_shares.append(name)
             except ExposeError as exc:
                 rep.errors.append(str(exc))
+        if self.strays is not None:
+            self._collect_strays(self.strays, kept, rep)
         for line in rep.lines():
             log.info("start-up: %s", line)
         return rep, kept
@@ -187,3 +203,22 @@ class Reconciler:
                             sub = ""
                         path = os.path.join(c.snapshot_path, sub) if sub else c.snapshot_path
                         self.exposer.expose(mp.exposed_name, mp.local_share, path, c.writable)
+
+    def _collect_strays(self, finder: StrayFinder, kept: list[ShadowCopySet],
+                        rep: ReconcileReport) -> None:
+        """Auto-release strays go through journaled teardown (a crash in the middle
+        is finished by the next start-up's intent replay); persistent ones stay."""
+        try:
+            lost = unknown(finder.labelled(), kept, self.journal.pending_intents())
+        except (SnapshotError, OSError) as exc:
+            rep.errors.append(f"listing strays: {exc}")
+            return
+        done: list[Pick] = []
+        effects = collectable(lost, done)
+        for p in done:
+            emit(describe(None, p), logging.WARNING)
+        if effects:
+            self.runner.carry_out(self.runner.settle(teardown=effects))
+        rep.collected_strays += [x.zfs_name for x in lost if not x.persistent]
+        rep.kept_strays += [f"{x.zfs_name} (set {x.set_id}, context {x.context or '?'}"
+                            f"{', held' if x.held else ''})" for x in lost if x.persistent]

@@ -18,7 +18,7 @@ Rules of this module
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -39,9 +39,11 @@ class Pick:
 
     set_id: UUID
     copy_id: UUID | None
-    reason: str  # orphan | max_age | storage | shutdown
+    reason: str  # orphan | max_age | storage | shutdown | stray | admin
     detail: str
     deleted: bool = True  # False: kept (a persistent Exposed set sealed at shutdown)
+    #: event fields of a copy the machine does not know (a stray: agent/strays.py)
+    extra: Mapping[str, object] | None = None
 
 
 def release_picks(machine: Machine, picks: Iterable[Pick], done: list[Pick]) -> Outcome:
@@ -71,7 +73,7 @@ def shutdown_outcome(machine: Machine, done: list[Pick]) -> Outcome:
 def describe(s: ShadowCopySet | None, p: Pick) -> dict[str, object]:
     """The event fields of one deletion, read before it happens."""
     copies = [] if s is None else [c for c in s.copies if p.copy_id in (None, c.id)]
-    return {
+    fields: dict[str, object] = {
         "event": "gc_delete" if p.reason != "shutdown" else "shutdown_release",
         "reason": p.reason,
         "detail": p.detail,
@@ -89,6 +91,7 @@ def describe(s: ShadowCopySet | None, p: Pick) -> dict[str, object]:
             for c in copies
         ],
     }
+    return fields | dict(p.extra or {})
 
 
 def logged(decide: Callable[[Machine, list[Pick]], Outcome],

@@ -32,6 +32,7 @@ from remotevss.agent.intents import (
 from remotevss.agent.journal import Journal
 from remotevss.agent.naming import gmt_snapshot_name, snapshot_name
 from remotevss.agent.reconcile import Reconciler, ReconcileReport
+from remotevss.agent.strays import StrayFinder, agent_identity
 from remotevss.dcerpc import pdu
 from remotevss.fsrvp import calls, contexts, server
 from remotevss.fsrvp.constants import DISABLE_DEFRAG, HResult, Opnum, hresult_name
@@ -153,13 +154,20 @@ class AgentService:
         self.commit_guard: (
             Callable[[UUID, list[CreateSnapshot]], Awaitable[int | None]] | None
         ) = None
+        self.owner = agent_identity(config.state_dir)  # ZFS's label of our snapshots
+
+    @property
+    def call_lock(self) -> asyncio.Lock:
+        """Held by every call with effects; the GC lists ZFS under it (agent/strays.py)."""
+        return self._lock
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> ReconcileReport:
         async with self._lock:
+            strays = StrayFinder(self.shares, self.config.backend, self.owner)
             report, kept = await asyncio.to_thread(
-                Reconciler(self.journal, self.exposer, self.effects, self.shares).run
+                Reconciler(self.journal, self.exposer, self.effects, self.shares, strays).run
             )
             self.machine.load(kept, self.clock())
             self._arm_timer()  # kept sets still in progress must not block for ever
@@ -493,7 +501,7 @@ class AgentService:
         persistent = s is not None and not s.auto_release
         results = await asyncio.to_thread(take_together, [  # labels: ZFS keeps them (and holds)
             SnapRequest(v, name, e.writable, set_id=str(e.set_id), copy_id=str(e.copy_id),
-                        context=context, persistent=persistent)
+                        context=context, persistent=persistent, owner=self.owner)
             for v, name, e in plan])
         error: int | None = None
         for (volume, _name, e), made in zip(plan, results, strict=True):

@@ -71,6 +71,7 @@ from remotevss.snapshots.copy import SNAPSHOT_DIR
 
 if TYPE_CHECKING:
     from remotevss.agent.service import AgentService
+    from remotevss.agent.strays import Stray
 
 log = logging.getLogger("remotevss.agent.storage")
 
@@ -105,6 +106,10 @@ class VolumeUsage:
     limit: str  # the maximum as configured ("20%", "10737418240", "unbounded")
     copies: int
     copy_bytes: dict[str, int | None] = field(default_factory=dict)  # copy id -> bytes
+    #: persistent strays kept on this volume (agent/strays.py) and what they hold;
+    #: not in ``used``: no deletion rule may take them
+    strays: int = 0
+    stray_bytes: int | None = 0
 
     @property
     def over(self) -> bool:
@@ -166,6 +171,7 @@ class StorageManager:
         self.last_at: float | None = None
         self.refusals = 0
         self.on_delete: list[Callable[[Pick], None]] = []  # shared with the GC (metrics)
+        self.strays: list[Stray] = []  # the GC's last kept strays, shown per volume
 
     # ------------------------------------------------------------ limits
 
@@ -228,7 +234,21 @@ class StorageManager:
                 log.warning("cannot measure volume %s: %s", name, exc)
         live = {r.snapshot_path for r in refs}
         self._sealed = {p: n for p, n in self._sealed.items() if p in live}
+        self._count_strays(out)
         return out
+
+    def _count_strays(self, usage: dict[str, VolumeUsage]) -> None:
+        """Kept strays per volume, with ZFS's size of each (not part of ``used``)."""
+        from remotevss.snapshots.zfs import copy_bytes
+
+        by_root = {u.root: u for u in usage.values()}
+        for x in list(self.strays):
+            u = by_root.get(split_volume(x.volume)[1])
+            if u is None:
+                continue
+            u.strays += 1
+            n = copy_bytes(x.path)
+            u.stray_bytes = None if n is None or u.stray_bytes is None else u.stray_bytes + n
 
     def _measure_volume(self, name: str, copies: list[CopyRef]) -> VolumeUsage:
         backend, root = split_volume(name)

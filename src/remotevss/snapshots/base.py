@@ -125,8 +125,10 @@ class SnapRequest:
 
     The ids are optional labels: a backend that can store them with the
     snapshot (ZFS user properties) does, so orphans can be found from the
-    filesystem alone; ``persistent`` (a context without auto-release) lets a
-    backend pin the snapshot (ZFS: ``zfs hold``).  Backends that cannot, ignore them.
+    filesystem alone; ``owner`` names the agent (its state directory) so that
+    two agents on one pool never collect each other's; ``persistent`` (a
+    context without auto-release) lets a backend pin the snapshot (ZFS:
+    ``zfs hold``).  Backends that cannot, ignore them.
     """
 
     volume: Volume
@@ -136,6 +138,7 @@ class SnapRequest:
     copy_id: str = ""
     context: str = ""
     persistent: bool = False
+    owner: str = ""
 
 
 class BatchBackend(Backend, Protocol):

@@ -25,9 +25,10 @@ the agent names it.  ZFS snapshot names cannot hold "@": ``@GMT-...`` is
 * read-only snapshots without it (zfs-fuse): a clone with ``readonly=on``.
 
 Every snapshot and clone carries ``org.remotevss:managed=yes`` from its
-creation (``-o`` on the same command) plus the set, copy and context when the
-caller names them, so orphan collection can find them from ZFS alone; delete
-refuses datasets without the marker.  Persistent contexts get a ``zfs hold``
+creation (``-o`` on the same command) plus the set, copy, context and owning
+agent (``org.remotevss:agent``) when the caller names them, so orphan
+collection can find them from ZFS alone (``managed``; agent/strays.py);
+delete refuses datasets without the marker.  Persistent contexts get a ``zfs hold``
 with tag ``remotevss``, released by ``delete``.
 """
 
@@ -57,6 +58,7 @@ SNAPSHOT_DIR = ".snapshots"
 ZFS_FSTYPES = ("zfs", "fuse.zfs")
 PROP = "org.remotevss"
 MANAGED = f"{PROP}:managed"
+OWNER = f"{PROP}:agent"  # which agent made it: its state directory (agent/strays.py)
 DOOMED = f"{PROP}:doomed"  # deleted while busy; destroyed by _sweep
 HOLD_TAG = "remotevss"
 FUSE_BUSY_WAIT = 3.0  # seconds a busy zfs-fuse clone is retried before EBUSY
@@ -94,6 +96,8 @@ class ManagedSnapshot:
     copy_id: str
     context: str
     held: bool
+    owner: str = ""
+    doomed: bool = False  # its clone is being destroyed (``_sweep`` finishes it)
 
 
 @dataclass
@@ -283,6 +287,8 @@ class ZfsBackend:
             props[f"{PROP}:context"] = r.context
         if r.copy_id and per_copy:
             props[f"{PROP}:copy"] = r.copy_id
+        if r.owner:
+            props[OWNER] = r.owner
         return props
 
     def _snapshot_all(self, plan: list[tuple[Dataset, str, str, SnapRequest]],
@@ -548,15 +554,16 @@ class ZfsBackend:
         (user properties), not from the journal: what reconciliation and orphan
         collection compare the journal against.  ``path`` is what ``delete`` takes."""
         ds = self._dataset(volume)
-        props = [MANAGED, f"{PROP}:set", f"{PROP}:copy", f"{PROP}:context", DOOMED,
+        props = [MANAGED, f"{PROP}:set", f"{PROP}:copy", f"{PROP}:context", OWNER, DOOMED,
                  "userrefs"]
-        with _errors(f"listing snapshots of {ds.name}"):
-            names = zfs_cli.list_snapshots(ds.name)
-            vals = zfs_cli.get(names, props) if names else {}
+        zfs_cli.check_dataset(ds.name)
+        with _errors(f"listing snapshots of {ds.name}"):  # one command: the GC's cost
+            vals = zfs_cli.get([ds.name], props, recursive=True)
+        doomed = {n for n, v in vals.items()
+                  if n.startswith(ds.container + "/") and v.get(DOOMED) == "yes"}
         out = []
-        for name in names:
-            v = vals.get(name, {})
-            if v.get(MANAGED) != "yes":
+        for name, v in vals.items():
+            if not name.startswith(ds.name + "@") or v.get(MANAGED) != "yes":
                 continue
             zname = name.split("@", 1)[1]
             path = os.path.join(volume.snapshot_dir, "@" + zname)
@@ -566,6 +573,7 @@ class ZfsBackend:
             out.append(ManagedSnapshot(
                 path, name, v.get(f"{PROP}:set", ""), v.get(f"{PROP}:copy", ""),
                 v.get(f"{PROP}:context", ""), v.get("userrefs", "0") not in ("0", ""),
+                v.get(OWNER, ""), ds.clone(zname) in doomed,
             ))
         return out
 

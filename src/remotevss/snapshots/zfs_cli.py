@@ -133,13 +133,16 @@ def run(*args: str, what: str = "") -> str:
 # ------------------------------------------------------------------ queries
 
 
-def get(names: Sequence[str], props: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``zfs get -H -p`` -> {name: {property: value}}; "-" (unset) is left out."""
+def get(names: Sequence[str], props: Sequence[str],
+        recursive: bool = False) -> dict[str, dict[str, str]]:
+    """``zfs get -H -p`` -> {name: {property: value}}; "-" (unset) is left out.
+    ``recursive``: the names' descendants too (snapshots, child datasets)."""
     for p in props:
         if not _PROPERTY.fullmatch(p):
             raise SnapshotError(f"invalid ZFS property {p!r}", errno.EINVAL)
     out: dict[str, dict[str, str]] = {n: {} for n in names}
-    text = run("get", "-H", "-p", "-o", "name,property,value", ",".join(props), *names)
+    text = run("get", "-H", "-p", *(["-r"] if recursive else []), "-o", "name,property,value",
+               ",".join(props), *names)
     for line in text.splitlines():
         parts = line.split("\t")
         if len(parts) == 3 and parts[2] != "-":
@@ -159,13 +162,6 @@ def exists(name: str) -> bool:
             return False
         raise
     return True
-
-
-def list_snapshots(dataset: str) -> list[str]:
-    """Snapshot names (``ds@x``) of ``dataset`` itself, oldest first."""
-    text = run("list", "-H", "-t", "snapshot", "-o", "name", "-s", "creation", "-r", dataset)
-    prefix = dataset + "@"
-    return [n for n in text.splitlines() if n.startswith(prefix)]
 
 
 # ------------------------------------------------------------------ effects
