@@ -62,6 +62,11 @@ OWNER = f"{PROP}:agent"  # which agent made it: its state directory (agent/stray
 DOOMED = f"{PROP}:doomed"  # deleted while busy; destroyed by _sweep
 HOLD_TAG = "remotevss"
 FUSE_BUSY_WAIT = 3.0  # seconds a busy zfs-fuse clone is retried before EBUSY
+# After a clean unmount, ZFS may still answer EBUSY to the destroy for a while:
+# OpenZFS for a moment, zfs-fuse (whose unmount finishes in its daemon, behind
+# the kernel's) for up to 10-20 s on a loaded machine.  The destroy is retried
+# that long before the clone is left doomed for _sweep.
+DESTROY_PATIENCE = {"zfs": 2.0, "fuse": 30.0}
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ class ZfsBackend:
         self.name = name
         self.enclosing = enclosing
         self.last_spread = Spread()
+        self._warned: set[str] = set()  # shares whose refusal was logged (check runs often)
 
     # ------------------------------------------------------------ mapping
 
@@ -180,7 +186,10 @@ class ZfsBackend:
         sub = "" if sub == "." else sub
         if sub and not self.enclosing:
             suggestion = f"{ds.name}/{os.path.basename(path)}"
-            log.warning(
+            first = path not in self._warned
+            self._warned.add(path)
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
                 "share %s is a directory inside ZFS dataset %s (mounted at %s), not a dataset: "
                 "create a dataset for it (e.g. zfs create -o mountpoint=%s %s, then move the "
                 "files in) or configure backend = \"zfs-enclosing\" to snapshot all of %s",
@@ -448,6 +457,9 @@ class ZfsBackend:
         closes; zfs-fuse: only after its daemon restarts)."""
         with _errors(f"destroying {clone}"):
             busy = False
+            m0 = mounts.mount_at(path)
+            patience = DESTROY_PATIENCE["fuse" if m0 is not None and m0.fstype != "zfs"
+                                        else "zfs"]
             deadline = time.monotonic() + FUSE_BUSY_WAIT
             while (m := mounts.mount_at(path)) is not None:
                 if not mounts.try_unmount(path):
@@ -464,7 +476,7 @@ class ZfsBackend:
                     break
             if not busy:
                 try:
-                    self._destroy_retrying(clone, attempts=5)
+                    self._destroy_retrying(clone, patience=patience)
                     return True
                 except zfs_cli.ZfsError as exc:
                     if exc.errno != errno.EBUSY:
@@ -500,7 +512,7 @@ class ZfsBackend:
                 if mounts.mount_at(mountpoint) is not None and not self._destroy_clone(
                         name, mountpoint):
                     continue
-                self._destroy_retrying(name, attempts=1)
+                self._destroy_retrying(name, patience=0)
                 snap = ds.snapshot(zname)
                 if self._managed(snap):
                     self._release_and_destroy(snap)
@@ -508,18 +520,22 @@ class ZfsBackend:
                 log.warning("doomed clone %s not destroyed yet: %s", name, exc)
 
     @staticmethod
-    def _destroy_retrying(name: str, attempts: int = 10) -> None:
-        """FUSE and OpenZFS both report EBUSY for a moment after an unmount."""
-        for attempt in range(attempts):
+    def _destroy_retrying(name: str, patience: float = 2.0) -> None:
+        """ZFS reports EBUSY for a while after an unmount (see DESTROY_PATIENCE):
+        retried until ``patience`` seconds have passed (0: one attempt)."""
+        deadline = time.monotonic() + patience
+        delay = 0.05
+        while True:
             try:
                 zfs_cli.destroy(name)
                 return
             except zfs_cli.ZfsError as exc:
                 if exc.errno == errno.ENOENT:
                     return
-                if exc.errno != errno.EBUSY or attempt == attempts - 1:
+                if exc.errno != errno.EBUSY or time.monotonic() + delay > deadline:
                     raise
-            time.sleep(0.05 * (attempt + 1))
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def exists(self, snap_path: str) -> bool:
         try:
