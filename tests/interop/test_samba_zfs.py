@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.support.samba_agent import (
     smb_read,
     smb_write,
 )
+from tests.support.zfs_fuse import datasets, zfs
 
 TOOLS = ("smbd", "net", "smbclient", "rpcclient", "zfs", "zpool", "zfs-fuse")
 _missing = missing_tools(*TOOLS)
@@ -40,17 +40,9 @@ ZfsPool = Callable[..., tuple[str, Path]]
 CREATED = re.compile(r"^([0-9a-f-]{36})\(([0-9a-f-]{36})\): share (\S+)@", re.M)
 
 
-def zfs(*args: str) -> str:
-    return subprocess.run(["zfs", *args], capture_output=True, text=True, check=True).stdout
-
-
 def test_fsrvp_through_smbd_on_zfs_datasets(tmp_path: Path, zfspool: ZfsPool) -> None:
     pool, mnt = zfspool(256)
-    shares = {}
-    for name in ("zdata", "zother"):
-        zfs("create", f"{pool}/{name}")
-        (mnt / name / "file.txt").write_text(f"{name} before\n")
-        shares[name] = mnt / name
+    shares = datasets(pool, mnt, ("zdata", "zother"), "{name} before\n", file="file.txt")
     (mnt / "zdata" / "dept").mkdir()
     shares["zdept"] = mnt / "zdata" / "dept"  # a directory inside a dataset
     with agent_behind_samba(tmp_path, shares) as (samba, agent):

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 SOCKET = "/var/run/zfs/zfs_socket"
@@ -162,3 +163,20 @@ def _fuse_zfs_mounts() -> list[str]:
         if exc.errno != errno.ENOENT:
             raise
     return sorted(out, key=len, reverse=True)
+
+
+def zfs(*args: str) -> str:
+    """Run the zfs command line (argument list) and return its output."""
+    return subprocess.run(["zfs", *args], capture_output=True, text=True, check=True).stdout
+
+
+def datasets(pool: str, mnt: Path, names: Iterable[str], text: str = "{name}\n",
+             file: str = "f.txt") -> dict[str, Path]:
+    """One dataset per name below ``pool`` (mounted under ``mnt``), each with a
+    small file; the share table tests hand to the agent."""
+    shares = {}
+    for name in names:
+        zfs("create", f"{pool}/{name}")
+        (mnt / name / file).write_text(text.format(name=name))
+        shares[name] = mnt / name
+    return shares

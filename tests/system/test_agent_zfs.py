@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import pytest
 from remotevss import cli
 from remotevss.agent.config import GcConfig
 from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, HResult
+from tests.support.zfs_fuse import datasets, zfs
 from tests.system.agent_harness import AgentProcess
 from tests.system.ops_harness import ZERO, running_agent, sequence, unc
 from tests.system.test_agent import CRASH_POINTS, full_sequence, run_until_killed
@@ -26,18 +26,12 @@ pytestmark = pytest.mark.root
 ZfsPool = Callable[..., tuple[str, Path]]
 
 
-def zfs(*args: str) -> str:
-    return subprocess.run(["zfs", *args], capture_output=True, text=True, check=True).stdout
-
-
 def test_sequence_on_zfs_datasets_and_subdirectory_refused(
         tmp_path: Path, zfspool: ZfsPool, capsys: pytest.CaptureFixture[str]) -> None:
     pool, mnt = zfspool(256)
-    for name in ("data", "other"):
-        zfs("create", f"{pool}/{name}")
-        (mnt / name / "f.txt").write_text(f"{name} at the point in time\n")
+    shares = datasets(pool, mnt, ("data", "other"), "{name} at the point in time\n")
     (mnt / "data" / "sub").mkdir()
-    shares = {"data": mnt / "data", "other": mnt / "other", "sub": mnt / "data" / "sub"}
+    shares["sub"] = mnt / "data" / "sub"
     with running_agent(tmp_path, shares, backend="auto",
                        gc=GcConfig(interval=0, orphan_after=0, max_age=0)) as a:
         with a.client() as c:

@@ -21,14 +21,11 @@ from remotevss.snapshots import mounts, zfs_cli
 from remotevss.snapshots.base import NotSupported, SnapRequest, SnapshotError, supports_batches
 from remotevss.snapshots.select import BACKENDS, choose_backend
 from remotevss.snapshots.zfs import ZfsBackend
+from tests.support.zfs_fuse import zfs
 
 pytestmark = pytest.mark.root
 ZfsPool = Callable[..., tuple[str, Path]]
 NAME = "@GMT-2024.01.02-03.04.05.000000-abcd1234"
-
-
-def zfs(*args: str) -> str:
-    return subprocess.run(["zfs", *args], capture_output=True, text=True, check=True).stdout
 
 
 def prop(name: str, p: str) -> str:

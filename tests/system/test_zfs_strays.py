@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from remotevss.agent.strays import agent_identity
 from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, HResult
 from remotevss.snapshots.base import SnapRequest
 from remotevss.snapshots.zfs import ZfsBackend
+from tests.support.zfs_fuse import datasets, zfs
 from tests.system.agent_harness import AgentProcess
 from tests.system.ops_harness import ZERO
 from tests.system.test_agent import full_sequence
@@ -29,10 +29,6 @@ from tests.system.test_agent import unc as agent_unc
 
 pytestmark = pytest.mark.root
 ZfsPool = Callable[..., tuple[str, Path]]
-
-
-def zfs(*args: str) -> str:
-    return subprocess.run(["zfs", *args], capture_output=True, text=True, check=True).stdout
 
 
 def snapshots(pool: str) -> set[str]:
@@ -104,11 +100,7 @@ def wait_for(probe: Callable[[], list[dict[str, object]]]) -> list[dict[str, obj
 def test_wiped_state_dir_strays_collected_or_kept_foreign_untouched(
         tmp_path: Path, zfspool: ZfsPool, capsys: pytest.CaptureFixture[str]) -> None:
     pool, mnt = zfspool(256)
-    shares = {}
-    for n in ("share0", "share1"):
-        zfs("create", f"{pool}/{n}")
-        (mnt / n / "f.txt").write_text(f"{n}\n")
-        shares[n] = mnt / n
+    shares = datasets(pool, mnt, ("share0", "share1"))
     zfs("snapshot", f"{pool}/share0@mine")  # the administrator's own: never touched
     a = agent(tmp_path, "a", shares)
     b = agent(tmp_path, "b", shares)  # a second agent (own state dir) on the same pool
@@ -188,10 +180,7 @@ def test_wiped_state_dir_strays_collected_or_kept_foreign_untouched(
 def test_sigkill_in_the_middle_of_a_stray_collection_is_finished_at_next_start(
         tmp_path: Path, zfspool: ZfsPool) -> None:
     pool, mnt = zfspool(256)
-    shares = {}
-    for n in ("share0", "share1"):
-        zfs("create", f"{pool}/{n}")
-        shares[n] = mnt / n
+    shares = datasets(pool, mnt, ("share0", "share1"))
     a = agent(tmp_path, "a", shares)
     a.start()
     sid = recovered_set(a, ["share0", "share1"], CTX_BACKUP)

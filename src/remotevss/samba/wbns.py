@@ -9,6 +9,12 @@ module) where that directory is bind-mounted over ``/run/samba/winbindd``.
 The machine's own winbindd, if any, is untouched: this module refuses to run
 in its parent's (or init's) mount namespace, where the bind mount would hijack it.
 
+The new namespace starts as a copy of every mount of the parent's, and a
+copy keeps its filesystem in use: a ZFS clone or loop filesystem of a test,
+mounted when the helper started, could then not be destroyed until the
+helper exits (zfs-fuse answers EBUSY).  So the command lets go of every
+mount below the temporary directory that none of its paths need.
+
 A domain member's daemons need more of the machine seen their way (tests
 only): ``--bind SRC=DST`` bind-mounts a file over another in the same
 namespace, e.g. a hosts file naming the private domain controller or an
@@ -23,6 +29,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+
+from remotevss.snapshots import mounts
 
 WINBINDD_DIR = "/run/samba/winbindd"
 USAGE = (
@@ -67,6 +76,32 @@ def _bind(source: str, target: str) -> bool:
     return mount.returncode == 0
 
 
+def _needed_paths(paths: list[str]) -> list[str]:
+    """The existing paths named by ``paths`` (arguments, ``--opt=PATH`` too)."""
+    out = []
+    for arg in paths:
+        for cand in (arg, arg.partition("=")[2]):
+            if cand.startswith("/") and os.path.exists(cand):
+                out.append(os.path.realpath(cand))
+    return out
+
+
+def let_go_of_temporary_mounts(needed: list[str]) -> list[str]:
+    """Unmount, in this (private) namespace only, every mount below the temporary
+    directory that holds none of ``needed``; returns their mount points."""
+    gone = []
+    for point in sorted(set(mounts.mounts_below(tempfile.gettempdir())), key=len, reverse=True):
+        if any(p == point or p.startswith(point + "/") for p in needed):
+            continue
+        try:
+            mounts.unmount_all(point)
+        except OSError as exc:
+            print(f"wbns: cannot let go of {point}: {exc}", file=sys.stderr)
+            continue
+        gone.append(point)
+    return gone
+
+
 def main(argv: list[str]) -> int:
     binds: list[tuple[str, str]] = []
     while len(argv) >= 2 and argv[0] == "--bind":
@@ -94,6 +129,8 @@ def main(argv: list[str]) -> int:
     for source, target in [(socket_dir, WINBINDD_DIR), *binds]:
         if not _bind(source, target):
             return 1
+    let_go_of_temporary_mounts(_needed_paths([socket_dir, *command,
+                                              *(src for src, _ in binds)]))
     try:
         os.execvp(command[0], command)  # noqa: S606 - argv from our own caller, no shell
     except OSError as exc:
