@@ -62,11 +62,11 @@ OWNER = f"{PROP}:agent"  # which agent made it: its state directory (agent/stray
 DOOMED = f"{PROP}:doomed"  # deleted while busy; destroyed by _sweep
 HOLD_TAG = "remotevss"
 FUSE_BUSY_WAIT = 3.0  # seconds a busy zfs-fuse clone is retried before EBUSY
-# After a clean unmount, ZFS may still answer EBUSY to the destroy for a while:
-# OpenZFS for a moment, zfs-fuse (whose unmount finishes in its daemon, behind
-# the kernel's) for up to 10-20 s on a loaded machine.  The destroy is retried
-# that long before the clone is left doomed for _sweep.
-DESTROY_PATIENCE = {"zfs": 2.0, "fuse": 30.0}
+# After a clean unmount ZFS may answer EBUSY to the destroy for a moment (the
+# FUSE daemon finishes its unmount behind the kernel's); the destroy is retried
+# that long.  A clone that stays busy -- e.g. a process in another mount
+# namespace still holds a copy of its mount -- is left doomed for _sweep.
+DESTROY_PATIENCE = {"zfs": 2.0, "fuse": 5.0}
 
 
 @dataclass(frozen=True)
