@@ -175,10 +175,19 @@ def run_loadparm(config_file: str, timeout: float = LOADPARM_TIMEOUT) -> dict[st
         raise SambaConfigError(f"cannot read Samba config {config_file}: {exc} {err}") from exc
     if not isinstance(reply, dict) or not reply.get("ok"):
         error = str(reply.get("error", "no answer")) if isinstance(reply, dict) else "bad answer"
+        said = _samba_said(proc.stderr)
+        if said:
+            error += f" (Samba: {said})"
         if isinstance(reply, dict) and reply.get("kind") == "ImportError":
             raise SambaUnavailable(error)
         raise SambaConfigError(error)
     return dict(reply["snapshot"])
+
+
+def _samba_said(stderr: bytes, limit: int = 400) -> str:
+    """The child's stderr (Samba's level-0 messages: why a load failed), on one line."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return " / ".join(lines)[-limit:]
 
 
 class SambaConf:
