@@ -209,6 +209,7 @@ class SambaConf:
         #: The names of the registry shares, likewise (``global`` left out).
         self.registry_names_reader: Callable[[], list[str]] | None = None
         self._refreshing = threading.Lock()  # one snapshot taken at a time
+        self._starting = threading.Lock()  # one background refresh started at a time
         self._failed_at: dict[str, _Stamp] | None = None
         self._background: threading.Thread | None = None
         self._snap = self._take()
@@ -242,7 +243,7 @@ class SambaConf:
         if not self.stale():
             return False
         if not wait:
-            with self._refreshing:
+            with self._starting:  # not _refreshing: held for the whole child run
                 if self._background is None or not self._background.is_alive():
                     self._background = threading.Thread(
                         target=self.refresh, name="samba-loadparm", daemon=True
