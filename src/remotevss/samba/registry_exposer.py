@@ -258,8 +258,9 @@ class RegistryExposer:
         self.counters = {"registry_transactions": 0, "smbd_message_rounds": 0}
 
     def _choose_ops(self) -> RegistryOps:
-        """In this process if it can open registry.tdb (python-samba's loadparm has
-        not), else in the tiny light child; python-samba's worker child for clustered
+        """In this process if it can open registry.tdb (the agent's loadparm runs in
+        a child, so it can unless python-samba's loadparm was used in this process,
+        as in a test), else in the tiny light child; python-samba's worker child for clustered
         Samba or a registry the light code refuses (logged once) -- its check then
         says why the registry is unusable, in Samba's words."""
         if self.clustered:
@@ -300,9 +301,9 @@ class RegistryExposer:
         return self._fallback
 
     def _run(self, op: str, *args: Any) -> Any:
-        """``op`` on :attr:`ops`.  registry.tdb held by python-samba in this process
-        after all (a reloaded smb.conf gained ``include = registry``): the light
-        child from now on.  A name or format the light code refuses: python-samba's
+        """``op`` on :attr:`ops`.  registry.tdb held by something else in this process
+        after all (python-samba's loadparm of a config with ``include = registry``):
+        the light child from now on.  A name or format the light code refuses: python-samba's
         worker for this call (a format error: from now on; logged)."""
         try:
             return getattr(self.ops, op)(*args)
