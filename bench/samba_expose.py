@@ -38,7 +38,7 @@ from impacket.smbconnection import SMBConnection  # noqa: E402
 
 from remotevss.loopfs import loop_filesystem  # noqa: E402
 from remotevss.samba import dgm  # noqa: E402
-from remotevss.samba.conf import SambaConf  # noqa: E402
+from remotevss.samba.conf import InProcessSambaConf, SambaConf  # noqa: E402
 from remotevss.samba.light import LightOps, LightPaths  # noqa: E402
 from remotevss.samba.notify import SmbdNotifier  # noqa: E402
 from remotevss.samba.registry_exposer import RegistryExposer  # noqa: E402
@@ -138,7 +138,8 @@ def main() -> None:
                 samba_child = child_setup(SambaWorker(str(conf_path)))
                 conf.registry_reader = exposer.read_share
                 # python-samba's messaging, in this process (what the worker did)
-                s4messages = timed(SmbdNotifier(conf).conf_updated, args.runs)
+                s4messages = timed(SmbdNotifier(InProcessSambaConf(conf_path)).conf_updated,
+                                   args.runs)
 
                 base = [f"data@{{{uuid.uuid4()}}}" for _ in range(args.baseline_runs)]
                 it = iter(base)

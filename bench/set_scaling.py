@@ -278,7 +278,8 @@ def memory(anchor: PrivateSamba, ours: PrivateSamba, agent: PrivateAgent,
         _, ids = create(server, [f"share{i}" for i in range(16)], auth)
         delete(server, ids, auth)
     time.sleep(2)
-    res = {"ours_idle_mb": agent_rss() / 1024, "samba_idle_mb": samba_rss() / 1024}
+    res = {"ours_idle_mb": agent_rss() / 1024, "samba_idle_mb": samba_rss() / 1024,
+           "agent_alone_idle_mb": rss_kb([agent.proc.pid]) / 1024}
     time.sleep(IDLE_EXIT + 3)  # the agent's worker child (if any) exits when idle
     res["ours_idle_late_mb"] = agent_rss() / 1024
     res["samba_idle_late_mb"] = samba_rss() / 1024
@@ -393,6 +394,7 @@ def report(results: dict[str, Any], sizes: list[int], args: argparse.Namespace) 
             print(f"  {kind:<6} idle {m[kind + '_idle_mb']:.1f}, later "
                   f"{m.get(kind + '_idle_late_mb', float('nan')):.1f}, "
                   f"busy peak {m[kind + '_busy_peak_mb']:.1f}")
+        print(f"  the agent process alone, idle: {m.get('agent_alone_idle_mb', float('nan')):.1f}")
 
 
 if __name__ == "__main__":

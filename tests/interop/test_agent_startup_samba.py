@@ -41,3 +41,46 @@ def test_startup_line_counts_samba_shares_and_samba_is_quiet(tmp_path: Path) -> 
     (line,) = [x for x in text.splitlines() if "serving FSRVP" in x]
     assert re.search(r"\(3 share\(s\) from Samba, mode spec\)", line), line
     assert "Processing section" not in text, text[:2000]
+
+
+def _python_samba_libraries(pid: int) -> list[str]:
+    """python-samba's extension modules and Samba's private libraries mapped by ``pid``."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sorted({ln.split()[-1] for ln in f if "/samba/" in ln and ".so" in ln})
+
+
+def test_agent_reads_smb_conf_in_a_child_and_sees_each_change_at_the_next_call(
+    tmp_path: Path,
+) -> None:
+    """Behind a real smbd the agent process never loads python-samba (its loadparm
+    runs in a short-lived child); a share added to smb.conf, its path changed, then
+    the share removed: each is what the very next call sees.  A config Samba cannot
+    load is reported in the log and the last good one is kept."""
+    from remotevss.client.local import LocalClient
+    from remotevss.fsrvp.constants import HResult
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with agent_behind_samba(tmp_path / "w", {"data": plain}) as (samba, agent):
+        assert agent.proc is not None
+        assert _python_samba_libraries(agent.proc.pid) == []
+        original = samba.conf.read_text()
+        with LocalClient(str(agent.socket)) as c:
+
+            def answer() -> tuple[int, bool]:
+                r = c.is_path_supported("\\\\whatever\\Later\\")  # the host part never matters
+                return r.return_value, r.supported_by_this_provider
+
+            assert answer()[0] == HResult.FSRVP_E_OBJECT_NOT_FOUND  # no such share
+            samba.conf.write_text(original + f"[later]\npath = {plain}\n")
+            assert answer() == (HResult.ZERO, True)  # added
+            samba.conf.write_text(original + "[later]\npath = /home/%U\n")
+            unsupported = (HResult.FSRVP_E_NOT_SUPPORTED, False)
+            assert answer() == unsupported  # the new path: per-user (%U), not snapshot-capable
+            samba.conf.write_text(original + f"[later]\npath = {plain}\n[broken\n")
+            assert answer() == unsupported  # Samba cannot load it: the last good one is kept
+            samba.conf.write_text(original)
+            assert answer()[0] == HResult.FSRVP_E_OBJECT_NOT_FOUND  # removed
+        log = agent.log.read_text(errors="replace")
+        assert "Unable to load file" in log and "still using the configuration read" in log
+        assert _python_samba_libraries(agent.proc.pid) == []

@@ -1,8 +1,9 @@
 """Build the agent's share table and exposer from ``[samba]`` in its config.
 
 Why one function: the agent's start-up (agent/main.py) should not know which
-Samba pieces exist or that they share one :class:`SambaConf` (one loaded
-smb.conf and one registry per process, see remotevss.samba.conf).
+Samba pieces exist or that they share one :class:`SambaConf` (one snapshot
+of smb.conf per process, made by a child: no python-samba in the agent, see
+remotevss.samba.conf).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import NamedTuple
 
 from remotevss.agent.config import AgentConfig
 from remotevss.agent.rpc_security import SambaAuthNames
-from remotevss.samba.conf import SambaConf, samba_bool
+from remotevss.samba.conf import SambaConf, samba_bool, shared_conf
 from remotevss.samba.registry_exposer import RegistryExposer
 from remotevss.samba.shares import SambaShareTable
 from remotevss.shares.exposer import Exposer, SymlinkExposer
@@ -45,7 +46,8 @@ def make_samba_components(config: AgentConfig) -> SambaComponents:
     s = config.samba
     if not s.config_file:
         raise ValueError("[samba] config_file is empty: the agent is not behind Samba")
-    conf = SambaConf(s.config_file)
+    conf = shared_conf(s.config_file)
+    conf.registry_reader = conf.registry_names_reader = None  # an earlier exposer's
     shares: ShareLookup
     if s.shares == "samba":
         shares = SambaShareTable(conf, backend=config.backend)

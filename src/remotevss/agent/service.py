@@ -344,6 +344,8 @@ class AgentService:
 
     async def _share_info(self, unc: str) -> ShareInfo | None:
         """None when the UNC does not even parse (the caller answers E_INVALIDARG)."""
+        if (fresh := getattr(self.shares, "fresh", None)) is not None:
+            await fresh()  # a changed smb.conf re-read off the loop (samba/shares.py)
         try:
             share, volume, reason = self._resolve(
                 unc

@@ -4,9 +4,9 @@ JSON request per line on stdin, one reply per line on stdout.
 Two kinds (samba/worker.py starts them):
 
 * ``light``: :class:`remotevss.samba.light.LightOps` (tdb binding, datagrams),
-  given its paths as JSON.  Used when python-samba in the agent holds
-  ``registry.tdb`` open; imports nothing but the standard library and ``tdb``
-  (~9 MB resident).
+  given its paths as JSON.  Used when something else in the agent holds
+  ``registry.tdb`` open (tdb allows one handle per file and process); imports
+  nothing but the standard library and ``tdb`` (~9 MB resident).
 * ``samba``: samba/worker.py's ``SambaOps`` (python-samba's libsmbconf and
   messaging, ~30 MB), the fallback for a registry format or a setup
   (clustering) the light operations do not handle.
@@ -89,11 +89,11 @@ def main(argv: list[str]) -> int:
         return serve(LightOps(LightPaths(*json.loads(argv[1]))))
     import logging
 
-    from remotevss.samba.conf import SambaConf
+    from remotevss.samba.conf import InProcessSambaConf
     from remotevss.samba.worker import SambaOps
 
     logging.basicConfig(level=logging.WARNING, format="remotevss samba worker: %(message)s")
-    return serve(SambaOps(SambaConf(argv[1])))
+    return serve(SambaOps(InProcessSambaConf(argv[1])))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ Why: the python-samba way (samba/worker.py ``SambaOps``) leaks per call and
 needs a ~30 MB child process to keep that out of the agent.  These operations
 use the ``tdb`` binding (samba/regdb.py) and plain unix datagrams
 (samba/dgm.py) instead, so they run in the agent itself -- or, when
-python-samba's loadparm in the agent already holds ``registry.tdb`` open
-(``include = registry``: tdb allows one handle per file and process), in a
-tiny child that imports nothing else (samba/child.py, ~9 MB, only while
-there is work).
+something else in the process already holds ``registry.tdb`` open
+(python-samba's loadparm with ``include = registry``: tdb allows one handle
+per file and process), in a tiny child that imports nothing else
+(samba/child.py, ~9 MB, only while there is work).
 
 :class:`LightPaths` is everything the operations need from Samba's
-configuration, computed by the agent (which has loadparm) and handed to the
-child as JSON.
+configuration, computed from the agent's snapshot of it (samba/conf.py) and
+handed to the child as JSON.
 """
 
 from __future__ import annotations

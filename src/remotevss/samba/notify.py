@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from remotevss.samba._lib import LOCK, SambaUnavailable, module
-from remotevss.samba.conf import SambaConf
+from remotevss.samba.conf import InProcessSambaConf
 
 log = logging.getLogger("remotevss.samba")
 
@@ -58,7 +58,7 @@ NONCLUSTER_VNN = 0xFFFFFFFF
 class SmbdNotifier:
     """Sends smbd's config/tree-disconnect messages to every Samba process."""
 
-    def __init__(self, conf: SambaConf, *, use_messaging: bool = True) -> None:
+    def __init__(self, conf: InProcessSambaConf, *, use_messaging: bool = True) -> None:
         self.conf = conf
         self.use_messaging = use_messaging
         self._messaging: Any = None

@@ -29,20 +29,19 @@ class PipeDirError(RuntimeError):
 def samba_parameter(config_file: str, name: str) -> str:
     """One [global] parameter as smbd computes it ("" if unset).
 
-    smbd's own (source3) loadparm: the source4 one behind ``samba.param``
-    refuses ``include = registry``, which registry-share setups need."""
-    try:
-        from samba.samba3 import param as s3param
-    except ImportError:  # python3-samba missing: ask testparm
-        return _testparm(config_file, name)
-    from remotevss.samba.conf import quiet_load
+    smbd's own (source3) loadparm, in samba/loadparm.py's child (the source4
+    one behind ``samba.param`` refuses ``include = registry``, which
+    registry-share setups need); the snapshot is this process's
+    (samba/conf.py ``shared_conf``), so the agent reads smb.conf once."""
+    from remotevss.samba._lib import SambaUnavailable
+    from remotevss.samba.conf import SambaConfigError, shared_conf
 
-    lp = s3param.get_context()
     try:
-        quiet_load(lp, config_file)
-    except RuntimeError as exc:
-        raise PipeDirError(f"cannot load Samba config {config_file}: {exc}") from exc
-    value = lp.get(name)
+        value = shared_conf(config_file).get(name)
+    except SambaUnavailable:  # python3-samba missing: ask testparm
+        return _testparm(config_file, name)
+    except SambaConfigError as exc:
+        raise PipeDirError(str(exc)) from exc
     return "" if value is None else str(value)
 
 

@@ -33,10 +33,12 @@ share we did not make, is refused.
 Where it runs (:meth:`RegistryExposer._choose_ops`): registry reads and
 writes with the ``tdb`` binding in Samba's own format (samba/regdb.py), and
 the messages as datagrams (samba/dgm.py), all in this process -- no
-python-samba call, so nothing leaks per call.  When python-samba's loadparm
-in this process holds ``registry.tdb`` (``include = registry``: tdb allows one
-handle per file and process), the registry part runs in a tiny child
-(samba/child.py, ~12 MB, only while there is work).  python-samba's worker
+python-samba call, so nothing leaks per call (the agent's loadparm runs in a
+child too, samba/loadparm.py).  When something else in this process holds
+``registry.tdb`` (python-samba's loadparm of a config with ``include =
+registry``; tdb allows one handle per file and process), the registry part
+runs in a tiny child (samba/child.py, ~12 MB, only while there is work).
+python-samba's worker
 (samba/worker.py, ~30 MB) is left as the fallback for clustered Samba and
 for a registry format or a share name the light code refuses, logged once.
 
@@ -233,8 +235,8 @@ class RegistryExposer:
         self.conf = conf
         self.clock = clock
         try:
+            conf.refresh()  # not under LOCK: it may run samba/loadparm.py's child (~75 ms)
             with LOCK:
-                conf.refresh()
                 if not conf.registry_shares:
                     raise ExposeError(
                         f"{conf.config_file}: smbd would not see registry shares; "
@@ -256,8 +258,9 @@ class RegistryExposer:
         self.counters = {"registry_transactions": 0, "smbd_message_rounds": 0}
 
     def _choose_ops(self) -> RegistryOps:
-        """In this process if it can open registry.tdb (python-samba's loadparm has
-        not), else in the tiny light child; python-samba's worker child for clustered
+        """In this process if it can open registry.tdb (the agent's loadparm runs in
+        a child, so it can unless python-samba's loadparm was used in this process,
+        as in a test), else in the tiny light child; python-samba's worker child for clustered
         Samba or a registry the light code refuses (logged once) -- its check then
         says why the registry is unusable, in Samba's words."""
         if self.clustered:
@@ -298,9 +301,9 @@ class RegistryExposer:
         return self._fallback
 
     def _run(self, op: str, *args: Any) -> Any:
-        """``op`` on :attr:`ops`.  registry.tdb held by python-samba in this process
-        after all (a reloaded smb.conf gained ``include = registry``): the light
-        child from now on.  A name or format the light code refuses: python-samba's
+        """``op`` on :attr:`ops`.  registry.tdb held by something else in this process
+        after all (python-samba's loadparm of a config with ``include = registry``):
+        the light child from now on.  A name or format the light code refuses: python-samba's
         worker for this call (a format error: from now on; logged)."""
         try:
             return getattr(self.ops, op)(*args)
@@ -358,9 +361,12 @@ class RegistryExposer:
                 )
         what = ", ".join(r.name for r in requests)
         moved: list[str] = []
+        try:
+            self.conf.refresh()  # not under LOCK (see __init__); in a worker thread
+        except Exception as exc:
+            raise ExposeError(f"cannot expose {what}: {exc}") from exc
         with LOCK:
             try:
-                self.conf.refresh()
                 bases: dict[str, ShareDefinition] = {}
                 writes: list[tuple[str, list[tuple[str, str]]]] = []
                 acls: dict[str, bytes | None] = {}

@@ -17,12 +17,17 @@ for it rather than E_INVALIDARG, as the share does exist.
 
 Cost (2-core VM): a file share ~5 us (a stat of smb.conf and each included
 file, then a dict), a registry share ~35 us (read live from registry.tdb, so
-``net conf`` changes are seen at once); a changed smb.conf is reloaded once
-(~1 ms) on the next lookup.
+``net conf`` changes are seen at once).  A changed smb.conf is re-read by
+samba/loadparm.py's child (~75 ms): never on the event loop.  The agent
+awaits :meth:`SambaShareTable.fresh` before it resolves a share (the read
+runs in a thread, so the call sees the change); a lookup on the event-loop
+thread that still finds the files changed (they changed in between) answers
+from the snapshot it has and has the new one read in the background.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from remotevss.samba._lib import LOCK
@@ -66,22 +71,26 @@ class SambaShareTable:
         key = name.casefold()
         if key in SPECIAL_SECTIONS or is_snapshot_share_name(name):
             return None
+        file = self._sync()
+        if key in file:
+            return file[key]  # a file share shadows a registry share of that name
+        if not self.conf.registry_shares:
+            return None
         with LOCK:
-            self._sync()
-            if key in self._file:
-                return self._file[key]  # a file share shadows a registry share of that name
-            if not self.conf.registry_shares:
-                return None
-            return self._from_definition(self.conf.registry_share(name))
+            return self._from_definition(self.conf.registry_share(name), file)
+
+    async def fresh(self) -> None:
+        """Re-read smb.conf if it changed, off the event loop (see the module doc)."""
+        await self.conf.refresh_async()
 
     def __iter__(self) -> Iterator[LocalShare]:
         """Every share lookup() would find (file shares, then registry shares)."""
-        with LOCK:
-            self._sync()
-            shares = [s for s in self._file.values() if s is not None]
-            if self.conf.registry_shares:
+        file = self._sync()
+        shares = [s for s in file.values() if s is not None]
+        if self.conf.registry_shares:
+            with LOCK:
                 for n in self.conf.registry_share_names():
-                    if n.casefold() not in self._file:
+                    if n.casefold() not in file:
                         share = self.lookup(n)
                         if share is not None:
                             shares.append(share)
@@ -89,10 +98,12 @@ class SambaShareTable:
 
     # ------------------------------------------------------------------
 
-    def _sync(self) -> None:
-        self.conf.refresh()
-        if self.conf.generation == self._generation:
-            return
+    def _sync(self) -> dict[str, LocalShare | None]:
+        """The file shares of the current snapshot (re-read first if smb.conf changed)."""
+        self.conf.refresh(wait=not _on_event_loop())
+        generation = self.conf.generation
+        if generation == self._generation:
+            return self._file
         table: dict[str, LocalShare | None] = {}
         for service in self.conf.file_services():
             key = service.casefold()
@@ -106,10 +117,12 @@ class SambaShareTable:
                 continue
             path = str(self.conf.get("path", service) or "")
             table[key] = self._share(service, path)
-        self._file = table
-        self._generation = self.conf.generation
+        self._file, self._generation = table, generation
+        return table
 
-    def _from_definition(self, d: ShareDefinition | None, depth: int = 0) -> LocalShare | None:
+    def _from_definition(
+        self, d: ShareDefinition | None, file: dict[str, LocalShare | None], depth: int = 0
+    ) -> LocalShare | None:
         if d is None or is_snapshot_share_name(d.name):
             return None
         if samba_bool(d.get("printable")) or not samba_bool(d.get("available"), default=True):
@@ -117,11 +130,20 @@ class SambaShareTable:
         path = d.get("path")
         copy = d.get("copy")
         if path is None and copy and depth < 3:  # ``copy = other``: path from the other share
-            other = self.lookup(copy) if copy.casefold() in self._file else None
+            other = file.get(copy.casefold())
             if other is None:
-                other = self._from_definition(self.conf.registry_share(copy), depth + 1)
+                other = self._from_definition(self.conf.registry_share(copy), file, depth + 1)
             path = other.path if other is not None else None
         return self._share(d.name, path or "")
 
     def _share(self, name: str, path: str) -> LocalShare:
         return LocalShare(name, path, self.backend, unsupported=unsupported_reason(path))
+
+
+def _on_event_loop() -> bool:
+    """Called on a thread that runs an asyncio event loop (which must not wait ~75 ms)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

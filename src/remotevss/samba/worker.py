@@ -6,9 +6,10 @@ The agent now does that work without python-samba (samba/light.py), in
 itself when it can; this class runs a child for the two cases it cannot:
 
 * ``mode="light"``: the light operations in a tiny child (~9 MB, standard
-  library and ``tdb`` only), when python-samba's loadparm in the agent holds
-  ``registry.tdb`` open (``include = registry`` in smb.conf): tdb allows one
-  handle per file and process.
+  library and ``tdb`` only), when something else in the calling process holds
+  ``registry.tdb`` open (python-samba's loadparm of a config with ``include =
+  registry``; not the agent, whose loadparm runs in samba/loadparm.py's
+  child): tdb allows one handle per file and process.
 * ``mode="samba"``: python-samba's libsmbconf and messaging (:class:`SambaOps`),
   the fallback for a registry format the light code refuses or clustered
   Samba; replaced after ``max_ops`` operations so its leaks stay bounded.
