@@ -9,11 +9,7 @@ import sys
 from dataclasses import replace
 
 from remotevss import __version__
-from remotevss.agent import admin_cli
 from remotevss.agent.config import AgentConfig, ConfigError, ShareConfig, load_config
-from remotevss.backup import cli as backup_cli
-from remotevss.client import cli as shadow_cli
-from remotevss.setup import cli as setup_cli
 
 
 def _share_arg(text: str) -> ShareConfig:
@@ -23,7 +19,9 @@ def _share_arg(text: str) -> ShareConfig:
     return ShareConfig(name, path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(agent_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``agent_only``: just the agent's verb, so the resident
+    agent never imports the client, backup and setup packages (~2 MB, issue 13)."""
     p = argparse.ArgumentParser(prog="remotevss", description="Remote VSS (MS-FSRVP) for Linux")
     p.add_argument("--version", action="version", version=f"remotevss {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -50,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--print-unit", action="store_true",
                    help="print the systemd unit file for this installation and exit")
 
+    if agent_only:
+        return p
+    from remotevss.agent import admin_cli
+    from remotevss.backup import cli as backup_cli
+    from remotevss.client import cli as shadow_cli
+    from remotevss.setup import cli as setup_cli
+
     d = sub.add_parser(
         "demo", help="end-to-end demo: a private Samba, the agent, a loop btrfs (needs root)"
     )
@@ -62,8 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _verb(argv: list[str]) -> str:
+    """The first word that is not an option (the subcommand, if any)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(agent_only=_verb(argv) == "agent").parse_args(argv)
     level = logging.WARNING - 10 * (getattr(args, "verbose", 0) or 0)
     logging.basicConfig(
         level=max(level, logging.DEBUG),
@@ -72,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "agent":
         if args.print_unit:
+            from remotevss.agent import admin_cli
+
             try:
                 print(admin_cli.unit_text(config=args.config), end="")
             except ValueError as exc:
@@ -109,14 +122,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return setup_run(args)
     if args.command in ("status", "storage", "gc", "sets"):
+        from remotevss.agent import admin_cli
+
         return admin_cli.run(args)
     if args.command == "demo":
         from remotevss.demo import run_demo
 
         return run_demo(args.verbose)
     if args.command == "shadow":
+        from remotevss.client import cli as shadow_cli
+
         return shadow_cli.run(args)
     if args.command == "backup":
+        from remotevss.backup import cli as backup_cli
+
         return backup_cli.run(args)
     return 2  # pragma: no cover
 
