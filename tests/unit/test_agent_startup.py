@@ -31,9 +31,9 @@ def test_the_agent_loads_no_client_library() -> None:
 
 
 def test_the_whole_command_line_still_has_every_verb() -> None:
-    from remotevss.cli import build_parser
-
     import argparse
+
+    from remotevss.cli import build_parser
 
     def verbs(p: argparse.ArgumentParser) -> set[str]:
         sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
