@@ -306,6 +306,8 @@ class WinbindNtlmAcceptor:
 
 class NtlmHelperPool:
     """Idle ntlm_auth helpers, spawned on demand, at most ``size`` kept; thread-safe.
+    How many run at once is the agent's :class:`~remotevss.agent.auth_gate.AuthGate`'s
+    business (one helper per authenticating connection).
 
     ``argv`` is the whole helper command line (``[..., "ntlm_auth",
     "--helper-protocol=squid-2.5-ntlmssp", "--configfile=..."]``); ``timeout``
@@ -320,7 +322,7 @@ class NtlmHelperPool:
         timeout: float = 10.0,
         separator: str = "\\",
         local_sam: LocalSamLogon | None = None,
-        idle_seconds: float = 120.0,
+        idle_seconds: float = 30.0,
     ) -> None:
         if not argv:
             raise ValueError("ntlm_auth: empty command line")
@@ -331,8 +333,9 @@ class NtlmHelperPool:
         self.timeout = timeout
         self.separator = separator
         self.local_sam = local_sam
-        #: An idle helper is ended after this long (0: kept): each holds ~8-16 MB, and a
-        #: backup window's binds come in bursts, hours apart.
+        #: An idle helper is ended after this long (0: kept): each holds ~16 MB, a
+        #: backup window's binds come in bursts, hours apart, and a new helper
+        #: starts in tens of milliseconds.
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._idle: list[_Helper] = []
@@ -405,6 +408,14 @@ class NtlmHelperPool:
                 return
             self.killed += 1
         helper.kill()
+
+    def trim_due(self, now: float | None = None) -> bool:
+        """Whether :meth:`trim` would end a helper (cheap: no process is touched)."""
+        if self.idle_seconds <= 0:
+            return False
+        cutoff = (time.monotonic() if now is None else now) - self.idle_seconds
+        with self._lock:
+            return any(h.idle_since < cutoff for h in self._idle)
 
     def trim(self, now: float | None = None) -> int:
         """End the helpers idle for longer than ``idle_seconds``; how many were ended."""

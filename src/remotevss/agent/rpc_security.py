@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 
+from remotevss.agent.auth_gate import AuthGate
 from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.ntlm_auth import LocalSamLogon, NtlmHelperPool
 from remotevss.dcerpc.rpc_auth import KerberosFactory, RpcSecurity
@@ -103,14 +104,19 @@ class RpcAuthenticator:
                                   timeout=ra.timeout)  # fmt: skip
         self.pool = NtlmHelperPool(
             helper_argv(config), size=ra.helpers, timeout=ra.timeout,
-            separator=names.separator, local_sam=local,
+            separator=names.separator, local_sam=local, idle_seconds=ra.helper_idle,
         )  # fmt: skip
+        #: One helper per authenticating connection, so the gate caps the helpers.
+        self.gate = AuthGate(ra.helpers, ra.timeout)
         self.kerberos = kerberos_factory(config, names)
 
     def apply(self, config: AgentConfig) -> None:
-        """A reload: the pool's size and per-answer timeout (agent/reload.py)."""
+        """A reload: the pool's size, idle time and per-answer timeout (agent/reload.py)."""
         self.pool.size = config.rpc_auth.helpers
         self.pool.timeout = config.rpc_auth.timeout
+        self.pool.idle_seconds = config.rpc_auth.helper_idle
+        self.gate.timeout = config.rpc_auth.timeout
+        self.gate.resize(config.rpc_auth.helpers)
         if self.pool.local_sam is not None:
             self.pool.local_sam.timeout = config.rpc_auth.timeout
 
