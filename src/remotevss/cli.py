@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 
 from remotevss import __version__
@@ -67,6 +68,29 @@ def build_parser(agent_only: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+#: Extension modules that link OpenSSL (libssl, libcrypto): asyncio imports ssl if it
+#: can, hashlib and hmac prefer OpenSSL's digests.  The agent speaks no TLS and
+#: hashes a few hundred bytes per NTLM PDU (MD5, which the interpreter has built
+#: in), so keeping OpenSSL out of its process saves ~4.4 MB resident (issue 13).
+OPENSSL_MODULES = ("ssl", "_ssl", "_hashlib")
+
+
+@contextlib.contextmanager
+def _without_openssl() -> Iterator[None]:
+    """Import the agent with OPENSSL_MODULES hidden: asyncio then has no TLS and
+    hashlib/hmac use the built-in digests.  Afterwards they are importable again
+    (prometheus-client, with ``[metrics] port``, needs ssl), at their usual cost."""
+    hidden = [m for m in OPENSSL_MODULES if m not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 def _verb(argv: list[str]) -> str:
     """The first word that is not an option (the subcommand, if any)."""
     return next((a for a in argv if not a.startswith("-")), "")
@@ -91,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"remotevss: {exc}", file=sys.stderr)
                 return 2
             return 0
+        with _without_openssl():
+            import asyncio
+
+            from remotevss.agent.events import configure_logging
+            from remotevss.agent.main import run_agent
 
         def configure() -> AgentConfig:  # at start and again on SIGHUP
             config = load_config(
@@ -112,9 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"remotevss: configuration error: {exc}", file=sys.stderr)
             return 2
-        from remotevss.agent.events import configure_logging
-        from remotevss.agent.main import run_agent
-
         configure_logging(config.log, args.verbose)
         return asyncio.run(run_agent(config, reload=configure, verbose=args.verbose))
     if args.command in ("setup", "doctor"):

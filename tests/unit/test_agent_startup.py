@@ -43,3 +43,25 @@ def test_the_whole_command_line_still_has_every_verb() -> None:
         build_parser()
     )
     assert verbs(build_parser(agent_only=True)) == {"agent"}
+
+
+OPENSSL_PROBE = (
+    "import sys, remotevss.cli as cli\n"
+    "rc = cli.main(['agent', '--config', sys.argv[1]])\n"  # imports the agent, then fails
+    "import remotevss.agent.rpc_security, remotevss.dcerpc.ntlm_seal\n"
+    "print(rc, sorted(m for m in cli.OPENSSL_MODULES if m in sys.modules))\n"
+    "print('libcrypto' in open('/proc/self/maps').read(), 'libssl' in open('/proc/self/maps').read())\n"
+    "import ssl\n"  # importable again afterwards (prometheus-client needs it)
+    "print(ssl.OPENSSL_VERSION_NUMBER > 0)\n"
+)
+
+
+def test_the_agent_process_maps_no_openssl(tmp_path) -> None:
+    """asyncio's TLS and OpenSSL's digests stay out of the agent (~4.4 MB); NTLM's
+    MD5 and HMAC-MD5 then run on the interpreter's built-in MD5, same bytes."""
+    done = subprocess.run(
+        [sys.executable, "-c", OPENSSL_PROBE, str(tmp_path / "missing.toml")],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    assert done.stdout.split("\n")[:3] == ["2 []", "False False", "True"], done.stdout
+    assert "configuration error" in done.stderr
