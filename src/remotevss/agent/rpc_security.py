@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from functools import partial
 
@@ -79,15 +81,33 @@ def kerberos_factory(config: AgentConfig, names: SambaAuthNames) -> KerberosFact
     return partial(KerberosAcceptor, keytab)
 
 
+#: The keytab check, run in a child: it loads GSSAPI (python-gssapi and MIT krb5,
+#: ~8 MB resident), which the agent itself loads only when a Kerberos bind arrives.
+_KEYTAB_CHECK = (
+    "import sys\n"
+    "from remotevss.dcerpc.krb5_gss import KerberosAcceptor\n"
+    "try:\n"
+    "    KerberosAcceptor(sys.argv[1])\n"
+    "except Exception as exc:\n"
+    "    print(exc)\n"
+    "    sys.exit(1)\n"
+)
+
+
 def _kerberos_unusable(keytab: str) -> str:
+    """Why the keytab cannot accept Kerberos binds ("" when it can)."""
     if not os.access(keytab, os.R_OK):
         return f"keytab {keytab} is not readable"
     try:
-        from remotevss.dcerpc.krb5_gss import KerberosAcceptor
-
-        KerberosAcceptor(keytab)
-    except Exception as exc:  # noqa: BLE001 - GSSAPI, import and key errors alike
-        return f"keytab {keytab}: {exc}"
+        done = subprocess.run(
+            [sys.executable, "-c", _KEYTAB_CHECK, keytab],
+            capture_output=True, text=True, timeout=30, check=False, close_fds=True,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"keytab {keytab}: cannot check it: {exc}"
+    if done.returncode:
+        why = done.stdout.strip() or (done.stderr.strip().splitlines() or ["check failed"])[-1]
+        return f"keytab {keytab}: {why}"
     return ""
 
 
