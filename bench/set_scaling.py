@@ -312,6 +312,8 @@ def main() -> int:
     ap.add_argument("--auth", default="seal", choices=("none", "sign", "seal"))
     ap.add_argument("--busy-seconds", type=float, default=10.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--helpers", type=int,
+                    help="the agent's [rpc_auth] helpers (default: the agent's default)")
     ap.add_argument("--include-registry", action="store_true",
                     help="'include = registry' in both smb.conf (the agent's registry "
                          "writes then run in its light child); default: 'registry shares "
@@ -337,7 +339,8 @@ def main() -> int:
                               include_registry=inc)
         ours = PrivateSamba(Path(tmp) / "ours", paths["ours"], samba_fsrvp=False,
                             winbind=bool(auth), include_registry=inc)
-        agent = PrivateAgent(Path(tmp) / "agent", ours, verbose=1)
+        agent = PrivateAgent(Path(tmp) / "agent", ours, verbose=1,
+                             rpc_auth={"helpers": args.helpers} if args.helpers else {})
         try:
             anchor.start()
             ours.start()

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 
 from remotevss import __version__
-from remotevss.agent import admin_cli
 from remotevss.agent.config import AgentConfig, ConfigError, ShareConfig, load_config
-from remotevss.backup import cli as backup_cli
-from remotevss.client import cli as shadow_cli
-from remotevss.setup import cli as setup_cli
 
 
 def _share_arg(text: str) -> ShareConfig:
@@ -23,7 +20,9 @@ def _share_arg(text: str) -> ShareConfig:
     return ShareConfig(name, path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(agent_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; ``agent_only``: just the agent's verb, so the resident
+    agent never imports the client, backup and setup packages (~2 MB, issue 13)."""
     p = argparse.ArgumentParser(prog="remotevss", description="Remote VSS (MS-FSRVP) for Linux")
     p.add_argument("--version", action="version", version=f"remotevss {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -50,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--print-unit", action="store_true",
                    help="print the systemd unit file for this installation and exit")
 
+    if agent_only:
+        return p
+    from remotevss.agent import admin_cli
+    from remotevss.backup import cli as backup_cli
+    from remotevss.client import cli as shadow_cli
+    from remotevss.setup import cli as setup_cli
+
     d = sub.add_parser(
         "demo", help="end-to-end demo: a private Samba, the agent, a loop btrfs (needs root)"
     )
@@ -62,8 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Extension modules that link OpenSSL (libssl, libcrypto): asyncio imports ssl if it
+#: can, hashlib and hmac prefer OpenSSL's digests.  The agent speaks no TLS and
+#: hashes a few hundred bytes per NTLM PDU (MD5, which the interpreter has built
+#: in), so keeping OpenSSL out of its process saves ~4.4 MB resident (issue 13).
+OPENSSL_MODULES = ("ssl", "_ssl", "_hashlib")
+
+
+@contextlib.contextmanager
+def _without_openssl() -> Iterator[None]:
+    """Import the agent with OPENSSL_MODULES hidden: asyncio then has no TLS and
+    hashlib/hmac use the built-in digests.  Afterwards they are importable again
+    (prometheus-client, with ``[metrics] port``, needs ssl), at their usual cost."""
+    hidden = [m for m in OPENSSL_MODULES if m not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+def _verb(argv: list[str]) -> str:
+    """The first word that is not an option (the subcommand, if any)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(agent_only=_verb(argv) == "agent").parse_args(argv)
     level = logging.WARNING - 10 * (getattr(args, "verbose", 0) or 0)
     logging.basicConfig(
         level=max(level, logging.DEBUG),
@@ -72,12 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "agent":
         if args.print_unit:
+            from remotevss.agent import admin_cli
+
             try:
                 print(admin_cli.unit_text(config=args.config), end="")
             except ValueError as exc:
                 print(f"remotevss: {exc}", file=sys.stderr)
                 return 2
             return 0
+        with _without_openssl():
+            import asyncio
+
+            from remotevss.agent.events import configure_logging
+            from remotevss.agent.main import run_agent
 
         def configure() -> AgentConfig:  # at start and again on SIGHUP
             config = load_config(
@@ -99,9 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"remotevss: configuration error: {exc}", file=sys.stderr)
             return 2
-        from remotevss.agent.events import configure_logging
-        from remotevss.agent.main import run_agent
-
         configure_logging(config.log, args.verbose)
         return asyncio.run(run_agent(config, reload=configure, verbose=args.verbose))
     if args.command in ("setup", "doctor"):
@@ -109,14 +148,20 @@ def main(argv: list[str] | None = None) -> int:
 
         return setup_run(args)
     if args.command in ("status", "storage", "gc", "sets"):
+        from remotevss.agent import admin_cli
+
         return admin_cli.run(args)
     if args.command == "demo":
         from remotevss.demo import run_demo
 
         return run_demo(args.verbose)
     if args.command == "shadow":
+        from remotevss.client import cli as shadow_cli
+
         return shadow_cli.run(args)
     if args.command == "backup":
+        from remotevss.backup import cli as backup_cli
+
         return backup_cli.run(args)
     return 2  # pragma: no cover
 

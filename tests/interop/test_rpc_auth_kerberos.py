@@ -473,6 +473,24 @@ def stack(realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
             yield Stack(realm, s, a)
 
 
+def _maps_gssapi(pid: int) -> bool:
+    return "libgssapi_krb5" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_gssapi_is_loaded_with_the_first_kerberos_bind(stack: Stack, root_cc: Path) -> None:
+    """The start-up keytab check runs in a child: an agent that has served no
+    Kerberos bind has no GSSAPI mapped (~8 MB); the first Kerberos bind loads it.
+    First in this module: the stack is fresh."""
+    assert stack.agent.proc is not None
+    pid = stack.agent.proc.pid
+    log = stack.log_since(0)
+    assert "Kerberos RPC authentication on" in log, log[-2000:]
+    assert not _maps_gssapi(pid)
+    rc, out = stack.rpcclient("krb5,seal", "fss_get_sup_version", root_cc)
+    assert rc == 0, out
+    assert _maps_gssapi(pid)
+
+
 @pytest.mark.parametrize("flags", ["krb5,seal", "krb5,sign", "spnego,krb5,seal",
                                    "spnego,krb5,sign"])  # fmt: skip
 def test_rpcclient_kerberos_runs_the_sequence(stack: Stack, root_cc: Path, flags: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -262,3 +263,64 @@ def test_rpc_identity_must_be_the_smb_user(stack: Stack) -> None:
         offset
     )
     stack.clean()
+
+
+def _helpers_of(pid: int) -> int:
+    """ntlm_auth processes among ``pid``'s descendants."""
+    parent: dict[int, int] = {}
+    comm: dict[int, str] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            name, _, rest = stat.partition("(")[2].rpartition(")")
+            parent[int(d)], comm[int(d)] = int(rest.split()[1]), name
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        tree.update(kids)
+        todo.extend(kids)
+    return sum(comm[p] == "ntlm_auth" for p in tree)
+
+
+def test_sixteen_sealed_binds_at_once_share_two_helpers(stack: Stack) -> None:
+    """16 rpcclient connections bind sealed at once: all complete, and the agent
+    never runs more ntlm_auth helpers than [rpc_auth] helpers (2 by default): the
+    others wait for a slot on the event loop, not in a thread (agent/auth_gate.py)."""
+    import threading
+
+    offset = stack.agent.log.stat().st_size
+    assert stack.agent.proc is not None
+    agent_pid = stack.agent.proc.pid
+    peak, done = 0, threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _helpers_of(agent_pid))
+            time.sleep(0.005)
+
+    results: list[tuple[int, str]] = []
+
+    def client() -> None:
+        results.append(stack.rpcclient("ncacn_np:127.0.0.1[seal]", "fss_get_sup_version"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        clients = [threading.Thread(target=client) for _ in range(16)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(120)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(results) == 16 and all(rc == 0 for rc, _ in results), results
+    log = stack.log_since(offset)
+    assert log.count("RPC auth from 127.0.0.1: ANCHORFS\\root at level 6") == 16, log[-3000:]
+    assert "authentication slot" not in log and "refused" not in log
+    assert 1 <= peak <= 2, peak

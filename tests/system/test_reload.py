@@ -57,6 +57,7 @@ OTHER: dict[str, Any] = {
     "rpc_auth.min_level": "privacy",
     "rpc_auth.ntlm_auth": ("/usr/bin/other_ntlm_auth",),
     "rpc_auth.helpers": 9,
+    "rpc_auth.helper_idle": 5.0,
     "rpc_auth.timeout": 3.0,
     "rpc_auth.identity_mismatch": "allow",
     "rpc_auth.kerberos": "off",
@@ -118,9 +119,12 @@ def test_reload_applies_or_names_each_key(agent: tuple[Agent, list[AgentConfig]]
             assert event["changed"] == [key] and event["needs_restart"] == [], event
             assert now[key] == OTHER[key]  # the running config has it
             assert a.service.config == with_key(base, key, OTHER[key])
-            pool = a.ops.rpc_auth.pool if a.ops.rpc_auth else None
-            assert pool is not None and (pool.size, pool.timeout) == (
-                a.service.config.rpc_auth.helpers, a.service.config.rpc_auth.timeout)
+            auth = a.ops.rpc_auth
+            assert auth is not None
+            ra = a.service.config.rpc_auth
+            assert (auth.pool.size, auth.pool.timeout, auth.pool.idle_seconds) == (
+                ra.helpers, ra.timeout, ra.helper_idle)
+            assert (auth.gate.size, auth.gate.timeout) == (ra.helpers, ra.timeout)
             assert a.service.policy == policy_for(a.service.config) or key not in {
                 "samba.allowed_sids", "samba.allowed_groups", "rpc_auth.min_level",
                 "rpc_auth.identity_mismatch", "rpc_auth.realm"}  # fmt: skip

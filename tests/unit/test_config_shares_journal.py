@@ -17,6 +17,7 @@ def test_defaults_need_no_file() -> None:
     cfg = load_config(None)
     assert cfg.mode is Mode.SPEC and cfg.sequence_timeout is None and cfg.shares == ()
     assert cfg.socket_path == "/run/remotevss/agent.sock"
+    assert (cfg.rpc_auth.helpers, cfg.rpc_auth.helper_idle) == (2, 30.0)
 
 
 def test_file_and_overrides(tmp_path: Path) -> None:
@@ -43,6 +44,9 @@ def test_file_and_overrides(tmp_path: Path) -> None:
     ('[shares]\na = { pth = "/x" }\n', "expected a path"),
     ("[agent\n", "a.toml"),
     ('[samba]\nconfig = "/etc/samba/smb.conf"\n', "config"),
+    ("[rpc_auth]\nhelpers = 0\n", "helpers"),
+    ("[rpc_auth]\nhelper_idle = -1\n", "helper_idle"),
+    ('[rpc_auth]\nhelper_idle = "30"\n', "helper_idle"),
 ])
 def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
     f = tmp_path / "a.toml"

@@ -92,7 +92,10 @@ class RpcAuthConfig:
     #: or "none" (compatibility: rpcclient/smbtorture without sign/seal).
     min_level: str = "integrity"
     ntlm_auth: tuple[str, ...] = ("ntlm_auth",)  # Samba's helper (argv prefix)
-    helpers: int = 4  # idle ntlm_auth processes kept for the next binds
+    #: At most this many ntlm_auth helpers (~16 MB each), so at most this many
+    #: connections authenticating at once; others wait up to ``timeout``.
+    helpers: int = 2
+    helper_idle: float = 30.0  # seconds an idle helper is kept (0: until the agent stops)
     timeout: float = 10.0  # per helper answer (a domain member waits for its DC)
     #: The RPC identity must be the SMB session's user ("refuse"), or a mismatch is
     #: logged and the SMB session's token authorizes ("allow").
@@ -282,11 +285,13 @@ def _rpc_auth(table: Any) -> RpcAuthConfig:
     for key in ("keytab", "realm"):
         if not isinstance(ra.get(key, ""), str):
             raise ConfigError(f"[rpc_auth] {key} must be a string")
-    helpers = ra.get("helpers", 4)
+    helpers = ra.get("helpers", RpcAuthConfig.helpers)
     if isinstance(helpers, bool) or not isinstance(helpers, int) or not 1 <= helpers <= 64:
         raise ConfigError("[rpc_auth] helpers must be a number from 1 to 64")
     if "timeout" in ra:
         ra["timeout"] = _seconds("rpc_auth", "timeout", ra["timeout"])
+    if "helper_idle" in ra:
+        ra["helper_idle"] = _seconds("rpc_auth", "helper_idle", ra["helper_idle"])
     return RpcAuthConfig(**ra)
 
 

@@ -52,11 +52,11 @@ def _as_built(reload: Callable[[], AgentConfig], built: AgentConfig) -> Callable
     return lambda: replace(reload(), netbios_name=built.netbios_name)
 
 
-async def _trim_helpers(auth: RpcAuthenticator, every: float = 15.0) -> None:
-    """Idle ntlm_auth helpers go after [rpc_auth]'s idle time: memory is for bursts."""
+async def _trim_helpers(auth: RpcAuthenticator, every: float = 5.0) -> None:
+    """Idle ntlm_auth helpers go after [rpc_auth] helper_idle: memory is for bursts."""
     while True:
         await asyncio.sleep(every)
-        if ended := await asyncio.to_thread(auth.pool.trim):
+        if auth.pool.trim_due() and (ended := await asyncio.to_thread(auth.pool.trim)):
             log.debug("ended %d idle ntlm_auth helper(s)", ended)
 
 
@@ -80,7 +80,7 @@ async def run_agent(
         pipe_dir = config.samba.pipe_dir or default_pipe_dir(config.samba.config_file)
         auth = RpcAuthenticator(config, names)
         ops.rpc_auth = auth  # a reload resizes its pool
-        pipe = PipeListener(service, Path(pipe_dir), security=auth.security)
+        pipe = PipeListener(service, Path(pipe_dir), security=auth.security, gate=auth.gate)
         await pipe.start()
         if risk := takeover_risk(config.samba.config_file):
             log.warning("%s; see docs/samba.md (recipe B or C)", risk)

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import selectors
+import struct
 import subprocess
 import sys
 import threading
@@ -41,17 +42,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spnego._ntlm_raw.crypto import rc4k
-from spnego._ntlm_raw.messages import (
-    Authenticate,
-    AvFlags,
-    AvId,
-    Challenge,
-    NegotiateFlags,
-    NTClientChallengeV2,
-)
-
 from remotevss.dcerpc.connection import AuthError
+from remotevss.dcerpc.ntlm_crypto import KEY_EXCH, SEAL, SIGN, rc4k
+from remotevss.dcerpc.ntlm_msg import AV_FLAG_MIC, Authenticate, Challenge, av_flags
 from remotevss.linepipe import LinePipe, stop_process
 
 log = logging.getLogger("remotevss.agent.ntlm_auth")
@@ -313,6 +306,8 @@ class WinbindNtlmAcceptor:
 
 class NtlmHelperPool:
     """Idle ntlm_auth helpers, spawned on demand, at most ``size`` kept; thread-safe.
+    How many run at once is the agent's :class:`~remotevss.agent.auth_gate.AuthGate`'s
+    business (one helper per authenticating connection).
 
     ``argv`` is the whole helper command line (``[..., "ntlm_auth",
     "--helper-protocol=squid-2.5-ntlmssp", "--configfile=..."]``); ``timeout``
@@ -327,7 +322,7 @@ class NtlmHelperPool:
         timeout: float = 10.0,
         separator: str = "\\",
         local_sam: LocalSamLogon | None = None,
-        idle_seconds: float = 120.0,
+        idle_seconds: float = 30.0,
     ) -> None:
         if not argv:
             raise ValueError("ntlm_auth: empty command line")
@@ -338,8 +333,9 @@ class NtlmHelperPool:
         self.timeout = timeout
         self.separator = separator
         self.local_sam = local_sam
-        #: An idle helper is ended after this long (0: kept): each holds ~8-16 MB, and a
-        #: backup window's binds come in bursts, hours apart.
+        #: An idle helper is ended after this long (0: kept): each holds ~16 MB, a
+        #: backup window's binds come in bursts, hours apart, and a new helper
+        #: starts in tens of milliseconds.
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._idle: list[_Helper] = []
@@ -413,6 +409,14 @@ class NtlmHelperPool:
             self.killed += 1
         helper.kill()
 
+    def trim_due(self, now: float | None = None) -> bool:
+        """Whether :meth:`trim` would end a helper (cheap: no process is touched)."""
+        if self.idle_seconds <= 0:
+            return False
+        cutoff = (time.monotonic() if now is None else now) - self.idle_seconds
+        with self._lock:
+            return any(h.idle_since < cutoff for h in self._idle)
+
     def trim(self, now: float | None = None) -> int:
         """End the helpers idle for longer than ``idle_seconds``; how many were ended."""
         if self.idle_seconds <= 0:
@@ -465,7 +469,7 @@ class LocalSamLogon:
         try:
             auth = Authenticate.unpack(authenticate)
             user, domain = auth.user_name or "", auth.domain_name or ""
-        except Exception:  # noqa: BLE001 - malformed: ntlm_auth refuses it with a status
+        except (ValueError, struct.error):  # malformed: ntlm_auth refuses it with a status
             return False
         return bool(user) and domain.upper() != self.netbios_name
 
@@ -475,11 +479,8 @@ class LocalSamLogon:
             chal = Challenge.unpack(challenge)
             user, domain = auth.user_name or "", auth.domain_name or ""
             nt_response = auth.nt_challenge_response or b""
-            av_flags = 0
-            if len(nt_response) > 24:
-                av_flags = int(NTClientChallengeV2.unpack(nt_response[16:]).av_pairs.get(
-                    AvId.flags, 0))  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - any parse error is a malformed token
+            flags_av = av_flags(nt_response) if len(nt_response) > 24 else 0
+        except (ValueError, struct.error) as exc:  # UnicodeDecodeError is a ValueError
             raise _LogonFailed("NTLM logon failed: malformed AUTHENTICATE message") from exc
         if len(user) > 256 or len(domain) > 256:
             raise _LogonFailed("NTLM logon failed: user or domain name too long")
@@ -497,12 +498,14 @@ class LocalSamLogon:
             raise AuthError("sam_logon answered without a session key") from exc
         flags = auth.flags & chal.flags
         key = base_key  # NTLMv2: the key exchange key is the session base key
-        if flags & NegotiateFlags.key_exch and flags & (NegotiateFlags.sign | NegotiateFlags.seal):
-            key = rc4k(base_key, auth.encrypted_random_session_key or b"")
-        if av_flags & AvFlags.mic:
-            sent = auth.mic or b""
-            auth.mic = b"\0" * 16
-            mic = hmac.new(key, negotiate + challenge + auth.pack(), hashlib.md5).digest()
+        if flags & KEY_EXCH and flags & (SIGN | SEAL):
+            key = rc4k(base_key, auth.encrypted_random_session_key)
+        if flags_av & AV_FLAG_MIC:
+            try:
+                sent, covered = auth.mic, auth.without_mic()
+            except ValueError as exc:
+                raise _LogonFailed("NTLM logon failed: AUTHENTICATE without its MIC") from exc
+            mic = hmac.new(key, negotiate + challenge + covered, hashlib.md5).digest()
             if not hmac.compare_digest(mic, sent):
                 raise _LogonFailed(f"NTLM logon failed: bad MIC ({domain}\\{user}, local SAM)")
         log.info("NTLM %s\\%s checked against the local SAM as %s\\%s", domain, user, sam, account)

@@ -61,6 +61,7 @@ RULES: dict[str, str] = {
     "rpc_auth.min_level": RELOAD,
     "rpc_auth.ntlm_auth": RESTART,
     "rpc_auth.helpers": RELOAD,
+    "rpc_auth.helper_idle": RELOAD,
     "rpc_auth.timeout": RELOAD,
     "rpc_auth.identity_mismatch": RELOAD,
     "rpc_auth.kerberos": RESTART,

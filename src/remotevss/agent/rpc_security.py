@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from functools import partial
 
+from remotevss.agent.auth_gate import AuthGate
 from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.ntlm_auth import LocalSamLogon, NtlmHelperPool
 from remotevss.dcerpc.rpc_auth import KerberosFactory, RpcSecurity
@@ -78,15 +81,33 @@ def kerberos_factory(config: AgentConfig, names: SambaAuthNames) -> KerberosFact
     return partial(KerberosAcceptor, keytab)
 
 
+#: The keytab check, run in a child: it loads GSSAPI (python-gssapi and MIT krb5,
+#: ~8 MB resident), which the agent itself loads only when a Kerberos bind arrives.
+_KEYTAB_CHECK = (
+    "import sys\n"
+    "from remotevss.dcerpc.krb5_gss import KerberosAcceptor\n"
+    "try:\n"
+    "    KerberosAcceptor(sys.argv[1])\n"
+    "except Exception as exc:\n"
+    "    print(exc)\n"
+    "    sys.exit(1)\n"
+)
+
+
 def _kerberos_unusable(keytab: str) -> str:
+    """Why the keytab cannot accept Kerberos binds ("" when it can)."""
     if not os.access(keytab, os.R_OK):
         return f"keytab {keytab} is not readable"
     try:
-        from remotevss.dcerpc.krb5_gss import KerberosAcceptor
-
-        KerberosAcceptor(keytab)
-    except Exception as exc:  # noqa: BLE001 - GSSAPI, import and key errors alike
-        return f"keytab {keytab}: {exc}"
+        done = subprocess.run(
+            [sys.executable, "-c", _KEYTAB_CHECK, keytab],
+            capture_output=True, text=True, timeout=30, check=False, close_fds=True,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"keytab {keytab}: cannot check it: {exc}"
+    if done.returncode:
+        why = done.stdout.strip() or (done.stderr.strip().splitlines() or ["check failed"])[-1]
+        return f"keytab {keytab}: {why}"
     return ""
 
 
@@ -103,14 +124,19 @@ class RpcAuthenticator:
                                   timeout=ra.timeout)  # fmt: skip
         self.pool = NtlmHelperPool(
             helper_argv(config), size=ra.helpers, timeout=ra.timeout,
-            separator=names.separator, local_sam=local,
+            separator=names.separator, local_sam=local, idle_seconds=ra.helper_idle,
         )  # fmt: skip
+        #: One helper per authenticating connection, so the gate caps the helpers.
+        self.gate = AuthGate(ra.helpers, ra.timeout)
         self.kerberos = kerberos_factory(config, names)
 
     def apply(self, config: AgentConfig) -> None:
-        """A reload: the pool's size and per-answer timeout (agent/reload.py)."""
+        """A reload: the pool's size, idle time and per-answer timeout (agent/reload.py)."""
         self.pool.size = config.rpc_auth.helpers
         self.pool.timeout = config.rpc_auth.timeout
+        self.pool.idle_seconds = config.rpc_auth.helper_idle
+        self.gate.timeout = config.rpc_auth.timeout
+        self.gate.resize(config.rpc_auth.helpers)
         if self.pool.local_sam is not None:
             self.pool.local_sam.timeout = config.rpc_auth.timeout
 

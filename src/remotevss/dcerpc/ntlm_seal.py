@@ -3,7 +3,7 @@
 Why a module of our own: the credential check belongs to Samba (``ntlm_auth``
 through winbind), which hands back only the exported session key and the
 negotiated flags; everything after that is deterministic crypto we must run
-per PDU.  The primitives (key derivation, RC4 handles, the MAC) are pyspnego's;
+per PDU.  The primitives (key derivation, RC4, the MAC) are in :mod:`ntlm_crypto`;
 this module only applies them in DCE/RPC's layout: the signature covers the
 whole PDU up to the auth value, privacy seals the stub and its padding.
 
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hmac
 
-from spnego._ntlm_raw.crypto import RC4Handle, rc4, rc4init, sealkey, signkey
-from spnego._ntlm_raw.messages import NegotiateFlags
-from spnego._ntlm_raw.security import seal, sign
+from remotevss.dcerpc.ntlm_crypto import EXTENDED_SESSION_SECURITY as ESS
+from remotevss.dcerpc.ntlm_crypto import SEAL as NEGOTIATE_SEAL
+from remotevss.dcerpc.ntlm_crypto import SIGN as NEGOTIATE_SIGN
+from remotevss.dcerpc.ntlm_crypto import Rc4, mac, sealkey, signkey
 
 SIGNATURE_LEN = 16
-ESS = int(NegotiateFlags.extended_session_security)
-NEGOTIATE_SIGN = int(NegotiateFlags.sign)
-NEGOTIATE_SEAL = int(NegotiateFlags.seal)
+__all__ = ["ESS", "NEGOTIATE_SEAL", "NEGOTIATE_SIGN", "SIGNATURE_LEN", "NtlmSeal", "SignatureError"]
 
 
 class SignatureError(Exception):
@@ -46,40 +45,39 @@ class NtlmSeal:
         self._key = session_key
         self._sign_out = signkey(flags, session_key, "accept")
         self._sign_in = signkey(flags, session_key, "initiate")
-        self._handle_out: RC4Handle = rc4init(sealkey(flags, session_key, "accept"))
-        self._handle_in: RC4Handle = rc4init(sealkey(flags, session_key, "initiate"))
+        self._handle_out = Rc4(sealkey(flags, session_key, "accept"))
+        self._handle_in = Rc4(sealkey(flags, session_key, "initiate"))
         self.seq_out = 0
         self.seq_in = 0
 
     # SPNEGO resets the RC4 state after the mechListMIC exchange (MS-SPNG 3.2.5.1),
     # keeping the sequence numbers, as Windows, Samba and pyspnego do.
     def reset_in(self) -> None:
-        self._handle_in = rc4init(sealkey(self.flags, self._key, "initiate"))
+        self._handle_in = Rc4(sealkey(self.flags, self._key, "initiate"))
 
     def reset_out(self) -> None:
-        self._handle_out = rc4init(sealkey(self.flags, self._key, "accept"))
+        self._handle_out = Rc4(sealkey(self.flags, self._key, "accept"))
 
     def sign(self, data: bytes) -> bytes:
         """Our signature over ``data`` (the next outgoing sequence number)."""
-        sig = sign(self.flags, self._handle_out, self._sign_out, self.seq_out, data)
+        sig = mac(self.flags, self._handle_out, self._sign_out, self.seq_out, data)
         self.seq_out += 1
         return sig
 
     def verify(self, data: bytes, signature: bytes) -> None:
         """Check the peer's signature over ``data`` at the next incoming sequence number."""
-        expected = sign(self.flags, self._handle_in, self._sign_in, self.seq_in, data)
+        expected = mac(self.flags, self._handle_in, self._sign_in, self.seq_in, data)
         self.seq_in += 1
         if len(signature) != SIGNATURE_LEN or not hmac.compare_digest(expected, signature):
             raise SignatureError("NTLM signature mismatch")
 
     def seal(self, plain: bytes, to_sign: bytes) -> tuple[bytes, bytes]:
         """Encrypt ``plain`` and sign ``to_sign`` (the PDU with ``plain`` in clear)."""
-        sealed, sig = seal(
-            self.flags, self._handle_out, self._sign_out, self.seq_out, plain, to_sign=to_sign
-        )
+        sealed = self._handle_out.update(plain)  # the stream then runs on into the MAC
+        sig = mac(self.flags, self._handle_out, self._sign_out, self.seq_out, to_sign)
         self.seq_out += 1
         return sealed, sig
 
     def unseal(self, sealed: bytes) -> bytes:
         """Decrypt the next incoming sealed body; :meth:`verify` must follow at once."""
-        return rc4(self._handle_in, sealed)
+        return self._handle_in.update(sealed)

@@ -6,7 +6,8 @@ credential check itself is delegated: NTLM to an :class:`NtlmAcceptor`
 (Samba's ``ntlm_auth`` through winbind in the agent, pyspnego's acceptor in
 unit tests), which hands back the exported session key and flags for
 :mod:`ntlm_seal`; Kerberos to a :class:`KerberosContext` (GSSAPI against the
-keytab, :mod:`krb5_gss`), which then protects the PDUs itself.  SPNEGO
+keytab, :mod:`krb5_gss`), which then protects the PDUs itself.  SPNEGO's
+tokens are read and written by :mod:`spnego_der`.  SPNEGO
 carries either: Kerberos when the client prefers it and a keytab is
 configured, else NTLMSSP.
 
@@ -38,10 +39,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from spnego._context import GSSMech
-from spnego._spnego import NegState, NegTokenInit, NegTokenResp, pack_mech_type_list, unpack_token
-
-from remotevss.dcerpc import pdu
+from remotevss.dcerpc import pdu, spnego_der
 from remotevss.dcerpc.connection import AuthError
 from remotevss.dcerpc.krb5_gss import KRB5_OID, MS_KRB5_OID
 from remotevss.dcerpc.ntlm_seal import (
@@ -61,7 +59,7 @@ FRAME_OVERHEAD = AUTH_ALIGN - 1 + pdu.SEC_TRAILER_LEN
 #: ... and with NTLM's 16-byte signature.
 OVERHEAD = FRAME_OVERHEAD + SIGNATURE_LEN
 MAX_TOKEN = 64 * 1024
-_NTLM_OID = GSSMech.ntlm.value
+_NTLM_OID = spnego_der.NTLM_OID
 _KRB5_OIDS = (KRB5_OID, MS_KRB5_OID)
 
 
@@ -190,7 +188,7 @@ class RpcSecurity:
         self._ctx_id = 0
         self._header_signing = False
         self._mech = ""  # "ntlm" | "krb5" once chosen
-        self._spnego_mechs: list[str] | None = None
+        self._spnego_mechs: bytes | None = None  # the client's MechTypeList, DER as sent
         self._prot: PduProtection | None = None
         self.identity: tuple[str, str] | None = None  # (domain, account) once established
         self.user = ""  # DOMAIN\\account (NTLM) or user@REALM (Kerberos) once established
@@ -361,38 +359,34 @@ class RpcSecurity:
         raise AuthError(f"SPNEGO offers no mechanism we accept ({accepted})")
 
     def _spnego_leg(self, token: bytes, reply_possible: bool) -> bytes:
-        msg = unpack_token(token)
+        msg = spnego_der.unpack(token)
         if self._spnego_mechs is None:
-            if not isinstance(msg, NegTokenInit):
+            if not isinstance(msg, spnego_der.NegTokenInit):
                 raise AuthError("SPNEGO must start with NegTokenInit")
             if not msg.mech_types:
                 raise AuthError("SPNEGO offers no mechanism")
-            chosen = self._choose(list(msg.mech_types))
+            chosen = self._choose(msg.mech_types)
             self._mech = "ntlm" if chosen == _NTLM_OID else "krb5"
-            self._spnego_mechs = list(msg.mech_types)
+            self._spnego_mechs = msg.mech_types_der
             inner = b""
             # An optimistic token is only for the client's first choice.
             if msg.mech_types[0] == chosen and msg.mech_token:
                 inner = self._mech_leg(msg.mech_token)
-            return NegTokenResp(
-                neg_state=NegState.accept_incomplete,
-                supported_mech=chosen,
-                response_token=inner or None,
-            ).pack()
-        if not isinstance(msg, NegTokenResp):
+            return spnego_der.pack_resp(
+                spnego_der.ACCEPT_INCOMPLETE, supported_mech=chosen, response_token=inner or None
+            )
+        if not isinstance(msg, spnego_der.NegTokenResp):
             raise AuthError("expected SPNEGO NegTokenResp")
-        if msg.neg_state == NegState.reject:
+        if msg.neg_state == spnego_der.REJECT:
             raise AuthError("client rejected the negotiation")
         inner = self._mech_leg(msg.response_token) if msg.response_token else b""
         if inner:
-            return NegTokenResp(
-                neg_state=NegState.accept_incomplete, response_token=inner
-            ).pack()
+            return spnego_der.pack_resp(spnego_der.ACCEPT_INCOMPLETE, response_token=inner)
         if self._state != "established" or self._prot is None:
             raise AuthError(f"SPNEGO leg without a {self._mech} token")
-        mechs = pack_mech_type_list(self._spnego_mechs)
+        mechs = self._spnego_mechs
         if msg.mech_list_mic is None:
-            done = NegTokenResp(neg_state=NegState.accept_complete).pack()
+            done = spnego_der.pack_resp(spnego_der.ACCEPT_COMPLETE)
             return done if reply_possible else b""
         try:
             self._prot.verify_mic(mechs, msg.mech_list_mic)
@@ -404,7 +398,7 @@ class RpcSecurity:
             mic = self._prot.mic(mechs)
         except SignatureError as exc:
             raise AuthError(f"cannot answer the SPNEGO mechListMIC: {exc}") from exc
-        return NegTokenResp(neg_state=NegState.accept_complete, mech_list_mic=mic).pack()
+        return spnego_der.pack_resp(spnego_der.ACCEPT_COMPLETE, mech_list_mic=mic)
 
     def _finish_ntlm(self, outcome: NtlmOutcome) -> None:
         needed = NEGOTIATE_SIGN | (NEGOTIATE_SEAL if self._privacy else 0)

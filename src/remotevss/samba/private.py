@@ -329,8 +329,8 @@ class PrivateAgent:
     min_level: str = "none"
     identity_mismatch: str = "refuse"
     trace: bool = False  # [log] trace: every PDU's stub in the log
-    #: More ``[rpc_auth]`` settings (kerberos, keytab, realm ...), written as TOML strings.
-    rpc_auth: dict[str, str] = field(default_factory=dict)
+    #: More ``[rpc_auth]`` settings (kerberos, keytab, realm, helpers ...), as TOML values.
+    rpc_auth: dict[str, str | int | float] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from remotevss.agent.auth_gate import AuthGate
 from remotevss.agent.authz import Caller
 from remotevss.agent.service import AgentService, CallFault
 from remotevss.dcerpc import pdu
@@ -78,24 +79,48 @@ async def serve_connection(
     caller: Caller,
     link: Link,
     security: Callable[[], Security] | None = None,
+    gate: AuthGate | None = None,
 ) -> None:
     """Serve one connection.  With ``security``, binds may authenticate (NTLM, SPNEGO);
-    the caller then carries the RPC auth level and user the policy checks."""
+    the caller then carries the RPC auth level and user the policy checks.  With
+    ``gate``, the connection holds one of its slots while it authenticates."""
     conn = ServerConnection(
         [FSRVP_INTERFACE],
         assoc_groups=ASSOC_GROUPS,
         security=security() if security is not None else None,
     )
     sec = conn.security
+    slot = False  # one of gate's slots, held from the first auth leg to its outcome
     try:
         while not conn.closed:
-            data = await link.read()
+            if slot:
+                assert gate is not None
+                try:  # the client's next leg; a stalled one must not keep the slot
+                    data = await asyncio.wait_for(link.read(), gate.timeout)
+                except TimeoutError:
+                    log.warning("connection from %s closed: no authentication leg within"
+                                " %g s", caller.address, gate.timeout)  # fmt: skip
+                    break
+            else:
+                data = await link.read()
             if not data:
                 break
             if sec.pending:  # a bind or auth leg may wait for the credential helper
+                if gate is not None and not slot:
+                    try:
+                        await gate.acquire()
+                    except TimeoutError:
+                        log.warning("connection from %s closed: no authentication slot"
+                                    " within %g s", caller.address, gate.timeout)  # fmt: skip
+                        break
+                    slot = True
                 requests = await asyncio.to_thread(conn.receive_data, data)
             else:
                 requests = conn.receive_data(data)
+            if slot and not sec.pending:
+                assert gate is not None
+                slot = False
+                gate.release()
             if sec.auth_level != caller.auth_level:
                 caller = _authenticated(service, caller, sec)
             for request in requests:
@@ -115,6 +140,9 @@ async def serve_connection(
         pass
     finally:
         sec.close()
+        if slot:
+            assert gate is not None
+            gate.release()
         await link.close()
 
 

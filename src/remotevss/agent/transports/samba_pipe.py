@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from remotevss.agent.auth_gate import AuthGate
 from remotevss.agent.authz import Caller
 from remotevss.agent.service import AgentService
 from remotevss.agent.transports.dispatch import serve_connection
@@ -117,9 +118,11 @@ class PipeListener:
         check_interval: float = CHECK_INTERVAL,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         security: Callable[[], Security] | None = None,
+        gate: AuthGate | None = None,
     ) -> None:
         self.service = service
         self.security = security
+        self.gate = gate  # at most gate.size connections authenticate at once
         self.path = Path(pipe_dir) / PIPE_NAME
         self.check_interval = check_interval
         self.handshake_timeout = handshake_timeout
@@ -254,7 +257,7 @@ class PipeListener:
                 caller = caller_from_npa(info)
                 log.debug("pipe opened by %s from %s (smbd pid %d, NPA level %d)",
                           caller.name, caller.address, pid, info.level)
-                await serve_connection(self.service, caller, link, self.security)
+                await serve_connection(self.service, caller, link, self.security, self.gate)
         except (ConnectionError, OSError) as exc:
             log.debug("pipe connection ended: %s", exc)
             await link.close()
