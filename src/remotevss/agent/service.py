@@ -230,12 +230,14 @@ class AgentService:
             return out
 
     def io_counters(self) -> dict[str, int]:
-        """Journal transactions (all, fsync'd) and, behind Samba, registry and ACL
+        """Journal transactions (all, fsync'd), lazy journal fsyncs (Journal.sync)
+        and, behind Samba, registry and ACL
         transactions and smbd message rounds, since start: what a set costs
         (bench/set_scaling.py reads them from ``remotevss status``)."""
         out = {
             "journal_transactions": self.journal.transactions,
             "journal_durable": self.journal.durable_transactions,
+            "journal_syncs": self.journal.syncs,
         }
         exposer_counters = getattr(self.exposer, "io_counters", None)
         if callable(exposer_counters):
@@ -561,15 +563,14 @@ class AgentService:
         plan: list[tuple[ExposeShare, str]] = []
         for e in out.effects:
             assert isinstance(e, ExposeShare)
-            share, volume, reason = self._resolve_share(e.base_share)
-            if share is None or volume is None:
+            path, reason = self._exposed_path(e)
+            if path is None:
                 log.error(
                     "cannot expose %s: base share %s: %s", e.exposed_name, e.base_share, reason
                 )
                 error = HResult.E_FAIL
                 break
-            sub = volume.share_subpath
-            plan.append((e, os.path.join(e.snapshot_path, sub) if sub else e.snapshot_path))
+            plan.append((e, path))
         intent_ids: list[int] = []
         if error is None:
             # No fsync: if a power cut loses these intents, start-up still removes the
@@ -597,6 +598,23 @@ class AgentService:
         fin = m.finish_expose(set_id, error, self.clock())
         await self._record(set_id, intent_ids, fin)
         return fin.result
+
+    def _exposed_path(self, e: ExposeShare) -> tuple[str | None, str]:
+        """Where the share's files are inside its snapshot: the snapshot path plus
+        the share's place in its volume.  Commit checked the volume with its
+        backend; this needs only that relative path (no second check)."""
+        share = self.shares.lookup(e.base_share)
+        s = self.machine.sets.get(e.set_id)
+        c = s.copy(e.copy_id) if s is not None else None
+        if share is None or c is None:
+            return None, "no such share"
+        if share.unsupported:
+            return None, share.unsupported
+        root = c.volume_name.split(":", 1)[-1]
+        sub = os.path.relpath(os.path.realpath(share.path), root)
+        if sub == os.pardir or sub.startswith(os.pardir + os.sep):
+            return None, f"{share.path} is no longer inside volume {root}"
+        return (e.snapshot_path if sub == os.curdir else os.path.join(e.snapshot_path, sub)), ""
 
     # ---------------------------------------------------- recovery complete
 

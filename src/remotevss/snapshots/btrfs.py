@@ -175,7 +175,7 @@ def on_btrfs(path: str) -> bool:
     return mounts.fs_magic(path) == mounts.BTRFS_SUPER_MAGIC
 
 
-def _subvolume_root(path: str) -> str:
+def _subvolume_root(path: str, table: list[mounts.Mount]) -> str:
     """Walk up to the root directory of the subvolume containing ``path``.
 
     Every directory of one subvolume shares its st_dev; the root is the top one
@@ -183,7 +183,7 @@ def _subvolume_root(path: str) -> str:
     directory hides its subvolume root, and a path computed across it would be
     wrong, so that case is NotSupported.
     """
-    mount_points = {m.mount_point for m in mounts.read_mounts()}
+    mount_points = {m.mount_point for m in table}
     dev = os.stat(path).st_dev
     p = path
     while True:
@@ -221,11 +221,12 @@ class BtrfsBackend:
         if not on_btrfs(path):
             raise NotSupported(f"{share_path}: not on btrfs")
         with _errors(f"inspecting {share_path}"):
-            root = _subvolume_root(path)
+            table = mounts.read_mounts()  # once: the walk up and the look below
+            root = _subvolume_root(path, table)
             snapdir = os.path.join(root, SNAPSHOT_DIR)
             sub = os.path.relpath(path, root)
             sub = "" if sub == "." else sub
-            if below := mounts.mounts_below(path, exclude=(snapdir,)):
+            if below := mounts.mounts_below(path, exclude=(snapdir,), table=table):
                 raise NotSupported(f"{share_path}: mount points below the share: {below}")
             if nested := self._nested_subvolumes(root, sub):
                 raise NotSupported(f"{share_path}: subvolumes below the share: {nested}")
@@ -282,11 +283,12 @@ class BtrfsBackend:
         ``last_spread`` tells how far apart they were."""
         plan: list[tuple[SnapRequest, str]] = []
         seen: set[str] = set()
+        table = mounts.read_mounts()  # once for the whole set
         for r in requests:
             validate_snapshot_name(r.snap_name)
             target = os.path.join(r.volume.snapshot_dir, r.snap_name)
             share = os.path.join(r.volume.root, r.volume.share_subpath)
-            if below := mounts.mounts_below(share, exclude=(r.volume.snapshot_dir,)):
+            if below := mounts.mounts_below(share, exclude=(r.volume.snapshot_dir,), table=table):
                 raise NotSupported(f"{share}: mount points below the share: {below}")
             if target in seen:
                 raise SnapshotError(f"{target} requested twice", errno.EEXIST)
