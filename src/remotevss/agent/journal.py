@@ -98,8 +98,10 @@ class Journal:
         self._on_disk()
 
     def close(self) -> None:
-        self.sync()
-        self._db.close()
+        try:
+            self.sync()
+        finally:
+            self._db.close()  # closing checkpoints the WAL into the file (and syncs it)
 
     @property
     def unsynced(self) -> int:

@@ -197,9 +197,18 @@ class AgentService:
 
         def due() -> None:
             self._sync = None
-            asyncio.ensure_future(asyncio.to_thread(self.journal.sync))
+            asyncio.ensure_future(self._sync_now())
 
         self._sync = asyncio.get_running_loop().call_later(SYNC_DELAY, due)
+
+    async def _sync_now(self) -> None:
+        """Journal.sync in a worker thread; a failed fsync is logged and retried by
+        the next sync or durable commit (the commits stay counted as not synced)."""
+        try:
+            await asyncio.to_thread(self.journal.sync)
+        except OSError as exc:
+            log.error("journal fsync failed, will retry: %s", exc)
+            self._sync_soon()
 
     async def release(
         self,
