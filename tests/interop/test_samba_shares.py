@@ -879,3 +879,26 @@ def test_a_registry_format_the_light_code_refuses_goes_to_python_samba(
         proc.stdin.close()
         assert proc.wait(60) == 0
     assert env.conf.registry_share(name) is None
+
+
+def test_share_messages_skip_processes_that_serve_no_shares(tmp_path: Path) -> None:
+    """winbindd gets no MSG_SMB_CONF_UPDATED / FORCE_TDIS for a share change (a
+    full configuration reload for nothing); every other Samba process does."""
+    from remotevss.samba import dgm
+
+    samba = PrivateSamba(tmp_path / "samba", {"data": tmp_path}, samba_fsrvp=False,
+                         winbind=True, include_registry=False)
+    try:
+        samba.start()
+        sock_dir = dgm.socket_dir([str(samba.root / "lock" / "msg.sock")])
+        assert sock_dir is not None
+        everyone = dgm.peers(sock_dir)
+        quiet = [p for p in everyone if dgm.serves_no_shares(p)]
+        assert quiet and all(Path(f"/proc/{p}/comm").read_text().strip() == "winbindd"
+                             for p in quiet)
+        assert any(Path(f"/proc/{p}/comm").read_text().strip() == "smbd" for p in everyone)
+        messages = [(dgm.MSG_SMB_CONF_UPDATED, b"")]
+        assert dgm.send_all(sock_dir, messages, shares_only=True) == len(everyone) - len(quiet)
+        assert dgm.send_all(sock_dir, messages) == len(everyone)
+    finally:
+        samba.stop()

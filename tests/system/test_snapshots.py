@@ -626,3 +626,64 @@ def test_btrfs_create_many_takes_a_set_together_all_or_nothing(
     assert exc.value.errno == errno.EEXIST
     assert not os.path.lexists(os.path.join(vols[0].snapshot_dir, other))
     assert not os.path.lexists(os.path.join(vols[1].snapshot_dir, other))
+
+
+def _btrfs_set(loopfs: LoopFs, subvolume: Callable[[Path], Path], n: int) -> list[Volume]:
+    mnt = loopfs("btrfs", 512)
+    backend = BACKENDS["btrfs"]
+    vols = []
+    for i in range(n):
+        share = subvolume(mnt / f"vol{i}")
+        populate(share, 1, f"v{i}")
+        vols.append(backend.check(str(share)))
+    return vols
+
+
+def test_btrfs_create_many_shares_transaction_commits(
+        loopfs: LoopFs, subvolume: Callable[[Path], Path]) -> None:
+    """A 16-share set's snapshots are taken together: btrfs makes them in a few
+    transaction commits (generations), not one commit per snapshot as one ioctl
+    after another would, and ``last_spread`` says so."""
+    import btrfsutil
+
+    from remotevss.snapshots.base import SnapRequest
+
+    vols = _btrfs_set(loopfs, subvolume, 16)
+    backend = BACKENDS["btrfs"]
+    made = backend.create_many(  # type: ignore[attr-defined]
+        [SnapRequest(v, NAME, writable=False) for v in vols])
+    generations = {btrfsutil.subvolume_info(p).otransid for p in made}
+    assert len(generations) <= 8, generations
+    spread = backend.last_spread  # type: ignore[attr-defined]
+    assert (spread.snapshots, spread.commits) == (16, len(generations))
+    assert 0 <= spread.seconds < 1
+    for i, path in enumerate(made):
+        assert (Path(path) / "f0").read_text().startswith(f"v{i}")
+        assert_read_only(Path(path))
+
+
+def test_btrfs_create_many_failure_in_the_middle_leaves_no_snapshot(
+        loopfs: LoopFs, subvolume: Callable[[Path], Path]) -> None:
+    """One snapshot of the batch fails in the kernel (its volume's .snapshots is a
+    read-only subvolume: EROFS), after every check passed: the call raises that
+    errno and every snapshot the batch made is gone again."""
+    import btrfsutil
+
+    from remotevss.snapshots.base import SnapRequest
+
+    vols = _btrfs_set(loopfs, subvolume, 16)
+    backend = BACKENDS["btrfs"]
+    for v in vols:
+        backend._ensure_snapshot_dir(v.snapshot_dir)  # type: ignore[attr-defined]
+    btrfsutil.set_subvolume_read_only(vols[8].snapshot_dir, True)
+    with pytest.raises(SnapshotError) as exc:
+        backend.create_many(  # type: ignore[attr-defined]
+            [SnapRequest(v, NAME, writable=False) for v in vols])
+    assert exc.value.errno == errno.EROFS
+    assert vols[8].root in str(exc.value)
+    for v in vols:
+        assert os.listdir(v.snapshot_dir) == []
+    btrfsutil.set_subvolume_read_only(vols[8].snapshot_dir, False)
+    made = backend.create_many(  # type: ignore[attr-defined]
+        [SnapRequest(v, NAME, writable=False) for v in vols])
+    assert all(os.path.isdir(p) for p in made)

@@ -148,12 +148,14 @@ def test_runner_teardown_and_start_up_replay(tmp_path: Path) -> None:
     vol = copy.check(str(root))
     snap = copy.create(vol, "snap", True)
     ex.expose("vol0@{x}", "vol0", snap, False)
-    before = journal.transactions
+    before, durable = journal.transactions, journal.durable_transactions
     pending = runner.settle(teardown=[UnexposeShare("vol0@{x}"),
                                       DeleteSnapshot(uuid.uuid4(), vol.name, snap)])
     assert [r.kind for r in journal.pending_intents()] == ["unexpose", "delete_snapshot"]
     runner.carry_out(pending)
     assert journal.transactions == before + 2  # settle, and one clearing transaction
+    assert journal.durable_transactions == durable + 1  # settle; the clearing waits
+    assert journal.unsynced == 1
     assert journal.pending_intents() == [] and ex.exposed() == {} and not os.path.exists(snap)
     # a crash between intent and effect: start-up finishes (or undoes) it
     snap = copy.create(vol, "snap2", True)
@@ -164,3 +166,41 @@ def test_runner_teardown_and_start_up_replay(tmp_path: Path) -> None:
     assert report.intents_replayed == [f"delete_snapshot {snap}", "expose vol0@{y}"]
     assert journal.pending_intents() == [] and ex.exposed() == {} and not os.path.exists(snap)
     journal.close()
+
+
+def test_journal_sync_puts_lazy_commits_on_disk(tmp_path: Path) -> None:
+    """Commits without fsync are counted until a sync or a durable commit takes
+    them to disk; close syncs; ``fake_disk`` holds what is on disk each time."""
+    disk = tmp_path / "disk"
+    journal = Journal(tmp_path / "j.sqlite", fake_disk=disk)
+
+    def on_disk_intents() -> int:
+        look = tmp_path / f"look{time.monotonic_ns()}"
+        look.mkdir()
+        for name in ("j.sqlite", "j.sqlite-wal"):
+            if (disk / name).exists():
+                (look / name).write_bytes((disk / name).read_bytes())
+        j = Journal(look / "j.sqlite")
+        try:
+            return len(j.pending_intents())
+        finally:
+            j.close()
+
+    with journal.transaction(durable=False) as txn:
+        txn.add_intent("expose", {"name": "a"})
+    with journal.transaction(durable=False) as txn:
+        txn.add_intent("expose", {"name": "b"})
+    assert (journal.unsynced, journal.syncs, on_disk_intents()) == (2, 0, 0)
+    journal.sync()
+    assert (journal.unsynced, journal.syncs, on_disk_intents()) == (0, 1, 2)
+    journal.sync()  # nothing to do: no fsync
+    assert journal.syncs == 1
+    with journal.transaction(durable=False) as txn:
+        txn.add_intent("expose", {"name": "c"})
+    with journal.transaction() as txn:  # a durable commit takes the earlier one along
+        txn.add_intent("expose", {"name": "d"})
+    assert (journal.unsynced, journal.syncs, on_disk_intents()) == (0, 1, 4)
+    with journal.transaction(durable=False) as txn:
+        txn.add_intent("expose", {"name": "e"})
+    journal.close()
+    assert journal.syncs == 2

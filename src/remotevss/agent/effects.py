@@ -12,9 +12,9 @@ the order does not, so it is written here once:
    intents, records the sets' new state and writes the intents of the
    teardown the outcome asks for.
 4. :meth:`EffectRunner.carry_out` (worker thread): that teardown, then one
-   transaction clearing what succeeded (a failure stays pending for the next
-   start-up; replaying a removal that did happen is harmless: all removals
-   are idempotent).
+   transaction clearing what succeeded, without an fsync of its own (a
+   failure stays pending for the next start-up; replaying a removal that did
+   happen is harmless: all removals are idempotent).
 
 Rules of this module
 --------------------
@@ -142,9 +142,11 @@ class EffectRunner:
 
     # ---------------------------------------------------------- the journal
 
-    def begin(self, intents: Sequence[Intent]) -> list[int]:
-        """Journal the intents of one step, one (durable) transaction."""
-        with self.journal.transaction() as txn:
+    def begin(self, intents: Sequence[Intent], *, durable: bool = True) -> list[int]:
+        """Journal the intents of one step, one transaction.  ``durable=False`` only
+        where start-up finds the effect in the real world without the intent (and
+        RELIABILITY.md's power-loss table says what a power cut can then leave)."""
+        with self.journal.transaction(durable=durable) as txn:
             return [txn.add_intent(i.kind, i.row()) for i in intents]
 
     def settle(
@@ -199,7 +201,9 @@ class EffectRunner:
             self.crash_point(for_teardown(effect).kind)
             cleared.append(intent_id)
         if cleared:
-            with self.journal.transaction() as txn:
+            # No fsync: a power cut that loses this clearing replays the removals
+            # at start-up, and they are idempotent (the next sync makes it durable).
+            with self.journal.transaction(durable=False) as txn:
                 for iid in cleared:
                     txn.clear_intent(iid)
 

@@ -140,7 +140,8 @@ class DeleteMappingIntent:
     """A DeleteShareMapping is under way.  Finish: remove its share (``name``, "" if
     it was not exposed); start-up then rolls the journal's sets forward (the
     mapping goes, the last mapping takes the copy: agent/reconcile.py), never
-    resurrecting a mapping whose share may be gone."""
+    resurrecting a mapping whose share may be gone.  Written without fsync
+    (durable within a second): a power cut can lose it (RELIABILITY.md §7)."""
 
     kind: ClassVar[str] = "delete_mapping"
     set_id: str

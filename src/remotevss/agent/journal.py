@@ -9,11 +9,18 @@ the old state plus a pending intent, or the new state: start-up reconciles
 pending intents against the disk.
 
 WAL with ``synchronous=FULL``: a transaction is on disk when commit returns.
+A transaction may ask for less (``durable=False``): it survives a crash of
+the agent (the WAL is in the kernel's page cache) but not a power cut,
+until the next durable transaction or :meth:`Journal.sync` puts the WAL on
+disk.  Where that is allowed, and what a power cut can then leave, is in
+RELIABILITY.md ("Power loss").
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -61,8 +68,14 @@ class Intent:
 class Journal:
     """One SQLite file; all writes go through :meth:`transaction`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, fake_disk: str | Path | None = None) -> None:
+        """``fake_disk`` (tests only, a named fake for a power cut, which cannot be
+        caused for real): a directory that gets a copy of the journal's files each
+        time they are on disk, i.e. what a power cut would leave."""
         self.path = Path(path)
+        self.fake_disk = Path(fake_disk) if fake_disk else None
+        self.syncs = 0  # Journal.sync calls that had something to put on disk
+        self._unsynced = 0  # commits since the WAL was last on disk
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
@@ -82,9 +95,50 @@ class Journal:
             raise RuntimeError(
                 f"journal {self.path} has schema {row[0]}, expected {SCHEMA_VERSION}"
             )
+        self._on_disk()
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self.sync()
+        finally:
+            self._db.close()  # closing checkpoints the WAL into the file (and syncs it)
+
+    @property
+    def unsynced(self) -> int:
+        """Commits not yet on disk (``durable=False`` since the last fsync)."""
+        return self._unsynced
+
+    def sync(self) -> None:
+        """Put every commit so far on disk: one fsync of the WAL (nothing if every
+        commit was durable).  Blocking; the service calls it from a worker thread."""
+        with self._lock:
+            if not self._unsynced:
+                return
+            try:
+                fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # checkpointed: the database file was synced
+                fd = -1
+            if fd >= 0:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            self._unsynced = 0
+            self.syncs += 1
+            self._on_disk()
+
+    def _on_disk(self) -> None:
+        """Test only (``fake_disk``): what is on disk now, copied aside."""
+        if self.fake_disk is None:
+            return
+        self.fake_disk.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal"):
+            src = Path(f"{self.path}{suffix}")
+            dst = self.fake_disk / (self.path.name + suffix)
+            if src.exists():
+                shutil.copyfile(src, dst)
+            else:
+                dst.unlink(missing_ok=True)
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[_Txn]:
@@ -104,6 +158,11 @@ class Journal:
             self._db.execute("COMMIT")
             self.transactions += 1
             self.durable_transactions += durable
+            if durable:
+                self._unsynced = 0
+                self._on_disk()
+            else:
+                self._unsynced += 1
 
     # ----------------------------------------------------------------- reads
 

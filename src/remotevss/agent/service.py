@@ -72,6 +72,9 @@ log = logging.getLogger("remotevss.agent")
 
 __all__ = ["AgentService", "CallFault", "ReconcileReport"]
 
+#: Seconds within which a commit made without fsync reaches the disk.
+SYNC_DELAY = 1.0
+
 
 def _entries(directory: str) -> list[str]:
     try:
@@ -134,7 +137,9 @@ class AgentService:
         self.config = config
         self.clock = clock
         self.machine = Machine(mode=config.mode, timers=TimerPolicy(config.sequence_timeout))
-        self.journal = Journal(config.journal_path)
+        # REMOTEVSS_FAKE_POWER_CUT (tests only): a directory that keeps what of the
+        # journal is on disk, to fake a power cut (tests/hardening/test_power_cut.py).
+        self.journal = Journal(config.journal_path, os.environ.get("REMOTEVSS_FAKE_POWER_CUT"))
         self.exposer: Exposer = exposer or SymlinkExposer(config.expose_dir)
         self.policy = policy or Policy()
         self.shares: ShareLookup = (
@@ -144,6 +149,7 @@ class AgentService:
         )
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
+        self._sync: asyncio.TimerHandle | None = None  # the journal's lazy fsync
         self._commits: dict[UUID, _CommitJob] = {}
         # Test-only crash points: os._exit right after the named effect (see tests/system).
         self.effects = EffectRunner(
@@ -177,9 +183,32 @@ class AgentService:
         async with self._lock:
             if self._timer:
                 self._timer.cancel()
+            if self._sync:
+                self._sync.cancel()
             for job in list(self._commits.values()):
                 await asyncio.shield(job.task)
-            self.journal.close()
+            self.journal.close()  # Journal.sync first: nothing left only in memory
+
+    def _sync_soon(self) -> None:
+        """Commits made without fsync reach the disk within SYNC_DELAY (one fsync
+        for all of them), unless a durable commit takes them along first."""
+        if self._sync is not None or not self.journal.unsynced:
+            return
+
+        def due() -> None:
+            self._sync = None
+            asyncio.ensure_future(self._sync_now())
+
+        self._sync = asyncio.get_running_loop().call_later(SYNC_DELAY, due)
+
+    async def _sync_now(self) -> None:
+        """Journal.sync in a worker thread; a failed fsync is logged and retried by
+        the next sync or durable commit (the commits stay counted as not synced)."""
+        try:
+            await asyncio.to_thread(self.journal.sync)
+        except OSError as exc:
+            log.error("journal fsync failed, will retry: %s", exc)
+            self._sync_soon()
 
     async def release(
         self,
@@ -200,20 +229,24 @@ class AgentService:
         if locked:
             out = decide(self.machine, self.clock())
             await self._teardown(out)
+            self._sync_soon()
             return out
         async with self._lock:
             out = decide(self.machine, self.clock())
             await self._teardown(out)
             self._arm_timer()
+            self._sync_soon()
             return out
 
     def io_counters(self) -> dict[str, int]:
-        """Journal transactions (all, fsync'd) and, behind Samba, registry and ACL
+        """Journal transactions (all, fsync'd), lazy journal fsyncs (Journal.sync)
+        and, behind Samba, registry and ACL
         transactions and smbd message rounds, since start: what a set costs
         (bench/set_scaling.py reads them from ``remotevss status``)."""
         out = {
             "journal_transactions": self.journal.transactions,
             "journal_durable": self.journal.durable_transactions,
+            "journal_syncs": self.journal.syncs,
         }
         exposer_counters = getattr(self.exposer, "io_counters", None)
         if callable(exposer_counters):
@@ -246,6 +279,7 @@ class AgentService:
             async with self._lock:
                 response = await self._dispatch(caller, request)
                 self._arm_timer()
+                self._sync_soon()
         log.debug(
             "%s %s -> %s (%.2f ms)",
             caller.name or caller.uid,
@@ -540,18 +574,22 @@ class AgentService:
         plan: list[tuple[ExposeShare, str]] = []
         for e in out.effects:
             assert isinstance(e, ExposeShare)
-            share, volume, reason = self._resolve_share(e.base_share)
-            if share is None or volume is None:
+            path, reason = self._exposed_path(e)
+            if path is None:
                 log.error(
                     "cannot expose %s: base share %s: %s", e.exposed_name, e.base_share, reason
                 )
                 error = HResult.E_FAIL
                 break
-            sub = volume.share_subpath
-            plan.append((e, os.path.join(e.snapshot_path, sub) if sub else e.snapshot_path))
+            plan.append((e, path))
         intent_ids: list[int] = []
         if error is None:
-            intent_ids = self.effects.begin([ExposeIntent(e.exposed_name) for e, _ in plan])
+            # No fsync: if a power cut loses these intents, start-up still removes the
+            # shares, as shares of ours that no kept set knows (the set has not
+            # reached Exposed on disk: its record below is the durable commit).
+            intent_ids = self.effects.begin(
+                [ExposeIntent(e.exposed_name) for e, _ in plan], durable=False
+            )
             self._crash_point("expose_intent")
             # the whole set at once: one registry transaction and one smbd message round
             done, exc = await asyncio.to_thread(
@@ -571,6 +609,23 @@ class AgentService:
         fin = m.finish_expose(set_id, error, self.clock())
         await self._record(set_id, intent_ids, fin)
         return fin.result
+
+    def _exposed_path(self, e: ExposeShare) -> tuple[str | None, str]:
+        """Where the share's files are inside its snapshot: the snapshot path plus
+        the share's place in its volume.  Commit checked the volume with its
+        backend; this needs only that relative path (no second check)."""
+        share = self.shares.lookup(e.base_share)
+        s = self.machine.sets.get(e.set_id)
+        c = s.copy(e.copy_id) if s is not None else None
+        if share is None or c is None:
+            return None, "no such share"
+        if share.unsupported:
+            return None, share.unsupported
+        root = c.volume_name.split(":", 1)[-1]
+        sub = os.path.relpath(os.path.realpath(share.path), root)
+        if sub == os.pardir or sub.startswith(os.pardir + os.sep):
+            return None, f"{share.path} is no longer inside volume {root}"
+        return (e.snapshot_path if sub == os.curdir else os.path.join(e.snapshot_path, sub)), ""
 
     # ---------------------------------------------------- recovery complete
 
@@ -605,6 +660,9 @@ class AgentService:
         if not out.ok:
             return out.result
         _, _, mapping = cast(tuple[ShadowCopySet, ShadowCopy, MappedShare], out.value)
+        # Durable lazily (SYNC_DELAY, or below when the set goes): a SIGKILL loses
+        # nothing (WAL); what a power cut in that window can undo is in
+        # RELIABILITY.md ("Power loss").
         [iid] = self.effects.begin(
             [
                 DeleteMappingIntent(
@@ -613,7 +671,8 @@ class AgentService:
                     mapping.local_share,
                     mapping.exposed_name if mapping.is_exposed else "",
                 )
-            ]
+            ],
+            durable=False,
         )
         for e in out.effects:
             assert isinstance(e, UnexposeShare)
@@ -630,13 +689,13 @@ class AgentService:
         retry = await asyncio.to_thread(self.effects.apply_covered, fin.teardown)
         self._crash_point("delete_snapshot")
         s = m.sets.get(set_id)
-        # A failed deletion stays journaled for the next start-up.  No fsync: the
-        # roll-forward intent is on disk, so a power cut that loses this transaction
-        # finishes the same deletion at start-up (an agent crash loses nothing: WAL).
+        # A failed deletion stays journaled for the next start-up.
         self.effects.settle(
             [iid], save=[s] if s is not None else [], delete=fin.dropped_sets, teardown=retry,
             durable=False,
         )
+        if fin.dropped_sets:  # the set's last copy: on disk before the answer
+            await asyncio.to_thread(self.journal.sync)
         return fin.result
 
     # ----------------------------------------------------------------- timer
@@ -661,6 +720,7 @@ class AgentService:
                 )
             await self._teardown(out)
             self._arm_timer()
+            self._sync_soon()
 
 
 def _share_part(unc: str) -> str | None:

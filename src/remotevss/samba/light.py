@@ -85,8 +85,9 @@ class LightOps:
 
     def notify(self, *, force_tdis: Sequence[str] = (), conf_updated: bool = True) -> int:
         """MSG_SMB_FORCE_TDIS per share, then MSG_SMB_CONF_UPDATED, to every Samba
-        process (samba/notify.py has what each does in smbd); ``smbcontrol`` when
-        there is no socket directory.  Returns the processes reached."""
+        process that serves shares (samba/notify.py has what each does in smbd;
+        winbindd and nmbd are left out: dgm.NO_SHARES); ``smbcontrol`` when there
+        is no socket directory.  Returns the processes reached."""
         messages = [(dgm.MSG_SMB_FORCE_TDIS, s.encode() + b"\0") for s in force_tdis]
         if conf_updated:
             messages.append((dgm.MSG_SMB_CONF_UPDATED, b""))
@@ -95,7 +96,7 @@ class LightOps:
         sock_dir = dgm.socket_dir(self.paths.socket_dirs)
         if sock_dir is not None:
             parent = dgm.smbd_parent(self.paths.smbd_pid_file)
-            return dgm.send_all(sock_dir, messages, skip_tdis_to=parent)
+            return dgm.send_all(sock_dir, messages, skip_tdis_to=parent, shares_only=True)
         _log().warning("no Samba messaging directory (%s): using smbcontrol",
                        ", ".join(self.paths.socket_dirs))  # fmt: skip
         reached = [self._smbcontrol(["close-share", s]) for s in force_tdis]

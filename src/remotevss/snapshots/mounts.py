@@ -98,12 +98,15 @@ def _inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def mounts_below(path: str, exclude: tuple[str, ...] = ()) -> list[str]:
+def mounts_below(
+    path: str, exclude: tuple[str, ...] = (), table: list[Mount] | None = None
+) -> list[str]:
     """Mount points strictly below ``path``, except those at or inside ``exclude``
-    (a backend's own snapshot directory holds its read-only bind mounts)."""
+    (a backend's own snapshot directory holds its read-only bind mounts).
+    ``table``: a :func:`read_mounts` the caller just made (one read for many paths)."""
     path = os.path.realpath(path)
     found = []
-    for m in read_mounts():
+    for m in read_mounts() if table is None else table:
         mp = m.mount_point
         if mp != path and _inside(mp, path) and not any(_inside(mp, e) for e in exclude):
             found.append(mp)
