@@ -31,6 +31,7 @@ from remotevss.agent.service import SYNC_DELAY
 from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, HResult
 from tests.hardening.harness import ZERO, check_consistent, unc
 from tests.system.agent_harness import AgentProcess
+from tests.system.test_agent import make_agent as agent_on_subvolumes
 
 pytestmark = pytest.mark.root
 
@@ -46,17 +47,10 @@ def btrfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def make_agent(tmp_path: Path, mnt: Path, n: int) -> AgentProcess:
-    import btrfsutil
-
-    shares = {}
-    for i in range(n):
-        p = mnt / f"share{i}"
-        btrfsutil.create_subvolume(str(p))
-        shares[f"share{i}"] = p
-    work = tmp_path / "agent"
-    work.mkdir()
+    """test_agent's agent on ``n`` subvolumes, its journal copied aside when on disk."""
     disk = tmp_path / "on-disk"
-    return AgentProcess(work, shares, extra_env={"REMOTEVSS_FAKE_POWER_CUT": str(disk)})
+    return agent_on_subvolumes(tmp_path, mnt, n,
+                               extra_env={"REMOTEVSS_FAKE_POWER_CUT": str(disk)})
 
 
 def power_cut(a: AgentProcess, tmp_path: Path) -> None:
