@@ -13,6 +13,17 @@ whose listing fingerprint (every entry as it would be encoded, the cached
 content lists of its files, its subdirectories' tree ids) matches the one
 cached with its tree id reuses that tree: no parsing of content lists, no
 re-encoding, no hashing, no index probe.
+
+Cheaper still, for sources whose listing proves a directory unchanged (local
+file systems: any change of an entry's data, xattrs or ACL moves its ctime):
+a digest of the raw listing (names, types, modes, owners, sizes, times,
+inodes) is kept in a small row of its own; when it matches, the directory's
+files are not looked at at all (no files-cache row opened, no entry built,
+no listxattr), only its subdirectories are walked, and if their tree ids are
+also unchanged the cached tree id is reused.  If a subdirectory changed, the
+directory is then processed the ordinary way from the same listing.
+Directories holding a file with several hardlinks are always processed the
+ordinary way (which name comes first depends on the rest of the tree).
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from typing import Any
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
 from remotevss.backup.index import CacheRow, IndexDamaged
-from remotevss.backup.listing import ListingPrefetch, prefetch_listings
+from remotevss.backup.listing import ListingPrefetch, listing_digest, prefetch_listings
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobWriter, Repository, blob_aad
@@ -48,6 +59,11 @@ from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
 # tree blob goes, and a program that does not know it sees a vanished file.
 TREE_ROW = "\0tree"
 TREE_FP_VERSION = b"rvss-tree-fp-1"
+# The files-cache "directory" SKIP_DIR + relpath holds one TREE_ROW whose content
+# is the directory's tree id and whose xattrs field is the hex of the listing
+# digest followed by the hex of the digest over it and the subdirectories' tree ids.
+SKIP_DIR = "\0skip\0"
+SKIP_FP_VERSION = b"rvss-dir-skip-1"
 BATCH_BYTES = 1 << 20
 BATCH_OPS = 256
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
@@ -123,7 +139,8 @@ class _CacheDir:
 
 
 class _Dir:
-    __slots__ = ("entry", "children", "parent", "pending", "sealed", "cdir", "tree_row")
+    __slots__ = ("entry", "children", "parent", "pending", "sealed", "cdir", "tree_row",
+                 "listing_fp", "skip_row", "skip_from", "incomplete")
 
     def __init__(self, entry: Entry, parent: _Dir | None) -> None:
         self.entry = entry
@@ -135,6 +152,12 @@ class _Dir:
         # parsed only when the directory's tree has to be encoded again.
         self.cdir: _CacheDir | None = None
         self.tree_row: CacheRow | None = None  # the cached (tree id, fingerprint)
+        self.listing_fp: bytes | None = None  # digest of the raw listing (if it may skip)
+        self.skip_row: CacheRow | None = None  # set while the directory is being skipped
+        # What a skipped directory needs to be processed after all: source,
+        # relpath, point path and the listing.
+        self.skip_from: tuple[Source, str, str, list[SourceEntry]] | None = None
+        self.incomplete = False  # an entry could not be read: keep no listing digest
 
 
 class _File:
@@ -258,6 +281,7 @@ class _Engine:
         parent = f.parent
         if f.failed:
             parent.children.remove(f.entry)
+            parent.incomplete = True
         else:
             # Same text as json.dumps(content, separators=(",", ":")), 5x faster;
             # parsed into the entry only if the directory's tree is encoded.
@@ -274,6 +298,11 @@ class _Engine:
             self.close_dir(parent)
 
     def close_dir(self, node: _Dir) -> None:
+        if node.skip_row is not None:
+            # Either the cached tree is reused, or the directory is now processed
+            # the ordinary way and closed again once its files are done.
+            self.close_unchanged(node)
+            return
         cdir = node.cdir
         # Every input of the tree's bytes: the entries, with subdirectories' tree
         # ids set by now and files' content lists still as JSON text.
@@ -300,6 +329,49 @@ class _Engine:
                 cdir.rows[TREE_ROW] = row
             if cdir.changed:  # rows of files read in this run were filled in by finish_file
                 self.cache_changed.append(cdir)
+            if node.listing_fp is not None and not node.incomplete:
+                final = self.skip_digest(node.listing_fp, node.children)
+                skip = _CacheDir(cdir.source, SKIP_DIR + cdir.relpath)
+                skip.rows[TREE_ROW] = CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
+                                               node.listing_fp.hex() + final.hex())
+                self.cache_changed.append(skip)
+        self.closed(node, tid_hex)
+
+    def skip_digest(self, listing_fp: bytes, children: list[Entry]) -> bytes:
+        """The listing digest and the subdirectories' tree ids, in listing order."""
+        return self.codec.blob_id(listing_fp + "".join(
+            [e["subtree"] for e in children if e["type"] == DIR]).encode())
+
+    def close_unchanged(self, node: _Dir) -> None:
+        """A directory whose listing matched: reuse its tree if every subdirectory's
+        tree id is unchanged too, else process it the ordinary way."""
+        row, node.skip_row = node.skip_row, None
+        assert row is not None and node.skip_from is not None and node.listing_fp is not None
+        src, relpath, point_path, listing = node.skip_from
+        final = self.skip_digest(node.listing_fp, node.children)
+        if row.xattrs[64:] == final.hex():
+            files = nbytes = others = 0
+            for e in listing:
+                if e.type == FILE:
+                    files += 1
+                    nbytes += e.size
+                elif e.type != DIR:
+                    others += 1
+            self.stats.files += files
+            self.stats.cache_hits += files
+            self.stats.bytes_total += nbytes
+            self.stats.others += others
+            self.stats.trees_reused += 1
+            self.progress.files_done(files, nbytes)
+            self.closed(node, row.content[7:-3])
+            return
+        subtrees = {e["name"]: e["subtree"] for e in node.children}
+        node.children = []
+        node.sealed = False
+        node.skip_from = None
+        self.walk_listing(src, node, relpath, point_path, listing, subtrees)
+
+    def closed(self, node: _Dir, tid_hex: str) -> None:
         node.entry["subtree"] = tid_hex
         node.children = []
         parent = node.parent
@@ -311,13 +383,60 @@ class _Engine:
     # -- walking ----------------------------------------------------------------------
     def walk(self, src: Source, node: _Dir, relpath: str, point_path: str) -> None:
         self.stats.dirs += 1
-        self.visited.setdefault(src.cache_key, set()).add(relpath)
+        visited = self.visited.setdefault(src.cache_key, set())
+        visited.add(relpath)
         lister = self.ahead.get(src.label)
+        digest: bytes | None = None
         try:
-            listing = lister.scandir(relpath) if lister is not None else src.scandir(relpath)
+            if lister is not None:
+                listing, digest = lister.scandir_digest(relpath)
+            else:
+                listing = src.scandir(relpath)
+                if src.listing_proves_unchanged:
+                    digest = listing_digest(listing, src)
         except OSError as exc:
             self.error(point_path, exc)
             listing = []
+            node.incomplete = True
+        if src.listing_proves_unchanged and not node.incomplete:
+            visited.add(SKIP_DIR + relpath)
+            if digest is not None:
+                node.listing_fp = fp = self.codec.blob_id(SKIP_FP_VERSION + digest)
+                row = self.skip_row(src, relpath)
+                if (row is not None and len(row.xattrs) == 128 and row.xattrs[:64] == fp.hex()
+                        and len(row.content) == 74 and row.content.startswith('[[0,0,"')):
+                    self.walk_unchanged(src, node, relpath, point_path, listing, row)
+                    return
+        self.walk_listing(src, node, relpath, point_path, listing)
+
+    def skip_row(self, src: Source, relpath: str) -> CacheRow | None:
+        try:
+            return self.index.cache_dir(src.cache_key, SKIP_DIR + relpath).get(TREE_ROW)
+        except IndexDamaged:
+            return None  # the ordinary way, which writes the row again
+
+    def walk_unchanged(self, src: Source, node: _Dir, relpath: str, point_path: str,
+                       listing: list[SourceEntry], row: CacheRow) -> None:
+        """Only the subdirectories of a directory whose listing matched the cached one."""
+        node.skip_row = row
+        node.skip_from = (src, relpath, point_path, listing)
+        for e in listing:
+            if e.type == DIR:
+                # A stand-in entry: only its tree id is needed unless the tree is rebuilt.
+                child = _Dir({"name": e.name, "type": DIR}, node)
+                node.children.append(child.entry)
+                node.pending += 1
+                self.walk(src, child, f"{relpath}/{e.name}" if relpath else e.name,
+                          f"{point_path}/{e.name}")
+        node.sealed = True
+        if node.pending == 0:
+            self.close_dir(node)
+
+    def walk_listing(self, src: Source, node: _Dir, relpath: str, point_path: str,
+                     listing: list[SourceEntry],
+                     subtrees: dict[str, str] | None = None) -> None:
+        """Every entry of the directory; with ``subtrees`` (name -> tree id, from an
+        unchanged listing whose subdirectories changed) they are not walked again."""
         cdir = _CacheDir(src.cache_key, relpath)
         try:
             cached = self.index.cache_dir(src.cache_key, relpath)
@@ -358,7 +477,9 @@ class _Engine:
             else:
                 entry = make_entry(e, user, group, src.xattrs(child_rel, e))
             node.children.append(entry)
-            if e.type == DIR:
+            if e.type == DIR and subtrees is not None:
+                entry["subtree"] = subtrees[e.name]
+            elif e.type == DIR:
                 child = _Dir(entry, node)
                 node.pending += 1
                 self.walk(src, child, child_rel, child_point)

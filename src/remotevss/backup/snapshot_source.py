@@ -76,7 +76,11 @@ class Source(Protocol):
     # switching between SMB and the local fast path never reuses the other's rows.
     cache_key: str
     read_hints: bool  # whether will_read() is worth calling
-
+    # Whether a listing alone proves a directory unchanged: every change of an
+    # entry's data, xattrs or ACL moves its listed ctime (or size/mtime/inode).
+    # True for local file systems; not for Samba over SMB (ChangeTime = mtime,
+    # so a new security descriptor is not seen in the listing).
+    listing_proves_unchanged: bool
 
     def stat_root(self) -> SourceEntry: ...
 
@@ -166,6 +170,7 @@ class LocalSource:
     """A directory tree on this machine, e.g. a snapshot path of the local agent."""
 
     read_hints = False
+    listing_proves_unchanged = True
 
     def __init__(self, path: str | Path, label: str | None = None) -> None:
         self.root = os.path.abspath(path)
