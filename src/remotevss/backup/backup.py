@@ -50,8 +50,16 @@ from remotevss.backup.listing import ListingPrefetch, listing_digest, prefetch_l
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobWriter, Repository, blob_aad
-from remotevss.backup.snapshot_source import DIR, FILE, FileReader, Source, SourceEntry
+from remotevss.backup.snapshot_source import (
+    DIR,
+    FILE,
+    FileReader,
+    LocalSource,
+    Source,
+    SourceEntry,
+)
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
+from remotevss.backup.workers import Pool, Result, Task
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
 # NUL cannot occur in a file name; the row has a file row's shape (content: the
@@ -68,6 +76,12 @@ BATCH_BYTES = 1 << 20
 BATCH_OPS = 256
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
 MAX_ERRORS_KEPT = 1000
+# Worker processes (local sources only) start once this many bytes are to be read:
+# below it forking costs more than it saves (an incremental reads little or nothing).
+PROCESSES_FROM = 32 << 20
+DEFAULT_PROCESSES = 2
+TASK_FILES = 64
+TASK_BYTES = 1 << 20
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
@@ -191,8 +205,18 @@ class _Window:
 
 class _Engine:
     def __init__(self, repo: Repository, progress: Progress, workers: int,
-                 ahead: Mapping[str, ListingPrefetch]) -> None:
+                 ahead: Mapping[str, ListingPrefetch], processes: int = 0,
+                 processes_from: int = PROCESSES_FROM) -> None:
         self.repo = repo
+        self.workers = workers
+        self.processes = processes
+        self.processes_from = processes_from
+        self.procs: Pool | None = None
+        self.to_read = 0  # bytes of files read so far or queued (decides the processes)
+        self.tasks: list[Task] = []
+        self.task_bytes = 0
+        self.tokens: dict[int, tuple[_File, str]] = {}
+        self.next_token = 0
         self.ahead = ahead
         self.index = repo.index
         self.writer: BlobWriter = repo.writer()
@@ -210,6 +234,7 @@ class _Engine:
         self.cache_changed: list[_CacheDir] = []
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
+        self.sources: list[Source] = []
 
     # -- errors ---------------------------------------------------------------------
     def error(self, path: str, exc: BaseException | str) -> None:
@@ -275,6 +300,63 @@ class _Engine:
         self.submit()
         while self.fifo:
             self.resolve_one()
+        if self.procs is not None:
+            self.send_tasks()
+            self.procs.drain(self.on_results)
+
+    # -- worker processes -------------------------------------------------------------
+    def start_processes(self) -> None:
+        """Fork the workers.  The thread pool is emptied and shut down first, so no
+        other thread is inside OpenSSL or SQLite at the fork; a new one serves any
+        non-local source afterwards."""
+        self.drain()
+        self.pool.shutdown(wait=True)
+        try:
+            self.procs = Pool(self.processes, self.codec, self.params)
+        finally:
+            self.pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="rvss-chunk")
+
+    def queue_file(self, f: _File, path: str, ino: int, size: int, point_path: str) -> None:
+        token = self.next_token
+        self.next_token += 1
+        self.tokens[token] = (f, point_path)
+        self.tasks.append((token, path, ino))
+        self.task_bytes += size
+        if len(self.tasks) >= TASK_FILES or self.task_bytes >= TASK_BYTES:
+            self.send_tasks()
+
+    def send_tasks(self) -> None:
+        assert self.procs is not None
+        if self.tasks:
+            batch, self.tasks, self.task_bytes = self.tasks, [], 0
+            self.procs.submit(batch, self.on_results)
+        self.procs.collect(self.on_results, block=False)
+
+    def on_results(self, items: list[Result]) -> None:
+        writer, stats, progress = self.writer, self.stats, self.progress
+        for token, kind, payload in items:
+            f, point_path = self.tokens[token]
+            if kind == "part":
+                for off, n, cid, comp, sealed in payload:
+                    f.segments.append([off, n, cid])
+                    if cid is not None and not writer.has(cid):
+                        writer.add(cid, DATA, comp, sealed, n)
+                    stats.bytes_read += n
+                    progress.add_bytes(n)
+                continue
+            del self.tokens[token]
+            if kind == "done":
+                size, xattrs = payload
+                f.entry["size"] = size  # the opened file's size, not the listing's
+                if xattrs:  # read by the worker from the open file
+                    f.entry["xattrs"] = encode_xattrs(xattrs)
+            else:
+                self.error(point_path, payload)
+                f.failed = True
+            f.sealed = True
+            progress.file_done()
+            if f.pending == 0:
+                self.finish_file(f)
 
     # -- completion -------------------------------------------------------------------
     def finish_file(self, f: _File) -> None:
@@ -474,6 +556,9 @@ class _Engine:
                 entry = make_entry(e, user, group, {})
                 if hit.xattrs != "{}":
                     entry["xattrs"] = _scan_json(hit.xattrs, 0)[0]
+            elif e.type == FILE and self.procs is not None and not (
+                    e.nlink > 1 and (e.dev, e.ino) in self.hardlinks):
+                entry = make_entry(e, user, group, {})  # the worker reads its xattrs
             else:
                 entry = make_entry(e, user, group, src.xattrs(child_rel, e))
             node.children.append(entry)
@@ -511,6 +596,14 @@ class _Engine:
             return
         f = _File(entry, node, (cdir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
         node.pending += 1
+        if self.processes and isinstance(src, LocalSource):
+            self.to_read += e.size
+            if self.procs is None and self.to_read >= self.processes_from and all(
+                    isinstance(s, LocalSource) for s in self.sources):
+                self.start_processes()
+            if self.procs is not None:
+                self.queue_file(f, src.path(relpath), e.ino, e.size, point_path)
+                return
         try:
             reader = src.open(relpath, e)
         except OSError as exc:
@@ -554,6 +647,8 @@ class _Engine:
                     self.progress.add_bytes(c.length)
 
     def close(self) -> None:
+        if self.procs is not None:
+            self.procs.close(kill=True)  # drained on success; on failure nothing waits
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.close()
 
@@ -592,14 +687,18 @@ def _scan_totals(sources: Sequence[Source], progress: Progress, stop: threading.
 
 def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, Any] | None = None,
                progress: Progress | None = None, workers: int = 2,
-               ahead: Mapping[str, ListingPrefetch] | None = None) -> RecoveryPoint:
+               ahead: Mapping[str, ListingPrefetch] | None = None,
+               processes: int = DEFAULT_PROCESSES,
+               processes_from: int = PROCESSES_FROM) -> RecoveryPoint:
     """Back up ``sources`` into one new recovery point; atomic: all or nothing.
 
     ``repo`` must be open in "write" mode.  ``meta`` is stored with the point
     (shadow copy set id, creation time, share names...).  Unreadable files are
     skipped and listed in ``stats["errors"]``; the point is still created.
     ``ahead``: listings already being read (by label); by default local
-    sources get their own, stopped on return.
+    sources get their own, stopped on return.  ``processes``: worker processes
+    that read and chunk the files of local sources (0: threads only), started
+    once ``processes_from`` bytes are to be read, and only if every source is local.
     """
     labels = [s.label for s in sources]
     if not labels or len(set(labels)) != len(labels):
@@ -615,7 +714,8 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     own_ahead = ahead is None
     if ahead is None:
         ahead = prefetch_listings(sources)
-    engine = _Engine(repo, progress, workers, ahead)
+    engine = _Engine(repo, progress, workers, ahead, processes, processes_from)
+    engine.sources = list(sources)
     stop = threading.Event()
     scanner = None
     if progress.enabled:

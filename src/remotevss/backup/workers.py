@@ -1,0 +1,302 @@
+"""Worker processes that read, chunk, hash, compress and seal local files.
+
+Why processes: on a tree of small files the engine's threads spend their time
+waiting for the GIL (every pread, every zstd call hands it over and takes it
+back); a forked worker has its own.  The parent keeps everything that needs
+the repository: the walk, the files cache, dedup against the index, the pack
+writer and the commits, so the crash-safety rules are unchanged (a worker
+never writes to the repository).
+
+Rules:
+- Workers are forked from the engine's thread with no other thread using
+  OpenSSL or SQLite (the engine's thread pool is shut down first); in the
+  child every inherited descriptor but its two pipes and stdio is closed at
+  once (no repository lock or index connection survives into it), it ignores
+  SIGINT/SIGTERM/SIGHUP (the parent handles them) and is killed by the
+  kernel if the parent dies (PR_SET_PDEATHSIG), so a SIGKILLed run leaves no
+  worker behind.
+- Tasks are batches of files (path, inode, ~1 MiB or 64 files); results come
+  back per batch, large files in parts of at most ~4 MiB of sealed data, in
+  file order.  A worker that dies (killed, out of memory) is an error for
+  the whole run: nothing is committed.
+- A worker compresses and seals every chunk (it cannot ask the index); the
+  parent drops the ones the repository has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import select
+import signal
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from remotevss.backup.chunker import ChunkerParams, compress, is_zero
+from remotevss.backup.crypto import Codec
+from remotevss.backup.packs import DATA
+from remotevss.backup.repo import RepoError, blob_aad
+from remotevss.backup.snapshot_source import LocalFile
+
+WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
+PART_BYTES = 4 << 20  # a result message carries at most about this much sealed data
+_LEN = struct.Struct("<Q")
+
+# (token, path, inode)
+Task = tuple[int, str, int]
+# (offset, length, chunk id or None for zeros, compression, sealed bytes)
+Segment = tuple[int, int, bytes | None, int, bytes | None]
+# (token, "part", [segments]) | (token, "done", (size, xattrs or None))
+# | (token, "error", message)
+Result = tuple[int, str, Any]
+# (last message of its batch, results)
+Message = tuple[bool, list[Result]]
+
+
+class WorkerDied(RepoError):
+    """A worker process ended before its work was done: the run fails."""
+
+
+def _send(fd: int, obj: object) -> None:
+    data = pickle.dumps(obj, protocol=5)
+    view = memoryview(_LEN.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    parts = []
+    while n:
+        got = os.read(fd, min(n, 1 << 20))
+        if not got:
+            return None
+        parts.append(got)
+        n -= len(got)
+    return b"".join(parts)
+
+
+def _recv(fd: int) -> Any:
+    head = _read_exact(fd, _LEN.size)
+    if head is None:
+        return None
+    body = _read_exact(fd, _LEN.unpack(head)[0])
+    if body is None:
+        return None
+    return pickle.loads(body)  # noqa: S301 - from our own forked worker or parent
+
+
+class _Window:
+    """A file range as a readinto() stream, for pyfastcdc's cut_stream."""
+
+    def __init__(self, f: LocalFile, offset: int, length: int) -> None:
+        self.f, self.pos, self.end = f, offset, offset + length
+
+    def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        got = self.f.readinto(self.pos, buf[:n])
+        self.pos += got
+        return got
+
+
+def _chunks(f: LocalFile, params: ChunkerParams, chunker: Any) -> Any:
+    """(offset, data) of every chunk of the file's data ranges, as the engine cuts them."""
+    for off, length in f.extents():
+        if length <= WHOLE_READ:
+            buf = f.pread(off, length)
+            if len(buf) <= params.min_size:
+                if buf:
+                    yield off, buf
+                continue
+            for c in chunker.cut_buf(buf):
+                yield off + c.offset, c.data
+        else:
+            for c in chunker.cut_stream(_Window(f, off, length)):
+                yield off + c.offset, bytes(c.data)
+
+
+def _xattrs(fd: int) -> dict[str, bytes] | None:
+    """Every readable xattr of the open file (as ``LocalSource.xattrs`` reads them)."""
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return None
+    out = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            out[name] = os.getxattr(fd, name)
+    return out or None
+
+
+def _serve(tasks: int, results: int, codec: Codec, params: ChunkerParams) -> None:
+    chunker = params.make()
+    while True:
+        batch: list[Task] | None = _recv(tasks)
+        if batch is None:
+            return
+        out: list[Result] = []
+        size = 0
+        for token, path, ino in batch:
+            try:
+                f = LocalFile(path, ino)
+            except OSError as exc:
+                out.append((token, "error", exc.strerror or repr(exc)))
+                continue
+            try:
+                segs: list[Segment] = []
+                for off, data in _chunks(f, params, chunker):
+                    if is_zero(data):
+                        segs.append((off, len(data), None, 0, None))
+                        continue
+                    cid = codec.blob_id(data)
+                    comp, packed = compress(data)
+                    sealed = codec.seal(packed, blob_aad(cid, DATA))
+                    segs.append((off, len(data), cid, comp, sealed))
+                    size += len(sealed)
+                    if size >= PART_BYTES:
+                        out.append((token, "part", segs))
+                        _send(results, (False, out))
+                        out, segs, size = [], [], 0
+                out.append((token, "part", segs))
+                out.append((token, "done", (f.size, _xattrs(f.fd))))
+            except OSError as exc:
+                out.append((token, "error", exc.strerror or repr(exc)))
+            finally:
+                f.close()
+        _send(results, (True, out))
+
+
+def _child(tasks: int, results: int, keep: set[int], codec: Codec,
+           params: ChunkerParams) -> None:
+    code = 0
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        for fd in _open_fds():
+            if fd > 2 and fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        _serve(tasks, results, codec, params)
+    except BaseException:  # noqa: BLE001 - reported by the parent as a dead worker
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)  # no finalizers: nothing of the parent's may run here
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))
+
+
+class Worker:
+    """One forked worker: a task pipe, a result pipe, and what it still owes."""
+
+    def __init__(self, codec: Codec, params: ChunkerParams) -> None:
+        t_read, t_write = os.pipe()
+        r_read, r_write = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            if os.getppid() != parent:
+                os._exit(1)
+            _child(t_read, r_write, {t_read, r_write}, codec, params)
+        os.close(t_read)
+        os.close(r_write)
+        os.set_inheritable(t_write, False)
+        os.set_inheritable(r_read, False)
+        self.pid = pid
+        self.tasks = t_write
+        self.results = r_read
+        self.outstanding = 0  # batches sent, not yet answered
+        self.exited: int | None = None
+
+    def send(self, batch: list[Task]) -> None:
+        try:
+            _send(self.tasks, batch)
+        except BrokenPipeError:
+            raise self.died() from None
+        self.outstanding += 1
+
+    def died(self) -> WorkerDied:
+        if self.exited is None:
+            _pid, status = os.waitpid(self.pid, 0)
+            self.exited = status
+        status = self.exited
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exit status {os.waitstatus_to_exitcode(status)}")
+        return WorkerDied(f"backup worker process {self.pid} died ({how}); nothing was "
+                          "committed, the repository is unchanged apart from packs it "
+                          "already indexed (prune reclaims them)")
+
+    def close(self, kill: bool) -> None:
+        for fd in (self.tasks, self.results):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.exited is None:
+            if kill:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+            _pid, self.exited = os.waitpid(self.pid, 0)
+
+
+class Pool:
+    """``count`` workers; batches go to the one with the fewest outstanding."""
+
+    def __init__(self, count: int, codec: Codec, params: ChunkerParams,
+                 per_worker: int = 3) -> None:
+        self.workers: list[Worker] = []
+        self.per_worker = per_worker
+        try:
+            for _ in range(count):
+                self.workers.append(Worker(codec, params))
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    @property
+    def outstanding(self) -> int:
+        return sum(w.outstanding for w in self.workers)
+
+    def submit(self, batch: list[Task], on_result: Callable[[list[Result]], None]) -> None:
+        """Send a batch, first taking results while every worker is busy enough."""
+        while min(w.outstanding for w in self.workers) >= self.per_worker:
+            self.collect(on_result, block=True)
+        min(self.workers, key=lambda w: w.outstanding).send(batch)
+
+    def collect(self, on_result: Callable[[list[Result]], None], block: bool) -> None:
+        """Hand every result message that is ready to ``on_result`` (wait for one
+        if ``block``)."""
+        busy = [w for w in self.workers if w.outstanding]
+        if not busy:
+            return
+        ready, _, _ = select.select([w.results for w in busy], [], [], None if block else 0)
+        for w in busy:
+            if w.results not in ready:
+                continue
+            msg: Message | None = _recv(w.results)
+            if msg is None:
+                raise w.died()
+            last, items = msg
+            if last:
+                w.outstanding -= 1
+            on_result(items)
+
+    def drain(self, on_result: Callable[[list[Result]], None]) -> None:
+        while self.outstanding:
+            self.collect(on_result, block=True)
+
+    def close(self, kill: bool = False) -> None:
+        for w in self.workers:
+            w.close(kill)
+        self.workers = []
