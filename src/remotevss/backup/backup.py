@@ -49,7 +49,7 @@ from remotevss.backup.index import CacheRow, IndexDamaged
 from remotevss.backup.listing import ListingPrefetch, listing_digest, prefetch_listings
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
-from remotevss.backup.repo import BlobWriter, Repository, blob_aad
+from remotevss.backup.repo import BlobWriter, RepoError, Repository, blob_aad
 from remotevss.backup.snapshot_source import (
     DIR,
     FILE,
@@ -59,7 +59,7 @@ from remotevss.backup.snapshot_source import (
     SourceEntry,
 )
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
-from remotevss.backup.workers import Pool, Result, Task
+from remotevss.backup.workers import Pool, Result, Task, WorkerDied
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
 # NUL cannot occur in a file name; the row has a file row's shape (content: the
@@ -234,7 +234,6 @@ class _Engine:
         self.cache_changed: list[_CacheDir] = []
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
-        self.sources: list[Source] = []
 
     # -- errors ---------------------------------------------------------------------
     def error(self, path: str, exc: BaseException | str) -> None:
@@ -306,15 +305,8 @@ class _Engine:
 
     # -- worker processes -------------------------------------------------------------
     def start_processes(self) -> None:
-        """Fork the workers.  The thread pool is emptied and shut down first, so no
-        other thread is inside OpenSSL or SQLite at the fork; a new one serves any
-        non-local source afterwards."""
-        self.drain()
-        self.pool.shutdown(wait=True)
-        try:
-            self.procs = Pool(self.processes, self.codec, self.params)
-        finally:
-            self.pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="rvss-chunk")
+        """Start the workers; files already handed to the threads finish there."""
+        self.procs = Pool(self.processes, self.codec, self.params)
 
     def queue_file(self, f: _File, path: str, ino: int, size: int, point_path: str) -> None:
         token = self.next_token
@@ -598,8 +590,7 @@ class _Engine:
         node.pending += 1
         if self.processes and isinstance(src, LocalSource):
             self.to_read += e.size
-            if self.procs is None and self.to_read >= self.processes_from and all(
-                    isinstance(s, LocalSource) for s in self.sources):
+            if self.procs is None and self.to_read >= self.processes_from:
                 self.start_processes()
             if self.procs is not None:
                 self.queue_file(f, src.path(relpath), e.ino, e.size, point_path)
@@ -698,7 +689,7 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     ``ahead``: listings already being read (by label); by default local
     sources get their own, stopped on return.  ``processes``: worker processes
     that read and chunk the files of local sources (0: threads only), started
-    once ``processes_from`` bytes are to be read, and only if every source is local.
+    once ``processes_from`` bytes are to be read.
     """
     labels = [s.label for s in sources]
     if not labels or len(set(labels)) != len(labels):
@@ -715,7 +706,6 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     if ahead is None:
         ahead = prefetch_listings(sources)
     engine = _Engine(repo, progress, workers, ahead, processes, processes_from)
-    engine.sources = list(sources)
     stop = threading.Event()
     scanner = None
     if progress.enabled:
@@ -755,6 +745,8 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
                 idx.cache_prune_dirs(src.cache_key, engine.visited.get(src.cache_key, set()))
         return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),
                              stats.to_json())
+    except WorkerDied as exc:
+        raise RepoError(str(exc)) from None
     finally:
         sys.setswitchinterval(switch)
         stop.set()

@@ -352,9 +352,7 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
         })
         if len(sets) > 1:
             point_meta["server_sets"] = {sc.server or "": str(sc.set_id) for sc in sets}
-        # Threads only: the SMB sessions' receiver threads may be inside OpenSSL
-        # at any moment, and a process forked then could hang on its locks.
-        run.point = run_backup(repo, sources, point_meta, progress, processes=0)
+        run.point = run_backup(repo, sources, point_meta, progress)
         return run
     finally:
         release = _hold_sigterm()

@@ -2,19 +2,22 @@
 
 Why processes: on a tree of small files the engine's threads spend their time
 waiting for the GIL (every pread, every zstd call hands it over and takes it
-back); a forked worker has its own.  The parent keeps everything that needs
+back); a worker process has its own.  The parent keeps everything that needs
 the repository: the walk, the files cache, dedup against the index, the pack
 writer and the commits, so the crash-safety rules are unchanged (a worker
 never writes to the repository).
 
 Rules:
-- Workers are forked from the engine's thread with no other thread using
-  OpenSSL or SQLite (the engine's thread pool is shut down first); in the
-  child every inherited descriptor but its two pipes and stdio is closed at
-  once (no repository lock or index connection survives into it), it ignores
-  SIGINT/SIGTERM/SIGHUP (the parent handles them) and is killed by the
-  kernel if the parent dies (PR_SET_PDEATHSIG), so a SIGKILLed run leaves no
-  worker behind.
+- Workers are new interpreters (``python -m remotevss.backup.workers``), not
+  forks: a fork made in the middle of a backup shares the parent's heap
+  copy-on-write, and every page the parent then changes is duplicated (the
+  workers keep the old copies: ~60 MB more on a 50,000-file tree); a new
+  interpreter holds only what it imports (~20 MB), inherits no descriptor
+  (no repository lock, no index connection) and no lock another thread held.
+- The key material reaches a worker over its stdin pipe, never argv or the
+  environment; a worker ignores SIGINT/SIGTERM/SIGHUP (the parent handles
+  them) and is killed by the kernel when the parent dies (PR_SET_PDEATHSIG),
+  so a SIGKILLed run leaves no worker behind.
 - Tasks are batches of files (path, inode, ~1 MiB or 64 files); results come
   back per batch, large files in parts of at most ~4 MiB of sealed data, in
   file order.  A worker that dies (killed, out of memory) is an error for
@@ -32,13 +35,15 @@ import pickle
 import select
 import signal
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from remotevss.backup.chunker import ChunkerParams, compress, is_zero
-from remotevss.backup.crypto import Codec
-from remotevss.backup.packs import DATA
-from remotevss.backup.repo import RepoError, blob_aad
+from remotevss.backup.crypto import Codec, Keys, LegacyCodec
+from remotevss.backup.packs import DATA, blob_aad
 from remotevss.backup.snapshot_source import LocalFile
 
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
@@ -56,7 +61,7 @@ Result = tuple[int, str, Any]
 Message = tuple[bool, list[Result]]
 
 
-class WorkerDied(RepoError):
+class WorkerDied(Exception):
     """A worker process ended before its work was done: the run fails."""
 
 
@@ -170,56 +175,53 @@ def _serve(tasks: int, results: int, codec: Codec, params: ChunkerParams) -> Non
         _send(results, (True, out))
 
 
-def _child(tasks: int, results: int, keep: set[int], codec: Codec,
-           params: ChunkerParams) -> None:
-    code = 0
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        for fd in _open_fds():
-            if fd > 2 and fd not in keep:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        _serve(tasks, results, codec, params)
-    except BaseException:  # noqa: BLE001 - reported by the parent as a dead worker
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    finally:
-        os._exit(code)  # no finalizers: nothing of the parent's may run here
+def _codec_spec(codec: Codec) -> tuple[str, bytes | None]:
+    if isinstance(codec, Keys):
+        return "keys", codec.master
+    return ("legacy" if codec.legacy else "plain"), None
 
 
-def _open_fds() -> list[int]:
-    try:
-        return [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        return list(range(3, 1024))
+def _make_codec(kind: str, master: bytes | None) -> Codec:
+    if kind == "keys":
+        assert master is not None
+        return Keys(master)
+    return LegacyCodec() if kind == "legacy" else Codec()
+
+
+def main() -> None:
+    """The worker: stdin brings the codec, the chunker and then task batches; stdout
+    takes the results."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if len(sys.argv) > 1 and os.getppid() != int(sys.argv[1]):
+        sys.exit(1)  # the parent died before PR_SET_PDEATHSIG was in place
+    init = _recv(0)
+    if init is None:
+        return
+    kind, master, params = init
+    _serve(0, 1, _make_codec(kind, master), ChunkerParams.from_json(params))
 
 
 class Worker:
-    """One forked worker: a task pipe, a result pipe, and what it still owes."""
+    """One worker process: its task pipe (stdin), result pipe (stdout), and how many
+    batches it still owes."""
 
     def __init__(self, codec: Codec, params: ChunkerParams) -> None:
-        t_read, t_write = os.pipe()
-        r_read, r_write = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            if os.getppid() != parent:
-                os._exit(1)
-            _child(t_read, r_write, {t_read, r_write}, codec, params)
-        os.close(t_read)
-        os.close(r_write)
-        os.set_inheritable(t_write, False)
-        os.set_inheritable(r_read, False)
-        self.pid = pid
-        self.tasks = t_write
-        self.results = r_read
+        src = str(Path(__file__).resolve().parents[2])  # the directory holding remotevss
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (src, env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "remotevss.backup.workers", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, bufsize=0)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pid = self.proc.pid
+        self.tasks = self.proc.stdin.fileno()
+        self.results = self.proc.stdout.fileno()
         self.outstanding = 0  # batches sent, not yet answered
-        self.exited: int | None = None
+        _send(self.tasks, (*_codec_spec(codec), params.to_json()))
 
     def send(self, batch: list[Task]) -> None:
         try:
@@ -229,29 +231,26 @@ class Worker:
         self.outstanding += 1
 
     def died(self) -> WorkerDied:
-        if self.exited is None:
-            _pid, status = os.waitpid(self.pid, 0)
-            self.exited = status
-        status = self.exited
-        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
-               else f"exit status {os.waitstatus_to_exitcode(status)}")
+        code = self.proc.wait()
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         return WorkerDied(f"backup worker process {self.pid} died ({how}); nothing was "
                           "committed, the repository is unchanged apart from packs it "
                           "already indexed (prune reclaims them)")
 
     def close(self, kill: bool) -> None:
-        for fd in (self.tasks, self.results):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self.exited is None:
-            if kill:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-            _pid, self.exited = os.waitpid(self.pid, 0)
+        if kill and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        self.proc.wait()
 
 
 class Pool:
-    """``count`` workers; batches go to the one with the fewest outstanding."""
+    """``count`` workers; batches go to the one with the fewest outstanding.  Started
+    at once; each is busy importing for ~0.1 s, during which its batches queue."""
 
     def __init__(self, count: int, codec: Codec, params: ChunkerParams,
                  per_worker: int = 3) -> None:
@@ -300,3 +299,7 @@ class Pool:
         for w in self.workers:
             w.close(kill)
         self.workers = []
+
+
+if __name__ == "__main__":
+    main()
