@@ -59,7 +59,7 @@ from remotevss.backup.snapshot_source import (
     SourceEntry,
 )
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
-from remotevss.backup.workers import Pool, Result, Task, WorkerDied
+from remotevss.backup.workers import Pool, Result, Task, WorkerDied, limit_heap
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
 # NUL cannot occur in a file name; the row has a file row's shape (content: the
@@ -80,6 +80,7 @@ MAX_ERRORS_KEPT = 1000
 # below it forking costs more than it saves (an incremental reads little or nothing).
 PROCESSES_FROM = 32 << 20
 DEFAULT_PROCESSES = 2
+RUN_AHEAD = 8192  # listing entries read ahead once files are being read in earnest
 TASK_FILES = 64
 TASK_BYTES = 1 << 20
 
@@ -305,7 +306,13 @@ class _Engine:
 
     # -- worker processes -------------------------------------------------------------
     def start_processes(self) -> None:
-        """Start the workers; files already handed to the threads finish there."""
+        """Start the workers; files already handed to the threads are finished first
+        (their chunks would otherwise stay in memory until the end)."""
+        self.submit()
+        while self.fifo:
+            self.resolve_one()
+        for lister in self.ahead.values():  # the walk is slower than the listing now
+            lister.max_entries = min(lister.max_entries, RUN_AHEAD)
         self.procs = Pool(self.processes, self.codec, self.params)
 
     def queue_file(self, f: _File, path: str, ino: int, size: int, point_path: str) -> None:
@@ -705,6 +712,7 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     own_ahead = ahead is None
     if ahead is None:
         ahead = prefetch_listings(sources)
+    limit_heap()
     engine = _Engine(repo, progress, workers, ahead, processes, processes_from)
     stop = threading.Event()
     scanner = None

@@ -25,7 +25,7 @@ import blake3
 
 from remotevss.backup.snapshot_source import DIR, FILE, LocalSource, Source, SourceEntry
 
-MAX_AHEAD = 65536  # entries listed but not yet walked (~20 MB)
+MAX_AHEAD = 16384  # entries listed but not yet walked (~5 MB)
 
 
 class ListingPrefetch:

@@ -47,7 +47,7 @@ from remotevss.backup.packs import DATA, blob_aad
 from remotevss.backup.snapshot_source import LocalFile
 
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
-PART_BYTES = 4 << 20  # a result message carries at most about this much sealed data
+PART_BYTES = 1 << 20  # a result message carries at most about this much sealed data
 _LEN = struct.Struct("<Q")
 
 # (token, path, inode)
@@ -67,30 +67,34 @@ class WorkerDied(Exception):
 
 def _send(fd: int, obj: object) -> None:
     data = pickle.dumps(obj, protocol=5)
-    view = memoryview(_LEN.pack(len(data)) + data)
+    bufs = [memoryview(_LEN.pack(len(data))), memoryview(data)]
+    while bufs:
+        n = os.writev(fd, bufs)
+        while bufs and n >= len(bufs[0]):
+            n -= len(bufs[0])
+            bufs.pop(0)
+        if bufs:
+            bufs[0] = bufs[0][n:]
+
+
+def _read_into(fd: int, buf: bytearray) -> bool:
+    view = memoryview(buf)
     while view:
-        view = view[os.write(fd, view):]
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    parts = []
-    while n:
-        got = os.read(fd, min(n, 1 << 20))
+        got = os.readv(fd, [view])
         if not got:
-            return None
-        parts.append(got)
-        n -= len(got)
-    return b"".join(parts)
+            return False
+        view = view[got:]
+    return True
 
 
 def _recv(fd: int) -> Any:
-    head = _read_exact(fd, _LEN.size)
-    if head is None:
+    head = bytearray(_LEN.size)
+    if not _read_into(fd, head):
         return None
-    body = _read_exact(fd, _LEN.unpack(head)[0])
-    if body is None:
+    body = bytearray(_LEN.unpack(head)[0])
+    if not _read_into(fd, body):
         return None
-    return pickle.loads(body)  # noqa: S301 - from our own forked worker or parent
+    return pickle.loads(body)  # noqa: S301 - from our own worker or parent
 
 
 class _Window:
@@ -188,9 +192,22 @@ def _make_codec(kind: str, master: bytes | None) -> Codec:
     return LegacyCodec() if kind == "legacy" else Codec()
 
 
+def limit_heap() -> None:
+    """Keep glibc from holding freed buffers.  Why: chunks and reads of 0.25-8 MiB
+    come and go all the time; glibc's threshold for giving such blocks their own
+    mapping rises with every one freed, after which they come from the heap and
+    what is freed stays in the process (tens of MB per process).  A fixed
+    threshold returns each one on free (at a page fault per 4 KiB when used)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+
+
 def main() -> None:
     """The worker: stdin brings the codec, the chunker and then task batches; stdout
     takes the results."""
+    limit_heap()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
