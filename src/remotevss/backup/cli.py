@@ -159,7 +159,7 @@ def configure(b: argparse.ArgumentParser) -> None:
                    help="metadata stored with the point (repeatable)")
     p.add_argument("--processes", type=_processes_arg, default=None, metavar="N",
                    help="worker processes reading and chunking the files of directories "
-                        "(default 2; 0: threads only); started only once 32 MiB are to be read")
+                        "(default 1; 0: threads only); started only once 32 MiB are to be read")
     g = p.add_argument_group("reading snapshot shares")
     g.add_argument("--read", dest="read_mode", choices=["auto", "smb", "local"], default="auto",
                    help="auto (default): read a snapshot share's path directly when the server "

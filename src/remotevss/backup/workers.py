@@ -43,6 +43,7 @@ from typing import Any
 
 from remotevss.backup.chunker import ChunkerParams, compress, is_zero
 from remotevss.backup.crypto import Codec, Keys, LegacyCodec
+from remotevss.backup.memory import tune_malloc
 from remotevss.backup.packs import DATA, blob_aad
 from remotevss.backup.snapshot_source import LocalFile
 
@@ -192,22 +193,10 @@ def _make_codec(kind: str, master: bytes | None) -> Codec:
     return LegacyCodec() if kind == "legacy" else Codec()
 
 
-def limit_heap() -> None:
-    """Keep glibc from holding freed buffers.  Why: chunks and reads of 0.25-8 MiB
-    come and go all the time; glibc's threshold for giving such blocks their own
-    mapping rises with every one freed, after which they come from the heap and
-    what is freed stays in the process (tens of MB per process).  A fixed
-    threshold returns each one on free (at a page fault per 4 KiB when used)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
-        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
-
-
 def main() -> None:
     """The worker: stdin brings the codec, the chunker and then task batches; stdout
     takes the results."""
-    limit_heap()
+    tune_malloc()  # as the backup command does: freed chunk buffers go back at once
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
