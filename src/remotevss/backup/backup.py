@@ -46,7 +46,12 @@ from typing import Any
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
 from remotevss.backup.index import CacheRow, IndexDamaged
-from remotevss.backup.listing import ListingPrefetch, listing_digest, prefetch_listings
+from remotevss.backup.listing import (
+    WALK_AHEAD,
+    ListingPrefetch,
+    listing_digest,
+    prefetch_listings,
+)
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobWriter, RepoError, Repository, blob_aad
@@ -235,6 +240,8 @@ class _Engine:
         self.cache_changed: list[_CacheDir] = []
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
+        # Listing-digest rows fetched with their siblings', until their directory is walked.
+        self.skip_ahead: dict[tuple[str, str], dict[str, CacheRow] | IndexDamaged] = {}
 
     # -- errors ---------------------------------------------------------------------
     def error(self, path: str, exc: BaseException | str) -> None:
@@ -491,16 +498,36 @@ class _Engine:
         self.walk_listing(src, node, relpath, point_path, listing)
 
     def skip_row(self, src: Source, relpath: str) -> CacheRow | None:
-        try:
-            return self.index.cache_dir(src.cache_key, SKIP_DIR + relpath).get(TREE_ROW)
-        except IndexDamaged:
-            return None  # the ordinary way, which writes the row again
+        rows = self.skip_ahead.pop((src.cache_key, relpath), None)
+        if rows is None:
+            try:
+                rows = self.index.cache_dir(src.cache_key, SKIP_DIR + relpath)
+            except IndexDamaged:
+                return None  # the ordinary way, which writes the row again
+        if isinstance(rows, IndexDamaged):
+            return None
+        return rows.get(TREE_ROW)
+
+    def fetch_skip_rows(self, src: Source, relpath: str, listing: list[SourceEntry]) -> None:
+        """The listing-digest rows of a directory's subdirectories, in one query: one
+        per directory costs more than the rest of an unchanged directory's walk."""
+        prefix = f"{relpath}/" if relpath else ""
+        subdirs = [prefix + e.name for e in listing if e.type == DIR]
+        if len(subdirs) < 2:
+            return
+        got = self.index.cache_dirs(src.cache_key, [SKIP_DIR + d for d in subdirs])
+        if got is None:
+            return
+        n = len(SKIP_DIR)
+        for d, rows in got.items():
+            self.skip_ahead[(src.cache_key, d[n:])] = rows
 
     def walk_unchanged(self, src: Source, node: _Dir, relpath: str, point_path: str,
                        listing: list[SourceEntry], row: CacheRow) -> None:
         """Only the subdirectories of a directory whose listing matched the cached one."""
         node.skip_row = row
         node.skip_from = (src, relpath, point_path, listing)
+        self.fetch_skip_rows(src, relpath, listing)
         for e in listing:
             if e.type == DIR:
                 # A stand-in entry: only its tree id is needed unless the tree is rebuilt.
@@ -527,6 +554,8 @@ class _Engine:
             cdir.changed = True
         node.cdir = cdir
         node.tree_row = cached.pop(TREE_ROW, None)
+        if src.listing_proves_unchanged and subtrees is None:
+            self.fetch_skip_rows(src, relpath, listing)
         if src.read_hints:  # tell the source which files will be read (SMB: prefetch them)
             misses = []
             for e in listing:
@@ -712,6 +741,8 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     own_ahead = ahead is None
     if ahead is None:
         ahead = prefetch_listings(sources)
+    for lister in ahead.values():
+        lister.max_entries = min(lister.max_entries, WALK_AHEAD)
     engine = _Engine(repo, progress, workers, ahead, processes, processes_from)
     stop = threading.Event()
     scanner = None

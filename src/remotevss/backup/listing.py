@@ -25,7 +25,12 @@ import blake3
 
 from remotevss.backup.snapshot_source import DIR, FILE, LocalSource, Source, SourceEntry
 
-MAX_AHEAD = 16384  # entries listed but not yet walked (~5 MB)
+# Entries listed but not yet walked: up to ~30 MB while the passphrase's scrypt
+# runs (so an unchanged incremental finds most of its listings ready; that phase's
+# peak is scrypt's 64 MiB anyway), ~5 MB once the walk has begun (``run_backup``
+# lowers it: a full backup's walk is slower than the listing).
+MAX_AHEAD = 65536
+WALK_AHEAD = 16384
 
 
 class ListingPrefetch:
