@@ -330,6 +330,10 @@ def restores(tools: list[Tool], scratch: Path, n: int,
                 if argv is None:
                     continue
                 shutil.rmtree(target, ignore_errors=True)
+                # Warm too: write back the previous restore's dirty pages first, or
+                # the kernel flushes them during this one (warm runs took 3-6x the
+                # cold ones, which get a sync from drop_caches).
+                os.sync()
                 if cold and not drop_caches():
                     continue
                 secs, rss, _cpu = run(argv, tool.env)
