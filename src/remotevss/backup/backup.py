@@ -495,6 +495,7 @@ class _Engine:
                         and len(row.content) == 74 and row.content.startswith('[[0,0,"')):
                     self.walk_unchanged(src, node, relpath, point_path, listing, row)
                     return
+        self.skip_ahead.pop((src.cache_key, relpath), None)  # fetched but not needed
         self.walk_listing(src, node, relpath, point_path, listing)
 
     def skip_row(self, src: Source, relpath: str) -> CacheRow | None:
@@ -518,9 +519,8 @@ class _Engine:
         got = self.index.cache_dirs(src.cache_key, [SKIP_DIR + d for d in subdirs])
         if got is None:
             return
-        n = len(SKIP_DIR)
-        for d, rows in got.items():
-            self.skip_ahead[(src.cache_key, d[n:])] = rows
+        for d in subdirs:  # a directory without a row gets {}: no second query for it
+            self.skip_ahead[(src.cache_key, d)] = got.get(SKIP_DIR + d, {})
 
     def walk_unchanged(self, src: Source, node: _Dir, relpath: str, point_path: str,
                        listing: list[SourceEntry], row: CacheRow) -> None:
