@@ -127,3 +127,80 @@ def test_listings_read_ahead_match_a_walk_in_any_order(tmp_path: Path) -> None:
             ahead.scandir("missing")
     finally:
         ahead.stop()
+
+
+def _full_snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Content, mode, mtime and xattrs of every entry below ``root``."""
+    out = _snapshot(root)
+    for p in list(out):
+        full = os.path.join(root, p)
+        xattrs = {} if os.path.islink(full) else {
+            n: os.getxattr(full, n) for n in os.listxattr(full)}
+        out[p] = (*out[p], xattrs)
+    return out
+
+
+def _check_point_matches(repo: Path, src: Path, out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    _restore(repo, out)
+    assert _full_snapshot(out / "data") == _full_snapshot(src)
+
+
+def test_a_skipped_directory_notices_every_kind_of_change_inside(tmp_path: Path) -> None:
+    """The listing digest covers what a change leaves behind even when the
+    directory's own mtime and the file's size stay the same: mtime, ctime
+    (content rewritten with its old mtime put back; an xattr set), inode (a file
+    replaced by another with the same size and times), and changes two levels
+    down under directories whose own listings did not change."""
+    src, repo, out = tmp_path / "src", tmp_path / "repo", tmp_path / "out"
+    src.mkdir()
+    _tree(src)
+    init_repo(repo, passphrase=PASS)
+    _backup(repo, src)
+    again = _backup(repo, src)
+    assert again["trees_reused"] == again["dirs"] == 6
+
+    def keep_times(path: Path, change: object) -> None:
+        st = os.lstat(path)
+        parent = os.lstat(path.parent)
+        assert callable(change)
+        change()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(path.parent, ns=(parent.st_atime_ns, parent.st_mtime_ns))
+
+    f = src / "a/b/c/f1.txt"  # two directories below "a", whose listing stays the same
+    # mtime only
+    os.utime(f, ns=(os.lstat(f).st_atime_ns, os.lstat(f).st_mtime_ns + 10**9))
+    stats = _backup(repo, src)
+    assert stats["trees_reused"] == 2  # a/d and e: untouched
+    _check_point_matches(repo, src, out)
+    # ctime only: same size and mtime, other bytes
+    keep_times(f, lambda: f.write_bytes(f.read_bytes().upper()))
+    stats = _backup(repo, src)
+    assert stats["cache_hits"] == stats["files"] - 1
+    _check_point_matches(repo, src, out)
+    # an xattr set (ctime moves, nothing else)
+    g = src / "a/d/f0.txt"
+    os.setxattr(g, "user.note", b"kept")
+    _backup(repo, src)
+    _check_point_matches(repo, src, out)
+    # inode: replaced by a file of the same size, mtime and parent mtime
+    h = src / "e/f2.txt"
+    body = h.read_bytes()
+
+    def replace() -> None:
+        tmp = src / "e/.new"
+        tmp.write_bytes(body[::-1])
+        os.rename(tmp, h)
+
+    keep_times(h, replace)
+    stats = _backup(repo, src)
+    assert stats["cache_hits"] == stats["files"] - 1
+    _check_point_matches(repo, src, out)
+    # and nothing changed since the last run (reading the files for the checks
+    # above moved atimes, which the trees keep): every tree reused, nothing read
+    _backup(repo, src)
+    stats = _backup(repo, src)
+    assert stats["trees_reused"] == stats["dirs"] and stats["cache_hits"] == stats["files"]
+    _check_point_matches(repo, src, out)
+

@@ -13,6 +13,17 @@ whose listing fingerprint (every entry as it would be encoded, the cached
 content lists of its files, its subdirectories' tree ids) matches the one
 cached with its tree id reuses that tree: no parsing of content lists, no
 re-encoding, no hashing, no index probe.
+
+Cheaper still, for sources whose listing proves a directory unchanged (local
+file systems: any change of an entry's data, xattrs or ACL moves its ctime):
+a digest of the raw listing (names, types, modes, owners, sizes, times,
+inodes) is kept in a small row of its own; when it matches, the directory's
+files are not looked at at all (no files-cache row opened, no entry built,
+no listxattr), only its subdirectories are walked, and if their tree ids are
+also unchanged the cached tree id is reused.  If a subdirectory changed, the
+directory is then processed the ordinary way from the same listing.
+Directories holding a file with several hardlinks are always processed the
+ordinary way (which name comes first depends on the rest of the tree).
 """
 
 from __future__ import annotations
@@ -35,12 +46,25 @@ from typing import Any
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
 from remotevss.backup.index import CacheRow, IndexDamaged
-from remotevss.backup.listing import ListingPrefetch, prefetch_listings
+from remotevss.backup.listing import (
+    WALK_AHEAD,
+    ListingPrefetch,
+    listing_digest,
+    prefetch_listings,
+)
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
-from remotevss.backup.repo import BlobWriter, Repository, blob_aad
-from remotevss.backup.snapshot_source import DIR, FILE, FileReader, Source, SourceEntry
+from remotevss.backup.repo import BlobWriter, RepoError, Repository, blob_aad
+from remotevss.backup.snapshot_source import (
+    DIR,
+    FILE,
+    FileReader,
+    LocalSource,
+    Source,
+    SourceEntry,
+)
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
+from remotevss.backup.workers import Pool, Result, Task, WorkerDied
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
 # NUL cannot occur in a file name; the row has a file row's shape (content: the
@@ -48,10 +72,22 @@ from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
 # tree blob goes, and a program that does not know it sees a vanished file.
 TREE_ROW = "\0tree"
 TREE_FP_VERSION = b"rvss-tree-fp-1"
+# The files-cache "directory" SKIP_DIR + relpath holds one TREE_ROW whose content
+# is the directory's tree id and whose xattrs field is the hex of the listing
+# digest followed by the hex of the digest over it and the subdirectories' tree ids.
+SKIP_DIR = "\0skip\0"
+SKIP_FP_VERSION = b"rvss-dir-skip-1"
 BATCH_BYTES = 1 << 20
 BATCH_OPS = 256
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
 MAX_ERRORS_KEPT = 1000
+# Worker processes (local sources only) start once this many bytes are to be read:
+# below it forking costs more than it saves (an incremental reads little or nothing).
+PROCESSES_FROM = 32 << 20
+DEFAULT_PROCESSES = 1  # two were not faster on the 2-core VM and cost ~25 MB more PSS
+RUN_AHEAD = 8192  # listing entries read ahead once files are being read in earnest
+TASK_FILES = 64
+TASK_BYTES = 1 << 20
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
@@ -123,7 +159,8 @@ class _CacheDir:
 
 
 class _Dir:
-    __slots__ = ("entry", "children", "parent", "pending", "sealed", "cdir", "tree_row")
+    __slots__ = ("entry", "children", "parent", "pending", "sealed", "cdir", "tree_row",
+                 "listing_fp", "skip_row", "skip_from", "incomplete")
 
     def __init__(self, entry: Entry, parent: _Dir | None) -> None:
         self.entry = entry
@@ -135,6 +172,12 @@ class _Dir:
         # parsed only when the directory's tree has to be encoded again.
         self.cdir: _CacheDir | None = None
         self.tree_row: CacheRow | None = None  # the cached (tree id, fingerprint)
+        self.listing_fp: bytes | None = None  # digest of the raw listing (if it may skip)
+        self.skip_row: CacheRow | None = None  # set while the directory is being skipped
+        # What a skipped directory needs to be processed after all: source,
+        # relpath, point path and the listing.
+        self.skip_from: tuple[Source, str, str, list[SourceEntry]] | None = None
+        self.incomplete = False  # an entry could not be read: keep no listing digest
 
 
 class _File:
@@ -168,8 +211,18 @@ class _Window:
 
 class _Engine:
     def __init__(self, repo: Repository, progress: Progress, workers: int,
-                 ahead: Mapping[str, ListingPrefetch]) -> None:
+                 ahead: Mapping[str, ListingPrefetch], processes: int = 0,
+                 processes_from: int = PROCESSES_FROM) -> None:
         self.repo = repo
+        self.workers = workers
+        self.processes = processes
+        self.processes_from = processes_from
+        self.procs: Pool | None = None
+        self.to_read = 0  # bytes of files read so far or queued (decides the processes)
+        self.tasks: list[Task] = []
+        self.task_bytes = 0
+        self.tokens: dict[int, tuple[_File, str]] = {}
+        self.next_token = 0
         self.ahead = ahead
         self.index = repo.index
         self.writer: BlobWriter = repo.writer()
@@ -187,6 +240,8 @@ class _Engine:
         self.cache_changed: list[_CacheDir] = []
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
+        # Listing-digest rows fetched with their siblings', until their directory is walked.
+        self.skip_ahead: dict[tuple[str, str], dict[str, CacheRow] | IndexDamaged] = {}
 
     # -- errors ---------------------------------------------------------------------
     def error(self, path: str, exc: BaseException | str) -> None:
@@ -252,12 +307,69 @@ class _Engine:
         self.submit()
         while self.fifo:
             self.resolve_one()
+        if self.procs is not None:
+            self.send_tasks()
+            self.procs.drain(self.on_results)
+
+    # -- worker processes -------------------------------------------------------------
+    def start_processes(self) -> None:
+        """Start the workers; files already handed to the threads are finished first
+        (their chunks would otherwise stay in memory until the end)."""
+        self.submit()
+        while self.fifo:
+            self.resolve_one()
+        for lister in self.ahead.values():  # the walk is slower than the listing now
+            lister.max_entries = min(lister.max_entries, RUN_AHEAD)
+        self.procs = Pool(self.processes, self.codec, self.params)
+
+    def queue_file(self, f: _File, path: str, ino: int, size: int, point_path: str) -> None:
+        token = self.next_token
+        self.next_token += 1
+        self.tokens[token] = (f, point_path)
+        self.tasks.append((token, path, ino))
+        self.task_bytes += size
+        if len(self.tasks) >= TASK_FILES or self.task_bytes >= TASK_BYTES:
+            self.send_tasks()
+
+    def send_tasks(self) -> None:
+        assert self.procs is not None
+        if self.tasks:
+            batch, self.tasks, self.task_bytes = self.tasks, [], 0
+            self.procs.submit(batch, self.on_results)
+        self.procs.collect(self.on_results, block=False)
+
+    def on_results(self, items: list[Result]) -> None:
+        writer, stats, progress = self.writer, self.stats, self.progress
+        for token, kind, payload in items:
+            f, point_path = self.tokens[token]
+            if kind == "part":
+                for off, n, cid, comp, sealed in payload:
+                    f.segments.append([off, n, cid])
+                    if cid is not None and not writer.has(cid):
+                        writer.add(cid, DATA, comp, sealed, n)
+                    stats.bytes_read += n
+                    progress.add_bytes(n)
+                continue
+            del self.tokens[token]
+            if kind == "done":
+                size, xattrs = payload
+                f.entry["size"] = size  # the opened file's size, not the listing's
+                if xattrs:  # read by the worker from the open file
+                    f.entry["xattrs"] = encode_xattrs(xattrs)
+            else:
+                self.error(point_path, payload)
+                f.failed = True
+            f.sealed = True
+            progress.file_done()
+            if f.pending == 0:
+                self.finish_file(f)
 
     # -- completion -------------------------------------------------------------------
     def finish_file(self, f: _File) -> None:
         parent = f.parent
         if f.failed:
             parent.children.remove(f.entry)
+            parent.incomplete = True
         else:
             # Same text as json.dumps(content, separators=(",", ":")), 5x faster;
             # parsed into the entry only if the directory's tree is encoded.
@@ -274,6 +386,11 @@ class _Engine:
             self.close_dir(parent)
 
     def close_dir(self, node: _Dir) -> None:
+        if node.skip_row is not None:
+            # Either the cached tree is reused, or the directory is now processed
+            # the ordinary way and closed again once its files are done.
+            self.close_unchanged(node)
+            return
         cdir = node.cdir
         # Every input of the tree's bytes: the entries, with subdirectories' tree
         # ids set by now and files' content lists still as JSON text.
@@ -300,6 +417,49 @@ class _Engine:
                 cdir.rows[TREE_ROW] = row
             if cdir.changed:  # rows of files read in this run were filled in by finish_file
                 self.cache_changed.append(cdir)
+            if node.listing_fp is not None and not node.incomplete:
+                final = self.skip_digest(node.listing_fp, node.children)
+                skip = _CacheDir(cdir.source, SKIP_DIR + cdir.relpath)
+                skip.rows[TREE_ROW] = CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
+                                               node.listing_fp.hex() + final.hex())
+                self.cache_changed.append(skip)
+        self.closed(node, tid_hex)
+
+    def skip_digest(self, listing_fp: bytes, children: list[Entry]) -> bytes:
+        """The listing digest and the subdirectories' tree ids, in listing order."""
+        return self.codec.blob_id(listing_fp + "".join(
+            [e["subtree"] for e in children if e["type"] == DIR]).encode())
+
+    def close_unchanged(self, node: _Dir) -> None:
+        """A directory whose listing matched: reuse its tree if every subdirectory's
+        tree id is unchanged too, else process it the ordinary way."""
+        row, node.skip_row = node.skip_row, None
+        assert row is not None and node.skip_from is not None and node.listing_fp is not None
+        src, relpath, point_path, listing = node.skip_from
+        final = self.skip_digest(node.listing_fp, node.children)
+        if row.xattrs[64:] == final.hex():
+            files = nbytes = others = 0
+            for e in listing:
+                if e.type == FILE:
+                    files += 1
+                    nbytes += e.size
+                elif e.type != DIR:
+                    others += 1
+            self.stats.files += files
+            self.stats.cache_hits += files
+            self.stats.bytes_total += nbytes
+            self.stats.others += others
+            self.stats.trees_reused += 1
+            self.progress.files_done(files, nbytes)
+            self.closed(node, row.content[7:-3])
+            return
+        subtrees = {e["name"]: e["subtree"] for e in node.children}
+        node.children = []
+        node.sealed = False
+        node.skip_from = None
+        self.walk_listing(src, node, relpath, point_path, listing, subtrees)
+
+    def closed(self, node: _Dir, tid_hex: str) -> None:
         node.entry["subtree"] = tid_hex
         node.children = []
         parent = node.parent
@@ -311,13 +471,80 @@ class _Engine:
     # -- walking ----------------------------------------------------------------------
     def walk(self, src: Source, node: _Dir, relpath: str, point_path: str) -> None:
         self.stats.dirs += 1
-        self.visited.setdefault(src.cache_key, set()).add(relpath)
+        visited = self.visited.setdefault(src.cache_key, set())
+        visited.add(relpath)
         lister = self.ahead.get(src.label)
+        digest: bytes | None = None
         try:
-            listing = lister.scandir(relpath) if lister is not None else src.scandir(relpath)
+            if lister is not None:
+                listing, digest = lister.scandir_digest(relpath)
+            else:
+                listing = src.scandir(relpath)
+                if src.listing_proves_unchanged:
+                    digest = listing_digest(listing, src)
         except OSError as exc:
             self.error(point_path, exc)
             listing = []
+            node.incomplete = True
+        if src.listing_proves_unchanged and not node.incomplete:
+            visited.add(SKIP_DIR + relpath)
+            if digest is not None:
+                node.listing_fp = fp = self.codec.blob_id(SKIP_FP_VERSION + digest)
+                row = self.skip_row(src, relpath)
+                if (row is not None and len(row.xattrs) == 128 and row.xattrs[:64] == fp.hex()
+                        and len(row.content) == 74 and row.content.startswith('[[0,0,"')):
+                    self.walk_unchanged(src, node, relpath, point_path, listing, row)
+                    return
+        self.skip_ahead.pop((src.cache_key, relpath), None)  # fetched but not needed
+        self.walk_listing(src, node, relpath, point_path, listing)
+
+    def skip_row(self, src: Source, relpath: str) -> CacheRow | None:
+        rows = self.skip_ahead.pop((src.cache_key, relpath), None)
+        if rows is None:
+            try:
+                rows = self.index.cache_dir(src.cache_key, SKIP_DIR + relpath)
+            except IndexDamaged:
+                return None  # the ordinary way, which writes the row again
+        if isinstance(rows, IndexDamaged):
+            return None
+        return rows.get(TREE_ROW)
+
+    def fetch_skip_rows(self, src: Source, relpath: str, listing: list[SourceEntry]) -> None:
+        """The listing-digest rows of a directory's subdirectories, in one query: one
+        per directory costs more than the rest of an unchanged directory's walk."""
+        prefix = f"{relpath}/" if relpath else ""
+        subdirs = [prefix + e.name for e in listing if e.type == DIR]
+        if len(subdirs) < 2:
+            return
+        got = self.index.cache_dirs(src.cache_key, [SKIP_DIR + d for d in subdirs])
+        if got is None:
+            return
+        for d in subdirs:  # a directory without a row gets {}: no second query for it
+            self.skip_ahead[(src.cache_key, d)] = got.get(SKIP_DIR + d, {})
+
+    def walk_unchanged(self, src: Source, node: _Dir, relpath: str, point_path: str,
+                       listing: list[SourceEntry], row: CacheRow) -> None:
+        """Only the subdirectories of a directory whose listing matched the cached one."""
+        node.skip_row = row
+        node.skip_from = (src, relpath, point_path, listing)
+        self.fetch_skip_rows(src, relpath, listing)
+        for e in listing:
+            if e.type == DIR:
+                # A stand-in entry: only its tree id is needed unless the tree is rebuilt.
+                child = _Dir({"name": e.name, "type": DIR}, node)
+                node.children.append(child.entry)
+                node.pending += 1
+                self.walk(src, child, f"{relpath}/{e.name}" if relpath else e.name,
+                          f"{point_path}/{e.name}")
+        node.sealed = True
+        if node.pending == 0:
+            self.close_dir(node)
+
+    def walk_listing(self, src: Source, node: _Dir, relpath: str, point_path: str,
+                     listing: list[SourceEntry],
+                     subtrees: dict[str, str] | None = None) -> None:
+        """Every entry of the directory; with ``subtrees`` (name -> tree id, from an
+        unchanged listing whose subdirectories changed) they are not walked again."""
         cdir = _CacheDir(src.cache_key, relpath)
         try:
             cached = self.index.cache_dir(src.cache_key, relpath)
@@ -327,6 +554,8 @@ class _Engine:
             cdir.changed = True
         node.cdir = cdir
         node.tree_row = cached.pop(TREE_ROW, None)
+        if src.listing_proves_unchanged and subtrees is None:
+            self.fetch_skip_rows(src, relpath, listing)
         if src.read_hints:  # tell the source which files will be read (SMB: prefetch them)
             misses = []
             for e in listing:
@@ -355,10 +584,15 @@ class _Engine:
                 entry = make_entry(e, user, group, {})
                 if hit.xattrs != "{}":
                     entry["xattrs"] = _scan_json(hit.xattrs, 0)[0]
+            elif e.type == FILE and self.procs is not None and not (
+                    e.nlink > 1 and (e.dev, e.ino) in self.hardlinks):
+                entry = make_entry(e, user, group, {})  # the worker reads its xattrs
             else:
                 entry = make_entry(e, user, group, src.xattrs(child_rel, e))
             node.children.append(entry)
-            if e.type == DIR:
+            if e.type == DIR and subtrees is not None:
+                entry["subtree"] = subtrees[e.name]
+            elif e.type == DIR:
                 child = _Dir(entry, node)
                 node.pending += 1
                 self.walk(src, child, child_rel, child_point)
@@ -390,6 +624,13 @@ class _Engine:
             return
         f = _File(entry, node, (cdir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
         node.pending += 1
+        if self.processes and isinstance(src, LocalSource):
+            self.to_read += e.size
+            if self.procs is None and self.to_read >= self.processes_from:
+                self.start_processes()
+            if self.procs is not None:
+                self.queue_file(f, src.path(relpath), e.ino, e.size, point_path)
+                return
         try:
             reader = src.open(relpath, e)
         except OSError as exc:
@@ -433,6 +674,8 @@ class _Engine:
                     self.progress.add_bytes(c.length)
 
     def close(self) -> None:
+        if self.procs is not None:
+            self.procs.close(kill=True)  # drained on success; on failure nothing waits
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.close()
 
@@ -471,14 +714,18 @@ def _scan_totals(sources: Sequence[Source], progress: Progress, stop: threading.
 
 def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, Any] | None = None,
                progress: Progress | None = None, workers: int = 2,
-               ahead: Mapping[str, ListingPrefetch] | None = None) -> RecoveryPoint:
+               ahead: Mapping[str, ListingPrefetch] | None = None,
+               processes: int = DEFAULT_PROCESSES,
+               processes_from: int = PROCESSES_FROM) -> RecoveryPoint:
     """Back up ``sources`` into one new recovery point; atomic: all or nothing.
 
     ``repo`` must be open in "write" mode.  ``meta`` is stored with the point
     (shadow copy set id, creation time, share names...).  Unreadable files are
     skipped and listed in ``stats["errors"]``; the point is still created.
     ``ahead``: listings already being read (by label); by default local
-    sources get their own, stopped on return.
+    sources get their own, stopped on return.  ``processes``: worker processes
+    that read and chunk the files of local sources (0: threads only), started
+    once ``processes_from`` bytes are to be read.
     """
     labels = [s.label for s in sources]
     if not labels or len(set(labels)) != len(labels):
@@ -494,7 +741,9 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     own_ahead = ahead is None
     if ahead is None:
         ahead = prefetch_listings(sources)
-    engine = _Engine(repo, progress, workers, ahead)
+    for lister in ahead.values():
+        lister.max_entries = min(lister.max_entries, WALK_AHEAD)
+    engine = _Engine(repo, progress, workers, ahead, processes, processes_from)
     stop = threading.Event()
     scanner = None
     if progress.enabled:
@@ -534,6 +783,8 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
                 idx.cache_prune_dirs(src.cache_key, engine.visited.get(src.cache_key, set()))
         return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),
                              stats.to_json())
+    except WorkerDied as exc:
+        raise RepoError(str(exc)) from None
     finally:
         sys.setswitchinterval(switch)
         stop.set()

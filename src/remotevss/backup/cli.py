@@ -157,6 +157,9 @@ def configure(b: argparse.ArgumentParser) -> None:
                         "name)")
     p.add_argument("--meta", action="append", type=_meta_arg, default=[], metavar="KEY=VALUE",
                    help="metadata stored with the point (repeatable)")
+    p.add_argument("--processes", type=_processes_arg, default=None, metavar="N",
+                   help="worker processes reading and chunking the files of directories "
+                        "(default 1; 0: threads only); started only once 32 MiB are to be read")
     g = p.add_argument_group("reading snapshot shares")
     g.add_argument("--read", dest="read_mode", choices=["auto", "smb", "local"], default="auto",
                    help="auto (default): read a snapshot share's path directly when the server "
@@ -356,7 +359,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                           f"{repo.interrupted.get('started')}) was interrupted; its "
                           "unfinished data was discarded", file=sys.stderr)
                 point = run_backup(repo, sources, dict(args.meta), _progress(args, "backup"),
-                                   ahead=ahead)
+                                   ahead=ahead, **_processes(args))
         finally:
             for a in ahead.values():
                 a.stop()
@@ -449,6 +452,17 @@ def _point_line(point: Any) -> str:
             f"{human(s['bytes_total'])}, read {human(s['bytes_read'])}, "
             f"added {human(s['new_stored'])} in {s['seconds']:.1f} s"
             + (f"; {s['error_count']} files skipped" if s["error_count"] else ""))
+
+
+def _processes_arg(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 64:
+        raise argparse.ArgumentTypeError("must be 0 to 64")
+    return n
+
+
+def _processes(args: argparse.Namespace) -> dict[str, int]:
+    return {} if args.processes is None else {"processes": args.processes}
 
 
 def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str],

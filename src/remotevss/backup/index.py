@@ -328,6 +328,29 @@ class Index:
                                (skey, dkey)).fetchone()
         return {} if row is None else self._open_cache(skey, dkey, row[0])
 
+    def cache_dirs(self, source: str, directories: list[str]
+                   ) -> dict[str, dict[str, CacheRow] | IndexDamaged] | None:
+        """``cache_dir`` of several directories in one query per 500 (missing ones
+        are left out; a row that does not open is returned as its IndexDamaged).
+        None for schema 1, whose rows are per file: ask ``cache_dir`` instead."""
+        if self.schema == 1:
+            return None
+        skey = self.codec.cache_key(source)
+        by_key = {self.codec.cache_key(source, d): d for d in directories}
+        keys = list(by_key)
+        out: dict[str, dict[str, CacheRow] | IndexDamaged] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            marks = ",".join("?" * len(part))
+            for dkey, sealed in self.con.execute(
+                    f"SELECT dir, sealed FROM files_cache WHERE source=? AND dir IN ({marks})",  # noqa: S608 - only placeholders
+                    (skey, *part)):
+                try:
+                    out[by_key[dkey]] = self._open_cache(skey, dkey, sealed)
+                except IndexDamaged as exc:
+                    out[by_key[dkey]] = exc
+        return out
+
     def cache_write_dir(self, source: str, directory: str, rows: dict[str, CacheRow]) -> None:
         """Replace one directory's cached files (inside the caller's transaction)."""
         if self.schema == 1:

@@ -16,12 +16,21 @@ as if it had listed the directory then.
 
 from __future__ import annotations
 
+import io
+import pickle
 import threading
 from collections.abc import Mapping, Sequence
 
-from remotevss.backup.snapshot_source import DIR, LocalSource, Source, SourceEntry
+import blake3
 
-MAX_AHEAD = 16384  # entries listed but not yet walked (~5 MB)
+from remotevss.backup.snapshot_source import DIR, FILE, LocalSource, Source, SourceEntry
+
+# Entries listed but not yet walked: up to ~30 MB while the passphrase's scrypt
+# runs (so an unchanged incremental finds most of its listings ready; that phase's
+# peak is scrypt's 64 MiB anyway), ~5 MB once the walk has begun (``run_backup``
+# lowers it: a full backup's walk is slower than the listing).
+MAX_AHEAD = 65536
+WALK_AHEAD = 16384
 
 
 class ListingPrefetch:
@@ -31,7 +40,8 @@ class ListingPrefetch:
         self.source = source
         self.max_entries = max_entries
         self._cond = threading.Condition()
-        self._ready: dict[str, list[SourceEntry] | OSError] = {}
+        self._ready: dict[str, tuple[list[SourceEntry], bytes | None] | OSError] = {}
+        self._digest = source.listing_proves_unchanged
         self._waiting = 0  # entries in _ready
         self._stopped = False
         self._done = False
@@ -43,19 +53,22 @@ class ListingPrefetch:
             stack = [""]
             while stack:
                 rel = stack.pop()
+                got: tuple[list[SourceEntry], bytes | None] | OSError
                 try:
-                    listing: list[SourceEntry] | OSError = self.source.scandir(rel)
+                    listing = self.source.scandir(rel)
+                    got = (listing, listing_digest(listing, self.source)
+                           if self._digest else None)
                 except OSError as exc:
-                    listing = exc
+                    got = exc
                 with self._cond:
                     while self._waiting >= self.max_entries and not self._stopped:
                         self._cond.wait()
                     if self._stopped:
                         return
-                    self._ready[rel] = listing
-                    self._waiting += _weight(listing)
+                    self._ready[rel] = got
+                    self._waiting += _weight(got)
                     self._cond.notify_all()
-                if isinstance(listing, list):
+                if not isinstance(got, OSError):
                     prefix = f"{rel}/" if rel else ""
                     stack.extend(prefix + e.name for e in reversed(listing) if e.type == DIR)
         finally:
@@ -65,6 +78,11 @@ class ListingPrefetch:
 
     def scandir(self, relpath: str) -> list[SourceEntry]:
         """The listing of ``relpath``: read ahead if it was, else read now."""
+        return self.scandir_digest(relpath)[0]
+
+    def scandir_digest(self, relpath: str) -> tuple[list[SourceEntry], bytes | None]:
+        """The listing and its ``listing_digest`` (None if the source's listings do
+        not prove a directory unchanged)."""
         with self._cond:
             while (relpath not in self._ready and not self._done
                    and self._waiting < self.max_entries):
@@ -74,7 +92,8 @@ class ListingPrefetch:
                 self._waiting -= _weight(got)
                 self._cond.notify_all()
         if got is None:  # not read ahead (the reader is elsewhere, full, or finished)
-            return self.source.scandir(relpath)
+            listing = self.source.scandir(relpath)
+            return listing, listing_digest(listing, self.source) if self._digest else None
         if isinstance(got, OSError):
             raise got
         return got
@@ -89,8 +108,28 @@ class ListingPrefetch:
         self._thread.join()
 
 
-def _weight(listing: list[SourceEntry] | OSError) -> int:
-    return len(listing) + 1 if isinstance(listing, list) else 1
+def _weight(got: tuple[list[SourceEntry], bytes | None] | OSError) -> int:
+    return 1 if isinstance(got, OSError) else len(got[0]) + 1
+
+
+def listing_digest(listing: list[SourceEntry], src: Source) -> bytes | None:
+    """A digest of every listed field that goes into the directory's tree and the
+    files-cache key (not the device: snapshots of one tree differ in it); None
+    when a file has several links (which name comes first depends on the rest
+    of the tree).  Unkeyed: the engine keys it before storing it; computed here
+    so that it overlaps the passphrase's key derivation."""
+    rows = []
+    owner = src.owner
+    for e in listing:
+        if e.nlink > 1 and e.type == FILE:
+            return None
+        rows.append((e.name, e.type, e.mode, e.uid, e.gid, owner(e), e.size, e.mtime_ns,
+                     e.atime_ns, e.ctime_ns, e.ino, e.rdev, e.target, e.attributes, e.btime_ns))
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=5)
+    p.fast = True  # no memo: equal values give equal bytes
+    p.dump(rows)
+    return blake3.blake3(buf.getbuffer()).digest()
 
 
 def prefetch_listings(sources: Sequence[Source]) -> Mapping[str, ListingPrefetch]:

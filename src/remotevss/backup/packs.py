@@ -83,6 +83,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def blob_aad(blob_id: bytes, btype: int) -> bytes:
+    """What a stored blob is sealed to: its id and type (so it cannot be swapped)."""
+    return blob_id + bytes((btype,))
+
+
 class PackWriter:
     """Appends blobs to a new pack under ``tmp/``; ``finish`` seals it into ``packs/``.
 

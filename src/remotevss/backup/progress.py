@@ -53,6 +53,12 @@ class Progress:
         self.bytes += nbytes
         self.tick()
 
+    def files_done(self, count: int, nbytes: int) -> None:
+        """Several files at once (a directory found unchanged)."""
+        self.files += count
+        self.bytes += nbytes
+        self.tick()
+
     def add_bytes(self, nbytes: int) -> None:
         self.bytes += nbytes
         self.tick()

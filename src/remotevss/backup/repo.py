@@ -45,6 +45,7 @@ from remotevss.backup.chunker import ChunkerParams, compress, decompress
 from remotevss.backup.crypto import CIPHER_NAME, Codec, Keys, LegacyCodec, SealError, new_master
 from remotevss.backup.index import Index, PointRow
 from remotevss.backup.packs import DATA, BlobEntry, PackWriter, fsync_dir, pack_path
+from remotevss.backup.packs import blob_aad as blob_aad  # part of this module's API
 
 FORMAT = "remotevss-backup"
 FORMAT_VERSION = 2
@@ -654,11 +655,6 @@ class BlobWriter:
         if self.pack is not None:
             self.pack.abandon()
             self.pack = None
-
-
-def blob_aad(blob_id: bytes, btype: int) -> bytes:
-    """What a stored blob is sealed to: its id and type (so it cannot be swapped)."""
-    return blob_id + bytes((btype,))
 
 
 def store_data(writer: BlobWriter, raw: bytes) -> bytes:

@@ -100,6 +100,24 @@ class _Restorer:
             os.chmod(path, e["mode"])
         os.utime(path, ns=(e["atime"], e["mtime"]), follow_symlinks=False)
 
+    def apply_meta_fd(self, fd: int, e: Entry, point_path: str) -> None:
+        """``apply_meta`` for a regular file still open: the calls act on the open
+        file, so the kernel does not look its path up five more times."""
+        if self.as_root and (e["uid"], e["gid"]) != (-1, -1):
+            try:
+                os.fchown(fd, e["uid"], e["gid"])
+            except OSError as exc:
+                self.fail(point_path, f"chown: {exc.strerror}", warning=True)
+        for name, value in xattrs_of(e).items():
+            if name.startswith(FOREIGN_XATTR_PREFIXES):
+                continue
+            try:
+                os.setxattr(fd, name, value)
+            except OSError as exc:
+                self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
+        os.fchmod(fd, e["mode"])
+        os.utime(fd, ns=(e["atime"], e["mtime"]))
+
     # -- entries -------------------------------------------------------------------------
     def restore_dir_contents(self, dirpath: str, entries: list[Entry], point_prefix: str
                              ) -> None:
@@ -117,12 +135,12 @@ class _Restorer:
             if kind == DIR:
                 self.restore_dir(path, e, point_path)
                 return
+            if kind == FILE:  # metadata set on the open file (or shared by a hardlink)
+                if self.restore_file(path, e, point_path):
+                    self.result.files += 1
+                return
             _remove_existing(path)
-            if kind == FILE:
-                if not self.restore_file(path, e, point_path):
-                    return
-                self.result.files += 1
-            elif kind == SYMLINK:
+            if kind == SYMLINK:
                 os.symlink(e["target"], path)
                 self.result.others += 1
             elif kind == FIFO:
@@ -135,8 +153,7 @@ class _Restorer:
             else:
                 self.fail(point_path, f"unknown entry type {kind!r}")
                 return
-            if kind != FILE or "link" not in e:  # a hardlink shares the first name's inode
-                self.apply_meta(path, e, point_path)
+            self.apply_meta(path, e, point_path)
         except OSError as exc:
             self.fail(point_path, exc)
 
@@ -156,6 +173,7 @@ class _Restorer:
         if "link" in e:
             first = self.restored.get(e["link"])
             if first is not None:
+                _remove_existing(path)
                 os.link(first, path)
                 return True
             target = self.find(e["link"])  # first name lies outside what is restored
@@ -164,7 +182,6 @@ class _Restorer:
                 return False
             if not self.write_content(path, target, point_path):
                 return False
-            self.apply_meta(path, target, point_path)
             self.restored[e["link"]] = path
             return True
         if not self.write_content(path, e, point_path):
@@ -173,8 +190,13 @@ class _Restorer:
         return True
 
     def write_content(self, path: str, e: Entry, point_path: str) -> bool:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        """Data, then owner, xattrs, mode and times on the open file."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:  # replaced, not written through (it may be a hardlink)
+            _remove_existing(path)
+            fd = os.open(path, flags, 0o600)
         try:
             for off, length, cid in e.get("content", ()):
                 data = self.repo.read_blob(bytes.fromhex(cid))
@@ -189,7 +211,10 @@ class _Restorer:
             os.unlink(path)
             self.fail(point_path, f"not restored: {exc}")
             return False
-        os.close(fd)
+        try:
+            self.apply_meta_fd(fd, e, point_path)
+        finally:
+            os.close(fd)
         self.progress.file_done()
         return True
 

@@ -531,6 +531,7 @@ class SmbSource:
     """
 
     read_hints = True
+    listing_proves_unchanged = False
 
     def __init__(self, session: SmbSession, share: str, label: str | None = None, *,
                  security: bool = True) -> None:

@@ -76,7 +76,11 @@ class Source(Protocol):
     # switching between SMB and the local fast path never reuses the other's rows.
     cache_key: str
     read_hints: bool  # whether will_read() is worth calling
-
+    # Whether a listing alone proves a directory unchanged: every change of an
+    # entry's data, xattrs or ACL moves its listed ctime (or size/mtime/inode).
+    # True for local file systems; not for Samba over SMB (ChangeTime = mtime,
+    # so a new security descriptor is not seen in the listing).
+    listing_proves_unchanged: bool
 
     def stat_root(self) -> SourceEntry: ...
 
@@ -109,14 +113,14 @@ def _entry(name: str, st: os.stat_result) -> SourceEntry:
 class LocalFile:
     """A local file opened O_NOATIME where allowed, so backups do not touch atimes."""
 
-    def __init__(self, path: str, entry: SourceEntry) -> None:
+    def __init__(self, path: str, ino: int) -> None:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             self.fd = os.open(path, flags | os.O_NOATIME)
         except PermissionError:
             self.fd = os.open(path, flags)
         st = os.fstat(self.fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_ino != entry.ino:
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != ino:
             os.close(self.fd)
             raise OSError(errno.ESTALE, "file was replaced while being backed up", path)
         self.size = st.st_size
@@ -166,9 +170,11 @@ class LocalSource:
     """A directory tree on this machine, e.g. a snapshot path of the local agent."""
 
     read_hints = False
+    listing_proves_unchanged = True
 
     def __init__(self, path: str | Path, label: str | None = None) -> None:
         self.root = os.path.abspath(path)
+        self._prefix = self.root.rstrip("/") + "/"
         self.label = label or os.path.basename(self.root.rstrip("/")) or "root"
         if "/" in self.label or self.label in (".", ".."):
             raise ValueError(f"bad source label {self.label!r}")
@@ -177,7 +183,11 @@ class LocalSource:
         self._groups: dict[int, str | None] = {}
 
     def _path(self, relpath: str) -> str:
-        return os.path.join(self.root, relpath) if relpath else self.root
+        return self._prefix + relpath if relpath else self.root
+
+    def path(self, relpath: str) -> str:
+        """The absolute path of an entry (for worker processes that open it themselves)."""
+        return self._path(relpath)
 
     def stat_root(self) -> SourceEntry:
         st = os.stat(self.root)
@@ -247,7 +257,7 @@ class LocalSource:
         return self._users[entry.uid], self._groups[entry.gid]
 
     def open(self, relpath: str, entry: SourceEntry) -> FileReader:
-        return LocalFile(self._path(relpath), entry)
+        return LocalFile(self._path(relpath), entry.ino)
 
     def will_read(self, reldir: str, entries: list[SourceEntry]) -> None:
         pass

@@ -1,0 +1,311 @@
+"""Worker processes that read, chunk, hash, compress and seal local files.
+
+Why processes: on a tree of small files the engine's threads spend their time
+waiting for the GIL (every pread, every zstd call hands it over and takes it
+back); a worker process has its own.  The parent keeps everything that needs
+the repository: the walk, the files cache, dedup against the index, the pack
+writer and the commits, so the crash-safety rules are unchanged (a worker
+never writes to the repository).
+
+Rules:
+- Workers are new interpreters (``python -m remotevss.backup.workers``), not
+  forks: a fork made in the middle of a backup shares the parent's heap
+  copy-on-write, and every page the parent then changes is duplicated (the
+  workers keep the old copies: ~60 MB more on a 50,000-file tree); a new
+  interpreter holds only what it imports (~20 MB), inherits no descriptor
+  (no repository lock, no index connection) and no lock another thread held.
+- The key material reaches a worker over its stdin pipe, never argv or the
+  environment; a worker ignores SIGINT/SIGTERM/SIGHUP (the parent handles
+  them) and is killed by the kernel when the parent dies (PR_SET_PDEATHSIG),
+  so a SIGKILLed run leaves no worker behind.
+- Tasks are batches of files (path, inode, ~1 MiB or 64 files); results come
+  back per batch, large files in parts of at most ~4 MiB of sealed data, in
+  file order.  A worker that dies (killed, out of memory) is an error for
+  the whole run: nothing is committed.
+- A worker compresses and seals every chunk (it cannot ask the index); the
+  parent drops the ones the repository has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from remotevss.backup.chunker import ChunkerParams, compress, is_zero
+from remotevss.backup.crypto import Codec, Keys, LegacyCodec
+from remotevss.backup.memory import tune_malloc
+from remotevss.backup.packs import DATA, blob_aad
+from remotevss.backup.snapshot_source import LocalFile
+
+WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
+PART_BYTES = 1 << 20  # a result message carries at most about this much sealed data
+_LEN = struct.Struct("<Q")
+
+# (token, path, inode)
+Task = tuple[int, str, int]
+# (offset, length, chunk id or None for zeros, compression, sealed bytes)
+Segment = tuple[int, int, bytes | None, int, bytes | None]
+# (token, "part", [segments]) | (token, "done", (size, xattrs or None))
+# | (token, "error", message)
+Result = tuple[int, str, Any]
+# (last message of its batch, results)
+Message = tuple[bool, list[Result]]
+
+
+class WorkerDied(Exception):
+    """A worker process ended before its work was done: the run fails."""
+
+
+def _send(fd: int, obj: object) -> None:
+    data = pickle.dumps(obj, protocol=5)
+    bufs = [memoryview(_LEN.pack(len(data))), memoryview(data)]
+    while bufs:
+        n = os.writev(fd, bufs)
+        while bufs and n >= len(bufs[0]):
+            n -= len(bufs[0])
+            bufs.pop(0)
+        if bufs:
+            bufs[0] = bufs[0][n:]
+
+
+def _read_into(fd: int, buf: bytearray) -> bool:
+    view = memoryview(buf)
+    while view:
+        got = os.readv(fd, [view])
+        if not got:
+            return False
+        view = view[got:]
+    return True
+
+
+def _recv(fd: int) -> Any:
+    head = bytearray(_LEN.size)
+    if not _read_into(fd, head):
+        return None
+    body = bytearray(_LEN.unpack(head)[0])
+    if not _read_into(fd, body):
+        return None
+    return pickle.loads(body)  # noqa: S301 - from our own worker or parent
+
+
+class _Window:
+    """A file range as a readinto() stream, for pyfastcdc's cut_stream."""
+
+    def __init__(self, f: LocalFile, offset: int, length: int) -> None:
+        self.f, self.pos, self.end = f, offset, offset + length
+
+    def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        got = self.f.readinto(self.pos, buf[:n])
+        self.pos += got
+        return got
+
+
+def _chunks(f: LocalFile, params: ChunkerParams, chunker: Any) -> Any:
+    """(offset, data) of every chunk of the file's data ranges, as the engine cuts them."""
+    for off, length in f.extents():
+        if length <= WHOLE_READ:
+            buf = f.pread(off, length)
+            if len(buf) <= params.min_size:
+                if buf:
+                    yield off, buf
+                continue
+            for c in chunker.cut_buf(buf):
+                yield off + c.offset, c.data
+        else:
+            for c in chunker.cut_stream(_Window(f, off, length)):
+                yield off + c.offset, bytes(c.data)
+
+
+def _xattrs(fd: int) -> dict[str, bytes] | None:
+    """Every readable xattr of the open file (as ``LocalSource.xattrs`` reads them)."""
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return None
+    out = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            out[name] = os.getxattr(fd, name)
+    return out or None
+
+
+def _serve(tasks: int, results: int, codec: Codec, params: ChunkerParams) -> None:
+    chunker = params.make()
+    while True:
+        batch: list[Task] | None = _recv(tasks)
+        if batch is None:
+            return
+        out: list[Result] = []
+        size = 0
+        for token, path, ino in batch:
+            try:
+                f = LocalFile(path, ino)
+            except OSError as exc:
+                out.append((token, "error", exc.strerror or repr(exc)))
+                continue
+            try:
+                segs: list[Segment] = []
+                for off, data in _chunks(f, params, chunker):
+                    if is_zero(data):
+                        segs.append((off, len(data), None, 0, None))
+                        continue
+                    cid = codec.blob_id(data)
+                    comp, packed = compress(data)
+                    sealed = codec.seal(packed, blob_aad(cid, DATA))
+                    segs.append((off, len(data), cid, comp, sealed))
+                    size += len(sealed)
+                    if size >= PART_BYTES:
+                        out.append((token, "part", segs))
+                        _send(results, (False, out))
+                        out, segs, size = [], [], 0
+                out.append((token, "part", segs))
+                out.append((token, "done", (f.size, _xattrs(f.fd))))
+            except OSError as exc:
+                out.append((token, "error", exc.strerror or repr(exc)))
+            finally:
+                f.close()
+        _send(results, (True, out))
+
+
+def _codec_spec(codec: Codec) -> tuple[str, bytes | None]:
+    if isinstance(codec, Keys):
+        return "keys", codec.master
+    return ("legacy" if codec.legacy else "plain"), None
+
+
+def _make_codec(kind: str, master: bytes | None) -> Codec:
+    if kind == "keys":
+        assert master is not None
+        return Keys(master)
+    return LegacyCodec() if kind == "legacy" else Codec()
+
+
+def main() -> None:
+    """The worker: stdin brings the codec, the chunker and then task batches; stdout
+    takes the results."""
+    tune_malloc()  # as the backup command does: freed chunk buffers go back at once
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if len(sys.argv) > 1 and os.getppid() != int(sys.argv[1]):
+        sys.exit(1)  # the parent died before PR_SET_PDEATHSIG was in place
+    init = _recv(0)
+    if init is None:
+        return
+    kind, master, params = init
+    _serve(0, 1, _make_codec(kind, master), ChunkerParams.from_json(params))
+
+
+class Worker:
+    """One worker process: its task pipe (stdin), result pipe (stdout), and how many
+    batches it still owes."""
+
+    def __init__(self, codec: Codec, params: ChunkerParams) -> None:
+        src = str(Path(__file__).resolve().parents[2])  # the directory holding remotevss
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (src, env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "remotevss.backup.workers", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, bufsize=0)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.pid = self.proc.pid
+        self.tasks = self.proc.stdin.fileno()
+        self.results = self.proc.stdout.fileno()
+        self.outstanding = 0  # batches sent, not yet answered
+        _send(self.tasks, (*_codec_spec(codec), params.to_json()))
+
+    def send(self, batch: list[Task]) -> None:
+        try:
+            _send(self.tasks, batch)
+        except BrokenPipeError:
+            raise self.died() from None
+        self.outstanding += 1
+
+    def died(self) -> WorkerDied:
+        code = self.proc.wait()
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        return WorkerDied(f"backup worker process {self.pid} died ({how}); nothing was "
+                          "committed, the repository is unchanged apart from packs it "
+                          "already indexed (prune reclaims them)")
+
+    def close(self, kill: bool) -> None:
+        if kill and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        self.proc.wait()
+
+
+class Pool:
+    """``count`` workers; batches go to the one with the fewest outstanding.  Started
+    at once; each is busy importing for ~0.1 s, during which its batches queue."""
+
+    def __init__(self, count: int, codec: Codec, params: ChunkerParams,
+                 per_worker: int = 3) -> None:
+        self.workers: list[Worker] = []
+        self.per_worker = per_worker
+        try:
+            for _ in range(count):
+                self.workers.append(Worker(codec, params))
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    @property
+    def outstanding(self) -> int:
+        return sum(w.outstanding for w in self.workers)
+
+    def submit(self, batch: list[Task], on_result: Callable[[list[Result]], None]) -> None:
+        """Send a batch, first taking results while every worker is busy enough."""
+        while min(w.outstanding for w in self.workers) >= self.per_worker:
+            self.collect(on_result, block=True)
+        min(self.workers, key=lambda w: w.outstanding).send(batch)
+
+    def collect(self, on_result: Callable[[list[Result]], None], block: bool) -> None:
+        """Hand every result message that is ready to ``on_result`` (wait for one
+        if ``block``)."""
+        busy = [w for w in self.workers if w.outstanding]
+        if not busy:
+            return
+        ready, _, _ = select.select([w.results for w in busy], [], [], None if block else 0)
+        for w in busy:
+            if w.results not in ready:
+                continue
+            msg: Message | None = _recv(w.results)
+            if msg is None:
+                raise w.died()
+            last, items = msg
+            if last:
+                w.outstanding -= 1
+            on_result(items)
+
+    def drain(self, on_result: Callable[[list[Result]], None]) -> None:
+        while self.outstanding:
+            self.collect(on_result, block=True)
+
+    def close(self, kill: bool = False) -> None:
+        for w in self.workers:
+            w.close(kill)
+        self.workers = []
+
+
+if __name__ == "__main__":
+    main()

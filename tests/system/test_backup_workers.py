@@ -1,0 +1,134 @@
+"""Worker processes for local sources, against real files and real processes: the same
+repository content as the threads alone, and a worker that dies fails the run
+without harming the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from remotevss.backup.backup import run_backup
+from remotevss.backup.repo import Repository, init_repo
+from remotevss.backup.restore import restore
+from remotevss.backup.snapshot_source import LocalSource
+from remotevss.backup.tree import decode_tree, walk
+from tests.support.backup_cli import CLI, cli, rand
+from tests.system.test_backup import assert_same_tree, make_tree
+
+PASS = "workers test passphrase"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _entries(repo: Repository, point_id: int, label: str) -> dict[str, dict[str, object]]:
+    """Every entry of the point below its label, as stored (content lists with their
+    chunk ids, xattrs, times), with the label taken out of paths and hardlink
+    targets, and subdirectories' tree ids left out (they name the label too)."""
+
+    def load(tid: bytes) -> list[dict[str, object]]:
+        return decode_tree(repo.read_blob(tid))
+
+    out = {}
+    for path, e in walk(load, repo.find_point(str(point_id)).root, ""):
+        if path == label:
+            continue
+        entry = {k: v for k, v in e.items() if k != "subtree"}
+        if "link" in entry:
+            entry["link"] = str(entry["link"]).removeprefix(label + "/")
+        out[path.removeprefix(label + "/")] = entry
+    return out
+
+
+def test_workers_store_what_the_threads_store(tmp_path: Path) -> None:
+    """Small files, a file larger than one read (cut as a stream), a sparse file, an
+    all-zero file, xattrs, symlinks: backed up once by the threads and once by two
+    worker processes (same tree, two labels, one repository): every entry,
+    content list and chunk id is identical, the second run stores no file data
+    at all, and the restore is identical."""
+    src, repo_path = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    make_tree(src, small=300, dense=[3 << 20, 20 << 20], sparse=[24 << 20])
+    (src / "zeros.bin").write_bytes(bytes(3 << 20))
+    os.setxattr(src / "zeros.bin", "user.kind", b"zeros")
+    init_repo(repo_path, passphrase=PASS)
+    with Repository(repo_path, "write", passphrase=PASS) as repo:
+        threads = run_backup(repo, [LocalSource(src, "one")], processes=0)
+    with Repository(repo_path, "write", passphrase=PASS) as repo:
+        procs = run_backup(repo, [LocalSource(src, "two")], processes=2, processes_from=0)
+    assert procs.stats["bytes_read"] == threads.stats["bytes_read"] > 30 << 20
+    assert procs.stats["new_blobs"] <= procs.stats["dirs"] + 2  # trees and the record only
+    with Repository(repo_path, "read", passphrase=PASS) as repo:
+        two = _entries(repo, procs.id, "two")
+        assert two == _entries(repo, threads.id, "one")
+        assert sum(len(e.get("content", ())) for e in two.values()) > 40  # type: ignore[misc, arg-type]
+        restore(repo, repo.find_point(str(procs.id)), tmp_path / "out", "two")
+    assert_same_tree(src, tmp_path / "out")
+
+
+def test_a_killed_worker_fails_the_run_and_leaves_the_repository_checkable(
+        tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    (src / "small").mkdir(parents=True)
+    for i in range(50):
+        (src / "small" / f"f{i}").write_bytes(rand(f"s{i}", 1000 + i))
+    for i in range(24):  # 192 MiB: the workers start after 32 MiB, the rest takes a while
+        (src / f"big{i:02d}.bin").write_bytes(rand(f"b{i}", 8 << 20))
+    cli("init", "--repo", repo, "--pack-size", "8")
+    cli("run", f"data={src / 'small'}", "--repo", repo)  # point 1: the earlier point
+    proc = subprocess.Popen([*CLI, "run", f"all={src}", "--repo", str(repo), "--processes", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(kids := _children(proc.pid)) < 2:
+        assert proc.poll() is None, ("the run ended before its workers started",
+                                     proc.communicate())
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.kill(kids[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (out, err)
+    assert f"backup worker process {kids[0]} died (killed by signal 9)" in err
+    assert "nothing was committed" in err
+    for pid in kids:  # the other worker is gone too
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text()
+    assert "1 points: ok" in cli("check", "--repo", repo).stdout
+    assert [p["id"] for p in json.loads(cli("list", "--repo", repo, "--json").stdout)] == [1]
+    cli("restore", "1", "--repo", repo, "--path", "data", "--to", tmp_path / "r1")
+    assert_same_tree(src / "small", tmp_path / "r1")
+    cli("run", f"all={src}", "--repo", repo)  # and the next run completes
+    cli("restore", "2", "--repo", repo, "--path", "all", "--to", tmp_path / "r2")
+    assert_same_tree(src, tmp_path / "r2")
+
+
+def test_a_sigkilled_run_leaves_no_worker_behind(tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    for i in range(24):
+        (src / f"big{i:02d}.bin").write_bytes(rand(f"b{i}", 8 << 20))
+    cli("init", "--repo", repo)
+    proc = subprocess.Popen([*CLI, "run", f"all={src}", "--repo", str(repo)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (kids := _children(proc.pid)):  # the default: one worker
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in kids):
+        assert time.monotonic() < deadline, "a worker outlived its SIGKILLed parent"
+        time.sleep(0.01)
+    assert cli("check", "--repo", repo).returncode == 0
+    cli("run", f"all={src}", "--repo", repo)
+    cli("restore", "latest", "--repo", repo, "--path", "all", "--to", tmp_path / "out")
+    assert_same_tree(src, tmp_path / "out")
