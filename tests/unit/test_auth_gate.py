@@ -42,6 +42,19 @@ def test_a_waiter_gives_up_after_the_timeout_and_takes_nothing() -> None:
     asyncio.run(run())
 
 
+def test_a_waiter_outlasts_a_holder_that_stalls_for_the_whole_timeout() -> None:
+    """The holder's leg timer starts before the waiter's wait: the waiter must
+    still be there when the stalled holder is closed and its slot freed."""
+    async def run() -> bool:
+        gate = AuthGate(1, timeout=0.1)
+        await gate.acquire()
+        asyncio.get_running_loop().call_later(0.15, gate.release)  # closed a bit late
+        await gate.acquire()
+        return gate.held == 1
+
+    assert asyncio.run(run())
+
+
 def test_a_cancelled_waiter_passes_its_slot_on() -> None:
     async def run() -> None:
         gate = AuthGate(1, timeout=5)

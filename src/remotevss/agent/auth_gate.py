@@ -22,8 +22,11 @@ class AuthGate:
         if size < 1:
             raise ValueError("the auth gate needs at least one slot")
         self.size = size
-        #: Seconds a connection may wait for a slot, and a slot holder for its
-        #: client's next leg: a stalled client costs others at most this long.
+        #: Seconds a slot holder may wait for its client's next leg: a stalled
+        #: client costs others at most this long.  A connection waits for a slot
+        #: up to twice as long: with the same limit, the holder's timer (started
+        #: first) and the waiter's expire together and a loaded machine closes
+        #: the waiter before the stalled holder frees the slot.
         self.timeout = timeout
         self.held = 0
         self.waited = 0  # connections that found every slot taken (for tests, status)
@@ -35,7 +38,7 @@ class AuthGate:
         self._wake()
 
     async def acquire(self) -> None:
-        """One slot; TimeoutError after ``timeout`` seconds of waiting."""
+        """One slot; TimeoutError after ``2 * timeout`` seconds of waiting."""
         if self.held < self.size and not self._waiters:
             self.held += 1
             return
@@ -43,7 +46,7 @@ class AuthGate:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+            await asyncio.wait_for(asyncio.shield(fut), 2 * self.timeout)
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.release()  # handed a slot as we gave up: pass it on

@@ -111,7 +111,7 @@ async def serve_connection(
                         await gate.acquire()
                     except TimeoutError:
                         log.warning("connection from %s closed: no authentication slot"
-                                    " within %g s", caller.address, gate.timeout)  # fmt: skip
+                                    " within %g s", caller.address, 2 * gate.timeout)  # fmt: skip
                         break
                     slot = True
                 requests = await asyncio.to_thread(conn.receive_data, data)
