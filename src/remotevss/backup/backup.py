@@ -60,6 +60,7 @@ from remotevss.backup.snapshot_source import (
     FILE,
     FileReader,
     LocalSource,
+    RangeStream,
     Source,
     SourceEntry,
 )
@@ -192,21 +193,6 @@ class _File:
         self.sealed = False
         self.failed = False
         self.cache_row = cache_row
-
-
-class _Window:
-    """A file range as a readinto() stream, for pyfastcdc's cut_stream."""
-
-    def __init__(self, reader: FileReader, offset: int, length: int) -> None:
-        self.reader, self.pos, self.end = reader, offset, offset + length
-
-    def readinto(self, buf: memoryview) -> int:
-        n = min(len(buf), self.end - self.pos)
-        if n <= 0:
-            return 0
-        got = self.reader.readinto(self.pos, buf[:n])
-        self.pos += got
-        return got
 
 
 class _Engine:
@@ -668,7 +654,7 @@ class _Engine:
                 for c in self.chunker.cut_buf(buf):
                     self.add_chunk(f, off + c.offset, c.data)
             else:
-                for c in self.chunker.cut_stream(_Window(reader, off, length)):
+                for c in self.chunker.cut_stream(RangeStream(reader, off, length)):
                     self.add_chunk(f, off + c.offset, bytes(c.data))
                     self.stats.bytes_read += c.length
                     self.progress.add_bytes(c.length)

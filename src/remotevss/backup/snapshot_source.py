@@ -67,6 +67,22 @@ class FileReader(Protocol):
     def close(self) -> None: ...
 
 
+class RangeStream:
+    """A range of an open file as a readinto() stream (pyfastcdc's cut_stream
+    reads one), for the parent's threads and the worker processes alike."""
+
+    def __init__(self, reader: FileReader, offset: int, length: int) -> None:
+        self.reader, self.pos, self.end = reader, offset, offset + length
+
+    def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        got = self.reader.readinto(self.pos, buf[:n])
+        self.pos += got
+        return got
+
+
 class Source(Protocol):
     """A tree to back up.  Paths are relative to the source root, '/'-separated, '' = root."""
 

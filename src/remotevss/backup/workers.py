@@ -45,7 +45,7 @@ from remotevss.backup.chunker import ChunkerParams, compress, is_zero
 from remotevss.backup.crypto import Codec, Keys, LegacyCodec
 from remotevss.backup.memory import tune_malloc
 from remotevss.backup.packs import DATA, blob_aad
-from remotevss.backup.snapshot_source import LocalFile
+from remotevss.backup.snapshot_source import LocalFile, RangeStream
 
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
 PART_BYTES = 1 << 20  # a result message carries at most about this much sealed data
@@ -98,21 +98,6 @@ def _recv(fd: int) -> Any:
     return pickle.loads(body)  # noqa: S301 - from our own worker or parent
 
 
-class _Window:
-    """A file range as a readinto() stream, for pyfastcdc's cut_stream."""
-
-    def __init__(self, f: LocalFile, offset: int, length: int) -> None:
-        self.f, self.pos, self.end = f, offset, offset + length
-
-    def readinto(self, buf: memoryview) -> int:
-        n = min(len(buf), self.end - self.pos)
-        if n <= 0:
-            return 0
-        got = self.f.readinto(self.pos, buf[:n])
-        self.pos += got
-        return got
-
-
 def _chunks(f: LocalFile, params: ChunkerParams, chunker: Any) -> Any:
     """(offset, data) of every chunk of the file's data ranges, as the engine cuts them."""
     for off, length in f.extents():
@@ -125,7 +110,7 @@ def _chunks(f: LocalFile, params: ChunkerParams, chunker: Any) -> Any:
             for c in chunker.cut_buf(buf):
                 yield off + c.offset, c.data
         else:
-            for c in chunker.cut_stream(_Window(f, off, length)):
+            for c in chunker.cut_stream(RangeStream(f, off, length)):
                 yield off + c.offset, bytes(c.data)
 
 
