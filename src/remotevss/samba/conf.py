@@ -51,9 +51,9 @@ from typing import Any
 
 from remotevss.samba import loadparm
 from remotevss.samba._lib import LOCK, SambaUnavailable, module
-from remotevss.samba.loadparm import quiet_load
+from remotevss.samba.loadparm import param_key, quiet_load
 
-__all__ = ["quiet_load"]  # re-exported: samba/sam_logon.py, samba/pipedir.py
+__all__ = ["param_key", "quiet_load"]  # re-exported: registry_exposer, sam_logon, pipedir
 
 log = logging.getLogger("remotevss.samba")
 
@@ -106,11 +106,6 @@ class ShareDefinition:
             if param_key(k) == key:
                 value = v
         return value
-
-
-def param_key(name: str) -> str:
-    """Normalize a parameter name the way loadparm compares them (``strwicmp``)."""
-    return name.lower().replace(" ", "").replace("_", "").replace("\t", "")
 
 
 def open_registry_files() -> set[str]:

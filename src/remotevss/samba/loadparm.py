@@ -61,7 +61,8 @@ def stamp(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size, st.st_ino]
 
 
-def _param_key(name: str) -> str:
+def param_key(name: str) -> str:
+    """Normalize a parameter name the way loadparm compares them (``strwicmp``)."""
     return name.lower().replace(" ", "").replace("_", "").replace("\t", "")
 
 
@@ -98,7 +99,7 @@ def read_files(smbconf: Any, config_file: str) -> tuple[list[Any], dict[str, Any
         for _section, params in parsed:
             for key, value in params:
                 # "registry" is not a file; per-user/per-client (%) includes are not followed
-                if _param_key(key) == "include" and value.lower() != "registry" \
+                if param_key(key) == "include" and value.lower() != "registry" \
                         and "%" not in value:  # fmt: skip
                     pending.append(str(Path(path).parent / value))
     return files, stamps
@@ -114,7 +115,7 @@ def registry_shares_on(files: list[Any]) -> bool:
             if section.casefold() != "global":
                 continue
             for k, v in params:
-                key = _param_key(k)
+                key = param_key(k)
                 if key == "registryshares":
                     value = v
                 elif key == "include" and v.strip().lower() == "registry":
