@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import functools
 import logging
 import os
 import struct
@@ -92,16 +91,11 @@ class _SnapJob:
     def run(self) -> None:
         # ctypes releases the GIL for the call; fcntl.ioctl keeps it for a buffer
         # over 1024 bytes, and this one is 4096.
-        if _libc().ioctl(self.dst_fd, ctypes.c_ulong(_SNAP_CREATE_V2), self._args) != 0:
+        if mounts.libc.ioctl(self.dst_fd, ctypes.c_ulong(_SNAP_CREATE_V2), self._args) != 0:
             err = ctypes.get_errno()
             self.error = OSError(err, os.strerror(err))
             return
         self.done = True
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def _run_together(jobs: list[_SnapJob]) -> None:

@@ -126,7 +126,7 @@ def mount_at(path: str) -> Mount | None:
 def fs_magic(path: str) -> int:
     """statfs(2) f_type of the filesystem holding ``path`` (os.statvfs lacks it)."""
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit
-    if _libc.statfs(os.fsencode(path), buf) != 0:
+    if libc.statfs(os.fsencode(path), buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
@@ -156,12 +156,12 @@ def statvfs_usage(path: str, used: int | None) -> Usage:
 
 # ------------------------------------------------------------------ syscalls
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+libc = ctypes.CDLL(None, use_errno=True)  # the C library (also btrfs.py's snapshot ioctl)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
-_libc.syscall.restype = ctypes.c_long
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+libc.syscall.restype = ctypes.c_long
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
@@ -195,7 +195,7 @@ def _check(ret: int, path: str) -> int:
 
 
 def _syscall(nr: int, *args: object) -> int:
-    return int(_libc.syscall(ctypes.c_long(nr), *args))
+    return int(libc.syscall(ctypes.c_long(nr), *args))
 
 
 class _NoNewApi(Exception):
@@ -230,7 +230,7 @@ def remount_readonly(path: str) -> None:
     for st_bit, ms_bit in _KEEP_FLAGS.items():
         if keep & st_bit:
             flags |= ms_bit
-    _check(_libc.mount(None, os.fsencode(path), None, flags, None), path)
+    _check(libc.mount(None, os.fsencode(path), None, flags, None), path)
 
 
 def bind_readonly(path: str) -> None:
@@ -242,17 +242,17 @@ def bind_readonly(path: str) -> None:
         except _NoNewApi:
             pass
     p = os.fsencode(path)
-    _check(_libc.mount(p, p, None, MS_BIND, None), path)
+    _check(libc.mount(p, p, None, MS_BIND, None), path)
     try:
         remount_readonly(path)
     except OSError:
-        _libc.umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW)
+        libc.umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW)
         raise
 
 
 def try_unmount(path: str) -> bool:
     """Remove the top mount at ``path`` unless it is busy (False then; nothing changed)."""
-    if _libc.umount2(os.fsencode(path), UMOUNT_NOFOLLOW) == 0:
+    if libc.umount2(os.fsencode(path), UMOUNT_NOFOLLOW) == 0:
         return True
     err = ctypes.get_errno()
     if err == errno.EBUSY:
@@ -269,10 +269,10 @@ def unmount_all(path: str) -> None:
     for _ in range(64):
         if mount_at(path) is None:
             return
-        if _libc.umount2(p, UMOUNT_NOFOLLOW) != 0:
+        if libc.umount2(p, UMOUNT_NOFOLLOW) != 0:
             err = ctypes.get_errno()
             if err == errno.EBUSY:
-                _check(_libc.umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW), path)
+                _check(libc.umount2(p, MNT_DETACH | UMOUNT_NOFOLLOW), path)
             elif err != errno.EINVAL:  # EINVAL: not a mount point (any more)
                 raise OSError(err, os.strerror(err), path)
     raise OSError(errno.EBUSY, "mounts keep reappearing", path)
