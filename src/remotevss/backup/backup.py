@@ -65,7 +65,7 @@ from remotevss.backup.snapshot_source import (
     SourceEntry,
 )
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
-from remotevss.backup.workers import Pool, Result, Task, WorkerDied
+from remotevss.backup.workers import Pool, Result, Task, WorkerDied, serve_batch
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
 # NUL cannot occur in a file name; the row has a file row's shape (content: the
@@ -89,6 +89,7 @@ DEFAULT_PROCESSES = 1  # two were not faster on the 2-core VM and cost ~25 MB mo
 RUN_AHEAD = 8192  # listing entries read ahead once files are being read in earnest
 TASK_FILES = 64
 TASK_BYTES = 1 << 20
+INLINE_MAX = 64 << 10  # files up to this size may be read by the parent itself
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
@@ -321,8 +322,18 @@ class _Engine:
         assert self.procs is not None
         if self.tasks:
             batch, self.tasks, self.task_bytes = self.tasks, [], 0
-            self.procs.submit(batch, self.on_results)
+            self.procs.submit(batch, self.on_results, self.inline)
         self.procs.collect(self.on_results, block=False)
+
+    def inline(self, task: Task) -> bool:
+        """Read a small file here, exactly as a worker would, while the workers are
+        busy; larger ones would keep the parent from their results too long."""
+        f, _point_path = self.tokens[task[0]]
+        if f.cache_row[2] > INLINE_MAX:
+            return False
+        serve_batch([task], self.codec, self.params, self.chunker,
+                    lambda _last, items: self.on_results(items))
+        return True
 
     def on_results(self, items: list[Result]) -> None:
         writer, stats, progress = self.writer, self.stats, self.progress
