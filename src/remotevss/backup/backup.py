@@ -45,7 +45,7 @@ from typing import Any
 
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
-from remotevss.backup.index import CacheRow, IndexDamaged
+from remotevss.backup.index import CacheRow, IndexDamaged, PreparedDir
 from remotevss.backup.listing import (
     WALK_AHEAD,
     ListingPrefetch,
@@ -224,7 +224,9 @@ class _Engine:
         self.batch_data: list[Chunk] = []
         self.batch_bytes = 0
         self.stats = Stats()
-        self.cache_changed: list[_CacheDir] = []
+        # Files-cache rows to write at the commit, sealed as each directory closed.
+        self.cache_changed: list[PreparedDir] = []
+        self.uncached: set[str] = set()  # cache keys of sources without any cached row
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
         # Listing-digest rows fetched with their siblings', until their directory is walked.
@@ -413,13 +415,15 @@ class _Engine:
             if row is not None and TREE_ROW not in cdir.rows:
                 cdir.rows[TREE_ROW] = row
             if cdir.changed:  # rows of files read in this run were filled in by finish_file
-                self.cache_changed.append(cdir)
+                self.cache_changed.append(
+                    self.index.cache_prepare(cdir.source, cdir.relpath, cdir.rows))
             if node.listing_fp is not None and not node.incomplete:
                 final = self.skip_digest(node.listing_fp, node.children)
-                skip = _CacheDir(cdir.source, SKIP_DIR + cdir.relpath)
-                skip.rows[TREE_ROW] = CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
-                                               node.listing_fp.hex() + final.hex())
-                self.cache_changed.append(skip)
+                self.cache_changed.append(self.index.cache_prepare(
+                    cdir.source, SKIP_DIR + cdir.relpath,
+                    {TREE_ROW: CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
+                                        node.listing_fp.hex() + final.hex())}))
+            node.cdir = None
         self.closed(node, tid_hex)
 
     def skip_digest(self, listing_fp: bytes, children: list[Entry]) -> bytes:
@@ -496,6 +500,8 @@ class _Engine:
         self.walk_listing(src, node, relpath, point_path, listing)
 
     def skip_row(self, src: Source, relpath: str) -> CacheRow | None:
+        if src.cache_key in self.uncached:
+            return None
         rows = self.skip_ahead.pop((src.cache_key, relpath), None)
         if rows is None:
             try:
@@ -509,6 +515,8 @@ class _Engine:
     def fetch_skip_rows(self, src: Source, relpath: str, listing: list[SourceEntry]) -> None:
         """The listing-digest rows of a directory's subdirectories, in one query: one
         per directory costs more than the rest of an unchanged directory's walk."""
+        if src.cache_key in self.uncached:
+            return
         prefix = f"{relpath}/" if relpath else ""
         subdirs = [prefix + e.name for e in listing if e.type == DIR]
         if len(subdirs) < 2:
@@ -544,7 +552,8 @@ class _Engine:
         unchanged listing whose subdirectories changed) they are not walked again."""
         cdir = _CacheDir(src.cache_key, relpath)
         try:
-            cached = self.index.cache_dir(src.cache_key, relpath)
+            cached = ({} if src.cache_key in self.uncached
+                      else self.index.cache_dir(src.cache_key, relpath))
         except IndexDamaged as exc:
             self.progress.message(f"backup: {point_path}: {exc}; its files are read again")
             cached = {}
@@ -748,6 +757,11 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
                                    daemon=True)
         scanner.start()
     try:
+        engine.uncached = {s.cache_key for s in sources
+                           if not repo.index.cache_has_source(s.cache_key)}
+        if processes and any(isinstance(s, LocalSource) and s.cache_key in engine.uncached
+                             for s in sources):
+            engine.start_processes()  # all is to be read: no reason to wait for 32 MiB
         roots: list[Entry] = []
         for src in sources:
             root = src.stat_root()
@@ -774,8 +788,7 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
         with engine.writer.final() as idx:
             point_id = idx.add_point(point_uuid, time_ns, root_id, record_id,
                                      dict(meta or {}), stats.to_json())
-            for cdir in engine.cache_changed:
-                idx.cache_write_dir(cdir.source, cdir.relpath, cdir.rows)
+            idx.cache_write_prepared(engine.cache_changed)
             for src in sources:
                 idx.cache_prune_dirs(src.cache_key, engine.visited.get(src.cache_key, set()))
         return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),

@@ -38,7 +38,7 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,17 +294,24 @@ class Pool:
         rest: list[Task] = []
         todo = iter(batch)
         while min(w.outstanding for w in self.workers) >= self.per_worker:
-            if inline is not None and self.collect(on_result, block=False):
-                continue
-            for task in todo if inline is not None else ():
-                if inline(task):
-                    break
-                rest.append(task)
-            else:  # nothing (left) to do here: wait for a worker
-                self.collect(on_result, block=True)
+            if inline is None or not self._inline_one(todo, rest, inline, on_result):
+                self.collect(on_result, block=True)  # nothing (left) to do here: wait
         rest.extend(todo)
         if rest:
             min(self.workers, key=lambda w: w.outstanding).send(rest)
+
+    def _inline_one(self, todo: Iterator[Task], rest: list[Task],
+                    inline: Callable[[Task], bool],
+                    on_result: Callable[[list[Result]], None]) -> bool:
+        """Take the ready results, or else do the next file ``inline`` accepts (those
+        it refuses go to ``rest``); False when there was neither."""
+        if self.collect(on_result, block=False):
+            return True
+        for task in todo:
+            if inline(task):
+                return True
+            rest.append(task)
+        return False
 
     def collect(self, on_result: Callable[[list[Result]], None], block: bool) -> bool:
         """Hand every result message that is ready to ``on_result`` (wait for one
