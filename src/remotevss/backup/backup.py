@@ -89,7 +89,7 @@ DEFAULT_PROCESSES = 1  # two were not faster on the 2-core VM and cost ~25 MB mo
 RUN_AHEAD = 8192  # listing entries read ahead once files are being read in earnest
 TASK_FILES = 64
 TASK_BYTES = 1 << 20
-INLINE_MAX = 64 << 10  # files up to this size may be read by the parent itself
+INLINE_MAX = 1 << 20  # files up to this size may be read by the parent itself
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
@@ -298,7 +298,7 @@ class _Engine:
             self.resolve_one()
         if self.procs is not None:
             self.send_tasks()
-            self.procs.drain(self.on_results)
+            self.procs.drain(self.on_results, self.inline)
 
     # -- worker processes -------------------------------------------------------------
     def start_processes(self) -> None:

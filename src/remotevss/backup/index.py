@@ -30,6 +30,9 @@ from remotevss.backup.crypto import Codec, SealError
 from remotevss.backup.packs import BlobEntry
 
 SCHEMA_VERSION = 2
+ID_LEN = 32  # blob ids: blake3-256
+# json_each and ->> (SQLite 3.38): a pack's blob rows in one statement.
+_ONE_STATEMENT = sqlite3.sqlite_version_info >= (3, 38)
 
 
 class IndexDamaged(Exception):
@@ -230,10 +233,22 @@ class Index:
         cur = self.con.execute("INSERT INTO packs (name, size) VALUES (?, ?)", (name, size))
         pack_id = cur.lastrowid
         assert pack_id is not None
+        rows = sorted(entries, key=lambda e: e.id)  # in key order: fewer B-tree pages touched
+        if _ONE_STATEMENT and all(len(e.id) == ID_LEN for e in rows):
+            # One statement for the whole pack: executemany releases and retakes the
+            # GIL per row, and each retake waited for another busy thread's time
+            # slice (25,000 rows took 16-29 s next to a busy thread, 0.1 s alone).
+            self.con.execute(
+                "INSERT OR REPLACE INTO blobs SELECT substr(?1, key * ?2 + 1, ?2), ?3, "
+                "value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?4)",
+                (b"".join(e.id for e in rows), ID_LEN, pack_id, json.dumps(
+                    [[e.type, e.compression, e.offset, e.stored_len, e.raw_len] for e in rows],
+                    separators=(",", ":"))))
+            return pack_id
         self.con.executemany(
             "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(e.id, pack_id, e.type, e.compression, e.offset, e.stored_len, e.raw_len)
-             for e in entries])
+             for e in rows])
         return pack_id
 
     def packs(self) -> list[tuple[int, str, int]]:

@@ -33,12 +33,15 @@ import ctypes
 import fcntl
 import os
 import pickle
+import queue
 import select
 import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ _LEN = struct.Struct("<Q")
 # Pipes this large hold a whole result message: the worker goes on with its next
 # file instead of waking up once per 64 KiB (Linux's default) the parent has read.
 PIPE_BYTES = 1 << 20
+SEND_AHEAD = 4  # result messages a worker keeps while its pipe is full (~1 MiB each)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # (token, path, inode)
@@ -169,17 +173,34 @@ def serve_batch(batch: list[Task], codec: Codec, params: ChunkerParams, chunker:
     send(True, out)
 
 
+def _writer(results: int, out: queue.Queue[Message | None]) -> None:
+    """Write result messages as the parent takes them: the reading and compressing
+    go on meanwhile (the parent reads between its own files, not at once)."""
+    try:
+        while (msg := out.get()) is not None:
+            _send(results, msg)
+    except OSError:
+        os._exit(1)  # the parent is gone or closed its end: nobody wants the rest
+
+
 def _serve(tasks: int, results: int, codec: Codec, params: ChunkerParams) -> None:
     chunker = params.make()
+    out: queue.Queue[Message | None] = queue.Queue(maxsize=SEND_AHEAD)
+    writer = threading.Thread(target=_writer, args=(results, out), name="rvss-results")
+    writer.start()
 
     def send(last: bool, items: list[Result]) -> None:
-        _send(results, (last, items))
+        out.put((last, items))
 
-    while True:
-        batch: list[Task] | None = _recv(tasks)
-        if batch is None:
-            return
-        serve_batch(batch, codec, params, chunker, send)
+    try:
+        while True:
+            batch: list[Task] | None = _recv(tasks)
+            if batch is None:
+                return
+            serve_batch(batch, codec, params, chunker, send)
+    finally:
+        out.put(None)
+        writer.join()
 
 
 def _codec_spec(codec: Codec) -> tuple[str, bytes | None]:
@@ -263,16 +284,18 @@ class Pool:
     """``count`` workers; batches go to the one with the fewest outstanding.  Started
     at once; each is busy importing for ~0.1 s, during which its batches queue.
 
-    When every worker already has ``per_worker`` batches queued and no result is
-    ready, ``submit`` hands the batch to ``inline`` (the parent does it itself)
-    instead of waiting: with one worker on two cores the parent otherwise spent
-    ~40 % of a full backup of small files idle in select while the worker was
-    the bottleneck."""
+    Each worker gets at most ``per_worker`` batches; more wait in the parent, and
+    when ``backlog`` batches wait, the parent reads one of their small files
+    itself (``inline``) before it would wait: with one worker on two cores the
+    parent otherwise spent ~40 % of a full backup of small files idle in select
+    while the worker was the bottleneck."""
 
     def __init__(self, count: int, codec: Codec, params: ChunkerParams,
-                 per_worker: int = 8) -> None:
+                 per_worker: int = 8, backlog: int = 16) -> None:
         self.workers: list[Worker] = []
         self.per_worker = per_worker
+        self.backlog = backlog
+        self.waiting: deque[list[Task]] = deque()  # batches not sent yet
         try:
             for _ in range(count):
                 self.workers.append(Worker(codec, params))
@@ -286,31 +309,36 @@ class Pool:
 
     def submit(self, batch: list[Task], on_result: Callable[[list[Result]], None],
                inline: Callable[[Task], bool] | None = None) -> None:
-        """Send a batch, first taking the results that are ready while every worker is
-        busy enough.  While none is ready, ``inline`` (if given) may do one file of
-        the batch here (it returns False for a file it leaves to the workers), else
-        this waits.  One file at a time: the parent must get back to reading results,
-        or a worker blocks on its full result pipe."""
-        rest: list[Task] = []
-        todo = iter(batch)
-        while min(w.outstanding for w in self.workers) >= self.per_worker:
-            if inline is None or not self._inline_one(todo, rest, inline, on_result):
-                self.collect(on_result, block=True)  # nothing (left) to do here: wait
-        rest.extend(todo)
-        if rest:
-            min(self.workers, key=lambda w: w.outstanding).send(rest)
+        """Queue a batch and send what the workers have room for.  Up to ``backlog``
+        batches wait here, so the walk goes on while the workers are busy; beyond
+        that, ``inline`` (if given) does one file here, else this waits for a result."""
+        self.waiting.append(batch)
+        while True:
+            self.collect(on_result, block=False)
+            self._send_waiting()
+            if len(self.waiting) <= self.backlog:
+                return
+            if inline is None or not self._inline_one(inline):
+                self.collect(on_result, block=True)
 
-    def _inline_one(self, todo: Iterator[Task], rest: list[Task],
-                    inline: Callable[[Task], bool],
-                    on_result: Callable[[list[Result]], None]) -> bool:
-        """Take the ready results, or else do the next file ``inline`` accepts (those
-        it refuses go to ``rest``); False when there was neither."""
-        if self.collect(on_result, block=False):
-            return True
-        for task in todo:
-            if inline(task):
-                return True
-            rest.append(task)
+    def _send_waiting(self) -> None:
+        while self.waiting:
+            w = min(self.workers, key=lambda w: w.outstanding)
+            if w.outstanding >= self.per_worker:
+                return
+            w.send(self.waiting.popleft())
+
+    def _inline_one(self, inline: Callable[[Task], bool]) -> bool:
+        """Do the last waiting file that ``inline`` accepts (it refuses large ones: the
+        parent must soon get back to reading results); False if there was none.  The
+        last: the batches next in line for the workers stay whole."""
+        for batch in reversed(self.waiting):
+            for i in range(len(batch) - 1, -1, -1):
+                if inline(batch[i]):
+                    del batch[i]
+                    if not batch:
+                        self.waiting.remove(batch)
+                    return True
         return False
 
     def collect(self, on_result: Callable[[list[Result]], None], block: bool) -> bool:
@@ -334,9 +362,15 @@ class Pool:
             on_result(items)
         return True
 
-    def drain(self, on_result: Callable[[list[Result]], None]) -> None:
-        while self.outstanding:
-            self.collect(on_result, block=True)
+    def drain(self, on_result: Callable[[list[Result]], None],
+              inline: Callable[[Task], bool] | None = None) -> None:
+        """Wait for every batch, doing waiting files with ``inline`` meanwhile."""
+        while self.waiting or self.outstanding:
+            self._send_waiting()
+            if self.collect(on_result, block=False):
+                continue
+            if inline is None or not self._inline_one(inline):
+                self.collect(on_result, block=True)
 
     def close(self, kill: bool = False) -> None:
         for w in self.workers:
