@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
@@ -630,7 +630,7 @@ class _Engine:
             return
         f = _File(entry, node, (cdir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
         node.pending += 1
-        if self.processes and isinstance(src, LocalSource):
+        if self.processes and _worker_readable(src):
             self.to_read += e.size
             if self.procs is None and self.to_read >= self.processes_from:
                 self.start_processes()
@@ -759,7 +759,7 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     try:
         engine.uncached = {s.cache_key for s in sources
                            if not repo.index.cache_has_source(s.cache_key)}
-        if processes and any(isinstance(s, LocalSource) and s.cache_key in engine.uncached
+        if processes and any(_worker_readable(s) and s.cache_key in engine.uncached
                              for s in sources):
             engine.start_processes()  # all is to be read: no reason to wait for 32 MiB
         roots: list[Entry] = []
@@ -803,6 +803,12 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
                 lister.stop()
         engine.close()
         progress.finish()
+
+
+def _worker_readable(src: Source) -> TypeGuard[LocalSource]:
+    """Whether worker processes may read this source's files: they open them as
+    ``LocalSource.open`` does, so not for a source that opens files its own way."""
+    return isinstance(src, LocalSource) and type(src).open is LocalSource.open
 
 
 def local_sources(specs: Sequence[str]) -> list[Source]:

@@ -202,6 +202,10 @@ class Index:
         """Another read-only connection (for a worker thread)."""
         return Index(self.path, readonly=True, codec=self.codec)
 
+    def writer(self) -> Index:
+        """Another connection that may write (for a thread committing packs)."""
+        return Index(self.path, codec=self.codec)
+
     def close(self) -> None:
         self.con.close()
 
