@@ -57,7 +57,7 @@ _LEN = struct.Struct("<Q")
 # Pipes this large hold a whole result message: the worker goes on with its next
 # file instead of waking up once per 64 KiB (Linux's default) the parent has read.
 PIPE_BYTES = 1 << 20
-SEND_AHEAD = 4  # result messages a worker keeps while its pipe is full (~1 MiB each)
+SEND_AHEAD = 12  # result messages a worker keeps while its pipe is full (~1 MiB each)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # (token, path, inode)
@@ -291,7 +291,7 @@ class Pool:
     while the worker was the bottleneck."""
 
     def __init__(self, count: int, codec: Codec, params: ChunkerParams,
-                 per_worker: int = 8, backlog: int = 16) -> None:
+                 per_worker: int = 24, backlog: int = 16) -> None:
         self.workers: list[Worker] = []
         self.per_worker = per_worker
         self.backlog = backlog
