@@ -159,8 +159,9 @@ def test_the_parent_reads_files_itself_while_its_worker_is_busy(tmp_path: Path) 
 
         def on_result(items: list[Result], who: str = "worker") -> None:
             for token, kind, payload in items:
-                if kind == "part":
-                    data.setdefault(token, []).extend(payload)
+                if kind == "part":  # sealed chunks are valid during the call only: copied
+                    data.setdefault(token, []).extend(
+                        (o, n, c, m, None if b is None else bytes(b)) for o, n, c, m, b in payload)
                 else:
                     assert kind == "done", payload
                     assert token not in done, "a file answered twice"

@@ -54,6 +54,7 @@ from remotevss.backup.snapshot_source import LocalFile, RangeStream
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
 PART_BYTES = 1 << 20  # a result message carries at most about this much sealed data
 _LEN = struct.Struct("<Q")
+_HEAD = struct.Struct("<QI")  # result messages: pickle length, out-of-band buffers
 # Pipes this large hold a whole result message: the worker goes on with its next
 # file instead of waking up once per 64 KiB (Linux's default) the parent has read.
 PIPE_BYTES = 1 << 20
@@ -87,7 +88,62 @@ def _send(fd: int, obj: object) -> None:
             bufs[0] = bufs[0][n:]
 
 
-def _read_into(fd: int, buf: bytearray) -> bool:
+def _send_results(fd: int, msg: Message) -> None:
+    """A result message with the sealed chunks out of band (pickle protocol 5): they
+    go from their own buffers into the pipe, and the parent reads them straight
+    into its receive buffer (no pickled copy here, no bytes object per chunk there)."""
+    last, items = msg
+    out = [(t, k, [(o, n, c, m, None if b is None else pickle.PickleBuffer(b))
+                   for o, n, c, m, b in p]) if k == "part" else (t, k, p)
+           for t, k, p in items]
+    bufs: list[pickle.PickleBuffer] = []
+    data = pickle.dumps((last, out), protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    head = _HEAD.pack(len(data), len(raws)) + struct.pack(f"<{len(raws)}Q",
+                                                          *[len(r) for r in raws])
+    views = [memoryview(head), memoryview(data), *raws]
+    while views:
+        n = os.writev(fd, views[:512])  # IOV_MAX is 1024
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+class ResultReader:
+    """Reads one worker's result messages into a buffer that is used again and again:
+    the sealed chunks of a message are memoryviews into it, valid until the next
+    message is read (the parent writes them to its pack before that)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray(PIPE_BYTES)
+
+    def read(self) -> Message | None:
+        head = bytearray(_HEAD.size)
+        if not _read_into(self.fd, head):
+            return None
+        size, count = _HEAD.unpack(head)
+        lens = bytearray(8 * count)
+        if count and not _read_into(self.fd, lens):
+            return None
+        sizes = struct.unpack(f"<{count}Q", lens)
+        total = size + sum(sizes)
+        if len(self.buf) < total:
+            self.buf = bytearray(total)  # views of the old one may live on
+        view = memoryview(self.buf)[:total]
+        if not _read_into(self.fd, view):
+            return None
+        bufs, pos = [], size
+        for n in sizes:
+            bufs.append(view[pos:pos + n])
+            pos += n
+        msg: Message = pickle.loads(view[:size], buffers=bufs)  # noqa: S301 - our worker
+        return msg
+
+
+def _read_into(fd: int, buf: bytearray | memoryview) -> bool:
     view = memoryview(buf)
     while view:
         got = os.readv(fd, [view])
@@ -178,7 +234,7 @@ def _writer(results: int, out: queue.Queue[Message | None]) -> None:
     go on meanwhile (the parent reads between its own files, not at once)."""
     try:
         while (msg := out.get()) is not None:
-            _send(results, msg)
+            _send_results(results, msg)
     except OSError:
         os._exit(1)  # the parent is gone or closed its end: nobody wants the rest
 
@@ -249,6 +305,7 @@ class Worker:
         self.pid = self.proc.pid
         self.tasks = self.proc.stdin.fileno()
         self.results = self.proc.stdout.fileno()
+        self.reader = ResultReader(self.results)
         self.outstanding = 0  # batches sent, not yet answered
         for fd in (self.tasks, self.results):
             with contextlib.suppress(OSError):  # best effort: pipe-max-size, user quota
@@ -343,7 +400,8 @@ class Pool:
 
     def collect(self, on_result: Callable[[list[Result]], None], block: bool) -> bool:
         """Hand every result message that is ready to ``on_result`` (wait for one
-        if ``block``); False when there was none."""
+        if ``block``); False when there was none.  A worker's sealed chunks are
+        memoryviews valid during the call only (``ResultReader``)."""
         busy = [w for w in self.workers if w.outstanding]
         if not busy:
             return False
@@ -353,7 +411,7 @@ class Pool:
         for w in busy:
             if w.results not in ready:
                 continue
-            msg: Message | None = _recv(w.results)
+            msg: Message | None = w.reader.read()
             if msg is None:
                 raise w.died()
             last, items = msg
