@@ -58,7 +58,7 @@ _HEAD = struct.Struct("<QI")  # result messages: pickle length, out-of-band buff
 # Pipes this large hold a whole result message: the worker goes on with its next
 # file instead of waking up once per 64 KiB (Linux's default) the parent has read.
 PIPE_BYTES = 1 << 20
-SEND_AHEAD = 12  # result messages a worker keeps while its pipe is full (~1 MiB each)
+SEND_AHEAD = 4  # result messages a worker keeps while its pipe is full (~1 MiB each)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 # (token, path, inode)
