@@ -12,7 +12,7 @@ ratios to restic, peak RSS (wait4), and for remotevss the CPU split.
 
     .venv/bin/python bench/backup_real.py [--trees /usr/share /usr/lib/python3]
         [--rounds 3] [--tools remotevss,restic,borg] [--profile FILE]
-        [--baseline SRC_DIR] [--restores 5] [--changed 1]
+        [--baseline SRC_DIR [--baseline-python PY]] [--restores 5] [--changed 1]
 
 ``--tools`` may name ``remotevss-pN``: remotevss with ``--processes N``, to
 compare worker counts in one run.
@@ -166,9 +166,12 @@ def warm(trees: list[Path]) -> tuple[int, int]:
 
 class Tool:
     def __init__(self, name: str, scratch: Path, trees: list[Path],
-                 baseline: str | None = None) -> None:
+                 baseline: str | None = None, baseline_python: str | None = None) -> None:
         self.name = name
         self.baseline = baseline
+        # the baseline may run with another interpreter (the old checkout's venv and
+        # its libraries), so that a dependency change is measured too
+        self.py = (baseline_python or PY) if name == "baseline" else PY
         self.repo = scratch / f"repo-{name}"
         self.trees = trees
         self.env: dict[str, str] = {}
@@ -185,7 +188,7 @@ class Tool:
             self.env = {"REMOTEVSS_BACKUP_PASSWORD": PASSWORD}
             if self.name == "baseline" and self.baseline:
                 self.env["PYTHONPATH"] = self.baseline
-            argv = [PY, "-m", "remotevss.backup.cli", "init", "--repo", str(self.repo)]
+            argv = [self.py, "-m", "remotevss.backup.cli", "init", "--repo", str(self.repo)]
         elif self.name == "restic":
             self.env = {"RESTIC_PASSWORD": PASSWORD,
                         "RESTIC_CACHE_DIR": str(self.repo) + "-cache"}
@@ -199,7 +202,7 @@ class Tool:
     def backup_argv(self) -> list[str]:
         self.count += 1
         if self.ours:
-            return [PY, "-m", "remotevss.backup.cli", "run", "--repo", str(self.repo),
+            return [self.py, "-m", "remotevss.backup.cli", "run", "--repo", str(self.repo),
                     *self.extra, *(f"{p.name}={p}" for p in self.trees)]
         if self.name == "restic":
             return ["restic", "-r", str(self.repo), "backup", "-q", *map(str, self.trees)]
@@ -208,7 +211,7 @@ class Tool:
 
     def restore_argv(self, target: Path) -> list[str] | None:
         if self.ours:
-            return [PY, "-m", "remotevss.backup.cli", "restore", "--repo", str(self.repo),
+            return [self.py, "-m", "remotevss.backup.cli", "restore", "--repo", str(self.repo),
                     "latest", "--to", str(target)]
         if self.name == "restic":
             return ["restic", "-r", str(self.repo), "restore", "-q", "latest", "--target",
@@ -249,6 +252,8 @@ def main() -> int:
                          "(drop_caches: needs root) per tool")
     ap.add_argument("--baseline", metavar="SRC_DIR",
                     help="also run remotevss from this src directory (tool 'baseline')")
+    ap.add_argument("--baseline-python", metavar="PYTHON",
+                    help="the interpreter for the baseline (e.g. the old checkout's .venv)")
     args = ap.parse_args()
     trees = [Path(t) for t in args.trees]
     scratch = Path(tempfile.mkdtemp(prefix="rvss-bench-real-", dir=args.workdir or "/var/tmp"))
@@ -261,7 +266,7 @@ def main() -> int:
         trees = copies
         to_change = changed_files(trees, args.changed)
     names = args.tools.split(",") + (["baseline"] if args.baseline else [])
-    tools = [Tool(name, scratch, trees, args.baseline) for name in names]
+    tools = [Tool(name, scratch, trees, args.baseline, args.baseline_python) for name in names]
     results: dict[str, dict[str, list[float]]] = {t.name: {} for t in tools}
     try:
         nfiles, nbytes = warm(trees)

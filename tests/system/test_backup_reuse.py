@@ -204,3 +204,39 @@ def test_a_skipped_directory_notices_every_kind_of_change_inside(tmp_path: Path)
     assert stats["trees_reused"] == stats["dirs"] and stats["cache_hits"] == stats["files"]
     _check_point_matches(repo, src, out)
 
+
+
+def test_a_first_backup_asks_the_files_cache_nothing_and_the_next_reuses_all(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source without any cached row (its first backup) makes no per-directory
+    files-cache queries; the rows it writes (sealed as each directory closed)
+    then serve the next run, which reads no file and reuses every tree, and a
+    second source in the same repository still gets its own first backup."""
+    from remotevss.backup.index import Index
+
+    asked: list[str] = []
+    real_dir, real_dirs = Index.cache_dir, Index.cache_dirs
+
+    def cache_dir(self: Index, source: str, directory: str) -> object:
+        asked.append(directory)
+        return real_dir(self, source, directory)
+
+    def cache_dirs(self: Index, source: str, directories: list[str]) -> object:
+        asked.extend(directories)
+        return real_dirs(self, source, directories)
+
+    monkeypatch.setattr(Index, "cache_dir", cache_dir)
+    monkeypatch.setattr(Index, "cache_dirs", cache_dirs)
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    _tree(src)
+    init_repo(repo, passphrase=PASS)
+    first = _backup(repo, src)
+    assert asked == [] and first["cache_hits"] == 0 and first["files"] == 18
+    second = _backup(repo, src)
+    assert asked, "the second run used no files cache"
+    assert second["bytes_read"] == 0 and second["cache_hits"] == 18
+    assert second["trees_reused"] == second["dirs"] == 6
+    asked.clear()
+    with Repository(repo, "write", passphrase=PASS) as r:
+        other = run_backup(r, [LocalSource(src, "other")]).stats
+    assert asked == [] and other["cache_hits"] == 0

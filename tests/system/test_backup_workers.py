@@ -132,3 +132,61 @@ def test_a_sigkilled_run_leaves_no_worker_behind(tmp_path: Path) -> None:
     cli("run", f"all={src}", "--repo", repo)
     cli("restore", "latest", "--repo", repo, "--path", "all", "--to", tmp_path / "out")
     assert_same_tree(src, tmp_path / "out")
+
+
+def test_the_parent_reads_files_itself_while_its_worker_is_busy(tmp_path: Path) -> None:
+    """With one batch allowed per worker and none waiting, the parent reads files of
+    the waiting batches itself (a real worker process meanwhile does the rest);
+    every file gets exactly one answer, and the parent's sealed chunks open to the
+    same data under the same ids as the worker's."""
+    from remotevss.backup.chunker import decompress
+    from remotevss.backup.packs import DATA, blob_aad
+    from remotevss.backup.workers import Pool, Result, Task, serve_batch
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = []
+    for i in range(120):
+        path = src / f"f{i:03d}"
+        path.write_bytes(rand(f"p{i}", 2000 + 37 * i) * (1 + i % 3))
+        files.append((i, str(path), path.stat().st_ino))
+    init_repo(tmp_path / "repo", passphrase=PASS)
+    with Repository(tmp_path / "repo", "write", passphrase=PASS) as repo:
+        codec, params = repo.codec, repo.chunker
+        chunker = params.make()
+        done: dict[int, str] = {}
+        data: dict[int, list[tuple[int, int, bytes | None, int, bytes | None]]] = {}
+
+        def on_result(items: list[Result], who: str = "worker") -> None:
+            for token, kind, payload in items:
+                if kind == "part":  # sealed chunks are valid during the call only: copied
+                    data.setdefault(token, []).extend(
+                        (o, n, c, m, None if b is None else bytes(b)) for o, n, c, m, b in payload)
+                else:
+                    assert kind == "done", payload
+                    assert token not in done, "a file answered twice"
+                    done[token] = who
+
+        def inline(task: Task) -> bool:
+            serve_batch([task], codec, params, chunker,
+                        lambda _last, items: on_result(items, "parent"))
+            return True
+
+        pool = Pool(1, codec, params, per_worker=1, backlog=0)
+        try:
+            for i in range(0, len(files), 8):
+                pool.submit(files[i:i + 8], on_result, inline)
+            pool.drain(on_result, inline)
+        finally:
+            pool.close()
+        assert sorted(done) == [t for t, _p, _i in files]
+        by = list(done.values())
+        assert by.count("parent") > 0 and by.count("worker") > 0, by
+        for token, path, _ino in files:
+            raw = Path(path).read_bytes()
+            got = b""
+            for off, n, cid, comp, sealed in data[token]:
+                assert off == len(got) and cid == codec.blob_id(raw[off:off + n])
+                assert sealed is not None
+                got += decompress(comp, codec.open(sealed, blob_aad(cid, DATA)), n)
+            assert got == raw

@@ -188,3 +188,40 @@ def test_keep_policy() -> None:
     assert select_keep(points, 1, 5 * 86400, now) == {6, 7, 8, 9, 10}
     assert select_keep(points, None, None, now) == set()
     assert select_keep([], 5, 10, now) == set()
+
+
+def test_key_derivation_is_scrypt_and_lets_other_threads_run() -> None:
+    """The passphrase's key is RFC 7914 scrypt with the stored parameters (so keys
+    wrapped before stay readable), and while it is derived another thread runs:
+    a backup lists its tree meanwhile."""
+    import hashlib
+    import threading
+    import time
+
+    from remotevss.backup.keys import _kdf
+
+    # RFC 7914, section 12 (first 32 bytes), through the same function _kdf uses
+    assert hashlib.scrypt(b"pleaseletmein", salt=b"SodiumChloride", n=16384, r=8, p=1,
+                          dklen=32) == bytes.fromhex(
+        "7023bdcb3afd7348461c06cd81fd38ebfda8fbba904f8e3ea9b543f6545da1f2")
+    salt = b"SodiumChloride\0\0"
+    assert _kdf("pleaseletmein", {"name": "scrypt", "n": 16384, "r": 8, "p": 1}, salt) == \
+        hashlib.scrypt(b"pleaseletmein", salt=salt, n=16384, r=8, p=1, dklen=32)
+    ticks = [0]
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            ticks[0] += 1
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    try:
+        time.sleep(0.02)
+        before = ticks[0]
+        _kdf("x", {"name": "scrypt", "n": 1 << 16, "r": 8, "p": 2}, bytes(16))
+        during = ticks[0] - before
+    finally:
+        stop.set()
+        thread.join()
+    assert during > 1_000_000, f"the other thread got {during} ticks during the derivation"

@@ -41,11 +41,11 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
-from remotevss.backup.index import CacheRow, IndexDamaged
+from remotevss.backup.index import CacheRow, IndexDamaged, PreparedDir
 from remotevss.backup.listing import (
     WALK_AHEAD,
     ListingPrefetch,
@@ -65,7 +65,7 @@ from remotevss.backup.snapshot_source import (
     SourceEntry,
 )
 from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
-from remotevss.backup.workers import Pool, Result, Task, WorkerDied
+from remotevss.backup.workers import Pool, Result, Task, WorkerDied, serve_batch
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
 # NUL cannot occur in a file name; the row has a file row's shape (content: the
@@ -89,6 +89,7 @@ DEFAULT_PROCESSES = 1  # two were not faster on the 2-core VM and cost ~25 MB mo
 RUN_AHEAD = 8192  # listing entries read ahead once files are being read in earnest
 TASK_FILES = 64
 TASK_BYTES = 1 << 20
+INLINE_MAX = 1 << 20  # files up to this size may be read by the parent itself
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
@@ -223,7 +224,9 @@ class _Engine:
         self.batch_data: list[Chunk] = []
         self.batch_bytes = 0
         self.stats = Stats()
-        self.cache_changed: list[_CacheDir] = []
+        # Files-cache rows to write at the commit, sealed as each directory closed.
+        self.cache_changed: list[PreparedDir] = []
+        self.uncached: set[str] = set()  # cache keys of sources without any cached row
         self.visited: dict[str, set[str]] = {}
         self.hardlinks: dict[tuple[int, int], str] = {}
         # Listing-digest rows fetched with their siblings', until their directory is walked.
@@ -295,7 +298,7 @@ class _Engine:
             self.resolve_one()
         if self.procs is not None:
             self.send_tasks()
-            self.procs.drain(self.on_results)
+            self.procs.drain(self.on_results, self.inline)
 
     # -- worker processes -------------------------------------------------------------
     def start_processes(self) -> None:
@@ -321,8 +324,18 @@ class _Engine:
         assert self.procs is not None
         if self.tasks:
             batch, self.tasks, self.task_bytes = self.tasks, [], 0
-            self.procs.submit(batch, self.on_results)
+            self.procs.submit(batch, self.on_results, self.inline)
         self.procs.collect(self.on_results, block=False)
+
+    def inline(self, task: Task) -> bool:
+        """Read a small file here, exactly as a worker would, while the workers are
+        busy; larger ones would keep the parent from their results too long."""
+        f, _point_path = self.tokens[task[0]]
+        if f.cache_row[2] > INLINE_MAX:
+            return False
+        serve_batch([task], self.codec, self.params, self.chunker,
+                    lambda _last, items: self.on_results(items))
+        return True
 
     def on_results(self, items: list[Result]) -> None:
         writer, stats, progress = self.writer, self.stats, self.progress
@@ -402,13 +415,15 @@ class _Engine:
             if row is not None and TREE_ROW not in cdir.rows:
                 cdir.rows[TREE_ROW] = row
             if cdir.changed:  # rows of files read in this run were filled in by finish_file
-                self.cache_changed.append(cdir)
+                self.cache_changed.append(
+                    self.index.cache_prepare(cdir.source, cdir.relpath, cdir.rows))
             if node.listing_fp is not None and not node.incomplete:
                 final = self.skip_digest(node.listing_fp, node.children)
-                skip = _CacheDir(cdir.source, SKIP_DIR + cdir.relpath)
-                skip.rows[TREE_ROW] = CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
-                                               node.listing_fp.hex() + final.hex())
-                self.cache_changed.append(skip)
+                self.cache_changed.append(self.index.cache_prepare(
+                    cdir.source, SKIP_DIR + cdir.relpath,
+                    {TREE_ROW: CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
+                                        node.listing_fp.hex() + final.hex())}))
+            node.cdir = None
         self.closed(node, tid_hex)
 
     def skip_digest(self, listing_fp: bytes, children: list[Entry]) -> bytes:
@@ -485,6 +500,8 @@ class _Engine:
         self.walk_listing(src, node, relpath, point_path, listing)
 
     def skip_row(self, src: Source, relpath: str) -> CacheRow | None:
+        if src.cache_key in self.uncached:
+            return None
         rows = self.skip_ahead.pop((src.cache_key, relpath), None)
         if rows is None:
             try:
@@ -498,6 +515,8 @@ class _Engine:
     def fetch_skip_rows(self, src: Source, relpath: str, listing: list[SourceEntry]) -> None:
         """The listing-digest rows of a directory's subdirectories, in one query: one
         per directory costs more than the rest of an unchanged directory's walk."""
+        if src.cache_key in self.uncached:
+            return
         prefix = f"{relpath}/" if relpath else ""
         subdirs = [prefix + e.name for e in listing if e.type == DIR]
         if len(subdirs) < 2:
@@ -533,7 +552,8 @@ class _Engine:
         unchanged listing whose subdirectories changed) they are not walked again."""
         cdir = _CacheDir(src.cache_key, relpath)
         try:
-            cached = self.index.cache_dir(src.cache_key, relpath)
+            cached = ({} if src.cache_key in self.uncached
+                      else self.index.cache_dir(src.cache_key, relpath))
         except IndexDamaged as exc:
             self.progress.message(f"backup: {point_path}: {exc}; its files are read again")
             cached = {}
@@ -610,7 +630,7 @@ class _Engine:
             return
         f = _File(entry, node, (cdir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
         node.pending += 1
-        if self.processes and isinstance(src, LocalSource):
+        if self.processes and _worker_readable(src):
             self.to_read += e.size
             if self.procs is None and self.to_read >= self.processes_from:
                 self.start_processes()
@@ -737,6 +757,11 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
                                    daemon=True)
         scanner.start()
     try:
+        engine.uncached = {s.cache_key for s in sources
+                           if not repo.index.cache_has_source(s.cache_key)}
+        if processes and any(_worker_readable(s) and s.cache_key in engine.uncached
+                             for s in sources):
+            engine.start_processes()  # all is to be read: no reason to wait for 32 MiB
         roots: list[Entry] = []
         for src in sources:
             root = src.stat_root()
@@ -763,8 +788,7 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
         with engine.writer.final() as idx:
             point_id = idx.add_point(point_uuid, time_ns, root_id, record_id,
                                      dict(meta or {}), stats.to_json())
-            for cdir in engine.cache_changed:
-                idx.cache_write_dir(cdir.source, cdir.relpath, cdir.rows)
+            idx.cache_write_prepared(engine.cache_changed)
             for src in sources:
                 idx.cache_prune_dirs(src.cache_key, engine.visited.get(src.cache_key, set()))
         return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),
@@ -779,6 +803,12 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
                 lister.stop()
         engine.close()
         progress.finish()
+
+
+def _worker_readable(src: Source) -> TypeGuard[LocalSource]:
+    """Whether worker processes may read this source's files: they open them as
+    ``LocalSource.open`` does, so not for a source that opens files its own way."""
+    return isinstance(src, LocalSource) and type(src).open is LocalSource.open
 
 
 def local_sources(specs: Sequence[str]) -> list[Source]:
