@@ -14,6 +14,10 @@ Reported, side by side in one run:
   "net" = wall minus two bare rpcclient connections (a ``fss_get_sup_version``
   in the same runs), and for ours the agent's own time (its call events'
   ``duration_ms``).  The growth rate is (size 64 - size 1) / 63 per share.
+* **per call**: what one call costs through smbd's pipe alone (16 extra bare
+  ``fss_get_sup_version`` in one connection) against one DeleteShareMapping
+  (the deletion of the largest set minus the smallest, per share): the part of
+  a set's time that the protocol's one-call-per-share deletion fixes.
 * **spread**: the btrfs creation times (``otime``, ns) of the first and the
   last snapshot of one set: how far apart in time the set's images are.
 * **counts**: fsync/fdatasync system calls of the agent's process tree
@@ -61,6 +65,7 @@ from remotevss.samba.worker import IDLE_EXIT  # noqa: E402
 _EXPOSED = re.compile(r"^([0-9a-f-]{36})\(([0-9a-f-]{36})\): share (\S+)@", re.M)
 _DURATION = re.compile(r'"duration_ms": ([0-9.]+)')
 CLIENTS = 8
+BARE = 16  # extra bare calls (GetSupportedVersion) timed in one connection: the pipe's cost
 
 
 def agent_ms(log: Path, start: int) -> float:
@@ -213,10 +218,13 @@ def curve(anchor: PrivateSamba, ours: PrivateSamba, agent: PrivateAgent,
         delete(server, ids, auth)
     time.sleep(1.05)
     rows: dict[str, list[tuple[float, float, float, float]]] = {"samba": [], "ours": []}
+    bare: dict[str, list[float]] = {"samba": [], "ours": []}
     own: list[float] = []
     for _ in range(runs):
         for kind, server in (("samba", anchor), ("ours", ours)):
             base, _ = timed(server, "fss_get_sup_version", auth)
+            many, _ = timed(server, "; ".join(["fss_get_sup_version"] * (BARE + 1)), auth)
+            bare[kind].append((many - base) / BARE)
             since = time.time() - 0.01
             mark = agent.log.stat().st_size
             c, ids = create(server, names, auth)
@@ -236,6 +244,7 @@ def curve(anchor: PrivateSamba, ours: PrivateSamba, agent: PrivateAgent,
             "connect_ms": base * 1e3,
             "net_ms": (wall - 2 * base) * 1e3,
             "spread_ms": statistics.median(x[3] for x in r) * 1e3,
+            "bare_call_ms": statistics.median(bare[kind]) * 1e3,
         }
     res["ours"]["agent_ms"] = statistics.median(own)
     return res
@@ -383,6 +392,14 @@ def report(results: dict[str, Any], sizes: list[int], args: argparse.Namespace) 
             if kind == "ours":
                 line += f", agent's own {(b['agent_ms'] - a['agent_ms']) / (hi - lo):.2f} ms/share"
             print(line)
+    if hi > lo:
+        print(f"per call through smbd ({BARE} bare GetSupportedVersion in one connection) "
+              f"and per DeleteShareMapping (delete of {hi} shares minus {lo}, per share), ms")
+        for kind in ("samba", "ours"):
+            a, b = results["curve"][lo][kind], results["curve"][hi][kind]
+            per_delete = (b["delete_ms"] - a["delete_ms"]) / (hi - lo)
+            print(f"  {kind:<6} bare call {b['bare_call_ms']:.2f}, DeleteShareMapping "
+                  f"{per_delete:.2f}")
     print("per set, ours: fsync calls of the agent's tree / agent's transaction counters")
     for n in sizes:
         c = results["counts"][n]
