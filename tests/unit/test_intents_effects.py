@@ -204,3 +204,25 @@ def test_journal_sync_puts_lazy_commits_on_disk(tmp_path: Path) -> None:
         txn.add_intent("expose", {"name": "e"})
     journal.close()
     assert journal.syncs == 2
+
+
+def test_only_short_in_process_teardown_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """EffectRunner.quick: a symlink's removal and a btrfs subvolume deletion (one
+    ioctl) may block the loop; a copy's or a zfs snapshot's removal, a share removal
+    through a child process, or anything else may not."""
+
+    class ChildExposer(SymlinkExposer):
+        quick_unexpose = False  # as RegistryExposer when the registry is in a child
+
+    journal = Journal(tmp_path / "j.sqlite")
+    quick = EffectRunner(journal, SymlinkExposer(tmp_path / "a")).quick
+    slow = EffectRunner(journal, ChildExposer(tmp_path / "b")).quick
+    unexpose = UnexposeShare("data@{x}")
+    cid = uuid.uuid4()
+    assert quick([]) and quick([unexpose])
+    assert quick([unexpose, DeleteSnapshot(cid, "btrfs:/v", "/v/.snapshots/s")])
+    assert not slow([unexpose])
+    for vol in ("copy:/v", "reflink:/v", "zfs:pool/v", "zfs-enclosing:pool/v"):
+        assert not quick([DeleteSnapshot(cid, vol, "/v/.snapshots/s")]), vol
+    assert not quick([SealSnapshot(cid, "btrfs:/v", "/v/.snapshots/s")])
+    journal.close()

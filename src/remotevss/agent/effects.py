@@ -207,6 +207,21 @@ class EffectRunner:
                 for iid in cleared:
                     txn.clear_intent(iid)
 
+    def quick(self, effects: Sequence[Effect]) -> bool:
+        """True if every effect is short work in this process: a share removal by a
+        ``quick_unexpose`` exposer, a snapshot deletion by a ``quick_delete`` backend."""
+        for e in effects:
+            match e:
+                case UnexposeShare():
+                    if not getattr(self.exposer, "quick_unexpose", False):
+                        return False
+                case DeleteSnapshot(volume_name=vol):
+                    if not getattr(backend_of(vol), "quick_delete", False):
+                        return False
+                case _:
+                    return False
+        return True
+
     def apply_covered(self, effects: Sequence[Effect]) -> list[Effect]:
         """Run teardown an intent already journaled covers (a DeleteShareMapping's
         snapshot: its roll-forward finishes it); return the effects that failed,

@@ -404,6 +404,12 @@ class RegistryExposer:
             log.info("exposed %s (%s, %s) at %s", r.name, bases[r.base_share].name,
                      "rw" if r.writable else "ro", r.path)
 
+    @property
+    def quick_unexpose(self) -> bool:
+        """True while the registry is written in this process (one tdb transaction,
+        ~1 ms), not through a child process."""
+        return isinstance(self.ops, LightOps) and not self.clustered
+
     def unexpose(self, name: str) -> None:
         """Delete snapshot share ``name`` and its ACL and disconnect its trees."""
         self.unexpose_many([name])

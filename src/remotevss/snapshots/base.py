@@ -97,7 +97,11 @@ class Backend(Protocol):
         ...
 
     def delete(self, snap_path: str) -> None:
-        """Remove a snapshot completely. Idempotent: a missing snapshot is not an error."""
+        """Remove a snapshot completely. Idempotent: a missing snapshot is not an error.
+
+        A backend whose deletion is one short system call may say so with a class
+        attribute ``quick_delete = True``: the agent then deletes on its event loop
+        (agent/service.py, ``_run_io``) rather than in a thread."""
         ...
 
     def exists(self, snap_path: str) -> bool:
