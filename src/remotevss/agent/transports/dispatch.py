@@ -131,11 +131,11 @@ async def serve_connection(
                 except Exception:  # a bug must cost one call, not the agent
                     log.exception("internal error in opnum %d", request.opnum)
                     conn.fault(request, pdu.NCA_S_FAULT_CANT_PERFORM)
+            if conn.closed and conn.close_reason:  # logged before the peer can see the end
+                log.info("connection from %s closed: %s", caller.address, conn.close_reason)
             for p in conn.pdus_to_send():
                 link.write_pdu(p)
             await link.drain()
-        if conn.close_reason:
-            log.info("connection from %s closed: %s", caller.address, conn.close_reason)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
