@@ -88,10 +88,44 @@ def test_unchanged_directories_reuse_their_trees_and_changes_rebuild_the_path(
     assert _snapshot(out / "data") == _snapshot(src)
 
 
+def _sealed_rows(repo: Path, dirs: tuple[str, ...]) -> dict[str, bytes]:
+    """Each directory's files-cache row as stored (sealed with a fresh nonce on
+    every write, so equal bytes mean the row was not written again)."""
+    with Repository(repo, "read", passphrase=PASS) as r:
+        idx = r.index
+        return {d: idx.con.execute("SELECT sealed FROM files_cache WHERE source=? AND dir=?",
+                                   idx._cache_keys("data", d)).fetchone()[0] for d in dirs}
+
+
+def test_a_change_deep_down_rewrites_only_its_own_directorys_cache_row(
+        tmp_path: Path) -> None:
+    """The directories above a changed file get new trees, but their files did not
+    change: their files-cache rows (every file of a directory in one sealed row,
+    which is costly for large directories) stay as they were."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    _tree(src)
+    init_repo(repo, passphrase=PASS)
+    _backup(repo, src)
+    dirs = ("", "a", "a/b", "a/b/c", "a/d", "e")
+    before = _sealed_rows(repo, dirs)
+    (src / "a/b/c/f1.txt").write_bytes(b"changed\n")
+    stats = _backup(repo, src)
+    assert stats["cache_hits"] == stats["files"] - 1 and stats["trees_reused"] == 2
+    after = _sealed_rows(repo, dirs)
+    assert [d for d in dirs if after[d] != before[d]] == ["a/b/c"]
+    out = tmp_path / "out"
+    _restore(repo, out)
+    assert _snapshot(out / "data") == _snapshot(src)
+
+
 def test_a_tree_row_whose_blob_is_pruned_is_not_reused(tmp_path: Path) -> None:
     src, copy, repo = tmp_path / "src", tmp_path / "copy", tmp_path / "repo"
     src.mkdir()
     _tree(src)
+    # A hard link: "a/d" gets no listing digest, so its tree is reused through the
+    # row that fingerprints its entries (the path SMB sources take too).
+    os.link(src / "a/d/f0.txt", src / "a/d/hard.txt")
     shutil.copytree(src, copy, symlinks=True)  # same chunks, other trees (inodes, times)
     init_repo(repo, passphrase=PASS)
     _backup(repo, src)
@@ -108,7 +142,8 @@ def test_a_tree_row_whose_blob_is_pruned_is_not_reused(tmp_path: Path) -> None:
         rows = r.index.cache_dir("data", "a/d")
     assert TREE_ROW not in rows and "f0.txt" in rows
     again = _backup(repo, src)
-    assert again["trees_reused"] == 0 and again["cache_hits"] == again["files"]
+    # every file from the cache but the hard link's second name (stored as a link)
+    assert again["trees_reused"] == 0 and again["cache_hits"] == again["files"] - 1 == 18
     out = tmp_path / "out"
     _restore(repo, out)
     assert _snapshot(out / "data") == _snapshot(src)

@@ -392,10 +392,16 @@ class _Engine:
             return
         cdir = node.cdir
         # Every input of the tree's bytes: the entries, with subdirectories' tree
-        # ids set by now and files' content lists still as JSON text.
-        fp = self.codec.blob_id(TREE_FP_VERSION + _flat_pickle(node.children)).hex()
+        # ids set by now and files' content lists still as JSON text.  Only where
+        # no listing digest was taken: with one, a directory reaches this point
+        # only when its listing or a subdirectory's tree changed, and either
+        # changes its tree too (the digest covers every listed field of an entry),
+        # so the fingerprint would never match; skipping it also leaves the rows
+        # of a directory whose files are all unchanged unwritten.
+        fp = (None if node.listing_fp is not None
+              else self.codec.blob_id(TREE_FP_VERSION + _flat_pickle(node.children)).hex())
         row = node.tree_row
-        if (row is not None and row.xattrs == fp and len(row.content) == 74
+        if (fp is not None and row is not None and row.xattrs == fp and len(row.content) == 74
                 and row.content.startswith('[[0,0,"')):
             tid_hex = row.content[7:-3]
             self.stats.trees_reused += 1
@@ -408,7 +414,7 @@ class _Engine:
             tid = self.codec.blob_id(raw)
             self.writer.add_raw(tid, TREE, raw)
             tid_hex = tid.hex()
-            if cdir is not None:
+            if cdir is not None and fp is not None:
                 cdir.rows[TREE_ROW] = CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]', fp)
                 cdir.changed = True
         if cdir is not None:

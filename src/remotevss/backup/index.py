@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from remotevss.backup.crypto import Codec, SealError
 from remotevss.backup.packs import BlobEntry
@@ -137,8 +137,11 @@ class PointRow:
                 "root": self.root.hex(), "meta": self.meta, "stats": self.stats}
 
 
-@dataclass(frozen=True, slots=True)
-class CacheRow:
+class CacheRow(NamedTuple):
+    """A tuple, so that a directory's rows go to JSON as they are (arrays), without
+    building a list per file: sealing the rows of a large directory is on the path
+    of every incremental in which one of its files changed."""
+
     size: int
     mtime_ns: int
     ctime_ns: int
@@ -332,7 +335,7 @@ class Index:
     def _open_cache(self, skey: bytes, dkey: bytes, sealed: bytes) -> dict[str, CacheRow]:
         try:
             doc = json.loads(self.codec.open(sealed, self._cache_aad(skey, dkey)))
-            return {name: CacheRow(*row) for name, row in doc.items()}
+            return {name: CacheRow._make(row) for name, row in doc.items()}
         except (SealError, ValueError, TypeError, AttributeError) as exc:
             raise IndexDamaged(f"files-cache row does not open ({exc})") from None
 
@@ -422,8 +425,7 @@ class Index:
         self.con.executemany("DELETE FROM files_cache WHERE source=? AND dir=?", drops)
 
     def _seal_rows(self, skey: bytes, dkey: bytes, rows: dict[str, CacheRow]) -> bytes:
-        body = json.dumps({n: [r.size, r.mtime_ns, r.ctime_ns, r.ino, r.content, r.xattrs]
-                           for n, r in rows.items()}, separators=(",", ":")).encode()
+        body = json.dumps(rows, separators=(",", ":")).encode()  # CacheRow: a JSON array
         return self.codec.seal(body, self._cache_aad(skey, dkey))
 
     def _write_sealed(self, skey: bytes, dkey: bytes, rows: dict[str, CacheRow]) -> None:
