@@ -225,3 +225,33 @@ def test_key_derivation_is_scrypt_and_lets_other_threads_run() -> None:
         stop.set()
         thread.join()
     assert during > 1_000_000, f"the other thread got {during} ticks during the derivation"
+
+
+def test_trees_with_stored_content_text_encode_to_the_same_bytes() -> None:
+    """encode_tree_stored puts the files cache's content text in as it is; the
+    tree must be byte for byte what parsing it and encode_tree give, whatever
+    the names hold (a name that looks like the placeholder, an xattr named
+    "content", non-ASCII and surrogate-escaped names)."""
+    import copy
+    import json
+
+    from remotevss.backup.tree import encode_tree, encode_tree_stored
+
+    def content(i: int) -> list[list[object]]:
+        return [[0, 10 + i, f"{i:064x}"], [10 + i, 7, f"{i + 1:064x}"]]
+
+    names = ['a"content":0', '"content":0', "content", "caf\u00e9", "\udcff raw", "x\\y"]
+    entries = []
+    for i, name in enumerate(names):
+        entries.append({"name": name, "type": "f", "size": 17 + i, "mtime": i,
+                        "content": (json.dumps(content(i), separators=(",", ":")),),
+                        "xattrs": {"content": "MA==", "user.x": '"content":0'}})
+    entries.append({"name": "dir", "type": "d", "subtree": "ab" * 32})
+    entries.append({"name": "empty", "type": "f", "size": 0, "content": ("[]",)})
+    entries.append({"name": "parsed", "type": "f", "size": 3, "content": [[0, 3, "cd" * 32]]})
+    parsed = copy.deepcopy(entries)
+    for e in parsed:
+        if type(e.get("content")) is tuple:
+            e["content"] = json.loads(e["content"][0])
+    assert encode_tree_stored(entries) == encode_tree(parsed)
+    assert encode_tree_stored([]) == encode_tree([])

@@ -64,7 +64,13 @@ from remotevss.backup.snapshot_source import (
     Source,
     SourceEntry,
 )
-from remotevss.backup.tree import Entry, encode_tree, encode_xattrs, make_entry
+from remotevss.backup.tree import (
+    Entry,
+    encode_tree,
+    encode_tree_stored,
+    encode_xattrs,
+    make_entry,
+)
 from remotevss.backup.workers import Pool, Result, Task, WorkerDied, serve_batch
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
@@ -406,11 +412,7 @@ class _Engine:
             tid_hex = row.content[7:-3]
             self.stats.trees_reused += 1
         else:
-            for entry in node.children:
-                content = entry.get("content")
-                if type(content) is tuple:
-                    entry["content"] = _scan_json(content[0], 0)[0]
-            raw = encode_tree(node.children)
+            raw = encode_tree_stored(node.children)
             tid = self.codec.blob_id(raw)
             self.writer.add_raw(tid, TREE, raw)
             tid_hex = tid.hex()
@@ -630,7 +632,10 @@ class _Engine:
                 return
             self.hardlinks[(e.dev, e.ino)] = point_path
         if hit is not None:  # (size, mtime, ctime, file id) matched in walk()
-            entry["content"] = (hit.content,)  # parsed in close_dir if needed
+            # A sealed row's text is what finish_file wrote: it goes into the tree
+            # as it is (encode_tree_stored); a legacy plain row's is parsed first.
+            entry["content"] = ((hit.content,) if self.index.schema != 1
+                                else _scan_json(hit.content, 0)[0])
             self.stats.cache_hits += 1
             self.progress.file_done(e.size)
             return

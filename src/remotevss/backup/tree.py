@@ -58,6 +58,40 @@ def encode_tree(entries: list[Entry]) -> bytes:
                       separators=(",", ":")).encode()
 
 
+_SLOT = '"content":0'  # a placeholder that no encoded string can contain: '"' is escaped
+
+
+def encode_tree_stored(entries: list[Entry]) -> bytes:
+    """``encode_tree`` for entries whose "content" may still be the compact JSON
+    text the files cache keeps (a 1-tuple): the text is put in as it is.
+
+    Why: parsing each file's content list only to encode it again took about a
+    tenth of the reading process's time in a full backup.  The bytes are the
+    same as ``encode_tree``'s because the text is exactly what ``json.dumps``
+    with compact separators gives for the list (callers keep that promise: the
+    engine writes it so, and takes it back only from sealed cache rows, which
+    are authenticated or at least checksummed; legacy plain rows are parsed).
+    The entries' tuples are replaced by placeholders; they are not used again.
+    """
+    texts = []
+    for e in entries:
+        c = e.get("content")
+        if type(c) is tuple:
+            texts.append(c[0])
+            e["content"] = 0
+    doc = json.dumps({"v": TREE_VERSION, "entries": entries}, sort_keys=True,
+                     separators=(",", ":"))
+    if not texts:
+        return doc.encode()
+    parts = doc.split(_SLOT)
+    if len(parts) != len(texts) + 1:  # cannot happen (see _SLOT); never guess
+        raise ValueError("tree encoding: content placeholders do not match")
+    out = [parts[0]]
+    for text, part in zip(texts, parts[1:], strict=True):
+        out += ('"content":', text, part)
+    return "".join(out).encode()
+
+
 def decode_tree(raw: bytes) -> list[Entry]:
     doc = json.loads(raw)
     if doc.get("v") != TREE_VERSION:
