@@ -881,6 +881,43 @@ def test_a_registry_format_the_light_code_refuses_goes_to_python_samba(
     assert env.conf.registry_share(name) is None
 
 
+def test_only_removals_the_in_process_registry_code_takes_count_as_quick(
+    env: Env, tmp_path: Path
+) -> None:
+    """quick_unexpose (which lets a DeleteShareMapping's removal run on the event
+    loop) is true for a name the in-process registry code writes, false for one it
+    refuses (non-ASCII: python-samba's worker, a child process, takes it).  A
+    subprocess, as above: this one holds the module's registry."""
+    conf = tmp_path / "smb.conf"
+    conf.write_text(env.samba.conf.read_text().replace("include = registry\n", ""))
+    ascii_name, accented = f"data@{{{uuid.uuid4()}}}", f"donn\u00e9es@{{{uuid.uuid4()}}}"
+    code = textwrap.dedent(
+        f"""
+        from remotevss.agent.config import AgentConfig, SambaConfig
+        from remotevss.agent.samba_components import make_samba_components
+        from remotevss.samba.regdb import RegdbUnsupported
+        cfg = AgentConfig(samba=SambaConfig(config_file={str(conf)!r}))
+        _, exposer, _, _ = make_samba_components(cfg)
+        print("OPS", type(exposer.ops).__name__)
+        print("QUICK", exposer.quick_unexpose({ascii_name!r}),
+              exposer.quick_unexpose({accented!r}))
+        print("ASCII", exposer.ops.get_share({ascii_name!r}))
+        try:
+            exposer.ops.get_share({accented!r})
+            print("ACCENTED taken")
+        except RegdbUnsupported:
+            print("ACCENTED refused")
+        exposer.close()
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:4] == [
+        "OPS LightOps", "QUICK True False", "ASCII None", "ACCENTED refused"
+    ], r.stdout
+
+
 def test_share_messages_skip_processes_that_serve_no_shares(tmp_path: Path) -> None:
     """winbindd gets no MSG_SMB_CONF_UPDATED / FORCE_TDIS for a share change (a
     full configuration reload for nothing); every other Samba process does."""

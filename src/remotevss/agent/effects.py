@@ -212,8 +212,9 @@ class EffectRunner:
         ``quick_unexpose`` exposer, a snapshot deletion by a ``quick_delete`` backend."""
         for e in effects:
             match e:
-                case UnexposeShare():
-                    if not getattr(self.exposer, "quick_unexpose", False):
+                case UnexposeShare(exposed_name=name):
+                    quick = getattr(self.exposer, "quick_unexpose", None)
+                    if quick is None or not quick(name):
                         return False
                 case DeleteSnapshot(volume_name=vol):
                     if not getattr(backend_of(vol), "quick_delete", False):

@@ -404,11 +404,12 @@ class RegistryExposer:
             log.info("exposed %s (%s, %s) at %s", r.name, bases[r.base_share].name,
                      "rw" if r.writable else "ro", r.path)
 
-    @property
-    def quick_unexpose(self) -> bool:
-        """True while the registry is written in this process (one tdb transaction,
-        ~1 ms), not through a child process."""
-        return isinstance(self.ops, LightOps) and not self.clustered
+    def quick_unexpose(self, name: str) -> bool:
+        """True while ``name``'s removal is written in this process (one tdb
+        transaction, ~1 ms), not through a child process: the registry is ours
+        and the name one the in-process code takes (ASCII; others go through
+        python-samba's worker)."""
+        return isinstance(self.ops, LightOps) and not self.clustered and name.isascii()
 
     def unexpose(self, name: str) -> None:
         """Delete snapshot share ``name`` and its ACL and disconnect its trees."""

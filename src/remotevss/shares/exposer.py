@@ -29,9 +29,10 @@ class ExposeError(Exception):
 
 
 class Exposer(Protocol):
-    """An exposer may also have ``quick_unexpose`` (bool): True when :meth:`unexpose`
-    is short work in this process, which the agent then runs on its event loop
-    instead of a thread (agent/service.py, ``_run_io``)."""
+    """An exposer may also have ``quick_unexpose(name) -> bool``: True when
+    :meth:`unexpose` of ``name`` is short work in this process, which the agent
+    then runs on its event loop instead of a thread (agent/service.py,
+    ``_run_io``)."""
 
     def expose(self, name: str, base_share: str, path: str, writable: bool) -> None: ...
     def unexpose(self, name: str) -> None: ...
@@ -128,7 +129,8 @@ def removed_before(exc: ExposeError) -> list[str]:
 class SymlinkExposer:
     """Exposure without Samba: a symlink per snapshot share in one directory."""
 
-    quick_unexpose = True  # one unlink
+    def quick_unexpose(self, name: str) -> bool:
+        return True  # one unlink
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
