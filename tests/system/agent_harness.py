@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,16 @@ from pathlib import Path
 
 from remotevss.client.local import LocalClient
 from remotevss.linepipe import stop_process
+
+
+def _accepts(path: Path) -> bool:
+    """Whether a process listens on unix socket ``path`` (bound is not enough)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -28,6 +39,11 @@ class AgentProcess:
     @property
     def socket(self) -> Path:
         return (self.socket_dir or self.workdir) / "agent.sock"
+
+    @property
+    def admin_socket(self) -> Path:
+        """The agent's default admin socket (bound after the FSRVP socket)."""
+        return Path(str(self.socket) + ".admin")
 
     @property
     def expose_dir(self) -> Path:
@@ -62,8 +78,11 @@ class AgentProcess:
         env.pop("REMOTEVSS_CRASH_AFTER", None)
         if crash_after:
             env["REMOTEVSS_CRASH_AFTER"] = crash_after
-        if self.socket.exists():
-            self.socket.unlink()
+        # A killed agent leaves its sockets behind: a connect to the old admin
+        # socket is refused until the new agent replaces it, after the FSRVP one.
+        for path in (self.socket, self.admin_socket):
+            if path.exists():
+                path.unlink()
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "remotevss.cli", "agent", "--config", str(self.config), "-vv"],
@@ -72,7 +91,7 @@ class AgentProcess:
             env=env,
         )
         deadline = time.monotonic() + timeout
-        while not self.socket.is_socket():
+        while not (self.socket.is_socket() and _accepts(self.admin_socket)):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log.read_text()}")
             if time.monotonic() > deadline:
