@@ -212,8 +212,14 @@ def _multi_sz_items(data: bytes, what: str) -> list[str]:
     return items
 
 
+def takes_name(text: str) -> bool:
+    """Whether this code reads and writes ``text`` as a registry name (ASCII only:
+    others raise RegdbUnsupported, and python-samba's worker takes them)."""
+    return text.isascii()
+
+
 def _check_ascii(text: str) -> None:
-    if not text.isascii():
+    if not takes_name(text):
         raise RegdbUnsupported(f"non-ASCII registry name {text!r}")
 
 

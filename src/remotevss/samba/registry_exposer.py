@@ -76,7 +76,13 @@ from remotevss.samba.conf import (
     samba_bool,
 )
 from remotevss.samba.light import LightOps, LightPaths
-from remotevss.samba.regdb import RegdbBusy, RegdbError, RegdbFormatError, RegdbUnsupported
+from remotevss.samba.regdb import (
+    RegdbBusy,
+    RegdbError,
+    RegdbFormatError,
+    RegdbUnsupported,
+    takes_name,
+)
 from remotevss.samba.worker import SambaWorker, WorkerError
 from remotevss.shares.exposer import ExposeError, ShareRequest
 
@@ -407,9 +413,9 @@ class RegistryExposer:
     def quick_unexpose(self, name: str) -> bool:
         """True while ``name``'s removal is written in this process (one tdb
         transaction, ~1 ms), not through a child process: the registry is ours
-        and the name one the in-process code takes (ASCII; others go through
+        and the name one the in-process code takes (others go through
         python-samba's worker)."""
-        return isinstance(self.ops, LightOps) and not self.clustered and name.isascii()
+        return isinstance(self.ops, LightOps) and not self.clustered and takes_name(name)
 
     def unexpose(self, name: str) -> None:
         """Delete snapshot share ``name`` and its ACL and disconnect its trees."""
