@@ -75,6 +75,32 @@ def test_workers_store_what_the_threads_store(tmp_path: Path) -> None:
     assert_same_tree(src, tmp_path / "out")
 
 
+def test_the_parent_reads_large_files_too_when_no_small_one_waits(tmp_path: Path) -> None:
+    """A tree of large files only (as shared libraries are): with one worker, the
+    parent takes large files itself instead of idling, taking the worker's results
+    between their parts; every entry and chunk id is what the threads store, and
+    the point restores identically."""
+    src, repo_path = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    for i in range(24):
+        (src / f"lib{i:02d}.so").write_bytes(rand(f"large{i}", (2 << 20) + 4099 * i))
+    init_repo(repo_path, passphrase=PASS)
+    with Repository(repo_path, "write", passphrase=PASS) as repo:
+        threads = run_backup(repo, [LocalSource(src, "one")], processes=0)
+    with Repository(repo_path, "write", passphrase=PASS) as repo:
+        procs = run_backup(repo, [LocalSource(src, "two")], processes=1, processes_from=0)
+    total = sum(p.stat().st_size for p in src.iterdir())
+    assert procs.stats["bytes_read"] == threads.stats["bytes_read"] == total
+    assert procs.stats["new_blobs"] <= 2  # the tree and the record: no chunk was new
+    # The parent read some of the files, every one larger than what it took
+    # before, and not all of them: the worker did its share.
+    assert 2 << 20 <= procs.stats["parent_read"] < total, procs.stats
+    with Repository(repo_path, "read", passphrase=PASS) as repo:
+        assert _entries(repo, procs.id, "two") == _entries(repo, threads.id, "one")
+        restore(repo, repo.find_point(str(procs.id)), tmp_path / "out", "two")
+    assert_same_tree(src, tmp_path / "out")
+
+
 def test_a_killed_worker_fails_the_run_and_leaves_the_repository_checkable(
         tmp_path: Path) -> None:
     src, repo = tmp_path / "src", tmp_path / "repo"
@@ -167,7 +193,7 @@ def test_the_parent_reads_files_itself_while_its_worker_is_busy(tmp_path: Path) 
                     assert token not in done, "a file answered twice"
                     done[token] = who
 
-        def inline(task: Task) -> bool:
+        def inline(task: Task, _large: bool) -> bool:
             serve_batch([task], codec, params, chunker,
                         lambda _last, items: on_result(items, "parent"))
             return True
@@ -190,3 +216,48 @@ def test_the_parent_reads_files_itself_while_its_worker_is_busy(tmp_path: Path) 
                 assert sealed is not None
                 got += decompress(comp, codec.open(sealed, blob_aad(cid, DATA)), n)
             assert got == raw
+
+
+def test_a_file_the_parent_takes_is_not_sent_while_it_reads_it(tmp_path: Path) -> None:
+    """The parent takes a waiting batch's only (large) file and, while reading it,
+    keeps the worker fed (``Pool.poll``) after the worker became free: the batch
+    it emptied is not sent, so the file is read once, by the parent."""
+    from remotevss.backup.workers import Pool, Result, Task, serve_batch
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = []
+    for i in range(3):
+        path = src / f"f{i}"
+        path.write_bytes(rand(f"q{i}", 3 << 20))
+        files.append((i, str(path), path.stat().st_ino))
+    init_repo(tmp_path / "repo", passphrase=PASS)
+    with Repository(tmp_path / "repo", "write", passphrase=PASS) as repo:
+        codec, params = repo.codec, repo.chunker
+        chunker = params.make()
+        answers: list[tuple[int, str]] = []
+
+        def on_result(items: list[Result], who: str = "worker") -> None:
+            answers.extend((token, who) for token, kind, _p in items if kind != "part")
+
+        pool = Pool(1, codec, params, per_worker=1, backlog=0)
+
+        def inline(task: Task, large: bool) -> bool:
+            if not large:
+                return False  # the test's files are all "large"
+            while len(answers) < 1:  # the worker's first file: it is free now
+                pool.collect(on_result, block=True)
+            pool.poll(on_result)  # would send the emptied batch if it were still waiting
+            serve_batch([task], codec, params, chunker,
+                        lambda _last, items: on_result(items, "parent"))
+            return True
+
+        try:
+            pool.submit([files[0]], on_result, inline, 3 << 20)
+            pool.submit([files[1]], on_result, inline, 3 << 20)  # the parent takes it
+            pool.submit([files[2]], on_result, inline, 3 << 20)
+            pool.drain(on_result, inline)
+        finally:
+            pool.close()
+        assert sorted(t for t, _who in answers) == [0, 1, 2], answers  # once each
+        assert dict(answers)[1] == "parent" and dict(answers)[0] == "worker"

@@ -95,7 +95,7 @@ DEFAULT_PROCESSES = 1  # two were not faster on the 2-core VM and cost ~25 MB mo
 RUN_AHEAD = 8192  # listing entries read ahead once files are being read in earnest
 TASK_FILES = 64
 TASK_BYTES = 1 << 20
-INLINE_MAX = 1 << 20  # files up to this size may be read by the parent itself
+INLINE_MAX = 1 << 20  # larger files the parent reads itself only when no smaller one waits
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
@@ -126,6 +126,7 @@ class Stats:
     bytes_read: int = 0
     cache_hits: int = 0
     trees_reused: int = 0  # directories whose tree came from the files cache
+    parent_read: int = 0  # bytes of files the parent read itself while workers were busy
     new_blobs: int = 0
     new_raw: int = 0
     new_stored: int = 0
@@ -329,18 +330,29 @@ class _Engine:
     def send_tasks(self) -> None:
         assert self.procs is not None
         if self.tasks:
-            batch, self.tasks, self.task_bytes = self.tasks, [], 0
-            self.procs.submit(batch, self.on_results, self.inline)
+            batch, nbytes = self.tasks, self.task_bytes
+            self.tasks, self.task_bytes = [], 0
+            self.procs.submit(batch, self.on_results, self.inline, nbytes)
         self.procs.collect(self.on_results, block=False)
 
-    def inline(self, task: Task) -> bool:
-        """Read a small file here, exactly as a worker would, while the workers are
-        busy; larger ones would keep the parent from their results too long."""
+    def inline(self, task: Task, large: bool) -> bool:
+        """Read a waiting file here, exactly as a worker would, while the workers are
+        busy: a small one, or with ``large`` any, taking the workers' results
+        between its parts (``Pool.poll``) so they are not held up meanwhile."""
         f, _point_path = self.tokens[task[0]]
-        if f.cache_row[2] > INLINE_MAX:
+        procs = self.procs
+        assert procs is not None
+        small = f.cache_row[2] <= INLINE_MAX
+        if not (small or large):
             return False
-        serve_batch([task], self.codec, self.params, self.chunker,
-                    lambda _last, items: self.on_results(items))
+
+        def send(_last: bool, items: list[Result]) -> None:
+            self.on_results(items)
+            if not small:
+                procs.poll(self.on_results)
+
+        serve_batch([task], self.codec, self.params, self.chunker, send)
+        self.stats.parent_read += f.cache_row[2]
         return True
 
     def on_results(self, items: list[Result]) -> None:

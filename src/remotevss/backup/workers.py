@@ -42,6 +42,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,9 @@ Segment = tuple[int, int, bytes | None, int, bytes | None]
 Result = tuple[int, str, Any]
 # (last message of its batch, results)
 Message = tuple[bool, list[Result]]
+# The parent's own reading of one waiting file: (task, large files too) -> taken
+Inline = Callable[[Task, bool], bool]
+PER_WORKER_BYTES = 16 << 20  # file bytes sent to a worker ahead (~0.1 s of its work)
 
 
 class WorkerDied(Exception):
@@ -289,6 +293,14 @@ def main() -> None:
     _serve(0, 1, _make_codec(kind, master), ChunkerParams.from_json(params))
 
 
+@dataclass
+class _Waiting:
+    """A batch not sent yet, and its file bytes (the parent may take files out)."""
+
+    tasks: list[Task]
+    nbytes: int
+
+
 class Worker:
     """One worker process: its task pipe (stdin), result pipe (stdout), and how many
     batches it still owes."""
@@ -307,17 +319,28 @@ class Worker:
         self.results = self.proc.stdout.fileno()
         self.reader = ResultReader(self.results)
         self.outstanding = 0  # batches sent, not yet answered
+        self.sizes: deque[int] = deque()  # their file bytes, in the order they answer
         for fd in (self.tasks, self.results):
             with contextlib.suppress(OSError):  # best effort: pipe-max-size, user quota
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
         _send(self.tasks, (*_codec_spec(codec), params.to_json()))
 
-    def send(self, batch: list[Task]) -> None:
+    @property
+    def outstanding_bytes(self) -> int:
+        return sum(self.sizes)
+
+    def send(self, batch: list[Task], nbytes: int) -> None:
         try:
             _send(self.tasks, batch)
         except BrokenPipeError:
             raise self.died() from None
         self.outstanding += 1
+        self.sizes.append(nbytes)
+
+    def answered(self) -> None:
+        """The last message of the oldest outstanding batch arrived."""
+        self.outstanding -= 1
+        self.sizes.popleft()
 
     def died(self) -> WorkerDied:
         code = self.proc.wait()
@@ -342,17 +365,23 @@ class Pool:
     at once; each is busy importing for ~0.1 s, during which its batches queue.
 
     Each worker gets at most ``per_worker`` batches; more wait in the parent, and
-    when ``backlog`` batches wait, the parent reads one of their small files
-    itself (``inline``) before it would wait: with one worker on two cores the
-    parent otherwise spent ~40 % of a full backup of small files idle in select
-    while the worker was the bottleneck."""
+    when ``backlog`` batches wait, the parent reads one of their files itself
+    (``inline``) before it would wait: with one worker on two cores the parent
+    otherwise spent ~40 % of a full backup of small files idle in select while
+    the worker was the bottleneck, and ~half of one of large files (shared
+    libraries), where no small file was left to take.  A small file is taken
+    first; a large one only when none is waiting, and the parent then keeps
+    taking the workers' results and feeding them between the file's parts
+    (``poll``)."""
 
     def __init__(self, count: int, codec: Codec, params: ChunkerParams,
-                 per_worker: int = 24, backlog: int = 16) -> None:
+                 per_worker: int = 24, backlog: int = 16,
+                 per_worker_bytes: int = PER_WORKER_BYTES) -> None:
         self.workers: list[Worker] = []
         self.per_worker = per_worker
+        self.per_worker_bytes = per_worker_bytes
         self.backlog = backlog
-        self.waiting: deque[list[Task]] = deque()  # batches not sent yet
+        self.waiting: deque[_Waiting] = deque()  # batches not sent yet
         try:
             for _ in range(count):
                 self.workers.append(Worker(codec, params))
@@ -365,11 +394,12 @@ class Pool:
         return sum(w.outstanding for w in self.workers)
 
     def submit(self, batch: list[Task], on_result: Callable[[list[Result]], None],
-               inline: Callable[[Task], bool] | None = None) -> None:
-        """Queue a batch and send what the workers have room for.  Up to ``backlog``
-        batches wait here, so the walk goes on while the workers are busy; beyond
-        that, ``inline`` (if given) does one file here, else this waits for a result."""
-        self.waiting.append(batch)
+               inline: Inline | None = None, nbytes: int = 0) -> None:
+        """Queue a batch (of ``nbytes`` file bytes) and send what the workers have
+        room for.  Up to ``backlog`` batches wait here, so the walk goes on while
+        the workers are busy; beyond that, ``inline`` (if given) does one file
+        here, else this waits for a result."""
+        self.waiting.append(_Waiting(batch, nbytes))
         while True:
             self.collect(on_result, block=False)
             self._send_waiting()
@@ -379,24 +409,45 @@ class Pool:
                 self.collect(on_result, block=True)
 
     def _send_waiting(self) -> None:
+        """A worker gets at most ``per_worker`` batches and, beyond its first,
+        ``per_worker_bytes`` of files: large files left waiting here can still
+        be read by the parent, at the end of the run as well."""
         while self.waiting:
-            w = min(self.workers, key=lambda w: w.outstanding)
-            if w.outstanding >= self.per_worker:
+            w = min(self.workers, key=lambda w: w.outstanding_bytes)
+            if w.outstanding >= self.per_worker or (
+                    w.outstanding and w.outstanding_bytes + self.waiting[0].nbytes
+                    > self.per_worker_bytes):
                 return
-            w.send(self.waiting.popleft())
+            got = self.waiting.popleft()
+            w.send(got.tasks, got.nbytes)
 
-    def _inline_one(self, inline: Callable[[Task], bool]) -> bool:
-        """Do the last waiting file that ``inline`` accepts (it refuses large ones: the
-        parent must soon get back to reading results); False if there was none.  The
-        last: the batches next in line for the workers stay whole."""
-        for batch in reversed(self.waiting):
-            for i in range(len(batch) - 1, -1, -1):
-                if inline(batch[i]):
-                    del batch[i]
-                    if not batch:
-                        self.waiting.remove(batch)
-                    return True
+    def _inline_one(self, inline: Inline) -> bool:
+        """Do the last waiting file that ``inline`` accepts, a small one if there is
+        one; False if there was none.  The last: the batches next in line for the
+        workers stay whole.  The task leaves its batch before ``inline`` runs, as
+        ``inline`` may send waiting batches (``poll``) while it reads a large file."""
+        for large in (False, True):
+            for b in range(len(self.waiting) - 1, -1, -1):
+                batch = self.waiting[b]
+                tasks = batch.tasks
+                for i in range(len(tasks) - 1, -1, -1):
+                    task = tasks.pop(i)
+                    emptied = not tasks
+                    if emptied:  # not to be sent, empty, while ``inline`` runs
+                        del self.waiting[b]
+                    if inline(task, large):
+                        return True
+                    tasks.insert(i, task)  # refused before anything was read
+                    if emptied:
+                        self.waiting.insert(b, batch)
         return False
+
+    def poll(self, on_result: Callable[[list[Result]], None]) -> None:
+        """Take every ready result and keep the workers fed, without waiting: called
+        by the parent between the parts of a large file it reads itself, so the
+        workers neither stall on a full result pipe nor run out of batches."""
+        self.collect(on_result, block=False)
+        self._send_waiting()
 
     def collect(self, on_result: Callable[[list[Result]], None], block: bool) -> bool:
         """Hand every result message that is ready to ``on_result`` (wait for one
@@ -416,12 +467,12 @@ class Pool:
                 raise w.died()
             last, items = msg
             if last:
-                w.outstanding -= 1
+                w.answered()
             on_result(items)
         return True
 
     def drain(self, on_result: Callable[[list[Result]], None],
-              inline: Callable[[Task], bool] | None = None) -> None:
+              inline: Inline | None = None) -> None:
         """Wait for every batch, doing waiting files with ``inline`` meanwhile."""
         while self.waiting or self.outstanding:
             self._send_waiting()
