@@ -193,7 +193,7 @@ def test_the_parent_reads_files_itself_while_its_worker_is_busy(tmp_path: Path) 
                     assert token not in done, "a file answered twice"
                     done[token] = who
 
-        def inline(task: Task, _large: bool) -> bool:
+        def inline(task: Task, _limit: int) -> bool:
             serve_batch([task], codec, params, chunker,
                         lambda _last, items: on_result(items, "parent"))
             return True
@@ -242,9 +242,9 @@ def test_a_file_the_parent_takes_is_not_sent_while_it_reads_it(tmp_path: Path) -
 
         pool = Pool(1, codec, params, per_worker=1, backlog=0)
 
-        def inline(task: Task, large: bool) -> bool:
-            if not large:
-                return False  # the test's files are all "large"
+        def inline(task: Task, limit: int) -> bool:
+            if limit < 3 << 20:
+                return False  # the small-file pass (these files are larger)
             while len(answers) < 1:  # the worker's first file: it is free now
                 pool.collect(on_result, block=True)
             pool.poll(on_result)  # would send the emptied batch if it were still waiting

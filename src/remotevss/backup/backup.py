@@ -71,7 +71,7 @@ from remotevss.backup.tree import (
     encode_xattrs,
     make_entry,
 )
-from remotevss.backup.workers import Pool, Result, Task, WorkerDied, serve_batch
+from remotevss.backup.workers import SMALL_FILE, Pool, Result, Task, WorkerDied, serve_batch
 
 # The files-cache row that holds a directory's tree id and listing fingerprint.
 # NUL cannot occur in a file name; the row has a file row's shape (content: the
@@ -95,7 +95,6 @@ DEFAULT_PROCESSES = 1  # two were not faster on the 2-core VM and cost ~25 MB mo
 RUN_AHEAD = 8192  # listing entries read ahead once files are being read in earnest
 TASK_FILES = 64
 TASK_BYTES = 1 << 20
-INLINE_MAX = 1 << 20  # larger files the parent reads itself only when no smaller one waits
 
 Chunk = bytes | memoryview
 WorkResult = list[tuple[bytes | None, int, bytes | None]]
@@ -335,16 +334,17 @@ class _Engine:
             self.procs.submit(batch, self.on_results, self.inline, nbytes)
         self.procs.collect(self.on_results, block=False)
 
-    def inline(self, task: Task, large: bool) -> bool:
-        """Read a waiting file here, exactly as a worker would, while the workers are
-        busy: a small one, or with ``large`` any, taking the workers' results
-        between its parts (``Pool.poll``) so they are not held up meanwhile."""
+    def inline(self, task: Task, limit: int) -> bool:
+        """Read a waiting file of at most ``limit`` bytes here, exactly as a worker
+        would, while the workers are busy; a large one taking the workers'
+        results between its parts (``Pool.poll``) so they are not held up."""
         f, _point_path = self.tokens[task[0]]
         procs = self.procs
         assert procs is not None
-        small = f.cache_row[2] <= INLINE_MAX
-        if not (small or large):
+        size = f.cache_row[2]
+        if size > limit:
             return False
+        small = size <= SMALL_FILE
 
         def send(_last: bool, items: list[Result]) -> None:
             self.on_results(items)

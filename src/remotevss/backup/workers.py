@@ -71,8 +71,10 @@ Segment = tuple[int, int, bytes | None, int, bytes | None]
 Result = tuple[int, str, Any]
 # (last message of its batch, results)
 Message = tuple[bool, list[Result]]
-# The parent's own reading of one waiting file: (task, large files too) -> taken
-Inline = Callable[[Task, bool], bool]
+# The parent's own reading of one waiting file: (task, the largest size it may take
+# now) -> taken
+Inline = Callable[[Task, int], bool]
+SMALL_FILE = 1 << 20  # the parent takes such a file first: it is back to results soon
 PER_WORKER_BYTES = 16 << 20  # file bytes sent to a worker ahead (~0.1 s of its work)
 
 
@@ -370,9 +372,11 @@ class Pool:
     otherwise spent ~40 % of a full backup of small files idle in select while
     the worker was the bottleneck, and ~half of one of large files (shared
     libraries), where no small file was left to take.  A small file is taken
-    first; a large one only when none is waiting, and the parent then keeps
-    taking the workers' results and feeding them between the file's parts
-    (``poll``)."""
+    first; a large one only when none is waiting and the workers have at least
+    as much other work ahead of them (sent or waiting): else a worker would sit
+    idle while the parent reads a file it could have had.  Meanwhile the
+    parent keeps taking the workers' results and feeding them between the
+    file's parts (``poll``)."""
 
     def __init__(self, count: int, codec: Codec, params: ChunkerParams,
                  per_worker: int = 24, backlog: int = 16,
@@ -423,10 +427,13 @@ class Pool:
 
     def _inline_one(self, inline: Inline) -> bool:
         """Do the last waiting file that ``inline`` accepts, a small one if there is
-        one; False if there was none.  The last: the batches next in line for the
+        one, else one no larger than the rest of the work ahead of the workers;
+        False if there was none.  The last: the batches next in line for the
         workers stay whole.  The task leaves its batch before ``inline`` runs, as
         ``inline`` may send waiting batches (``poll``) while it reads a large file."""
-        for large in (False, True):
+        ahead = (sum(w.outstanding_bytes for w in self.workers)
+                 + sum(b.nbytes for b in self.waiting))
+        for limit in (SMALL_FILE, ahead // 2):  # at most the rest: ahead - size >= size
             for b in range(len(self.waiting) - 1, -1, -1):
                 batch = self.waiting[b]
                 tasks = batch.tasks
@@ -435,7 +442,7 @@ class Pool:
                     emptied = not tasks
                     if emptied:  # not to be sent, empty, while ``inline`` runs
                         del self.waiting[b]
-                    if inline(task, large):
+                    if inline(task, limit):
                         return True
                     tasks.insert(i, task)  # refused before anything was read
                     if emptied:
