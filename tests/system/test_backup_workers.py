@@ -261,3 +261,42 @@ def test_a_file_the_parent_takes_is_not_sent_while_it_reads_it(tmp_path: Path) -
             pool.close()
         assert sorted(t for t, _who in answers) == [0, 1, 2], answers  # once each
         assert dict(answers)[1] == "parent" and dict(answers)[0] == "worker"
+
+
+def test_files_read_one_after_another_through_one_buffer(tmp_path: Path) -> None:
+    """``serve_batch`` reads large files into one kept buffer (no fresh mmap per file):
+    a large file, then a smaller one, then one just above the chunker's minimum,
+    then a large one again; every chunk opens to its file's bytes, and the buffer
+    is the same object throughout."""
+    from remotevss.backup import workers
+    from remotevss.backup.chunker import decompress
+    from remotevss.backup.packs import DATA, blob_aad
+    from remotevss.backup.workers import Result, serve_batch
+
+    init_repo(tmp_path / "repo", passphrase=PASS)
+    sizes = [6 << 20, 3 << 20, (256 << 10) + 1, 5 << 20]
+    paths = []
+    for i, n in enumerate(sizes):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(rand(f"buf{i}", n) if i % 2 else bytes(1000) + rand(f"buf{i}", n - 1000))
+        paths.append(p)
+    with Repository(tmp_path / "repo", "write", passphrase=PASS) as repo:
+        codec, params = repo.codec, repo.chunker
+        chunker = params.make()
+        bufs = []
+        for token, p in enumerate(paths):
+            got: list[Result] = []
+            serve_batch([(token, str(p), p.stat().st_ino)], codec, params, chunker,
+                        lambda _last, items, got=got: got.extend(items))
+            bufs.append(workers._reuse.buf)
+            data = b""
+            for _t, kind, payload in got:
+                if kind != "part":
+                    continue
+                for off, n, cid, comp, sealed in payload:
+                    assert off == len(data)
+                    raw = decompress(comp, codec.open(bytes(sealed), blob_aad(cid, DATA)), n)
+                    assert cid == codec.blob_id(raw)
+                    data += raw
+            assert data == p.read_bytes()
+        assert all(b is bufs[0] for b in bufs) and len(bufs[0]) == 8 << 20

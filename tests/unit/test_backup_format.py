@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remotevss.backup.chunker import ChunkerParams, chunk_id, compress, decompress, is_zero
-from remotevss.backup.crypto import Codec, Keys, LegacyCodec, new_master
+from remotevss.backup.crypto import SEAL_INTO, Codec, Keys, LegacyCodec, new_master
 from remotevss.backup.index import PointRow
 from remotevss.backup.packs import (
     DATA,
@@ -67,6 +67,36 @@ def test_compress_keeps_incompressible_data_raw() -> None:
     comp, stored = compress(b"abc" * 10000)
     assert comp == ZSTD and len(stored) < 1000
     assert decompress(comp, stored, 30000) == b"abc" * 10000
+
+
+@pytest.mark.parametrize("size", [0, 1000, SEAL_INTO - 1, SEAL_INTO, SEAL_INTO + 1, 3 << 20])
+def test_chunks_sealed_in_place_open_like_any_sealed_blob(size: int) -> None:
+    """``seal_chunk`` (one output buffer for large chunks, from a view of a larger
+    read buffer) gives what ``seal`` gives: nonce, ciphertext, tag under the same
+    key and aad; it opens, and a flipped byte anywhere, or another aad, does not."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from remotevss.backup.crypto import NONCE, SealError
+
+    keys = Keys(new_master())
+    buf = bytearray(os.urandom(size + 7))
+    data = memoryview(buf)[3:3 + size]
+    sealed = bytes(keys.seal_chunk(data, b"aad"))
+    assert len(sealed) == len(keys.seal(bytes(data), b"aad")) == size + keys.overhead
+    assert keys.open(sealed, b"aad") == bytes(data)
+    # The layout is AES-GCM's own, behind the nonce (what packs hold today).
+    aead = AESGCM(blake3.blake3(keys.master, derive_key_context=(
+        "remotevss-backup 2026-12 blob and index encryption")).digest())
+    assert aead.decrypt(sealed[:NONCE], sealed[NONCE:], b"aad") == bytes(data)
+    for pos in {0, NONCE, len(sealed) // 2, len(sealed) - 1}:
+        bad = bytearray(sealed)
+        bad[pos] ^= 1
+        with pytest.raises(SealError):
+            keys.open(bytes(bad), b"aad")
+    with pytest.raises(SealError):
+        keys.open(sealed, b"other")
+    for plain in (Codec(), LegacyCodec()):  # the other codecs seal chunks as ever
+        assert plain.seal_chunk(data, b"aad") == plain.seal(bytes(data), b"aad")
 
 
 @given(st.binary(max_size=300), st.integers(0, 70000))

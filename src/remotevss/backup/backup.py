@@ -97,7 +97,7 @@ TASK_FILES = 64
 TASK_BYTES = 1 << 20
 
 Chunk = bytes | memoryview
-WorkResult = list[tuple[bytes | None, int, bytes | None]]
+WorkResult = list[tuple[bytes | None, int, bytes | bytearray | None]]
 # The C scanner behind json.loads, without its Python layers (3x faster per call):
 # an unchanged incremental parses one cached content list per file.
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
@@ -150,7 +150,7 @@ def _work(chunks: list[Chunk], known: Callable[[bytes], bool], codec: Codec) -> 
             out.append((cid, 0, None))
         else:
             comp, packed = compress(data)
-            out.append((cid, comp, codec.seal(packed, blob_aad(cid, DATA))))
+            out.append((cid, comp, codec.seal_chunk(packed, blob_aad(cid, DATA))))
     return out
 
 

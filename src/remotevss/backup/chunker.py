@@ -90,11 +90,12 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress(data: bytes | memoryview) -> tuple[int, bytes]:
-    """zstd level 3, or the raw bytes when compression does not pay (random data)."""
+def compress(data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    """zstd level 3, or ``data`` itself when compression does not pay (random data):
+    not copied, so valid as long as ``data`` is (callers seal it at once)."""
     out = _compressor().compress(data)
     if len(out) >= len(data):
-        return RAW, bytes(data)
+        return RAW, data
     return ZSTD, out
 
 

@@ -106,8 +106,8 @@ class PackWriter:
         self.size = HEADER.size
         self.entries: list[BlobEntry] = []
 
-    def add(self, blob_id: bytes, btype: int, compression: int, stored: bytes, raw_len: int
-            ) -> BlobEntry:
+    def add(self, blob_id: bytes, btype: int, compression: int,
+            stored: bytes | bytearray | memoryview, raw_len: int) -> BlobEntry:
         entry = BlobEntry(blob_id, btype, compression, self.size, len(stored), raw_len)
         self._f.write(stored)
         self.size += len(stored)

@@ -587,8 +587,8 @@ class BlobWriter:
             return False
         return blob_id in self.pending or self.index.has_blob(blob_id)
 
-    def add(self, blob_id: bytes, btype: int, compression: int, stored: bytes, raw_len: int
-            ) -> None:
+    def add(self, blob_id: bytes, btype: int, compression: int,
+            stored: bytes | bytearray | memoryview, raw_len: int) -> None:
         if self.pack is None:
             self.pack = PackWriter(self.repo.path, self.repo.codec, f"{self.repo.writer_id}-")
         self.pending[blob_id] = self.pack.add(blob_id, btype, compression, stored, raw_len)
