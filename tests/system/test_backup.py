@@ -545,3 +545,32 @@ def test_multiple_sources_in_one_point(tmp_path: Path) -> None:
     cli("restore", "latest", "--repo", repo, "--to", out)
     assert (out / "share1" / "x").read_bytes() == b"from a"
     assert (out / "share2" / "x").read_bytes() == b"from b"
+
+
+def test_pack_descriptors_in_use_survive_eviction_from_the_cache(tmp_path: Path) -> None:
+    """More packs than the 32 descriptors kept open, read from several threads (as
+    ``verify`` does): a descriptor evicted while a thread reads through it stays
+    open until that read is done, then closes; verify with four threads over
+    more than 36 packs finds nothing wrong."""
+    from remotevss.backup.verify import verify
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(48):
+        (src / f"f{i:02d}").write_bytes(rand(f"evict{i}", 1_100_000))
+    init_repo(tmp_path / "repo", pack_size=1 << 20, passphrase="p")
+    with Repository(tmp_path / "repo", "write", passphrase="p") as repo:
+        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    with Repository(tmp_path / "repo", "read", passphrase="p") as repo:
+        packs = [name for _pid, name, _size in repo.index.packs()]
+        assert len(packs) >= 36, len(packs)
+        held = repo._pack_fd(packs[0])
+        for name in packs[1:35]:  # the held pack is evicted from the cache meanwhile
+            repo._pack_done(repo._pack_fd(name))
+        assert packs[0] not in repo._packs
+        assert os.fstat(held).st_size == pack_path(repo.path, packs[0]).stat().st_size
+        repo._pack_done(held)  # its last reader: closed now
+        with pytest.raises(OSError):
+            os.fstat(held)
+        report = verify(repo, workers=4)
+        assert report.ok and report.packs == len(packs), report.errors

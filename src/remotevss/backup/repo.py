@@ -244,6 +244,8 @@ class Repository:
             raise
         self._packs: OrderedDict[str, int] = OrderedDict()
         self._pack_lock = threading.Lock()
+        self._fd_users: dict[int, int] = {}  # pack descriptors being read from
+        self._fd_evicted: set[int] = set()  # evicted while read: closed after the read
 
     # -- locking --------------------------------------------------------------
     def _lock(self, path: Path, op: int, wait: float = 0.0, what: str = "",
@@ -410,22 +412,48 @@ class Repository:
 
     # -- reading ------------------------------------------------------------------
     def _pack_fd(self, name: str) -> int:
+        """An open descriptor of the pack, counted as in use until ``_pack_done``:
+        readers in several threads (restore) must not have it closed under them
+        when the cache of 32 evicts it (a closed number may be reused at once)."""
         with self._pack_lock:
             fd = self._packs.get(name)
             if fd is not None:
                 self._packs.move_to_end(name)
-                return fd
-            fd = os.open(pack_path(self.path, name), os.O_RDONLY | os.O_CLOEXEC)
-            self._packs[name] = fd
-            if len(self._packs) > 32:
-                os.close(self._packs.popitem(last=False)[1])
+            else:
+                fd = os.open(pack_path(self.path, name), os.O_RDONLY | os.O_CLOEXEC)
+                self._packs[name] = fd
+                if len(self._packs) > 32:
+                    old = self._packs.popitem(last=False)[1]
+                    if self._fd_users.get(old):
+                        self._fd_evicted.add(old)  # closed by its last reader
+                    else:
+                        os.close(old)
+            self._fd_users[fd] = self._fd_users.get(fd, 0) + 1
             return fd
 
+    def _pack_done(self, fd: int) -> None:
+        with self._pack_lock:
+            left = self._fd_users[fd] - 1
+            if left:
+                self._fd_users[fd] = left
+                return
+            del self._fd_users[fd]
+            if fd in self._fd_evicted:
+                self._fd_evicted.discard(fd)
+                os.close(fd)
+
     def read_stored(self, pack: str, entry: BlobEntry) -> bytes:
+        """A blob's stored bytes; safe from several threads."""
         try:
-            data = os.pread(self._pack_fd(pack), entry.stored_len, entry.offset)
+            fd = self._pack_fd(pack)
         except OSError as exc:
             raise BlobError(entry.id, f"pack {pack}: {exc.strerror}") from exc
+        try:
+            data = os.pread(fd, entry.stored_len, entry.offset)
+        except OSError as exc:
+            raise BlobError(entry.id, f"pack {pack}: {exc.strerror}") from exc
+        finally:
+            self._pack_done(fd)
         if len(data) != entry.stored_len:
             raise BlobError(entry.id, f"pack {pack} is truncated")
         return data
