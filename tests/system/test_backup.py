@@ -574,3 +574,70 @@ def test_pack_descriptors_in_use_survive_eviction_from_the_cache(tmp_path: Path)
             os.fstat(held)
         report = verify(repo, workers=4)
         assert report.ok and report.packs == len(packs), report.errors
+
+
+def test_large_chunks_opened_ahead_restore_identically_and_damage_spares_others(
+        tmp_path: Path) -> None:
+    """Restore opens large chunks ahead in threads while it writes: files of
+    several large chunks, the same content under two names (one chunk asked for
+    twice), a hardlinked large file and small files in between restore exactly;
+    the threads did open chunks; a damaged large chunk fails only its file."""
+    import threading
+
+    from remotevss.backup import restore as restore_mod
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(8):
+        (src / f"big{i}").write_bytes(rand(f"ahead{i}", (3 << 20) + 777 * i))
+        (src / f"small{i}").write_bytes(rand(f"s{i}", 3000))
+    (src / "sub" / "copy").write_bytes(rand("ahead3", (3 << 20) + 777 * 3))
+    os.link(src / "big5", src / "sub" / "link5")
+    repo_path = tmp_path / "repo"
+    init_repo(repo_path, passphrase="p")
+    with Repository(repo_path, "write", passphrase="p") as repo:
+        run_backup(repo, [LocalSource(src, "s")], processes=0)
+
+    opened_by: list[str] = []
+    real = restore_mod._Restorer.read_blob
+
+    def read_blob(self: Any, blob_id: bytes) -> bytes:
+        opened_by.append(threading.current_thread().name)
+        return real(self, blob_id)
+
+    restore_mod._Restorer.read_blob = read_blob  # type: ignore[method-assign]
+    try:
+        with Repository(repo_path, "read", passphrase="p") as repo:
+            point = repo.find_point("latest")
+            result = restore_mod.restore(repo, point, tmp_path / "out", "s")
+            assert not result.errors and result.files == 18
+            assert_same_tree(src, tmp_path / "out")
+            assert sum(n.startswith("rvss-restore-read") for n in opened_by) >= 16
+
+            # One large chunk of big2 damaged in its pack: big2 alone fails.
+            raw = (src / "big2").read_bytes()
+            loc = repo.index.locate(repo.blob_id(raw[:_first_chunk_len(repo, point, "s/big2")]))
+            assert loc is not None
+            path = pack_path(repo_path, loc.pack)
+            data = bytearray(path.read_bytes())
+            data[loc.entry.offset + loc.entry.stored_len // 2] ^= 0x01
+            path.write_bytes(bytes(data))
+        with Repository(repo_path, "read", passphrase="p") as repo:
+            result = restore_mod.restore(repo, repo.find_point("latest"), tmp_path / "out2", "s")
+    finally:
+        restore_mod._Restorer.read_blob = real  # type: ignore[method-assign]
+    assert [e["path"] for e in result.errors] == ["s/big2"], result.errors
+    assert not (tmp_path / "out2" / "big2").exists()
+    for p in src.rglob("*"):
+        if p.is_file() and p.name != "big2":
+            assert (tmp_path / "out2" / p.relative_to(src)).read_bytes() == p.read_bytes()
+
+
+def _first_chunk_len(repo: Repository, point: Any, path: str) -> int:
+    from remotevss.backup.progress import Progress
+    from remotevss.backup.restore import _Restorer
+
+    entry = _Restorer(repo, point, Progress(enabled=False)).find(path)
+    assert entry is not None
+    length: int = entry["content"][0][1]
+    return length
