@@ -36,7 +36,9 @@ FOREIGN_XATTR_PREFIXES = ("smb.",)
 #: one writes (smaller ones cost more to hand over than to open here: 32 KiB and
 #: 16 KiB were slower).
 AHEAD_MIN = 128 << 10
-AHEAD_BYTES = 24 << 20  # raw bytes opened ahead at most
+# Raw bytes opened ahead at most, counted per chunk (a large file's chunks are not
+# all handed over at once: that held ~50 MB more at the peak).
+AHEAD_BYTES = 8 << 20
 DECODERS = 2  # threads opening chunks ahead (1: waited ~2x as long for them)
 
 
@@ -78,27 +80,31 @@ class _Restorer:
             raise BlobError(blob_id, "not in the index")
         return self.repo.decode(loc.entry, self.repo.read_stored(loc.pack, loc.entry))
 
-    def look_ahead(self, entries: list[Entry], start: int) -> int:
-        """Hand large chunks of ``entries[start:]``'s files to the decoding thread while
-        fewer than AHEAD_BYTES wait; the index of the first entry not looked at."""
-        i = start
-        while i < len(entries) and self.ahead_bytes < AHEAD_BYTES:
+    def look_ahead(self, entries: list[Entry], at: tuple[int, int]) -> tuple[int, int]:
+        """Hand large chunks of the files from ``entries[at[0]]``'s chunk ``at[1]`` on to
+        the decoding threads while fewer than AHEAD_BYTES wait; returns where it
+        stopped, (entry, chunk), to go on from there."""
+        i, j = at
+        while i < len(entries):
             e = entries[i]
-            i += 1
-            if e.get("type") != FILE or "link" in e:
-                continue
-            for _off, length, cid in e.get("content", ()):
+            content = e.get("content", ()) if e.get("type") == FILE and "link" not in e else ()
+            while j < len(content):
+                if self.ahead_bytes >= AHEAD_BYTES:
+                    return i, j
+                _off, length, cid = content[j]
+                j += 1
                 if length < AHEAD_MIN or cid in self.ahead:
                     continue
                 if self.decoder is None:
                     self.decoder = ThreadPoolExecutor(DECODERS, "rvss-restore-read")
-                    # Hand the GIL over after 1 ms, not 5: the thread retakes it
+                    # Hand the GIL over after 1 ms, not 5: the threads retake it
                     # after each read, decompression and hash.
                     sys.setswitchinterval(min(self.switch, 0.001))
                 fut = self.decoder.submit(self.read_blob, bytes.fromhex(cid))
                 self.ahead[cid] = (fut, length)
                 self.ahead_bytes += length
-        return i
+            i, j = i + 1, 0
+        return i, j
 
     def chunk(self, cid: str) -> bytes:
         got = self.ahead.pop(cid, None)
@@ -184,10 +190,10 @@ class _Restorer:
     # -- entries -------------------------------------------------------------------------
     def restore_dir_contents(self, dirpath: str, entries: list[Entry], point_prefix: str
                              ) -> None:
-        looked = 0
+        looked = (0, 0)  # the next chunk to look at: (entry, chunk in its content)
         for i, e in enumerate(entries):
-            if looked <= i or self.ahead_bytes < AHEAD_BYTES // 2:
-                looked = self.look_ahead(entries, max(looked, i))
+            if self.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i:
+                looked = self.look_ahead(entries, max(looked, (i, 0)))
             name = e["name"]
             point_path = f"{point_prefix}/{name}" if point_prefix else name
             if not name or "/" in name or "\0" in name or name in (".", ".."):
