@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 NONCE = 12
 TAG = 16
 CHECK = 16
-SEAL_INTO = 256 << 10  # from this size on, sealed into one buffer (see Keys.seal)
+SEAL_INTO = 256 << 10  # from this size on, sealed into one buffer (Keys.seal_chunk)
 MASTER_LEN = 32
 CIPHER_NAME = "aes-256-gcm"
 
