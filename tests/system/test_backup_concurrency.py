@@ -8,6 +8,7 @@ machine's speed decides; SIGCONT lets it finish.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,16 +44,32 @@ def start(repo: Path, spec: str) -> subprocess.Popen[str]:
 
 def hold_mid_run(repo: Path, proc: subprocess.Popen[str]) -> None:
     """SIGSTOP ``proc`` once it has sealed a pack and started the next, at a moment it
-    holds no index transaction (so other processes are not left waiting on SQLite's lock)."""
+    holds no index transaction (so other processes are not left waiting on SQLite's lock)
+    and still has its next pack in progress: between the look and the stop it may
+    have finished that pack too (with 1 MiB packs, often), then it runs on and is
+    held again."""
     packs = len(list((repo / "packs").rglob("*.pack")))
     deadline = time.monotonic() + 60
-    while (len(list((repo / "packs").rglob("*.pack"))) <= packs
-           or not list((repo / "tmp").glob(f"{writer_of(repo, proc.pid)}-*"))):
-        assert proc.poll() is None, ("the backup ended before it could be held", proc.stderr)
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+
+    def in_progress() -> bool:
+        return bool(list((repo / "tmp").glob(f"{writer_of(repo, proc.pid)}-*")))
+
+    while True:
+        while len(list((repo / "packs").rglob("*.pack"))) <= packs or not in_progress():
+            assert proc.poll() is None, ("the backup ended before it could be held",
+                                         proc.stderr)
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        _stop_outside_a_commit(repo, proc)
+        if in_progress():
+            return
+        proc.send_signal(signal.SIGCONT)
+
+
+def _stop_outside_a_commit(repo: Path, proc: subprocess.Popen[str]) -> None:
     while True:
         proc.send_signal(signal.SIGSTOP)
+        _wait_stopped(proc.pid)  # a signal is delivered later: look only once it was
         con = sqlite3.connect(repo / "index.sqlite", timeout=0)
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -63,6 +80,20 @@ def hold_mid_run(repo: Path, proc: subprocess.Popen[str]) -> None:
             time.sleep(0.01)
         finally:
             con.close()
+
+
+def _wait_stopped(pid: int) -> None:
+    """Until every thread of ``pid`` is in the stopped state (T)."""
+    deadline = time.monotonic() + 10
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(st in ("T", "t", "Z", "X") for st in states):  # Z: a thread ending
+            return
+        assert time.monotonic() < deadline, f"{pid} did not stop: {states}"
+        time.sleep(0.001)
 
 
 def writer_of(repo: Path, pid: int) -> str:
