@@ -599,13 +599,13 @@ def test_large_chunks_opened_ahead_restore_identically_and_damage_spares_others(
         run_backup(repo, [LocalSource(src, "s")], processes=0)
 
     opened_by: list[str] = []
-    real = restore_mod._Restorer.read_blob
+    real = Repository.read_blob
 
     def read_blob(self: Any, blob_id: bytes) -> bytes:
         opened_by.append(threading.current_thread().name)
         return real(self, blob_id)
 
-    restore_mod._Restorer.read_blob = read_blob  # type: ignore[method-assign]
+    Repository.read_blob = read_blob  # type: ignore[method-assign]
     try:
         with Repository(repo_path, "read", passphrase="p") as repo:
             point = repo.find_point("latest")
@@ -625,7 +625,7 @@ def test_large_chunks_opened_ahead_restore_identically_and_damage_spares_others(
         with Repository(repo_path, "read", passphrase="p") as repo:
             result = restore_mod.restore(repo, repo.find_point("latest"), tmp_path / "out2", "s")
     finally:
-        restore_mod._Restorer.read_blob = real  # type: ignore[method-assign]
+        Repository.read_blob = real  # type: ignore[method-assign]
     assert [e["path"] for e in result.errors] == ["s/big2"], result.errors
     assert not (tmp_path / "out2" / "big2").exists()
     for p in src.rglob("*"):

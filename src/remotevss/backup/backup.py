@@ -352,7 +352,7 @@ class _Engine:
                 procs.poll(self.on_results)
 
         serve_batch([task], self.codec, self.params, self.chunker, send)
-        self.stats.parent_read += f.cache_row[2]
+        self.stats.parent_read += size
         return True
 
     def on_results(self, items: list[Result]) -> None:

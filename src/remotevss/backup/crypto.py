@@ -61,7 +61,9 @@ class Codec:
         return blake3.blake3(data).digest()
 
     def seal(self, data: bytes | memoryview, aad: bytes) -> bytes:
-        return bytes(data) + blake3.blake3(aad + bytes(data)).digest(CHECK)
+        check = blake3.blake3(aad)
+        check.update(data)  # the digest of aad + data, without copying data twice
+        return bytes(data) + check.digest(CHECK)
 
     def seal_chunk(self, data: bytes | memoryview, aad: bytes) -> bytes | bytearray:
         """``seal`` for file data (the encrypted codec seals large chunks in place)."""

@@ -244,6 +244,7 @@ class Repository:
             raise
         self._packs: OrderedDict[str, int] = OrderedDict()
         self._pack_lock = threading.Lock()
+        self._locate_lock = threading.Lock()  # read_blob from several threads (restore)
         self._fd_users: dict[int, int] = {}  # pack descriptors being read from
         self._fd_evicted: set[int] = set()  # evicted while read: closed after the read
 
@@ -482,7 +483,10 @@ class Repository:
         return raw
 
     def read_blob(self, blob_id: bytes) -> bytes:
-        loc = self.index.locate(blob_id)
+        """A blob's content, checked; safe from several threads (the index query,
+        on the one SQLite connection, under a lock; reading and opening outside it)."""
+        with self._locate_lock:
+            loc = self.index.locate(blob_id)
         if loc is None:
             raise BlobError(blob_id, "not in the index")
         return self.decode(loc.entry, self.read_stored(loc.pack, loc.entry))

@@ -15,7 +15,6 @@ import errno
 import os
 import stat
 import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,19 +67,10 @@ class _Restorer:
         # Large chunks of the files next in the directory, opened by threads:
         # reading, decompressing and hashing release the GIL, so this overlaps
         # the writing (it was one after the other, on one core).
-        self.lock = threading.Lock()  # the index's SQLite connection
         self.decoder: ThreadPoolExecutor | None = None
         self.ahead: dict[str, tuple[Future[bytes], int]] = {}  # chunk id hex -> (data, length)
         self.ahead_bytes = 0
         self.switch = sys.getswitchinterval()
-
-    def read_blob(self, blob_id: bytes) -> bytes:
-        """``Repository.read_blob``, callable from the decoding thread as well."""
-        with self.lock:
-            loc = self.repo.index.locate(blob_id)
-        if loc is None:
-            raise BlobError(blob_id, "not in the index")
-        return self.repo.decode(loc.entry, self.repo.read_stored(loc.pack, loc.entry))
 
     def look_ahead(self, entries: list[Entry], at: tuple[int, int]) -> tuple[int, int]:
         """Hand large chunks of the files from ``entries[at[0]]``'s chunk ``at[1]`` on to
@@ -102,7 +92,7 @@ class _Restorer:
                     # Hand the GIL over after 1 ms, not 5: the threads retake it
                     # after each read, decompression and hash.
                     sys.setswitchinterval(min(self.switch, 0.001))
-                fut = self.decoder.submit(self.read_blob, bytes.fromhex(cid))
+                fut = self.decoder.submit(self.repo.read_blob, bytes.fromhex(cid))
                 self.ahead[cid] = (fut, length)
                 self.ahead_bytes += length
             i, j = i + 1, 0
@@ -111,7 +101,7 @@ class _Restorer:
     def chunk(self, cid: str) -> bytes:
         got = self.ahead.pop(cid, None)
         if got is None:
-            return self.read_blob(bytes.fromhex(cid))
+            return self.repo.read_blob(bytes.fromhex(cid))
         self.ahead_bytes -= got[1]
         return got[0].result()
 
@@ -126,7 +116,7 @@ class _Restorer:
 
     def tree(self, tree_id: str | bytes) -> list[Entry]:
         tid = bytes.fromhex(tree_id) if isinstance(tree_id, str) else tree_id
-        return decode_tree(self.read_blob(tid))
+        return decode_tree(self.repo.read_blob(tid))
 
     def find(self, path: str) -> Entry | None:
         """The entry at a '/'-separated point path ('' is not an entry)."""

@@ -342,12 +342,16 @@ class Worker:
         self.tasks = self.proc.stdin.fileno()
         self.results = self.proc.stdout.fileno()
         self.reader = ResultReader(self.results)
-        self.outstanding = 0  # batches sent, not yet answered
-        self.sizes: deque[int] = deque()  # their file bytes, in the order they answer
+        self.sizes: deque[int] = deque()  # file bytes of each batch not yet answered
         for fd in (self.tasks, self.results):
             with contextlib.suppress(OSError):  # best effort: pipe-max-size, user quota
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
         _send(self.tasks, (*_codec_spec(codec), params.to_json()))
+
+    @property
+    def outstanding(self) -> int:
+        """Batches sent, not yet answered."""
+        return len(self.sizes)
 
     @property
     def outstanding_bytes(self) -> int:
@@ -358,12 +362,10 @@ class Worker:
             _send(self.tasks, batch)
         except BrokenPipeError:
             raise self.died() from None
-        self.outstanding += 1
         self.sizes.append(nbytes)
 
     def answered(self) -> None:
         """The last message of the oldest outstanding batch arrived."""
-        self.outstanding -= 1
         self.sizes.popleft()
 
     def died(self) -> WorkerDied:
