@@ -35,6 +35,10 @@ ID_LEN = 32  # blob ids: blake3-256
 _ONE_STATEMENT = sqlite3.sqlite_version_info >= (3, 38)
 
 
+_LOCATE_MANY = ("SELECT b.id, p.name, b.type, b.compression, b.offset, b.stored_len, "
+                "b.raw_len FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id IN")
+
+
 class IndexDamaged(Exception):
     """A sealed index row does not open (changed, moved, or another repository's)."""
 
@@ -234,6 +238,20 @@ class Index:
         if row is None:
             return None
         return Location(row[0], BlobEntry(blob_id, row[1], row[2], row[3], row[4], row[5]))
+
+    def locate_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, Location]:
+        """``locate`` of many blobs, in one query per 500 (missing ones left out).
+        Why: a restore of small files asked once per chunk, and each statement of a
+        read-only connection takes and drops SQLite's file locks (two fcntl calls)."""
+        ids = list(dict.fromkeys(blob_ids))
+        out: dict[bytes, Location] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            marks = ",".join("?" * len(part))
+            query = f"{_LOCATE_MANY} ({marks})"  # noqa: S608 - only placeholders
+            for row in self.con.execute(query, part):
+                out[row[0]] = Location(row[1], BlobEntry(row[0], *row[2:]))
+        return out
 
     def add_pack(self, name: str, size: int, entries: Iterable[BlobEntry]) -> int:
         """Record a sealed pack and its blobs (inside the caller's transaction)."""

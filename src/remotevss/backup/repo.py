@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ import blake3
 from remotevss.backup import keys as keyfiles
 from remotevss.backup.chunker import ChunkerParams, compress, decompress
 from remotevss.backup.crypto import CIPHER_NAME, Codec, Keys, LegacyCodec, SealError, new_master
-from remotevss.backup.index import Index, PointRow
+from remotevss.backup.index import Index, Location, PointRow
 from remotevss.backup.packs import DATA, BlobEntry, PackWriter, fsync_dir, pack_path
 from remotevss.backup.packs import blob_aad as blob_aad  # part of this module's API
 
@@ -482,14 +482,21 @@ class Repository:
             raise BlobError(entry.id, "content does not match its id")
         return raw
 
-    def read_blob(self, blob_id: bytes) -> bytes:
+    def read_blob(self, blob_id: bytes, loc: Location | None = None) -> bytes:
         """A blob's content, checked; safe from several threads (the index query,
-        on the one SQLite connection, under a lock; reading and opening outside it)."""
-        with self._locate_lock:
-            loc = self.index.locate(blob_id)
+        on the one SQLite connection, under a lock; reading and opening outside it).
+        ``loc``: its place, if the caller looked it up already (``locate_many``)."""
         if loc is None:
-            raise BlobError(blob_id, "not in the index")
+            with self._locate_lock:
+                loc = self.index.locate(blob_id)
+            if loc is None:
+                raise BlobError(blob_id, "not in the index")
         return self.decode(loc.entry, self.read_stored(loc.pack, loc.entry))
+
+    def locate_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, Location]:
+        """The places of many blobs in one query per 500 (thread-safe, as ``read_blob``)."""
+        with self._locate_lock:
+            return self.index.locate_many(blob_ids)
 
     def load_json(self, blob_id: bytes) -> Any:
         return json.loads(self.read_blob(blob_id))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from remotevss.backup.chunker import is_zero
-from remotevss.backup.index import PointRow
+from remotevss.backup.index import Location, PointRow
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobError, RepoError, Repository
 from remotevss.backup.snapshot_source import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK
@@ -71,6 +71,13 @@ class _Restorer:
         self.ahead: dict[str, tuple[Future[bytes], int]] = {}  # chunk id hex -> (data, length)
         self.ahead_bytes = 0
         self.switch = sys.getswitchinterval()
+        # Places of the chunks of the directory being restored (chunk id hex -> place),
+        # looked up in one query per directory, not one per chunk.
+        self.located: dict[str, Location] = {}
+        # Permission bits the umask removes from a new file (None: unknown), and
+        # whether the directory being restored was made by us without a default ACL.
+        self.umask = _umask()
+        self.plain_dir = False
 
     def look_ahead(self, entries: list[Entry], at: tuple[int, int]) -> tuple[int, int]:
         """Hand large chunks of the files from ``entries[at[0]]``'s chunk ``at[1]`` on to
@@ -92,7 +99,8 @@ class _Restorer:
                     # Hand the GIL over after 1 ms, not 5: the threads retake it
                     # after each read, decompression and hash.
                     sys.setswitchinterval(min(self.switch, 0.001))
-                fut = self.decoder.submit(self.repo.read_blob, bytes.fromhex(cid))
+                fut = self.decoder.submit(self.repo.read_blob, bytes.fromhex(cid),
+                                          self.located.pop(cid, None))
                 self.ahead[cid] = (fut, length)
                 self.ahead_bytes += length
             i, j = i + 1, 0
@@ -101,7 +109,7 @@ class _Restorer:
     def chunk(self, cid: str) -> bytes:
         got = self.ahead.pop(cid, None)
         if got is None:
-            return self.repo.read_blob(bytes.fromhex(cid))
+            return self.repo.read_blob(bytes.fromhex(cid), self.located.pop(cid, None))
         self.ahead_bytes -= got[1]
         return got[0].result()
 
@@ -176,14 +184,34 @@ class _Restorer:
                 os.setxattr(fd, name, value)
             except OSError as exc:
                 self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
-        os.fchmod(fd, e["mode"])
+        if not self.created_with_mode(e):
+            os.fchmod(fd, e["mode"])
         os.utime(fd, ns=(e["atime"], e["mtime"]))
 
+    def created_with_mode(self, e: Entry) -> bool:
+        """Whether a new file can be created with its final mode, sparing an fchmod:
+        plain permission bits the umask keeps, no xattrs (an ACL would change the
+        group bits), and a directory we made without a default ACL (whose
+        entries, not the umask, would set the bits).  Set-id bits always need
+        the fchmod: chown clears them."""
+        mode = e["mode"]
+        return (self.plain_dir and self.umask is not None and mode & ~0o777 == 0
+                and mode & self.umask == 0 and "xattrs" not in e)
+
     # -- entries -------------------------------------------------------------------------
-    def restore_dir_contents(self, dirpath: str, entries: list[Entry], point_prefix: str
-                             ) -> None:
+    def restore_dir_contents(self, dirpath: str, entries: list[Entry], point_prefix: str,
+                             made: bool = False) -> None:
+        """``made``: the directory was created by this restore (so it holds no
+        entries of its own and, unless inherited, no default ACL)."""
+        ids = {cid for e in entries if e.get("type") == FILE and "link" not in e
+               for _off, _n, cid in e.get("content", ())} - self.located.keys()
+        if ids:
+            for bid, loc in self.repo.locate_many([bytes.fromhex(c) for c in ids]).items():
+                self.located[bid.hex()] = loc
+        plain = made and not _has_default_acl(dirpath)
         looked = (0, 0)  # the next chunk to look at: (entry, chunk in its content)
         for i, e in enumerate(entries):
+            self.plain_dir = plain  # a subdirectory's restore sets it for its own entries
             if self.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i:
                 looked = self.look_ahead(entries, max(looked, (i, 0)))
             name = e["name"]
@@ -222,15 +250,17 @@ class _Restorer:
             self.fail(point_path, exc)
 
     def restore_dir(self, path: str, e: Entry, point_path: str) -> None:
+        made = False
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
+            made = True
         self.result.dirs += 1
         try:
             children = self.tree(e["subtree"])
         except (RepoError, ValueError) as exc:
             self.fail(point_path + "/", f"directory listing unreadable: {exc}")
         else:
-            self.restore_dir_contents(path, children, point_path)
+            self.restore_dir_contents(path, children, point_path, made)
         self.apply_meta(path, e, point_path)
 
     def restore_file(self, path: str, e: Entry, point_path: str) -> bool:
@@ -256,20 +286,23 @@ class _Restorer:
     def write_content(self, path: str, e: Entry, point_path: str) -> bool:
         """Data, then owner, xattrs, mode and times on the open file."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        mode = e["mode"] if self.created_with_mode(e) else 0o600
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, flags, mode)
         except FileExistsError:  # replaced, not written through (it may be a hardlink)
             _remove_existing(path)
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, flags, mode)
         try:
+            end = 0  # the file's size so far
             for off, length, cid in e.get("content", ()):
                 data = self.chunk(cid)
                 if len(data) != length:
                     raise BlobError(bytes.fromhex(cid), "length differs from the tree")
-                _pwrite_sparse(fd, data, off)
+                end = max(end, _pwrite_sparse(fd, data, off))
                 self.result.bytes += length
                 self.progress.add_bytes(length)
-            os.ftruncate(fd, e["size"])
+            if end != e["size"]:  # a hole at the end (on ext4 a truncate costs ~7 us)
+                os.ftruncate(fd, e["size"])
         except (RepoError, OSError) as exc:
             os.close(fd)
             os.unlink(path)
@@ -286,28 +319,55 @@ class _Restorer:
 HOLE_BLOCK = 64 << 10
 
 
-def _pwrite_sparse(fd: int, data: bytes, offset: int) -> None:
+def _umask() -> int | None:
+    """The process's umask, read without changing it (``os.umask`` sets it, and
+    another thread could create a file meanwhile); None where Linux does not say."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _has_default_acl(path: str) -> bool:
+    """Whether new entries of ``path`` take their mode from a default ACL (an
+    error other than "no such attribute" counts as yes: the fchmod stays)."""
+    try:
+        os.getxattr(path, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP)
+    return True
+
+
+def _pwrite_sparse(fd: int, data: bytes, offset: int) -> int:
     """Write a chunk, leaving its all-zero 64 KiB blocks (aligned to the file) as
-    holes.  Why: a source that cannot report holes (SMB: Samba answers "all data")
-    still produces chunks that are mostly zeros around a sparse file's data."""
+    holes; returns the end of what it wrote (``offset`` if nothing).  Why: a
+    source that cannot report holes (SMB: Samba answers "all data") still
+    produces chunks that are mostly zeros around a sparse file's data."""
     n = len(data)
     if n < 2 * HOLE_BLOCK:
         _pwrite_all(fd, data, offset)
-        return
+        return offset + n
     view = memoryview(data)
     pos = 0
     run = -1  # start of the pending non-zero run
+    last = 0  # end of the last run written
     while pos < n:
         end = min(n, ((offset + pos) // HOLE_BLOCK + 1) * HOLE_BLOCK - offset)
         if is_zero(view[pos:end]):
             if run >= 0:
                 _pwrite_all(fd, view[run:pos], offset + run)
-                run = -1
+                run, last = -1, pos
         elif run < 0:
             run = pos
         pos = end
     if run >= 0:
         _pwrite_all(fd, view[run:], offset + run)
+        return offset + n
+    return offset + last
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
