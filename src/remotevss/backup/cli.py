@@ -27,6 +27,7 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,11 @@ def passphrase_source(args: argparse.Namespace, confirm: bool = False,
         return first
 
     return get
+
+
+def _passphrase_given(args: argparse.Namespace) -> bool:
+    """Whether the passphrase comes without a prompt (a prompt waits for its turn)."""
+    return bool(getattr(args, "password_file", None) or os.environ.get("REMOTEVSS_BACKUP_PASSWORD"))
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -253,9 +259,6 @@ class Terminated(BaseException):
 
 def run(args: argparse.Namespace) -> int:
     """Carry out one ``backup`` sub-verb; returns the exit code."""
-    from remotevss.backup.repo import RepoError, RepoLocked, WrongPassphrase
-    from remotevss.backup.signals import terminate_as
-
     if args.backup_command == "mount":
         if len(args.paths) > 2:
             print("remotevss backup mount: expected [REPO] MOUNTPOINT", file=sys.stderr)
@@ -268,9 +271,17 @@ def run(args: argparse.Namespace) -> int:
     from remotevss.backup.memory import tune_malloc
 
     tune_malloc()
+    secret = functools.cache(passphrase_source(args))  # asked at most once per command
+    if args.backup_command != "init" and _passphrase_given(args):
+        from remotevss.backup import kdf
+
+        kdf.start(Path(args.repo), secret)  # runs while the rest is imported and opened
+    from remotevss.backup.repo import RepoError, RepoLocked, WrongPassphrase
+    from remotevss.backup.signals import terminate_as
+
     try:
         with terminate_as(Terminated):
-            return _dispatch(args)
+            return _dispatch(args, secret)
     except RepoLocked as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_LOCKED
@@ -298,12 +309,11 @@ def _names_share(spec: str) -> bool:
     return spec.startswith(("\\\\", "//")) or bool(sep) and rest.startswith(("\\\\", "//"))
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
     from remotevss.backup.repo import Repository, init_repo
 
     repo_path = Path(args.repo)
     cmd = args.backup_command
-    secret = functools.cache(passphrase_source(args))  # asked at most once per command
     if cmd == "init":
         from remotevss.backup.repo import DEFAULT_PACK_SIZE
 

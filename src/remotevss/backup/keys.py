@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import getpass
-import hashlib
 import json
 import os
 import socket
@@ -36,15 +35,14 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from remotevss.backup import kdf as kdfmod
 from remotevss.backup.crypto import CIPHER_NAME, MASTER_LEN, NONCE, Keys
 from remotevss.backup.packs import fsync_dir
 
 KEYS_DIR = "keys"
 KEY_VERSION = 1
 DEFAULT_KDF: dict[str, Any] = {"name": "scrypt", "n": 1 << 16, "r": 8, "p": 2}
-MAX_KEY_FILE = 4096
-_MAX_N, _MAX_R, _MAX_P = 1 << 20, 32, 16
-_MAX_MEMORY = 256 << 20  # scrypt needs 128 * N * r bytes
+MAX_KEY_FILE = kdfmod.MAX_KEY_FILE
 
 
 class KeyProblem(Exception):
@@ -96,20 +94,10 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 # -- wrapping -------------------------------------------------------------------------------
 def _kdf(passphrase: str, kdf: dict[str, Any], salt: bytes) -> bytes:
-    n, r, p = kdf.get("n"), kdf.get("r"), kdf.get("p")
-    if (kdf.get("name") != "scrypt" or not all(isinstance(v, int) for v in (n, r, p))
-            or not (2 <= n <= _MAX_N and n & (n - 1) == 0)  # type: ignore[operator]
-            or not (1 <= r <= _MAX_R) or not (1 <= p <= _MAX_P)  # type: ignore[operator]
-            or 128 * n * r > _MAX_MEMORY  # type: ignore[operator]
-            or len(salt) < 16):
+    params = kdfmod.bounded(kdf, salt)
+    if params is None:
         raise DamagedFile(f"unsupported key derivation parameters {kdf}")
-    # The standard library's scrypt (the same function, the same bytes) rather than
-    # cryptography's: this one lets go of the GIL while it works, and a backup
-    # lists the tree in a thread meanwhile (cryptography 46's holds it: the
-    # unchanged incremental lost ~0.1 s of that overlap).
-    assert isinstance(n, int) and isinstance(r, int) and isinstance(p, int)
-    return hashlib.scrypt(passphrase.encode(), salt=salt, n=n, r=r, p=p,
-                          maxmem=128 * r * (n + p + 2) + (1 << 20), dklen=32)
+    return kdfmod.derive(passphrase, salt, *params)
 
 
 def _aad(repo_id: str, key_id: str) -> bytes:

@@ -24,18 +24,39 @@ client options; ``remotevss.cli`` only calls :func:`add_parser` and
 :mod:`.commands`, :mod:`.render` (text and JSON), :mod:`.script` (script
 mode) and :mod:`.main` (:func:`run`, the error boundary).
 
-Rule: importing this package must stay cheap -- ``remotevss --help`` builds
-the parser -- so nothing here imports :mod:`remotevss.client.shadow`,
-:mod:`remotevss.client.connection` or impacket at module level; the commands
-import them when they run.
+Rule: importing this package must stay cheap -- ``remotevss --help`` and every
+``remotevss backup`` command build the parser -- so nothing here imports
+:mod:`remotevss.client.shadow`, :mod:`remotevss.client.connection` or impacket
+at module level; the commands import them when they run.
 """
 
 from __future__ import annotations
 
-from remotevss.client.cli.main import run
+from typing import TYPE_CHECKING, Any
+
 from remotevss.client.cli.parser import AUTH_LEVEL_CHOICES, Settings, add_parser, connection_options
-from remotevss.client.cli.script import ScriptError, ScriptRunner
-from remotevss.client.cli.session import Session
+
+if TYPE_CHECKING:
+    from remotevss.client.cli.main import run
+    from remotevss.client.cli.script import ScriptError, ScriptRunner
+    from remotevss.client.cli.session import Session
+
+# Loaded on first use: the parser is all that ``remotevss backup`` needs of this
+# package to build its own (for ``run``'s connection options), and the rest is
+# ~45 ms of imports that every backup command would otherwise wait for.
+_LAZY = {"run": "main", "ScriptError": "script", "ScriptRunner": "script",
+         "Session": "session"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AUTH_LEVEL_CHOICES",
