@@ -27,7 +27,7 @@ import pytest
 from remotevss.backup.backup import local_sources, run_backup
 from remotevss.backup.chunker import ChunkerParams
 from remotevss.backup.packs import DATA, pack_path
-from remotevss.backup.repo import RepoLocked, Repository, init_repo
+from remotevss.backup.repo import RepoError, RepoLocked, Repository, init_repo
 from remotevss.backup.snapshot_source import LocalSource
 from tests.support.backup_cli import CLI, cli, rand
 
@@ -706,3 +706,103 @@ def test_restore_sizes_and_modes_exact_under_any_umask_or_default_acl(tmp_path: 
     (acl_parent / "probe").touch()
     assert stat.S_IMODE(os.lstat(acl_parent / "probe").st_mode) == 0o600  # the ACL applies
     restore_into(acl_parent / "out", inherits_acl=True)
+
+
+def test_restore_with_a_writer_process_is_identical_and_damage_spares_others(
+        tmp_path: Path) -> None:
+    """Files written by a worker process from the first file on (and by this process
+    when the worker holds enough): the whole tree comes out identical (hardlinks in
+    one directory and across directories, sparse files, ACLs, set-id bits, a
+    read-only directory whose files were written before its mode was set); a
+    hardlink whose first name lies outside a restored directory becomes a copy;
+    a damaged chunk fails only its file, reported from the worker."""
+    from remotevss.backup import restore as restore_mod
+    from remotevss.backup import workers as workers_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src, small=400, dense=[3 << 20], sparse=[16 << 20])
+    os.link(src / "meta" / "text.txt", src / "small" / "d00" / "e0" / "xlink")
+    for i in range(40):
+        (src / "meta" / "readonly-dir").chmod(0o755)
+        (src / "meta" / "readonly-dir" / f"f{i}").write_bytes(rand(f"ro{i}", 2000))
+    (src / "meta" / "readonly-dir").chmod(0o555)
+    os.utime(src / "meta" / "readonly-dir", ns=(1_600_000_000_000_000_000,) * 2)
+    repo_path = tmp_path / "repo"
+    init_repo(repo_path, passphrase="p")
+    with Repository(repo_path, "write", passphrase="p") as repo:
+        run_backup(repo, [LocalSource(src, "s")], processes=0)
+
+    spawned: list[str] = []
+    real_spawn = workers_mod.spawn
+
+    def spawn(module: str) -> Any:
+        spawned.append(module)
+        return real_spawn(module)
+
+    workers_mod.spawn = spawn  # type: ignore[assignment]
+    try:
+        with Repository(repo_path, "read", passphrase="p") as repo:
+            point = repo.find_point("latest")
+            result = restore_mod.restore(repo, point, tmp_path / "out", "s", processes=1,
+                                         pool_from=(0, 0))
+            files = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+            assert not result.errors and result.files == files
+            assert_same_tree(src, tmp_path / "out")
+            assert spawned == ["remotevss.backup.restore_workers"]
+
+            part = restore_mod.restore(repo, point, tmp_path / "part", "s/small", processes=1,
+                                       pool_from=(0, 0))
+            assert not part.errors
+            assert (tmp_path / "part" / "d00" / "e0" / "xlink").read_bytes() == (
+                src / "meta" / "text.txt").read_bytes()
+
+            # A chunk of one small file damaged in its pack: that file alone fails.
+            victim = src / "small" / "d03" / "e3" / "f00003.bin"
+            loc = repo.index.locate(repo.blob_id(victim.read_bytes()))
+            assert loc is not None
+            path = pack_path(repo_path, loc.pack)
+            data = bytearray(path.read_bytes())
+            data[loc.entry.offset + loc.entry.stored_len // 2] ^= 0x01
+            path.write_bytes(bytes(data))
+        with Repository(repo_path, "read", passphrase="p") as repo:
+            bad = restore_mod.restore(repo, repo.find_point("latest"), tmp_path / "bad", "s",
+                                      processes=1, pool_from=(0, 0))
+    finally:
+        workers_mod.spawn = real_spawn  # type: ignore[assignment]
+    assert [e["path"] for e in bad.errors] == ["s/small/d03/e3/f00003.bin"]
+    assert "does not authenticate" in bad.errors[0]["error"]
+    assert not (tmp_path / "bad" / "small" / "d03" / "e3" / "f00003.bin").exists()
+    assert bad.files == result.files - 1
+    assert_same_tree(src / "big", tmp_path / "bad" / "big")
+
+
+def test_a_killed_restore_worker_fails_the_restore_by_name(tmp_path: Path) -> None:
+    """SIGKILL of the writer process mid-restore: the restore stops with an error that
+    names the process and the signal (no hang, no silent gap)."""
+    from remotevss.backup import restore as restore_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src, small=600, dense=[], sparse=[])
+    repo_path = tmp_path / "repo"
+    init_repo(repo_path, encrypted=False)
+    with Repository(repo_path, "write") as repo:
+        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    real_send = restore_mod._Writers.send
+
+    def send(self: Any, batch: Any) -> bool:
+        sent = real_send(self, batch)
+        if sent:
+            for proc in self.procs:
+                os.kill(proc.pid, signal.SIGKILL)
+        return sent
+
+    restore_mod._Writers.send = send  # type: ignore[method-assign]
+    try:
+        with Repository(repo_path, "read") as repo, pytest.raises(
+                RepoError, match=r"restore worker process \d+ died \(killed by signal 9\)"):
+            restore_mod.restore(repo, repo.find_point("latest"), tmp_path / "out", "s",
+                                processes=1, pool_from=(0, 0))
+    finally:
+        restore_mod._Writers.send = real_send  # type: ignore[method-assign]

@@ -217,13 +217,20 @@ class Repository:
     """
 
     def __init__(self, path: Path, mode: Mode = "read", command: str = "",
-                 passphrase: Passphrase = None, wait: float = 0.0) -> None:
+                 passphrase: Passphrase = None, wait: float = 0.0,
+                 codec: Codec | None = None) -> None:
         self.path = Path(path)
         self.mode = mode
         self.command = command
         self.config, raw_config = read_config(self.path)
         # Keys first: a wrong passphrase must leave no trace (no lock note, no tmp cleanup).
-        self.codec, self.key_id = open_codec(self.path, self.config, raw_config, passphrase)
+        # ``codec``: already unlocked by this process's parent (a restore worker, which
+        # reads only): the parent checked the keys and config.json.
+        if codec is not None and mode == "read":
+            self.codec, self.key_id = codec, None
+        else:
+            self.codec, self.key_id = open_codec(self.path, self.config, raw_config,
+                                                 passphrase)
         seed = self.codec.chunker_seed()
         self.chunker = (dataclasses.replace(self.config.chunker, seed=seed) if seed is not None
                         else self.config.chunker)

@@ -5,17 +5,24 @@ times last, because each earlier step may change what a later one set
 (chown clears set-id bits, writing changes mtime); directories get their
 metadata after their children for the same reason, and so a read-only
 directory does not stop its own restore.  Holes are never written, so sparse
-files stay sparse.  A damaged chunk fails only the files that use it.
+files stay sparse.  A damaged chunk fails only the files that use it.  Large
+restores write regular files in a worker process as well (restore_workers.py);
+the hardlinks and the directories' metadata then wait until every file is
+written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
+import select
 import stat
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +48,22 @@ AHEAD_MIN = 128 << 10
 # same peak PSS.
 AHEAD_BYTES = 24 << 20
 DECODERS = 2  # threads opening chunks ahead (1: waited ~2x as long for them)
+#: Worker processes writing files beside this one (restore_workers.py), started
+#: once a restore has met this many files or bytes (a start costs ~0.1 s).
+PROCESSES = 1
+POOL_FROM_FILES = 500
+POOL_FROM_BYTES = 64 << 20
+#: Files handed over at a time, and batches a worker holds before this process
+#: writes the next batch itself.
+BATCH_FILES = 64
+BATCH_BYTES = 8 << 20
+WORKER_BATCHES = 2
+
+#: A file for a writer: (restored path, its entry, point path, whether its directory
+#: was made by this restore without a default ACL).
+FileTask = tuple[str, "Entry", str, bool]
+#: What became of it: (written, bytes, errors, warnings).
+FileOutcome = tuple[bool, int, list[dict[str, str]], list[dict[str, str]]]
 
 
 @dataclass
@@ -57,7 +80,9 @@ class RestoreResult:
 
 
 class _Restorer:
-    def __init__(self, repo: Repository, point: PointRow, progress: Progress) -> None:
+    def __init__(self, repo: Repository, point: PointRow | None, progress: Progress,
+                 processes: int = 0, pool_from: tuple[int, int] = (POOL_FROM_FILES,
+                                                                   POOL_FROM_BYTES)) -> None:
         self.repo = repo
         self.point = point
         self.progress = progress
@@ -78,6 +103,17 @@ class _Restorer:
         # whether the directory being restored was made by us without a default ACL.
         self.umask = _umask()
         self.plain_dir = False
+        # Regular files go to worker processes (and this one) in batches once
+        # ``pool_from`` (files, bytes) are met; until every file is written the
+        # hardlinks and the directories' metadata wait (``finish``).
+        self.processes = processes
+        self.pool_from = pool_from
+        self.pool: _Writers | None = None
+        self.met = [0, 0]  # files and bytes met before the pool started
+        self.batch: list[FileTask] = []
+        self.batch_bytes = 0
+        self.later_links: list[tuple[str, Entry, str]] = []
+        self.later_dirs: list[tuple[str, Entry, str]] = []
 
     def look_ahead(self, entries: list[Entry], at: tuple[int, int]) -> tuple[int, int]:
         """Hand large chunks of the files from ``entries[at[0]]``'s chunk ``at[1]`` on to
@@ -114,6 +150,9 @@ class _Restorer:
         return got[0].result()
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         for fut, _n in self.ahead.values():
             fut.cancel()
         self.ahead.clear()
@@ -128,6 +167,7 @@ class _Restorer:
 
     def find(self, path: str) -> Entry | None:
         """The entry at a '/'-separated point path ('' is not an entry)."""
+        assert self.point is not None
         entries = self.tree(self.point.root)
         parts = [p for p in path.split("/") if p]
         for i, part in enumerate(parts):
@@ -149,6 +189,14 @@ class _Restorer:
         if not warning:
             self.progress.errors += 1
         self.progress.message(f"restore: {'warning: ' if warning else ''}{path}: {msg}")
+
+    def locate(self, entries: list[Entry]) -> None:
+        """The places of the files' chunks, in one query per 500 chunks."""
+        ids = {cid for e in entries if e.get("type") == FILE and "link" not in e
+               for _off, _n, cid in e.get("content", ())} - self.located.keys()
+        if ids:
+            for bid, loc in self.repo.locate_many([bytes.fromhex(c) for c in ids]).items():
+                self.located[bid.hex()] = loc
 
     # -- metadata -----------------------------------------------------------------------
     def apply_meta(self, path: str, e: Entry, point_path: str) -> None:
@@ -203,23 +251,93 @@ class _Restorer:
                              made: bool = False) -> None:
         """``made``: the directory was created by this restore (so it holds no
         entries of its own and, unless inherited, no default ACL)."""
-        ids = {cid for e in entries if e.get("type") == FILE and "link" not in e
-               for _off, _n, cid in e.get("content", ())} - self.located.keys()
-        if ids:
-            for bid, loc in self.repo.locate_many([bytes.fromhex(c) for c in ids]).items():
-                self.located[bid.hex()] = loc
+        if self.pool is None:
+            self.locate(entries)
         plain = made and not _has_default_acl(dirpath)
         looked = (0, 0)  # the next chunk to look at: (entry, chunk in its content)
         for i, e in enumerate(entries):
             self.plain_dir = plain  # a subdirectory's restore sets it for its own entries
-            if self.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i:
+            if self.pool is None and (self.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i):
                 looked = self.look_ahead(entries, max(looked, (i, 0)))
             name = e["name"]
             point_path = f"{point_prefix}/{name}" if point_prefix else name
             if not name or "/" in name or "\0" in name or name in (".", ".."):
                 self.fail(point_path, "unsafe name in the tree; skipped")
                 continue
-            self.restore_entry(os.path.join(dirpath, name), e, point_path)
+            path = os.path.join(dirpath, name)
+            if e["type"] == FILE and self.hand_over(path, e, point_path):
+                continue
+            self.restore_entry(path, e, point_path)
+
+    # -- files written by worker processes ------------------------------------------------
+    def hand_over(self, path: str, e: Entry, point_path: str) -> bool:
+        """Queue a regular file for the writers, starting them once ``pool_from`` is
+        met; a hardlink waits for ``finish``.  False: restore it here, now."""
+        if self.pool is None:
+            if not self.processes:
+                return False
+            self.met[0] += 1
+            self.met[1] += e.get("size", 0)
+            if self.met[0] < self.pool_from[0] and self.met[1] < self.pool_from[1]:
+                return False
+            self.drop_ahead()  # opened for files that now go to the writers
+            self.pool = _Writers(self.processes, self.repo)
+        if "link" in e:
+            self.later_links.append((path, e, point_path))
+            return True
+        self.restored[point_path] = path
+        self.batch.append((path, e, point_path, self.plain_dir))
+        self.batch_bytes += e.get("size", 0)
+        if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+            self.dispatch()
+        return True
+
+    def dispatch(self) -> None:
+        """The batch to a worker with room, else written here (both cores busy)."""
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        assert self.pool is not None
+        self.pool.collect(self.outcomes, block=False)
+        if not batch:
+            return
+        if not self.pool.send(batch):
+            plain = self.plain_dir
+            self.outcomes(batch, write_batch(self, batch))
+            self.plain_dir = plain
+
+    def outcomes(self, batch: list[FileTask], done: list[FileOutcome]) -> None:
+        for (_path, _e, _point_path, _plain), (ok, nbytes, errors, warnings) in zip(
+                batch, done, strict=True):
+            if ok:
+                self.result.files += 1
+                self.progress.file_done()
+            self.result.bytes += nbytes
+            self.progress.add_bytes(nbytes)
+            for item in errors:
+                self.fail(item["path"], item["error"])
+            for item in warnings:
+                self.fail(item["path"], item["error"], warning=True)
+
+    def finish(self) -> None:
+        """Once every file is written: the hardlinks, then the directories' metadata,
+        deepest first (as they were left), so that nothing changes them afterwards."""
+        if self.pool is None:
+            return
+        self.dispatch()
+        self.pool.drain(self.outcomes)
+        for path, e, point_path in self.later_links:
+            self.restore_entry(path, e, point_path)
+        for path, e, point_path in self.later_dirs:
+            try:
+                self.apply_meta(path, e, point_path)
+            except OSError as exc:
+                self.fail(point_path, exc)
+
+    def drop_ahead(self) -> None:
+        for fut, _n in self.ahead.values():
+            fut.cancel()
+        self.ahead.clear()
+        self.ahead_bytes = 0
+        self.located.clear()
 
     def restore_entry(self, path: str, e: Entry, point_path: str) -> None:
         kind = e["type"]
@@ -261,7 +379,10 @@ class _Restorer:
             self.fail(point_path + "/", f"directory listing unreadable: {exc}")
         else:
             self.restore_dir_contents(path, children, point_path, made)
-        self.apply_meta(path, e, point_path)
+        if self.pool is not None:
+            self.later_dirs.append((path, e, point_path))  # its files may still be written
+        else:
+            self.apply_meta(path, e, point_path)
 
     def restore_file(self, path: str, e: Entry, point_path: str) -> bool:
         if "link" in e:
@@ -314,6 +435,109 @@ class _Restorer:
             os.close(fd)
         self.progress.file_done()
         return True
+
+
+def write_batch(r: _Restorer, batch: list[FileTask]) -> list[FileOutcome]:
+    """Write whole files (in a worker process, or the parent when the workers are
+    busy), each as the parent writes one; what became of each is returned, to be
+    reported by the parent (``_Restorer.outcomes``)."""
+    entries = [t[1] for t in batch]
+    r.locate(entries)
+    saved = r.result, r.progress
+    r.progress = Progress(stream=io.StringIO(), enabled=False)
+    out: list[FileOutcome] = []
+    looked = (0, 0)
+    try:
+        for i, (path, e, point_path, plain) in enumerate(batch):
+            if r.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i:
+                looked = r.look_ahead(entries, max(looked, (i, 0)))
+            r.result = RestoreResult()
+            r.plain_dir = plain
+            try:
+                ok = r.write_content(path, e, point_path)
+            except OSError as exc:
+                r.fail(point_path, exc)
+                ok = False
+            out.append((ok, r.result.bytes, r.result.errors, r.result.warnings))
+    finally:
+        r.result, r.progress = saved
+    return out
+
+
+class _Writers:
+    """The restore's worker processes; each holds at most WORKER_BATCHES batches."""
+
+    def __init__(self, count: int, repo: Repository) -> None:
+        from remotevss.backup.workers import codec_spec, send_obj, spawn
+
+        self.send_obj = send_obj
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sent: dict[int, deque[list[FileTask]]] = {}  # result fd -> batches in order
+        try:
+            for _ in range(count):
+                proc = spawn("remotevss.backup.restore_workers")
+                self.procs.append(proc)
+                assert proc.stdin is not None and proc.stdout is not None
+                self.sent[proc.stdout.fileno()] = deque()
+                send_obj(proc.stdin.fileno(), (str(repo.path), *codec_spec(repo.codec)))
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    def send(self, batch: list[FileTask]) -> bool:
+        """To the worker holding the fewest batches; False if each holds enough."""
+        proc = min(self.procs, key=lambda p: len(self.sent[_fd(p.stdout)]))
+        queue = self.sent[_fd(proc.stdout)]
+        if len(queue) >= WORKER_BATCHES:
+            return False
+        try:
+            self.send_obj(_fd(proc.stdin), batch)
+        except BrokenPipeError:
+            raise self.died(proc) from None
+        queue.append(batch)
+        return True
+
+    def collect(self, on: Callable[[list[FileTask], list[FileOutcome]], None],
+                block: bool) -> None:
+        from remotevss.backup.workers import recv_obj
+
+        busy = [fd for fd, q in self.sent.items() if q]
+        if not busy:
+            return
+        ready, _, _ = select.select(busy, [], [], None if block else 0)
+        for fd in ready:
+            done = recv_obj(fd)
+            if done is None:
+                raise self.died(next(p for p in self.procs if _fd(p.stdout) == fd))
+            on(self.sent[fd].popleft(), done)
+
+    def drain(self, on: Callable[[list[FileTask], list[FileOutcome]], None]) -> None:
+        while any(self.sent.values()):
+            self.collect(on, block=True)
+
+    @staticmethod
+    def died(proc: subprocess.Popen[bytes]) -> RepoError:
+        code = proc.wait()
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        return RepoError(f"restore worker process {proc.pid} died ({how}); the files it "
+                         "was writing are incomplete")
+
+    def close(self, kill: bool = False) -> None:
+        kill = kill or any(self.sent.values())  # interrupted: its files are not wanted
+        for proc in self.procs:
+            if kill and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            for f in (proc.stdin, proc.stdout):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+            proc.wait()
+
+
+def _fd(f: Any) -> int:
+    assert f is not None
+    return int(f.fileno())
 
 
 HOLE_BLOCK = 64 << 10
@@ -388,14 +612,17 @@ def _remove_existing(path: str) -> None:
 
 
 def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str = "",
-            progress: Progress | None = None) -> RestoreResult:
+            progress: Progress | None = None, processes: int = PROCESSES,
+            pool_from: tuple[int, int] = (POOL_FROM_FILES, POOL_FROM_BYTES)) -> RestoreResult:
     """Restore ``point`` (or ``subpath`` inside it) to ``target``.
 
     Without ``subpath``, ``target`` receives one directory per source label.
     With a directory ``subpath``, ``target`` becomes that directory (its
     contents and metadata); with a file, the file is restored into ``target``.
+    ``processes``: worker processes writing files beside this one (0: none),
+    started once ``pool_from`` (files, bytes) are met.
     """
-    r = _Restorer(repo, point, progress or Progress(enabled=False))
+    r = _Restorer(repo, point, progress or Progress(enabled=False), processes, pool_from)
     target = os.fspath(target)
     sub = subpath.strip("/")
     try:
@@ -412,6 +639,7 @@ def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str 
             else:
                 os.makedirs(target, exist_ok=True)
                 r.restore_entry(os.path.join(target, e["name"]), e, sub)
+        r.finish()
     finally:
         r.close()
         r.progress.finish()

@@ -20,7 +20,7 @@ from pathlib import Path
 from remotevss.backup.index import PointRow
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import RepoError, Repository
-from remotevss.backup.restore import RestoreResult, _Restorer, restore
+from remotevss.backup.restore import PROCESSES, RestoreResult, _Restorer, restore
 from remotevss.backup.snapshot_source import DIR
 
 
@@ -29,7 +29,8 @@ def normalise(path: str) -> str:
 
 
 def restore_items(repo: Repository, point: PointRow, target: str | Path, base: str,
-                  includes: Sequence[str], progress: Progress | None = None) -> RestoreResult:
+                  includes: Sequence[str], progress: Progress | None = None,
+                  processes: int = PROCESSES) -> RestoreResult:
     """Restore each of ``includes`` (point paths at or below ``base``) under ``target``
     where a restore of ``base`` would put it; RepoError (nothing written) for an item
     that is missing or outside ``base``."""
@@ -56,7 +57,7 @@ def restore_items(repo: Repository, point: PointRow, target: str | Path, base: s
             plan.append((item, os.path.join(os.fspath(target), os.path.dirname(rel))))
     total = RestoreResult()
     for item, where in plan:
-        r = restore(repo, point, where, item, progress)
+        r = restore(repo, point, where, item, progress, processes)
         total.files += r.files
         total.dirs += r.dirs
         total.others += r.others

@@ -82,7 +82,7 @@ class WorkerDied(Exception):
     """A worker process ended before its work was done: the run fails."""
 
 
-def _send(fd: int, obj: object) -> None:
+def send_obj(fd: int, obj: object) -> None:
     data = pickle.dumps(obj, protocol=5)
     bufs = [memoryview(_LEN.pack(len(data))), memoryview(data)]
     while bufs:
@@ -159,7 +159,7 @@ def _read_into(fd: int, buf: bytearray | memoryview) -> bool:
     return True
 
 
-def _recv(fd: int) -> Any:
+def recv_obj(fd: int) -> Any:
     head = bytearray(_LEN.size)
     if not _read_into(fd, head):
         return None
@@ -278,7 +278,7 @@ def _serve(tasks: int, results: int, codec: Codec, params: ChunkerParams) -> Non
 
     try:
         while True:
-            batch: list[Task] | None = _recv(tasks)
+            batch: list[Task] | None = recv_obj(tasks)
             if batch is None:
                 return
             serve_batch(batch, codec, params, chunker, send)
@@ -287,34 +287,53 @@ def _serve(tasks: int, results: int, codec: Codec, params: ChunkerParams) -> Non
         writer.join()
 
 
-def _codec_spec(codec: Codec) -> tuple[str, bytes | None]:
+def codec_spec(codec: Codec) -> tuple[str, bytes | None]:
+    """The codec as a worker's first message carries it (over its stdin pipe)."""
     if isinstance(codec, Keys):
         return "keys", codec.master
     return ("legacy" if codec.legacy else "plain"), None
 
 
-def _make_codec(kind: str, master: bytes | None) -> Codec:
+def make_codec(kind: str, master: bytes | None) -> Codec:
     if kind == "keys":
         assert master is not None
         return Keys(master)
     return LegacyCodec() if kind == "legacy" else Codec()
 
 
-def main() -> None:
-    """The worker: stdin brings the codec, the chunker and then task batches; stdout
-    takes the results."""
-    tune_malloc()  # as the backup command does: freed chunk buffers go back at once
+def become_worker() -> None:
+    """What every worker process does first: the command's glibc settings (freed
+    buffers go back at once), the parent's signals ignored (it handles them and
+    kills its workers), and death with the parent (PR_SET_PDEATHSIG)."""
+    tune_malloc()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if len(sys.argv) > 1 and os.getppid() != int(sys.argv[1]):
         sys.exit(1)  # the parent died before PR_SET_PDEATHSIG was in place
-    init = _recv(0)
+
+
+def spawn(module: str) -> subprocess.Popen[bytes]:
+    """A new interpreter running ``module`` as a worker: stdin and stdout are its
+    pipes, with this process's id as its argument (see ``become_worker``)."""
+    src = str(Path(__file__).resolve().parents[2])  # the directory holding remotevss
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    return subprocess.Popen([sys.executable, "-m", module, str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                            close_fds=True, bufsize=0)
+
+
+def main() -> None:
+    """The worker: stdin brings the codec, the chunker and then task batches; stdout
+    takes the results."""
+    become_worker()
+    init = recv_obj(0)
     if init is None:
         return
     kind, master, params = init
-    _serve(0, 1, _make_codec(kind, master), ChunkerParams.from_json(params))
+    _serve(0, 1, make_codec(kind, master), ChunkerParams.from_json(params))
 
 
 @dataclass
@@ -330,13 +349,7 @@ class Worker:
     batches it still owes."""
 
     def __init__(self, codec: Codec, params: ChunkerParams) -> None:
-        src = str(Path(__file__).resolve().parents[2])  # the directory holding remotevss
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (src, env.get("PYTHONPATH", "")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "remotevss.backup.workers", str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, bufsize=0)
+        self.proc = spawn("remotevss.backup.workers")
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.pid = self.proc.pid
         self.tasks = self.proc.stdin.fileno()
@@ -346,7 +359,7 @@ class Worker:
         for fd in (self.tasks, self.results):
             with contextlib.suppress(OSError):  # best effort: pipe-max-size, user quota
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
-        _send(self.tasks, (*_codec_spec(codec), params.to_json()))
+        send_obj(self.tasks, (*codec_spec(codec), params.to_json()))
 
     @property
     def outstanding(self) -> int:
@@ -359,7 +372,7 @@ class Worker:
 
     def send(self, batch: list[Task], nbytes: int) -> None:
         try:
-            _send(self.tasks, batch)
+            send_obj(self.tasks, batch)
         except BrokenPipeError:
             raise self.died() from None
         self.sizes.append(nbytes)
