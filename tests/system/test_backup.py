@@ -708,16 +708,21 @@ def test_restore_sizes_and_modes_exact_under_any_umask_or_default_acl(tmp_path: 
     restore_into(acl_parent / "out", inherits_acl=True)
 
 
+@pytest.mark.parametrize("settle_at", [3, 4096])
 def test_restore_with_a_writer_process_is_identical_and_damage_spares_others(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settle_at: int) -> None:
     """Files written by a worker process from the first file on (and by this process
     when the worker holds enough): the whole tree comes out identical (hardlinks in
     one directory and across directories, sparse files, ACLs, set-id bits, a
-    read-only directory whose files were written before its mode was set); a
-    hardlink whose first name lies outside a restored directory becomes a copy;
-    a damaged chunk fails only its file, reported from the worker."""
+    read-only directory whose files were written before its mode was set), whether
+    the directories' metadata waits for the end or is set every few directories
+    (``SETTLE_AT``: what a restore of millions of directories holds); a hardlink
+    whose first name lies outside a restored directory becomes a copy; a damaged
+    chunk fails only its file, reported from the worker."""
     from remotevss.backup import restore as restore_mod
     from remotevss.backup import workers as workers_mod
+
+    monkeypatch.setattr(restore_mod, "SETTLE_AT", settle_at)
 
     src = tmp_path / "src"
     src.mkdir()

@@ -58,6 +58,10 @@ POOL_FROM_BYTES = 64 << 20
 BATCH_FILES = 64
 BATCH_BYTES = 8 << 20
 WORKER_BATCHES = 2
+#: Directories (or hardlinks) waiting for their files before everything handed over
+#: is waited for and they are done: bounds what a restore of millions of
+#: directories holds, at the cost of one pause of the writers per this many.
+SETTLE_AT = 4096
 
 #: A file for a writer: (restored path, its entry, point path, whether its directory
 #: was made by this restore without a default ACL).
@@ -318,15 +322,22 @@ class _Restorer:
                 self.fail(item["path"], item["error"], warning=True)
 
     def finish(self) -> None:
-        """Once every file is written: the hardlinks, then the directories' metadata,
-        deepest first (as they were left), so that nothing changes them afterwards."""
-        if self.pool is None:
-            return
+        """At the end: every file written, then what waited for them."""
+        if self.pool is not None:
+            self.settle()
+
+    def settle(self) -> None:
+        """Wait for every file handed over, then make the hardlinks that waited and set
+        the metadata of the directories whose walk has ended, deepest first (the
+        order they ended in), so that nothing changes them afterwards."""
+        assert self.pool is not None
         self.dispatch()
         self.pool.drain(self.outcomes)
-        for path, e, point_path in self.later_links:
+        links, self.later_links = self.later_links, []
+        for path, e, point_path in links:
             self.restore_entry(path, e, point_path)
-        for path, e, point_path in self.later_dirs:
+        dirs, self.later_dirs = self.later_dirs, []
+        for path, e, point_path in dirs:
             try:
                 self.apply_meta(path, e, point_path)
             except OSError as exc:
@@ -381,6 +392,8 @@ class _Restorer:
             self.restore_dir_contents(path, children, point_path, made)
         if self.pool is not None:
             self.later_dirs.append((path, e, point_path))  # its files may still be written
+            if len(self.later_dirs) >= SETTLE_AT or len(self.later_links) >= SETTLE_AT:
+                self.settle()
         else:
             self.apply_meta(path, e, point_path)
 
