@@ -309,11 +309,13 @@ class _Restorer:
             self.plain_dir = plain
 
     def outcomes(self, batch: list[FileTask], done: list[FileOutcome]) -> None:
-        for (_path, _e, _point_path, _plain), (ok, nbytes, errors, warnings) in zip(
+        for (_path, _e, point_path, _plain), (ok, nbytes, errors, warnings) in zip(
                 batch, done, strict=True):
             if ok:
                 self.result.files += 1
                 self.progress.file_done()
+            else:  # a later hardlink to it then restores (or fails) as a copy, named
+                self.restored.pop(point_path, None)
             self.result.bytes += nbytes
             self.progress.add_bytes(nbytes)
             for item in errors:
