@@ -339,6 +339,9 @@ def test_roundtrip_metadata_sparse_hardlinks(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cli("restore", str(point["id"]), "--repo", repo, "--path", "data", "--to", out)
     assert assert_same_tree(src, out) > 200
+    cli("restore", "latest", "--repo", repo, "--path", "data", "--to", tmp_path / "out0",
+        "--processes", "0")
+    assert assert_same_tree(src, tmp_path / "out0") > 200
     # A single file, and a hardlink whose first name is outside the restored part.
     one = tmp_path / "one"
     cli("restore", "latest", "--repo", repo, "--path", "data/meta/hardlink.txt", "--to", one)
@@ -708,9 +711,10 @@ def test_restore_sizes_and_modes_exact_under_any_umask_or_default_acl(tmp_path: 
     restore_into(acl_parent / "out", inherits_acl=True)
 
 
-@pytest.mark.parametrize("settle_at", [3, 4096])
+@pytest.mark.parametrize(("settle_at", "processes"), [(3, 1), (4096, 1), (4096, 2)])
 def test_restore_with_a_writer_process_is_identical_and_damage_spares_others(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settle_at: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settle_at: int,
+        processes: int) -> None:
     """Files written by a worker process from the first file on (and by this process
     when the worker holds enough): the whole tree comes out identical (hardlinks in
     one directory and across directories, sparse files, ACLs, set-id bits, a
@@ -749,12 +753,12 @@ def test_restore_with_a_writer_process_is_identical_and_damage_spares_others(
     try:
         with Repository(repo_path, "read", passphrase="p") as repo:
             point = repo.find_point("latest")
-            result = restore_mod.restore(repo, point, tmp_path / "out", "s", processes=1,
-                                         pool_from=(0, 0))
+            result = restore_mod.restore(repo, point, tmp_path / "out", "s",
+                                         processes=processes, pool_from=(0, 0))
             files = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink())
             assert not result.errors and result.files == files
             assert_same_tree(src, tmp_path / "out")
-            assert spawned == ["remotevss.backup.restore_workers"]
+            assert spawned == ["remotevss.backup.restore_workers"] * processes
 
             part = restore_mod.restore(repo, point, tmp_path / "part", "s/small", processes=1,
                                        pool_from=(0, 0))
@@ -774,7 +778,7 @@ def test_restore_with_a_writer_process_is_identical_and_damage_spares_others(
                 path.write_bytes(bytes(data))
         with Repository(repo_path, "read", passphrase="p") as repo:
             bad = restore_mod.restore(repo, repo.find_point("latest"), tmp_path / "bad", "s",
-                                      processes=1, pool_from=(0, 0))
+                                      processes=processes, pool_from=(0, 0))
     finally:
         workers_mod.spawn = real_spawn  # type: ignore[assignment]
     failed = {"s/small/d03/e3/f00003.bin", "s/meta/hardlink.txt", "s/meta/text.txt",
