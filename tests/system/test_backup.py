@@ -172,6 +172,24 @@ def backup(repo: Path, *sources: str, meta: dict[str, Any] | None = None,
     return point.__dict__
 
 
+def backed_up(tmp_path: Path, src: Path) -> Path:
+    """``src`` backed up as source "s" into a new encrypted repository (passphrase "p",
+    no worker processes); returns the repository's path."""
+    repo_path = tmp_path / "repo"
+    init_repo(repo_path, passphrase="p")
+    with Repository(repo_path, "write", passphrase="p") as repo:
+        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    return repo_path
+
+
+def flip_stored_byte(repo_path: Path, loc: Any) -> None:
+    """Damage a blob where it lies: one bit in the middle of its stored bytes."""
+    path = pack_path(repo_path, loc.pack)
+    data = bytearray(path.read_bytes())
+    data[loc.entry.offset + loc.entry.stored_len // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 # --- btrfs snapshots (root) ------------------------------------------------------------
 
 WRITER = r"""
@@ -391,10 +409,7 @@ def test_flipped_byte_is_found_by_verify_and_spares_other_files(tmp_path: Path) 
     with Repository(repo) as r:
         loc = r.index.locate(r.blob_id(rand("v7", 100_000)))
     assert loc is not None and loc.entry.type == DATA
-    path = pack_path(repo, loc.pack)
-    data = bytearray(path.read_bytes())
-    data[loc.entry.offset + loc.entry.stored_len // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_stored_byte(repo, loc)
 
     assert cli("check", "--repo", repo).returncode == 0  # structure is intact
     proc = cli("verify", "--repo", repo, check=4)
@@ -596,10 +611,7 @@ def test_large_chunks_opened_ahead_restore_identically_and_damage_spares_others(
         (src / f"small{i}").write_bytes(rand(f"s{i}", 3000))
     (src / "sub" / "copy").write_bytes(rand("ahead3", (3 << 20) + 777 * 3))
     os.link(src / "big5", src / "sub" / "link5")
-    repo_path = tmp_path / "repo"
-    init_repo(repo_path, passphrase="p")
-    with Repository(repo_path, "write", passphrase="p") as repo:
-        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    repo_path = backed_up(tmp_path, src)
 
     opened_by: list[str] = []
     real = Repository.read_blob
@@ -621,10 +633,7 @@ def test_large_chunks_opened_ahead_restore_identically_and_damage_spares_others(
             raw = (src / "big2").read_bytes()
             loc = repo.index.locate(repo.blob_id(raw[:_first_chunk_len(repo, point, "s/big2")]))
             assert loc is not None
-            path = pack_path(repo_path, loc.pack)
-            data = bytearray(path.read_bytes())
-            data[loc.entry.offset + loc.entry.stored_len // 2] ^= 0x01
-            path.write_bytes(bytes(data))
+            flip_stored_byte(repo_path, loc)
         with Repository(repo_path, "read", passphrase="p") as repo:
             result = restore_mod.restore(repo, repo.find_point("latest"), tmp_path / "out2", "s")
     finally:
@@ -675,10 +684,7 @@ def test_restore_sizes_and_modes_exact_under_any_umask_or_default_acl(tmp_path: 
         path.write_bytes(rand(f"m{mode}", 5000))
         os.chmod(path, mode)
     os.setxattr(src / "d" / "e" / "m640", "system.posix_acl_access", acl_xattr(4242))
-    repo_path = tmp_path / "repo"
-    init_repo(repo_path, passphrase="p")
-    with Repository(repo_path, "write", passphrase="p") as repo:
-        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    repo_path = backed_up(tmp_path, src)
 
     def restore_into(target: Path, inherits_acl: bool = False) -> None:
         with Repository(repo_path, "read", passphrase="p") as repo:
@@ -737,10 +743,7 @@ def test_restore_with_a_writer_process_is_identical_and_damage_spares_others(
         (src / "meta" / "readonly-dir" / f"f{i}").write_bytes(rand(f"ro{i}", 2000))
     (src / "meta" / "readonly-dir").chmod(0o555)
     os.utime(src / "meta" / "readonly-dir", ns=(1_600_000_000_000_000_000,) * 2)
-    repo_path = tmp_path / "repo"
-    init_repo(repo_path, passphrase="p")
-    with Repository(repo_path, "write", passphrase="p") as repo:
-        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    repo_path = backed_up(tmp_path, src)
 
     spawned: list[str] = []
     real_spawn = workers_mod.spawn
@@ -772,10 +775,7 @@ def test_restore_with_a_writer_process_is_identical_and_damage_spares_others(
                            src / "meta" / "text.txt"):
                 loc = repo.index.locate(repo.blob_id(victim.read_bytes()))
                 assert loc is not None
-                path = pack_path(repo_path, loc.pack)
-                data = bytearray(path.read_bytes())
-                data[loc.entry.offset + loc.entry.stored_len // 2] ^= 0x01
-                path.write_bytes(bytes(data))
+                flip_stored_byte(repo_path, loc)
         with Repository(repo_path, "read", passphrase="p") as repo:
             bad = restore_mod.restore(repo, repo.find_point("latest"), tmp_path / "bad", "s",
                                       processes=processes, pool_from=(0, 0))
