@@ -41,6 +41,7 @@ EXIT_DAMAGED = 4
 EXIT_LOCKED = 5
 EXIT_NOT_RELEASED = 6
 EXIT_WRONG_PASSPHRASE = 7
+PASSWORD_ENV = "REMOTEVSS_BACKUP_PASSWORD"  # noqa: S105 - the variable's name
 NEW_PASSWORD_ENV = "REMOTEVSS_BACKUP_NEW_PASSWORD"  # noqa: S105 - the variable's name
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -75,7 +76,7 @@ def _read_secret_file(path: str) -> str:
 
 
 def passphrase_source(args: argparse.Namespace, confirm: bool = False,
-                      env: str = "REMOTEVSS_BACKUP_PASSWORD", file_attr: str = "password_file",
+                      env: str = PASSWORD_ENV, file_attr: str = "password_file",
                       prompt: str = "Repository passphrase: ") -> Any:
     """A callable giving the passphrase: --password-file, $REMOTEVSS_BACKUP_PASSWORD, or a
     prompt on a terminal; asked only when needed (a plain repository never asks)."""
@@ -101,8 +102,9 @@ def passphrase_source(args: argparse.Namespace, confirm: bool = False,
 
 
 def _passphrase_given(args: argparse.Namespace) -> bool:
-    """Whether the passphrase comes without a prompt (a prompt waits for its turn)."""
-    return bool(getattr(args, "password_file", None) or os.environ.get("REMOTEVSS_BACKUP_PASSWORD"))
+    """Whether ``passphrase_source(args)`` answers without a prompt (a prompt waits for
+    its turn): the same two sources it tries first."""
+    return bool(getattr(args, "password_file", None) or os.environ.get(PASSWORD_ENV))
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

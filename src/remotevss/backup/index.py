@@ -35,8 +35,13 @@ ID_LEN = 32  # blob ids: blake3-256
 _ONE_STATEMENT = sqlite3.sqlite_version_info >= (3, 38)
 
 
-_LOCATE_MANY = ("SELECT b.id, p.name, b.type, b.compression, b.offset, b.stored_len, "
-                "b.raw_len FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id IN")
+# A blob's place: (id, pack name, type, compression, offset, stored_len, raw_len).
+_LOCATE = ("SELECT b.id, p.name, b.type, b.compression, b.offset, b.stored_len, "
+           "b.raw_len FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id")
+
+
+def _location(row: tuple[Any, ...]) -> Location:
+    return Location(row[1], BlobEntry(row[0], *row[2:]))
 
 
 class IndexDamaged(Exception):
@@ -232,12 +237,8 @@ class Index:
         return self.con.execute("SELECT 1 FROM blobs WHERE id=?", (blob_id,)).fetchone() is not None
 
     def locate(self, blob_id: bytes) -> Location | None:
-        row = self.con.execute(
-            "SELECT p.name, b.type, b.compression, b.offset, b.stored_len, b.raw_len "
-            "FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id=?", (blob_id,)).fetchone()
-        if row is None:
-            return None
-        return Location(row[0], BlobEntry(blob_id, row[1], row[2], row[3], row[4], row[5]))
+        row = self.con.execute(f"{_LOCATE}=?", (blob_id,)).fetchone()  # noqa: S608 - constant
+        return None if row is None else _location(row)
 
     def locate_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, Location]:
         """``locate`` of many blobs, in one query per 500 (missing ones left out).
@@ -248,9 +249,9 @@ class Index:
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
             marks = ",".join("?" * len(part))
-            query = f"{_LOCATE_MANY} ({marks})"  # noqa: S608 - only placeholders
+            query = f"{_LOCATE} IN ({marks})"  # noqa: S608 - only placeholders
             for row in self.con.execute(query, part):
-                out[row[0]] = Location(row[1], BlobEntry(row[0], *row[2:]))
+                out[row[0]] = _location(row)
         return out
 
     def add_pack(self, name: str, size: int, entries: Iterable[BlobEntry]) -> int:

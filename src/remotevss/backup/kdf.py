@@ -92,7 +92,7 @@ def start(repo: Path, passphrase: Callable[[], str]) -> None:
         if not files:
             return
         with open(files[0], "rb") as f:
-            doc = json.loads(f.read(MAX_KEY_FILE + 1)[:MAX_KEY_FILE])
+            doc = json.loads(f.read(MAX_KEY_FILE))  # a longer one is damaged: no JSON
         salt = base64.b64decode(str(doc["salt"]), validate=True)
         params = bounded(doc.get("kdf"), salt)
         if params is None:

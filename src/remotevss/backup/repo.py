@@ -226,7 +226,9 @@ class Repository:
         # Keys first: a wrong passphrase must leave no trace (no lock note, no tmp cleanup).
         # ``codec``: already unlocked by this process's parent (a restore worker, which
         # reads only): the parent checked the keys and config.json.
-        if codec is not None and mode == "read":
+        if codec is not None:
+            if mode != "read":
+                raise ValueError("a codec from elsewhere only opens a repository for reading")
             self.codec, self.key_id = codec, None
         else:
             self.codec, self.key_id = open_codec(self.path, self.config, raw_config,

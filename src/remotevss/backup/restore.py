@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remotevss.backup import workers
 from remotevss.backup.chunker import is_zero
 from remotevss.backup.index import Location, PointRow
 from remotevss.backup.progress import Progress
@@ -157,9 +158,7 @@ class _Restorer:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-        for fut, _n in self.ahead.values():
-            fut.cancel()
-        self.ahead.clear()
+        self.drop_ahead()
         if self.decoder is not None:
             self.decoder.shutdown(wait=True, cancel_futures=True)
             self.decoder = None
@@ -221,7 +220,7 @@ class _Restorer:
             os.chmod(path, e["mode"])
         os.utime(path, ns=(e["atime"], e["mtime"]), follow_symlinks=False)
 
-    def apply_meta_fd(self, fd: int, e: Entry, point_path: str) -> None:
+    def apply_meta_fd(self, fd: int, e: Entry, point_path: str, mode_set: bool) -> None:
         """``apply_meta`` for a regular file still open: the calls act on the open
         file, so the kernel does not look its path up five more times."""
         if self.as_root and (e["uid"], e["gid"]) != (-1, -1):
@@ -236,7 +235,7 @@ class _Restorer:
                 os.setxattr(fd, name, value)
             except OSError as exc:
                 self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
-        if not self.created_with_mode(e):
+        if not mode_set:  # created with it (``created_with_mode``)
             os.fchmod(fd, e["mode"])
         os.utime(fd, ns=(e["atime"], e["mtime"]))
 
@@ -346,6 +345,7 @@ class _Restorer:
                 self.fail(point_path, exc)
 
     def drop_ahead(self) -> None:
+        """Forget the chunks opened or located ahead (those not started are cancelled)."""
         for fut, _n in self.ahead.values():
             fut.cancel()
         self.ahead.clear()
@@ -422,7 +422,8 @@ class _Restorer:
     def write_content(self, path: str, e: Entry, point_path: str) -> bool:
         """Data, then owner, xattrs, mode and times on the open file."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        mode = e["mode"] if self.created_with_mode(e) else 0o600
+        mode_set = self.created_with_mode(e)
+        mode = e["mode"] if mode_set else 0o600
         try:
             fd = os.open(path, flags, mode)
         except FileExistsError:  # replaced, not written through (it may be a hardlink)
@@ -445,7 +446,7 @@ class _Restorer:
             self.fail(point_path, f"not restored: {exc}")
             return False
         try:
-            self.apply_meta_fd(fd, e, point_path)
+            self.apply_meta_fd(fd, e, point_path, mode_set)
         finally:
             os.close(fd)
         self.progress.file_done()
@@ -483,18 +484,16 @@ class _Writers:
     """The restore's worker processes; each holds at most WORKER_BATCHES batches."""
 
     def __init__(self, count: int, repo: Repository) -> None:
-        from remotevss.backup.workers import codec_spec, send_obj, spawn
-
-        self.send_obj = send_obj
         self.procs: list[subprocess.Popen[bytes]] = []
         self.sent: dict[int, deque[list[FileTask]]] = {}  # result fd -> batches in order
         try:
             for _ in range(count):
-                proc = spawn("remotevss.backup.restore_workers")
+                proc = workers.spawn("remotevss.backup.restore_workers")
                 self.procs.append(proc)
                 assert proc.stdin is not None and proc.stdout is not None
                 self.sent[proc.stdout.fileno()] = deque()
-                send_obj(proc.stdin.fileno(), (str(repo.path), *codec_spec(repo.codec)))
+                init = (str(repo.path), *workers.codec_spec(repo.codec))
+                workers.send_obj(proc.stdin.fileno(), init)
         except BaseException:
             self.close(kill=True)
             raise
@@ -506,7 +505,7 @@ class _Writers:
         if len(queue) >= WORKER_BATCHES:
             return False
         try:
-            self.send_obj(_fd(proc.stdin), batch)
+            workers.send_obj(_fd(proc.stdin), batch)
         except BrokenPipeError:
             raise self.died(proc) from None
         queue.append(batch)
@@ -514,14 +513,12 @@ class _Writers:
 
     def collect(self, on: Callable[[list[FileTask], list[FileOutcome]], None],
                 block: bool) -> None:
-        from remotevss.backup.workers import recv_obj
-
         busy = [fd for fd, q in self.sent.items() if q]
         if not busy:
             return
         ready, _, _ = select.select(busy, [], [], None if block else 0)
         for fd in ready:
-            done = recv_obj(fd)
+            done = workers.recv_obj(fd)
             if done is None:
                 raise self.died(next(p for p in self.procs if _fd(p.stdout) == fd))
             on(self.sent[fd].popleft(), done)
