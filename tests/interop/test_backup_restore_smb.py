@@ -19,6 +19,13 @@ security descriptor bytes.  Checked:
 * entries SMB cannot create (a symlink of a local-directory point) are
   skipped and reported (exit 3);
 * bad targets are refused before any connection;
+* names of the point that differ only in case are restored once (the first),
+  the others skipped and named, never written over each other;
+* existing files that smbd lists under a mangled name (``name.``, ``CON``)
+  are found before anything is written;
+* a signal during a large file removes that file and stops between files;
+* a read-only share: nothing restored is exit 1, with a plain message and
+  the files a failed directory holds counted;
 * what ``backup mount`` shows of such a point (descriptor as an xattr, owner bits).
 """
 
@@ -179,14 +186,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
     work = tmp_path_factory.mktemp("restore-smb")
     with loop_filesystem("btrfs", 512, work) as mnt:
-        source, target = mnt / "data", mnt / "restore"
+        source, target, readonly = mnt / "data", mnt / "restore", mnt / "ro"
         source.mkdir()
         target.mkdir()
+        readonly.mkdir()
         make_source(source)
         # The target keeps NT ACLs as set (acl_xattr, as shares for Windows clients
         # do), so the descriptors read back are byte for byte what restore wrote.
-        samba = PrivateSamba(work / "samba", {"data": source, "restore": target},
-                             share_options={"restore": {"vfs objects": "acl_xattr btrfs"}})
+        samba = PrivateSamba(work / "samba", {"data": source, "restore": target,
+                                              "ro": readonly},
+                             share_options={"restore": {"vfs objects": "acl_xattr btrfs"},
+                                            "ro": {"read only": "yes"}})
         samba.start()
         e = Env(samba, source, target, work / "repo", work)
         try:
@@ -481,3 +491,123 @@ def test_refused_logon_and_missing_share_fail_cleanly(env: Env) -> None:
     r = env.restore("latest", "--to", env.unc("nosuchshare", "x"), check=1)
     assert "no such share" in r.stderr, r.stderr
     assert not (env.target / "nologon").exists()
+
+
+def local_point(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """A repository with one point of a local directory holding ``files``."""
+    local = tmp_path / "local"
+    for rel, data in files.items():
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(data)
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    with Repository(repo, "write", command="test") as r:
+        run_backup(r, [LocalSource(local, "local")])
+    return repo
+
+
+def test_names_differing_only_in_case_are_never_written_over_each_other(
+        env: Env, tmp_path: Path) -> None:
+    files = {"A.txt": b"upper", "a.txt": b"lower", "sub/Inner.txt": b"nested",
+             "sub/inner.TXT": b"n2", "Dir/one": b"1", "dir/two": b"2",
+             "stra\u00dfe": b"sharp s", "STRASSE": b"not the same name on a share"}
+    repo = local_point(tmp_path, files)
+    for extra in ((), ("--overwrite",)):
+        name = f"case{len(extra)}"
+        proc = env.cli("restore", "--repo", repo, "-U", "root", "-p", str(env.samba.port),
+                       "latest", "--path", "local", "--to", env.unc("restore", name),
+                       "--json", *extra, check=3)
+        report = json.loads(proc.stdout)
+        skipped = {s["path"]: s["error"] for s in report["skipped"]}
+        assert set(skipped) == {"local/a.txt", "local/sub/inner.TXT", "local/dir"}, skipped
+        assert "differs only in case from 'A.txt'" in skipped["local/a.txt"]
+        assert report["errors"] == [] and report["files"] == 5, report
+        out = env.target / name
+        # The first name of each pair, with its own data; ß and SS are two names.
+        got = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert got == {"A.txt": b"upper", "sub/Inner.txt": b"nested", "Dir/one": b"1",
+                       "STRASSE": files["STRASSE"], "stra\u00dfe": b"sharp s"}, got
+
+
+def test_existing_names_smbd_lists_mangled_are_found_before_writing(
+        env: Env, tmp_path: Path) -> None:
+    """smbd lists ``name.``, ``name `` and DOS device names under 8.3 names: the
+    existence check opens them instead of trusting the listing."""
+    odd = ["name.", "name ", "CON", "aux.txt"]
+    repo = local_point(tmp_path, {**{n: b"from the point" for n in odd}, "plain": b"p"})
+    out = env.target / "mangled"
+    out.mkdir()
+    for n in odd:
+        (out / n).write_bytes(b"USER DATA")
+    proc = env.cli("restore", "--repo", repo, "-U", "root", "-p", str(env.samba.port),
+                   "latest", "--path", "local", "--to", env.unc("restore", "mangled"),
+                   check=1)
+    assert "4 target(s) already exist, nothing was restored" in proc.stderr, proc.stderr
+    for n in odd:
+        assert f"mangled\\{n} (exists)" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(odd), "a refused restore wrote"
+    assert all((out / n).read_bytes() == b"USER DATA" for n in odd)
+    env.cli("restore", "--repo", repo, "-U", "root", "-p", str(env.samba.port), "latest",
+            "--path", "local", "--to", env.unc("restore", "mangled"), "--overwrite")
+    assert all((out / n).read_bytes() == b"from the point" for n in odd)
+    assert (out / "plain").read_bytes() == b"p"
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["one-signal", "two-signals"])
+def test_a_signal_during_a_large_file_removes_it_and_stops(
+        env: Env, tmp_path: Path, second: bool) -> None:
+    """SIGINT while a large file is being written (sent from the progress hook, so
+    at a known moment; the real signal and handler): the file is removed from the
+    share, the files before it stay whole, nothing after it is written; with a
+    second SIGINT the restore stops at once (KeyboardInterrupt all the same)."""
+    import signal
+
+    from remotevss.backup.progress import Progress
+    from remotevss.backup.signals import stop_at_safe_points
+    from remotevss.backup.smb_restore import parse_target, restore_to_share
+
+    big = rand("big", 24 << 20)
+    repo = local_point(tmp_path, {"a-first": b"whole", "b-large": big, "c-after": b"late"})
+    notes: list[str] = []
+
+    class Interrupting(Progress):
+        sent = 0
+
+        def add_bytes(self, n: int) -> None:
+            super().add_bytes(n)
+            if n >= 1 << 20 and self.sent < 1 + second:  # inside the large file
+                self.sent += 1
+                os.kill(os.getpid(), signal.SIGINT)
+
+    name = f"stopped{int(second)}"
+    with env.session() as s, Repository(repo, "read") as r:
+        with pytest.raises(KeyboardInterrupt), stop_at_safe_points(notes.append):
+            restore_to_share(r, r.find_point("latest"), s,
+                             parse_target(env.unc("restore", name)), "local",
+                             progress=Interrupting(enabled=False))
+        # The session is still usable: nothing was cut off in the middle of a message.
+        assert sorted(e.name for e in SmbSource(s, "restore", "v").scandir(name)) == (
+            ["a-first"] if not second else sorted(os.listdir(env.target / name)))
+    out = env.target / name
+    assert (out / "a-first").read_bytes() == b"whole"
+    assert not (out / "c-after").exists()
+    if not second:
+        assert not (out / "b-large").exists(), "a partial file was left under its name"
+        assert notes and "again to stop at once" in notes[0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_read_only_share_restores_nothing_and_says_why(env: Env) -> None:
+    r = env.restore("latest", "--to", env.unc("ro"), "--json", check=1)
+    report = json.loads(r.stdout)
+    assert report["files"] == 0 and report["dirs"] == 0
+    with env.session() as s:
+        files = sum(1 for v in smb_view(s, "data").values() if v[0] == "f")
+    [err] = report["errors"]
+    assert err["path"] == "data/"
+    assert err["error"] == ("mkdir: Permission denied (STATUS_ACCESS_DENIED); "
+                            f"the {files} files below it are not restored"), err
+    r = env.restore("latest", "--to", env.unc("ro", "x"), check=1)
+    assert "Permission denied (STATUS_ACCESS_DENIED): \\\\127.0.0.1\\ro\\x" in r.stderr, (
+        r.stderr)
+    assert "Unknown NtStatus" not in r.stderr

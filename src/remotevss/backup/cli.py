@@ -20,6 +20,7 @@ the repository is encrypted), as ``remotevss shadow`` gets its password.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import getpass
 import json
@@ -403,7 +404,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
             return EXIT_USAGE
 
         writers = PROCESSES if args.processes is None else args.processes
-        with Repository(repo_path, "read", passphrase=secret) as repo:
+        with Repository(repo_path, "read", passphrase=secret) as repo, _stops_cleanly():
             chosen = repo.find_point(args.point)
             if args.include:
                 from remotevss.backup.restore_items import restore_items
@@ -528,6 +529,15 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
     return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
 
 
+def _stops_cleanly() -> contextlib.AbstractContextManager[None]:
+    """A restore's Ctrl-C (or SIGTERM) stops it between files: nothing truncated is
+    left under a file's name (remotevss.backup.signals.stop_at_safe_points)."""
+    from remotevss.backup.signals import stop_at_safe_points
+
+    return stop_at_safe_points(
+        lambda text: print(f"remotevss backup: {text}", file=sys.stderr, flush=True))
+
+
 def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
     """``backup restore POINT --to \\\\host\\share\\path``: see remotevss.backup.smb_restore."""
     from remotevss.backup.repo import Repository
@@ -551,7 +561,7 @@ def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) ->
                             domain=creds.domain, nt_hash=creds.nt_hash,
                             kerberos=creds.kerberos(), port=options.port,
                             encrypt=not args.no_encryption, timeout=args.smb_timeout,
-                            connect_timeout=options.connect_timeout) as smb:
+                            connect_timeout=options.connect_timeout) as smb, _stops_cleanly():
                 result = restore_to_share(repo, chosen, smb, target, args.path, args.include,
                                           overwrite=args.overwrite,
                                           security=not args.no_security,
@@ -570,6 +580,8 @@ def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) ->
           + (f"; {len(result.skipped)} skipped" if result.skipped else "")
           + (f"; {len(result.errors)} failed" if result.errors else "")
           + (f"; {len(result.warnings)} warnings" if result.warnings else ""))
+    if result.errors and not (result.files or result.dirs):
+        return EXIT_FAILED  # nothing at all was restored
     return EXIT_PARTIAL if result.errors or result.skipped else EXIT_OK
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remotevss.backup import workers
+from remotevss.backup import signals, workers
 from remotevss.backup.chunker import is_zero
 from remotevss.backup.index import Location, PointRow
 from remotevss.backup.progress import Progress
@@ -259,6 +259,7 @@ class _Restorer:
         plain = made and not _has_default_acl(dirpath)
         looked = (0, 0)  # the next chunk to look at: (entry, chunk in its content)
         for i, e in enumerate(entries):
+            signals.check()  # between entries: nothing is half-made here
             self.plain_dir = plain  # a subdirectory's restore sets it for its own entries
             if self.pool is None and (self.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i):
                 looked = self.look_ahead(entries, max(looked, (i, 0)))
@@ -432,6 +433,7 @@ class _Restorer:
         try:
             end = 0  # the file's size so far
             for off, length, cid in e.get("content", ()):
+                signals.check()
                 data = self.chunk(cid)
                 if len(data) != length:
                     raise BlobError(bytes.fromhex(cid), "length differs from the tree")
@@ -445,6 +447,11 @@ class _Restorer:
             os.unlink(path)
             self.fail(point_path, f"not restored: {exc}")
             return False
+        except BaseException:  # stopped or interrupted: no truncated file under its name
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         try:
             self.apply_meta_fd(fd, e, point_path, mode_set)
         finally:
@@ -632,7 +639,9 @@ def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str 
     With a directory ``subpath``, ``target`` becomes that directory (its
     contents and metadata); with a file, the file is restored into ``target``.
     ``processes``: worker processes writing files beside this one (0: none),
-    started once ``pool_from`` (files, bytes) are met.
+    started once ``pool_from`` (files, bytes) are met.  Inside
+    ``signals.stop_at_safe_points`` a signal stops it between files: the file
+    being written is removed, those handed to a worker are finished first.
     """
     r = _Restorer(repo, point, progress or Progress(enabled=False), processes, pool_from)
     target = os.fspath(target)
@@ -652,6 +661,10 @@ def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str 
                 os.makedirs(target, exist_ok=True)
                 r.restore_entry(os.path.join(target, e["name"]), e, sub)
         r.finish()
+    except signals.Stopped:
+        if r.pool is not None:  # the files handed over are finished, not cut off
+            r.pool.drain(r.outcomes)
+        raise
     finally:
         r.close()
         r.progress.finish()

@@ -197,10 +197,28 @@ class _Status(Exception):
         self.status = status
 
 
+#: Statuses smbprotocol has no errno for ("Unknown NtStatus error returned ..."),
+#: which a restore onto a share meets: their errno, for a plain message.
+_STATUS_ERRNO = {0xC0000022: errno.EACCES,  # STATUS_ACCESS_DENIED
+                 0xC000007F: errno.ENOSPC,  # STATUS_DISK_FULL
+                 0xC00000A2: errno.EROFS}  # STATUS_MEDIA_WRITE_PROTECTED
+
+
+class ShareOSError(OSError):
+    """An OSError shown as ``strerror: \\\\host\\share\\path`` (a UNC path's
+    backslashes are not doubled, as ``repr`` would)."""
+
+    def __str__(self) -> str:
+        return f"{self.strerror}: {self.filename}"
+
+
 def _os_error(status: int, path: str) -> OSError:
     err: OSError = SMBOSError(status, path)
-    if err.errno == 0:  # a status smbprotocol has no errno for
-        err.errno = errno.EIO
+    if err.errno == 0:  # a status smbprotocol has no errno for: say what it is
+        code = _STATUS_ERRNO.get(status, errno.EIO)
+        name = next((k for k, v in vars(NtStatus).items()
+                     if k.startswith("STATUS_") and v == status), f"NTSTATUS 0x{status:08x}")
+        return ShareOSError(code, f"{os.strerror(code)} ({name})", path)
     return err
 
 

@@ -32,6 +32,7 @@ whose data is damaged is deleted again (delete-on-close) and reported.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import struct
@@ -42,6 +43,7 @@ from typing import Any
 
 from smbprotocol.header import NtStatus
 
+from remotevss.backup import signals
 from remotevss.backup.chunker import is_zero
 from remotevss.backup.index import PointRow
 from remotevss.backup.progress import Progress
@@ -177,6 +179,27 @@ def bad_name(name: str) -> str | None:
     return None
 
 
+def fold(name: str) -> str:
+    """``name`` as a case-insensitive share compares it: each character upper-cased
+    on its own (Windows' and Samba's upcase tables map one code point to one, so
+    "ß" stays and "ı" meets "i"), not Python's full case folding."""
+    if name.isascii():
+        return name.upper()
+    return "".join(u if len(u := c.upper()) == 1 else c for c in name)
+
+
+#: DOS device names: a share lists a file so named (with any extension) under a
+#: mangled 8.3 name, as it does one whose name ends in a dot or a space.
+_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                       *(f"LPT{i}" for i in range(1, 10))})
+
+
+def listed_otherwise(name: str) -> bool:
+    """Whether Samba would show an existing file of this name under another (mangled)
+    name in a directory listing, so that only opening it tells whether it exists."""
+    return name[-1] in ". " or name.split(".", 1)[0].rstrip(" ").upper() in _RESERVED
+
+
 @dataclass
 class ShareRestoreResult:
     target: str
@@ -269,8 +292,11 @@ class _ShareRestorer:
         self.src = SmbSource(session, target.unc.share, "restore", security=False)
         self.tree_ = self.src.tree
         self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()  # LRU of decoded trees
-        self.existing_dirs: set[str] = set()  # share paths (casefolded) that exist
+        self.existing_dirs: set[str] = set()  # share paths (folded) that exist
         self.conflicts: list[dict[str, str]] = []
+        # Point paths whose name differs only in case from a sibling's (-> that name):
+        # one file on a case-insensitive share; the first in the point is restored.
+        self.same_name: dict[str, str] = {}
         self.pending: deque[_Pending] = deque()
         self.total_files = 0
         self.total_bytes = 0
@@ -310,17 +336,32 @@ class _ShareRestorer:
 
     # -- the share ------------------------------------------------------------------
     def listing(self, rel: tuple[str, ...]) -> dict[str, str] | None:
-        """casefolded name -> type of a target directory; None if it does not exist."""
+        """folded name -> type of a target directory; None if it does not exist."""
         try:
             entries = self.src.scandir("/".join((*self.target.path, *rel)))
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
             raise
-        return {e.name.casefold(): e.type for e in entries}
+        return {fold(e.name): e.type for e in entries}
+
+    def probe(self, rel: tuple[str, ...]) -> str | None:
+        """The type of an existing target entry, found by opening it (for names a
+        listing shows mangled); None if there is none."""
+        path = self.target.smb_path(*rel)
+        reqs = self.session.send(self.tree_, [
+            _create(path, _FILE_READ_ATTRIBUTES | _SYNCHRONIZE, _FILE_OPEN, 0),
+            _close(_RELATED)], related=True)
+        created, _closed = self.session.recv_all(reqs)
+        if isinstance(created, _Status):
+            if created.status in (NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
+                                  NtStatus.STATUS_OBJECT_PATH_NOT_FOUND):
+                return None
+            return FILE  # there, but not for us to open: in the way all the same
+        return DIR if _Created(created).attrs & _ATTR_DIRECTORY else FILE
 
     def _key(self, rel: tuple[str, ...]) -> str:
-        return self.target.smb_path(*rel).casefold()
+        return fold(self.target.smb_path(*rel))
 
     # -- pass 1: what exists ------------------------------------------------------------
     def plan_dir(self, rel: tuple[str, ...], entries: list[Entry], prefix: str,
@@ -328,13 +369,22 @@ class _ShareRestorer:
         present = self.listing(rel) if exists else None
         if present is not None:
             self.existing_dirs.add(self._key(rel))
+        first: dict[str, str] = {}  # folded name -> the point's first name for it
         for e in entries:
             name = e["name"]
             point_path = f"{prefix}/{name}" if prefix else name
             sel = wanted.below(name)
             if sel is None or bad_name(name) or e["type"] not in (DIR, FILE):
                 continue
-            kind = present.get(name.casefold()) if present is not None else None
+            folded = fold(name)
+            if folded in first:
+                self.same_name[point_path] = first[folded]
+                continue
+            first[folded] = name
+            kind = None
+            if present is not None:
+                kind = (self.probe((*rel, name)) if listed_otherwise(name)
+                        else present.get(folded))
             target = self.target.text(*rel, name)
             if e["type"] == DIR:
                 if kind is not None and kind != DIR:
@@ -361,7 +411,7 @@ class _ShareRestorer:
         """Create the target directory and its missing parents inside the share."""
         for i in range(1, len(self.target.path) + 1):
             rel = self.target.path[:i]
-            key = "\\".join(rel).casefold()
+            key = fold("\\".join(rel))
             if key in self.existing_dirs:
                 continue
             self._mkdir("\\".join(rel), "/".join(rel), fail_exists=False)
@@ -384,6 +434,7 @@ class _ShareRestorer:
         """Restore ``entries`` into the target directory ``rel`` (which exists), then
         ``e``'s metadata onto it (when it was created here or ``overwrite``)."""
         for child in entries:
+            signals.check()  # between files: every compound sent is whole
             name = child["name"]
             point_path = f"{prefix}/{name}" if prefix else name
             sel = wanted.below(name)
@@ -392,6 +443,11 @@ class _ShareRestorer:
             why = bad_name(name)
             if why:
                 self.note("skipped", point_path, f"name: {why}")
+                continue
+            if point_path in self.same_name:
+                self.note("skipped", point_path, "differs only in case from "
+                          f"{self.same_name[point_path]!r}, restored in its place (the "
+                          "share does not tell such names apart)")
                 continue
             kind = child["type"]
             if kind == DIR:
@@ -422,10 +478,26 @@ class _ShareRestorer:
                 if not self._mkdir(smb_path, point_path, fail_exists=True):
                     self.existing_dirs.add(self._key(rel))  # appeared since pass 1
             except OSError as exc:
-                self.note("error", point_path + "/", f"mkdir: {exc.strerror or exc}")
+                lost = self.files_below(children, wanted)
+                self.note("error", point_path + "/", f"mkdir: {exc.strerror or exc}"
+                          + (f"; the {lost} files below it are not restored" if lost else ""))
                 return
         self.result.dirs += 1
         self.restore_dir(rel, e, children, point_path, wanted)
+
+    def files_below(self, entries: list[Entry], wanted: Selection) -> int:
+        """The files a restore of ``entries`` would write (for a directory that failed)."""
+        n = 0
+        for e in entries:
+            sel = wanted.below(e["name"])
+            if sel is None:
+                continue
+            if e["type"] == FILE:
+                n += 1
+            elif e["type"] == DIR:
+                with contextlib.suppress(RepoError, ValueError):  # named when written
+                    n += self.files_below(self.tree(e["subtree"]), sel)
+        return n
 
     def sd_of(self, e: Entry) -> bytes | None:
         return xattrs_of(e).get(SD_XATTR) if self.security else None
@@ -633,6 +705,7 @@ class _ShareRestorer:
                     raise BlobError(bytes.fromhex(cid), "length differs from the tree")
                 for run_off, view in data_runs(data, off):
                     for pos in range(0, len(view), WRITE_SIZE):
+                        signals.check()
                         piece = view[pos:pos + WRITE_SIZE]
                         while inflight and (len(inflight) >= WRITE_DEPTH or
                                             self.session.credits() < CREDIT_RESERVE + 16):
@@ -648,12 +721,14 @@ class _ShareRestorer:
                 failed = failed or _write_failure(self.session, inflight.popleft())
             if failed:
                 raise OSError(errno.EIO, failed)
-        except (RepoError, OSError) as exc:
+        except (RepoError, OSError, signals.Stopped) as exc:
             while inflight:
                 _write_failure(self.session, inflight.popleft())
             self.session.recv_all(self.session.send(self.tree_, [
                 _set_info(fid, _INFO_FILE, _FILE_DISPOSITION_INFORMATION, b"\x01"),
                 _close(fid)]))
+            if isinstance(exc, signals.Stopped):
+                raise  # the partial file is gone
             self.note("error", point_path, f"not restored: "
                       f"{exc.strerror if isinstance(exc, OSError) else exc}")
             return
@@ -772,7 +847,7 @@ def restore_to_share(repo: Repository, point: PointRow, session: SmbSession,
         else:  # parents of a missing target that do exist need no mkdir
             for i in range(1, len(target.path)):
                 if r.listing(target.path[:i]) is not None:
-                    r.existing_dirs.add("\\".join(target.path[:i]).casefold())
+                    r.existing_dirs.add(fold("\\".join(target.path[:i])))
         r.plan_dir((), entries, prefix, sel, root_present is not None)
         if r.conflicts:
             raise RestoreRefused(r.conflicts)
@@ -780,6 +855,9 @@ def restore_to_share(repo: Repository, point: PointRow, session: SmbSession,
         r.ensure_target_root()
         r.restore_dir((), base_meta, entries, prefix, sel)
         r.drain()
+    except signals.Stopped:
+        r.drain()  # the compounds sent are whole files: their answers are read
+        raise
     finally:
         r.progress.finish()
         r.src.close()
