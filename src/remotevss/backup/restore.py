@@ -39,6 +39,7 @@ from remotevss.backup.tree import Entry, decode_tree, xattrs_of
 #: Pseudo-xattrs of non-local sources, kept in the point but not written to a local
 #: file system (Linux has no such namespace): SMB's ``smb.security_descriptor``.
 FOREIGN_XATTR_PREFIXES = ("smb.",)
+ACL_ACCESS, ACL_DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
 #: Chunks of at least this size are read and opened ahead by threads while this
 #: one writes (smaller ones cost more to hand over than to open here: 32 KiB and
 #: 16 KiB were slower).
@@ -65,8 +66,8 @@ WORKER_BATCHES = 2
 SETTLE_AT = 4096
 
 #: A file for a writer: (restored path, its entry, point path, whether its directory
-#: was made by this restore without a default ACL).
-FileTask = tuple[str, "Entry", str, bool]
+#: was made by this restore without a default ACL, whether its directory has one).
+FileTask = tuple[str, "Entry", str, bool, bool]
 #: What became of it: (written, bytes, errors, warnings).
 FileOutcome = tuple[bool, int, list[dict[str, str]], list[dict[str, str]]]
 
@@ -104,10 +105,12 @@ class _Restorer:
         # Places of the chunks of the directory being restored (chunk id hex -> place),
         # looked up in one query per directory, not one per chunk.
         self.located: dict[str, Location] = {}
-        # Permission bits the umask removes from a new file (None: unknown), and
-        # whether the directory being restored was made by us without a default ACL.
+        # Permission bits the umask removes from a new file (None: unknown), whether
+        # the directory being restored was made by us without a default ACL, and
+        # whether it has one (its new entries then inherit ACLs the point may lack).
         self.umask = _umask()
         self.plain_dir = False
+        self.inherit_dir = False
         # Regular files go to worker processes (and this one) in batches once
         # ``pool_from`` (files, bytes) are met; until every file is written the
         # hardlinks and the directories' metadata wait (``finish``).
@@ -118,7 +121,7 @@ class _Restorer:
         self.batch: list[FileTask] = []
         self.batch_bytes = 0
         self.later_links: list[tuple[str, Entry, str]] = []
-        self.later_dirs: list[tuple[str, Entry, str]] = []
+        self.later_dirs: list[tuple[str, Entry, str, bool]] = []
 
     def look_ahead(self, entries: list[Entry], at: tuple[int, int]) -> tuple[int, int]:
         """Hand large chunks of the files from ``entries[at[0]]``'s chunk ``at[1]`` on to
@@ -202,7 +205,9 @@ class _Restorer:
                 self.located[bid.hex()] = loc
 
     # -- metadata -----------------------------------------------------------------------
-    def apply_meta(self, path: str, e: Entry, point_path: str) -> None:
+    def apply_meta(self, path: str, e: Entry, point_path: str, inherited: bool = False
+                   ) -> None:
+        """``inherited``: ``path`` was made in a directory with a default ACL."""
         link = e["type"] == SYMLINK
         if self.as_root and (e["uid"], e["gid"]) != (-1, -1):  # -1: unknown (SMB sources)
             try:
@@ -216,6 +221,8 @@ class _Restorer:
                 os.setxattr(path, name, value, follow_symlinks=False)
             except OSError as exc:
                 self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
+        if inherited and not link:
+            self.drop_inherited_acls(path, e, point_path)
         if not link:
             os.chmod(path, e["mode"])
         os.utime(path, ns=(e["atime"], e["mtime"]), follow_symlinks=False)
@@ -235,9 +242,29 @@ class _Restorer:
                 os.setxattr(fd, name, value)
             except OSError as exc:
                 self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
+        if self.inherit_dir:
+            self.drop_inherited_acls(fd, e, point_path)
         if not mode_set:  # created with it (``created_with_mode``)
             os.fchmod(fd, e["mode"])
         os.utime(fd, ns=(e["atime"], e["mtime"]))
+
+    def drop_inherited_acls(self, target: int | str, e: Entry, point_path: str) -> None:
+        """Remove the ACLs a new entry inherited from its directory's default ACL that
+        the point does not have: restored as it was, not as the target would make
+        it (an inherited entry can grant access the source never did)."""
+        names = (ACL_ACCESS, ACL_DEFAULT) if e["type"] == DIR else (ACL_ACCESS,)
+        for name in names:
+            if name in e.get("xattrs", ()):
+                continue  # set from the point just before
+            try:
+                if isinstance(target, int):
+                    os.removexattr(target, name)
+                else:
+                    os.removexattr(target, name, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                    self.fail(point_path, f"inherited ACL {name}: {exc.strerror}",
+                              warning=True)
 
     def created_with_mode(self, e: Entry) -> bool:
         """Whether a new file can be created with its final mode, sparing an fchmod:
@@ -256,11 +283,13 @@ class _Restorer:
         entries of its own and, unless inherited, no default ACL)."""
         if self.pool is None:
             self.locate(entries)
-        plain = made and not _has_default_acl(dirpath)
+        inherits = _has_default_acl(dirpath)
+        plain = made and not inherits
         looked = (0, 0)  # the next chunk to look at: (entry, chunk in its content)
         for i, e in enumerate(entries):
             signals.check()  # between entries: nothing is half-made here
-            self.plain_dir = plain  # a subdirectory's restore sets it for its own entries
+            self.plain_dir = plain  # a subdirectory's restore sets them for its own entries
+            self.inherit_dir = inherits
             if self.pool is None and (self.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i):
                 looked = self.look_ahead(entries, max(looked, (i, 0)))
             name = e["name"]
@@ -290,7 +319,7 @@ class _Restorer:
             self.later_links.append((path, e, point_path))
             return True
         self.restored[point_path] = path
-        self.batch.append((path, e, point_path, self.plain_dir))
+        self.batch.append((path, e, point_path, self.plain_dir, self.inherit_dir))
         self.batch_bytes += e.get("size", 0)
         if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
             self.dispatch()
@@ -304,12 +333,12 @@ class _Restorer:
         if not batch:
             return
         if not self.pool.send(batch):
-            plain = self.plain_dir
+            saved = self.plain_dir, self.inherit_dir
             self.outcomes(batch, write_batch(self, batch))
-            self.plain_dir = plain
+            self.plain_dir, self.inherit_dir = saved
 
     def outcomes(self, batch: list[FileTask], done: list[FileOutcome]) -> None:
-        for (_path, _e, point_path, _plain), (ok, nbytes, errors, warnings) in zip(
+        for (_path, _e, point_path, _plain, _inherits), (ok, nbytes, errors, warnings) in zip(
                 batch, done, strict=True):
             if ok:
                 self.result.files += 1
@@ -339,9 +368,9 @@ class _Restorer:
         for path, e, point_path in links:
             self.restore_entry(path, e, point_path)
         dirs, self.later_dirs = self.later_dirs, []
-        for path, e, point_path in dirs:
+        for path, e, point_path, inherited in dirs:
             try:
-                self.apply_meta(path, e, point_path)
+                self.apply_meta(path, e, point_path, inherited)
             except OSError as exc:
                 self.fail(point_path, exc)
 
@@ -377,15 +406,15 @@ class _Restorer:
             else:
                 self.fail(point_path, f"unknown entry type {kind!r}")
                 return
-            self.apply_meta(path, e, point_path)
+            self.apply_meta(path, e, point_path, self.inherit_dir)
         except OSError as exc:
             self.fail(point_path, exc)
 
-    def restore_dir(self, path: str, e: Entry, point_path: str) -> None:
-        made = False
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-            made = True
+    def restore_dir(self, path: str, e: Entry, point_path: str, top: bool = False) -> None:
+        """``top``: ``path`` is the target the user named, which may be a symlink to a
+        directory; below it nothing is followed."""
+        inherited = self.inherit_dir  # (set for the entries of its parent's loop)
+        made = _make_dir(path, follow=top)
         self.result.dirs += 1
         try:
             children = self.tree(e["subtree"])
@@ -394,11 +423,11 @@ class _Restorer:
         else:
             self.restore_dir_contents(path, children, point_path, made)
         if self.pool is not None:
-            self.later_dirs.append((path, e, point_path))  # its files may still be written
+            self.later_dirs.append((path, e, point_path, inherited))  # files may still be written
             if len(self.later_dirs) >= SETTLE_AT or len(self.later_links) >= SETTLE_AT:
                 self.settle()
         else:
-            self.apply_meta(path, e, point_path)
+            self.apply_meta(path, e, point_path, inherited)
 
     def restore_file(self, path: str, e: Entry, point_path: str) -> bool:
         if "link" in e:
@@ -471,11 +500,11 @@ def write_batch(r: _Restorer, batch: list[FileTask]) -> list[FileOutcome]:
     out: list[FileOutcome] = []
     looked = (0, 0)
     try:
-        for i, (path, e, point_path, plain) in enumerate(batch):
+        for i, (path, e, point_path, plain, inherits) in enumerate(batch):
             if r.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i:
                 looked = r.look_ahead(entries, max(looked, (i, 0)))
             r.result = RestoreResult()
-            r.plain_dir = plain
+            r.plain_dir, r.inherit_dir = plain, inherits
             try:
                 ok = r.write_content(path, e, point_path)
             except OSError as exc:
@@ -620,6 +649,37 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _make_dir(path: str, follow: bool = False, mode: int = 0o700) -> bool:
+    """Make a directory for the restore; True if made here.  What stands in its
+    place and is not a directory (a file, or a symlink, which is never followed:
+    it could lead out of the target) is replaced, as files replace files.
+    ``follow``: a symlink to a directory is taken as that directory."""
+    try:
+        os.mkdir(path, mode)
+        return True
+    except FileExistsError:
+        if follow:
+            if os.path.isdir(path):
+                return False
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory",
+                                     path) from None
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+    os.unlink(path)
+    os.mkdir(path, mode)
+    return True
+
+
+def make_real_dirs(base: str, parts: list[str]) -> None:
+    """Make ``base/parts[0]/parts[1]/...`` real directories below ``base`` (which the
+    user named): none of them is a symlink that could lead elsewhere.  New ones
+    are plain (mode 777 less the umask), as ``os.makedirs`` makes them."""
+    path = base
+    for part in parts:
+        path = os.path.join(path, part)
+        _make_dir(path, mode=0o777)
+
+
 def _remove_existing(path: str) -> None:
     try:
         st = os.lstat(path)
@@ -655,10 +715,14 @@ def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str 
             if e is None:
                 raise RepoError(f"{sub}: no such path in recovery point {point.id}")
             if e["type"] == DIR:
-                os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-                r.restore_dir(target, e, sub)
+                parent = os.path.dirname(os.path.abspath(target))
+                os.makedirs(parent, exist_ok=True)
+                # A target made here takes the point's ACLs only; one that exists keeps its own.
+                r.inherit_dir = not os.path.lexists(target) and _has_default_acl(parent)
+                r.restore_dir(target, e, sub, top=True)
             else:
                 os.makedirs(target, exist_ok=True)
+                r.inherit_dir = _has_default_acl(target)
                 r.restore_entry(os.path.join(target, e["name"]), e, sub)
         r.finish()
     except signals.Stopped:

@@ -20,7 +20,13 @@ from pathlib import Path
 from remotevss.backup.index import PointRow
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import RepoError, Repository
-from remotevss.backup.restore import PROCESSES, RestoreResult, _Restorer, restore
+from remotevss.backup.restore import (
+    PROCESSES,
+    RestoreResult,
+    _Restorer,
+    make_real_dirs,
+    restore,
+)
 from remotevss.backup.snapshot_source import DIR
 
 
@@ -56,7 +62,12 @@ def restore_items(repo: Repository, point: PointRow, target: str | Path, base: s
         else:  # a file is restored *into* a directory: its parent's place
             plan.append((item, os.path.join(os.fspath(target), os.path.dirname(rel))))
     total = RestoreResult()
+    os.makedirs(target, exist_ok=True)
     for item, where in plan:
+        # The directories between the target and the item: made, or replaced when a
+        # file or symlink stands there (never followed), as a whole restore does.
+        rel = os.path.relpath(where, os.fspath(target))
+        make_real_dirs(os.fspath(target), [] if rel == "." else rel.split(os.sep))
         r = restore(repo, point, where, item, progress, processes)
         total.files += r.files
         total.dirs += r.dirs
