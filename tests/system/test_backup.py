@@ -951,3 +951,68 @@ def test_restore_replaces_symlinks_and_files_where_directories_go(tmp_path: Path
     after = os.lstat(victim)
     assert victim.read_bytes() == b"keep me" and os.listxattr(victim) == []
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+
+
+def test_verify_names_files_of_a_lost_pack_and_repair_lets_the_next_backup_mend_them(
+        tmp_path: Path) -> None:
+    """A pack file deleted and a byte flipped in another: verify names the files of
+    every point they affect; ``verify --repair`` forgets the lost and damaged blobs
+    (and the files-cache rows naming them), so the next backup of the same tree
+    stores them again and the *old* point restores whole -- without repair that
+    backup would reuse the missing data.  Real files, real packs."""
+    from remotevss.backup.restore import restore
+    from remotevss.backup.tree import content_ids, walk
+    from remotevss.backup.verify import check, verify
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02d}").write_bytes(rand(f"lost{i}", 300_000))
+    repo_path = tmp_path / "repo"
+    init_repo(repo_path, passphrase="p", pack_size=1 << 20)
+    with Repository(repo_path, "write", passphrase="p") as repo:
+        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        chunks = {path: [repo.index.locate(cid) for cid in content_ids(e)]
+                  for path, e in walk(repo.read_tree, repo.points()[0].root, "")
+                  if e["type"] == "f"}
+    loc_f03, loc_f30 = chunks["s/f03"][0], chunks["s/f30"][-1]
+    assert loc_f03 is not None and loc_f30 is not None and loc_f03.pack != loc_f30.pack
+    in_lost_pack = sorted(p for p, locs in chunks.items()
+                          if any(loc is not None and loc.pack == loc_f03.pack for loc in locs))
+    assert "s/f30" not in in_lost_pack
+    pack_path(repo_path, loc_f03.pack).unlink()
+    flip_stored_byte(repo_path, loc_f30)
+
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        report = verify(repo)
+    assert sorted(a["path"] for a in report.affected) == sorted([*in_lost_pack, "s/f30"])
+    assert any("missing" in e for e in report.errors)
+    with Repository(repo_path, "read", passphrase="p") as repo, pytest.raises(
+            ValueError, match="exclusive"):
+        verify(repo, repair=True)
+
+    with Repository(repo_path, "exclusive", passphrase="p") as repo:
+        report = verify(repo, repair=True)
+    assert report.repaired is not None and report.repaired["packs_lost"] == 1
+    assert report.repaired["packs_rewritten"] == 1
+    assert report.repaired["blobs"] == len(in_lost_pack) + 1
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        after = check(repo)
+    assert not any("pack" in e for e in after.errors), after.errors  # the index is consistent
+    assert any("missing" in e for e in after.errors)  # point 1 still lacks that data
+
+    with Repository(repo_path, "write", passphrase="p") as repo:
+        point = run_backup(repo, [LocalSource(src, "s")], processes=0)
+    assert point.stats["files"] == 40
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        assert verify(repo).ok
+        result = restore(repo, repo.points()[0], tmp_path / "out", "s")
+    assert not result.errors
+    assert_same_tree(src, tmp_path / "out")
+    # On a sound repository repair changes nothing: the files cache stays.
+    with Repository(repo_path, "exclusive", passphrase="p") as repo:
+        assert verify(repo, repair=True).repaired == {
+            "blobs": 0, "packs_lost": 0, "packs_rewritten": 0, "cache_dirs": 0}
+    with Repository(repo_path, "write", passphrase="p") as repo:
+        assert run_backup(repo, [LocalSource(src, "s")], processes=0).stats["bytes_read"] == 0

@@ -487,6 +487,16 @@ class Index:
             except IndexDamaged:
                 yield skey, dkey, None
 
+    def cache_clear(self) -> int:
+        """Forget the whole files cache (every source's next backup reads all files
+        again); returns the directories it held.  Inside the caller's transaction."""
+        return self.con.execute("DELETE FROM files_cache").rowcount
+
+    def forget_blobs(self, blob_ids: Iterable[bytes]) -> None:
+        """Drop the rows of blobs whose stored bytes are lost or damaged, so that the
+        next backup of the same data stores them again.  Inside a transaction."""
+        self.con.executemany("DELETE FROM blobs WHERE id=?", [(b,) for b in blob_ids])
+
     def cache_replace(self, skey: Any, dkey: Any, rows: dict[str, CacheRow]) -> None:
         """Rewrite a directory found by ``cache_scan`` (by its stored keys)."""
         if self.schema == 1:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from remotevss.backup.packs import BlobEntry, PackError, pack_path, read_trailer
+from remotevss.backup.packs import BlobEntry, PackError, fsync_dir, pack_path, read_trailer
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobError, Repository
 from remotevss.backup.tree import Entry, content_ids, walk
@@ -29,6 +29,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     affected: list[dict[str, Any]] = field(default_factory=list)
+    #: What ``repair`` forgot: blob rows, pack rows, files-cache directories.
+    repaired: dict[str, int] | None = None
     packs: int = 0
     blobs: int = 0
     points: int = 0
@@ -42,8 +44,10 @@ class Report:
         return {"ok": self.ok, **self.__dict__}
 
 
-def _check_packs(repo: Repository, report: Report) -> dict[str, list[BlobEntry]]:
-    """Every indexed pack exists, parses, and its trailer lists what the index says."""
+def _check_packs(repo: Repository, report: Report,
+                 lost: dict[bytes, str] | None = None) -> dict[str, list[BlobEntry]]:
+    """Every indexed pack exists, parses, and its trailer lists what the index says.
+    ``lost`` receives the indexed blobs of the packs that are missing or unreadable."""
     trailers: dict[str, list[BlobEntry]] = {}
     indexed = set()
     for pack_id, name, size in repo.index.packs():
@@ -53,11 +57,13 @@ def _check_packs(repo: Repository, report: Report) -> dict[str, list[BlobEntry]]
         try:
             actual = path.stat().st_size
             entries = read_trailer(path, repo.codec)
-        except FileNotFoundError:
-            report.errors.append(f"pack {name}: missing")
-            continue
         except (OSError, PackError) as exc:
-            report.errors.append(f"pack {name}: {exc}")
+            why = "missing" if isinstance(exc, FileNotFoundError) else str(exc)
+            report.errors.append(f"pack {name}: {why}")
+            if lost is not None:
+                for b in repo.index.pack_blobs(pack_id):
+                    lost[b.id] = f"its pack {name} is {why}" if why == "missing" else (
+                        f"its pack {name} is unreadable: {why}")
             continue
         if actual != size:
             report.errors.append(f"pack {name}: size {actual}, index says {size}")
@@ -159,14 +165,20 @@ def check(repo: Repository) -> Report:
     return report
 
 
-def verify(repo: Repository, progress: Progress | None = None, workers: int = 2) -> Report:
-    """Re-read every indexed blob, decompress and re-hash it; name the affected files."""
+def verify(repo: Repository, progress: Progress | None = None, workers: int = 2,
+           repair: bool = False) -> Report:
+    """Re-read every indexed blob, decompress and re-hash it; name the affected files.
+    ``repair`` (the repository open "exclusive"): then forget what cannot be read
+    (``_repair``), so that the next backup of the same data stores it again."""
+    if repair and repo.mode != "exclusive":
+        raise ValueError("verify --repair needs the repository open in exclusive mode")
     progress = progress or Progress(enabled=False)
     report = Report()
     _check_keys(repo, report)
     _check_index(repo, report)
-    trailers = _check_packs(repo, report)
-    bad: dict[bytes, str] = {}
+    bad: dict[bytes, str] = {}  # blob id -> why it cannot be read
+    damaged: set[str] = set()  # readable packs holding a blob that is not
+    trailers = _check_packs(repo, report, bad)
     total = sum(size for _i, _n, size in repo.index.packs())
     progress.set_total(0, total)
 
@@ -186,6 +198,7 @@ def verify(repo: Repository, progress: Progress | None = None, workers: int = 2)
                    for pid, name, size in packs if name in trailers]
         for name, size, fut in futures:
             for bid, indexed, msg in fut.result():
+                damaged.add(name)
                 if indexed:  # a copy no index row uses harms no point
                     bad[bid] = msg
                 report.errors.append(f"pack {name}: {msg}"
@@ -209,5 +222,67 @@ def verify(repo: Repository, progress: Progress | None = None, workers: int = 2)
                                         "blob": cid.hex(), "what": "file data"})
                 break
     progress.finish()
+    if repair:
+        packs = repo.index.packs()
+        _repair(repo, report, bad, [p for p in packs if p[1] not in trailers],
+                [p for p in packs if p[1] in damaged])
     return report
+
+
+def _repair(repo: Repository, report: Report, bad: dict[bytes, str],
+            lost_packs: list[tuple[int, str, int]],
+            damaged_packs: list[tuple[int, str, int]]) -> None:
+    """Forget the blobs that cannot be read, the packs that are gone and the files
+    cache, in one transaction; the good blobs of a damaged pack are copied into
+    a new pack first (as prune rewrites packs: committed before the old rows
+    go), and the damaged pack is deleted.
+
+    Why this heals: blob ids are keyed hashes of the content, so the next backup
+    of the same data computes the same ids, finds them unknown and stores them
+    again; every point that names them (old ones too) is then whole.  The files
+    cache is forgotten whole, or an unchanged file (or directory) would be taken
+    from it without being read: that next backup reads every file once.  Points
+    whose data no longer exists anywhere stay damaged, and ``verify`` keeps
+    naming their files."""
+    if not (bad or lost_packs or damaged_packs):  # nothing to mend: the cache stays
+        report.repaired = {"blobs": 0, "packs_lost": 0, "packs_rewritten": 0, "cache_dirs": 0}
+        return
+    idx = repo.index
+    writer = repo.writer()
+    try:
+        for pack_id, name, _size in damaged_packs:
+            for b in idx.pack_blobs(pack_id):
+                if b.id not in bad:  # re-read and checked again: never carry damage over
+                    stored = repo.read_stored(name, b)
+                    repo.decode(b, stored)
+                    writer.add(b.id, b.type, b.compression, stored, b.raw_len)
+        writer.flush()  # the good blobs' rows now name the new pack
+    finally:
+        writer.close()
+    idx.begin()
+    try:
+        for pack_id, _name, _size in (*lost_packs, *damaged_packs):
+            idx.delete_pack(pack_id)  # only rows still naming it
+        idx.forget_blobs(bad)
+        # The whole files cache: a directory whose listing is unchanged reuses its
+        # tree, and a tree names the lost blobs however deep they lie.
+        dirs = idx.cache_clear()
+        idx.commit()
+    except BaseException:
+        idx.rollback()
+        raise
+    parents = set()
+    for _pack_id, name, _size in damaged_packs:
+        path = pack_path(repo.path, name)
+        path.unlink(missing_ok=True)
+        parents.add(path.parent)
+    for d in parents:
+        fsync_dir(d)
+    report.repaired = {"blobs": len(bad), "packs_lost": len(lost_packs),
+                       "packs_rewritten": len(damaged_packs), "cache_dirs": dirs}
+    report.notes.append(
+        f"repair: forgot {len(bad)} unreadable blob(s) and {len(lost_packs)} lost pack(s), "
+        f"rewrote {len(damaged_packs)} damaged pack(s) without their bad blobs; the next "
+        "backup of the same data stores what was lost again, which mends every point "
+        "that uses it (run verify after it)")
 
