@@ -81,3 +81,25 @@ def test_bad_items_change_nothing(repo: tuple[Path, Path], tmp_path: Path) -> No
     assert "not inside --path" in res.stderr and not out.exists()
     res = cli("restore", "--repo", r, "latest", "--overwrite", "--to", out, check=2)
     assert "--overwrite" in res.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("order", [("data/docs/hl", "data/img/hl2"),
+                                   ("data/img/hl2", "data/docs/hl")], ids=["first", "later"])
+def test_two_names_of_one_file_in_two_items_stay_one_file(tmp_path: Path,
+                                                           order: tuple[str, str]) -> None:
+    """Hardlinks between items (either name asked for first) come back as one file
+    with two names, as a whole restore would make them."""
+    src = tmp_path / "data"
+    (src / "docs").mkdir(parents=True)
+    (src / "img").mkdir()
+    (src / "docs" / "hl").write_bytes(b"shared" * 1000)
+    os.link(src / "docs" / "hl", src / "img" / "hl2")
+    r = tmp_path / "repo"
+    cli("init", "--repo", r)
+    cli("run", "--repo", r, src)
+    out = tmp_path / "out"
+    cli("restore", "--repo", r, "latest", "--include", order[0], "--include", order[1],
+        "--to", out)
+    a, b = (out / "data" / "docs" / "hl").stat(), (out / "data" / "img" / "hl2").stat()
+    assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+    assert (out / "data" / "img" / "hl2").read_bytes() == b"shared" * 1000

@@ -88,13 +88,16 @@ class RestoreResult:
 class _Restorer:
     def __init__(self, repo: Repository, point: PointRow | None, progress: Progress,
                  processes: int = 0, pool_from: tuple[int, int] = (POOL_FROM_FILES,
-                                                                   POOL_FROM_BYTES)) -> None:
+                                                                   POOL_FROM_BYTES),
+                 restored: dict[str, str] | None = None) -> None:
         self.repo = repo
         self.point = point
         self.progress = progress
         self.result = RestoreResult()
         self.as_root = os.geteuid() == 0
-        self.restored: dict[str, str] = {}  # point path -> restored path (for hardlinks)
+        # point path -> restored path (for hardlinks); shared by the items of one
+        # --include restore, so two names of one file stay one file.
+        self.restored: dict[str, str] = {} if restored is None else restored
         # Large chunks of the files next in the directory, opened by threads:
         # reading, decompressing and hashing release the GIL, so this overlaps
         # the writing (it was one after the other, on one core).
@@ -315,7 +318,7 @@ class _Restorer:
                 return False
             self.drop_ahead()  # opened for files that now go to the writers
             self.pool = _Writers(self.processes, self.repo)
-        if "link" in e:
+        if "link" in e or point_path in self.restored:
             self.later_links.append((path, e, point_path))
             return True
         self.restored[point_path] = path
@@ -430,6 +433,10 @@ class _Restorer:
             self.apply_meta(path, e, point_path, inherited)
 
     def restore_file(self, path: str, e: Entry, point_path: str) -> bool:
+        if "link" not in e and point_path in self.restored:
+            # The first name of a hardlinked file, whose later name an earlier item
+            # of this --include restore already wrote (as a copy): one file again.
+            e = {**e, "link": point_path}
         if "link" in e:
             first = self.restored.get(e["link"])
             if first is not None:
@@ -692,18 +699,22 @@ def _remove_existing(path: str) -> None:
 
 def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str = "",
             progress: Progress | None = None, processes: int = PROCESSES,
-            pool_from: tuple[int, int] = (POOL_FROM_FILES, POOL_FROM_BYTES)) -> RestoreResult:
+            pool_from: tuple[int, int] = (POOL_FROM_FILES, POOL_FROM_BYTES),
+            restored: dict[str, str] | None = None) -> RestoreResult:
     """Restore ``point`` (or ``subpath`` inside it) to ``target``.
 
     Without ``subpath``, ``target`` receives one directory per source label.
     With a directory ``subpath``, ``target`` becomes that directory (its
     contents and metadata); with a file, the file is restored into ``target``.
     ``processes``: worker processes writing files beside this one (0: none),
-    started once ``pool_from`` (files, bytes) are met.  Inside
+    started once ``pool_from`` (files, bytes) are met.  ``restored``: point path ->
+    restored path of the files already written, shared by the calls of one
+    ``--include`` restore (hardlinks between items stay hardlinks).  Inside
     ``signals.stop_at_safe_points`` a signal stops it between files: the file
     being written is removed, those handed to a worker are finished first.
     """
-    r = _Restorer(repo, point, progress or Progress(enabled=False), processes, pool_from)
+    r = _Restorer(repo, point, progress or Progress(enabled=False), processes, pool_from,
+                  restored)
     target = os.fspath(target)
     sub = subpath.strip("/")
     try:

@@ -62,13 +62,14 @@ def restore_items(repo: Repository, point: PointRow, target: str | Path, base: s
         else:  # a file is restored *into* a directory: its parent's place
             plan.append((item, os.path.join(os.fspath(target), os.path.dirname(rel))))
     total = RestoreResult()
+    restored: dict[str, str] = {}  # shared: hardlinks between items stay hardlinks
     os.makedirs(target, exist_ok=True)
     for item, where in plan:
         # The directories between the target and the item: made, or replaced when a
         # file or symlink stands there (never followed), as a whole restore does.
         rel = os.path.relpath(where, os.fspath(target))
         make_real_dirs(os.fspath(target), [] if rel == "." else rel.split(os.sep))
-        r = restore(repo, point, where, item, progress, processes)
+        r = restore(repo, point, where, item, progress, processes, restored=restored)
         total.files += r.files
         total.dirs += r.dirs
         total.others += r.others
