@@ -611,3 +611,24 @@ def test_a_read_only_share_restores_nothing_and_says_why(env: Env) -> None:
     assert "Permission denied (STATUS_ACCESS_DENIED): \\\\127.0.0.1\\ro\\x" in r.stderr, (
         r.stderr)
     assert "Unknown NtStatus" not in r.stderr
+
+
+def test_exclude_patterns_apply_to_a_share_read_over_smb(env: Env, tmp_path: Path) -> None:
+    """--exclude patterns on an SMB source: names at any depth and paths below the
+    share's root are left out (the share listed by the real smbd)."""
+    from remotevss.backup.excludes import Excludes
+    from remotevss.backup.restore import list_paths
+
+    repo = tmp_path / "repo"
+    init_repo(repo, encrypted=False)
+    with env.session() as s, Repository(repo, "write", command="test") as r:
+        run_backup(r, [SmbSource(s, "data", "data", security=False,
+                                 excludes=Excludes(["*.bin", "small/d1"]))])
+    with Repository(repo, "read") as r:
+        paths = set(list_paths(r, r.find_point("latest"), "data"))
+    with env.session() as s:
+        source = smb_view(s, "data")
+    expected = {f"data/{k}" for k in source
+                if not k.endswith(".bin") and k != "small/d1" and not k.startswith("small/d1/")}
+    assert paths - {"data"} == expected
+    assert "data/sparse.img" in paths and "data/small/d0" in paths

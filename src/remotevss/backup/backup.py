@@ -45,6 +45,7 @@ from typing import Any, TypeGuard
 
 from remotevss.backup.chunker import compress, is_zero
 from remotevss.backup.crypto import Codec
+from remotevss.backup.excludes import Excludes
 from remotevss.backup.index import CacheRow, IndexDamaged, PreparedDir
 from remotevss.backup.listing import (
     WALK_AHEAD,
@@ -759,6 +760,10 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
     labels = [s.label for s in sources]
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"sources need distinct labels, got {labels}")
+    for s in sources:
+        excludes = getattr(s, "excludes", None)
+        if excludes is not None:  # a repository inside a source is not backed up into itself
+            excludes.skip_dir(repo.path)
     repo.lock_sources(labels)
     progress = progress or Progress(enabled=False)
     started = time.monotonic()
@@ -834,8 +839,9 @@ def _worker_readable(src: Source) -> TypeGuard[LocalSource]:
     return isinstance(src, LocalSource) and type(src).open is LocalSource.open
 
 
-def local_sources(specs: Sequence[str]) -> list[Source]:
-    """``[LABEL=]PATH`` strings as local sources (the CLI's and tests' form)."""
+def local_sources(specs: Sequence[str], excludes: Excludes | None = None) -> list[Source]:
+    """``[LABEL=]PATH`` strings as local sources (the CLI's and tests' form), all
+    leaving out what ``excludes`` says."""
     from remotevss.backup.snapshot_source import LocalSource
 
     out: list[Source] = []
@@ -843,5 +849,5 @@ def local_sources(specs: Sequence[str]) -> list[Source]:
         label, sep, path = spec.partition("=")
         if not sep or os.path.exists(spec):
             label, path = "", spec
-        out.append(LocalSource(path, label or None))
+        out.append(LocalSource(path, label or None, excludes))
     return out

@@ -48,6 +48,7 @@ from typing import Any
 from uuid import UUID
 
 from remotevss.backup.backup import RecoveryPoint, local_sources, run_backup
+from remotevss.backup.excludes import Excludes
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import Repository
 from remotevss.backup.signals import _hold_sigterm, terminate_as
@@ -118,6 +119,7 @@ class RunSettings:
     follow_owner: bool = True  # reconnect to IsPathSupported's OwnerMachineName
     resolve: bool = False  # DNS to tell an address and a name of one server apart
     connector: Connector | None = None  # tests: a fake FSRVP binding
+    excludes: Excludes | None = None  # what is left out of every source (excludes.py)
 
 
 @dataclass
@@ -327,11 +329,13 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
                         port=options.port, encrypt=settings.encrypt,
                         timeout=settings.smb_timeout, connect_timeout=options.connect_timeout)
                     sessions[host] = session
-                remote = SmbSource(session, share, label, security=settings.security)
+                remote = SmbSource(session, share, label, security=settings.security,
+                                   excludes=settings.excludes)
                 smb_sources.append(remote)
                 source: Source = remote
                 if settings.read_mode != "smb":
-                    local = _local_source(host, share, label, remote, settings.smb_conf)
+                    local = _local_source(host, share, label, remote, settings.smb_conf,
+                                          settings.excludes)
                     if local is not None:
                         source = local
                     elif settings.read_mode == "local":
@@ -339,7 +343,7 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
                                          "snapshot share (--read local)")
                 run.readers[label] = "local" if isinstance(source, LocalSource) else "smb"
                 sources.append(source)
-        sources += local_sources(local_specs)
+        sources += local_sources(local_specs, settings.excludes)
         point_meta: dict[str, Any] = dict(meta or {})
         servers = sorted({sc.server or "" for sc in sets})
         point_meta.update({
@@ -384,13 +388,13 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
 
 
 def _local_source(host: str, share: str, label: str, remote: Source,
-                  smb_conf: str | None) -> LocalSource | None:
+                  smb_conf: str | None, excludes: Excludes | None = None) -> LocalSource | None:
     if not is_local_host(host):
         return None
     path = share_path(share, smb_conf)
     if not path or not os.path.isdir(path) or not os.access(path, os.R_OK | os.X_OK):
         return None
-    local = LocalSource(path, label)
+    local = LocalSource(path, label, excludes)
     if not _same_top_level(local, remote):
         log.warning("%s: %s does not match what SMB shows; reading over SMB", share, path)
         return None

@@ -73,6 +73,7 @@ from smbprotocol.ioctl import SMB2IOCTLRequest
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from remotevss.backup.excludes import Excludes
 from remotevss.backup.snapshot_source import DIR, FILE, SourceEntry
 from remotevss.fsrvp import filetime
 
@@ -552,8 +553,9 @@ class SmbSource:
     listing_proves_unchanged = False
 
     def __init__(self, session: SmbSession, share: str, label: str | None = None, *,
-                 security: bool = True) -> None:
+                 security: bool = True, excludes: Excludes | None = None) -> None:
         self.session = session
+        self.excludes = excludes  # its patterns only (excludes.py): the rest is local
         # Small files the engine will read, per directory, in order; and the
         # compounds already sent for some of them (relpath -> requests).
         self._plans: dict[str, deque[tuple[str, SourceEntry]]] = {}
@@ -607,6 +609,10 @@ class SmbSource:
         else:  # both buffers full: more entries remain; list everything on one handle
             rows = self._list_long(relpath)
         out = [_entry(*row) for row in rows if row[0] not in (".", "..")]
+        ex = self.excludes
+        if ex is not None and ex.by_name:
+            out = [e for e in out
+                   if not ex.excluded(f"{relpath}/{e.name}" if relpath else e.name, e.name)]
         out.sort(key=lambda e: e.name)
         return out
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from remotevss.backup.excludes import CACHEDIR_SIGNATURE, CACHEDIR_TAG, Excludes
+
 FILE, DIR, SYMLINK, FIFO, CHAR, BLOCK, SOCKET = "f", "d", "l", "p", "c", "b", "s"
 
 _TYPES = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFIFO: FIFO,
@@ -126,6 +128,25 @@ def _entry(name: str, st: os.stat_result) -> SourceEntry:
         allocated=st.st_blocks * 512)
 
 
+def _cache_tagged(fd: int, listing: list[SourceEntry]) -> list[SourceEntry]:
+    """Only the tag file of a directory marked as a cache (CACHEDIR.TAG with the
+    standard signature), else the listing as it is."""
+    tag = next((e for e in listing if e.name == CACHEDIR_TAG and e.type == FILE), None)
+    if tag is None:
+        return listing
+    try:
+        tfd = os.open(CACHEDIR_TAG, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        return listing
+    try:
+        head = os.pread(tfd, len(CACHEDIR_SIGNATURE), 0)
+    except OSError:
+        return listing
+    finally:
+        os.close(tfd)
+    return [tag] if head == CACHEDIR_SIGNATURE else listing
+
+
 class LocalFile:
     """A local file opened O_NOATIME where allowed, so backups do not touch atimes."""
 
@@ -188,8 +209,12 @@ class LocalSource:
     read_hints = False
     listing_proves_unchanged = True
 
-    def __init__(self, path: str | Path, label: str | None = None) -> None:
+    def __init__(self, path: str | Path, label: str | None = None,
+                 excludes: Excludes | None = None) -> None:
         self.root = os.path.abspath(path)
+        # What is left out (excludes.py); by default only pseudo file systems.
+        self.excludes = excludes if excludes is not None else Excludes()
+        self._root_dev: int | None = None
         self._prefix = self.root.rstrip("/") + "/"
         self.label = label or os.path.basename(self.root.rstrip("/")) or "root"
         if "/" in self.label or self.label in (".", ".."):
@@ -225,10 +250,17 @@ class LocalSource:
             fd = os.open(self._path(relpath), flags | os.O_NOATIME)
         except PermissionError:
             fd = os.open(self._path(relpath), flags)
-        out = []
+        out: list[SourceEntry] = []
+        ex = self.excludes
+        by_name = ex.by_name
         try:
+            if relpath and not ex.enters(os.fstat(fd).st_dev, self.root_dev()):
+                return out  # a mount point of another (or a pseudo) file system: kept empty
             with os.scandir(fd) as it:
                 for de in it:
+                    if by_name and ex.excluded(f"{relpath}/{de.name}" if relpath else de.name,
+                                               de.name):
+                        continue
                     try:
                         e = _entry(de.name, de.stat(follow_symlinks=False))
                         if e.type == SYMLINK:
@@ -238,11 +270,20 @@ class LocalSource:
                             e.target = target if e.type == SYMLINK else None
                     except FileNotFoundError:
                         continue  # vanished between readdir and stat (live trees)
+                    if e.type == DIR and (e.dev, e.ino) in ex.skip_ids:
+                        continue  # the repository itself
                     out.append(e)
+            if ex.caches:
+                out = _cache_tagged(fd, out)
         finally:
             os.close(fd)
         out.sort(key=lambda e: e.name)
         return out
+
+    def root_dev(self) -> int:
+        if self._root_dev is None:
+            self._root_dev = os.stat(self.root).st_dev
+        return self._root_dev
 
     def xattrs(self, relpath: str, entry: SourceEntry) -> dict[str, bytes]:
         """All readable xattrs (POSIX ACLs are system.posix_acl_*)."""
