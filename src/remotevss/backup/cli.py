@@ -55,6 +55,46 @@ def _meta_arg(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _count_arg(text: str) -> int:
+    """A ``--keep-*`` count: below 1 it would keep nothing (a negative one was a
+    Python slice from the end: it removed all but a few points, or all)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _duration_arg(text: str) -> int:
+    """A ``--keep-within`` duration in seconds: zero would keep no point at all."""
+    from remotevss.backup.prune import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is no time at all: it would keep no point")
+    return seconds
+
+
+MAX_PACK_MIB = 1024  # remotevss.backup.repo.MAX_PACK_SIZE, without importing it here
+
+
+def _pack_size_arg(text: str) -> int:
+    """``--pack-size`` in MiB: 1 to 1024 (0 and negative sizes were taken silently)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of MiB, not {text!r}") \
+            from None
+    if not 1 <= n <= MAX_PACK_MIB:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_PACK_MIB} (MiB), not {n}")
+    return n
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=os.environ.get("REMOTEVSS_REPO"),
                    help="repository directory (default: $REMOTEVSS_REPO)")
@@ -121,8 +161,8 @@ def configure(b: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("init", help="create an empty repository (encrypted unless --unencrypted)")
     _common(p)
-    p.add_argument("--pack-size", type=int, default=64, metavar="MiB",
-                   help="target pack size (default 64)")
+    p.add_argument("--pack-size", type=_pack_size_arg, default=64, metavar="MiB",
+                   help=f"target pack size, 1 to {MAX_PACK_MIB} (default 64)")
     p.add_argument("--unencrypted", action="store_true",
                    help="store data unencrypted (anyone who can read the repository can "
                         "read the backups)")
@@ -191,6 +231,7 @@ def configure(b: argparse.ArgumentParser) -> None:
                             "back onto an SMB share")
     p.add_argument("--repo", default=os.environ.get("REMOTEVSS_REPO"),
                    help="repository directory (default: $REMOTEVSS_REPO)")
+    _password_option(p)
     p.add_argument("point", help="point number, uuid prefix, or 'latest'")
     p.add_argument("--path", default="", help="LABEL/sub/dir inside the point")
     p.add_argument("--to", required=True,
@@ -217,7 +258,7 @@ def configure(b: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("paths", nargs="+", metavar="[REPO] MOUNTPOINT",
                    help="the repository (default: --repo or $REMOTEVSS_REPO) and an existing "
-                        "empty directory to mount on")
+                        "directory to mount on (what it holds is hidden while mounted)")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users see the mount (FUSE allow_other; modes still apply)")
 
@@ -229,9 +270,10 @@ def configure(b: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("prune", help="remove recovery points by policy and reclaim space")
     _common(p)
-    p.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest points")
-    p.add_argument("--keep-within", metavar="DURATION",
-                   help="keep points newer than DURATION (e.g. 30d, 12h, 1w2d)")
+    p.add_argument("--keep-last", type=_count_arg, metavar="N",
+                   help="keep the N newest points (N >= 1)")
+    p.add_argument("--keep-within", type=_duration_arg, metavar="DURATION",
+                   help="keep points newer than DURATION (e.g. 30d, 12h, 1w2d; more than 0)")
     p.add_argument("--dry-run", action="store_true", help="only say which points would go")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS for running backups to finish (default: refuse "
@@ -282,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
         from remotevss.backup import kdf
 
         kdf.start(Path(args.repo), secret)  # runs while the rest is imported and opened
-    from remotevss.backup.repo import RepoError, RepoLocked, WrongPassphrase
+    from remotevss.backup.repo import RepoDamaged, RepoError, RepoLocked, WrongPassphrase
     from remotevss.backup.signals import terminate_as
 
     try:
@@ -294,6 +336,9 @@ def run(args: argparse.Namespace) -> int:
     except WrongPassphrase as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_WRONG_PASSPHRASE
+    except RepoDamaged as exc:  # config.json, a key file or index.sqlite
+        print(f"remotevss backup: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED if args.backup_command in ("check", "verify") else EXIT_FAILED
     except (RepoError, OSError, ValueError) as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -321,9 +366,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
     repo_path = Path(args.repo)
     cmd = args.backup_command
     if cmd == "init":
-        from remotevss.backup.repo import DEFAULT_PACK_SIZE
-
-        size = args.pack_size << 20 if args.pack_size else DEFAULT_PACK_SIZE
+        size = args.pack_size << 20  # MiB, 1 to MAX_PACK_MIB (_pack_size_arg)
         if (repo_path / "config.json").exists():  # before asking for a passphrase
             print(f"remotevss backup: {repo_path} is not empty", file=sys.stderr)
             return EXIT_FAILED
@@ -342,7 +385,8 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         source = passphrase_source(args, env="REMOTEVSS_BACKUP_FROM_PASSWORD",
                                    file_attr="from_password_file",
                                    prompt="Source repository passphrase: ")
-        with Repository(Path(args.source_repo), "read", passphrase=source) as src, \
+        with Repository(Path(args.source_repo), "read", command="backup copy (source)",
+                        passphrase=source) as src, \
                 Repository(repo_path, "write", command="backup copy", passphrase=secret) as dst:
             copied = copy_points(src, dst, _progress(args, "copy"))
         _emit(args, copied.to_json(),
@@ -382,7 +426,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         _emit(args, point.__dict__, _point_line(point))
         return EXIT_PARTIAL if point.stats["error_count"] else EXIT_OK
     if cmd == "list":
-        with Repository(repo_path, "read", passphrase=secret) as repo:
+        with Repository(repo_path, "read", command="backup list", passphrase=secret) as repo:
             points = repo.points()
         lines = []
         for p in points:
@@ -404,7 +448,8 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
             return EXIT_USAGE
 
         writers = PROCESSES if args.processes is None else args.processes
-        with Repository(repo_path, "read", passphrase=secret) as repo, _stops_cleanly():
+        with Repository(repo_path, "read", command="backup restore",
+                        passphrase=secret) as repo, _stops_cleanly():
             chosen = repo.find_point(args.point)
             if args.include:
                 from remotevss.backup.restore_items import restore_items
@@ -425,11 +470,15 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         mountpoint = Path(args.paths[-1])
         check_mountpoint(mountpoint)
         with Repository(repo_path, "read", passphrase=secret):
-            pass  # a bad repository (or passphrase) is named before "mounting"
-        print(f"remotevss backup: mounting {repo_path} on {mountpoint} (read-only); Ctrl-C "
-              "or umount ends it", file=sys.stderr, flush=True)
+            pass  # a bad repository (or passphrase) is named before libfuse starts
+
+        def ready() -> None:  # once the kernel has the mount: a failed mount says only why
+            print(f"remotevss backup: mounted {repo_path} on {mountpoint} (read-only); "
+                  "Ctrl-C or umount ends it", file=sys.stderr, flush=True)
+
         try:
-            mount(repo_path, mountpoint, allow_other=args.allow_other, passphrase=secret)
+            mount(repo_path, mountpoint, allow_other=args.allow_other, passphrase=secret,
+                  on_ready=ready)
         except RuntimeError as exc:
             print(f"remotevss backup: cannot mount on {mountpoint}: libfuse returned {exc}",
                   file=sys.stderr)
@@ -439,7 +488,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
     if cmd in ("check", "verify"):
         from remotevss.backup.verify import check, verify
 
-        with Repository(repo_path, "read", passphrase=secret) as repo:
+        with Repository(repo_path, "read", command=f"backup {cmd}", passphrase=secret) as repo:
             report = check(repo) if cmd == "check" else verify(repo, _progress(args, "verify"))
         lines = [f"error: {e}" for e in report.errors] + [f"note: {n}" for n in report.notes]
         lines += [f"affected: point {a['point']} ({a['uuid'][:12]}): {a['path']}"
@@ -449,13 +498,15 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         _emit(args, report.to_json(), "\n".join(lines))
         return EXIT_OK if report.ok else EXIT_DAMAGED
     if cmd == "prune":
-        from remotevss.backup.prune import parse_duration, prune
+        from remotevss.backup.prune import prune
 
-        within = parse_duration(args.keep_within) if args.keep_within else None
         with Repository(repo_path, "exclusive", command="backup prune", passphrase=secret,
                         wait=args.wait) as repo:
-            res = prune(repo, args.keep_last, within, dry_run=args.dry_run,
+            res = prune(repo, args.keep_last, args.keep_within, dry_run=args.dry_run,
                         progress=_progress(args, "prune"))
+        if not args.json:  # with --json they are in the result's "errors"
+            for error in res.errors:
+                print(f"remotevss backup: prune: {error}", file=sys.stderr)
         _emit(args, res.to_json(),
               f"removed points {res.removed_points or 'none'}, kept {res.kept_points}; "
               f"packs deleted {res.packs_deleted} (rewritten {res.packs_rewritten}); "
@@ -553,7 +604,7 @@ def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) ->
     except UsageError as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with Repository(repo_path, "read", passphrase=secret) as repo:
+    with Repository(repo_path, "read", command="backup restore", passphrase=secret) as repo:
         chosen = repo.find_point(args.point)
         try:
             # The one host the user named; nothing is followed to another.
@@ -604,7 +655,8 @@ def _key(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
     from remotevss.backup.packs import fsync_dir
     from remotevss.backup.repo import RepoError, Repository
 
-    with Repository(repo_path, "read", passphrase=secret) as repo:
+    with Repository(repo_path, "read", command=f"backup key {args.key_command}",
+                    passphrase=secret) as repo:
         if not isinstance(repo.codec, Keys):
             raise RepoError(f"{repo_path}: the repository is not encrypted: it has no keys")
         current = repo.key_id or ""
@@ -634,8 +686,8 @@ def _key(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
                   f"added key {key_id}" + (f", removed key {current}" if verb == "passwd"
                                            else ""))
             return EXIT_OK
-        keyfiles.remove_key(repo_path, args.key_id, current)
-        _emit(args, {"removed": args.key_id}, f"removed key {args.key_id}")
+        removed = keyfiles.remove_key(repo_path, args.key_id, current)
+        _emit(args, {"removed": removed}, f"removed key {removed}")
         return EXIT_OK
 
 

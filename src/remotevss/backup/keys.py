@@ -246,8 +246,9 @@ def add_key(repo: Path, keys: Keys, passphrase: str, repo_id: str, config_digest
     return str(doc["id"])
 
 
-def remove_key(repo: Path, key_id: str, current: str) -> None:
-    """Delete a key file; never the last one, nor the one that opened the repository."""
+def remove_key(repo: Path, key_id: str, current: str) -> str:
+    """Delete a key file; never the last one, nor the one that opened the repository.
+    Returns the whole id of the key removed (``key_id`` may be a prefix)."""
     matches = [p for p in key_files(repo) if p.name.startswith(key_id)] if key_id else []
     if len(matches) != 1:
         raise ValueError(f"no single key matches {key_id!r}")
@@ -259,3 +260,4 @@ def remove_key(repo: Path, key_id: str, current: str) -> None:
         raise ValueError("refusing to remove the only key")
     matches[0].unlink()
     fsync_dir(repo / KEYS_DIR)
+    return target

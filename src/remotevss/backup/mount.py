@@ -9,7 +9,9 @@ Layout of the mount::
 Why FUSE through mfusepy: it is a maintained ctypes binding of Debian's
 libfuse3 (``libfuse3-3``), pure Python, so it installs from PyPI without a
 compiler or libfuse headers; pyfuse3 needs both (and trio) to build, and
-fusepy is unmaintained and speaks only libfuse 2.  The high-level
+fusepy is unmaintained and speaks only libfuse 2.  mfusepy speaks both and,
+left alone, loads ``libfuse.so.2`` first when it is installed too (zfs-fuse
+pulls it in): :func:`_mfusepy` points it at libfuse 3.  The high-level
 (path-based) API suffices: points never change, so the file system is a
 pure function of the repository.
 
@@ -41,7 +43,7 @@ import stat
 import time
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -330,15 +332,44 @@ def _guard(fn: Any) -> Any:
     return wrapped
 
 
-def _ops(view: PointsView) -> Any:
-    """The mfusepy Operations object over ``view``."""
+def _mfusepy() -> Any:
+    """The mfusepy module, bound to libfuse 3 when it is installed.
+
+    Why: mfusepy picks its library once, at import: ``$FUSE_LIBRARY_PATH``, else
+    ``find_library('fuse')`` (libfuse 2) before ``'fuse3'``.  The variable is set
+    only for that import and removed again, so no child process sees it; one the
+    user set is left as it is."""
+    import sys
+
+    if "mfusepy" not in sys.modules and not os.environ.get("FUSE_LIBRARY_PATH"):
+        from ctypes.util import find_library
+
+        lib = find_library("fuse3")
+        if lib:
+            os.environ["FUSE_LIBRARY_PATH"] = lib
+            try:
+                import mfusepy
+            finally:
+                os.environ.pop("FUSE_LIBRARY_PATH", None)
     import mfusepy
 
-    class Ops(mfusepy.Operations):  # type: ignore[misc]
+    return mfusepy
+
+
+def _ops(view: PointsView, on_ready: Callable[[], None] | None = None) -> Any:
+    """The mfusepy Operations object over ``view``; ``on_ready`` is called once the
+    kernel has the mount (FUSE init)."""
+    base: Any = _mfusepy().Operations
+
+    class Ops(base):  # type: ignore[misc]
         use_ns = True
 
         def __init__(self) -> None:
             self.sizes: dict[int, int] = {}
+
+        def init(self, path: str) -> None:
+            if on_ready is not None:
+                on_ready()
 
         @_guard
         def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
@@ -382,24 +413,38 @@ def _ops(view: PointsView) -> Any:
 
 
 def check_mountpoint(mountpoint: Path) -> None:
-    """RepoError unless ``mountpoint`` is a directory with nothing mounted on it."""
-    if not mountpoint.is_dir():
+    """RepoError unless ``mountpoint`` is a directory with nothing mounted on it.
+
+    A mount whose process was killed answers ENOTCONN to everything until it is
+    unmounted: said in those words, not as a bare errno."""
+    try:
+        is_dir = stat.S_ISDIR(os.stat(mountpoint).st_mode)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise RepoError(f"{mountpoint} is a stale FUSE mount (its process ended); run "
+                            f"`umount {mountpoint}` (or `fusermount3 -u {mountpoint}`) "
+                            "first") from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise RepoError(f"{mountpoint}: {exc.strerror}") from None
+        is_dir = False
+    if not is_dir:
         raise RepoError(f"{mountpoint}: the mount point must be an existing directory")
     if os.path.ismount(mountpoint):
         raise RepoError(f"{mountpoint}: something is already mounted there")
 
 
 def mount(repo_path: Path, mountpoint: Path, allow_other: bool = False,
-          debug: bool = False, passphrase: Passphrase = None) -> None:
+          debug: bool = False, passphrase: Passphrase = None,
+          on_ready: Callable[[], None] | None = None) -> None:
     """Serve the points of ``repo_path`` at ``mountpoint`` until unmounted (Ctrl-C,
     SIGTERM, SIGHUP or ``umount``).  Raises RepoError for a bad repository or mount
-    point, RuntimeError if libfuse cannot mount."""
+    point, RuntimeError if libfuse cannot mount.  ``on_ready``: called once mounted."""
     import signal
 
     check_mountpoint(mountpoint)
-    with Repository(repo_path, "read", passphrase=passphrase) as repo:
+    with Repository(repo_path, "read", command="backup mount", passphrase=passphrase) as repo:
         view = PointsView(repo)
-        import mfusepy
+        mfusepy = _mfusepy()
 
         # libfuse installs its unmount-and-exit handlers only over default ones.
         old = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -409,8 +454,23 @@ def mount(repo_path: Path, mountpoint: Path, allow_other: bool = False,
                                        "subtype": "remotevss", "kernel_cache": True}
             if allow_other:
                 options["allow_other"] = True
-            mfusepy.FUSE(_ops(view), str(mountpoint), foreground=True, nothreads=True,
-                         debug=debug, **options)
+            up: list[bool] = []
+
+            def ready() -> None:
+                up.append(True)
+                if on_ready is not None:
+                    on_ready()
+
+            try:
+                mfusepy.FUSE(_ops(view, ready), str(mountpoint), foreground=True,
+                             nothreads=True, debug=debug, **options)
+            except RuntimeError:
+                # libfuse 3 ends its loop with the number of the signal that stopped
+                # it (Ctrl-C, SIGTERM, SIGHUP), and fuse_main_real turns any such end
+                # into a non-zero result; a mount that failed never came up (FUSE
+                # init is answered inside the loop), so only that is an error.
+                if not up:
+                    raise
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

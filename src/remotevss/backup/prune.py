@@ -78,6 +78,11 @@ def prune(repo: Repository, keep_last: int | None, keep_within: int | None,
     if not keep_last and keep_within is None:
         raise ValueError("refusing to remove every recovery point: give --keep-last or "
                          "--keep-within")
+    if (keep_last is not None and keep_last < 0) or (keep_within is not None
+                                                      and keep_within < 1):
+        # a negative count would slice from the end, a zero duration keeps nothing
+        raise ValueError(f"refusing to prune with keep_last={keep_last}, keep_within="
+                         f"{keep_within}: keep_last must be 1 or more, keep_within 1 s or more")
     progress = progress or Progress(enabled=False)
     res = PruneResult(bytes_before=_pack_bytes(repo))
     points = repo.points()

@@ -16,6 +16,8 @@ Layout::
     index.sqlite       blobs, packs, recovery points, files cache (WAL)
     lock               flock: shared by readers and backups, exclusive for prune
     locks/<id>.lock    one per running backup or prune (flock held), its pid/host/command
+    locks/<id>.reader  one per reader that names its command (mount, restore, ...): the
+                       same note, so a refused prune can say who holds ``lock``
     locks/source-<h>   flock: one backup per source label at a time
     packs/XX/<id>.pack sealed packs
     tmp/<writer>-<id>.pack  packs being written, named after their writer
@@ -51,6 +53,7 @@ FORMAT = "remotevss-backup"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 DEFAULT_PACK_SIZE = 64 << 20
+MAX_PACK_SIZE = 1 << 30  # prune rewrites and verify re-reads packs whole: keep them sane
 PASSWORD_ENV = "REMOTEVSS_BACKUP_PASSWORD"  # noqa: S105 - the variable's name
 
 Mode = Literal["read", "write", "exclusive"]
@@ -67,6 +70,11 @@ class RepoLocked(RepoError):
 
 class WrongPassphrase(RepoError):
     """No key of the repository opens with the passphrase given."""
+
+
+class RepoDamaged(RepoError):
+    """One of the repository's own files (config.json, a key file, index.sqlite) is
+    not what was written: ``check`` and ``verify`` report it as damage, not failure."""
 
 
 class BlobError(RepoError):
@@ -132,6 +140,8 @@ def init_repo(path: Path, chunker: ChunkerParams | None = None,
     """Create an empty repository (encrypted unless ``encrypted=False``); refuses a
     non-empty directory, and an encrypted one without a passphrase."""
     path = Path(path)
+    if not 0 < pack_size <= MAX_PACK_SIZE:
+        raise ValueError(f"pack size {pack_size} is not between 1 byte and {MAX_PACK_SIZE}")
     secret = resolve_passphrase(passphrase) if encrypted else None
     if encrypted and not secret:
         raise RepoError(f"an encrypted repository needs a passphrase (--password-file, "
@@ -163,9 +173,9 @@ def read_config(path: Path) -> tuple[RepoConfig, bytes]:
     try:
         data = json.loads(raw)
     except ValueError:
-        raise RepoError(f"{path}: config.json is damaged (not valid JSON)") from None
+        raise RepoDamaged(f"{path}: config.json is damaged (not valid JSON)") from None
     if not isinstance(data, dict):
-        raise RepoError(f"{path}: config.json is damaged (not an object)")
+        raise RepoDamaged(f"{path}: config.json is damaged (not an object)")
     version = data.get("version")
     if "checksum" in data or version == FORMAT_VERSION:
         try:  # format 2 carries a checksum: any changed byte is named as damage
@@ -175,7 +185,7 @@ def read_config(path: Path) -> tuple[RepoConfig, bytes]:
                 raise RepoError(f"{path}: repository format version {version} is not "
                                 f"supported (this program reads versions 1 and "
                                 f"{FORMAT_VERSION}), or {exc}") from None
-            raise RepoError(f"{path}: {exc}") from None
+            raise RepoDamaged(f"{path}: {exc}") from None
     return RepoConfig.from_json(data), raw
 
 
@@ -186,8 +196,8 @@ def open_codec(path: Path, config: RepoConfig, raw_config: bytes, passphrase: Pa
         return LegacyCodec(), None
     if not config.encrypted:
         if keyfiles.key_files(path):
-            raise RepoError(f"{path}: config.json says the repository is not encrypted, but "
-                            f"{keyfiles.KEYS_DIR}/ holds keys: config.json was altered")
+            raise RepoDamaged(f"{path}: config.json says the repository is not encrypted, "
+                              f"but {keyfiles.KEYS_DIR}/ holds keys: config.json was altered")
         return Codec(), None
     secret = resolve_passphrase(passphrase)
     if not secret:
@@ -198,17 +208,18 @@ def open_codec(path: Path, config: RepoConfig, raw_config: bytes, passphrase: Pa
     except keyfiles.WrongPassphrase as exc:
         raise WrongPassphrase(f"{path}: {exc}") from None
     except keyfiles.DamagedFile as exc:
-        raise RepoError(f"{path}: {exc}") from None
+        raise RepoDamaged(f"{path}: {exc}") from None
     if got.config_digest != blake3.blake3(raw_config).hexdigest():
-        raise RepoError(f"{path}: config.json is not the one the repository was created "
-                        "with (altered)")
+        raise RepoDamaged(f"{path}: config.json is not the one the repository was created "
+                          "with (altered)")
     return got.keys, got.key_id
 
 
 class Repository:
     """An open repository holding the locks of ``mode``; use as a context manager.
 
-    read: shared ``lock`` (list, restore, check, verify; concurrent with backups);
+    read: shared ``lock`` (list, restore, check, verify; concurrent with backups), and
+    with a ``command`` a note in ``locks/`` naming it (only to name it to a refused prune);
     write: shared ``lock`` + a note in ``locks/`` (backup: appends only; several at once);
     exclusive: ``lock`` exclusive (prune: deletes packs; no backup can be running).
     ``passphrase``: a string, a callable asked only if the repository is
@@ -238,6 +249,7 @@ class Repository:
                         else self.config.chunker)
         self._fds: list[int] = []
         self._note: Path | None = None
+        self._reader_fd: int | None = None
         self.writer_id = uuid.uuid4().hex[:16]
         self.interrupted: dict[str, Any] | None = None
         try:
@@ -245,9 +257,14 @@ class Repository:
                        fcntl.LOCK_EX if mode == "exclusive" else fcntl.LOCK_SH, wait)
             if mode != "read":
                 self._register(command)
+            elif command:
+                self._register_reader(command)
             # Readers open the index read-only: they never wait for a writer's lock.
-            self.index = Index(self.path / "index.sqlite", readonly=mode == "read",
-                               codec=self.codec)
+            try:
+                self.index = Index(self.path / "index.sqlite", readonly=mode == "read",
+                                   codec=self.codec)
+            except ValueError as exc:  # its schema row does not read: damage
+                raise RepoDamaged(f"{self.path}: {exc}") from None
         except BaseException:
             self._unlock()
             raise
@@ -282,10 +299,11 @@ class Repository:
         return fd
 
     def holders(self) -> list[dict[str, Any]]:
-        """The notes of running backups and prunes (a note whose flock is free is a
-        dead run's, not yet cleaned up: left out)."""
+        """The notes of running backups, prunes and named readers (a note whose flock is
+        free is a dead process's, not yet cleaned up: left out)."""
         out = []
-        for note in sorted((self.path / "locks").glob("*.lock")):
+        locks = self.path / "locks"
+        for note in sorted([*locks.glob("*.lock"), *locks.glob("*.reader")]):
             try:
                 fd = os.open(note, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
@@ -327,6 +345,52 @@ class Repository:
         self._note = final
         fsync_dir(locks)
         self._clean_dead()
+
+    def _register_reader(self, command: str) -> None:
+        """Leave a note naming this reader in ``locks/`` while it runs, so that a prune
+        refused for the shared ``lock`` can say who holds it.
+
+        Why it cannot disturb anyone: the note is only information (no lock depends
+        on it; ``lock`` is already held), its name is this reader's own and matches
+        none of the writers' patterns (``*.lock``, ``*.new``, ``source-*``), and any
+        failure to write it is ignored.  It is created under a temporary name, locked,
+        then renamed, as a writer's note is, so a scanner never finds it unlocked
+        while its reader lives; one whose flock is free (a killed reader) is removed
+        by the next reader that registers."""
+        locks = self.path / "locks"
+        tmp_note = locks / f"{self.writer_id}.reader-new"
+        fd = -1
+        try:
+            fd = os.open(tmp_note, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            note = {"id": self.writer_id, "pid": os.getpid(), "host": socket.gethostname(),
+                    "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            os.pwrite(fd, json.dumps(note).encode(), 0)
+            os.rename(tmp_note, locks / f"{self.writer_id}.reader")
+        except OSError:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp_note.unlink()
+            return
+        self._reader_fd = fd
+        self._clean_dead_readers()
+
+    def _clean_dead_readers(self) -> None:
+        """Remove the notes of readers that were killed (their flock is free)."""
+        locks = self.path / "locks"
+        for note in [*locks.glob("*.reader"), *locks.glob("*.reader-new")]:
+            if note.name.startswith(self.writer_id + "."):
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(note, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    note.unlink()
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
 
     def _clean_dead(self) -> None:
         """Remove the notes and tmp packs of writers that died (their note's flock is free).
@@ -401,6 +465,11 @@ class Repository:
         if self._note is not None:
             self._note.unlink(missing_ok=True)  # a clean release leaves no note
             self._note = None
+        if self._reader_fd is not None:
+            with contextlib.suppress(OSError):
+                (self.path / "locks" / f"{self.writer_id}.reader").unlink()
+            os.close(self._reader_fd)
+            self._reader_fd = None
         for fd in reversed(self._fds):
             os.close(fd)
         self._fds.clear()
