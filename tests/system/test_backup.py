@@ -840,10 +840,10 @@ def test_a_signal_stops_a_restore_between_files_and_leaves_no_partial_file(
                 os.kill(os.getpid(), signal.SIGINT)
 
     out = tmp_path / "out"
-    with Repository(repo_path, "read", passphrase="p") as repo:
-        with pytest.raises(KeyboardInterrupt), stop_at_safe_points(notes.append):
-            restore(repo, repo.find_point("latest"), out, "s", Interrupting(enabled=False),
-                    processes=processes, pool_from=(0, 0) if processes else (10**9, 1 << 62))
+    with Repository(repo_path, "read", passphrase="p") as repo, pytest.raises(
+            KeyboardInterrupt), stop_at_safe_points(notes.append):
+        restore(repo, repo.find_point("latest"), out, "s", Interrupting(enabled=False),
+                processes=processes, pool_from=(0, 0) if processes else (10**9, 1 << 62))
     assert notes and "stopping" in notes[0]
     left = {p.name: p.read_bytes() for p in out.iterdir()}
     assert all(data == (src / name).read_bytes() for name, data in left.items()), (
@@ -1016,3 +1016,25 @@ def test_verify_names_files_of_a_lost_pack_and_repair_lets_the_next_backup_mend_
             "blobs": 0, "packs_lost": 0, "packs_rewritten": 0, "cache_dirs": 0}
     with Repository(repo_path, "write", passphrase="p") as repo:
         assert run_backup(repo, [LocalSource(src, "s")], processes=0).stats["bytes_read"] == 0
+
+
+def test_cli_verify_repair_then_run_mends_a_lost_pack(tmp_path: Path) -> None:
+    """The same through the command line: exit 4 while damaged, the repair reported,
+    a run, then verify exits 0 and the first point restores whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"g{i}").write_bytes(rand(f"g{i}", 400_000))
+    repo = tmp_path / "repo"
+    backup(repo, f"data={src}", pack_size=1 << 20)
+    victim = sorted((repo / "packs").rglob("*.pack"))[0]
+    victim.unlink()
+    assert cli("verify", "--repo", repo, check=4).stdout.count("affected:") >= 1
+    report = json.loads(cli("verify", "--repo", repo, "--repair", "--json", check=4).stdout)
+    assert report["repaired"]["packs_lost"] == 1 and report["repaired"]["blobs"] >= 1
+    assert any("repair: forgot" in n for n in report["notes"])
+    cli("run", "--repo", repo, f"data={src}")
+    cli("verify", "--repo", repo)
+    out = tmp_path / "out"
+    cli("restore", "1", "--repo", repo, "--path", "data", "--to", out)
+    assert_same_tree(src, out)

@@ -19,6 +19,7 @@ from remotevss.backup.excludes import CACHEDIR_SIGNATURE, Excludes, read_pattern
 from remotevss.backup.repo import Repository, init_repo
 from remotevss.backup.restore import list_paths
 from remotevss.backup.snapshot_source import LocalSource
+from tests.support.backup_cli import cli
 
 ROOT = os.geteuid() == 0
 
@@ -108,3 +109,24 @@ def test_mounts_pseudo_file_systems_and_the_repository_inside(tree: tuple[Path, 
     assert "s/keep.txt" in paths and not any(p.startswith("s/backups") for p in paths)
     assert point.stats["bytes_read"] == 0  # nothing of the repository was read
 
+
+
+def test_cli_run_takes_the_rules_and_records_them(tree: tuple[Path, Path],
+                                                  tmp_path: Path) -> None:
+    src, _repo = tree
+    repo = tmp_path / "clirepo"
+    patterns = tmp_path / "patterns"
+    patterns.write_text("node_modules\n")
+    cli("init", "--repo", repo, "--unencrypted")
+    cli("run", "--repo", repo, f"s={src}", "--exclude", "*.tmp", "--exclude-file", patterns,
+        "--exclude-caches", "--one-file-system")
+    with Repository(repo, "read") as r:
+        point = r.find_point("latest")
+        paths = {p.removeprefix("s/") for p in list_paths(r, point, "s")}
+    assert "a.tmp" not in paths and "node_modules" not in paths and "cache/blob" not in paths
+    assert "keep.txt" in paths
+    assert point.meta["excludes"] == {"exclude": ["*.tmp", "node_modules"],
+                                      "exclude_caches": True, "one_file_system": True}
+    proc = cli("run", "--repo", repo, f"s={src}", "--exclude-file", tmp_path / "nope",
+               check=1)
+    assert "nope" in proc.stderr

@@ -209,6 +209,18 @@ def configure(b: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=_processes_arg, default=None, metavar="N",
                    help="worker processes reading and chunking the files of directories "
                         "(default 1; 0: threads only); started only once 32 MiB are to be read")
+    g = p.add_argument_group("leaving things out (pseudo file systems such as /proc, and the "
+                             "repository itself, always are)")
+    g.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out what matches (repeatable): without '/' a name at any depth "
+                        "(*.tmp, node_modules), with '/' a path below the source's root "
+                        "(build/*.o); an excluded directory goes with all below it")
+    g.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
+                   help="patterns as for --exclude, one a line ('#' comments)")
+    g.add_argument("--exclude-caches", action="store_true",
+                   help="of a directory with a valid CACHEDIR.TAG keep only that file")
+    g.add_argument("--one-file-system", "-x", action="store_true",
+                   help="do not enter mount points of other file systems (kept empty)")
     g = p.add_argument_group("reading snapshot shares")
     g.add_argument("--read", dest="read_mode", choices=["auto", "smb", "local"], default="auto",
                    help="auto (default): read a snapshot share's path directly when the server "
@@ -264,6 +276,11 @@ def configure(b: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("verify", help="re-read and re-hash all data; name damaged files")
     _common(p)
+    p.add_argument("--repair", action="store_true",
+                   help="then forget what cannot be read (damaged packs are rewritten "
+                        "without it) and the files cache, so that the next backup stores "
+                        "that data again and mends the points that use it (needs the "
+                        "repository to itself, as prune)")
 
     p = sub.add_parser("check", help="check structure: index, packs, trees (fast)")
     _common(p)
@@ -407,7 +424,8 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
                 print(f"remotevss backup: {exc}", file=sys.stderr)
                 return EXIT_USAGE
             return _run_shares(args, repo_path, local_specs, shares)
-        sources = local_sources(args.sources)
+        excludes = _excludes(args)
+        sources = local_sources(args.sources, excludes)
         # List the trees while the passphrase's scrypt runs (it releases the GIL).
         ahead = prefetch_listings(sources)
         try:
@@ -418,8 +436,8 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
                           f"{repo.interrupted.get('pid')}, started "
                           f"{repo.interrupted.get('started')}) was interrupted; its "
                           "unfinished data was discarded", file=sys.stderr)
-                point = run_backup(repo, sources, dict(args.meta), _progress(args, "backup"),
-                                   ahead=ahead, **_processes(args))
+                point = run_backup(repo, sources, _point_meta(args, excludes),
+                                   _progress(args, "backup"), ahead=ahead, **_processes(args))
         finally:
             for a in ahead.values():
                 a.stop()
@@ -488,8 +506,11 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
     if cmd in ("check", "verify"):
         from remotevss.backup.verify import check, verify
 
-        with Repository(repo_path, "read", command=f"backup {cmd}", passphrase=secret) as repo:
-            report = check(repo) if cmd == "check" else verify(repo, _progress(args, "verify"))
+        repair = getattr(args, "repair", False)
+        with Repository(repo_path, "exclusive" if repair else "read", command=f"backup {cmd}",
+                        passphrase=secret) as repo:
+            report = (check(repo) if cmd == "check"
+                      else verify(repo, _progress(args, "verify"), repair=repair))
         lines = [f"error: {e}" for e in report.errors] + [f"note: {n}" for n in report.notes]
         lines += [f"affected: point {a['point']} ({a['uuid'][:12]}): {a['path']}"
                   for a in report.affected]
@@ -534,6 +555,25 @@ def _processes(args: argparse.Namespace) -> dict[str, int]:
     return {} if args.processes is None else {"processes": args.processes}
 
 
+def _excludes(args: argparse.Namespace) -> Any:
+    """The run's rules of what is left out (remotevss.backup.excludes)."""
+    from remotevss.backup.excludes import Excludes, read_patterns
+
+    patterns = list(args.exclude)
+    for path in args.exclude_file:
+        patterns += read_patterns(path)
+    return Excludes(patterns, caches=args.exclude_caches,
+                    one_file_system=args.one_file_system)
+
+
+def _point_meta(args: argparse.Namespace, excludes: Any) -> dict[str, Any]:
+    meta = dict(args.meta)
+    rules = excludes.describe() if excludes is not None else {}
+    if rules:
+        meta.setdefault("excludes", rules)
+    return meta
+
+
 def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str],
                 shares: list[Any]) -> int:
     """``backup run \\\\host\\share ...``: see remotevss.backup.requestor."""
@@ -553,7 +593,7 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
             read_mode=args.read_mode, smb_conf=args.smb_conf,
             encrypt=not args.no_encryption, security=not args.no_security,
             smb_timeout=args.smb_timeout, follow_owner=session.settings.follow_owner,
-            resolve=session.settings.resolve)
+            resolve=session.settings.resolve, excludes=_excludes(args))
         with Repository(repo_path, "write", command="backup run",
                         passphrase=passphrase_source(args)) as repo:
             if repo.interrupted:
@@ -561,8 +601,8 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
                       f"started {repo.interrupted.get('started')}) was interrupted; its "
                       "unfinished data was discarded", file=sys.stderr)
             backup_shares(repo, shares, settings, local_specs=local_specs,
-                          meta=dict(args.meta), progress=_progress(args, "backup"),
-                          run=outcome)
+                          meta=_point_meta(args, settings.excludes),
+                          progress=_progress(args, "backup"), run=outcome)
     except UsageError as exc:
         print(f"remotevss backup: {exc}", file=sys.stderr)
         return EXIT_USAGE
