@@ -457,14 +457,24 @@ def test_prune_reclaims_space_and_survivors_restore(tmp_path: Path) -> None:
             (src / f"g{gen}-{i}").write_bytes(rand(f"g{gen}-{i}", 500_000))
         cli("run", f"data={src}", "--repo", repo)
     before = repo_bytes(repo)
-    assert cli("prune", "--repo", repo, "--dry-run", "--keep-last", "1").returncode == 0
-    assert repo_bytes(repo) == before
+    dry = cli("prune", "--repo", repo, "--dry-run", "--keep-last", "1")
+    assert "would remove points [1, 2, 3]" in dry.stdout and "packs to delete" in dry.stdout
+    plan = json.loads(cli("prune", "--repo", repo, "--dry-run", "--keep-last", "1",
+                          "--json").stdout)
+    assert repo_bytes(repo) == before and len(json.loads(cli(
+        "list", "--repo", repo, "--json").stdout)) == 4  # a dry run changes nothing
     assert cli("prune", "--repo", repo, check=1).returncode == 1  # no policy: refused
     res = json.loads(cli("prune", "--repo", repo, "--keep-last", "1", "--json").stdout)
     after = repo_bytes(repo)
     assert res["removed_points"] == [1, 2, 3]
     assert after < 0.6 * before, (before, after)
     assert res["packs_deleted"] > 0
+    # The dry run said what the real one did (its size estimate leaves out the new
+    # packs' headers and trailers).
+    assert (plan["dry_run"], res["dry_run"]) == (True, False)
+    for key in ("removed_points", "kept_points", "packs_deleted", "packs_rewritten"):
+        assert plan[key] == res[key], key
+    assert abs(plan["bytes_after"] - res["bytes_after"]) < 0.02 * before
     assert cli("check", "--repo", repo).returncode == 0
     assert cli("verify", "--repo", repo).returncode == 0
     out = tmp_path / "out"

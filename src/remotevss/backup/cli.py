@@ -528,10 +528,12 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         if not args.json:  # with --json they are in the result's "errors"
             for error in res.errors:
                 print(f"remotevss backup: prune: {error}", file=sys.stderr)
-        _emit(args, res.to_json(),
-              f"removed points {res.removed_points or 'none'}, kept {res.kept_points}; "
-              f"packs deleted {res.packs_deleted} (rewritten {res.packs_rewritten}); "
-              f"{human(res.bytes_before)} -> {human(res.bytes_after)}")
+        would = "would remove" if args.dry_run else "removed"
+        _emit(args, {**res.to_json(), "dry_run": args.dry_run},
+              f"{would} points {res.removed_points or 'none'}, kept {res.kept_points}; "
+              f"packs {'to delete' if args.dry_run else 'deleted'} {res.packs_deleted} "
+              f"(rewritten {res.packs_rewritten}); {human(res.bytes_before)} -> "
+              f"{'about ' if args.dry_run else ''}{human(res.bytes_after)}")
         return EXIT_FAILED if res.errors else EXIT_OK
     return EXIT_USAGE  # pragma: no cover
 

@@ -89,11 +89,8 @@ def prune(repo: Repository, keep_last: int | None, keep_within: int | None,
     keep = select_keep(points, keep_last, keep_within, time.time_ns())
     res.kept_points = sorted(keep)
     res.removed_points = sorted(p.id for p in points if p.id not in keep)
-    if dry_run:
-        res.bytes_after = res.bytes_before
-        return res
     idx = repo.index
-    if res.removed_points:
+    if res.removed_points and not dry_run:
         idx.begin()
         for pid in res.removed_points:
             idx.delete_point(pid)
@@ -115,13 +112,21 @@ def prune(repo: Repository, keep_last: int | None, keep_within: int | None,
 
     delete: list[tuple[int, str]] = []
     rewrite: list[tuple[int, str]] = []
+    freed = 0  # bytes the deleted packs hold beyond the live blobs copied out of them
     for pack_id, name, size in idx.packs():
         blobs = idx.pack_blobs(pack_id)
         live_bytes = sum(b.stored_len for b in blobs if b.id in live)
         if live_bytes == 0:
             delete.append((pack_id, name))
+            freed += size
         elif live_bytes < threshold * size:
             rewrite.append((pack_id, name))
+            freed += size - live_bytes
+    if dry_run:  # what a real run would do (the new packs' own headers not counted)
+        res.packs_deleted = len(delete) + len(rewrite)
+        res.packs_rewritten = len(rewrite)
+        res.bytes_after = res.bytes_before - freed
+        return res
 
     dead: set[bytes] = set()
     writer = repo.writer()
