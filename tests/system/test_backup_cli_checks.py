@@ -18,10 +18,8 @@ from __future__ import annotations
 import ctypes.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import pytest
 from remotevss.backup.packs import pack_path
 from remotevss.backup.repo import Repository
 from tests.support.backup_cli import CLI, cli, rand
+from tests.support.backup_mount import Mount, mounted
 
 PASSWORD = os.environ["REMOTEVSS_BACKUP_PASSWORD"]  # set by tests/conftest.py
 FUSE_OK = os.geteuid() == 0 and Path("/dev/fuse").exists()
@@ -183,37 +182,6 @@ def test_key_remove_names_the_whole_id(two_points: Path) -> None:
 
 
 # -- mount (FUSE) -------------------------------------------------------------------------
-def mounted(path: Path) -> bool:
-    return any(line.split()[1] == str(path)
-               for line in Path("/proc/mounts").read_text().splitlines())
-
-
-class Mount:
-    """``backup mount`` in its own process, until ``mounted``."""
-
-    def __init__(self, repo: Path, mnt: Path) -> None:
-        self.mnt = mnt
-        self.proc = subprocess.Popen([*CLI, "mount", str(repo), str(mnt)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not mounted(mnt):
-            assert self.proc.poll() is None, self.proc.communicate()
-            assert time.monotonic() < deadline, "the mount did not appear"
-            time.sleep(0.05)
-
-    def stop(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGINT)
-        _out, err = self.proc.communicate(timeout=30)
-        return self.proc.returncode, err
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if mounted(self.mnt):
-            subprocess.run(["umount", "-l", str(self.mnt)], check=False)
-
-
 @pytest.fixture
 def mnt(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "mnt"

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 from remotevss.backup.mount import time_name
-from tests.support.backup_cli import CLI, cli, rand
+from tests.support.backup_cli import cli, rand
+from tests.support.backup_mount import Mount, mounted
 
 _missing = [] if Path("/dev/fuse").exists() else ["/dev/fuse"]
 _missing += [] if shutil.which("cp") else ["cp"]
@@ -41,11 +42,6 @@ pytestmark = [
 
 
 
-
-
-def mounted(path: Path) -> bool:
-    return any(line.split()[1] == str(path) for line in
-               Path("/proc/mounts").read_text().splitlines())
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
@@ -65,30 +61,6 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             mtime = st.st_mtime_ns if not stat.S_ISLNK(st.st_mode) else 0
             out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, size, mtime, data)
     return out
-
-
-class Mount:
-    def __init__(self, repo: Path, mnt: Path) -> None:
-        self.mnt = mnt
-        self.proc = subprocess.Popen([*CLI, "mount", str(repo), str(mnt)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while not mounted(mnt):
-            assert self.proc.poll() is None, self.proc.communicate()
-            assert time.monotonic() < deadline, "the mount did not appear"
-            time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGINT) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        _out, err = self.proc.communicate(timeout=30)
-        return self.proc.returncode, err
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if mounted(self.mnt):
-            subprocess.run(["umount", "-l", str(self.mnt)], check=False)
 
 
 @pytest.fixture

@@ -382,15 +382,7 @@ class Repository:
         for note in [*locks.glob("*.reader"), *locks.glob("*.reader-new")]:
             if note.name.startswith(self.writer_id + "."):
                 continue
-            with contextlib.suppress(OSError):
-                fd = os.open(note, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    note.unlink()
-                except BlockingIOError:
-                    pass
-                finally:
-                    os.close(fd)
+            _unlink_if_unlocked(note, os.O_RDONLY)
 
     def _clean_dead(self) -> None:
         """Remove the notes and tmp packs of writers that died (their note's flock is free).
@@ -400,15 +392,7 @@ class Repository:
         leftovers = list((self.path / "tmp").iterdir())
         live = {self.writer_id}
         for half in (self.path / "locks").glob("*.new"):  # died while registering
-            with contextlib.suppress(OSError):
-                fd = os.open(half, os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    half.unlink()
-                except BlockingIOError:
-                    pass
-                finally:
-                    os.close(fd)
+            _unlink_if_unlocked(half, os.O_RDWR)
         for note in (self.path / "locks").glob("*.lock"):
             writer = note.name.removesuffix(".lock")
             if writer == self.writer_id:
@@ -844,3 +828,16 @@ def store_data(writer: BlobWriter, raw: bytes) -> bytes:
     cid = writer.repo.blob_id(raw)
     writer.add_raw(cid, DATA, raw)
     return cid
+
+
+def _unlink_if_unlocked(note: Path, flags: int) -> None:
+    """Remove a lock note whose owner is gone (its flock is free); keep a held one."""
+    with contextlib.suppress(OSError):
+        fd = os.open(note, flags | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            note.unlink()
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
