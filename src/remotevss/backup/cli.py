@@ -1,4 +1,5 @@
-"""``remotevss backup ...``: init, run, list, restore, mount, verify, check, prune, key, copy.
+"""``remotevss backup ...``: init, run, list, ls, diff, restore, mount, verify, check, prune,
+key, copy.
 
 Why ``add_parser``/``run`` rather than a ``main``: the top-level ``remotevss``
 command mounts these verbs; ``python -m remotevss.backup.cli`` runs them
@@ -265,6 +266,24 @@ def configure(b: argparse.ArgumentParser) -> None:
     g.add_argument("--smb-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="timeout of any one SMB request (default 120)")
 
+    p = sub.add_parser("ls", help="list the entries of a recovery point, or of a path in it")
+    _common(p)
+    p.add_argument("point", help="point number, uuid prefix, or 'latest'")
+    p.add_argument("path", nargs="?", default="", metavar="PATH",
+                   help="LABEL/sub/dir inside the point (default: all of it)")
+    p.add_argument("--long", "-l", action="store_true",
+                   help="mode, owner, size, mtime (local time), then the path")
+    p.add_argument("--depth", type=_count_arg, metavar="N",
+                   help="only N levels below PATH (1: its own entries; default: all)")
+
+    p = sub.add_parser("diff", help="what changed between two recovery points (no file "
+                                    "data is read)")
+    _common(p)
+    p.add_argument("old", metavar="POINT1", help="point number, uuid prefix, or 'latest'")
+    p.add_argument("new", metavar="POINT2", help="the point to compare it with")
+    p.add_argument("path", nargs="?", default="", metavar="PATH",
+                   help="compare only LABEL/sub/dir (default: the whole points)")
+
     p = sub.add_parser("mount", help="show every recovery point as a read-only directory "
                                       "tree (FUSE) until Ctrl-C")
     _common(p)
@@ -482,6 +501,22 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
               f"{human(result.bytes)} to {args.to}"
               + (f"; {len(result.errors)} failed" if result.errors else ""))
         return EXIT_PARTIAL if result.errors else EXIT_OK
+    if cmd in ("ls", "diff"):
+        from remotevss.backup import browse
+
+        with Repository(repo_path, "read", command=f"backup {cmd}", passphrase=secret) as repo:
+            try:
+                if cmd == "ls":
+                    browse.print_ls(repo, repo.find_point(args.point), args.path, args.long,
+                                    args.json, args.depth, sys.stdout)
+                else:
+                    browse.print_diff(repo, repo.find_point(args.old),
+                                      repo.find_point(args.new), args.path, args.json,
+                                      sys.stdout)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `ls | head`: the reader has all it wanted
+                browse.quiet_broken_pipe()
+        return EXIT_OK
     if cmd == "mount":
         from remotevss.backup.mount import check_mountpoint, mount
 
