@@ -29,7 +29,7 @@ from remotevss.backup.index import PointRow
 from remotevss.backup.progress import human
 from remotevss.backup.repo import RepoError, Repository
 from remotevss.backup.snapshot_source import BLOCK, CHAR, SYMLINK
-from remotevss.backup.tree import Entry
+from remotevss.backup.tree import Entry, find_entry
 
 _TYPE_BITS = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "p": stat.S_IFIFO,
               "c": stat.S_IFCHR, "b": stat.S_IFBLK, "s": stat.S_IFSOCK}
@@ -122,15 +122,7 @@ def locate(repo: Repository, point: PointRow, path: str) -> tuple[str, Entry | N
 
 
 def _find(repo: Repository, point: PointRow, parts: list[str]) -> Entry | None:
-    entries = repo.read_tree(point.root)
-    for i, part in enumerate(parts):
-        match = next((e for e in entries if e["name"] == part), None)
-        if match is None or i == len(parts) - 1:
-            return match
-        if "subtree" not in match:
-            return None
-        entries = repo.read_tree(bytes.fromhex(match["subtree"]))
-    return None
+    return find_entry(repo.read_tree, point.root, parts)
 
 
 def _stacked(first: Iterator[Any]) -> Iterator[Any]:

@@ -34,7 +34,7 @@ from remotevss.backup.index import Location, PointRow
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import BlobError, RepoError, Repository
 from remotevss.backup.snapshot_source import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK
-from remotevss.backup.tree import Entry, decode_tree, xattrs_of
+from remotevss.backup.tree import Entry, decode_tree, find_entry, xattrs_of
 
 #: Pseudo-xattrs of non-local sources, kept in the point but not written to a local
 #: file system (Linux has no such namespace): SMB's ``smb.security_descriptor``.
@@ -177,18 +177,7 @@ class _Restorer:
     def find(self, path: str) -> Entry | None:
         """The entry at a '/'-separated point path ('' is not an entry)."""
         assert self.point is not None
-        entries = self.tree(self.point.root)
-        parts = [p for p in path.split("/") if p]
-        for i, part in enumerate(parts):
-            match = next((e for e in entries if e["name"] == part), None)
-            if match is None:
-                return None
-            if i == len(parts) - 1:
-                return match
-            if "subtree" not in match:
-                return None
-            entries = self.tree(match["subtree"])
-        return None
+        return find_entry(self.tree, self.point.root, [p for p in path.split("/") if p])
 
     def fail(self, path: str, exc: BaseException | str, warning: bool = False) -> None:
         msg = exc if isinstance(exc, str) else (

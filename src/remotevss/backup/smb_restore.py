@@ -63,7 +63,7 @@ from remotevss.backup.smb import (
     _Status,
 )
 from remotevss.backup.snapshot_source import DIR, FILE
-from remotevss.backup.tree import Entry, decode_tree, xattrs_of
+from remotevss.backup.tree import Entry, decode_tree, find_entry, xattrs_of
 from remotevss.client.errors import BadUnc
 from remotevss.client.unc import Unc, parse_unc, unc_text
 from remotevss.fsrvp import filetime
@@ -314,16 +314,7 @@ class _ShareRestorer:
         return cached
 
     def find(self, path: str) -> Entry | None:
-        entries = self.tree(self.point.root)
-        parts = [p for p in path.split("/") if p]
-        for i, part in enumerate(parts):
-            match = next((e for e in entries if e["name"] == part), None)
-            if match is None or i == len(parts) - 1:
-                return match
-            if "subtree" not in match:
-                return None
-            entries = self.tree(match["subtree"])
-        return None
+        return find_entry(self.tree, self.point.root, [p for p in path.split("/") if p])
 
     def note(self, kind: str, path: str, why: str) -> None:
         """Record an ``error``, a ``skipped`` entry or a ``warning`` (named on stderr)."""

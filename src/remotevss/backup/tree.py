@@ -109,6 +109,21 @@ def content_ids(entry: Entry) -> Iterator[bytes]:
         yield bytes.fromhex(cid)
 
 
+def find_entry(load: Callable[[bytes], list[Entry]], root: bytes,
+               parts: list[str]) -> Entry | None:
+    """The entry at the path ``parts`` (names, outermost first) below the tree
+    ``root``; None if there is none ('' is not an entry)."""
+    entries = load(root)
+    for i, part in enumerate(parts):
+        match = next((e for e in entries if e["name"] == part), None)
+        if match is None or i == len(parts) - 1:
+            return match
+        if "subtree" not in match:
+            return None
+        entries = load(bytes.fromhex(match["subtree"]))
+    return None
+
+
 def walk(load: Callable[[bytes], list[Entry]], tree_id: bytes, prefix: str,
          on_error: Callable[[str, bytes, Exception], None] | None = None,
          seen: set[bytes] | None = None) -> Iterator[tuple[str, Entry]]:
