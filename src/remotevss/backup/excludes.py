@@ -30,9 +30,9 @@ from fnmatch import translate
 #: Linux file system types that hold no data worth backing up.
 PSEUDO_FS = frozenset({
     "proc", "sysfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs", "tracefs",
-    "pstore", "bpf", "configfs", "fusectl", "mqueue", "efivarfs", "binfmt_misc", "autofs",
+    "pstore", "bpf", "configfs", "fusectl", "mqueue", "efivarfs", "binfmt_misc",
     "rpc_pipefs", "nsfs", "hugetlbfs", "selinuxfs",
-})
+})  # not autofs: its directories lead to real (automounted) file systems
 CACHEDIR_TAG = "CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
