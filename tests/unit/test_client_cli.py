@@ -247,7 +247,7 @@ def test_script_mode_releases_auto_release_sets(net: FakeNetwork, tmp_path: Path
         ("echo %NOPE%\n", 2, "unknown variable %NOPE%"),
         ("add \\\\fs1\\data\\x\n", 2, "inside a share"),
         ("list shadows\n", 2, "list shadows all"),
-        ("exec false\n", 2, "exited with status 1"),
+        ("exec false\n", 8, "exited with status 1"),
         ("exit 7\n", 7, ""),
         ("add \\\\fs1\\nosuch\ncreate\n", 1, "E_INVALIDARG"),
         ("delete shadows id {11111111-2222-3333-4444-555555555555}\n", 5, "no shadow copy"),
@@ -268,7 +268,7 @@ def test_script_stops_at_first_error_and_still_releases(net: FakeNetwork, tmp_pa
     script = tmp_path / "s.dsh"
     script.write_text("add \\\\fs1\\data\ncreate\nexec false\necho not reached\n")
     rc, out, err = run(net, "-U", "u%p", "-s", str(script))
-    assert rc == 2 and "not reached" not in out and "releasing" in out
+    assert rc == 8 and "not reached" not in out and "releasing" in out
     assert net.servers["fs1"].clean
 
 

@@ -4,7 +4,9 @@ Why one module: the API, the CLI and the script mode must agree on what a
 failure means and how a caller tells them apart.  Four families:
 
 * :class:`BadUnc` and :class:`UsageError` -- the caller's input was wrong;
-  nothing was sent (exit 2).
+  nothing was sent (exit 2).  :class:`StateError` (the client table is
+  unusable, exit 7) and :class:`ExecFailed` (a script's program failed,
+  exit 8) are local too.
 * :class:`FsrvpConnectError` -- no usable FSRVP binding: host unreachable,
   credentials refused, no ``\\pipe\\FssagentRpc``, access denied at the SMB
   or bind level (exit 3 or 4), or a timeout (exit 6).
@@ -37,6 +39,8 @@ EXIT_CONNECT = 3  # unreachable, connection lost, no FSRVP agent, RPC fault
 EXIT_AUTH = 4  # credentials refused or access denied
 EXIT_NOT_FOUND = 5  # unknown id (locally or on the server)
 EXIT_TIMEOUT = 6  # connect or call timeout
+EXIT_LOCAL = 7  # the client table (--state) cannot be opened, read or written
+EXIT_EXEC = 8  # script mode: a program run by `exec` failed or could not start
 EXIT_INTERRUPTED = 130
 
 
@@ -60,6 +64,27 @@ class BadUnc(UsageError, ValueError):
         super().__init__(f"bad share path {shown}: {reason}")
         self.unc = unc
         self.reason = reason
+
+
+class StateError(ClientError):
+    """The client table cannot be used (a bad ``--state`` path, not a SQLite file,
+    read-only); raised before anything is sent, so no server is left with a set
+    the table could not record."""
+
+    exit_code = EXIT_LOCAL
+
+
+class ExecFailed(ClientError):
+    """A script's ``exec`` program exited non-zero or could not start: not a
+    script syntax error (exit 2), so a wrapper can tell the two apart."""
+
+    exit_code = EXIT_EXEC
+
+    def __init__(self, program: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"exec {program}: {message}")
+        self.program = program
+        #: the program's exit status (negative: killed by that signal); None: it did not start
+        self.status = status
 
 
 class UnknownId(ClientError):

@@ -65,6 +65,7 @@ from uuid import UUID
 from remotevss.client.connection import ConnectOptions, Credentials, FsrvpConnection
 from remotevss.client.errors import (
     AccessDeniedError,
+    BadState,
     BadUnc,
     ClientError,
     FsrvpCallError,
@@ -98,6 +99,8 @@ CLIENT_VERSION = FSRVP_RPC_VERSION_1
 _BEFORE_EXPOSE = (SetStatus.STARTED, SetStatus.ADDED, SetStatus.COMMITTED)
 _EXPOSED = (SetStatus.EXPOSED, SetStatus.RECOVERED)
 _NOTHING_ON_SERVER = (SetStatus.NEW, SetStatus.ABORTED, SetStatus.DELETED)
+#: The note of a set the server recovered by itself (the table said exposed).
+RECOVERED_BY_SERVER = "recovered by the server"
 
 
 def context_value(context: str | int, writable: bool = False) -> int:
@@ -535,13 +538,52 @@ class ShadowCopySet:
         if self.state is not None:
             self.state.update_copy(c.record())
 
-    def recovery_complete(self) -> None:
-        """RecoveryCompleteShadowCopySet: Exposed -> Recovered (a writable copy is sealed)."""
+    def recovery_complete(self) -> bool:
+        """RecoveryCompleteShadowCopySet: Exposed -> Recovered (a writable copy is sealed).
+
+        Returns False when the server had recovered the set already (a server
+        may seal an exposed set itself, e.g. the remotevss agent when it
+        restarts): RecoveryComplete answers BAD_STATE, which for a call naming
+        a set also reads as "no such set", so GetShareMapping tells the two
+        apart.  The set is then recorded as recovered, with a note.
+        """
         self._need(SetStatus.EXPOSED, "recover")
         assert self.set_id is not None
-        self._binding().checked(calls.RecoveryCompleteShadowCopySetRequest(self.set_id))
+        conn = self._binding()
+        try:
+            conn.checked(calls.RecoveryCompleteShadowCopySetRequest(self.set_id))
+        except BadState as exc:
+            if not self._still_held(conn):
+                raise
+            self.mark_recovered_by_server(f"RecoveryComplete: {exc.name}")
+            return False
         self.status = SetStatus.RECOVERED
         self._save_status()
+        return True
+
+    def _still_held(self, conn: Binding) -> bool:
+        """Whether the server still has this set (GetShareMapping: a mapping or BAD_STATE)."""
+        assert self.set_id is not None
+        if not self.copies:
+            return False
+        c = self.copies[0]
+        try:
+            conn.checked(calls.GetShareMappingRequest(c.copy_id, self.set_id, c.share_unc, 1))
+        except BadState:
+            return True
+        except FsrvpError:
+            return False
+        return True
+
+    def mark_recovered_by_server(self, evidence: str) -> None:
+        """An exposed set the server no longer has Exposed (``evidence``: the call
+        and its BAD_STATE code): Recovered is the only state after Exposed in
+        MS-FSRVP's state machine, so record that, with a note."""
+        self.status = SetStatus.RECOVERED
+        if self.state is not None and self.set_id is not None and self.server is not None:
+            self.state.set_status(
+                self.set_id, self.server, SetStatus.RECOVERED, f"{RECOVERED_BY_SERVER} ({evidence})"
+            )
 
     def create(self, uncs: Iterable[str | Unc], *, recover: bool | None = None) -> dict[str, str]:
         """add() each share, commit(), expose(): the whole creation in one call."""
@@ -893,6 +935,8 @@ class CheckResult:
     alive: list[CopyRecord]
     stale: list[tuple[CopyRecord, str]]
     unknown: list[tuple[CopyRecord, str]]  # could not tell (e.g. state not queryable)
+    #: the set was recorded exposed but the server has moved it on (now recovered)
+    recovered_by_server: bool = False
 
 
 def check_set(
@@ -909,11 +953,16 @@ def check_set(
     A "no such set" answer (ID_MISMATCH, E_INVALIDARG, OBJECT_NOT_FOUND) marks
     the copy ``stale`` in ``state``; BAD_STATE (e.g. a Recovered set on a
     spec server, or a set not yet exposed) means the server still has it.
+    BAD_STATE for a set recorded *exposed* means the server recovered it
+    by itself (Recovered is the only state after Exposed; the remotevss
+    agent seals exposed persistent sets when it restarts): the record
+    becomes ``recovered`` with a note.
     """
     s = ShadowCopySet.resume(record, credentials, options, connector=connector)
     own = conn is None
     binding = conn if conn is not None else s._binding()
     result = CheckResult(record, [], [], [])
+    bad_state = ""  # the BAD_STATE-like code's name, if one came
     try:
         for c in record.copies:
             try:
@@ -926,6 +975,8 @@ def check_set(
                 result.stale.append((c, f"{exc.name} from GetShareMapping"))
                 continue
             except FsrvpError as exc:
+                if isinstance(exc, BadState):
+                    bad_state = bad_state or exc.name
                 result.unknown.append((c, f"{exc.name} from GetShareMapping"))
                 continue
             assert isinstance(resp, calls.GetShareMappingResponse)
@@ -937,10 +988,16 @@ def check_set(
     finally:
         if own:
             binding.close()
+    if bad_state and record.status == SetStatus.EXPOSED and not result.alive:
+        result.recovered_by_server = True
+        record.status = SetStatus.RECOVERED
+        record.note = f"{RECOVERED_BY_SERVER} (GetShareMapping: {bad_state})"
     if state is not None:
         for c in record.copies:
             state.update_copy(c)
-        if result.stale and not result.alive and not result.unknown:
+        if result.recovered_by_server:
+            state.set_status(record.set_id, record.server, record.status, record.note)
+        elif result.stale and not result.alive and not result.unknown:
             state.set_status(
                 record.set_id, record.server, SetStatus.STALE, "no longer on the server"
             )
@@ -982,6 +1039,7 @@ _HINTS: dict[int, str] = {
 
 __all__ = [
     "CONTEXTS",
+    "RECOVERED_BY_SERVER",
     "CheckResult",
     "CreateRequest",
     "DeleteOutcome",

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
 
+from remotevss.client.errors import StateError
+
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -79,6 +81,17 @@ def default_state_path(env: dict[str, str] | os._Environ[str] | None = None) -> 
     base = env.get("XDG_STATE_HOME")
     root = Path(base).expanduser() if base else Path.home() / ".local" / "state"
     return root / "remotevss" / "client.sqlite3"
+
+
+def _why(exc: OSError | sqlite3.Error) -> str:
+    """SQLite's or the OS's reason, in a few words."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    text = str(exc)
+    if "readonly" in text:
+        return f"{text} (the file or its directory is not writable)"
+    return text
 
 
 class SetStatus(enum.StrEnum):
@@ -135,24 +148,43 @@ class ClientState:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_state_path()
+        try:
+            self._db = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"client table {self.path}: {_why(exc)}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        """Open (or make) the table and prove it writable: commands record what
+        they do on a server as they go, so a table that cannot take a write must
+        fail here, before the first call is sent."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fresh = not self.path.exists()
-        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        if fresh:
-            os.chmod(self.path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path}: client state schema {row[0]} is newer than this remotevss"
-            )
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            if fresh:
+                os.chmod(self.path, 0o600)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StateError(
+                    f"client table {self.path}: schema {row[0]} is newer than this remotevss"
+                )
+            db.execute("BEGIN IMMEDIATE")
+            try:  # a write that is rolled back: fails on a read-only file or directory
+                db.execute("UPDATE meta SET value=value WHERE key='schema'")
+            finally:
+                db.execute("ROLLBACK")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

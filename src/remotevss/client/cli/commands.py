@@ -36,6 +36,7 @@ def add(session: Session, uncs: Sequence[str], check: bool = True) -> int:
     from remotevss.client.shadow import query_path
 
     parsed = [parse_unc(u) for u in uncs]
+    session.state  # noqa: B018 - open (and check) the table before anything is sent
     for u in parsed:
         if check:
             q = query_path(u, session.credentials(), session.options(), connector=session.connector)
@@ -159,6 +160,12 @@ def _check_sets(session: Session, records: Sequence[SetRecord], prune: bool, out
                     out.errors.append({"server": owner, "error": describe_error(exc)})
                     session.note(f"cannot check set {{{rec.set_id}}}: {describe_error(exc)}")
                     break
+                if res.recovered_by_server:
+                    session.note(
+                        f"set {{{rec.set_id}}} on {rec.server} is no longer exposed on the "
+                        f"server: {rec.note}; recorded as recovered"
+                        + (" (its copies are read-only now)" if rec.writable else "")
+                    )
                 for c, why in res.unknown:
                     out.unverified.append(
                         {"copy_id": str(c.copy_id), "set_id": str(rec.set_id), "reason": why}
@@ -198,14 +205,17 @@ def expose(session: Session, ids: Sequence[str], recover: bool | None = None) ->
             elif rec.status in (SetStatus.EXPOSED, SetStatus.RECOVERED):
                 try:
                     s.refresh_mappings()
-                except BadState:
-                    if rec.status != SetStatus.RECOVERED:
-                        raise
+                except BadState as exc:
                     # MS-FSRVP 3.1.4.11: a server SHOULD refuse GetShareMapping once
                     # the set is Recovered (Samba allows it): show what we recorded.
+                    # An exposed set refused so was recovered by the server itself.
+                    if rec.status == SetStatus.EXPOSED:
+                        s.mark_recovered_by_server(f"GetShareMapping: {exc.name}")
                     session.note(
-                        f"set {{{rec.set_id}}} is recovered; the server no longer "
-                        "reports its mappings (FSRVP_E_BAD_STATE): showing the recorded ones"
+                        f"set {{{rec.set_id}}} is recovered"
+                        + (" (by the server)" if rec.status == SetStatus.EXPOSED else "")
+                        + f"; the server no longer reports its mappings ({exc.name}): "
+                        "showing the recorded ones"
                     )
             else:
                 raise UsageError(
@@ -232,11 +242,18 @@ def recover(session: Session, ids: Sequence[str]) -> int:
             raise UsageError(f"set {{{rec.set_id}}} is {rec.status}; recover needs an exposed set")
         s = session.resume(rec)
         try:
-            s.recovery_complete()
+            changed = s.recovery_complete()
         finally:
             s.close()
-        session.say(f"set {{{rec.set_id}}} recovered (RecoveryComplete)")
-        done.append({"set_id": str(rec.set_id), "status": SetStatus.RECOVERED, "changed": True})
+        if changed:
+            session.say(f"set {{{rec.set_id}}} recovered (RecoveryComplete)")
+        else:
+            session.say(
+                f"set {{{rec.set_id}}} is already recovered: the server recovered it itself"
+                + (", its copies are read-only now" if rec.writable else "")
+                + "; nothing to do"
+            )
+        done.append({"set_id": str(rec.set_id), "status": SetStatus.RECOVERED, "changed": changed})
     session.emit({"recovered": done})
     return EXIT_OK
 
@@ -330,37 +347,77 @@ def delete(
 def _explicit_target(
     session: Session, share: str, set_id: str | None, copy_id: str | None
 ) -> tuple[SetRecord, CopyRecord | None]:
-    """A record for a copy this client did not make (``delete --share --set --copy``)."""
+    """The set and copy ``delete --share --set --copy`` names.
+
+    When the set is in the client table its own record is used (the copy added
+    if the table lacks it), so deleting one copy leaves the set's other copies
+    recorded; only a set the table does not know gets a one-copy stand-in.
+    """
     if not set_id or not copy_id:
         raise UsageError("--share needs --set SET_ID and --copy COPY_ID")
     u = parse_unc(share)
     sid, cid = parse_id(set_id), parse_id(copy_id)
-    copy = CopyRecord(cid, sid, u.host, u.wire)
-    rec = SetRecord(
-        sid,
-        u.host,
-        session.settings.port,
-        u.connect_host,
-        sid,
-        0,
-        False,
-        SetStatus.EXPOSED,
-        time.time(),
-        time.time(),
-        copies=[copy],
-    )
-    return rec, copy
+    recorded = [r for r in session.state.sets() if r.set_id == sid]
+    rec = next((r for r in recorded if u.host in (r.server, r.owner)), None)
+    if rec is None and len(recorded) == 1:
+        rec = recorded[0]
+    if rec is None:
+        holders, found = session.state.find(cid)
+        if found is not None:
+            raise UsageError(
+                f"shadow copy {{{cid}}} is recorded in set {{{holders[0].set_id}}}, "
+                f"not in {{{sid}}}"
+            )
+        copy = CopyRecord(cid, sid, u.host, u.wire)
+        stand_in = SetRecord(
+            sid,
+            u.host,
+            session.settings.port,
+            u.connect_host,
+            sid,
+            0,
+            False,
+            SetStatus.EXPOSED,
+            time.time(),
+            time.time(),
+            copies=[copy],
+        )
+        return stand_in, copy
+    mine = next((c for c in rec.copies if c.copy_id == cid), None)
+    if mine is None:
+        mine = CopyRecord(cid, sid, rec.server, u.wire)
+        rec.copies.append(mine)  # not recorded: DeleteShareMapping only, the rest stays
+    elif parse_unc(mine.share_unc).share.lower() != u.share.lower():
+        raise UsageError(
+            f"shadow copy {{{cid}}} is recorded for {mine.share_unc.rstrip(chr(92))}, "
+            f"not {u.display}"
+        )
+    return rec, mine
 
 
 def query(session: Session, uncs: Sequence[str]) -> int:
-    """IsPathSupported and IsPathShadowCopied for each share."""
-    from remotevss.client.shadow import query_path
+    """IsPathSupported and IsPathShadowCopied for each share.
 
-    results = []
-    for text in uncs:
-        q = query_path(
-            parse_unc(text), session.credentials(), session.options(), connector=session.connector
-        )
+    Every share is asked even when one fails, and ``--json`` lists each result
+    or error, so one bad share does not hide the others' answers; the first
+    failure then ends the command (its exit code), later ones are noted.
+    """
+    from remotevss.client.shadow import describe_error, query_path
+
+    parsed = [parse_unc(text) for text in uncs]  # malformed paths: exit 2, nothing sent
+    results: list[dict[str, object]] = []
+    first_error: ClientError | None = None
+    for u in parsed:
+        try:
+            q = query_path(u, session.credentials(), session.options(), connector=session.connector)
+        except ClientError as exc:
+            results.append(
+                {"share": u.display, "error": describe_error(exc), "exit_code": exc.exit_code}
+            )
+            if first_error is not None:
+                session.note(f"{u.display}: {describe_error(exc)}")
+            first_error = first_error or exc
+            continue
         copied = "unknown" if q.shadow_copied is None else "yes" if q.shadow_copied else "no"
         session.say(
             f"{q.unc}: {'supported' if q.supported else 'NOT supported'}"
@@ -378,6 +435,8 @@ def query(session: Session, uncs: Sequence[str]) -> int:
             }
         )
     session.emit({"paths": results})
+    if first_error is not None:
+        raise first_error
     return EXIT_OK
 
 

@@ -2,14 +2,16 @@
 
 Why its own module: the error boundary lives here -- every
 :class:`~remotevss.client.errors.ClientError` becomes one line on stderr and
-its exit code, Ctrl-C exit 130, a closed output pipe a quiet exit 0 -- and
-the client table is closed whatever happens.
+its exit code, a client table failing mid-command exit 7, Ctrl-C exit 130, a
+closed output pipe a quiet exit 0 -- and the client table is closed whatever
+happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -17,7 +19,13 @@ from remotevss.client.cli.commands import dispatch
 from remotevss.client.cli.parser import Settings
 from remotevss.client.cli.script import run_script
 from remotevss.client.cli.session import Session
-from remotevss.client.errors import EXIT_INTERRUPTED, EXIT_OK, ClientError, UsageError
+from remotevss.client.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCAL,
+    EXIT_OK,
+    ClientError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from remotevss.client.shadow import Connector
@@ -54,6 +62,9 @@ def run(
 
         print(f"remotevss shadow: error: {describe_error(exc)}", file=err)
         return exc.exit_code
+    except sqlite3.Error as exc:  # the table broke after it opened (disk full, removed ...)
+        print(f"remotevss shadow: error: client table {session.state_path()}: {exc}", file=err)
+        return EXIT_LOCAL
     except KeyboardInterrupt:
         print("remotevss shadow: interrupted", file=err)
         return EXIT_INTERRUPTED

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from remotevss.client.state import CopyStatus, SetRecord
+from remotevss.client.state import CopyStatus, SetRecord, SetStatus
 from remotevss.fsrvp import filetime
 from remotevss.fsrvp.contexts import attribute_names
 from remotevss.fsrvp.contexts import display_name as context_name
@@ -47,9 +47,10 @@ def print_sets(
     groups: dict[UUID, int] = {}
     for r in records:
         groups[r.client_set_id] = groups.get(r.client_set_id, 0) + 1
+    unchecked = {u["copy_id"]: u["reason"] for u in unverified or []}
     count = 0
     for r in records:
-        session.say(format_set(r, multi=groups[r.client_set_id] > 1))
+        session.say(format_set(r, multi=groups[r.client_set_id] > 1, unverified=unchecked))
         count += len(r.copies)
     what = f"{title} " if title else "listed "
     session.say(f"Number of shadow copies {what.strip()}: {count}")
@@ -71,9 +72,10 @@ def _filetime_iso(ft: int | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
-def format_set(r: SetRecord, multi: bool = False) -> str:
+def format_set(r: SetRecord, multi: bool = False, unverified: dict[str, str] | None = None) -> str:
     """One set as DiskShadow's ``list shadows`` shows it (``multi``: its creation
-    spans servers, so the client set id is shown too)."""
+    spans servers, so the client set id is shown too; ``unverified``: copy id ->
+    why the server could not confirm that copy, shown with it)."""
     lines = [f"* Shadow copy set ID = {{{r.set_id}}}"]
     where = r.server + (f" port {r.port}" if r.port != 445 else "")
     if r.owner and r.owner != r.server:
@@ -84,7 +86,11 @@ def format_set(r: SetRecord, multi: bool = False) -> str:
     lines.append(f"    - Context:          {context_name(r.context)} (0x{r.context:08X})")
     lines.append(f"    - Status:           {r.status}{f' ({r.note})' if r.note else ''}")
     lines.append(f"    - Recorded:         {_ts(r.created)}")
-    attrs = " ".join(attribute_names(r.context))
+    words = attribute_names(r.context)
+    if r.status == SetStatus.RECOVERED and "Writable" in words:
+        # RecoveryComplete seals a writable copy: say what it is now
+        words[words.index("Writable")] = "Read-only (sealed; created Writable)"
+    attrs = " ".join(words)
     for c in r.copies:
         lines.append(f"  * Shadow copy ID = {{{c.copy_id}}}")
         lines.append(f"      - Original share:  {c.share_unc.rstrip(chr(92))}")
@@ -93,6 +99,9 @@ def format_set(r: SetRecord, multi: bool = False) -> str:
         lines.append(f"      - Attributes:      {attrs}")
         if c.status != CopyStatus.OK:
             lines.append(f"      - Status:          {c.status}")
+        why = (unverified or {}).get(str(c.copy_id))
+        if why:
+            lines.append(f"      - Verified:        no ({why}; showing what was recorded)")
     return "\n".join(lines)
 
 

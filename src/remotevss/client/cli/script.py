@@ -4,8 +4,8 @@ A script is lines of ``set``, ``add``, ``reset``, ``create``, ``expose``,
 ``recover``, ``list``, ``delete``, ``query``, ``exec``, ``echo`` and ``exit``;
 ``%NAME%`` expands variables that ``create`` sets (``VSS_SHADOW_SET``,
 ``VSS_SHADOW_i_j``, aliases).  The first failing line ends the script with
-its exit code; at the end, the auto-release sets the script made are deleted,
-as DiskShadow does.
+its exit code (a failing ``exec`` program: 8, not the syntax error's 2); at
+the end, the auto-release sets the script made are deleted, as DiskShadow does.
 
 Why apart from the commands: the script language (parsing, variables, the
 release at the end) is its own contract; the commands themselves are the
@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING
 
 from remotevss.client.cli import commands
 from remotevss.client.cli.session import Session
-from remotevss.client.errors import EXIT_INTERRUPTED, EXIT_OK, ClientError, UsageError
+from remotevss.client.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ClientError,
+    ExecFailed,
+    UsageError,
+)
 from remotevss.client.unc import parse_unc
 from remotevss.fsrvp import contexts
 
@@ -235,9 +241,11 @@ class ScriptRunner:
         try:
             done = subprocess.run(argv, env=env, check=False)
         except OSError as exc:
-            raise ScriptError(f"exec {argv[0]}: {exc.strerror}") from None
+            raise ExecFailed(argv[0], f"cannot run it: {exc.strerror}") from None
+        if done.returncode < 0:
+            raise ExecFailed(argv[0], f"killed by signal {-done.returncode}", done.returncode)
         if done.returncode != 0:
-            raise ScriptError(f"exec {argv[0]} exited with status {done.returncode}")
+            raise ExecFailed(argv[0], f"exited with status {done.returncode}", done.returncode)
         return None
 
     def do_echo(self, args: list[str]) -> None:

@@ -69,6 +69,14 @@ class Session:
             self._state = ClientState(self.settings.state)
         return self._state
 
+    def state_path(self) -> str:
+        """The client table's path, for messages (without opening it)."""
+        if self._state is not None:
+            return str(self._state.path)
+        from remotevss.client.state import default_state_path
+
+        return str(self.settings.state or default_state_path())
+
     def close(self) -> None:
         if self._state is not None:
             self._state.close()

@@ -1,0 +1,276 @@
+r"""``remotevss shadow`` defects found by testing against real servers, each kept fixed.
+
+The servers are those of test_client_samba.py (Samba 4.17's own rpcd_fsrvp) and
+test_client_agent.py (our agent behind smbd, spec mode); a test that is about
+one kind of server says so.  The client runs as a separate process with a
+private client table, as a user would run it, and after every test nothing
+may be left on the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_client_samba import Server, _make_server, cli, sets
+
+from remotevss.samba.private import missing_tools
+
+TOOLS = ("smbd", "smbpasswd", "net", "mkfs.btrfs")
+_missing = missing_tools(*TOOLS)
+_no_rpcd_fsrvp = not Path("/usr/libexec/samba/rpcd_fsrvp").exists()
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs)"),
+    pytest.mark.skipif(bool(_missing), reason=f"missing Samba/system tools: {_missing}"),
+]
+
+
+@pytest.fixture(scope="module")
+def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    from remotevss.loopfs import loop_filesystem
+
+    work = tmp_path_factory.mktemp("client-defects")
+    with loop_filesystem("btrfs", 512, work) as mnt:
+        yield work, mnt
+
+
+@pytest.fixture(scope="module", params=["samba", "agent"])
+def server(request: pytest.FixtureRequest, btrfs: tuple[Path, Path]) -> Iterator[Server]:
+    """Samba's FSRVP server, then ours; six shares each (Samba names snapshots by
+    the second, so each creation takes shares of its own)."""
+    kind = request.param
+    if kind == "samba" and _no_rpcd_fsrvp:
+        pytest.skip("Samba's rpcd_fsrvp is not installed")
+    work, mnt = btrfs
+    s = _make_server(work / kind, mnt, f"{kind}d", 6, agent=kind == "agent")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def clean(server: Server) -> Iterator[Server]:
+    assert server.leftovers() == []
+    yield server
+    assert server.leftovers() == [], "left on the server"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "client.sqlite3"
+
+
+def _share(server: Server, i: int) -> str:
+    return server.unc(list(server.shares)[i])
+
+
+# ----------------------------------------------------------------- delete --share of one copy
+
+
+def test_explicit_delete_of_one_copy_keeps_the_rest_of_the_set(clean: Server, state: Path) -> None:
+    """`delete --share --set --copy` on one copy of a recorded set removed the whole
+    set from the table, and the other copy stayed on the server for good."""
+    srv = clean
+    data, home = _share(srv, 0), _share(srv, 1)
+    r = cli(srv, state, "--json", "create", "--context", "nas-rollback", data, home)
+    assert r.returncode == 0, r.stderr
+    (created,) = json.loads(r.stdout)["sets"]
+    sid = created["set_id"]
+    by_share = {c["original_share"]: c["copy_id"] for c in created["copies"]}
+    try:
+        r = cli(srv, state, "delete", "--share", data, "--set", sid, "--copy", by_share[data])
+        assert r.returncode == 0 and f"deleted shadow copy {{{by_share[data]}}}" in r.stdout, (
+            r.stderr
+        )
+        r = cli(srv, state, "--json", "list")
+        assert r.returncode == 0, r.stderr
+        (left,) = json.loads(r.stdout)["sets"]
+        assert left["set_id"] == sid
+        assert [c["copy_id"] for c in left["copies"]] == [by_share[home]]
+        assert left["copies"][0]["status"] == "ok"
+        assert len(srv.leftovers()) == 2  # home's snapshot share and snapshot
+        # a copy id the table has under another share is a typo: refused, nothing sent
+        r = cli(srv, state, "delete", "--share", data, "--set", sid, "--copy", by_share[home])
+        assert r.returncode == 2 and "is recorded for" in r.stderr, r.stderr
+        # the last copy, named explicitly too: the set leaves the table
+        r = cli(srv, state, "delete", "--share", home, "--set", sid, "--copy", by_share[home])
+        assert r.returncode == 0, r.stderr
+        assert sets(srv, state) == []
+    finally:  # whatever the table says, nothing may stay on the server
+        for share, cid in by_share.items():
+            if srv.leftovers():
+                cli(srv, state.with_name("cleanup.sqlite3"), "delete", "--share", share,
+                    "--set", sid, "--copy", cid)  # fmt: skip
+
+
+# ----------------------------------------------------------------- the client table
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], path: Path) -> None:
+    assert r.returncode == 7, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"remotevss shadow: error: client table {path}:"), line
+
+
+def test_unusable_client_table_fails_before_anything_is_sent(
+    clean: Server, tmp_path: Path
+) -> None:
+    """A bad --state gave a traceback and exit 1 ("an FSRVP error"); a read-only
+    table even let the server start a set first."""
+    srv = clean
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database\n")
+    frozen = tmp_path / "frozen.sqlite3"
+    r = cli(srv, frozen, "list")  # makes the table
+    assert r.returncode == 0, r.stderr
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            dead_port = unused.getsockname()[1]
+        for path in (Path("/proc/nope/x.sqlite3"), not_sqlite, frozen):
+            r = cli(srv, tmp_path / "unused.sqlite3", "--state", str(path), "create",
+                    _share(srv, 4))  # fmt: skip
+            _one_line_error(r, path)
+            assert srv.leftovers() == []
+            # checked before connecting: a dead server is not even tried (exit 3)
+            r = cli(srv, tmp_path / "unused.sqlite3", "--state", str(path), "create",
+                    _share(srv, 4), port=dead_port)  # fmt: skip
+            _one_line_error(r, path)
+        assert not_sqlite.read_text() == "not a database\n"
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)
+
+
+# ----------------------------------------------------------------- query --json
+
+
+def test_query_json_keeps_every_share_result(clean: Server, state: Path) -> None:
+    """`--json query A B` printed nothing when B failed, losing A's answer."""
+    srv = clean
+    good, bad, also = _share(srv, 5), srv.unc("no_such_share"), _share(srv, 0)
+    r = cli(srv, state, "--json", "query", good, bad, also)
+    assert r.returncode == 1, r.stderr
+    paths = json.loads(r.stdout)["paths"]
+    assert [p["share"] for p in paths] == [good, bad, also]
+    assert paths[0]["supported"] is True and paths[2]["supported"] is True
+    assert "error" not in paths[0] and paths[1]["exit_code"] == 1
+    assert "IsPathSupported failed" in paths[1]["error"]
+    assert "no such share on the server" in paths[1]["error"]
+    assert "IsPathSupported failed" in r.stderr
+    # text: each answer on stdout, the failure on stderr, the same exit code
+    r = cli(srv, state, "query", good, bad)
+    assert r.returncode == 1 and f"{good}: supported" in r.stdout, r.stderr
+    assert "IsPathSupported failed" in r.stderr
+
+
+# ----------------------------------------------------------------- script mode: exec
+
+
+def test_script_exec_failure_has_its_own_exit_code(
+    clean: Server, state: Path, tmp_path: Path
+) -> None:
+    """A failing `exec` ended a script with 2, the code of a script syntax error."""
+    srv = clean
+    script = tmp_path / "backup.dsh"
+    script.write_text(
+        f"add {_share(srv, 1)}\ncreate\nexec {shutil.which('false')}\necho not reached\n"
+    )
+    r = cli(srv, state, "-s", str(script))
+    assert r.returncode == 8, r.stdout + r.stderr
+    assert f"{script}:3: exec " in r.stderr and "exited with status 1" in r.stderr
+    assert "not reached" not in r.stdout and "releasing auto-release set" in r.stdout
+    assert sets(srv, state) == []
+    script.write_text(f"exec {tmp_path / 'no-such-program'}\n")
+    r = cli(srv, state, "-s", str(script))
+    assert r.returncode == 8 and "cannot run it" in r.stderr, r.stderr
+    script.write_text("frobnicate\n")
+    assert cli(srv, state, "-s", str(script)).returncode == 2
+
+
+# ----------------------------------------------------------------- a set the server recovered
+
+
+@pytest.fixture
+def agent_server(btrfs: tuple[Path, Path]) -> Iterator[Server]:
+    """Our agent behind smbd, for a test that restarts it."""
+    work, mnt = btrfs
+    name = f"rec{int(time.monotonic() * 1000) % 100000}-"
+    s = _make_server(work / name, mnt, name, 4, agent=True)
+    try:
+        yield s
+    finally:
+        with contextlib.suppress(ProcessLookupError, AssertionError):
+            s.signal_fsrvp(signal.SIGCONT)
+        s.stop()
+    assert s.leftovers() == []
+
+
+def test_set_recovered_by_the_server_is_shown_and_recover_says_so(
+    agent_server: Server, state: Path
+) -> None:
+    """An agent restart seals exposed writable persistent sets (Recovered, read-only);
+    `list` kept showing them exposed and writable, `recover` said the server did not
+    know the set (exit 5), `expose` failed with BAD_STATE."""
+    srv = agent_server
+    ids = []
+    for i in range(3):
+        r = cli(srv, state, "--json", "create", "--context", "nas-rollback", "--writable",
+                _share(srv, i))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        (s,) = json.loads(r.stdout)["sets"]
+        assert s["status"] == "exposed"
+        ids.append(s["set_id"])
+    assert srv.agent is not None
+    srv.agent.stop()  # SIGTERM: the agent seals both sets on its way down / back up
+    srv.agent.start()
+    try:
+        r = cli(srv, state, "recover", ids[0])
+        assert r.returncode == 0, r.stderr
+        assert f"set {{{ids[0]}}} is already recovered" in r.stdout
+        assert "read-only now" in r.stdout and "does not know" not in r.stderr
+
+        r = cli(srv, state, "expose", ids[2])  # re-reads the mappings of an exposed set
+        assert r.returncode == 0, r.stderr
+        assert f"set {{{ids[2]}}} is recovered (by the server)" in r.stderr
+        assert "Status:           recovered" in r.stdout
+
+        r = cli(srv, state, "list")
+        assert r.returncode == 0, r.stderr
+        assert "Status:           exposed" not in r.stdout
+        assert r.stdout.count("Status:           recovered (recovered by the server") == 3
+        assert r.stdout.count("Read-only (sealed; created Writable)") == 3
+        assert r.stdout.count("Verified:        no (FSRVP_E_BAD_STATE from GetShareMapping") == 3
+        assert f"set {{{ids[1]}}}" in r.stderr and "recorded as recovered" in r.stderr
+        assert f"set {{{ids[0]}}}" not in r.stderr and f"set {{{ids[2]}}}" not in r.stderr
+        assert {s["status"] for s in sets(srv, state)} == {"recovered"}
+        r = cli(srv, state, "recover", ids[1])
+        assert r.returncode == 0 and "already recovered" in r.stdout, r.stderr
+
+        # but a set that is really gone (deleted behind the table's back) stays "not found"
+        r = cli(srv, state, "--json", "create", "--context", "app-rollback", "--writable",
+                _share(srv, 3))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        (s,) = json.loads(r.stdout)["sets"]
+        c = s["copies"][0]
+        r = cli(srv, state.with_name("other.sqlite3"), "delete", "--share", c["original_share"],
+                "--set", s["set_id"], "--copy", c["copy_id"])  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = cli(srv, state, "recover", s["set_id"])
+        assert r.returncode == 5 and "does not know" in r.stderr, r.stderr
+    finally:
+        r = cli(srv, state, "delete", "--all")
+        assert r.returncode == 0, r.stderr
