@@ -70,3 +70,47 @@ def test_doctor_exit_2_on_an_unreadable_configuration(tmp_path: Path) -> None:
                        timeout=60, check=False)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "agent configuration" in p.stdout
+
+
+@pytest.mark.root
+def test_doctor_checks_registry_shares_and_the_agent_warns_why_it_refuses_one(
+    tmp_path: Path,
+) -> None:
+    """A ``net conf addshare`` share whose directory went: the agent serves registry
+    shares, so doctor checks them too, and the agent's refusal says why at WARNING
+    (the client only sees FSRVP_E_NOT_SUPPORTED)."""
+    if missing := missing_tools("smbd", "net"):
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    from remotevss.client.local import LocalClient
+    from remotevss.fsrvp.constants import HResult
+
+    data, gone = tmp_path / "data", tmp_path / "gone"
+    data.mkdir()
+    gone.mkdir()
+    with agent_behind_samba(tmp_path / "w", {"data": data}) as (samba, agent):
+        samba.net("conf", "addshare", "gone", str(gone), "writeable=y")
+        rc, checks = doctor(agent.config)
+        assert checks["registry share [gone]"]["result"] in ("ok", "warn"), checks  # copy: warn
+        failed = {n for n, c in checks.items() if c["result"] == "FAIL"}
+        gone.rmdir()
+        rc, checks = doctor(agent.config)
+        assert rc == 1, checks
+        assert checks["registry share [gone]"]["result"] == "FAIL"
+        assert "not an existing directory" in checks["registry share [gone]"]["detail"]
+        assert {n for n, c in checks.items() if c["result"] == "FAIL"} - failed == {
+            "registry share [gone]"}
+        with LocalClient(str(agent.socket)) as c:
+            r = c.is_path_supported("\\\\localhost\\gone\\")
+            assert r.return_value == HResult.FSRVP_E_NOT_SUPPORTED
+        (line,) = [x for x in agent.log.read_text().splitlines()
+                   if "share gone not supported" in x]
+        assert "WARNING" in line and "not an existing directory" in line, line
+
+
+def test_doctor_fails_the_configuration_on_an_unknown_socket_group(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text('[agent]\nsocket_group = "nosuchgroup"\n')
+    rc, checks = doctor(bad)
+    assert rc == 2
+    assert checks["agent configuration"]["result"] == "FAIL"
+    assert "unknown unix group 'nosuchgroup'" in checks["agent configuration"]["detail"]

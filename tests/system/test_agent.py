@@ -4,6 +4,7 @@ DCE/RPC client on the local socket."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -496,3 +498,118 @@ def test_back_to_back_sets_within_one_second(agent: AgentProcess) -> None:
     assert len(names) == 3 and names == sorted(names)
     token = re.compile(r"^@GMT-\d{4}\.\d\d\.\d\d-\d\d\.\d\d\.\d\d\.\d{6}-[0-9a-f]{8}$")
     assert all(token.match(n) for n in names), names
+
+
+# ------------------------------------------------------------- start, stop, admin access
+
+
+def _start_fails(a: AgentProcess, *args: str) -> str:
+    """Run the agent with a bad configuration: exit 2 and one ``configuration error``
+    line (not a traceback, exit 1); stderr returned."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "remotevss.cli", "agent", "--config",
+                        str(a.config), *args], capture_output=True, text=True, timeout=60,
+                       check=False)  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stderr.startswith("remotevss: configuration error: "), p.stderr
+    assert not a.socket.exists()
+    return p.stderr
+
+
+@pytest.mark.parametrize(("extra", "args", "message"), [
+    ('socket_group = "nosuchgroup"', (), "unknown unix group 'nosuchgroup'"),
+    ("", ("--socket-group", "nosuchgrp"), "unknown unix group 'nosuchgrp'"),
+    ("sequence_timeout = nan", (), "sequence_timeout must be a finite"),
+    ("sequence_timeout = inf", (), "sequence_timeout must be a finite"),
+    ("", ("--sequence-timeout", "nan"), "sequence_timeout must be a finite"),
+    ('[samba]\nconfig_file = "/nonexistent.conf"', (), "/nonexistent.conf"),
+])
+def test_configuration_errors_at_start_are_one_line_exit_2(
+    tmp_path: Path, extra: str, args: tuple[str, ...], message: str
+) -> None:
+    (tmp_path / "share").mkdir()
+    a = AgentProcess(tmp_path, {"share": tmp_path / "share"})
+    a.write_config()
+    text = a.config.read_text()
+    a.config.write_text(text.replace("[shares]", f"{extra}\n[shares]") if "[samba]" not in extra
+                        else text + extra + "\n")
+    assert message in _start_fails(a, *args)
+
+
+def test_reload_refuses_unknown_socket_group_and_keeps_serving(agent: AgentProcess) -> None:
+    """The group is only applied at restart, so a reload that took it would leave an
+    agent that cannot start again: the file is refused like any other error."""
+    import signal
+    import subprocess
+    import sys
+
+    good = agent.config.read_text()
+    agent.config.write_text(good.replace("[agent]\n", '[agent]\nsocket_group = "nosuchgroup"\n'))
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload: configuration error" not in agent.log.read_text():
+        assert time.monotonic() < deadline, agent.log.read_text()
+        time.sleep(0.05)
+    assert "socket_group: unknown unix group 'nosuchgroup'" in agent.log.read_text()
+    assert "only take effect at restart" not in agent.log.read_text()
+    st = subprocess.run([sys.executable, "-m", "remotevss.cli", "status", "--json", "--socket",
+                         str(agent.socket)], capture_output=True, text=True, timeout=60,
+                        check=False)  # fmt: skip
+    assert json.loads(st.stdout)["agent"]["reloads"] == 0, st.stdout + st.stderr
+    with agent.client() as c:
+        assert c.is_path_supported(unc("share0")).return_value == ZERO
+
+
+def test_sigterm_removes_both_sockets_but_not_a_successors(tmp_path: Path, btrfs: Path) -> None:
+    import socket as socketmod
+
+    a = make_agent(tmp_path, btrfs)
+    a.start()
+    assert a.stop() == 0
+    assert not a.socket.exists() and not a.admin_socket.exists()
+
+    a.start()  # another process has bound its own socket on the path since: left alone
+    a.socket.unlink()
+    with socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM) as other:
+        other.bind(str(a.socket))
+        assert a.stop() == 0
+        assert a.socket.is_socket() and not a.admin_socket.exists()
+
+
+#: A user outside root's group (subprocess keeps the supplementary groups unless told).
+NOBODY: dict[str, Any] = {"user": "nobody", "group": "nogroup", "extra_groups": []}
+
+
+def test_status_without_permission_is_not_agent_down(tmp_path: Path, btrfs: Path) -> None:
+    """A user outside socket_group gets "permission denied", exit 4: the agent runs,
+    and monitoring must not be told it is down (exit 3)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    sockets = Path(tempfile.mkdtemp(prefix="remotevss-perm-"))
+    try:
+        sockets.chmod(0o755)  # nobody may look in, not connect (the sockets are 0660)
+        a = make_agent(tmp_path, btrfs, socket_dir=sockets)
+        a.start()
+        try:
+            for extra in ([], ["--json"]):
+                p = subprocess.run([sys.executable, "-m", "remotevss.cli", "status", *extra,
+                                    "--socket", str(a.socket)], capture_output=True, text=True,
+                                   timeout=60, check=False, **NOBODY)  # fmt: skip
+                assert p.returncode == 4, p.stdout + p.stderr
+                assert "permission denied" in p.stdout and "UNREACHABLE" not in p.stdout
+                assert "socket_group" in p.stdout
+            assert json.loads(p.stdout)["permission_denied"] is True
+            p = subprocess.run([sys.executable, "-m", "remotevss.cli", "storage", "list",
+                                "--socket", str(a.socket)], capture_output=True, text=True,
+                               timeout=60, check=False, **NOBODY)  # fmt: skip
+            assert p.returncode == 4 and "permission denied" in p.stderr, p.stdout + p.stderr
+        finally:
+            a.stop()
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)

@@ -167,6 +167,19 @@ def test_storage_resize_rejects_bad_sizes(
         rc, out = _cli(capsys, "storage", "resize", str(share), "--max", "20%",
                        "--admin-socket", a.admin_socket)
         assert rc == 0 and "20%" in out
+        # a path inside the share: the share's volume (the copy backend's is the share)
+        (share / "sub").mkdir()
+        rc, out = _cli(capsys, "storage", "resize", str(share / "sub"), "--max", "30%",
+                       "--admin-socket", a.admin_socket)
+        assert rc == 0 and f"maximum of {share}: 30%" in out
+        # a path no share is on: no maximum would ever apply to it, so none is stored
+        for other in ("/etc", f"copy:{tmp_path}", "nosuchshare"):
+            rc = cli.main(["storage", "resize", other, "--max", "1G",
+                           "--admin-socket", a.admin_socket])
+            err = capsys.readouterr().err
+            assert rc == 2 and ("share" in err), err
+        limits = json.loads((tmp_path / "state" / "storage-limits.json").read_text())
+        assert limits == {"volumes": {str(share): "30%"}}
 
 
 # ------------------------------------------------------------------ status

@@ -106,10 +106,30 @@ def test_ops_sections_load(tmp_path: Path) -> None:
     ('[log]\ntrace = "yes"\n', "trace"),
     ("[metrics]\nport = 70000\n", "port"),
     ("[metricz]\n", "unknown section"),
+    # nan and inf are TOML floats: a nan deadline never fires, inf never comes
+    ("[agent]\nsequence_timeout = nan\n", "sequence_timeout must be a finite"),
+    ("[agent]\nsequence_timeout = inf\n", "sequence_timeout must be a finite"),
+    ("[gc]\ninterval = inf\n", "[gc] interval must be a finite"),
+    ("[gc]\norphan_after = nan\n", "[gc] orphan_after must be a finite"),
+    ("[gc.max_age_by_context]\nbackup = inf\n", "backup must be a finite"),
+    ("[rpc_auth]\ntimeout = nan\n", "[rpc_auth] timeout must be a finite"),
+    ("[rpc_auth]\nhelper_idle = -inf\n", "[rpc_auth] helper_idle must be a finite"),
+    ("[storage]\nmax = inf\n", "[storage] max must be a string"),
+    ('[agent]\nsocket_group = "nosuchgroup"\n', "socket_group: unknown unix group"),
 ])
 def test_ops_sections_validated(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _load(tmp_path, text)
+
+
+@pytest.mark.parametrize("override", [
+    {"sequence_timeout": float("nan")}, {"sequence_timeout": float("inf")},
+    {"socket_group": "nosuchgrp"},
+])
+def test_command_line_overrides_validated(override: dict[str, object]) -> None:
+    """``--sequence-timeout nan`` (argparse's float() takes it), ``--socket-group``."""
+    with pytest.raises(ConfigError):
+        load_config(None, **override)
 
 
 # ------------------------------------------------------------------ GC rules

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from remotevss.agent.config import group_id
+
 log = logging.getLogger("remotevss.agent.admin")
 
 MAX_REQUEST = 64 * 1024
@@ -72,7 +74,7 @@ async def serve_admin(path: str, group: str, handler: Handler) -> asyncio.Server
     finally:
         os.umask(old)
     if os.geteuid() == 0:
-        os.chown(sock_path, 0, grp.getgrnam(group).gr_gid if not group.isdigit() else int(group))
+        os.chown(sock_path, 0, group_id(group))
     os.chmod(sock_path, 0o660)
     return server
 
@@ -97,12 +99,30 @@ class AgentUnreachable(Exception):
     """No agent answers on the admin socket."""
 
 
+class AdminPermissionDenied(Exception):
+    """The admin socket is there but this user may not connect to it (not root, not in
+    ``socket_group``): not "agent down", which monitoring must not be told."""
+
+
+def _denied(path: str) -> AdminPermissionDenied:
+    group = ""
+    with contextlib.suppress(OSError, KeyError):
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+    who = f"root and the group {group!r} ([agent] socket_group)" if group else \
+        "root and [agent] socket_group"
+    return AdminPermissionDenied(f"permission denied on {path}: the admin socket is for {who}; "
+                                 "run as root or as a member of that group")
+
+
 def request(path: str, op: str, timeout: float = 30.0, **args: Any) -> Any:
-    """One request to a running agent (blocking); raises AdminError or AgentUnreachable."""
+    """One request to a running agent (blocking); raises AdminError, AgentUnreachable
+    or AdminPermissionDenied."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
             s.connect(path)
+        except PermissionError as exc:
+            raise _denied(path) from exc
         except OSError as exc:
             raise AgentUnreachable(f"no agent on {path}: {exc.strerror or exc}") from exc
         try:

@@ -4,7 +4,9 @@ They talk to the running agent over its admin socket (agent/admin.py).
 ``storage`` also works with the agent stopped: it then reads the journal and
 writes the limits file itself (the agent reads that file at every check).
 Exit codes of ``status`` (for monitoring): 0 healthy, 1 unhealthy, 3 no
-agent answers; 2 is a usage or configuration error, as everywhere.
+agent answers, 4 permission denied on the admin socket (the agent may well be
+up: not root, not in ``socket_group``); 2 is a usage or configuration error,
+as everywhere.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remotevss.agent import admin
 from remotevss.agent.config import AgentConfig, ConfigError, load_config
 from remotevss.agent.sizes import human
 
+if TYPE_CHECKING:
+    from remotevss.agent.storage import ShareVolume
+    from remotevss.fsrvp.machine import Machine
+
 DEFAULT_CONFIG = "/etc/remotevss/agent.toml"
-EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_DENIED = 0, 1, 2, 3, 4
 
 
 def _where(p: argparse.ArgumentParser) -> None:
@@ -46,7 +52,8 @@ def add_parsers(sub: Any) -> None:
     sl.add_argument("--json", action="store_true")
     sr = ssub.add_parser("resize", help="set a volume's shadow storage maximum")
     _where(sr)
-    sr.add_argument("volume", help="share name, a path on the volume, or backend:root")
+    sr.add_argument("volume", help="share name, a path in a share, a volume holding one, "
+                                   "or backend:root")
     sr.add_argument("--max", required=True, metavar="SIZE",
                     help="bytes with a unit (10G, 512MiB), PERCENT%% of the filesystem, "
                          "or unbounded")
@@ -101,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     except admin.AgentUnreachable as exc:
         print(f"remotevss: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except admin.AdminPermissionDenied as exc:
+        print(f"remotevss: {exc}", file=sys.stderr)
+        return EXIT_DENIED
 
 
 def _out(result: Any, as_json: bool, text: Any) -> None:
@@ -178,6 +188,13 @@ def _status(path: str, as_json: bool) -> int:
         else:
             print(f"remotevss agent: UNREACHABLE: {exc}")
         return EXIT_UNREACHABLE
+    except admin.AdminPermissionDenied as exc:  # the agent may be up: say so, not "down"
+        if as_json:
+            print(json.dumps({"healthy": None, "problems": [str(exc)], "reachable": None,
+                              "permission_denied": True}))
+        else:
+            print(f"remotevss agent: PERMISSION DENIED: {exc}")
+        return EXIT_DENIED
     _out(st, as_json, _status_text)
     return EXIT_HEALTHY if st.get("healthy") else EXIT_UNHEALTHY
 
@@ -256,16 +273,13 @@ def _storage_list(path: str, config: AgentConfig, as_json: bool) -> int:
     return 0
 
 
-def _offline_usage(config: AgentConfig) -> list[dict[str, Any]]:
-    """The agent is not running: measure from its journal and configuration."""
+def _journal_machine(config: AgentConfig) -> Machine:
+    """The sets in the journal of a stopped agent."""
     from remotevss.agent.journal import Journal
-    from remotevss.agent.storage import StorageManager, copy_refs
     from remotevss.fsrvp.machine import Machine
-    from remotevss.snapshots.select import choose_backend
 
-    if not config.journal_path.exists():
-        sets = []
-    else:
+    sets = []
+    if config.journal_path.exists():
         j = Journal(config.journal_path)
         try:
             sets = j.load_sets()
@@ -273,14 +287,27 @@ def _offline_usage(config: AgentConfig) -> list[dict[str, Any]]:
             j.close()
     m = Machine()
     m.load(sets)
-    volumes = []
-    for s in config.shares:
-        try:
-            forced = None if s.backend == "auto" else s.backend
-            volumes.append(choose_backend(s.path, forced).check(s.path).name)
-        except Exception:  # noqa: S112 - a share we cannot resolve is just not listed
-            continue
-    usage = StorageManager(config).measure(copy_refs(m), volumes)
+    return m
+
+
+def _served_offline(config: AgentConfig) -> list[ShareVolume]:
+    """The shares a stopped agent would serve (Samba's behind Samba), with volumes."""
+    from remotevss.agent.samba_components import served_shares
+    from remotevss.agent.storage import share_volumes
+    from remotevss.samba.conf import SambaConfigError
+
+    try:
+        return share_volumes(served_shares(config), config.backend)
+    except SambaConfigError as exc:
+        raise admin.AdminError(f"Samba's shares: {exc}") from exc
+
+
+def _offline_usage(config: AgentConfig) -> list[dict[str, Any]]:
+    """The agent is not running: measure from its journal and configuration."""
+    from remotevss.agent.storage import StorageManager, copy_refs
+
+    volumes = [v.volume for v in _served_offline(config) if v.volume is not None]
+    usage = StorageManager(config).measure(copy_refs(_journal_machine(config)), volumes)
     return [u.as_dict() for u in usage.values()]
 
 
@@ -288,10 +315,12 @@ def _storage_resize(path: str, config: AgentConfig, volume: str, size: str) -> i
     try:
         res = admin.request(path, "resize", volume=volume, max=size)
     except admin.AgentUnreachable:
-        from remotevss.agent.storage import StorageManager, resolve_volume_root
+        from remotevss.agent.storage import StorageManager, resolve_volume_root, split_volume
 
+        held = {split_volume(c.volume_name)[1]
+                for s in _journal_machine(config).sets.values() for c in s.copies}
         try:
-            root = resolve_volume_root(volume, [(s.name, s.path) for s in config.shares])
+            root = resolve_volume_root(volume, _served_offline(config), held)
             res = {"volume": root, "max": str(StorageManager(config).set_limit(root, size))}
         except ValueError as exc:
             raise admin.AdminError(str(exc)) from exc

@@ -8,6 +8,7 @@ with the key's name, not surface as a wrong default at 3 a.m.  See
 from __future__ import annotations
 
 import grp
+import math
 import re
 import socket
 import tomllib
@@ -209,9 +210,15 @@ _OPS_SECTIONS = ("gc", "storage", "log", "metrics", "rpc_auth")
 
 
 def _seconds(section: str, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"[{section}] {key} must be a number of seconds >= 0")
+    if not _finite(value) or value < 0:
+        raise ConfigError(f"[{section}] {key} must be a finite number of seconds >= 0")
     return float(value)
+
+
+def _finite(value: Any) -> bool:
+    """A real number: TOML and ``float()`` accept nan and inf, which no timer can
+    use (nan compares false with everything, so a nan deadline never fires)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
 def _keys(section: str, table: Any, allowed: set[str]) -> dict[str, Any]:
@@ -238,6 +245,9 @@ def _ops_sections(data: dict[str, Any]) -> dict[str, Any]:
     out["gc"] = GcConfig(**gc)
     st = _keys("storage", data.get("storage", {}), {f.name for f in fields(StorageConfig)})
     if "max" in st:
+        if isinstance(st["max"], bool) or not isinstance(st["max"], str | int):
+            raise ConfigError('[storage] max must be a string ("10G", "20%", "unbounded") '
+                              "or a number of bytes")
         try:
             st["max"] = str(parse_limit(st["max"]))
         except ValueError as exc:
@@ -337,9 +347,14 @@ def _validated(kwargs: dict[str, Any]) -> AgentConfig:
                 "admin_socket"):
         if key in kwargs and not isinstance(kwargs[key], str):
             raise ConfigError(f"{key} must be a string ({types[key]})")
+    if "socket_group" in kwargs:  # the sockets' group: unknown fails here, not at bind
+        try:
+            group_id(kwargs["socket_group"])
+        except ConfigError as exc:
+            raise ConfigError(f"socket_group: {exc}") from exc
     timeout = kwargs.get("sequence_timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
-        raise ConfigError("sequence_timeout must be a number of seconds >= 0")
+    if timeout is not None and (not _finite(timeout) or timeout < 0):
+        raise ConfigError("sequence_timeout must be a finite number of seconds >= 0")
     if kwargs.get("share_name_format", "bare") not in ("bare", "unc"):
         raise ConfigError('share_name_format must be "bare" or "unc"')
     if kwargs.get("snapshot_names", "unique") not in ("unique", "gmt"):

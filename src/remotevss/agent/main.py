@@ -11,12 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from remotevss.agent.authz import policy_for
-from remotevss.agent.config import AgentConfig
+from remotevss.agent.config import AgentConfig, ConfigError
 from remotevss.agent.ops import Operations
 from remotevss.agent.rpc_security import RpcAuthenticator, SambaAuthNames
 from remotevss.agent.service import AgentService
 from remotevss.agent.transports.samba_pipe import PipeListener
-from remotevss.agent.transports.unix import serve_unix
+from remotevss.agent.transports.unix import serve_unix, socket_identity, unlink_if_ours
 from remotevss.samba.pipedir import default_pipe_dir, takeover_risk
 
 log = logging.getLogger("remotevss.agent")
@@ -24,12 +24,18 @@ log = logging.getLogger("remotevss.agent")
 
 def build_service(config: AgentConfig) -> tuple[AgentService, SambaAuthNames]:
     """The service, with Samba's shares and registry exposure when behind Samba, and
-    what smb.conf says about user names and Kerberos (defaults without Samba)."""
+    what smb.conf says about user names and Kerberos (defaults without Samba).
+    ConfigError when Samba's configuration cannot serve (read before anything starts)."""
     if not config.samba.config_file:
         return AgentService(config, policy=policy_for(config)), SambaAuthNames()
     from remotevss.agent.samba_components import make_samba_components
+    from remotevss.samba.conf import SambaConfigError
+    from remotevss.shares.exposer import ExposeError
 
-    samba = make_samba_components(config)
+    try:
+        samba = make_samba_components(config)
+    except (SambaConfigError, ExposeError) as exc:  # smb.conf missing, registry shares off
+        raise ConfigError(f"[samba] config_file: {exc}") from exc
     config = replace(config, netbios_name=samba.netbios_name)
     policy = policy_for(config, samba.auth.realm)
     service = AgentService(config, policy=policy, shares=samba.shares, exposer=samba.exposer)
@@ -65,7 +71,11 @@ async def run_agent(
     reload: Callable[[], AgentConfig] | None = None,
     verbose: int = 0,
 ) -> int:
-    service, names = build_service(config)
+    try:
+        service, names = build_service(config)
+    except ConfigError as exc:  # as the command line reports every other one: one line
+        print(f"remotevss: configuration error: {exc}", file=sys.stderr)
+        return 2
     if reload is not None and config.samba.config_file:
         reload = _as_built(reload, service.config)
     ops = Operations(service, reload=reload, verbose=verbose)  # docs/operations.md
@@ -74,6 +84,7 @@ async def run_agent(
     for line in report.lines():
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
     server = await serve_unix(service, config.socket_path, config.socket_group)
+    bound = socket_identity(config.socket_path)
     pipe: PipeListener | None = None
     auth: RpcAuthenticator | None = None
     if config.samba.config_file:
@@ -108,6 +119,7 @@ async def run_agent(
         auth.close()
     server.close()
     await server.wait_closed()
+    unlink_if_ours(config.socket_path, bound)
     await ops.stop()
     await service.close()
     return 0

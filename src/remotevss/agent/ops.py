@@ -34,9 +34,15 @@ from remotevss.agent.reload import plan as reload_plan
 from remotevss.agent.sdnotify import Watchdog, notify, watchdog_interval
 from remotevss.agent.service import AgentService
 from remotevss.agent.sizes import parse_limit
-from remotevss.agent.storage import StorageManager, resolve_volume_root
+from remotevss.agent.storage import (
+    StorageManager,
+    resolve_volume_root,
+    share_volumes,
+    split_volume,
+)
 from remotevss.agent.strays import StrayFinder
 from remotevss.agent.transports.samba_pipe import PipeListener
+from remotevss.agent.transports.unix import socket_identity, unlink_if_ours
 from remotevss.fsrvp.machine import Status, TimerPolicy
 
 if TYPE_CHECKING:
@@ -91,6 +97,7 @@ class Operations:
             service.call_hooks.insert(0, self.metrics.on_call)
         service.commit_guard = lambda sid, creates: self.storage.guard(service, sid, creates)
         self._admin: asyncio.Server | None = None
+        self._admin_bound: tuple[int, int] | None = None  # its socket file, removed at stop
         self._watchdog: Watchdog | None = None
         self.metrics_port: int | None = None
         #: Set by agent/main.py behind Samba: what a reload re-applies the policy and
@@ -112,6 +119,7 @@ class Operations:
         config = self.service.config
         self._admin = await admin.serve_admin(config.admin_socket_path, config.socket_group,
                                               self.handle)
+        self._admin_bound = socket_identity(config.admin_socket_path)
         if self.metrics is not None:
             self.metrics.bind(asyncio.get_running_loop(), self.service.machine, self.service.clock)
             self.metrics_port = self.metrics.serve(config.metrics.port, config.metrics.address)
@@ -142,7 +150,7 @@ class Operations:
         if self._admin is not None:
             self._admin.close()
             await self._admin.wait_closed()
-            Path(self.service.config.admin_socket_path).unlink(missing_ok=True)
+            unlink_if_ours(self.service.config.admin_socket_path, self._admin_bound)
         if self.metrics is not None:
             self.metrics.close()
         if self._watchdog is not None:
@@ -237,10 +245,16 @@ class Operations:
     async def _resize(self, volume: str, size: Any) -> dict[str, Any]:
         if not volume or not isinstance(size, str | int):
             raise admin.AdminError("resize needs a volume and a max")
-        shares = [(s.name, s.path) for s in self.service.config.shares]
+        held = {split_volume(c.volume_name)[1] for s in self.service.machine.sets.values()
+                for c in s.copies}
+        backend = self.service.config.backend
+
+        def resolve() -> str:  # the shares the agent serves: Samba's behind Samba
+            return resolve_volume_root(volume, share_volumes(self.service.shares, backend), held)
+
         try:
             parse_limit(size)
-            root = await asyncio.to_thread(resolve_volume_root, volume, shares)
+            root = await asyncio.to_thread(resolve)
             limit = self.storage.set_limit(root, str(size))
         except ValueError as exc:
             raise admin.AdminError(str(exc)) from exc

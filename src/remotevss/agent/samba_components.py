@@ -66,6 +66,16 @@ def make_samba_components(config: AgentConfig) -> SambaComponents:
     return SambaComponents(shares, exposer, conf.netbios_name, auth_names(conf))
 
 
+def served_shares(config: AgentConfig) -> ShareLookup:
+    """The shares the agent serves with ``config``, without starting anything: for
+    admin commands run while it is stopped.  Behind Samba with ``[samba] shares =
+    "samba"`` Samba's file and registry shares (registry read directly, no exposer);
+    otherwise ``[shares]``.  Raises SambaConfigError when smb.conf cannot be read."""
+    if config.samba.config_file and config.samba.shares == "samba":
+        return SambaShareTable(shared_conf(config.samba.config_file), backend=config.backend)
+    return ShareTable(LocalShare(x.name, x.path, x.backend) for x in config.shares)
+
+
 def auth_names(conf: SambaConf) -> SambaAuthNames:
     """How smbd names users and where its Kerberos keys are: ``kerberos method =
     dedicated keytab`` uses ``dedicated keytab file``; the keytab methods use the

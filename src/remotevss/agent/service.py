@@ -390,7 +390,7 @@ class AgentService:
         if share is None:
             return ShareInfo(exists=False, reason=reason)
         if volume is None:
-            log.info("share %s not supported: %s", share.name, reason)
+            log.warning("share %s not supported: %s", share.name, reason)  # client: NOT_SUPPORTED
             return ShareInfo(True, share.name, False, reason=reason)
         compat = DISABLE_DEFRAG if volume.backend in ("btrfs", "reflink") else 0
         return ShareInfo(True, share.name, True, volume.name, compat)

@@ -49,7 +49,6 @@ maximum (snapshots grow as the live data diverges).
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -66,6 +65,7 @@ from remotevss.agent.release import Pick, logged, release_picks
 from remotevss.agent.sizes import SizeLimit, human, parse_limit
 from remotevss.fsrvp.constants import HResult
 from remotevss.fsrvp.machine import CreateSnapshot, Machine, Outcome, Status
+from remotevss.shares.table import LocalShare
 from remotevss.snapshots.base import NotSupported, SnapshotError
 from remotevss.snapshots.copy import SNAPSHOT_DIR
 
@@ -331,12 +331,9 @@ class StorageManager:
         return usage
 
     def _known_volumes(self, service: AgentService) -> list[str]:
-        names: set[str] = set()
-        for share in self.config.shares:
-            _, volume, _ = service._resolve_share(share.name)
-            if volume is not None:
-                names.add(volume.name)
-        return sorted(names)
+        """Volumes of the shares the agent serves: Samba's behind Samba."""
+        found = share_volumes(service.shares, self.config.backend)
+        return sorted({v.volume for v in found if v.volume is not None})
 
     # ------------------------------------------------------------ eviction
 
@@ -440,22 +437,89 @@ def _estimate(volume: str) -> int:
     return tree_bytes(root, skip_top=SNAPSHOT_DIR)
 
 
-def resolve_volume_root(text: str, service_shares: Iterable[tuple[str, str]] = ()) -> str:
-    """A volume as the administrator names it: a share name, a path inside the
-    volume (share path, volume root), or the agent's ``backend:root`` name."""
+@dataclass(frozen=True)
+class ShareVolume:
+    """A share the agent serves and the volume it snapshots it on (None: it cannot)."""
+
+    name: str
+    path: str
+    volume: str | None  # the agent's volume name, "<backend>:<root>"
+    reason: str = ""  # why ``volume`` is None
+
+    @property
+    def root(self) -> str | None:
+        return None if self.volume is None else split_volume(self.volume)[1]
+
+
+def share_volume(share: LocalShare, default_backend: str) -> ShareVolume:
+    """``share``'s volume, chosen as the agent chooses it for a call
+    (AgentService._resolve_share): the share's backend, else ``[agent] backend``."""
     from remotevss.snapshots.select import choose_backend
 
-    backend, sep, root = text.partition(":")
-    known = ("btrfs", "reflink", "copy", "zfs", "zfs-enclosing")
-    if sep and backend in known and os.path.isabs(root):
-        return root
-    shares = {n.casefold(): p for n, p in service_shares}
-    path = shares.get(text.casefold(), text)
-    if not os.path.isabs(path):
-        raise ValueError(f"{text!r}: not a share name or an absolute path")
+    if share.unsupported:
+        return ShareVolume(share.name, share.path, None, share.unsupported)
+    forced = share.backend if share.backend != "auto" else None
+    if forced is None and default_backend != "auto":
+        forced = default_backend
     try:
-        return choose_backend(path).check(path).root
-    except (NotSupported, SnapshotError) as exc:
-        if exc.errno == errno.ENOENT:
-            raise ValueError(f"{text!r}: no such directory") from exc
-        return os.path.realpath(path)  # e.g. bind-mounted subdirectory: the path itself
+        return ShareVolume(share.name, share.path,
+                           choose_backend(share.path, forced).check(share.path).name)
+    except (NotSupported, SnapshotError, OSError) as exc:
+        return ShareVolume(share.name, share.path, None, str(exc))
+
+
+def share_volumes(shares: object, default_backend: str) -> list[ShareVolume]:
+    """Every share of a share table (Samba's or ``[shares]``) with its volume; blocking
+    (stats, mount table, Samba's registry): call it in a thread."""
+    if not isinstance(shares, Iterable):  # a table that can only look names up
+        return []
+    return [share_volume(sh, default_backend) for sh in shares if isinstance(sh, LocalShare)]
+
+
+def resolve_volume_root(text: str, served: Iterable[ShareVolume],
+                        held: Iterable[str] = ()) -> str:
+    """A volume as the administrator names it (docs/operations.md), as the root its
+    maximum is stored under: a share name, a path inside a share, a volume holding
+    a share, or the agent's ``backend:root`` name.  ``served``: the shares the agent
+    serves (Samba's behind Samba), ``held``: roots of volumes with shadow copies.
+
+    Why refuse any other path: a limit stored for a volume the agent never
+    snapshots applies to nothing, and the administrator would believe otherwise.
+    """
+    from remotevss.snapshots.select import choose_backend
+
+    served = list(served)
+    known = {v.root for v in served if v.root is not None} | set(held)
+    backend, sep, root = text.partition(":")
+    if sep and backend in ("btrfs", "reflink", "copy", "zfs", "zfs-enclosing") and \
+            os.path.isabs(root):
+        if root in known:
+            return root
+        raise ValueError(f"{text!r}: no share the agent serves is on this volume")
+    by_name = {v.name.casefold(): v for v in served}
+    if (share := by_name.get(text.casefold())) is not None:
+        if share.root is None:
+            raise ValueError(f"share {share.name!r} cannot be shadow-copied: {share.reason}")
+        return share.root
+    if not os.path.isabs(text):
+        raise ValueError(f"{text!r}: not the name of a share the agent serves, nor an "
+                         "absolute path")
+    path = os.path.realpath(text)
+    if not os.path.isdir(path):
+        raise ValueError(f"{text!r}: no such directory")
+    inside = [v for v in served if v.root is not None and _within(path, v.path)]
+    if inside:  # the share's volume (the innermost share: a share inside a share)
+        return str(max(inside, key=lambda v: len(os.path.realpath(v.path))).root)
+    try:
+        found = choose_backend(path).check(path).root
+    except (NotSupported, SnapshotError, OSError):
+        found = path
+    if found in known:  # e.g. the btrfs subvolume that holds a share below it
+        return found
+    raise ValueError(f"{text!r}: not a share's path, a path inside a share, or a volume "
+                     "holding a share the agent serves; no maximum would apply to it")
+
+
+def _within(path: str, share_path: str) -> bool:
+    top = os.path.realpath(share_path)
+    return path == top or path.startswith(top.rstrip("/") + "/")

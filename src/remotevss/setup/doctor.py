@@ -11,7 +11,9 @@ failed, 2 the configuration could not be read.
 
 Rules of this module: read-only.  The only things it runs are Samba's own
 tools (``smbd -b``, ``ntlm_auth`` with a user name that does not exist, which
-cannot lock any account out) and one status request to the agent.
+cannot lock any account out), Samba's loadparm in a child and a read of its
+registry (the registry shares the agent serves too, read as the agent reads
+them), and one status request to the agent.
 """
 
 from __future__ import annotations
@@ -76,25 +78,51 @@ def check_vfs_modules(conf: SmbConfText) -> list[Check]:
 
 
 def check_shares(conf: SmbConfText) -> list[Check]:
-    from remotevss.setup.samba_setup import backend_of, disk_shares, one_directory
+    from remotevss.setup.samba_setup import disk_shares
 
-    checks = []
-    for name, path in disk_shares(conf):
-        if not one_directory(path):
-            checks.append(Check(f"share [{name}]", WARN,
-                                f"path {path or '(none)'} is not one directory: not snapshotted"))
-            continue
-        backend = backend_of(path)
-        if not backend:
-            checks.append(Check(f"share [{name}]", FAIL, f"{path}: no backend can snapshot it",
-                                "put the share on btrfs, XFS (reflink) or ZFS, or fix the path"))
-        elif backend == "copy":
-            checks.append(Check(f"share [{name}]", WARN,
-                                f"{path}: plain copy backend (every snapshot copies the data)",
-                                "move the share to btrfs, XFS with reflink or ZFS"))
-        else:
-            checks.append(Check(f"share [{name}]", OK, f"{path}: {backend} snapshots"))
-    return checks
+    return [_share_check(f"share [{name}]", path) for name, path in disk_shares(conf)]
+
+
+def check_registry_shares(smb_conf: str, file_shares: list[str]) -> list[Check]:
+    """Shares made with ``net conf addshare``: the agent serves them like smb.conf's
+    (read live from Samba's registry), so each gets the same check.  Snapshot
+    shares (``share@{guid}``) and names an smb.conf share shadows are left out."""
+    from remotevss.samba._lib import SambaUnavailable
+    from remotevss.samba.conf import SambaConfigError, is_snapshot_share_name, shared_conf
+    from remotevss.samba.shares import SambaShareTable
+
+    shadowed = {n.casefold() for n in file_shares}
+    try:
+        conf = shared_conf(smb_conf)
+        if not conf.registry_shares:
+            return []
+        table = SambaShareTable(conf)
+        shares = [table.lookup(n) for n in conf.registry_share_names()
+                  if not is_snapshot_share_name(n) and n.casefold() not in shadowed]
+    except (SambaConfigError, SambaUnavailable, OSError) as exc:
+        return [Check("registry share list", FAIL, f"cannot read Samba's registry shares: {exc}")]
+    return [_share_check(f"registry share [{s.name}]", s.path) for s in shares if s is not None]
+
+
+def _share_check(label: str, path: str) -> Check:
+    """What the agent will make of a share path: the backend, or why none can work
+    (the reason a client only sees as FSRVP_E_NOT_SUPPORTED)."""
+    from remotevss.setup.samba_setup import one_directory
+    from remotevss.snapshots.base import SnapshotError
+    from remotevss.snapshots.select import choose_backend
+
+    if not one_directory(path):
+        return Check(label, WARN, f"path {path or '(none)'} is not one directory: not snapshotted")
+    try:
+        backend = choose_backend(path)
+        backend.check(path)
+    except (SnapshotError, OSError) as exc:
+        return Check(label, FAIL, f"{path}: no backend can snapshot it ({exc})",
+                     "put the share on btrfs, XFS (reflink) or ZFS, or fix the path")
+    if backend.name == "copy":
+        return Check(label, WARN, f"{path}: plain copy backend (every snapshot copies the data)",
+                     "move the share to btrfs, XFS with reflink or ZFS")
+    return Check(label, OK, f"{path}: {backend.name} snapshots")
 
 
 def check_globals(conf: SmbConfText) -> list[Check]:
@@ -188,6 +216,8 @@ def check_agent(admin_socket: str, sequence_timeout: float | None) -> list[Check
     out = []
     try:
         st = admin.request(admin_socket, "status", timeout=10)
+    except admin.AdminPermissionDenied as exc:
+        out.append(Check("agent", FAIL, str(exc), "run remotevss doctor as root"))
     except (admin.AgentUnreachable, admin.AdminError, OSError) as exc:
         out.append(Check("agent", FAIL, f"no answer on {admin_socket}: {exc}",
                          "systemctl start remotevss-agent; journalctl -u remotevss-agent"))
@@ -225,6 +255,8 @@ def run_checks(config_path: str | None) -> tuple[list[Check], int]:
     except OSError as exc:
         return [*checks, Check("smb.conf", FAIL, str(exc))], 2
     checks += check_vfs_modules(conf) + check_globals(conf) + check_shares(conf)
+    if config.samba.shares == "samba":
+        checks += check_registry_shares(smb_conf, conf.share_names())
     try:
         pipe_dir = (Path(config.samba.pipe_dir) if config.samba.pipe_dir
                     else default_pipe_dir(smb_conf))

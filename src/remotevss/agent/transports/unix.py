@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import logging
 import os
 import pwd
@@ -18,6 +17,7 @@ import struct
 from pathlib import Path
 
 from remotevss.agent.authz import Caller
+from remotevss.agent.config import group_id
 from remotevss.agent.service import AgentService
 from remotevss.agent.transports.dispatch import StreamLink, serve_connection
 
@@ -62,7 +62,24 @@ async def serve_unix(service: AgentService, path: str, group: str = "root") -> a
         server = await asyncio.start_unix_server(handle, path=str(sock_path))
     finally:
         os.umask(old)
-    gid = grp.getgrnam(group).gr_gid
+    gid = group_id(group)
     os.chown(sock_path, 0 if os.geteuid() == 0 else -1, gid if os.geteuid() == 0 else -1)
     os.chmod(sock_path, 0o660)
     return server
+
+
+def socket_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the socket file we just bound, to recognise it at exit."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def unlink_if_ours(path: str, identity: tuple[int, int] | None) -> None:
+    """Remove the socket file at exit, unless another process has bound its own
+    there since (a second agent started on the same path must keep its socket)."""
+    if identity is not None and socket_identity(path) == identity:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
