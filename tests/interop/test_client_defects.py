@@ -21,13 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_client_samba import Server, _make_server, cli, sets
+from test_client_samba import Server, _make_server, clean, cli, sets, state
 
 from remotevss.samba.private import missing_tools
 
 TOOLS = ("smbd", "smbpasswd", "net", "mkfs.btrfs")
 _missing = missing_tools(*TOOLS)
 _no_rpcd_fsrvp = not Path("/usr/libexec/samba/rpcd_fsrvp").exists()
+__all__ = ["clean", "state"]  # fixtures of the client suite, used here as they are
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs)"),
@@ -57,18 +58,6 @@ def server(request: pytest.FixtureRequest, btrfs: tuple[Path, Path]) -> Iterator
         yield s
     finally:
         s.stop()
-
-
-@pytest.fixture
-def clean(server: Server) -> Iterator[Server]:
-    assert server.leftovers() == []
-    yield server
-    assert server.leftovers() == [], "left on the server"
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "client.sqlite3"
 
 
 def _share(server: Server, i: int) -> str:
