@@ -128,3 +128,19 @@ def test_smbconf_edits_keep_the_file() -> None:
     assert c.text() == ("# top\n[global]\n   workgroup = W  \n   registry shares = yes\n; note\n"
                         "[data]\n\tpath = /srv/d\n   vfs objects = shadow_copy2\n\n[x]\n")
     assert c.share_names() == ["data", "x"]
+
+
+@pytest.mark.parametrize("global_vfs", ["acl_xattr", "btrfs, acl_xattr"])
+def test_a_share_keeps_the_global_vfs_modules(target: Path, global_vfs: str) -> None:
+    """A share's own ``vfs objects`` replaces [global]'s: written alone, shadow_copy2
+    would silently drop acl_xattr (NT ACLs) or btrfs on exactly the snapshotted share."""
+    conf = target / "etc/samba/smb.conf"
+    c = SmbConfText(conf.read_text())
+    c.set("global", "vfs objects", global_vfs)
+    conf.write_text(c.text() + "\n[data]\n   path = /srv/data\n")
+    out = setup(target, "--yes", "--share", "data")
+    assert out.returncode == 0, out.stderr
+    modules = global_vfs.replace(",", "")
+    assert SmbConfText(conf.read_text()).get("data", "vfs objects") == f"{modules} shadow_copy2"
+    assert f"[data] vfs objects = {modules} shadow_copy2" in out.stdout  # the full line shown
+    assert "nothing to change" in setup(target, "--yes", "--share", "data").stdout

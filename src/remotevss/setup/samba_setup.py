@@ -14,7 +14,9 @@ What it changes (``root`` prefixes every path, for tests and image builds):
   start samba-dcerpcd, which would start Samba's own rpcd_fsrvp on the pipe),
   ``registry shares = yes`` (snapshot shares are registry shares);
 * smb.conf shares that get previous versions: ``vfs objects`` gains
-  ``shadow_copy2``, ``shadow:snapdir = .snapshots``, ``shadow:sort = desc``;
+  ``shadow_copy2`` (appended to the share's effective list: [global]'s when the
+  share has no line of its own, which would otherwise replace it),
+  ``shadow:snapdir = .snapshots``, ``shadow:sort = desc``;
   by default every share whose path has a cheap snapshot backend (btrfs, zfs,
   reflink), or the ones named with ``--share``;
 * ``samba-dcerpcd.service``: samba-dcerpcd run by systemd with ``-s`` and an
@@ -36,6 +38,7 @@ import datetime
 import difflib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +167,12 @@ class SetupError(Exception):
     """The machine's configuration does not allow the setup; nothing was changed."""
 
 
+def vfs_modules(value: str | None) -> list[str]:
+    """The modules of a ``vfs objects`` value, in order; Samba splits lists at blanks,
+    commas and semicolons."""
+    return [m for m in re.split(r"[\s,;]+", value or "") if m]
+
+
 def _smb_conf_change(opts: SetupOptions) -> tuple[Change | None, list[str]]:
     path = at(opts.root, opts.smb_conf)
     old = _read(path)
@@ -180,10 +189,14 @@ def _smb_conf_change(opts: SetupOptions) -> tuple[Change | None, list[str]]:
             why.append(f"[global] {key} = {value}: {reason}")
     shares, notes = previous_versions_shares(conf, opts.root, opts.shares)
     for name in shares:
-        vfs = (conf.get(name, "vfs objects") or "").split()
+        own = conf.get(name, "vfs objects")
+        vfs = vfs_modules(own if own is not None else conf.get("global", "vfs objects"))
         if "shadow_copy2" not in vfs:
-            conf.set(name, "vfs objects", " ".join([*vfs, "shadow_copy2"]))
-            why.append(f"[{name}] vfs objects += shadow_copy2: snapshots as previous versions")
+            line = " ".join([*vfs, "shadow_copy2"])
+            conf.set(name, "vfs objects", line)
+            kept = ("" if own is not None or not vfs else
+                    f"; [global]'s {' '.join(vfs)} kept: a share's own line replaces it")
+            why.append(f"[{name}] vfs objects = {line}: snapshots as previous versions{kept}")
         for key, value in (("shadow:snapdir", ".snapshots"), ("shadow:sort", "desc")):
             if conf.get(name, key) is None and conf.set(name, key, value):
                 why.append(f"[{name}] {key} = {value}")
