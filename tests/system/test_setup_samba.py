@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from remotevss.agent.config import load_config
 from remotevss.setup.smbconf_text import SmbConfText
 from tests.conftest import LoopFs
 
@@ -80,13 +81,36 @@ def test_shows_applies_once_and_undoes(target: Path) -> None:
     assert _tree(target) == before, "--undo restores every file as it was"
 
 
-def test_an_existing_agent_config_is_kept(target: Path) -> None:
+def test_an_existing_agent_config_gets_the_missing_keys(target: Path) -> None:
+    """Kept as it was, an agent.toml without [samba] config_file left an agent serving
+    no pipe, and doctor's fix (setup --yes) found nothing to change: a loop."""
     cfg = target / "etc/remotevss/agent.toml"
     cfg.parent.mkdir(parents=True)
-    cfg.write_text("[agent]\nmode = \"samba\"\n")
+    mine = "# the admin's\n[gc]\nmax_age = 172800  # two days\n"
+    cfg.write_text(mine)
+    shown = setup(target)
+    assert '+config_file = "/etc/samba/smb.conf"' in shown.stdout, shown.stdout
     out = setup(target, "--yes")
-    assert out.returncode == 0 and "agent.toml exists: kept" in out.stdout, out.stdout
-    assert cfg.read_text() == "[agent]\nmode = \"samba\"\n"
+    assert out.returncode == 0, out.stderr
+    text = cfg.read_text()
+    assert text.startswith(mine), "the admin's lines and comments are kept"
+    config = load_config(cfg)
+    assert config.samba.config_file == "/etc/samba/smb.conf"
+    assert config.snapshot_names == "gmt" and config.gc.max_age == 172800
+    assert "nothing to change" in setup(target, "--yes").stdout
+    assert setup(target, "--undo").returncode == 0 and cfg.read_text() == mine
+
+
+def test_an_agent_config_value_of_the_admin_is_kept(target: Path) -> None:
+    cfg = target / "etc/remotevss/agent.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[agent]\nsnapshot_names = "unique"\n\n[samba]\n# ours\nshares = "samba"\n')
+    out = setup(target, "--yes")
+    assert out.returncode == 0, out.stderr
+    assert "snapshot_names = 'unique' kept" in out.stdout
+    config = load_config(cfg)
+    assert config.snapshot_names == "unique"
+    assert config.samba.config_file == "/etc/samba/smb.conf"
 
 
 @pytest.mark.root

@@ -24,7 +24,8 @@ What it changes (``root`` prefixes every path, for tests and image builds):
 * ``remotevss-agent.service``: the agent, after winbind and samba-dcerpcd,
   before smbd;
 * the agent's TOML (``snapshot_names = "gmt"`` so shadow_copy2 maps previous
-  versions; ``[samba] config_file``), only when there is none;
+  versions; ``[samba] config_file``): written when there is none, else the
+  keys missing from it are added and everything else is kept;
 * ``*.wants`` links that enable winbind (ntlm_auth checks every NTLM bind
   through winbindd), samba-dcerpcd and the agent.
 
@@ -40,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +254,47 @@ def agent_toml(opts: SetupOptions) -> str:
     )
 
 
+def agent_toml_additions(opts: SetupOptions, old: str) -> tuple[str, list[str], list[str]]:
+    """(text, why, notes): an existing agent TOML with the keys setup needs added.
+
+    Why add instead of keeping the file untouched: without ``[samba] config_file``
+    the agent serves no pipe, and doctor's fix (this command) would find nothing
+    to do.  Only missing keys are inserted as lines (the admin's values, comments
+    and order stay); a key the admin set otherwise is left and named in a note."""
+    try:
+        data = tomllib.loads(old)
+    except tomllib.TOMLDecodeError as exc:
+        raise SetupError(f"{opts.agent_config} is not valid TOML ({exc}): fix it or move "
+                         f"it away, then run again") from exc
+    wanted = (
+        ("agent", "snapshot_names", "gmt", "exact @GMT- names that shadow_copy2 maps"),
+        ("samba", "config_file", opts.smb_conf, "the agent serves Samba's pipe and shares"),
+    )
+    lines = old.splitlines()
+    why: list[str] = []
+    notes: list[str] = []
+    for table, key, value, reason in wanted:
+        have = data.get(table, {})
+        line = f"{key} = {json.dumps(value)}"
+        if isinstance(have, dict) and key in have:
+            if have[key] != value:
+                notes.append(f"{opts.agent_config}: [{table}] {key} = {have[key]!r} kept "
+                             f"(setup would write {line}: {reason})")
+            continue
+        header = re.compile(rf"^\s*\[\s*{table}\s*\]\s*(#.*)?$")
+        at_line = next((i for i, text in enumerate(lines) if header.match(text)), None)
+        if at_line is not None:
+            lines.insert(at_line + 1, line)
+        elif table not in data:
+            lines += ["", f"[{table}]", line]
+        else:  # a dotted-key or inline table: no header to put the line under
+            notes.append(f"{opts.agent_config}: add {line} to [{table}] ({reason})")
+            continue
+        why.append(f"[{table}] {line} added: {reason}")
+    text = "\n".join(lines) + "\n" if why else old
+    return text, why, notes
+
+
 def plan(opts: SetupOptions) -> Plan:
     changes: list[Change] = []
     smb, notes = _smb_conf_change(opts)
@@ -267,11 +310,16 @@ def plan(opts: SetupOptions) -> Plan:
         old = _read(at(opts.root, path))
         if old != text:
             changes.append(Change(path, old, text, why))
-    if _read(at(opts.root, opts.agent_config)) is None:
+    old_toml = _read(at(opts.root, opts.agent_config))
+    if old_toml is None:
         changes.append(Change(opts.agent_config, None, agent_toml(opts),
                               ["the agent's configuration: Samba's shares, @GMT- names"]))
     else:
-        notes.append(f"{opts.agent_config} exists: kept as it is")
+        new_toml, why, toml_notes = agent_toml_additions(opts, old_toml)
+        notes += toml_notes
+        if new_toml != old_toml:
+            changes.append(Change(opts.agent_config, old_toml, new_toml,
+                                  [*why, "every other line of the file is kept"]))
     winbind = f"{DEBIAN_UNITS}/winbind.service"
     if not at(opts.root, winbind).exists():
         raise SetupError("winbind is not installed (apt-get install winbind): the agent checks "
