@@ -69,6 +69,8 @@ def test_shows_applies_once_and_undoes(target: Path) -> None:
     assert "rpcd_classic" in unit
     agent = (target / "etc/systemd/system/remotevss-agent.service").read_text()
     assert "winbind.service" in agent and "Before=smbd.service" in agent
+    after_line = next(line for line in agent.splitlines() if line.startswith("After="))
+    assert {"winbind.service", "samba-dcerpcd.service"} <= set(after_line[6:].split())
     assert "--config /etc/remotevss/agent.toml" in agent
     wants = target / "etc/systemd/system/multi-user.target.wants"
     assert {p.name for p in wants.iterdir()} == {

@@ -235,11 +235,15 @@ def agent_unit(opts: SetupOptions) -> str:
     text = unit_text(opts.executable or None)
     text = text.replace("--config /etc/remotevss/agent.toml", f"--config {opts.agent_config}")
     lines = text.splitlines()
+    # After= both, as the plan and docs/samba.md promise: winbindd checks the first
+    # NTLM bind; samba-dcerpcd serves Samba's other pipes in the same np/ directory.
+    needs = {"After=": ("winbind.service", "samba-dcerpcd.service"),
+             "Wants=": ("winbind.service",)}
     for i, line in enumerate(lines):
-        if line.startswith("After=") and "winbind.service" not in line:
-            lines[i] = line + " winbind.service samba-dcerpcd.service"
-        elif line.startswith("Wants=") and "winbind.service" not in line:
-            lines[i] = line + " winbind.service"
+        for prefix, units in needs.items():
+            if line.startswith(prefix):
+                have = line[len(prefix):].split()
+                lines[i] = prefix + " ".join([*have, *(u for u in units if u not in have)])
     return "\n".join(lines) + "\n"
 
 
