@@ -9,9 +9,12 @@ for byte, and it picks the shares that should show previous versions.
 
 from __future__ import annotations
 
+import json
 import shutil
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,37 @@ def test_a_share_keeps_the_global_vfs_modules(target: Path, global_vfs: str) -> 
     assert SmbConfText(conf.read_text()).get("data", "vfs objects") == f"{modules} shadow_copy2"
     assert f"[data] vfs objects = {modules} shadow_copy2" in out.stdout  # the full line shown
     assert "nothing to change" in setup(target, "--yes", "--share", "data").stdout
+
+
+class _FakeAgent(socketserver.StreamRequestHandler):
+    """The agent's admin socket as `status` answers it: one set, exposed."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        status = {"sets": [{"id": "5e7", "status": "Exposed"}],
+                  "exposed_shares": ["data@{5e7}"]}
+        self.wfile.write(json.dumps({"ok": True, "result": status}).encode() + b"\n")
+
+
+def test_undo_refuses_while_the_agent_holds_sets(target: Path) -> None:
+    """Undo takes away the pipe, registry shares and unit: a set still held would be left
+    with nothing to release it, and the advice must be what to stop, not what to start."""
+    cfg = target / "etc/remotevss/agent.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[agent]\nadmin_socket = "/a.sock"\n')  # below --root, like every path
+    assert setup(target, "--yes").returncode == 0
+    applied = _tree(target)
+    with socketserver.UnixStreamServer(str(target / "a.sock"), _FakeAgent) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            refused = setup(target, "--undo")
+            assert refused.returncode == 2, refused.stdout
+            assert "5e7 (Exposed)" in refused.stderr and "--force" in refused.stderr
+            assert _tree(target) == applied, "refused: nothing changed"
+            forced = setup(target, "--undo", "--force")
+        finally:
+            server.shutdown()
+    assert forced.returncode == 0, forced.stderr
+    assert "5e7" in forced.stderr
+    assert "stop order: remotevss-agent" in forced.stdout
+    assert "start order" not in forced.stdout

@@ -30,6 +30,8 @@ def add_parsers(sub: Any) -> None:
     sm.add_argument("--yes", action="store_true", help="apply the changes (default: show them)")
     sm.add_argument("--undo", action="store_true",
                     help="put back every file as it was before the first setup")
+    sm.add_argument("--force", action="store_true",
+                    help="--undo even while the agent holds shadow copy sets")
     sm.add_argument("--smb-conf", default="/etc/samba/smb.conf")
     sm.add_argument("--config", default=DEFAULT_CONFIG, help="the agent's TOML file to write")
     sm.add_argument("--share", action="append", default=[], metavar="NAME",
@@ -71,10 +73,7 @@ def _setup_samba(args: argparse.Namespace) -> int:
     root = Path(args.root)
     try:
         if args.undo:
-            for path in ss.undo(root):
-                print(f"restored {path}")
-            _systemctl(root, args.no_start, [["daemon-reload"]])
-            return 0
+            return _undo(args, root)
         opts = ss.SetupOptions(root=root, smb_conf=args.smb_conf, agent_config=args.config,
                                shares=tuple(args.share),
                                executable=_executable())
@@ -96,6 +95,36 @@ def _setup_samba(args: argparse.Namespace) -> int:
     return 0
 
 
+def _undo(args: argparse.Namespace, root: Path) -> int:
+    """Put the files back; refuse (without --force) while the agent holds sets, which
+    would be left with no agent, pipe or registry share to release them."""
+    from remotevss.setup import samba_setup as ss
+
+    held, unknown = ss.agent_holdings(root, args.config)
+    if unknown:
+        print(f"warning: {unknown}", file=sys.stderr)
+    if held:
+        what = "; ".join(held)
+        if not args.force:
+            raise ss.SetupError(
+                f"the agent still holds {what}: let the backup finish, or drop them "
+                f"(remotevss sets list, remotevss sets delete SET_ID), then run --undo again "
+                f"(--force: undo anyway; stopping the agent releases unfinished sets, "
+                f"persistent ones stay on disk)")
+        print(f"warning: the agent still holds {what} (--force)", file=sys.stderr)
+    stop = [["stop", "remotevss-agent"], ["stop", "samba-dcerpcd"]]
+    live = not args.no_start and ss.systemd_running(root)
+    if live:
+        _systemctl(root, False, stop, "")
+    for path in ss.undo(root):
+        print(f"restored {path}")
+    _systemctl(root, args.no_start, [["daemon-reload"], ["restart", "smbd"]],
+               "stop order: remotevss-agent (it releases unfinished sets), the samba-dcerpcd "
+               "setup wrote, then restart smbd (it starts Samba's own samba-dcerpcd on "
+               "demand again); winbind may keep running")
+    return 0
+
+
 def _executable() -> str:
     """The remotevss program of this installation, for the unit's ExecStart: the one
     beside this Python (a virtualenv's bin/), else the one on PATH."""
@@ -105,12 +134,18 @@ def _executable() -> str:
     return shutil.which("remotevss") or str(beside)
 
 
-def _systemctl(root: Path, no_start: bool, commands: list[list[str]]) -> None:
+START_ADVICE = "start order: winbind, samba-dcerpcd, remotevss-agent, then (re)start smbd"
+
+
+def _systemctl(root: Path, no_start: bool, commands: list[list[str]],
+               advice: str = START_ADVICE) -> None:
+    """Run ``commands`` under a live systemd, else print ``advice`` (what to do by hand)."""
     from remotevss.setup.samba_setup import systemd_running
 
     if no_start or not systemd_running(root):
-        print("start order: winbind, samba-dcerpcd, remotevss-agent, then (re)start smbd"
-              + ("" if no_start else " (systemd is not running here: nothing was started)"))
+        if advice:
+            print(advice + ("" if no_start else
+                            " (systemd is not running here: nothing was started or stopped)"))
         return
     for argv in commands:
         print("systemctl " + " ".join(argv))

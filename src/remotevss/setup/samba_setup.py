@@ -360,6 +360,35 @@ def apply(p: Plan) -> Path:
     return record_file
 
 
+def agent_holdings(root: Path, agent_config: str) -> tuple[list[str], str]:
+    """(what a running agent still holds, '' or why it could not be asked).
+
+    Why ask before --undo: undo takes away the pipe, registry shares and the unit,
+    so a set the agent still holds (snapshots, an exposed share@{GUID}) would be
+    left behind with no agent to release it.  No agent answering: nothing held."""
+    from remotevss.agent import admin
+    from remotevss.agent.config import AgentConfig
+
+    try:
+        data = tomllib.loads(_read(at(root, agent_config)) or "")
+    except tomllib.TOMLDecodeError:
+        data = {}
+    agent = data.get("agent", {}) if isinstance(data.get("agent"), dict) else {}
+    cfg = AgentConfig(socket_path=str(agent.get("socket", AgentConfig.socket_path)),
+                      admin_socket=str(agent.get("admin_socket", "")), netbios_name="-")
+    sock = str(at(root, cfg.admin_socket_path))
+    try:
+        st = admin.request(sock, "status", timeout=10)
+    except admin.AgentUnreachable:
+        return [], ""
+    except (admin.AdminError, admin.AdminPermissionDenied, OSError, ValueError) as exc:
+        return [], f"could not ask the agent on {sock} what it holds: {exc}"
+    held = [f"shadow copy set {s.get('id')} ({s.get('status')})" for s in st.get("sets") or []]
+    if not held and st.get("exposed_shares"):
+        held.append(f"{len(st['exposed_shares'])} exposed snapshot share(s)")
+    return held, ""
+
+
 def undo(root: Path) -> list[str]:
     """Put every file the setup changed back as it was; return their paths."""
     record_file = at(root, UNDO_DIR) / "record.json"
