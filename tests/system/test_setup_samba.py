@@ -207,3 +207,30 @@ def test_undo_refuses_while_the_agent_holds_sets(target: Path) -> None:
     assert "5e7" in forced.stderr
     assert "stop order: remotevss-agent" in forced.stdout
     assert "start order" not in forced.stdout
+
+
+def test_undo_says_removed_and_leaves_no_empty_directories(target: Path) -> None:
+    before = {p.relative_to(target) for p in target.rglob("*") if "usr/libexec" not in str(p)}
+    assert setup(target, "--yes").returncode == 0
+    undone = setup(target, "--undo")
+    assert undone.returncode == 0, undone.stderr
+    assert "removed /etc/remotevss/agent.toml" in undone.stdout  # it did not exist before
+    assert "restored /etc/samba/smb.conf" in undone.stdout
+    after = {p.relative_to(target) for p in target.rglob("*") if "usr/libexec" not in str(p)}
+    assert after == before, "the directories setup made (etc/remotevss, setup-undo) are gone"
+
+
+def test_undo_refuses_to_lose_edits_made_after_setup(target: Path) -> None:
+    """--undo puts back smb.conf from before setup: a share added since would go with it."""
+    conf = target / "etc/samba/smb.conf"
+    before = conf.read_text()
+    assert setup(target, "--yes").returncode == 0
+    conf.write_text(conf.read_text() + "\n[projects]\n   path = /srv/projects\n")
+    edited = conf.read_text()
+    refused = setup(target, "--undo")
+    assert refused.returncode == 2, refused.stdout
+    assert "+[projects]" in refused.stderr and "--force" in refused.stderr
+    assert conf.read_text() == edited, "refused: nothing changed"
+    forced = setup(target, "--undo", "--force")
+    assert forced.returncode == 0 and "+[projects]" in forced.stderr, forced.stderr
+    assert conf.read_text() == before

@@ -31,7 +31,8 @@ def add_parsers(sub: Any) -> None:
     sm.add_argument("--undo", action="store_true",
                     help="put back every file as it was before the first setup")
     sm.add_argument("--force", action="store_true",
-                    help="--undo even while the agent holds shadow copy sets")
+                    help="--undo even while the agent holds shadow copy sets or files "
+                         "were edited after setup")
     sm.add_argument("--smb-conf", default="/etc/samba/smb.conf")
     sm.add_argument("--config", default=DEFAULT_CONFIG, help="the agent's TOML file to write")
     sm.add_argument("--share", action="append", default=[], metavar="NAME",
@@ -100,6 +101,14 @@ def _undo(args: argparse.Namespace, root: Path) -> int:
     would be left with no agent, pipe or registry share to release them."""
     from remotevss.setup import samba_setup as ss
 
+    lost = ss.later_edits(root)
+    if lost and not args.force:
+        raise ss.SetupError("\n".join([
+            "files were edited after setup; --undo puts back the versions from before "
+            "setup and would lose these edits (--force: undo anyway):", *lost]))
+    if lost:
+        print("\n".join(["warning: edits made after setup are lost (--force):", *lost]),
+              file=sys.stderr)
     held, unknown = ss.agent_holdings(root, args.config)
     if unknown:
         print(f"warning: {unknown}", file=sys.stderr)
@@ -116,8 +125,8 @@ def _undo(args: argparse.Namespace, root: Path) -> int:
     live = not args.no_start and ss.systemd_running(root)
     if live:
         _systemctl(root, False, stop, "")
-    for path in ss.undo(root):
-        print(f"restored {path}")
+    for verb, path in ss.undo(root):
+        print(f"{verb} {path}")
     _systemctl(root, args.no_start, [["daemon-reload"], ["restart", "smbd"]],
                "stop order: remotevss-agent (it releases unfinished sets), the samba-dcerpcd "
                "setup wrote, then restart smbd (it starts Samba's own samba-dcerpcd on "

@@ -35,6 +35,7 @@ Rules of this module: paths are built from ``root``; every write goes through
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
 import json
@@ -344,14 +345,20 @@ def plan(opts: SetupOptions) -> Plan:
 def apply(p: Plan) -> Path:
     """Carry out ``p``; the first setup's originals are kept for --undo. Returns the record."""
     record_dir = at(p.root, UNDO_DIR)
-    record_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     record_file = record_dir / "record.json"
     record: dict[str, Any] = json.loads(record_file.read_text()) if record_file.exists() else {
         "made": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "files": {}}
+    new_dirs = _missing_dirs(p.root, [UNDO_DIR + "/record.json"])
+    record_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     files: dict[str, Any] = record["files"]
+    dirs: list[str] = record.setdefault("dirs", [])
+    for d in [*new_dirs, *_missing_dirs(p.root, [c.path for c in p.changes])]:
+        if d not in dirs:  # made by setup: --undo removes it again when empty
+            dirs.append(d)
     for c in p.changes:
         if c.path not in files:  # the state before remotevss touched it
             files[c.path] = {"old": c.old, "link": c.link}
+        files[c.path]["written"] = c.new  # what --undo expects to find
     tmp = record_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_file)
@@ -389,17 +396,61 @@ def agent_holdings(root: Path, agent_config: str) -> tuple[list[str], str]:
     return held, ""
 
 
-def undo(root: Path) -> list[str]:
-    """Put every file the setup changed back as it was; return their paths."""
+def _missing_dirs(root: Path, paths: list[str]) -> list[str]:
+    """The directories (as on the target) that writing ``paths`` would create."""
+    out: list[str] = []
+    for path in paths:
+        for parent in Path(path).parents:
+            if at(root, str(parent)).exists():
+                break
+            if str(parent) not in out:
+                out.append(str(parent))
+    return out
+
+
+def _record(root: Path) -> dict[str, Any]:
     record_file = at(root, UNDO_DIR) / "record.json"
     if not record_file.exists():
         raise SetupError(f"nothing to undo: no {UNDO_DIR}/record.json")
-    record = json.loads(record_file.read_text())
+    record: dict[str, Any] = json.loads(record_file.read_text())
+    return record
+
+
+def later_edits(root: Path) -> list[str]:
+    """What --undo would lose: a diff for every file edited since setup wrote it.
+
+    Why: undo puts back the file as it was before setup, so a share added to
+    smb.conf afterwards would silently go with it."""
+    out: list[str] = []
+    for path, entry in _record(root)["files"].items():
+        if "written" not in entry:  # a record from before setup kept this
+            continue
+        now = _link(at(root, path)) if entry["link"] else _read(at(root, path))
+        if now == entry["written"]:
+            continue
+        if entry["link"] or now is None or entry["written"] is None:
+            out.append(f"{path}: {'removed' if now is None else 'changed'} since setup")
+            continue
+        diff = difflib.unified_diff(entry["written"].splitlines(), now.splitlines(),
+                                    f"{path} (as setup wrote it)", f"{path} (now)",
+                                    lineterm="", n=0)
+        out += [f"{path}: changed since setup; --undo loses:",
+                *(f"    | {d}" for d in diff)]
+    return out
+
+
+def undo(root: Path) -> list[tuple[str, str]]:
+    """Put every file the setup changed back as it was, remove the directories it
+    made once empty; return (verb, path) for each file."""
+    record = _record(root)
     done = []
     for path, entry in record["files"].items():
         _write(at(root, path), entry["old"], bool(entry["link"]))
-        done.append(path)
-    record_file.unlink()
+        done.append(("removed" if entry["old"] is None else "restored", path))
+    (at(root, UNDO_DIR) / "record.json").unlink()
+    for d in sorted(record.get("dirs", []), key=len, reverse=True):  # deepest first
+        with contextlib.suppress(OSError):  # not empty (agent state, admin files) or gone
+            at(root, d).rmdir()
     return done
 
 
