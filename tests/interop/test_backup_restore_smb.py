@@ -614,21 +614,33 @@ def test_a_read_only_share_restores_nothing_and_says_why(env: Env) -> None:
 
 
 def test_exclude_patterns_apply_to_a_share_read_over_smb(env: Env, tmp_path: Path) -> None:
-    """--exclude patterns on an SMB source: names at any depth and paths below the
-    share's root are left out (the share listed by the real smbd)."""
-    from remotevss.backup.excludes import Excludes
+    """--exclude patterns and --exclude-caches on an SMB source: names at any depth,
+    paths below the share's root and a tagged cache's contents are left out (the
+    share listed, and the tag read, by the real smbd)."""
+    from remotevss.backup.excludes import CACHEDIR_SIGNATURE, Excludes
     from remotevss.backup.restore import list_paths
 
     repo = tmp_path / "repo"
     init_repo(repo, encrypted=False)
-    with env.session() as s, Repository(repo, "write", command="test") as r:
-        run_backup(r, [SmbSource(s, "data", "data", security=False,
-                                 excludes=Excludes(["*.bin", "small/d1"]))])
+    tagged, fake = env.source / "zz-cache", env.source / "zz-fake-cache"
+    try:  # (removed again: the module's other tests compare the share with its point)
+        for d, tag in ((tagged, CACHEDIR_SIGNATURE + b"\n"), (fake, b"no signature")):
+            d.mkdir()
+            (d / "CACHEDIR.TAG").write_bytes(tag)
+            (d / "blob").write_bytes(b"cached")
+        with env.session() as s, Repository(repo, "write", command="test") as r:
+            run_backup(r, [SmbSource(s, "data", "data", security=False, excludes=Excludes(
+                ["*.bin", "small/d1"], caches=True))])
+        with env.session() as s:
+            source = smb_view(s, "data")
+    finally:
+        shutil.rmtree(tagged, ignore_errors=True)
+        shutil.rmtree(fake, ignore_errors=True)
     with Repository(repo, "read") as r:
         paths = set(list_paths(r, r.find_point("latest"), "data"))
-    with env.session() as s:
-        source = smb_view(s, "data")
     expected = {f"data/{k}" for k in source
-                if not k.endswith(".bin") and k != "small/d1" and not k.startswith("small/d1/")}
+                if not k.endswith(".bin") and k != "small/d1" and not k.startswith("small/d1/")
+                and k != "zz-cache/blob"}
+    assert "data/zz-cache/CACHEDIR.TAG" in paths and "data/zz-fake-cache/blob" in paths
     assert paths - {"data"} == expected
     assert "data/sparse.img" in paths and "data/small/d0" in paths

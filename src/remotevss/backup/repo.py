@@ -248,6 +248,7 @@ class Repository:
         self.chunker = (dataclasses.replace(self.config.chunker, seed=seed) if seed is not None
                         else self.config.chunker)
         self._fds: list[int] = []
+        self._sources_held: set[str] = set()  # source labels this object has locked
         self._note: Path | None = None
         self._reader_fd: int | None = None
         self.writer_id = uuid.uuid4().hex[:16]
@@ -432,7 +433,11 @@ class Repository:
                 leftover.unlink(missing_ok=True)
 
     def lock_sources(self, labels: Sequence[str]) -> None:
-        """One backup per source label at a time (their files-cache rows are shared)."""
+        """One backup per source label at a time (their files-cache rows are shared).
+        Labels this repository object holds already are skipped: a run of shares
+        takes its shares' labels before it makes a shadow copy set (a second run
+        of the same share is then refused before it costs a snapshot)."""
+        labels = [label for label in labels if label not in self._sources_held]
         note = {"id": self.writer_id, "pid": os.getpid(), "host": socket.gethostname(),
                 "command": self.command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for label in labels:
@@ -444,6 +449,7 @@ class Repository:
                             holder=holder if isinstance(holder, dict) else None)
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(note).encode(), 0)  # names us to a second run
+            self._sources_held.add(label)
 
     def _unlock(self) -> None:
         if self._note is not None:
@@ -457,6 +463,7 @@ class Repository:
         for fd in reversed(self._fds):
             os.close(fd)
         self._fds.clear()
+        self._sources_held.clear()
 
     def close(self) -> None:
         with self._pack_lock:

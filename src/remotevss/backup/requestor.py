@@ -287,6 +287,9 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
         raise UsageError("no shares to back up")
     if settings.read_mode not in READ_MODES:
         raise UsageError(f"read mode must be one of {', '.join(READ_MODES)}")
+    # A second run of the same share is refused here, before it costs a snapshot
+    # (with the copy backend, a full copy of the share).
+    repo.lock_sources([s.label for s in shares])
     state_path = settings.state_path or default_backup_state()
     state = ClientState(state_path)
     _runs_dir(state_path).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -304,8 +307,10 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
         request = CreateRequest([s.unc for s in shares], context="backup",
                                 follow_owner=settings.follow_owner, resolve=settings.resolve,
                                 client_set_id=creation_id)
-        sets = create_shadow_copies(request, creds, options, state=state,
-                                    connector=settings.connector)
+        # ``sets`` is filled as soon as the sets exist, so that an interrupt while
+        # the creation closes its connections still finds them to release.
+        create_shadow_copies(request, creds, options, state=state,
+                             connector=settings.connector, created=sets)
         if on_exposed is not None:
             on_exposed(sets)
         labels = {s.unc.key: s.label for s in shares}

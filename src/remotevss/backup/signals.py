@@ -18,13 +18,23 @@ _HELD: dict[str, Any] = {"depth": 0, "pending": None}
 
 
 def _hold_sigterm() -> Callable[[], None]:
-    """Defer what :func:`terminate_as` raises until the returned function is called
-    (a flag, not a signal mask: the mask of one thread does not stop the signal
-    from arriving through another, and Python runs handlers in the main thread)."""
+    """Defer what :func:`terminate_as` raises, and Ctrl-C's KeyboardInterrupt, until
+    the returned function is called (a flag, not a signal mask: the mask of one
+    thread does not stop the signal from arriving through another, and Python
+    runs handlers in the main thread).  Why SIGINT too: a KeyboardInterrupt in
+    the middle of releasing a shadow copy set would leave it on the server."""
     _HELD["depth"] += 1
+    old_int = None
+    if _HELD["depth"] == 1 and threading.current_thread() is threading.main_thread():
+        def hold_int(signum: int, frame: object) -> None:
+            _HELD["pending"] = signum
+
+        old_int = signal.signal(signal.SIGINT, hold_int)
 
     def release() -> None:
         _HELD["depth"] -= 1
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
         pending = _HELD["pending"]
         if _HELD["depth"] == 0 and pending is not None:
             _HELD["pending"] = None

@@ -73,7 +73,7 @@ from smbprotocol.ioctl import SMB2IOCTLRequest
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from remotevss.backup.excludes import Excludes
+from remotevss.backup.excludes import CACHEDIR_SIGNATURE, CACHEDIR_TAG, Excludes
 from remotevss.backup.snapshot_source import DIR, FILE, SourceEntry
 from remotevss.fsrvp import filetime
 
@@ -555,7 +555,7 @@ class SmbSource:
     def __init__(self, session: SmbSession, share: str, label: str | None = None, *,
                  security: bool = True, excludes: Excludes | None = None) -> None:
         self.session = session
-        self.excludes = excludes  # its patterns only (excludes.py): the rest is local
+        self.excludes = excludes  # patterns and cache tags (excludes.py); not mounts
         # Small files the engine will read, per directory, in order; and the
         # compounds already sent for some of them (relpath -> requests).
         self._plans: dict[str, deque[tuple[str, SourceEntry]]] = {}
@@ -613,8 +613,26 @@ class SmbSource:
         if ex is not None and ex.by_name:
             out = [e for e in out
                    if not ex.excluded(f"{relpath}/{e.name}" if relpath else e.name, e.name)]
+        if ex is not None and ex.caches:
+            out = self._cache_tagged(relpath, out)
         out.sort(key=lambda e: e.name)
         return out
+
+    def _cache_tagged(self, relpath: str, listing: list[SourceEntry]) -> list[SourceEntry]:
+        """Only the tag file of a directory marked as a cache (``--exclude-caches``),
+        as for a local directory: the tag is read (one small compound) only where
+        a directory has one."""
+        tag = next((e for e in listing if e.name == CACHEDIR_TAG and e.type == FILE), None)
+        if tag is None:
+            return listing
+        f = SmbFile(self, f"{relpath}/{tag.name}" if relpath else tag.name, tag, None)
+        try:
+            head = f.pread(0, len(CACHEDIR_SIGNATURE))
+        except OSError:
+            return listing
+        finally:
+            f.close()
+        return [tag] if head == CACHEDIR_SIGNATURE else listing
 
     def _list_long(self, relpath: str) -> list[tuple[str, int, int, int, int, int, int, int, int]]:
         path = self._smb_path(relpath)

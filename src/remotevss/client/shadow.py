@@ -840,12 +840,15 @@ def create_shadow_copies(
     *,
     state: ClientState | None = None,
     connector: Connector | None = None,
+    created: list[ShadowCopySet] | None = None,
 ) -> list[ShadowCopySet]:
     """One creation over one or more servers: one FSRVP set per server, all
     tagged with one client set id, the phases run in step (all adds, then all
     prepares, all commits, all exposes) so the snapshots are as close in time
     as FSRVP allows.  Any failure aborts or deletes every set, then raises.
-    The sets are kept (``keep=True``) and their connections closed."""
+    The sets are kept (``keep=True``) and their connections closed.
+    ``created`` receives the sets as soon as they all exist: the caller owns
+    them from then on, even if an interrupt arrives while closing."""
     groups = group_by_server(request.uncs, resolve=request.resolve)
     if not groups:
         raise UsageError("no shares to shadow-copy")
@@ -878,6 +881,8 @@ def create_shadow_copies(
         if request.expose:
             for s in sets:
                 s.expose(recover=request.recover)
+        if created is not None:
+            created.extend(sets)
     except BaseException as exc:
         for s in sets:
             s._teardown(exc)
