@@ -102,6 +102,9 @@ def test_ls_text_long_depth_and_paths(points: tuple[Path, Path, dict[str, int]])
     assert lines("ls", "--repo", r, "1", "data", "--depth", "1") == [
         "data/docs", "data/fifo", "data/link", "data/name\\xff", "data/swap",
         "data/tagged.txt"]
+    # PATH may follow the options (plain argparse called it unrecognized).
+    assert lines("ls", "1", "--repo", r, "--depth", "1", "data") == lines(
+        "ls", "--repo", r, "1", "data", "--depth", "1")
     o = f"{OWNER:<15}"
     assert lines("ls", "--repo", r, "1", "data", "-l") == [
         f"drwxr-xr-x {o}          0 {WHEN} data/docs",

@@ -157,6 +157,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return b
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """A verb whose optional positional may follow options (``ls 2 --depth 1 data``):
+    plain argparse gives the optional positional its empty value at the first
+    positional and then calls the later one unrecognized."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def configure(b: argparse.ArgumentParser) -> None:
     sub = b.add_subparsers(dest="backup_command", required=True)
 
@@ -267,6 +284,7 @@ def configure(b: argparse.ArgumentParser) -> None:
                    help="timeout of any one SMB request (default 120)")
 
     p = sub.add_parser("ls", help="list the entries of a recovery point, or of a path in it")
+    p.__class__ = _Intermixed
     _common(p)
     p.add_argument("point", help="point number, uuid prefix, or 'latest'")
     p.add_argument("path", nargs="?", default="", metavar="PATH",
@@ -278,6 +296,7 @@ def configure(b: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("diff", help="what changed between two recovery points (no file "
                                     "data is read)")
+    p.__class__ = _Intermixed
     _common(p)
     p.add_argument("old", metavar="POINT1", help="point number, uuid prefix, or 'latest'")
     p.add_argument("new", metavar="POINT2", help="the point to compare it with")
