@@ -991,6 +991,13 @@ def test_verify_names_files_of_a_lost_pack_and_repair_lets_the_next_backup_mend_
     in_lost_pack = sorted(p for p, locs in chunks.items()
                           if any(loc is not None and loc.pack == loc_f03.pack for loc in locs))
     assert "s/f30" not in in_lost_pack
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        # Every blob of the lost pack, trees and the point's record included
+        # when they happen to share it with f03's data.
+        lost_ids = {b.id for pid, name, _ in repo.index.packs() if name == loc_f03.pack
+                    for b in repo.index.pack_blobs(pid)}
+        record_lost = repo.points()[0].record in lost_ids
+        root_lost = repo.points()[0].root in lost_ids
     pack_path(repo_path, loc_f03.pack).unlink()
     flip_stored_byte(repo_path, loc_f30)
 
@@ -1006,7 +1013,11 @@ def test_verify_names_files_of_a_lost_pack_and_repair_lets_the_next_backup_mend_
         report = verify(repo, repair=True)
     assert report.repaired is not None and report.repaired["packs_lost"] == 1
     assert report.repaired["packs_rewritten"] == 1
-    assert report.repaired["blobs"] == len(in_lost_pack) + 1
+    # Forgotten: the lost pack's blobs and f30's flipped chunk -- but not the
+    # point's record when it could be rebuilt from the index row and the root tree.
+    rebuilt = int(record_lost and not root_lost)
+    assert report.repaired["records"] == rebuilt
+    assert report.repaired["blobs"] == len(lost_ids) + 1 - rebuilt
     with Repository(repo_path, "read", passphrase="p") as repo:
         after = check(repo)
     assert not any("pack" in e for e in after.errors), after.errors  # the index is consistent
@@ -1023,9 +1034,70 @@ def test_verify_names_files_of_a_lost_pack_and_repair_lets_the_next_backup_mend_
     # On a sound repository repair changes nothing: the files cache stays.
     with Repository(repo_path, "exclusive", passphrase="p") as repo:
         assert verify(repo, repair=True).repaired == {
-            "blobs": 0, "packs_lost": 0, "packs_rewritten": 0, "cache_dirs": 0}
+            "blobs": 0, "packs_lost": 0, "packs_rewritten": 0, "cache_dirs": 0, "records": 0}
     with Repository(repo_path, "write", passphrase="p") as repo:
         assert run_backup(repo, [LocalSource(src, "s")], processes=0).stats["bytes_read"] == 0
+
+
+def test_a_lost_point_record_is_rebuilt_by_repair_or_by_the_next_backup(
+        tmp_path: Path) -> None:
+    """A point's record blob is unique to its point, so no later backup stores it
+    by itself.  Repair rebuilds it from the index row and the root tree (the keyed
+    id proves it is the same record) when the root tree is readable; when the
+    whole last pack -- record and trees -- is lost, the next backup of the
+    unchanged sources stores the trees again and rebuilds the record with them.
+    Either way verify ends clean and the point keeps its uuid, time and meta."""
+    from remotevss.backup.restore import restore
+    from remotevss.backup.verify import verify
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(3):
+        (src / "d" / f"x{i}").write_bytes(rand(f"rec{i}", 50_000))
+    repo_path = backed_up(tmp_path, src)
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        p1 = repo.points()[0]
+        record = repo.read_blob(p1.record)
+        loc = repo.index.locate(p1.record)
+        assert loc is not None and repo.index.has_blob(p1.root)
+
+    # 1. Only the record is damaged: repair alone mends it.
+    flip_stored_byte(repo_path, loc)
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        assert any(f"point {p1.id}: record blob" in e for e in verify(repo).errors)
+    with Repository(repo_path, "exclusive", passphrase="p") as repo:
+        report = verify(repo, repair=True)
+    assert report.repaired is not None and report.repaired["records"] == 1
+    assert report.repaired["blobs"] == 0
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        assert verify(repo).ok
+        assert repo.read_blob(p1.record) == record
+
+    # 2. The whole pack (one pack holds everything here) is lost: repair cannot
+    # rebuild the record (its root tree went with it) and says so; the next run can.
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        packs = repo.index.packs()
+    assert len(packs) == 1
+    pack_path(repo_path, packs[0][1]).unlink()
+    with Repository(repo_path, "exclusive", passphrase="p") as repo:
+        report = verify(repo, repair=True)
+    assert report.repaired is not None and report.repaired["records"] == 0
+    assert any(f"point {p1.id}: its record and its root tree are lost" in n
+               for n in report.notes), report.notes
+    with Repository(repo_path, "exclusive", passphrase="p") as repo:  # again: the same
+        again_report = verify(repo, repair=True)
+    assert again_report.repaired == {"blobs": 0, "packs_lost": 0, "packs_rewritten": 0,
+                                     "cache_dirs": 0, "records": 0}
+    assert any("its record and its root tree are lost" in n for n in again_report.notes)
+    with Repository(repo_path, "write", passphrase="p") as repo:
+        run_backup(repo, [LocalSource(src, "s")], processes=0)
+    with Repository(repo_path, "read", passphrase="p") as repo:
+        assert verify(repo).ok, verify(repo).errors
+        again = repo.points()[0]
+        assert (again.uuid, again.time_ns, again.meta) == (p1.uuid, p1.time_ns, p1.meta)
+        assert repo.read_blob(p1.record) == record
+        assert not restore(repo, again, tmp_path / "out", "s").errors
+    assert_same_tree(src, tmp_path / "out")
 
 
 def test_cli_verify_repair_then_run_mends_a_lost_pack(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ from remotevss.backup.listing import (
 )
 from remotevss.backup.packs import DATA, POINT, TREE
 from remotevss.backup.progress import Progress
+from remotevss.backup.records import point_record, rebuild_records
 from remotevss.backup.repo import BlobWriter, RepoError, Repository, blob_aad
 from remotevss.backup.snapshot_source import (
     DIR,
@@ -807,11 +808,12 @@ def run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, A
         stats.new_raw = engine.writer.new_raw
         stats.new_stored = engine.writer.new_stored
         stats.seconds = round(time.monotonic() - started, 3)
-        record = json.dumps({"uuid": point_uuid, "time_ns": time_ns, "root": root_id.hex(),
-                             "sources": labels, "meta": dict(meta or {})},
-                            sort_keys=True).encode()
+        record = point_record(point_uuid, time_ns, root_id, labels, dict(meta or {}))
         record_id = repo.blob_id(record)
         engine.writer.add_raw(record_id, POINT, record)
+        # Records of older points lost with a pack (see records.py) come back
+        # once their root tree is stored again, as this run may just have done.
+        rebuild_records(repo, engine.writer, {root_id: root_raw})
         stats.packs = engine.writer.packs_written + (engine.writer.pack is not None)
         with engine.writer.final() as idx:
             point_id = idx.add_point(point_uuid, time_ns, root_id, record_id,

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from remotevss.backup.packs import BlobEntry, PackError, fsync_dir, pack_path, read_trailer
+from remotevss.backup.packs import POINT, BlobEntry, PackError, fsync_dir, pack_path, read_trailer
 from remotevss.backup.progress import Progress
+from remotevss.backup.records import LOST_WITH_ROOT, rebuild_record, records_missing
 from remotevss.backup.repo import BlobError, Repository
 from remotevss.backup.tree import Entry, content_ids, walk
 
@@ -112,7 +113,10 @@ def _check_record(repo: Repository, report: Report, point: Any) -> None:
     try:
         record = repo.load_json(point.record)
     except (BlobError, ValueError) as exc:
-        report.errors.append(f"point {point.id}: record blob {point.record.hex()[:16]}: {exc}")
+        hint = ("; verify --repair rebuilds it, or the next backup of the same sources "
+                "once its root tree is stored again" if "not in the index" in str(exc) else "")
+        report.errors.append(
+            f"point {point.id}: record blob {point.record.hex()[:16]}: {exc}{hint}")
         return
     if (record.get("uuid"), record.get("time_ns"), record.get("root")) != (
             point.uuid, point.time_ns, point.root.hex()):
@@ -244,12 +248,25 @@ def _repair(repo: Repository, report: Report, bad: dict[bytes, str],
     from it without being read: that next backup reads every file once.  Points
     whose data no longer exists anywhere stay damaged, and ``verify`` keeps
     naming their files."""
-    if not (bad or lost_packs or damaged_packs):  # nothing to mend: the cache stays
-        report.repaired = {"blobs": 0, "packs_lost": 0, "packs_rewritten": 0, "cache_dirs": 0}
+    unindexed = {p.record for p in records_missing(repo)}  # forgotten by an earlier repair
+    if not (bad or lost_packs or damaged_packs or unindexed):  # nothing to mend: cache stays
+        report.repaired = {"blobs": 0, "packs_lost": 0, "packs_rewritten": 0, "cache_dirs": 0,
+                           "records": 0}
         return
     idx = repo.index
     writer = repo.writer()
+    records: list[bytes] = []  # lost point records rebuilt (records.py)
     try:
+        for p in repo.points():
+            if p.record in bad or p.record in unindexed:
+                raw = (rebuild_record(repo, p) if p.root not in bad else
+                       f"point {p.id}: {LOST_WITH_ROOT}")
+                if isinstance(raw, str):
+                    report.notes.append(f"repair: {raw}")
+                    continue
+                comp, stored = repo.encode(p.record, POINT, raw)
+                writer.add(p.record, POINT, comp, stored, len(raw))
+                records.append(p.record)
         for pack_id, name, _size in damaged_packs:
             for b in idx.pack_blobs(pack_id):
                 if b.id not in bad:  # re-read and checked again: never carry damage over
@@ -263,10 +280,13 @@ def _repair(repo: Repository, report: Report, bad: dict[bytes, str],
     try:
         for pack_id, _name, _size in (*lost_packs, *damaged_packs):
             idx.delete_pack(pack_id)  # only rows still naming it
+        for rid in records:  # in the new pack now
+            bad.pop(rid, None)
         idx.forget_blobs(bad)
         # The whole files cache: a directory whose listing is unchanged reuses its
         # tree, and a tree names the lost blobs however deep they lie.
-        dirs = idx.cache_clear()
+        # (Not when only records were rebuilt: nothing the cache names was lost.)
+        dirs = idx.cache_clear() if bad or lost_packs or damaged_packs else 0
         idx.commit()
     except BaseException:
         idx.rollback()
@@ -279,10 +299,12 @@ def _repair(repo: Repository, report: Report, bad: dict[bytes, str],
     for d in parents:
         fsync_dir(d)
     report.repaired = {"blobs": len(bad), "packs_lost": len(lost_packs),
-                       "packs_rewritten": len(damaged_packs), "cache_dirs": dirs}
+                       "packs_rewritten": len(damaged_packs), "cache_dirs": dirs,
+                       "records": len(records)}
+    rebuilt = f", rebuilt {len(records)} lost point record(s)" if records else ""
     report.notes.append(
         f"repair: forgot {len(bad)} unreadable blob(s) and {len(lost_packs)} lost pack(s), "
-        f"rewrote {len(damaged_packs)} damaged pack(s) without their bad blobs; the next "
+        f"rewrote {len(damaged_packs)} damaged pack(s) without their bad blobs{rebuilt}; the next "
         "backup of the same data stores what was lost again, which mends every point "
         "that uses it (run verify after it)")
 
