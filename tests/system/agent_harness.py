@@ -72,7 +72,10 @@ class AgentProcess:
         lines += [f'{name} = "{path}"' for name, path in self.shares.items()]
         self.config.write_text("\n".join(lines) + "\n")
 
-    def start(self, crash_after: str | None = None, timeout: float = 30) -> None:
+    def start(self, crash_after: str | None = None, timeout: float = 30,
+              until_bound: bool = False) -> None:
+        """Start the agent and wait until it serves (both sockets accept), or with
+        ``until_bound`` only until the FSRVP socket exists (start-up still runs)."""
         self.write_config()
         env = dict(os.environ, **self.extra_env)
         env.pop("REMOTEVSS_CRASH_AFTER", None)
@@ -91,12 +94,12 @@ class AgentProcess:
             env=env,
         )
         deadline = time.monotonic() + timeout
-        while not (self.socket.is_socket() and _accepts(self.admin_socket)):
+        while not (self.socket.is_socket() and (until_bound or _accepts(self.admin_socket))):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited {self.proc.returncode}:\n{self.log.read_text()}")
             if time.monotonic() > deadline:
                 raise RuntimeError("agent did not come up:\n" + self.log.read_text())
-            time.sleep(0.02)
+            time.sleep(0.001 if until_bound else 0.02)
 
     def stop(self) -> int | None:
         if self.proc is None:

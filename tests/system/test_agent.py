@@ -580,6 +580,19 @@ def test_sigterm_removes_both_sockets_but_not_a_successors(tmp_path: Path, btrfs
         assert a.socket.is_socket() and not a.admin_socket.exists()
 
 
+def test_sigterm_during_start_up_stops_gracefully(tmp_path: Path, btrfs: Path) -> None:
+    """A SIGTERM that arrives while the agent is still starting (its FSRVP socket
+    bound, the admin socket and the first GC pass not done yet) is not the
+    default action's death by signal: start-up finishes, the agent stops
+    gracefully, exit 0, both sockets removed.  (CI once saw -15 here: the
+    handler was installed only after the first GC pass.)"""
+    a = make_agent(tmp_path, btrfs)
+    for _ in range(5):
+        a.start(until_bound=True)
+        assert a.stop() == 0, a.log.read_text()[-2000:]
+        assert not a.socket.exists() and not a.admin_socket.exists()
+
+
 #: A user outside root's group (subprocess keeps the supplementary groups unless told).
 NOBODY: dict[str, Any] = {"user": "nobody", "group": "nogroup", "extra_groups": []}
 

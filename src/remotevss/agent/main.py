@@ -80,6 +80,14 @@ async def run_agent(
         reload = _as_built(reload, service.config)
     ops = Operations(service, reload=reload, verbose=verbose)  # docs/operations.md
     ops.samba_realm = names.realm
+    # SIGTERM/SIGINT are caught from here on: one that arrives while the agent
+    # reconciles, binds its sockets or runs its first GC pass (a supervisor may
+    # see the admin socket answer before that pass ends) lets start-up finish
+    # and then stops as gracefully as later, sockets removed, exit 0.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     report = await service.start()
     for line in report.lines():
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
@@ -96,10 +104,6 @@ async def run_agent(
         if risk := takeover_risk(config.samba.config_file):
             log.warning("%s; see docs/samba.md (recipe B or C)", risk)
     await ops.start(pipe)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ops.reload)
     print(
         f"remotevss agent: serving FSRVP on {config.socket_path}"
