@@ -103,6 +103,39 @@ def test_explicit_delete_of_one_copy_keeps_the_rest_of_the_set(clean: Server, st
                     "--set", sid, "--copy", cid)  # fmt: skip
 
 
+def test_delete_of_one_copy_of_an_unexposed_set_is_refused_not_aborting_the_rest(
+    clean: Server, state: Path
+) -> None:
+    """`delete COPY_ID` of a set that was committed but never exposed aborted the
+    whole set -- every other shadow copy of it gone without a word -- because
+    FSRVP deletes single copies only from an exposed set.  Now refused (exit 2,
+    nothing sent, nothing changed); a set of one copy is still aborted."""
+    srv = clean
+    data, home = _share(srv, 2), _share(srv, 3)
+    r = cli(srv, state, "--json", "create", "--no-expose", data, home)
+    assert r.returncode == 0, r.stderr
+    (created,) = json.loads(r.stdout)["sets"]
+    sid, copies = created["set_id"], [c["copy_id"] for c in created["copies"]]
+    before = srv.leftovers()
+    assert len(before) == 2  # the two snapshots, not exposed
+    r = cli(srv, state, "delete", copies[0])
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert f"one of 2 in set {{{sid}}}" in r.stderr and f"'delete {sid}'" in r.stderr, r.stderr
+    assert srv.leftovers() == before
+    (left,) = sets(srv, state)
+    assert left["set_id"] == sid and len(left["copies"]) == 2
+    r = cli(srv, state, "delete", sid)
+    assert r.returncode == 0 and "aborted set" in r.stdout, r.stderr
+    assert srv.leftovers() == [] and sets(srv, state) == []
+    # one copy in the set: deleting it by its copy id is the abort the user asked for
+    r = cli(srv, state, "--json", "create", "--no-expose", _share(srv, 4))
+    assert r.returncode == 0, r.stderr
+    (one,) = json.loads(r.stdout)["sets"]
+    r = cli(srv, state, "delete", one["copies"][0]["copy_id"])
+    assert r.returncode == 0 and "aborted set" in r.stdout, r.stderr
+    assert srv.leftovers() == [] and sets(srv, state) == []
+
+
 # ----------------------------------------------------------------- the client table
 
 

@@ -258,6 +258,10 @@ def recover(session: Session, ids: Sequence[str]) -> int:
     return EXIT_OK
 
 
+#: Sets whose copies DeleteShareMapping removes one by one; the others are aborted whole.
+_DELETABLE = (SetStatus.EXPOSED, SetStatus.RECOVERED, SetStatus.STALE)
+
+
 def delete(
     session: Session,
     ids: Sequence[str],
@@ -293,12 +297,20 @@ def delete(
         else:
             raise UsageError("delete what? give ids, --all, or --share with --set and --copy")
         missing_ok = True
+    for rec, copy in targets:  # before anything is sent: abort would take the rest too
+        if copy is not None and rec.status not in _DELETABLE and len(rec.copies) > 1:
+            raise UsageError(
+                f"shadow copy {{{copy.copy_id}}} is one of {len(rec.copies)} in set "
+                f"{{{rec.set_id}}}, which is {rec.status}: FSRVP deletes a single shadow "
+                f"copy only once its set is exposed; 'delete {rec.set_id}' aborts the "
+                "whole set, or expose it first"
+            )
     results: list[dict[str, str]] = []
     first_error: ClientError | None = None
     for rec, copy in targets:
         s = session.resume(rec)
         try:
-            if rec.status not in (SetStatus.EXPOSED, SetStatus.RECOVERED, SetStatus.STALE):
+            if rec.status not in _DELETABLE:
                 if s.abort(missing_ok=missing_ok):
                     results.append({"set_id": str(rec.set_id), "outcome": "aborted"})
                     session.say(f"aborted set {{{rec.set_id}}} (it was {rec.status})")
