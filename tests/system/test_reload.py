@@ -131,6 +131,11 @@ def test_reload_applies_or_names_each_key(agent: tuple[Agent, list[AgentConfig]]
         else:
             assert event["changed"] == [] and event["needs_restart"] == [key], event
             assert a.service.config == base  # nothing of it applied
+            # A start-up prerequisite that does not exist is said now, not at the restart.
+            assert a.ops.last_reload is not None
+            assert a.ops.last_reload.blocks_restart == (
+                ["samba.config_file /etc/samba/other.conf does not exist"]
+                if key == "samba.config_file" else []), a.ops.last_reload
     finally:
         back = _reload(a, reload_to, base)
         assert a.service.config == base and back["needs_restart"] == []

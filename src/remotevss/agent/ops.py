@@ -180,12 +180,16 @@ class Operations:
         configure_logging(cfg.log, self.verbose)
         self.reloads += 1
         self.last_reload = p
-        emit({"event": "reload", "changed": p.changed, "needs_restart": p.needs_restart})
+        emit({"event": "reload", "changed": p.changed, "needs_restart": p.needs_restart,
+              "blocks_restart": p.blocks_restart})
         if p.changed:
             log.info("reload: applied %s", ", ".join(p.changed))
         if p.needs_restart:
             log.warning("reload: %s changed but only take effect at restart",
                         ", ".join(p.needs_restart))  # fmt: skip
+        for problem in p.blocks_restart:
+            log.error("reload: %s: the agent will not start with this configuration file "
+                      "(the running agent goes on with the old value)", problem)
         self.collector.wake()
         notify("READY=1\nSTATUS=configuration reloaded")
         return p.changed

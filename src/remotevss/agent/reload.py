@@ -18,7 +18,8 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass, replace
+import os
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from remotevss.agent.config import AgentConfig
@@ -103,6 +104,9 @@ class ReloadPlan:
     config: AgentConfig  # the running config from now on
     changed: list[str]  # keys applied
     needs_restart: list[str]  # keys that differ but wait for a restart
+    #: Why the agent would not start with the new file (checked now, not at the
+    #: next restart, when a service manager finds out the hard way).
+    blocks_restart: list[str] = field(default_factory=list)
 
 
 def plan(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
@@ -116,4 +120,13 @@ def plan(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
     config = old
     for key in changed:
         config = with_key(config, key, after[key])
-    return ReloadPlan(config, changed, restart)
+    return ReloadPlan(config, changed, restart, _start_problems(new, restart))
+
+
+def _start_problems(new: AgentConfig, restart: list[str]) -> list[str]:
+    """What a restart-only key now names that does not exist (the start would fail)."""
+    problems = []
+    if "samba.config_file" in restart and new.samba.config_file and not os.path.isfile(
+            new.samba.config_file):
+        problems.append(f"samba.config_file {new.samba.config_file} does not exist")
+    return problems
