@@ -390,6 +390,16 @@ def test_local_fast_path_on_the_server(clean: Env, tmp_path: Path) -> None:
                              "--json").stdout)
     assert doc["readers"] == {"home": "local"} and doc["meta"]["readers"] == {"home": "local"}
     assert env.leftovers() == []
+    # --one-file-system applies where the share is read directly; over SMB (which
+    # shows no mount points) the note and the point's metadata say it was not.
+    for read, unapplied in (("local", None), ("smb", ["home"])):
+        r = env.cli(*env.run_args(repo, "home"), "--smb-conf", env.samba.conf, "--read", read,
+                    "--one-file-system", "--json")
+        doc = json.loads(r.stdout)
+        assert doc["meta"]["excludes"] == {"one_file_system": True}
+        assert doc["meta"].get("one_file_system_not_applied") == unapplied, doc["meta"]
+        assert ("--one-file-system was not applied to home" in r.stderr) == bool(unapplied)
+        assert env.leftovers() == []
     env.cli("restore", "latest", "--repo", repo, "--to", tmp_path / "out")
     assert contents(tmp_path / "out" / "home") == contents(env.shares["home"])
     # --read local without a way to find the path fails cleanly and releases the set

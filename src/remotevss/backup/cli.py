@@ -670,6 +670,10 @@ def _run_shares(args: argparse.Namespace, repo_path: Path, local_specs: list[str
         _report_release(outcome)
     point = outcome.point
     assert point is not None
+    if unapplied := point.meta.get("one_file_system_not_applied"):
+        print(f"remotevss backup: note: --one-file-system was not applied to "
+              f"{', '.join(unapplied)}: read over SMB, where mount points do not show "
+              "(--read local reads a share of this machine directly)", file=sys.stderr)
     _emit(args, {**point.__dict__, **outcome.to_json()}, _point_line(point))
     if outcome.release_failed:
         return EXIT_NOT_RELEASED

@@ -361,6 +361,11 @@ def backup_shares(repo: Repository, shares: Sequence[ShareSpec], settings: RunSe
         })
         if len(sets) > 1:
             point_meta["server_sets"] = {sc.server or "": str(sc.set_id) for sc in sets}
+        # SMB shows no mount points: --one-file-system cannot apply to what is read
+        # over it, and the point must not claim it did.
+        over_smb = sorted(k for k, v in run.readers.items() if v == "smb")
+        if settings.excludes is not None and settings.excludes.one_file_system and over_smb:
+            point_meta["one_file_system_not_applied"] = over_smb
         run.point = run_backup(repo, sources, point_meta, progress)
         return run
     finally:
