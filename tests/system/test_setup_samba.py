@@ -10,10 +10,8 @@ for byte, and it picks the shares that should show previous versions.
 from __future__ import annotations
 
 import json
-import shutil
 import socketserver
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,46 +20,20 @@ import pytest
 from remotevss.agent.config import load_config
 from remotevss.setup.smbconf_text import SmbConfText
 from tests.conftest import LoopFs
-
-CLI = [sys.executable, "-m", "remotevss.cli"]
-STOCK = Path("/usr/share/samba/smb.conf")
-
-
-def setup(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, "setup", "samba", "--root", str(root), *args],
-                          capture_output=True, text=True, check=False, timeout=60)
+from tests.support.setup_root import debian_root, setup, tree
 
 
 @pytest.fixture
 def target(tmp_path: Path) -> Path:
-    """A directory laid out like a Debian server with samba and winbind installed."""
-    if not STOCK.exists() or not Path("/lib/systemd/system/winbind.service").exists():
-        pytest.skip("Debian's samba and winbind packages are not installed")
-    root = tmp_path / "root"
-    (root / "etc/samba").mkdir(parents=True)
-    shutil.copy(STOCK, root / "etc/samba/smb.conf")
-    (root / "lib/systemd/system").mkdir(parents=True)
-    shutil.copy("/lib/systemd/system/winbind.service", root / "lib/systemd/system/")
-    shutil.copytree("/usr/libexec/samba", root / "usr/libexec/samba")
-    return root
-
-
-def _tree(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_symlink():
-            out[str(p.relative_to(root))] = "-> " + str(p.readlink())
-        elif p.is_file() and "usr/libexec" not in str(p):
-            out[str(p.relative_to(root))] = p.read_text()
-    return out
+    return debian_root(tmp_path)
 
 
 def test_shows_applies_once_and_undoes(target: Path) -> None:
-    before = _tree(target)
+    before = tree(target)
     shown = setup(target)
     assert shown.returncode == 0, shown.stderr
     assert "+   rpc start on demand helpers = no" in shown.stdout
-    assert _tree(target) == before, "without --yes nothing changes"
+    assert tree(target) == before, "without --yes nothing changes"
     applied = setup(target, "--yes")
     assert applied.returncode == 0, applied.stderr
     conf = SmbConfText((target / "etc/samba/smb.conf").read_text())
@@ -78,12 +50,12 @@ def test_shows_applies_once_and_undoes(target: Path) -> None:
     wants = target / "etc/systemd/system/multi-user.target.wants"
     assert {p.name for p in wants.iterdir()} == {
         "winbind.service", "samba-dcerpcd.service", "remotevss-agent.service"}
-    after = _tree(target)
+    after = tree(target)
     again = setup(target, "--yes")
-    assert "nothing to change" in again.stdout and _tree(target) == after
+    assert "nothing to change" in again.stdout and tree(target) == after
     undone = setup(target, "--undo")
     assert undone.returncode == 0, undone.stderr
-    assert _tree(target) == before, "--undo restores every file as it was"
+    assert tree(target) == before, "--undo restores every file as it was"
 
 
 def test_an_existing_agent_config_gets_the_missing_keys(target: Path) -> None:
@@ -192,14 +164,14 @@ def test_undo_refuses_while_the_agent_holds_sets(target: Path) -> None:
     cfg.parent.mkdir(parents=True)
     cfg.write_text('[agent]\nadmin_socket = "/a.sock"\n')  # below --root, like every path
     assert setup(target, "--yes").returncode == 0
-    applied = _tree(target)
+    applied = tree(target)
     with socketserver.UnixStreamServer(str(target / "a.sock"), _FakeAgent) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             refused = setup(target, "--undo")
             assert refused.returncode == 2, refused.stdout
             assert "5e7 (Exposed)" in refused.stderr and "--force" in refused.stderr
-            assert _tree(target) == applied, "refused: nothing changed"
+            assert tree(target) == applied, "refused: nothing changed"
             forced = setup(target, "--undo", "--force")
         finally:
             server.shutdown()

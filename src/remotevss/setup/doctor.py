@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remotevss.samba.conf import samba_bool
-from remotevss.setup.smbconf_text import SmbConfText
+from remotevss.setup.smbconf_files import IncludeError, SmbConfFiles
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 PROBE_USER = "remotevss-doctor-no-such-user"
@@ -56,7 +56,27 @@ def modules_dir() -> Path | None:
     return Path(m.group(1)) if rc == 0 and m else None
 
 
-def check_vfs_modules(conf: SmbConfText) -> list[Check]:
+def _read_or_none(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return None
+
+
+def check_includes(conf: SmbConfFiles) -> Check:
+    """The files read with smb.conf; a warning for each include that is not followed
+    (missing, or per client: its shares are not checked) or is relative."""
+    files = conf.files()
+    notes = [i.describe() for i in conf.includes if i.worth_a_note]
+    read = f"{len(files)} file(s) read: {', '.join(files)}"
+    fixable = any(i.status == "missing" or i.relative for i in conf.includes)
+    if notes:
+        return Check("smb.conf includes", WARN, f"{read}; " + "; ".join(notes),
+                     "use absolute include paths to files that exist" if fixable else "")
+    return Check("smb.conf includes", OK, read)
+
+
+def check_vfs_modules(conf: SmbConfFiles) -> list[Check]:
     wanted: dict[str, list[str]] = {}
     for name in ["global", *conf.share_names()]:
         for mod in (conf.get(name, "vfs objects") or "").replace(",", " ").split():
@@ -77,7 +97,7 @@ def check_vfs_modules(conf: SmbConfText) -> list[Check]:
     return [Check("VFS modules", OK, f"{', '.join(sorted(wanted))} present in {mdir / 'vfs'}")]
 
 
-def check_shares(conf: SmbConfText) -> list[Check]:
+def check_shares(conf: SmbConfFiles) -> list[Check]:
     from remotevss.setup.samba_setup import disk_shares
 
     return [_share_check(f"share [{name}]", path) for name, path in disk_shares(conf)]
@@ -125,7 +145,7 @@ def _share_check(label: str, path: str) -> Check:
     return Check(label, OK, f"{path}: {backend.name} snapshots")
 
 
-def check_globals(conf: SmbConfText) -> list[Check]:
+def check_globals(conf: SmbConfFiles) -> list[Check]:
     out = []
     if not samba_bool(conf.get("global", "rpc start on demand helpers"), default=True):
         out.append(Check("rpc start on demand helpers", OK, "no: smbd will not start rpcd_fsrvp"))
@@ -133,8 +153,7 @@ def check_globals(conf: SmbConfText) -> list[Check]:
         out.append(Check("rpc start on demand helpers", FAIL,
                          "on: smbd starts samba-dcerpcd, which starts Samba's own rpcd_fsrvp "
                          "on \\pipe\\FssagentRpc", "remotevss setup samba --yes"))
-    inc = (conf.get("global", "include") or "").lower() == "registry"
-    if samba_bool(conf.get("global", "registry shares")) or inc:
+    if samba_bool(conf.get("global", "registry shares")) or conf.registry_include:
         out.append(Check("registry shares", OK, "on: snapshot shares are visible at once"))
     else:
         out.append(Check("registry shares", FAIL, "off: smbd would never see snapshot shares",
@@ -251,10 +270,11 @@ def run_checks(config_path: str | None) -> tuple[list[Check], int]:
                             "only its local socket", "remotevss setup samba --yes"))
         return checks, 1
     try:
-        conf = SmbConfText(Path(smb_conf).read_text())
-    except OSError as exc:
-        return [*checks, Check("smb.conf", FAIL, str(exc))], 2
-    checks += check_vfs_modules(conf) + check_globals(conf) + check_shares(conf)
+        conf = SmbConfFiles(smb_conf, _read_or_none)
+    except (OSError, IncludeError) as exc:
+        return [*checks, Check("smb.conf", FAIL, f"{smb_conf}: {exc}")], 2
+    checks += [check_includes(conf), *check_vfs_modules(conf), *check_globals(conf),
+               *check_shares(conf)]
     if config.samba.shares == "samba":
         checks += check_registry_shares(smb_conf, conf.share_names())
     try:

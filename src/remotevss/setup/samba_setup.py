@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from remotevss.samba.conf import samba_bool
-from remotevss.setup.smbconf_text import SmbConfText
+from remotevss.setup.smbconf_files import EditError, IncludeError, SmbConfFiles
 
 RPCD_DIR = "/usr/libexec/samba"
 SYSTEMD_DIR = "/etc/systemd/system"
@@ -129,7 +129,7 @@ def backend_of(path: str) -> str:
         return ""
 
 
-def disk_shares(conf: SmbConfText) -> list[tuple[str, str]]:
+def disk_shares(conf: SmbConfFiles) -> list[tuple[str, str]]:
     """(name, path) of every share a snapshot could be for: not one of Samba's special
     sections, not printable; path "" when unset."""
     return [(n, conf.get(n, "path") or "") for n in conf.share_names()
@@ -141,7 +141,7 @@ def one_directory(path: str) -> bool:
     return bool(path) and "%" not in path
 
 
-def previous_versions_shares(conf: SmbConfText, root: Path,
+def previous_versions_shares(conf: SmbConfFiles, root: Path,
                              wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(shares to give shadow_copy2, notes) from ``--share`` or the backends."""
     notes: list[str] = []
@@ -150,7 +150,9 @@ def previous_versions_shares(conf: SmbConfText, root: Path,
         by_lower = {n.lower(): n for n in names}
         missing = [w for w in wanted if w.lower() not in by_lower]
         if missing:
-            raise SetupError(f"no such share in smb.conf: {', '.join(missing)}")
+            unseen = [i.describe() for i in conf.includes if i.status == "per-client"]
+            raise SetupError(f"no such share in {' or '.join(conf.files())}: "
+                             f"{', '.join(missing)}" + "".join(f"\n  ({u})" for u in unseen))
         return [by_lower[w.lower()] for w in wanted], notes
     chosen = []
     for name, path in disk_shares(conf):
@@ -176,35 +178,53 @@ def vfs_modules(value: str | None) -> list[str]:
     return [m for m in re.split(r"[\s,;]+", value or "") if m]
 
 
-def _smb_conf_change(opts: SetupOptions) -> tuple[Change | None, list[str]]:
-    path = at(opts.root, opts.smb_conf)
-    old = _read(path)
-    if old is None:
-        raise SetupError(f"{opts.smb_conf} does not exist: install samba first")
-    conf = SmbConfText(old)
-    why = []
+def read_smb_conf(opts: SetupOptions) -> SmbConfFiles:
+    """smb.conf and the files it includes, as on the target system (below ``root``)."""
+    try:
+        return SmbConfFiles(opts.smb_conf, lambda path: _read(at(opts.root, path)))
+    except FileNotFoundError:
+        raise SetupError(f"{opts.smb_conf} does not exist: install samba first") from None
+    except IncludeError as exc:
+        raise SetupError(f"{opts.smb_conf}: {exc}") from exc
+
+
+def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str]]:
+    """The edits of smb.conf and of the included files that define what is edited."""
+    conf = read_smb_conf(opts)
+    why: dict[str, list[str]] = {}
+
+    def put(section: str, key: str, value: str, reason: str) -> None:
+        try:
+            file = conf.set(section, key, value)
+        except EditError as exc:
+            raise SetupError(str(exc)) from exc
+        if file is not None:
+            where = "" if file == opts.smb_conf else f" (where [{section}] is set up)"
+            why.setdefault(file, []).append(f"[{section}] {key} = {value}: {reason}{where}")
+
     for key, value, reason in (
         ("rpc start on demand helpers", "no",
          "smbd must not start samba-dcerpcd with rpcd_fsrvp on \\pipe\\FssagentRpc"),
         ("registry shares", "yes", "snapshot shares share@{GUID} are registry shares"),
     ):
-        if conf.set("global", key, value):
-            why.append(f"[global] {key} = {value}: {reason}")
+        put("global", key, value, reason)
     shares, notes = previous_versions_shares(conf, opts.root, opts.shares)
     for name in shares:
         own = conf.get(name, "vfs objects")
         vfs = vfs_modules(own if own is not None else conf.get("global", "vfs objects"))
         if "shadow_copy2" not in vfs:
             line = " ".join([*vfs, "shadow_copy2"])
-            conf.set(name, "vfs objects", line)
             kept = ("" if own is not None or not vfs else
                     f"; [global]'s {' '.join(vfs)} kept: a share's own line replaces it")
-            why.append(f"[{name}] vfs objects = {line}: snapshots as previous versions{kept}")
-        for key, value in (("shadow:snapdir", ".snapshots"), ("shadow:sort", "desc")):
-            if conf.get(name, key) is None and conf.set(name, key, value):
-                why.append(f"[{name}] {key} = {value}")
-    text = conf.text()
-    return (Change(opts.smb_conf, old, text, why) if text != old else None), notes
+            put(name, "vfs objects", line, f"snapshots as previous versions{kept}")
+        for key, value, reason in (
+                ("shadow:snapdir", ".snapshots", "where the agent puts snapshots"),
+                ("shadow:sort", "desc", "newest first, as Windows lists them")):
+            if conf.get(name, key) is None:
+                put(name, key, value, reason)
+    notes += [i.describe() for i in conf.includes if i.worth_a_note]
+    changes = [Change(p, conf.original(p), conf.text(p), why.get(p, [])) for p in conf.changed()]
+    return changes, notes
 
 
 def dcerpcd_unit(opts: SetupOptions) -> str:
@@ -301,10 +321,7 @@ def agent_toml_additions(opts: SetupOptions, old: str) -> tuple[str, list[str], 
 
 
 def plan(opts: SetupOptions) -> Plan:
-    changes: list[Change] = []
-    smb, notes = _smb_conf_change(opts)
-    if smb:
-        changes.append(smb)
+    changes, notes = _smb_conf_changes(opts)
     units = {
         f"{SYSTEMD_DIR}/samba-dcerpcd.service": (
             dcerpcd_unit(opts), ["samba-dcerpcd with -s and every rpcd_* helper but rpcd_fsrvp"]),
