@@ -111,3 +111,24 @@ def test_the_event_loop_thread_never_waits_for_the_child(
     first, took, after, second = asyncio.run(on_loop())
     assert not first and took < statistics.median(costs) / 2, (took, costs)
     assert after and second
+
+
+def test_a_relative_include_is_the_file_samba_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loadparm opens a relative include from the working directory (smbd's and the
+    agent's under systemd: /), not from smb.conf's: the share definitions the agent
+    clones and the files it watches are that file's."""
+    etc, cwd = tmp_path / "etc", tmp_path / "cwd"
+    for d in (etc / "rel", cwd / "rel"):
+        d.mkdir(parents=True)
+    main = etc / "smb.conf"
+    _write(main, f"[global]\nstate directory = {tmp_path}/state\ninclude = rel/shares.conf\n")
+    _write(cwd / "rel/shares.conf", f"[data]\npath = {tmp_path}\n")
+    _write(etc / "rel/shares.conf", f"[other]\npath = {tmp_path}\n")  # not what Samba reads
+    monkeypatch.chdir(cwd)
+    conf = SambaConf(main)
+    assert set(conf.file_services()) == {"data"}
+    d = conf.file_share("data")
+    assert d is not None and d.source == str(cwd / "rel/shares.conf"), d
+    assert str(cwd / "rel/shares.conf") in set(conf.watched_files())

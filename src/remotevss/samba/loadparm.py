@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 TYPE_CHECKING = False  # typing costs the short-lived child a few ms
 if TYPE_CHECKING:
@@ -78,8 +77,9 @@ def _plain(value: Any) -> Any:
 def read_files(smbconf: Any, config_file: str) -> tuple[list[Any], dict[str, Any]]:
     """Each file's sections as written (``[[path, [[section, [[k, v], ...]], ...]], ...]``)
     and every file's stamp: smb.conf, then its includes (``%``-includes and
-    ``include = registry`` are not files to follow).  A missing include is stamped
-    None, so creating it counts as a change."""
+    ``include = registry`` are not files to follow).  A relative include is opened
+    from the working directory, as loadparm opens it (``/`` for the agent under
+    systemd).  A missing include is stamped None, so creating it counts as a change."""
     stamps: dict[str, Any] = {}
     files: list[Any] = []
     pending = [config_file]
@@ -101,7 +101,7 @@ def read_files(smbconf: Any, config_file: str) -> tuple[list[Any], dict[str, Any
                 # "registry" is not a file; per-user/per-client (%) includes are not followed
                 if param_key(key) == "include" and value.lower() != "registry" \
                         and "%" not in value:  # fmt: skip
-                    pending.append(str(Path(path).parent / value))
+                    pending.append(os.path.abspath(value))  # from the cwd, as loadparm
     return files, stamps
 
 
