@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -41,3 +42,15 @@ def tree(root: Path) -> dict[str, str]:
         elif p.is_file() and "usr/libexec" not in str(p):
             out[str(p.relative_to(root))] = p.read_text()
     return out
+
+
+def doctor_json(work: Path, smb_conf: Path, agent: str = "") -> tuple[int, dict[str, dict[str, str]]]:
+    """`remotevss doctor --json` for ``smb_conf`` (no agent running: its checks fail);
+    ``agent``: more lines for the TOML's [agent] table.  (exit status, checks by name)"""
+    cfg = work / "agent.toml"
+    cfg.write_text(f'[agent]\nadmin_socket = "{work}/none.sock"\n{agent}\n'
+                   f'[samba]\nconfig_file = "{smb_conf}"\nshares = "agent"\n'
+                   '[rpc_auth]\nmin_level = "none"\n')
+    p = subprocess.run([*CLI, "doctor", "--config", str(cfg), "--json"], capture_output=True,
+                       text=True, timeout=120, check=False)
+    return p.returncode, {c["name"]: c for c in json.loads(p.stdout)}

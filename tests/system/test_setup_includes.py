@@ -8,7 +8,6 @@ testparm reports, not the ones smb.conf alone shows.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from remotevss.setup.smbconf_text import SmbConfText
 from tests.support.etc_view import loadparm_value
-from tests.support.setup_root import debian_root, setup, tree
+from tests.support.setup_root import debian_root, doctor_json, setup, tree
 
 CLI = [sys.executable, "-m", "remotevss.cli"]
 
@@ -106,16 +105,6 @@ def test_setup_names_includes_it_cannot_follow(target: Path) -> None:
     assert "no such share" in refused.stderr and "%m.conf" in refused.stderr
 
 
-def _doctor(tmp_path: Path, smb_conf: Path) -> tuple[int, dict[str, dict[str, str]]]:
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'[agent]\nadmin_socket = "{tmp_path}/none.sock"\n'
-                   f'[samba]\nconfig_file = "{smb_conf}"\nshares = "agent"\n'
-                   '[rpc_auth]\nmin_level = "none"\n')
-    p = subprocess.run([*CLI, "doctor", "--config", str(cfg), "--json"], capture_output=True,
-                       text=True, timeout=120, check=False)
-    return p.returncode, {c["name"]: c for c in json.loads(p.stdout)}
-
-
 def _tparm(conf: Path, section: str, parameter: str) -> str:
     p = subprocess.run(["testparm", "-s", "--section-name", section, "--parameter-name",
                         parameter, str(conf)], capture_output=True, text=True, timeout=60,
@@ -140,7 +129,7 @@ def test_doctor_judges_the_values_samba_reads_from_included_files(tmp_path: Path
     (etc / "site.conf").write_text("[global]\nrpc start on demand helpers = yes\n")
     (etc / "shares.conf").write_text(f"[data]\n   path = {data}\n")
     assert _tparm(conf, "global", "rpc start on demand helpers") == "Yes"
-    rc, checks = _doctor(tmp_path, conf)
+    rc, checks = doctor_json(tmp_path, conf)
     assert rc == 1
     assert checks["rpc start on demand helpers"]["result"] == "FAIL", checks
     assert checks["share [data]"]["detail"].startswith(str(data)), checks
@@ -149,7 +138,7 @@ def test_doctor_judges_the_values_samba_reads_from_included_files(tmp_path: Path
     assert f"{etc}/shares.conf" in inc["detail"]
 
     (etc / "shares.conf").write_text(f"include = {conf}\n")
-    rc, checks = _doctor(tmp_path, conf)
+    rc, checks = doctor_json(tmp_path, conf)
     assert rc == 2
     assert checks["smb.conf"]["result"] == "FAIL"
     assert "include cycle" in checks["smb.conf"]["detail"], checks

@@ -206,3 +206,14 @@ def test_undo_refuses_to_lose_edits_made_after_setup(target: Path) -> None:
     forced = setup(target, "--undo", "--force")
     assert forced.returncode == 0 and "+[projects]" in forced.stderr, forced.stderr
     assert conf.read_text() == before
+
+
+def test_a_share_set_up_for_other_snapshots_is_named(target: Path) -> None:
+    """shadow:snapdir pointing elsewhere (ZFS's own .zfs/snapshot) is the admin's and
+    kept, but previous versions will not list the agent's snapshots: setup says so."""
+    conf = target / "etc/samba/smb.conf"
+    conf.write_text(conf.read_text() + "\n[data]\n   path = /srv/data\n"
+                    "   vfs objects = shadow_copy2\n   shadow:snapdir = .zfs/snapshot\n")
+    out = setup(target, "--share", "data")
+    assert out.returncode == 0, out.stderr
+    assert "[data] shadow:snapdir = .zfs/snapshot kept" in out.stdout, out.stdout

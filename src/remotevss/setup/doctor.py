@@ -145,6 +145,45 @@ def _share_check(label: str, path: str) -> Check:
     return Check(label, OK, f"{path}: {backend.name} snapshots")
 
 
+GMT_FORMAT = "@GMT-%Y.%m.%d-%H.%M.%S"  # shadow_copy2's default shadow:format
+
+
+def check_previous_versions(conf: SmbConfFiles, snapshot_names: str) -> list[Check]:
+    """Shares with shadow_copy2 list the agent's snapshots as Windows' Previous
+    Versions only in the agent's layout: ``<subvolume>/.snapshots/@GMT-...``
+    (``snapshot_names = "gmt"``).  A share set up for other snapshots (e.g.
+    ``shadow:snapdir = .zfs/snapshot``) keeps working, but lists those instead."""
+    from remotevss.setup.samba_setup import disk_shares, vfs_modules
+
+    def param(share: str, key: str) -> str | None:  # a share's, else [global]'s
+        value = conf.get(share, key)
+        return value if value is not None else conf.get("global", key)
+
+    shares, problems = [], []
+    for name, _path in disk_shares(conf):
+        if "shadow_copy2" not in vfs_modules(param(name, "vfs objects")):
+            continue
+        shares.append(name)
+        snapdir, fmt = param(name, "shadow:snapdir"), param(name, "shadow:format")
+        if snapdir not in (None, ".snapshots"):
+            problems.append(f"[{name}] shadow:snapdir = {snapdir}, the agent's snapshots "
+                            "are in .snapshots")
+        if fmt not in (None, GMT_FORMAT):
+            problems.append(f"[{name}] shadow:format = {fmt}, the agent's names are "
+                            f"{GMT_FORMAT}")
+    if not shares:
+        return []
+    if snapshot_names != "gmt":
+        problems.append(f'snapshot_names = "{snapshot_names}": shadow_copy2 lists such '
+                        "snapshots but cannot open them")
+    if problems:
+        return [Check("previous versions", WARN, "; ".join(problems),
+                      'snapshot_names = "gmt" in [agent]; shadow:snapdir = .snapshots and no '
+                      "shadow:format in those shares")]
+    return [Check("previous versions", OK,
+                  f"{', '.join(shares)}: the agent's snapshots are listed as previous versions")]
+
+
 def check_globals(conf: SmbConfFiles) -> list[Check]:
     out = []
     if not samba_bool(conf.get("global", "rpc start on demand helpers"), default=True):
@@ -274,7 +313,7 @@ def run_checks(config_path: str | None) -> tuple[list[Check], int]:
     except (OSError, IncludeError) as exc:
         return [*checks, Check("smb.conf", FAIL, f"{smb_conf}: {exc}")], 2
     checks += [check_includes(conf), *check_vfs_modules(conf), *check_globals(conf),
-               *check_shares(conf)]
+               *check_shares(conf), *check_previous_versions(conf, config.snapshot_names)]
     if config.samba.shares == "samba":
         checks += check_registry_shares(smb_conf, conf.share_names())
     try:

@@ -220,8 +220,12 @@ def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str]]:
         for key, value, reason in (
                 ("shadow:snapdir", ".snapshots", "where the agent puts snapshots"),
                 ("shadow:sort", "desc", "newest first, as Windows lists them")):
-            if conf.get(name, key) is None:
+            have = conf.get(name, key)
+            if have is None:
                 put(name, key, value, reason)
+            elif key == "shadow:snapdir" and have != value:
+                notes.append(f"[{name}] shadow:snapdir = {have} kept: previous versions list "
+                             f"those snapshots, not the agent's (in {value})")
     notes += [i.describe() for i in conf.includes if i.worth_a_note]
     changes = [Change(p, conf.original(p), conf.text(p), why.get(p, [])) for p in conf.changed()]
     return changes, notes

@@ -1,0 +1,43 @@
+"""`remotevss doctor` on smb.conf settings that make previous versions miss the agent's
+snapshots: each is named, with the setting that fixes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.setup_root import doctor_json
+
+
+def _smb_conf(tmp_path: Path, shares: str) -> Path:
+    lines = ["[global]"]
+    for d in ("state directory", "lock directory", "cache directory", "pid directory",
+              "private dir"):
+        (tmp_path / d.split()[0]).mkdir(exist_ok=True)
+        lines.append(f"   {d} = {tmp_path}/{d.split()[0]}")
+    lines += ["   rpc start on demand helpers = no", "   registry shares = yes"]
+    conf = tmp_path / "smb.conf"
+    conf.write_text("\n".join(lines) + "\n" + shares)
+    return conf
+
+
+def test_doctor_warns_when_previous_versions_would_not_show_the_agents_snapshots(
+    tmp_path: Path,
+) -> None:
+    """A share still set up for ZFS's own snapshots (TrueNAS style), and an agent that
+    names snapshots so shadow_copy2 cannot open them: both look fine until a user
+    opens Previous Versions."""
+    (tmp_path / "data").mkdir()
+    zfs_style = (f"[data]\n   path = {tmp_path}/data\n   vfs objects = shadow_copy2\n"
+                 "   shadow:snapdir = .zfs/snapshot\n   shadow:format = auto-%Y%m%d\n")
+    conf = _smb_conf(tmp_path, zfs_style)
+    _rc, checks = doctor_json(tmp_path, conf)
+    pv = checks["previous versions"]
+    assert pv["result"] == "warn", checks
+    assert "[data] shadow:snapdir = .zfs/snapshot" in pv["detail"]
+    assert "[data] shadow:format = auto-%Y%m%d" in pv["detail"]
+    assert 'snapshot_names = "unique"' in pv["detail"] and "gmt" in pv["fix"]
+
+    conf = _smb_conf(tmp_path, zfs_style.replace(".zfs/snapshot", ".snapshots")
+                     .replace("   shadow:format = auto-%Y%m%d\n", ""))
+    _rc, checks = doctor_json(tmp_path, conf, agent='snapshot_names = "gmt"')
+    assert checks["previous versions"]["result"] == "ok", checks
