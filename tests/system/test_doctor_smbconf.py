@@ -41,3 +41,14 @@ def test_doctor_warns_when_previous_versions_would_not_show_the_agents_snapshots
                      .replace("   shadow:format = auto-%Y%m%d\n", ""))
     _rc, checks = doctor_json(tmp_path, conf, agent='snapshot_names = "gmt"')
     assert checks["previous versions"]["result"] == "ok", checks
+
+
+def test_doctor_leaves_out_shares_that_are_switched_off(tmp_path: Path) -> None:
+    """``available = no``: smbd refuses the share and the agent does not serve it, so
+    its missing directory (a retired disk) is no failure of the agent's setup."""
+    (tmp_path / "data").mkdir()
+    conf = _smb_conf(tmp_path, f"[data]\n   path = {tmp_path}/data\n"
+                               f"[retired]\n   path = {tmp_path}/gone\n   available = no\n")
+    _rc, checks = doctor_json(tmp_path, conf)
+    assert "share [data]" in checks, checks
+    assert "share [retired]" not in checks, checks["share [retired]"]

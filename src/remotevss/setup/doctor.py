@@ -77,9 +77,11 @@ def check_includes(conf: SmbConfFiles) -> Check:
 
 
 def check_vfs_modules(conf: SmbConfFiles) -> list[Check]:
+    from remotevss.setup.samba_setup import vfs_modules
+
     wanted: dict[str, list[str]] = {}
     for name in ["global", *conf.share_names()]:
-        for mod in (conf.get(name, "vfs objects") or "").replace(",", " ").split():
+        for mod in vfs_modules(conf.get(name, "vfs objects")):
             wanted.setdefault(mod, []).append(name)
     if not wanted:
         return [Check("VFS modules", OK, "no share names a VFS module")]

@@ -130,10 +130,16 @@ def backend_of(path: str) -> str:
 
 
 def disk_shares(conf: SmbConfFiles) -> list[tuple[str, str]]:
-    """(name, path) of every share a snapshot could be for: not one of Samba's special
-    sections, not printable; path "" when unset."""
+    """(name, path) of every share a snapshot could be for, as the agent's share table
+    has them: not one of Samba's special sections, not printable, not switched off
+    (``available = no``: smbd refuses it, the agent too); path "" when unset."""
+    def param(share: str, key: str) -> str | None:  # a share's, else [global]'s default
+        value = conf.get(share, key)
+        return value if value is not None else conf.get("global", key)
+
     return [(n, conf.get(n, "path") or "") for n in conf.share_names()
-            if n.lower() not in SPECIAL and not samba_bool(conf.get(n, "printable"))]
+            if n.lower() not in SPECIAL and not samba_bool(param(n, "printable"))
+            and samba_bool(param(n, "available"), default=True)]
 
 
 def one_directory(path: str) -> bool:
