@@ -145,3 +145,15 @@ def test_doctor_judges_the_values_samba_reads_from_included_files(tmp_path: Path
     p = subprocess.run(["testparm", "-s", str(conf)], capture_output=True, text=True,
                        timeout=60, check=False)
     assert "Maximum include depth" in p.stderr + p.stdout  # Samba refuses it too
+
+
+def test_setup_refuses_to_edit_a_file_read_twice(target: Path) -> None:
+    """A file included twice is read twice: a line added there would count twice (in
+    two sections, maybe), so setup names it instead of guessing."""
+    conf = target / "etc/samba/smb.conf"
+    conf.write_text(conf.read_text() + "include = /etc/samba/shares.conf\n")
+    before = tree(target)
+    out = setup(target, "--yes", "--share", "data")
+    assert out.returncode == 2, out.stdout
+    assert "/etc/samba/shares.conf is included more than once" in out.stderr, out.stderr
+    assert tree(target) == before
