@@ -217,3 +217,22 @@ def test_a_share_set_up_for_other_snapshots_is_named(target: Path) -> None:
     out = setup(target, "--share", "data")
     assert out.returncode == 0, out.stderr
     assert "[data] shadow:snapdir = .zfs/snapshot kept" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("link", ["smb.conf.site", "/etc/samba/smb.conf.site"])
+def test_a_linked_smb_conf_stays_a_link(target: Path, link: str) -> None:
+    """smb.conf as a link to the file configuration management writes: setup edits the
+    file and keeps the link (replacing the link by a copy would cut smb.conf off from
+    it for good), and --undo restores the file, link still in place."""
+    conf = target / "etc/samba/smb.conf"
+    site = target / "etc/samba/smb.conf.site"
+    conf.rename(site)
+    conf.symlink_to(link)
+    before = site.read_text()
+    out = setup(target, "--yes")
+    assert out.returncode == 0, out.stderr
+    assert conf.is_symlink() and str(conf.readlink()) == link
+    assert "rpc start on demand helpers = no" in site.read_text()
+    undone = setup(target, "--undo")
+    assert undone.returncode == 0, undone.stderr
+    assert conf.is_symlink() and site.read_text() == before

@@ -105,6 +105,19 @@ def at(root: Path, path: str) -> Path:
     return root / path.lstrip("/")
 
 
+def file_at(root: Path, path: str) -> Path:
+    """The file ``path`` is on the target, through symlinks (an admin's smb.conf may
+    be a link to a generated or shared file): edits go into that file and keep the
+    link.  Absolute link targets are taken below ``root``, as the target sees them."""
+    p = at(root, path)
+    for _ in range(16):
+        if not p.is_symlink():
+            return p
+        target = os.readlink(p)
+        p = at(root, target) if target.startswith("/") else p.parent / target
+    raise SetupError(f"{path}: too many levels of symbolic links")
+
+
 def _read(p: Path) -> str | None:
     try:
         return p.read_text()
@@ -187,7 +200,7 @@ def vfs_modules(value: str | None) -> list[str]:
 def read_smb_conf(opts: SetupOptions) -> SmbConfFiles:
     """smb.conf and the files it includes, as on the target system (below ``root``)."""
     try:
-        return SmbConfFiles(opts.smb_conf, lambda path: _read(at(opts.root, path)))
+        return SmbConfFiles(opts.smb_conf, lambda path: _read(file_at(opts.root, path)))
     except FileNotFoundError:
         raise SetupError(f"{opts.smb_conf} does not exist: install samba first") from None
     except IncludeError as exc:
@@ -339,10 +352,10 @@ def plan(opts: SetupOptions) -> Plan:
             agent_unit(opts), ["the agent: after winbind and samba-dcerpcd, before smbd"]),
     }
     for path, (text, why) in units.items():
-        old = _read(at(opts.root, path))
+        old = _read(file_at(opts.root, path))
         if old != text:
             changes.append(Change(path, old, text, why))
-    old_toml = _read(at(opts.root, opts.agent_config))
+    old_toml = _read(file_at(opts.root, opts.agent_config))
     if old_toml is None:
         changes.append(Change(opts.agent_config, None, agent_toml(opts),
                               ["the agent's configuration: Samba's shares, @GMT- names"]))
@@ -390,7 +403,7 @@ def apply(p: Plan) -> Path:
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_file)
     for c in p.changes:
-        _write(at(p.root, c.path), c.new, c.link)
+        _write(at(p.root, c.path) if c.link else file_at(p.root, c.path), c.new, c.link)
     return record_file
 
 
@@ -404,7 +417,7 @@ def agent_holdings(root: Path, agent_config: str) -> tuple[list[str], str]:
     from remotevss.agent.config import AgentConfig
 
     try:
-        data = tomllib.loads(_read(at(root, agent_config)) or "")
+        data = tomllib.loads(_read(file_at(root, agent_config)) or "")
     except tomllib.TOMLDecodeError:
         data = {}
     agent = data.get("agent", {}) if isinstance(data.get("agent"), dict) else {}
@@ -452,7 +465,7 @@ def later_edits(root: Path) -> list[str]:
     for path, entry in _record(root)["files"].items():
         if "written" not in entry:  # a record from before setup kept this
             continue
-        now = _link(at(root, path)) if entry["link"] else _read(at(root, path))
+        now = _link(at(root, path)) if entry["link"] else _read(file_at(root, path))
         if now == entry["written"]:
             continue
         if entry["link"] or now is None or entry["written"] is None:
@@ -472,7 +485,8 @@ def undo(root: Path) -> list[tuple[str, str]]:
     record = _record(root)
     done = []
     for path, entry in record["files"].items():
-        _write(at(root, path), entry["old"], bool(entry["link"]))
+        link = bool(entry["link"])
+        _write(at(root, path) if link else file_at(root, path), entry["old"], link)
         done.append(("removed" if entry["old"] is None else "restored", path))
     (at(root, UNDO_DIR) / "record.json").unlink()
     for d in sorted(record.get("dirs", []), key=len, reverse=True):  # deepest first
