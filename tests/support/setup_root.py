@@ -44,12 +44,14 @@ def tree(root: Path) -> dict[str, str]:
     return out
 
 
-def doctor_json(work: Path, smb_conf: Path, agent: str = "") -> tuple[int, dict[str, dict[str, str]]]:
+def doctor_json(work: Path, smb_conf: Path, agent: str = "",
+                shares: str = "agent") -> tuple[int, dict[str, dict[str, str]]]:
     """`remotevss doctor --json` for ``smb_conf`` (no agent running: its checks fail);
-    ``agent``: more lines for the TOML's [agent] table.  (exit status, checks by name)"""
+    ``agent``: more lines for the TOML's [agent] table; ``shares``: [samba] shares
+    ("samba" also checks registry shares).  (exit status, checks by name)"""
     cfg = work / "agent.toml"
     cfg.write_text(f'[agent]\nadmin_socket = "{work}/none.sock"\n{agent}\n'
-                   f'[samba]\nconfig_file = "{smb_conf}"\nshares = "agent"\n'
+                   f'[samba]\nconfig_file = "{smb_conf}"\nshares = "{shares}"\n'
                    '[rpc_auth]\nmin_level = "none"\n')
     p = subprocess.run([*CLI, "doctor", "--config", str(cfg), "--json"], capture_output=True,
                        text=True, timeout=120, check=False)

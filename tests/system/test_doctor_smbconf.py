@@ -52,3 +52,19 @@ def test_doctor_leaves_out_shares_that_are_switched_off(tmp_path: Path) -> None:
     _rc, checks = doctor_json(tmp_path, conf)
     assert "share [data]" in checks, checks
     assert "share [retired]" not in checks, checks["share [retired]"]
+
+
+def test_doctor_warns_when_there_is_no_share_to_snapshot(tmp_path: Path) -> None:
+    """Debian's stock share sections only: [homes], [printers] and [print$], none of which
+    the agent snapshots; every other check may pass while every request is 'not
+    supported'.  One share of its own ends the warning."""
+    stock = ("[homes]\n   browseable = no\n[printers]\n   path = /var/tmp\n   printable = yes\n"
+             "[print$]\n   path = /var/lib/samba/printers\n")
+    conf = _smb_conf(tmp_path, stock)
+    _rc, checks = doctor_json(tmp_path, conf, shares="samba")
+    assert checks["shares"]["result"] == "warn", checks
+    assert "[homes]" in checks["shares"]["detail"] and "add a share" in checks["shares"]["fix"]
+    (tmp_path / "data").mkdir()
+    conf = _smb_conf(tmp_path, stock + f"[data]\n   path = {tmp_path}/data\n")
+    _rc, checks = doctor_json(tmp_path, conf, shares="samba")
+    assert "shares" not in checks and "share [data]" in checks, checks

@@ -318,6 +318,12 @@ def run_checks(config_path: str | None) -> tuple[list[Check], int]:
                *check_shares(conf), *check_previous_versions(conf, config.snapshot_names)]
     if config.samba.shares == "samba":
         checks += check_registry_shares(smb_conf, conf.share_names())
+        if not any(c.name.startswith(("share [", "registry share [")) for c in checks):
+            checks.append(Check(
+                "shares", WARN, "no share the agent could snapshot: [homes], [printers] and "
+                "print$ are never snapshotted, and there is no other (every FSRVP request "
+                "is answered 'not supported')",
+                "add a share: [name] with path = a directory on btrfs, XFS (reflink) or ZFS"))
     try:
         pipe_dir = (Path(config.samba.pipe_dir) if config.samba.pipe_dir
                     else default_pipe_dir(smb_conf))
