@@ -217,9 +217,8 @@ def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str]]:
             file = conf.set(section, key, value)
         except EditError as exc:
             raise SetupError(str(exc)) from exc
-        if file is not None:
-            where = "" if file == opts.smb_conf else f" (where [{section}] is set up)"
-            why.setdefault(file, []).append(f"[{section}] {key} = {value}: {reason}{where}")
+        if file is not None:  # shown under that file's name in the plan
+            why.setdefault(file, []).append(f"[{section}] {key} = {value}: {reason}")
 
     for key, value, reason in (
         ("rpc start on demand helpers", "no",
