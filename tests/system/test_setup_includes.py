@@ -8,12 +8,15 @@ testparm reports, not the ones smb.conf alone shows.
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from remotevss.setup.smbconf_files import EditError, SmbConfFiles
 from remotevss.setup.smbconf_text import SmbConfText
 from tests.support.etc_view import loadparm_value
 from tests.support.setup_root import debian_root, doctor_json, setup, tree
@@ -157,3 +160,71 @@ def test_setup_refuses_to_edit_a_file_read_twice(target: Path) -> None:
     assert out.returncode == 2, out.stdout
     assert "/etc/samba/shares.conf is included more than once" in out.stderr, out.stderr
     assert tree(target) == before
+
+
+_LOADPARM = """
+import json, sys
+from samba.samba3 import param
+lp = param.get_context()
+lp.set("log level", "0")
+lp.load(sys.argv[1])
+print(json.dumps({"global": lp.get("x:tag"),
+                  **{str(s): lp.get("x:tag", str(s)) for s in lp.services()}}))
+"""
+
+
+def _samba_reads(conf: Path) -> dict[str, str | None]:
+    """Samba's loadparm (a child: it is one global per process): x:tag per section."""
+    p = subprocess.run([sys.executable, "-c", _LOADPARM, str(conf)], capture_output=True,
+                       text=True, timeout=60, check=True, cwd="/")
+    return dict(json.loads(p.stdout))
+
+
+def _ours(conf: SmbConfFiles) -> dict[str, str | None]:
+    """The same with our reader: a parametric option falls back to [global]'s."""
+    glob = conf.get("global", "x:tag")
+    return {"global": glob, **{s: conf.get(s, "x:tag") or glob for s in conf.share_names()}}
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_includes_read_and_edited_as_samba_reads_them(tmp_path: Path, seed: int) -> None:
+    """Random include trees (sections and includes anywhere, a file included twice
+    now and then): every section's effective value is Samba's, and after an edit the
+    edited section has the new value and no other section changed (Samba's loadparm
+    is the oracle)."""
+    pytest.importorskip("samba")
+    rnd = random.Random(seed)
+    files = [tmp_path / f"f{i}.conf" for i in range(4)]
+    for i, f in enumerate(files):
+        lines = []
+        for n in range(rnd.randint(2, 7)):
+            pick = rnd.random()
+            if pick < 0.3:
+                lines.append(f"[s{rnd.randint(0, 4)}]")
+            elif pick < 0.45 and i < len(files) - 1:
+                lines.append(f"include = {rnd.choice(files[i + 1:])}")
+            else:
+                lines.append(f"   x:tag = {f.name}:{n}")
+        f.write_text("\n".join(lines) + "\n")
+
+    def read() -> SmbConfFiles:
+        return SmbConfFiles(str(files[0]), lambda p: Path(p).read_text()
+                            if Path(p).exists() else None)
+
+    conf = read()
+    assert _ours(conf) == _samba_reads(files[0])
+    for section in ["global", *conf.share_names()]:
+        before = _samba_reads(files[0])
+        conf = read()
+        try:
+            conf.set(section, "x:tag", f"set-{section}")
+        except EditError:
+            continue  # a file read twice: refused, tested above
+        for p in conf.changed():
+            Path(p).write_text(conf.text(p))
+        after = _samba_reads(files[0])
+        assert after[section] == f"set-{section}", (section, after)
+        changed = {s for s in after if after[s] != before[s]}
+        if section == "global":  # shares without their own value follow [global]'s
+            changed -= {s for s in after if read().get(s, "x:tag") is None}
+        assert changed <= {section}, (section, before, after)

@@ -20,7 +20,10 @@ section in smb.conf.  So this module follows includes the way Samba 4.17's
 * ``include = registry`` is not a file (registry globals: samba/conf.py);
 * a cycle makes Samba give up (``Maximum include depth (100) exceeded``) and
   refuse the whole configuration: :class:`IncludeError`;
-* ``copy = SHARE`` copies that share's parameters at that point.
+* ``copy = SHARE`` copies that share's parameters at that point;
+* a share section opened again (``[data]`` twice, maybe in two files) keeps
+  its parameters but loses its parametric options (``shadow:snapdir``), as
+  Samba's ``add_a_service`` frees them.
 
 An edit goes to the file that holds the parameter's effective line; a new
 parameter goes into the file of the section's last header (smb.conf for
@@ -136,7 +139,11 @@ class SmbConfFiles:
         for item in logical_lines(self._lines[path]):
             if item.key is None:
                 current = item.name
+                again = current.casefold() in self.sections
                 sec = self._section(current)
+                if again and sec.name != "global":  # Samba's add_a_service: a share
+                    # opened again loses its parametric options (shadow:snapdir ...)
+                    sec.params = {k: p for k, p in sec.params.items() if ":" not in k}
                 sec.anchors.append((path, item.start))
                 sec.home = path
                 continue
