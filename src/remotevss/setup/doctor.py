@@ -312,6 +312,9 @@ def run_checks(config_path: str | None) -> tuple[list[Check], int]:
         return checks, 1
     try:
         conf = SmbConfFiles(smb_conf, _read_or_none)
+    except FileNotFoundError:
+        return [*checks, Check("smb.conf", FAIL, f"{smb_conf} does not exist",
+                               "apt-get install samba, or fix [samba] config_file")], 2
     except (OSError, IncludeError) as exc:
         return [*checks, Check("smb.conf", FAIL, f"{smb_conf}: {exc}")], 2
     checks += [check_includes(conf), *check_vfs_modules(conf), *check_globals(conf),
