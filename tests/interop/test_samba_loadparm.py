@@ -132,3 +132,17 @@ def test_a_relative_include_is_the_file_samba_reads(
     d = conf.file_share("data")
     assert d is not None and d.source == str(cwd / "rel/shares.conf"), d
     assert str(cwd / "rel/shares.conf") in set(conf.watched_files())
+
+
+def test_a_share_defined_again_in_an_included_file_is_cloned_whole(tmp_path: Path) -> None:
+    """smbd merges [data] from smb.conf and [data] again in an included file; the
+    definition a snapshot share clones must have both (here the included file's
+    ``valid users``: without it the snapshot would be open to everyone)."""
+    main, inc = tmp_path / "smb.conf", tmp_path / "more.conf"
+    _write(main, f"[global]\nstate directory = {tmp_path}/state\n[data]\npath = {tmp_path}\n"
+                 f"read only = no\ninclude = {inc}\n")
+    _write(inc, "[data]\nvalid users = root\nread only = yes\n")
+    d = SambaConf(main).file_share("data")
+    assert d is not None and d.source == str(main)
+    assert d.get("path") == str(tmp_path) and d.get("valid users") == "root"
+    assert d.get("read only") == "yes"  # the later value, as smbd has it
