@@ -236,3 +236,17 @@ def test_a_linked_smb_conf_stays_a_link(target: Path, link: str) -> None:
     undone = setup(target, "--undo")
     assert undone.returncode == 0, undone.stderr
     assert conf.is_symlink() and site.read_text() == before
+
+
+def test_a_crlf_smb_conf_keeps_its_line_ends(target: Path) -> None:
+    """An smb.conf last saved on Windows (CRLF; Samba reads it fine): the lines setup
+    adds end the same way, and --undo gives back the same bytes."""
+    conf = target / "etc/samba/smb.conf"
+    conf.write_bytes(conf.read_bytes().replace(b"\n", b"\r\n"))
+    before = conf.read_bytes()
+    assert setup(target, "--yes").returncode == 0
+    after = conf.read_bytes()
+    assert b"rpc start on demand helpers = no\r\n" in after
+    assert after.count(b"\n") == after.count(b"\r\n"), "every line ends in CRLF"
+    assert setup(target, "--undo").returncode == 0
+    assert conf.read_bytes() == before

@@ -119,8 +119,10 @@ def file_at(root: Path, path: str) -> Path:
 
 
 def _read(p: Path) -> str | None:
+    """The file's text exactly (CRLF line ends kept: --undo restores it byte for byte)."""
     try:
-        return p.read_text()
+        with open(p, newline="") as f:
+            return f.read()
     except FileNotFoundError:
         return None
 

@@ -37,7 +37,7 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from remotevss.setup.smbconf_text import logical_lines, norm_key
+from remotevss.setup.smbconf_text import line_end, logical_lines, norm_key
 
 MAX_INCLUDE_DEPTH = 100  # Samba's, source3/param/loadparm.c
 GLOBAL_NAMES = ("global", "globals")  # Samba's GLOBAL_NAME and GLOBAL_NAME2
@@ -114,9 +114,11 @@ class SmbConfFiles:
         text = read(main)
         if text is None:
             raise FileNotFoundError(main)
-        self._original: dict[str, str] = {main: text}
-        self._lines: dict[str, list[str]] = {main: text.splitlines()}
-        self._trailing: dict[str, bool] = {main: text.endswith("\n") or not text}
+        self._original: dict[str, str] = {}
+        self._lines: dict[str, list[str]] = {}
+        self._trailing: dict[str, bool] = {}
+        self._eol: dict[str, str] = {}
+        self._keep(main, text)
         self._read = read
         self._index()
 
@@ -182,11 +184,15 @@ class SmbConfFiles:
             if text is None:
                 self.includes.append(Include(path, line, value, target, "missing"))
                 return current
-            self._original[target] = text
-            self._lines[target] = text.splitlines()
-            self._trailing[target] = text.endswith("\n") or not text
+            self._keep(target, text)
         self.includes.append(Include(path, line, value, target, "followed"))
         return self._load(target, stack, current)
+
+    def _keep(self, path: str, text: str) -> None:
+        self._original[path] = text
+        self._lines[path] = text.splitlines()
+        self._trailing[path] = text.endswith("\n") or not text
+        self._eol[path] = line_end(text)
 
     def files(self) -> list[str]:
         """smb.conf, then every included file that exists, in reading order."""
@@ -250,7 +256,8 @@ class SmbConfFiles:
                             f"more than once: set [{section}] {key} by hand")
 
     def text(self, path: str) -> str:
-        return "\n".join(self._lines[path]) + ("\n" if self._trailing[path] else "")
+        eol = self._eol[path]
+        return eol.join(self._lines[path]) + (eol if self._trailing[path] else "")
 
     def original(self, path: str) -> str:
         return self._original[path]

@@ -27,6 +27,11 @@ def norm_key(key: str) -> str:
     return "".join(key.split()).lower()
 
 
+def line_end(text: str) -> str:
+    """The file's line end, kept on rewrite (a file edited on Windows has CRLF)."""
+    return "\r\n" if "\r\n" in text else "\n"
+
+
 @dataclass(frozen=True)
 class Line:
     """One logical line that matters: a section header (``key`` None, ``name`` the
@@ -72,6 +77,7 @@ class SmbConfText:
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
         self.trailing_newline = text.endswith("\n") or not text
+        self.eol = line_end(text)
         self._index()
 
     def _index(self) -> None:
@@ -133,4 +139,4 @@ class SmbConfText:
         return True
 
     def text(self) -> str:
-        return "\n".join(self.lines) + ("\n" if self.trailing_newline else "")
+        return self.eol.join(self.lines) + (self.eol if self.trailing_newline else "")
