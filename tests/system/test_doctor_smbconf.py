@@ -68,3 +68,12 @@ def test_doctor_warns_when_there_is_no_share_to_snapshot(tmp_path: Path) -> None
     conf = _smb_conf(tmp_path, stock + f"[data]\n   path = {tmp_path}/data\n")
     _rc, checks = doctor_json(tmp_path, conf, shares="samba")
     assert "shares" not in checks and "share [data]" in checks, checks
+
+
+def test_doctor_reads_an_smb_conf_with_a_latin1_comment(tmp_path: Path) -> None:
+    """Samba reads it; doctor used to end in a UnicodeDecodeError traceback."""
+    (tmp_path / "data").mkdir()
+    conf = _smb_conf(tmp_path, f"[data]\n   path = {tmp_path}/data\n")
+    conf.write_bytes(conf.read_bytes() + "# Freigabe für die Buchhaltung\n".encode("latin-1"))
+    rc, checks = doctor_json(tmp_path, conf)
+    assert rc == 1 and "share [data]" in checks, checks  # 1: no agent runs here

@@ -250,3 +250,19 @@ def test_a_crlf_smb_conf_keeps_its_line_ends(target: Path) -> None:
     assert after.count(b"\n") == after.count(b"\r\n"), "every line ends in CRLF"
     assert setup(target, "--undo").returncode == 0
     assert conf.read_bytes() == before
+
+
+def test_a_latin1_comment_is_kept_byte_for_byte(target: Path) -> None:
+    """An old server's smb.conf with a Latin-1 comment (Samba reads it fine): setup
+    used to stop with a UnicodeDecodeError traceback.  Now the bytes stay as they
+    are, through setup and --undo, and the plan prints."""
+    conf = target / "etc/samba/smb.conf"
+    comment = "# Freigabe für die Buchhaltung\n".encode("latin-1")
+    conf.write_bytes(conf.read_bytes() + b"\n[data]\n   path = /srv/data\n" + comment)
+    before = conf.read_bytes()
+    out = setup(target, "--yes", "--share", "data")
+    assert out.returncode == 0, out.stderr
+    assert "f\ufffdr die Buchhaltung" in out.stdout  # shown in the plan's diff context
+    assert comment in conf.read_bytes()
+    assert setup(target, "--undo").returncode == 0
+    assert conf.read_bytes() == before

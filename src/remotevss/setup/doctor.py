@@ -26,6 +26,7 @@ from pathlib import Path
 
 from remotevss.samba.conf import samba_bool
 from remotevss.setup.smbconf_files import IncludeError, SmbConfFiles
+from remotevss.setup.smbconf_text import ERRORS, shown
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 PROBE_USER = "remotevss-doctor-no-such-user"
@@ -58,7 +59,7 @@ def modules_dir() -> Path | None:
 
 def _read_or_none(path: str) -> str | None:
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(errors=ERRORS)
     except FileNotFoundError:
         return None
 
@@ -345,5 +346,5 @@ def render(checks: list[Check]) -> str:
         lines.append(f"[{c.result:>4}] {c.name}: {c.detail}")
         if c.fix and c.result != OK:
             lines.append(f"       fix: {c.fix}")
-    return "\n".join(lines) + "\n"
+    return shown("\n".join(lines) + "\n")
 

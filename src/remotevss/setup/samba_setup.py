@@ -49,6 +49,7 @@ from typing import Any
 
 from remotevss.samba.conf import samba_bool
 from remotevss.setup.smbconf_files import EditError, IncludeError, SmbConfFiles
+from remotevss.setup.smbconf_text import ERRORS, shown
 
 RPCD_DIR = "/usr/libexec/samba"
 SYSTEMD_DIR = "/etc/systemd/system"
@@ -89,7 +90,7 @@ class Plan:
                 diff = difflib.unified_diff(c.old.splitlines(), c.new.splitlines(),
                                             c.path, c.path + " (new)", lineterm="", n=1)
                 out += [f"    | {d}" for d in diff]
-        return "\n".join(out + [f"note: {n}" for n in self.notes]) + "\n"
+        return shown("\n".join(out + [f"note: {n}" for n in self.notes]) + "\n")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def file_at(root: Path, path: str) -> Path:
 def _read(p: Path) -> str | None:
     """The file's text exactly (CRLF line ends kept: --undo restores it byte for byte)."""
     try:
-        with open(p, newline="") as f:
+        with open(p, newline="", errors=ERRORS) as f:
             return f.read()
     except FileNotFoundError:
         return None
@@ -509,7 +510,7 @@ def _write(path: Path, content: str | None, link: bool) -> None:
         return
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     tmp = path.with_name(f".{path.name}.remotevss-tmp")
-    tmp.write_text(content)
+    tmp.write_text(content, errors=ERRORS)
     os.chmod(tmp, mode)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())

@@ -27,6 +27,17 @@ def norm_key(key: str) -> str:
     return "".join(key.split()).lower()
 
 
+#: How smb.conf files are decoded: bytes that are not UTF-8 (a Latin-1 comment on
+#: an old server; Samba reads them fine) are kept as they are, so a rewrite and
+#: --undo give back the same bytes.
+ERRORS = "surrogateescape"
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print: bytes that are not UTF-8 as U+FFFD."""
+    return text.encode("utf-8", ERRORS).decode("utf-8", "replace")
+
+
 def line_end(text: str) -> str:
     """The file's line end, kept on rewrite (a file edited on Windows has CRLF)."""
     return "\r\n" if "\r\n" in text else "\n"
