@@ -77,3 +77,11 @@ def test_doctor_reads_an_smb_conf_with_a_latin1_comment(tmp_path: Path) -> None:
     conf.write_bytes(conf.read_bytes() + "# Freigabe für die Buchhaltung\n".encode("latin-1"))
     rc, checks = doctor_json(tmp_path, conf)
     assert rc == 1 and "share [data]" in checks, checks  # 1: no agent runs here
+
+
+def test_doctor_warns_on_a_samba_ad_dc(tmp_path: Path) -> None:
+    conf = _smb_conf(tmp_path, "")
+    conf.write_text(conf.read_text().replace("[global]\n", "[global]\n   server role = dc\n"))
+    _rc, checks = doctor_json(tmp_path, conf)
+    assert checks["server role"]["result"] == "warn", checks
+    assert "setup samba refuses it" in checks["server role"]["detail"]

@@ -266,3 +266,19 @@ def test_a_latin1_comment_is_kept_byte_for_byte(target: Path) -> None:
     assert comment in conf.read_bytes()
     assert setup(target, "--undo").returncode == 0
     assert conf.read_bytes() == before
+
+
+@pytest.mark.parametrize("role", ["active directory domain controller", "DC"])
+def test_setup_refuses_a_samba_ad_dc(target: Path, role: str) -> None:
+    """On an AD DC, samba-ad-dc.service runs smbd, winbindd and the RPC server itself:
+    enabling Debian's winbind.service and a samba-dcerpcd beside them (and restarting
+    a masked smbd.service) would break the domain controller."""
+    conf = target / "etc/samba/smb.conf"
+    c = SmbConfText(conf.read_text())
+    c.set("global", "server role", role)
+    conf.write_text(c.text())
+    before = tree(target)
+    out = setup(target, "--yes")
+    assert out.returncode == 2, out.stdout
+    assert "samba-ad-dc.service" in out.stderr and "nothing was changed" in out.stderr
+    assert tree(target) == before

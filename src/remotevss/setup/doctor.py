@@ -188,7 +188,14 @@ def check_previous_versions(conf: SmbConfFiles, snapshot_names: str) -> list[Che
 
 
 def check_globals(conf: SmbConfFiles) -> list[Check]:
+    from remotevss.setup.samba_setup import ad_dc
+
     out = []
+    if ad_dc(conf):
+        out.append(Check("server role", WARN, f"{conf.get('global', 'server role')}: an AD DC "
+                         "(its own smbd, winbindd and RPC server); setup samba refuses it and "
+                         "the agent is tested on standalone servers and domain members only",
+                         "serve file shares from a domain member"))
     if not samba_bool(conf.get("global", "rpc start on demand helpers"), default=True):
         out.append(Check("rpc start on demand helpers", OK, "no: smbd will not start rpcd_fsrvp"))
     else:

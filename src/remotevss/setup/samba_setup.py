@@ -210,9 +210,27 @@ def read_smb_conf(opts: SetupOptions) -> SmbConfFiles:
         raise SetupError(f"{opts.smb_conf}: {exc}") from exc
 
 
+#: ``server role`` values Samba takes for an Active Directory DC (testparm:
+#: ROLE_ACTIVE_DIRECTORY_DC), compared without case and extra blanks.
+AD_DC_ROLES = {"dc", "domain controller", "active directory domain controller"}
+AD_DC_REFUSAL = ("Samba's AD DC (samba-ad-dc.service) runs its own smbd, winbindd and RPC "
+                 "server; this setup starts Debian's winbind.service and a samba-dcerpcd "
+                 "beside them and restarts smbd.service, which is for standalone servers and "
+                 "domain members")
+
+
+def ad_dc(conf: SmbConfFiles) -> bool:
+    """smb.conf says this is an Active Directory domain controller."""
+    role = " ".join((conf.get("global", "server role") or "").lower().split())
+    return role in AD_DC_ROLES
+
+
 def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str]]:
     """The edits of smb.conf and of the included files that define what is edited."""
     conf = read_smb_conf(opts)
+    if ad_dc(conf):
+        raise SetupError(f"{opts.smb_conf}: server role = {conf.get('global', 'server role')}: "
+                         f"{AD_DC_REFUSAL}; nothing was changed")
     why: dict[str, list[str]] = {}
 
     def put(section: str, key: str, value: str, reason: str) -> None:
