@@ -271,7 +271,8 @@ class RegistryExposer:
         a child, so it can unless python-samba's loadparm was used in this process,
         as in a test), else in the tiny light child; python-samba's worker child for clustered
         Samba or a registry the light code refuses (logged once) -- its check then
-        says why the registry is unusable, in Samba's words."""
+        says why the registry is unusable, in Samba's words.  No registry.tdb yet (a
+        first start, before smbd's) decides nothing: see :meth:`_run`."""
         if self.clustered:
             log.warning("clustered Samba: registry shares through python-samba's "
                         "libsmbconf in the Samba worker")  # fmt: skip
@@ -325,7 +326,9 @@ class RegistryExposer:
         """``op`` on :attr:`ops`.  registry.tdb held by something else in this process
         after all (python-samba's loadparm of a config with ``include = registry``):
         the light child from now on.  A name or format the light code refuses: python-samba's
-        worker for this call (a format error: from now on; logged)."""
+        worker for this call (a format error: from now on; logged).  No registry.tdb
+        yet: reads find nothing; a write goes to the worker, whose libsmbconf creates
+        the file as Samba does, and the light code serves the calls after it."""
         try:
             result = getattr(self.ops, op)(*args)
             self._served(self.ops)
