@@ -146,3 +146,19 @@ def test_a_share_defined_again_in_an_included_file_is_cloned_whole(tmp_path: Pat
     assert d is not None and d.source == str(main)
     assert d.get("path") == str(tmp_path) and d.get("valid users") == "root"
     assert d.get("read only") == "yes"  # the later value, as smbd has it
+
+
+def test_an_included_file_of_global_settings_without_a_header(tmp_path: Path) -> None:
+    """``include = /etc/samba/site.conf`` in [global], the site file holding only
+    ``registry shares = yes`` (no [global] line: loadparm reads it as [global]).  The
+    agent took those lines for no section, saw registry shares off and refused to
+    start with registry exposure, while smbd had them on."""
+    main, site = tmp_path / "smb.conf", tmp_path / "site.conf"
+    _write(main, f"[global]\nstate directory = {tmp_path}/state\ninclude = {site}\n"
+                 f"[data]\npath = {tmp_path}\ninclude = {tmp_path}/data-extra.conf\n")
+    _write(site, "registry shares = yes\n")
+    _write(tmp_path / "data-extra.conf", "valid users = root\n")  # included from [data]
+    conf = SambaConf(main)
+    assert conf.registry_shares
+    d = conf.file_share("data")
+    assert d is not None and d.get("valid users") == "root"
