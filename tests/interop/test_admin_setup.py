@@ -1,8 +1,8 @@
 """The admin's path: the machine's own Samba, set up by `remotevss setup samba`.
 
 What a Samba admin does on a Debian server, end to end, with nothing private:
-Debian's samba (installed by bootstrap, its stock /etc/samba/smb.conf plus a
-share on a loop btrfs), `remotevss setup samba --yes`, then the daemons started
+Debian's samba (installed by bootstrap, its stock /etc/samba/smb.conf including
+/etc/samba/shares.conf with a share on a loop btrfs), `remotevss setup samba --yes`, then the daemons started
 with exactly the command lines of the units (Debian's winbind.service and
 smbd.service, the samba-dcerpcd.service and remotevss-agent.service the
 command wrote; systemd itself does not run here, so the test does what their
@@ -20,6 +20,7 @@ skips on a machine someone works on.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -109,14 +110,17 @@ def debian_samba(loopfs: LoopFs, tmp_path: Path) -> Iterator[Path]:
     import btrfsutil
 
     conf = Path("/etc/samba/smb.conf")
+    shares = Path("/etc/samba/shares.conf")  # Debian/TrueNAS style: shares included
     stock = Path("/usr/share/samba/smb.conf")
     assert stock.exists(), "Debian's samba ships /usr/share/samba/smb.conf"
+    assert not shares.exists()
     before = conf.read_text() if conf.exists() else None
     mnt = loopfs("btrfs")
     btrfsutil.create_subvolume(str(mnt / "data"))
     (mnt / "data" / "report.txt").write_text("version 1\n")
-    conf.write_text(stock.read_text() + f"\n[data]\n   path = {mnt / 'data'}\n   read only = no\n")
-    original = conf.read_text()
+    conf.write_text(stock.read_text() + f"\ninclude = {shares}\n")
+    shares.write_text(f"[data]\n   path = {mnt / 'data'}\n   read only = no\n")
+    original, original_shares = conf.read_text(), shares.read_text()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         shown = run(*CLI, "setup", "samba")
@@ -128,7 +132,8 @@ def debian_samba(loopfs: LoopFs, tmp_path: Path) -> Iterator[Path]:
         again = run(*CLI, "setup", "samba", "--yes")
         assert "nothing to change" in again.stdout, again.stdout
         text = conf.read_text()
-        assert "[data]" in text and "vfs objects = shadow_copy2" in text, text
+        assert "[data]" not in text and "rpc start on demand helpers = no" in text, text
+        assert "vfs objects = shadow_copy2" in shares.read_text()  # where [data] is
         assert stock.read_text().splitlines()[0] in text  # the admin's comments are kept
         agent_unit = Path(UNITS["remotevss-agent"]).read_text()
         assert re.search(r"^After=.*winbind\.service", agent_unit, re.M), agent_unit
@@ -159,6 +164,8 @@ def debian_samba(loopfs: LoopFs, tmp_path: Path) -> Iterator[Path]:
         undone = run(*CLI, "setup", "samba", "--undo")
         assert undone.returncode == 0, undone.stderr
         assert conf.read_text() == original, "--undo restores smb.conf byte for byte"
+        assert shares.read_text() == original_shares, "and the included file"
+        shares.unlink()
         for unit in ("samba-dcerpcd.service", "remotevss-agent.service"):
             assert not Path("/etc/systemd/system", unit).exists()
         if before is None:
@@ -220,6 +227,9 @@ def test_setup_then_the_whole_sequence_through_debians_samba(debian_samba: Path)
         assert str(sid) in listed.stdout, listed.stdout + listed.stderr
         assert c.recovery_complete(sid).return_value == 0
         delete_all(c, sid, copies, host="127.0.0.1")
+        # registry shares written by the agent itself, not by python-samba's worker
+        io = json.loads(run(*CLI, "status", "--json").stdout)["io"]
+        assert io["registry_ops_agent"] > 0 and io["registry_ops_samba_worker"] == 0, io
     finally:
         c._dce.disconnect()
         c.smb.close()

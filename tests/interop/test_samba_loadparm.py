@@ -111,3 +111,54 @@ def test_the_event_loop_thread_never_waits_for_the_child(
     first, took, after, second = asyncio.run(on_loop())
     assert not first and took < statistics.median(costs) / 2, (took, costs)
     assert after and second
+
+
+def test_a_relative_include_is_the_file_samba_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loadparm opens a relative include from the working directory (smbd's and the
+    agent's under systemd: /), not from smb.conf's: the share definitions the agent
+    clones and the files it watches are that file's."""
+    etc, cwd = tmp_path / "etc", tmp_path / "cwd"
+    for d in (etc / "rel", cwd / "rel"):
+        d.mkdir(parents=True)
+    main = etc / "smb.conf"
+    _write(main, f"[global]\nstate directory = {tmp_path}/state\ninclude = rel/shares.conf\n")
+    _write(cwd / "rel/shares.conf", f"[data]\npath = {tmp_path}\n")
+    _write(etc / "rel/shares.conf", f"[other]\npath = {tmp_path}\n")  # not what Samba reads
+    monkeypatch.chdir(cwd)
+    conf = SambaConf(main)
+    assert set(conf.file_services()) == {"data"}
+    d = conf.file_share("data")
+    assert d is not None and d.source == str(cwd / "rel/shares.conf"), d
+    assert str(cwd / "rel/shares.conf") in set(conf.watched_files())
+
+
+def test_a_share_defined_again_in_an_included_file_is_cloned_whole(tmp_path: Path) -> None:
+    """smbd merges [data] from smb.conf and [data] again in an included file; the
+    definition a snapshot share clones must have both (here the included file's
+    ``valid users``: without it the snapshot would be open to everyone)."""
+    main, inc = tmp_path / "smb.conf", tmp_path / "more.conf"
+    _write(main, f"[global]\nstate directory = {tmp_path}/state\n[data]\npath = {tmp_path}\n"
+                 f"read only = no\ninclude = {inc}\n")
+    _write(inc, "[data]\nvalid users = root\nread only = yes\n")
+    d = SambaConf(main).file_share("data")
+    assert d is not None and d.source == str(main)
+    assert d.get("path") == str(tmp_path) and d.get("valid users") == "root"
+    assert d.get("read only") == "yes"  # the later value, as smbd has it
+
+
+def test_an_included_file_of_global_settings_without_a_header(tmp_path: Path) -> None:
+    """``include = /etc/samba/site.conf`` in [global], the site file holding only
+    ``registry shares = yes`` (no [global] line: loadparm reads it as [global]).  The
+    agent took those lines for no section, saw registry shares off and refused to
+    start with registry exposure, while smbd had them on."""
+    main, site = tmp_path / "smb.conf", tmp_path / "site.conf"
+    _write(main, f"[global]\nstate directory = {tmp_path}/state\ninclude = {site}\n"
+                 f"[data]\npath = {tmp_path}\ninclude = {tmp_path}/data-extra.conf\n")
+    _write(site, "registry shares = yes\n")
+    _write(tmp_path / "data-extra.conf", "valid users = root\n")  # included from [data]
+    conf = SambaConf(main)
+    assert conf.registry_shares
+    d = conf.file_share("data")
+    assert d is not None and d.get("valid users") == "root"

@@ -30,7 +30,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: Programs the code, the tests, the demo and the benchmarks run -> Debian package.
+#: Programs the code, the tests, the demo, the benchmarks and the docs' shell
+#: examples run -> Debian package.
 PROGRAMS = {
     # Samba
     "smbd": "samba", "samba": "samba", "sharesec": "samba", "smbcontrol": "samba",
@@ -52,7 +53,7 @@ PROGRAMS = {
     "pkill": "procps", "systemd-analyze": "systemd",
     "zfs": "zfs-fuse", "zpool": "zfs-fuse", "zfs-fuse": "zfs-fuse",
     "useradd": "passwd", "userdel": "passwd", "groupadd": "passwd", "groupdel": "passwd",
-    "rm": "coreutils",
+    "rm": "coreutils", "mkdir": "coreutils", "bash": "bash", "dpkg-divert": "dpkg",
     "debootstrap": "debootstrap",
 }  # fmt: skip
 
@@ -80,7 +81,10 @@ PYTHON_MODULES = {"btrfsutil": "python3-btrfsutil", "gssapi": "python3-gssapi",
 OPTIONAL = {"systemctl", "git"}
 
 #: Words that are programs on this machine but appear in the code as data.
-NOT_PROGRAMS = {"host", "id", "init", "yes", "ls", "true", "false", "test", "write", "read"}
+NOT_PROGRAMS = {"host", "id", "init", "yes", "ls", "true", "false", "test", "write", "read",
+                "size"}
+#: Code blocks in the docs whose lines are shell commands.
+SHELL_FENCES = {"sh", "bash", "console", "shell"}
 
 
 def _bootstrap_packages() -> set[str]:
@@ -191,10 +195,40 @@ def _programs_in_source() -> dict[str, str]:
     shell = "\n".join(p.read_text() for p in (REPO / "scripts").glob("*.sh"))
     for word in set(re.findall(r"^\s*([a-z][\w.+-]*)\s", shell, re.M)):
         found.setdefault(word, "scripts/")
+    for doc in [*REPO.glob("*.md"), *(REPO / "docs").glob("*.md")]:
+        for word in _documented_commands(doc.read_text()):
+            found.setdefault(word, str(doc.relative_to(REPO)))
     return {name: where for name, where in found.items()
             if re.fullmatch(r"[\w.+-]+", name) and name not in NOT_PROGRAMS
             and (w := shutil.which(name)) and w.startswith(("/usr/", "/bin/", "/sbin/"))
             and not w.startswith("/usr/local/") and _owner(w) is not None}
+
+
+def _documented_commands(text: str) -> set[str]:
+    """Programs the docs tell an admin to run: the first word of each command in
+    ``sh``/``bash`` code blocks (pipes and ``&&`` split, continuations and comments
+    skipped)."""
+    out: set[str] = set()
+    in_shell = continued = False
+    fence = None
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fence = line.strip()[3:] if fence is None else None
+            in_shell, continued = fence in SHELL_FENCES, False
+            continue
+        if not in_shell:
+            continue
+        command, was_continued = line.strip(), continued
+        continued = command.endswith("\\")
+        if was_continued or not command or command.startswith("#"):
+            continue
+        for part in re.split(r"\|\||&&|\||;", command.split(" #")[0]):
+            words = [w for w in part.split() if not re.match(r"^[A-Z_]+=", w)]
+            if words and words[0] == "sudo":
+                words = words[1:]
+            if words:
+                out.add(words[0])
+    return out
 
 
 def test_manifest_lists_every_program_the_code_runs() -> None:

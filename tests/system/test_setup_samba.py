@@ -10,10 +10,8 @@ for byte, and it picks the shares that should show previous versions.
 from __future__ import annotations
 
 import json
-import shutil
 import socketserver
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,46 +20,20 @@ import pytest
 from remotevss.agent.config import load_config
 from remotevss.setup.smbconf_text import SmbConfText
 from tests.conftest import LoopFs
-
-CLI = [sys.executable, "-m", "remotevss.cli"]
-STOCK = Path("/usr/share/samba/smb.conf")
-
-
-def setup(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, "setup", "samba", "--root", str(root), *args],
-                          capture_output=True, text=True, check=False, timeout=60)
+from tests.support.setup_root import debian_root, setup, tree
 
 
 @pytest.fixture
 def target(tmp_path: Path) -> Path:
-    """A directory laid out like a Debian server with samba and winbind installed."""
-    if not STOCK.exists() or not Path("/lib/systemd/system/winbind.service").exists():
-        pytest.skip("Debian's samba and winbind packages are not installed")
-    root = tmp_path / "root"
-    (root / "etc/samba").mkdir(parents=True)
-    shutil.copy(STOCK, root / "etc/samba/smb.conf")
-    (root / "lib/systemd/system").mkdir(parents=True)
-    shutil.copy("/lib/systemd/system/winbind.service", root / "lib/systemd/system/")
-    shutil.copytree("/usr/libexec/samba", root / "usr/libexec/samba")
-    return root
-
-
-def _tree(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_symlink():
-            out[str(p.relative_to(root))] = "-> " + str(p.readlink())
-        elif p.is_file() and "usr/libexec" not in str(p):
-            out[str(p.relative_to(root))] = p.read_text()
-    return out
+    return debian_root(tmp_path)
 
 
 def test_shows_applies_once_and_undoes(target: Path) -> None:
-    before = _tree(target)
+    before = tree(target)
     shown = setup(target)
     assert shown.returncode == 0, shown.stderr
     assert "+   rpc start on demand helpers = no" in shown.stdout
-    assert _tree(target) == before, "without --yes nothing changes"
+    assert tree(target) == before, "without --yes nothing changes"
     applied = setup(target, "--yes")
     assert applied.returncode == 0, applied.stderr
     conf = SmbConfText((target / "etc/samba/smb.conf").read_text())
@@ -78,12 +50,12 @@ def test_shows_applies_once_and_undoes(target: Path) -> None:
     wants = target / "etc/systemd/system/multi-user.target.wants"
     assert {p.name for p in wants.iterdir()} == {
         "winbind.service", "samba-dcerpcd.service", "remotevss-agent.service"}
-    after = _tree(target)
+    after = tree(target)
     again = setup(target, "--yes")
-    assert "nothing to change" in again.stdout and _tree(target) == after
+    assert "nothing to change" in again.stdout and tree(target) == after
     undone = setup(target, "--undo")
     assert undone.returncode == 0, undone.stderr
-    assert _tree(target) == before, "--undo restores every file as it was"
+    assert tree(target) == before, "--undo restores every file as it was"
 
 
 def test_an_existing_agent_config_gets_the_missing_keys(target: Path) -> None:
@@ -192,14 +164,14 @@ def test_undo_refuses_while_the_agent_holds_sets(target: Path) -> None:
     cfg.parent.mkdir(parents=True)
     cfg.write_text('[agent]\nadmin_socket = "/a.sock"\n')  # below --root, like every path
     assert setup(target, "--yes").returncode == 0
-    applied = _tree(target)
+    applied = tree(target)
     with socketserver.UnixStreamServer(str(target / "a.sock"), _FakeAgent) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             refused = setup(target, "--undo")
             assert refused.returncode == 2, refused.stdout
             assert "5e7 (Exposed)" in refused.stderr and "--force" in refused.stderr
-            assert _tree(target) == applied, "refused: nothing changed"
+            assert tree(target) == applied, "refused: nothing changed"
             forced = setup(target, "--undo", "--force")
         finally:
             server.shutdown()
@@ -234,3 +206,79 @@ def test_undo_refuses_to_lose_edits_made_after_setup(target: Path) -> None:
     forced = setup(target, "--undo", "--force")
     assert forced.returncode == 0 and "+[projects]" in forced.stderr, forced.stderr
     assert conf.read_text() == before
+
+
+def test_a_share_set_up_for_other_snapshots_is_named(target: Path) -> None:
+    """shadow:snapdir pointing elsewhere (ZFS's own .zfs/snapshot) is the admin's and
+    kept, but previous versions will not list the agent's snapshots: setup says so."""
+    conf = target / "etc/samba/smb.conf"
+    conf.write_text(conf.read_text() + "\n[data]\n   path = /srv/data\n"
+                    "   vfs objects = shadow_copy2\n   shadow:snapdir = .zfs/snapshot\n")
+    out = setup(target, "--share", "data")
+    assert out.returncode == 0, out.stderr
+    assert "[data] shadow:snapdir = .zfs/snapshot kept" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("link", ["smb.conf.site", "/etc/samba/smb.conf.site"])
+def test_a_linked_smb_conf_stays_a_link(target: Path, link: str) -> None:
+    """smb.conf as a link to the file configuration management writes: setup edits the
+    file and keeps the link (replacing the link by a copy would cut smb.conf off from
+    it for good), and --undo restores the file, link still in place."""
+    conf = target / "etc/samba/smb.conf"
+    site = target / "etc/samba/smb.conf.site"
+    conf.rename(site)
+    conf.symlink_to(link)
+    before = site.read_text()
+    out = setup(target, "--yes")
+    assert out.returncode == 0, out.stderr
+    assert conf.is_symlink() and str(conf.readlink()) == link
+    assert "rpc start on demand helpers = no" in site.read_text()
+    undone = setup(target, "--undo")
+    assert undone.returncode == 0, undone.stderr
+    assert conf.is_symlink() and site.read_text() == before
+
+
+def test_a_crlf_smb_conf_keeps_its_line_ends(target: Path) -> None:
+    """An smb.conf last saved on Windows (CRLF; Samba reads it fine): the lines setup
+    adds end the same way, and --undo gives back the same bytes."""
+    conf = target / "etc/samba/smb.conf"
+    conf.write_bytes(conf.read_bytes().replace(b"\n", b"\r\n"))
+    before = conf.read_bytes()
+    assert setup(target, "--yes").returncode == 0
+    after = conf.read_bytes()
+    assert b"rpc start on demand helpers = no\r\n" in after
+    assert after.count(b"\n") == after.count(b"\r\n"), "every line ends in CRLF"
+    assert setup(target, "--undo").returncode == 0
+    assert conf.read_bytes() == before
+
+
+def test_a_latin1_comment_is_kept_byte_for_byte(target: Path) -> None:
+    """An old server's smb.conf with a Latin-1 comment (Samba reads it fine): setup
+    used to stop with a UnicodeDecodeError traceback.  Now the bytes stay as they
+    are, through setup and --undo, and the plan prints."""
+    conf = target / "etc/samba/smb.conf"
+    comment = "# Freigabe für die Buchhaltung\n".encode("latin-1")
+    conf.write_bytes(conf.read_bytes() + b"\n[data]\n   path = /srv/data\n" + comment)
+    before = conf.read_bytes()
+    out = setup(target, "--yes", "--share", "data")
+    assert out.returncode == 0, out.stderr
+    assert "f\ufffdr die Buchhaltung" in out.stdout  # shown in the plan's diff context
+    assert comment in conf.read_bytes()
+    assert setup(target, "--undo").returncode == 0
+    assert conf.read_bytes() == before
+
+
+@pytest.mark.parametrize("role", ["active directory domain controller", "DC"])
+def test_setup_refuses_a_samba_ad_dc(target: Path, role: str) -> None:
+    """On an AD DC, samba-ad-dc.service runs smbd, winbindd and the RPC server itself:
+    enabling Debian's winbind.service and a samba-dcerpcd beside them (and restarting
+    a masked smbd.service) would break the domain controller."""
+    conf = target / "etc/samba/smb.conf"
+    c = SmbConfText(conf.read_text())
+    c.set("global", "server role", role)
+    conf.write_text(c.text())
+    before = tree(target)
+    out = setup(target, "--yes")
+    assert out.returncode == 2, out.stdout
+    assert "samba-ad-dc.service" in out.stderr and "nothing was changed" in out.stderr
+    assert tree(target) == before

@@ -355,12 +355,18 @@ class SambaConf:
             raise SambaConfigError(f"registry shares in {path}: {exc}") from exc
 
     def file_share(self, name: str) -> ShareDefinition | None:
-        """A share section as written in smb.conf or an included file (first match)."""
-        for path, sections in self._snap.files:
-            for n, params in sections:
-                if n.casefold() == name.casefold() and n.casefold() != "global":
-                    return ShareDefinition(n, tuple(params), path)
-        return None
+        """A share section as written in smb.conf and the files it includes: every
+        section of that name, in reading order, as smbd merges them (a later value
+        wins).  Why all: a clone of only the first would lose, say, the ``valid
+        users`` an included file adds, and open the snapshot to more users than the
+        share.  ``source``: the first file."""
+        found = [(n, params, path) for path, sections in self._snap.files
+                 for n, params in sections
+                 if n.casefold() == name.casefold() and n.casefold() != "global"]
+        if not found:
+            return None
+        merged = tuple(p for _n, params, _path in found for p in params)
+        return ShareDefinition(found[0][0], merged, found[0][2])
 
     def share_definition(self, name: str) -> ShareDefinition | None:
         """File first, then registry: the order smbd resolves names in."""

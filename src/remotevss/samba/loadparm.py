@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 TYPE_CHECKING = False  # typing costs the short-lived child a few ms
 if TYPE_CHECKING:
@@ -78,13 +77,17 @@ def _plain(value: Any) -> Any:
 def read_files(smbconf: Any, config_file: str) -> tuple[list[Any], dict[str, Any]]:
     """Each file's sections as written (``[[path, [[section, [[k, v], ...]], ...]], ...]``)
     and every file's stamp: smb.conf, then its includes (``%``-includes and
-    ``include = registry`` are not files to follow).  A missing include is stamped
-    None, so creating it counts as a change."""
+    ``include = registry`` are not files to follow).  A relative include is opened
+    from the working directory, as loadparm opens it (``/`` for the agent under
+    systemd).  Lines of an included file before its first ``[section]`` belong to
+    the section that includes it, as loadparm reads them (a site file of
+    ``[global]`` settings without a header).  A missing include is stamped None, so
+    creating it counts as a change."""
     stamps: dict[str, Any] = {}
     files: list[Any] = []
-    pending = [config_file]
+    pending = [(config_file, "global")]
     while pending and len(stamps) < MAX_FILES:
-        path = pending.pop(0)
+        path, context = pending.pop(0)
         if path in stamps:
             continue
         stamps[path] = stamp(path)
@@ -94,14 +97,15 @@ def read_files(smbconf: Any, config_file: str) -> tuple[list[Any], dict[str, Any
             sections = smbconf.init_txt(path).get_config()
         except Exception:  # unreadable include: loadparm skipped it too  # noqa: S112
             continue
-        parsed = [[str(n), [[str(k), str(v)] for k, v in p]] for n, p in sections]
+        parsed = [[context if n is None else str(n), [[str(k), str(v)] for k, v in p]]
+                  for n, p in sections]  # fmt: skip
         files.append([path, parsed])
-        for _section, params in parsed:
+        for section, params in parsed:
             for key, value in params:
                 # "registry" is not a file; per-user/per-client (%) includes are not followed
                 if param_key(key) == "include" and value.lower() != "registry" \
                         and "%" not in value:  # fmt: skip
-                    pending.append(str(Path(path).parent / value))
+                    pending.append((os.path.abspath(value), str(section)))  # cwd, as loadparm
     return files, stamps
 
 

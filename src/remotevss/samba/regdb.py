@@ -91,6 +91,12 @@ class RegdbBusy(RegdbError):
     second handle (EBUSY); the light child can do the work instead."""
 
 
+class RegdbMissing(RegdbError):
+    """registry.tdb does not exist yet: smbd creates it when it first starts (and
+    libsmbconf on its first use).  Reading finds no shares; a write needs Samba
+    to create the file first."""
+
+
 class RegdbUnsupported(RegdbError):
     """A name this module will not handle itself (non-ASCII): use libsmbconf instead."""
 
@@ -300,8 +306,11 @@ class RegistryDb:
     # ------------------------------------------------------------ reading
 
     def share_names(self) -> list[str]:
-        """Registry shares as stored (``global`` left out)."""
-        db = self._open()
+        """Registry shares as stored (``global`` left out); none while there is no file."""
+        try:
+            db = self._open()
+        except RegdbMissing:
+            return []
         try:
             names = self._consistent(db, lambda: self._subkeys(db, SMBCONF_KEY))
         finally:
@@ -311,7 +320,10 @@ class RegistryDb:
     def get_share(self, name: str) -> tuple[str, Params] | None:
         """``(name as stored, parameters)`` of a registry share, or None."""
         _check_ascii(name)
-        db = self._open()
+        try:
+            db = self._open()
+        except RegdbMissing:
+            return None
         try:
             found: tuple[str, Params] | None = self._consistent(
                 db, lambda: self._read_share(db, name)
@@ -342,6 +354,8 @@ class RegistryDb:
         """Delete each share that exists: one tdb transaction (none if none exists)."""
         for name in names:
             _check_ascii(name)
+        if not os.path.exists(self.path):
+            return  # no registry yet: no share to delete
         self._transaction(lambda db: self._delete(db, names))
 
     def seqnum(self) -> int:
@@ -363,6 +377,9 @@ class RegistryDb:
             _ONE_HANDLE.release()
             if isinstance(exc, OSError) and exc.errno == errno.EBUSY:
                 raise RegdbBusy(f"{self.path} is already open in this process") from exc
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+                raise RegdbMissing(f"{self.path} does not exist yet (smbd creates it when "
+                                   "it first starts)") from exc
             raise RegdbError(f"cannot open {self.path}: {exc}") from exc
 
     @staticmethod

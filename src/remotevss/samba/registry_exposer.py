@@ -80,6 +80,7 @@ from remotevss.samba.regdb import (
     RegdbBusy,
     RegdbError,
     RegdbFormatError,
+    RegdbMissing,
     RegdbUnsupported,
     takes_name,
 )
@@ -261,14 +262,17 @@ class RegistryExposer:
         self.ops: RegistryOps = ops if ops is not None else self._choose_ops()
         if self.clustered:
             self.messenger = self._samba_worker()
-        self.counters = {"registry_transactions": 0, "smbd_message_rounds": 0}
+        self.counters = {"registry_transactions": 0, "smbd_message_rounds": 0,
+                         "registry_ops_agent": 0, "registry_ops_light_child": 0,
+                         "registry_ops_samba_worker": 0}
 
     def _choose_ops(self) -> RegistryOps:
         """In this process if it can open registry.tdb (the agent's loadparm runs in
         a child, so it can unless python-samba's loadparm was used in this process,
         as in a test), else in the tiny light child; python-samba's worker child for clustered
         Samba or a registry the light code refuses (logged once) -- its check then
-        says why the registry is unusable, in Samba's words."""
+        says why the registry is unusable, in Samba's words.  No registry.tdb yet (a
+        first start, before smbd's) decides nothing: see :meth:`_run`."""
         if self.clustered:
             log.warning("clustered Samba: registry shares through python-samba's "
                         "libsmbconf in the Samba worker")  # fmt: skip
@@ -282,12 +286,24 @@ class RegistryExposer:
         try:
             light.check()
             return light
+        except (RegdbMissing, WorkerError) as exc:
+            missing = not isinstance(exc, WorkerError) or exc.kind == "RegdbMissing"
+            if missing and os.access(os.path.dirname(self.paths.registry), os.W_OK):
+                # A first start, before smbd's: smbd makes the file when it starts (and
+                # every call reaches the agent through smbd); the format is checked on
+                # each use, so deciding now would only pin the heavy worker for good.
+                log.info("%s: checked when first used", exc)
+                return light
+            light.close()  # another refusal, or a directory Samba cannot write: its words
+            log.warning("registry shares through python-samba's libsmbconf in the "
+                        "Samba worker: %s", exc)  # fmt: skip
+            return self._checked(self._samba_worker())
         except RegdbBusy:
             light.close()
             return self._checked(
                 SambaWorker(self.conf.config_file, mode="light", light_paths=self.paths)
             )
-        except (RegdbError, WorkerError) as exc:
+        except RegdbError as exc:
             light.close()
             log.warning("registry shares through python-samba's libsmbconf in the Samba "
                         "worker: %s", exc)  # fmt: skip
@@ -310,24 +326,43 @@ class RegistryExposer:
         """``op`` on :attr:`ops`.  registry.tdb held by something else in this process
         after all (python-samba's loadparm of a config with ``include = registry``):
         the light child from now on.  A name or format the light code refuses: python-samba's
-        worker for this call (a format error: from now on; logged)."""
+        worker for this call (a format error: from now on; logged).  No registry.tdb
+        yet: reads find nothing; a write goes to the worker, whose libsmbconf creates
+        the file as Samba does, and the light code serves the calls after it."""
         try:
-            return getattr(self.ops, op)(*args)
+            result = getattr(self.ops, op)(*args)
+            self._served(self.ops)
+            return result
         except RegdbBusy as exc:
             log.warning("registry shares through the light child from now on: %s", exc)
             self.ops.close()
             self.ops = SambaWorker(self.conf.config_file, mode="light", light_paths=self.paths)
-            return getattr(self.ops, op)(*args)
-        except (RegdbUnsupported, RegdbFormatError, WorkerError) as exc:
+            result = getattr(self.ops, op)(*args)
+            self._served(self.ops)
+            return result
+        except (RegdbUnsupported, RegdbFormatError, RegdbMissing, WorkerError) as exc:
             kind = exc.kind if isinstance(exc, WorkerError) else type(exc).__name__
-            if kind not in ("RegdbUnsupported", "RegdbFormatError") or self.ops is self._fallback:
+            if kind not in ("RegdbUnsupported", "RegdbFormatError", "RegdbMissing") \
+                    or self.ops is self._fallback:  # fmt: skip
                 raise
             fallback = self._samba_worker()
             if kind == "RegdbFormatError":
                 log.warning("registry shares through python-samba from now on: %s", exc)
                 self.ops.close()
                 self.ops = fallback
-            return getattr(fallback, op)(*args)
+            elif kind == "RegdbMissing":  # Samba's libsmbconf creates it, as smbd would
+                log.info("%s: created through python-samba's libsmbconf for this write; "
+                         "the registry stays in the agent afterwards", exc)  # fmt: skip
+            result = getattr(fallback, op)(*args)
+            self._served(fallback)
+            return result
+
+    def _served(self, ops: RegistryOps) -> None:
+        """Count a registry operation by where it ran (``remotevss status`` io)."""
+        where = ("registry_ops_samba_worker" if ops is self._fallback
+                 else "registry_ops_light_child" if isinstance(ops, SambaWorker)
+                 else "registry_ops_agent")  # fmt: skip
+        self.counters[where] = self.counters.get(where, 0) + 1
 
     def read_share(self, name: str) -> tuple[str, list[tuple[str, str]]] | None:
         """A registry share as stored, or None (SambaConf.registry_reader)."""

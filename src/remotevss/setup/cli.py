@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from remotevss.agent.admin_cli import DEFAULT_CONFIG
+from remotevss.setup.smbconf_text import shown
 
 EXIT_REFUSED = 2
 
@@ -101,7 +102,7 @@ def _undo(args: argparse.Namespace, root: Path) -> int:
     would be left with no agent, pipe or registry share to release them."""
     from remotevss.setup import samba_setup as ss
 
-    lost = ss.later_edits(root)
+    lost = [shown(x) for x in ss.later_edits(root)]
     if lost and not args.force:
         raise ss.SetupError("\n".join([
             "files were edited after setup; --undo puts back the versions from before "

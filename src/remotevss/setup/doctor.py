@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remotevss.samba.conf import samba_bool
-from remotevss.setup.smbconf_text import SmbConfText
+from remotevss.setup.smbconf_files import IncludeError, SmbConfFiles
+from remotevss.setup.smbconf_text import ERRORS, shown
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 PROBE_USER = "remotevss-doctor-no-such-user"
@@ -56,10 +57,32 @@ def modules_dir() -> Path | None:
     return Path(m.group(1)) if rc == 0 and m else None
 
 
-def check_vfs_modules(conf: SmbConfText) -> list[Check]:
+def _read_or_none(path: str) -> str | None:
+    try:
+        return Path(path).read_text(errors=ERRORS)
+    except FileNotFoundError:
+        return None
+
+
+def check_includes(conf: SmbConfFiles) -> Check:
+    """The files read with smb.conf; a warning for each include that is not followed
+    (missing, or per client: its shares are not checked) or is relative."""
+    files = conf.files()
+    notes = [i.describe() for i in conf.includes if i.worth_a_note]
+    read = f"{len(files)} file(s) read: {', '.join(files)}"
+    fixable = any(i.status == "missing" or i.relative for i in conf.includes)
+    if notes:
+        return Check("smb.conf includes", WARN, f"{read}; " + "; ".join(notes),
+                     "use absolute include paths to files that exist" if fixable else "")
+    return Check("smb.conf includes", OK, read)
+
+
+def check_vfs_modules(conf: SmbConfFiles) -> list[Check]:
+    from remotevss.setup.samba_setup import vfs_modules
+
     wanted: dict[str, list[str]] = {}
     for name in ["global", *conf.share_names()]:
-        for mod in (conf.get(name, "vfs objects") or "").replace(",", " ").split():
+        for mod in vfs_modules(conf.get(name, "vfs objects")):
             wanted.setdefault(mod, []).append(name)
     if not wanted:
         return [Check("VFS modules", OK, "no share names a VFS module")]
@@ -77,7 +100,7 @@ def check_vfs_modules(conf: SmbConfText) -> list[Check]:
     return [Check("VFS modules", OK, f"{', '.join(sorted(wanted))} present in {mdir / 'vfs'}")]
 
 
-def check_shares(conf: SmbConfText) -> list[Check]:
+def check_shares(conf: SmbConfFiles) -> list[Check]:
     from remotevss.setup.samba_setup import disk_shares
 
     return [_share_check(f"share [{name}]", path) for name, path in disk_shares(conf)]
@@ -125,16 +148,61 @@ def _share_check(label: str, path: str) -> Check:
     return Check(label, OK, f"{path}: {backend.name} snapshots")
 
 
-def check_globals(conf: SmbConfText) -> list[Check]:
+GMT_FORMAT = "@GMT-%Y.%m.%d-%H.%M.%S"  # shadow_copy2's default shadow:format
+
+
+def check_previous_versions(conf: SmbConfFiles, snapshot_names: str) -> list[Check]:
+    """Shares with shadow_copy2 list the agent's snapshots as Windows' Previous
+    Versions only in the agent's layout: ``<subvolume>/.snapshots/@GMT-...``
+    (``snapshot_names = "gmt"``).  A share set up for other snapshots (e.g.
+    ``shadow:snapdir = .zfs/snapshot``) keeps working, but lists those instead."""
+    from remotevss.setup.samba_setup import disk_shares, vfs_modules
+
+    def param(share: str, key: str) -> str | None:  # a share's, else [global]'s
+        value = conf.get(share, key)
+        return value if value is not None else conf.get("global", key)
+
+    shares, problems = [], []
+    for name, _path in disk_shares(conf):
+        if "shadow_copy2" not in vfs_modules(param(name, "vfs objects")):
+            continue
+        shares.append(name)
+        snapdir, fmt = param(name, "shadow:snapdir"), param(name, "shadow:format")
+        if snapdir not in (None, ".snapshots"):
+            problems.append(f"[{name}] shadow:snapdir = {snapdir}, the agent's snapshots "
+                            "are in .snapshots")
+        if fmt not in (None, GMT_FORMAT):
+            problems.append(f"[{name}] shadow:format = {fmt}, the agent's names are "
+                            f"{GMT_FORMAT}")
+    if not shares:
+        return []
+    if snapshot_names != "gmt":
+        problems.append(f'snapshot_names = "{snapshot_names}": shadow_copy2 lists such '
+                        "snapshots but cannot open them")
+    if problems:
+        return [Check("previous versions", WARN, "; ".join(problems),
+                      'snapshot_names = "gmt" in [agent]; shadow:snapdir = .snapshots and no '
+                      "shadow:format in those shares")]
+    return [Check("previous versions", OK,
+                  f"{', '.join(shares)}: the agent's snapshots are listed as previous versions")]
+
+
+def check_globals(conf: SmbConfFiles) -> list[Check]:
+    from remotevss.setup.samba_setup import ad_dc
+
     out = []
+    if ad_dc(conf):
+        out.append(Check("server role", WARN, f"{conf.get('global', 'server role')}: an AD DC "
+                         "(its own smbd, winbindd and RPC server); setup samba refuses it and "
+                         "the agent is tested on standalone servers and domain members only",
+                         "serve file shares from a domain member"))
     if not samba_bool(conf.get("global", "rpc start on demand helpers"), default=True):
         out.append(Check("rpc start on demand helpers", OK, "no: smbd will not start rpcd_fsrvp"))
     else:
         out.append(Check("rpc start on demand helpers", FAIL,
                          "on: smbd starts samba-dcerpcd, which starts Samba's own rpcd_fsrvp "
                          "on \\pipe\\FssagentRpc", "remotevss setup samba --yes"))
-    inc = (conf.get("global", "include") or "").lower() == "registry"
-    if samba_bool(conf.get("global", "registry shares")) or inc:
+    if samba_bool(conf.get("global", "registry shares")) or conf.registry_include:
         out.append(Check("registry shares", OK, "on: snapshot shares are visible at once"))
     else:
         out.append(Check("registry shares", FAIL, "off: smbd would never see snapshot shares",
@@ -251,12 +319,22 @@ def run_checks(config_path: str | None) -> tuple[list[Check], int]:
                             "only its local socket", "remotevss setup samba --yes"))
         return checks, 1
     try:
-        conf = SmbConfText(Path(smb_conf).read_text())
-    except OSError as exc:
-        return [*checks, Check("smb.conf", FAIL, str(exc))], 2
-    checks += check_vfs_modules(conf) + check_globals(conf) + check_shares(conf)
+        conf = SmbConfFiles(smb_conf, _read_or_none)
+    except FileNotFoundError:
+        return [*checks, Check("smb.conf", FAIL, f"{smb_conf} does not exist",
+                               "apt-get install samba, or fix [samba] config_file")], 2
+    except (OSError, IncludeError) as exc:
+        return [*checks, Check("smb.conf", FAIL, f"{smb_conf}: {exc}")], 2
+    checks += [check_includes(conf), *check_vfs_modules(conf), *check_globals(conf),
+               *check_shares(conf), *check_previous_versions(conf, config.snapshot_names)]
     if config.samba.shares == "samba":
         checks += check_registry_shares(smb_conf, conf.share_names())
+        if not any(c.name.startswith(("share [", "registry share [")) for c in checks):
+            checks.append(Check(
+                "shares", WARN, "no share the agent could snapshot: [homes], [printers] and "
+                "print$ are never snapshotted, and there is no other (every FSRVP request "
+                "is answered 'not supported')",
+                "add a share: [name] with path = a directory on btrfs, XFS (reflink) or ZFS"))
     try:
         pipe_dir = (Path(config.samba.pipe_dir) if config.samba.pipe_dir
                     else default_pipe_dir(smb_conf))
@@ -275,5 +353,5 @@ def render(checks: list[Check]) -> str:
         lines.append(f"[{c.result:>4}] {c.name}: {c.detail}")
         if c.fix and c.result != OK:
             lines.append(f"       fix: {c.fix}")
-    return "\n".join(lines) + "\n"
+    return shown("\n".join(lines) + "\n")
 

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from remotevss.samba.conf import samba_bool
-from remotevss.setup.smbconf_text import SmbConfText
+from remotevss.setup.smbconf_files import EditError, IncludeError, SmbConfFiles
+from remotevss.setup.smbconf_text import ERRORS, shown
 
 RPCD_DIR = "/usr/libexec/samba"
 SYSTEMD_DIR = "/etc/systemd/system"
@@ -89,7 +90,7 @@ class Plan:
                 diff = difflib.unified_diff(c.old.splitlines(), c.new.splitlines(),
                                             c.path, c.path + " (new)", lineterm="", n=1)
                 out += [f"    | {d}" for d in diff]
-        return "\n".join(out + [f"note: {n}" for n in self.notes]) + "\n"
+        return shown("\n".join(out + [f"note: {n}" for n in self.notes]) + "\n")
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,24 @@ def at(root: Path, path: str) -> Path:
     return root / path.lstrip("/")
 
 
+def file_at(root: Path, path: str) -> Path:
+    """The file ``path`` is on the target, through symlinks (an admin's smb.conf may
+    be a link to a generated or shared file): edits go into that file and keep the
+    link.  Absolute link targets are taken below ``root``, as the target sees them."""
+    p = at(root, path)
+    for _ in range(16):
+        if not p.is_symlink():
+            return p
+        target = os.readlink(p)
+        p = at(root, target) if target.startswith("/") else p.parent / target
+    raise SetupError(f"{path}: too many levels of symbolic links")
+
+
 def _read(p: Path) -> str | None:
+    """The file's text exactly (CRLF line ends kept: --undo restores it byte for byte)."""
     try:
-        return p.read_text()
+        with open(p, newline="", errors=ERRORS) as f:
+            return f.read()
     except FileNotFoundError:
         return None
 
@@ -129,11 +145,17 @@ def backend_of(path: str) -> str:
         return ""
 
 
-def disk_shares(conf: SmbConfText) -> list[tuple[str, str]]:
-    """(name, path) of every share a snapshot could be for: not one of Samba's special
-    sections, not printable; path "" when unset."""
+def disk_shares(conf: SmbConfFiles) -> list[tuple[str, str]]:
+    """(name, path) of every share a snapshot could be for, as the agent's share table
+    has them: not one of Samba's special sections, not printable, not switched off
+    (``available = no``: smbd refuses it, the agent too); path "" when unset."""
+    def param(share: str, key: str) -> str | None:  # a share's, else [global]'s default
+        value = conf.get(share, key)
+        return value if value is not None else conf.get("global", key)
+
     return [(n, conf.get(n, "path") or "") for n in conf.share_names()
-            if n.lower() not in SPECIAL and not samba_bool(conf.get(n, "printable"))]
+            if n.lower() not in SPECIAL and not samba_bool(param(n, "printable"))
+            and samba_bool(param(n, "available"), default=True)]
 
 
 def one_directory(path: str) -> bool:
@@ -141,7 +163,7 @@ def one_directory(path: str) -> bool:
     return bool(path) and "%" not in path
 
 
-def previous_versions_shares(conf: SmbConfText, root: Path,
+def previous_versions_shares(conf: SmbConfFiles, root: Path,
                              wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(shares to give shadow_copy2, notes) from ``--share`` or the backends."""
     notes: list[str] = []
@@ -150,7 +172,9 @@ def previous_versions_shares(conf: SmbConfText, root: Path,
         by_lower = {n.lower(): n for n in names}
         missing = [w for w in wanted if w.lower() not in by_lower]
         if missing:
-            raise SetupError(f"no such share in smb.conf: {', '.join(missing)}")
+            unseen = [i.describe() for i in conf.includes if i.status == "per-client"]
+            raise SetupError(f"no such share in {' or '.join(conf.files())}: "
+                             f"{', '.join(missing)}" + "".join(f"\n  ({u})" for u in unseen))
         return [by_lower[w.lower()] for w in wanted], notes
     chosen = []
     for name, path in disk_shares(conf):
@@ -176,35 +200,74 @@ def vfs_modules(value: str | None) -> list[str]:
     return [m for m in re.split(r"[\s,;]+", value or "") if m]
 
 
-def _smb_conf_change(opts: SetupOptions) -> tuple[Change | None, list[str]]:
-    path = at(opts.root, opts.smb_conf)
-    old = _read(path)
-    if old is None:
-        raise SetupError(f"{opts.smb_conf} does not exist: install samba first")
-    conf = SmbConfText(old)
-    why = []
+def read_smb_conf(opts: SetupOptions) -> SmbConfFiles:
+    """smb.conf and the files it includes, as on the target system (below ``root``)."""
+    try:
+        return SmbConfFiles(opts.smb_conf, lambda path: _read(file_at(opts.root, path)))
+    except FileNotFoundError:
+        raise SetupError(f"{opts.smb_conf} does not exist: install samba first") from None
+    except IncludeError as exc:
+        raise SetupError(f"{opts.smb_conf}: {exc}") from exc
+
+
+#: ``server role`` values Samba takes for an Active Directory DC (testparm:
+#: ROLE_ACTIVE_DIRECTORY_DC), compared without case and extra blanks.
+AD_DC_ROLES = {"dc", "domain controller", "active directory domain controller"}
+AD_DC_REFUSAL = ("Samba's AD DC (samba-ad-dc.service) runs its own smbd, winbindd and RPC "
+                 "server; this setup starts Debian's winbind.service and a samba-dcerpcd "
+                 "beside them and restarts smbd.service, which is for standalone servers and "
+                 "domain members")
+
+
+def ad_dc(conf: SmbConfFiles) -> bool:
+    """smb.conf says this is an Active Directory domain controller."""
+    role = " ".join((conf.get("global", "server role") or "").lower().split())
+    return role in AD_DC_ROLES
+
+
+def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str]]:
+    """The edits of smb.conf and of the included files that define what is edited."""
+    conf = read_smb_conf(opts)
+    if ad_dc(conf):
+        raise SetupError(f"{opts.smb_conf}: server role = {conf.get('global', 'server role')}: "
+                         f"{AD_DC_REFUSAL}; nothing was changed")
+    why: dict[str, list[str]] = {}
+
+    def put(section: str, key: str, value: str, reason: str) -> None:
+        try:
+            file = conf.set(section, key, value)
+        except EditError as exc:
+            raise SetupError(str(exc)) from exc
+        if file is not None:  # shown under that file's name in the plan
+            why.setdefault(file, []).append(f"[{section}] {key} = {value}: {reason}")
+
     for key, value, reason in (
         ("rpc start on demand helpers", "no",
          "smbd must not start samba-dcerpcd with rpcd_fsrvp on \\pipe\\FssagentRpc"),
         ("registry shares", "yes", "snapshot shares share@{GUID} are registry shares"),
     ):
-        if conf.set("global", key, value):
-            why.append(f"[global] {key} = {value}: {reason}")
+        put("global", key, value, reason)
     shares, notes = previous_versions_shares(conf, opts.root, opts.shares)
     for name in shares:
         own = conf.get(name, "vfs objects")
         vfs = vfs_modules(own if own is not None else conf.get("global", "vfs objects"))
         if "shadow_copy2" not in vfs:
             line = " ".join([*vfs, "shadow_copy2"])
-            conf.set(name, "vfs objects", line)
             kept = ("" if own is not None or not vfs else
                     f"; [global]'s {' '.join(vfs)} kept: a share's own line replaces it")
-            why.append(f"[{name}] vfs objects = {line}: snapshots as previous versions{kept}")
-        for key, value in (("shadow:snapdir", ".snapshots"), ("shadow:sort", "desc")):
-            if conf.get(name, key) is None and conf.set(name, key, value):
-                why.append(f"[{name}] {key} = {value}")
-    text = conf.text()
-    return (Change(opts.smb_conf, old, text, why) if text != old else None), notes
+            put(name, "vfs objects", line, f"snapshots as previous versions{kept}")
+        for key, value, reason in (
+                ("shadow:snapdir", ".snapshots", "where the agent puts snapshots"),
+                ("shadow:sort", "desc", "newest first, as Windows lists them")):
+            have = conf.get(name, key)
+            if have is None:
+                put(name, key, value, reason)
+            elif key == "shadow:snapdir" and have != value:
+                notes.append(f"[{name}] shadow:snapdir = {have} kept: previous versions list "
+                             f"those snapshots, not the agent's (in {value})")
+    notes += [i.describe() for i in conf.includes if i.worth_a_note]
+    changes = [Change(p, conf.original(p), conf.text(p), why.get(p, [])) for p in conf.changed()]
+    return changes, notes
 
 
 def dcerpcd_unit(opts: SetupOptions) -> str:
@@ -301,10 +364,7 @@ def agent_toml_additions(opts: SetupOptions, old: str) -> tuple[str, list[str], 
 
 
 def plan(opts: SetupOptions) -> Plan:
-    changes: list[Change] = []
-    smb, notes = _smb_conf_change(opts)
-    if smb:
-        changes.append(smb)
+    changes, notes = _smb_conf_changes(opts)
     units = {
         f"{SYSTEMD_DIR}/samba-dcerpcd.service": (
             dcerpcd_unit(opts), ["samba-dcerpcd with -s and every rpcd_* helper but rpcd_fsrvp"]),
@@ -312,10 +372,10 @@ def plan(opts: SetupOptions) -> Plan:
             agent_unit(opts), ["the agent: after winbind and samba-dcerpcd, before smbd"]),
     }
     for path, (text, why) in units.items():
-        old = _read(at(opts.root, path))
+        old = _read(file_at(opts.root, path))
         if old != text:
             changes.append(Change(path, old, text, why))
-    old_toml = _read(at(opts.root, opts.agent_config))
+    old_toml = _read(file_at(opts.root, opts.agent_config))
     if old_toml is None:
         changes.append(Change(opts.agent_config, None, agent_toml(opts),
                               ["the agent's configuration: Samba's shares, @GMT- names"]))
@@ -363,7 +423,7 @@ def apply(p: Plan) -> Path:
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_file)
     for c in p.changes:
-        _write(at(p.root, c.path), c.new, c.link)
+        _write(at(p.root, c.path) if c.link else file_at(p.root, c.path), c.new, c.link)
     return record_file
 
 
@@ -377,7 +437,7 @@ def agent_holdings(root: Path, agent_config: str) -> tuple[list[str], str]:
     from remotevss.agent.config import AgentConfig
 
     try:
-        data = tomllib.loads(_read(at(root, agent_config)) or "")
+        data = tomllib.loads(_read(file_at(root, agent_config)) or "")
     except tomllib.TOMLDecodeError:
         data = {}
     agent = data.get("agent", {}) if isinstance(data.get("agent"), dict) else {}
@@ -425,7 +485,7 @@ def later_edits(root: Path) -> list[str]:
     for path, entry in _record(root)["files"].items():
         if "written" not in entry:  # a record from before setup kept this
             continue
-        now = _link(at(root, path)) if entry["link"] else _read(at(root, path))
+        now = _link(at(root, path)) if entry["link"] else _read(file_at(root, path))
         if now == entry["written"]:
             continue
         if entry["link"] or now is None or entry["written"] is None:
@@ -445,7 +505,8 @@ def undo(root: Path) -> list[tuple[str, str]]:
     record = _record(root)
     done = []
     for path, entry in record["files"].items():
-        _write(at(root, path), entry["old"], bool(entry["link"]))
+        link = bool(entry["link"])
+        _write(at(root, path) if link else file_at(root, path), entry["old"], link)
         done.append(("removed" if entry["old"] is None else "restored", path))
     (at(root, UNDO_DIR) / "record.json").unlink()
     for d in sorted(record.get("dirs", []), key=len, reverse=True):  # deepest first
@@ -467,7 +528,7 @@ def _write(path: Path, content: str | None, link: bool) -> None:
         return
     mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     tmp = path.with_name(f".{path.name}.remotevss-tmp")
-    tmp.write_text(content)
+    tmp.write_text(content, errors=ERRORS)
     os.chmod(tmp, mode)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())

@@ -8,6 +8,8 @@ this module knows just enough of the syntax to change single parameters:
 ``[section]`` headers, ``name = value`` lines, comments (``#``, ``;``) and
 backslash continuations.  Parameter names compare as Samba compares them:
 case-insensitive, blanks ignored (``vfs objects`` == ``vfsobjects``).
+:func:`logical_lines` is the line syntax; setup/smbconf_files.py follows
+``include =`` across files with it (setup and doctor read through that).
 
 Rules of this module: no I/O; every edit is a pure function of the text.
 """
@@ -25,6 +27,53 @@ def norm_key(key: str) -> str:
     return "".join(key.split()).lower()
 
 
+#: How smb.conf files are decoded: bytes that are not UTF-8 (a Latin-1 comment on
+#: an old server; Samba reads them fine) are kept as they are, so a rewrite and
+#: --undo give back the same bytes.
+ERRORS = "surrogateescape"
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print: bytes that are not UTF-8 as U+FFFD."""
+    return text.encode("utf-8", ERRORS).decode("utf-8", "replace")
+
+
+def line_end(text: str) -> str:
+    """The file's line end, kept on rewrite (a file edited on Windows has CRLF)."""
+    return "\r\n" if "\r\n" in text else "\n"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One logical line that matters: a section header (``key`` None, ``name`` the
+    section) or a parameter (``key`` normalized, ``name`` as written)."""
+
+    start: int  # index of its first physical line
+    end: int  # index of its last physical line (backslash continuations)
+    name: str
+    key: str | None
+    value: str
+
+
+def logical_lines(lines: list[str]) -> list[Line]:
+    """Headers and parameters of a file's lines, in order (comments and blanks left out)."""
+    out: list[Line] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        start = i
+        while line.endswith("\\") and i + 1 < len(lines):  # continuation
+            i += 1
+            line = line[:-1] + " " + lines[i].strip()
+        stripped = line.strip()
+        if m := _SECTION.match(line):
+            out.append(Line(start, i, m["name"].strip(), None, ""))
+        elif stripped and stripped[0] not in "#;" and (m := _PARAM.match(line)):
+            out.append(Line(start, i, m["key"], norm_key(m["key"]), m["value"]))
+        i += 1
+    return out
+
+
 @dataclass
 class Section:
     name: str
@@ -39,25 +88,18 @@ class SmbConfText:
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
         self.trailing_newline = text.endswith("\n") or not text
+        self.eol = line_end(text)
         self._index()
 
     def _index(self) -> None:
         self.sections: list[Section] = [Section("global", -1)]
-        i = 0
-        while i < len(self.lines):
-            line = self.lines[i]
-            start = i
-            while line.endswith("\\") and i + 1 < len(self.lines):  # continuation
-                i += 1
-                line = line[:-1] + " " + self.lines[i].strip()
-            stripped = line.strip()
-            if m := _SECTION.match(line):
-                self.sections.append(Section(m["name"].strip(), start, last=start))
-            elif stripped and stripped[0] not in "#;" and (m := _PARAM.match(line)):
+        for item in logical_lines(self.lines):
+            if item.key is None:
+                self.sections.append(Section(item.name, item.start, last=item.start))
+            else:
                 sec = self.sections[-1]
-                sec.params[norm_key(m["key"])] = (start, m["value"])
-                sec.last = i
-            i += 1
+                sec.params[item.key] = (item.start, item.value)
+                sec.last = item.end
 
     def section(self, name: str) -> Section | None:
         """The last section of that name (Samba merges repeats; [global] may repeat too)."""
@@ -108,4 +150,4 @@ class SmbConfText:
         return True
 
     def text(self) -> str:
-        return "\n".join(self.lines) + ("\n" if self.trailing_newline else "")
+        return self.eol.join(self.lines) + (self.eol if self.trailing_newline else "")
