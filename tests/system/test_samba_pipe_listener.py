@@ -375,6 +375,20 @@ def test_pipe_dir_rules(tmp_path: Path) -> None:
         ensure_pipe_dir(link)
 
 
+def test_pipe_dir_parents_are_0755_under_an_admins_umask_077(tmp_path: Path) -> None:
+    """The missing parents get 0755 as Samba's own ncalrpc directory has, not
+    0700 from a restrictive umask; the np directory itself stays 0700."""
+    d = tmp_path / "a" / "b" / "np"
+    old = os.umask(0o077)
+    try:
+        ensure_pipe_dir(d)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    for parent in (d.parent, d.parent.parent):
+        assert stat.S_IMODE(os.stat(parent).st_mode) == 0o755, parent
+
+
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [

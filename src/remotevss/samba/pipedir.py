@@ -69,12 +69,27 @@ def default_pipe_dir(config_file: str) -> Path:
     return Path(socket_dir) / "np"
 
 
+def _make_parents(path: Path) -> None:
+    """Create the missing directories of ``path`` with mode 0755 whatever the umask
+    (Samba makes its ncalrpc directory 0755; an admin's umask 077 gave 0700)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o755)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs, left as it is
+        os.chmod(d, 0o755)  # noqa: S103 - what Samba uses for this directory
+
+
 def ensure_pipe_dir(path: Path) -> None:
     """Create ``path`` owned by us with mode 0700 (parent 0755), or check and fix its mode.
 
     A directory owned by another uid, or a symlink, is refused: its owner
     could put a socket of their own in our place."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _make_parents(path.parent)
     try:
         path.mkdir(mode=0o700)
         os.chmod(path, 0o700)  # whatever the umask
