@@ -116,6 +116,8 @@ def test_previous_versions_go_to_shares_on_snapshot_filesystems(target: Path,
         assert SmbConfText(conf.read_text()).get("slow", "vfs objects") == "shadow_copy2"
         bad = setup(target, "--share", "nosuch")
         assert bad.returncode == 2 and "no such share" in bad.stderr
+        # registry shares are on now: the admin is told where such a share lives
+        assert "'net conf setparm'" in bad.stderr, bad.stderr
     finally:
         subprocess.run(["umount", str(target / btrfs.relative_to("/"))], check=False)
 

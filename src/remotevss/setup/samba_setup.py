@@ -173,6 +173,10 @@ def previous_versions_shares(conf: SmbConfFiles, root: Path,
         missing = [w for w in wanted if w.lower() not in by_lower]
         if missing:
             unseen = [i.describe() for i in conf.includes if i.status == "per-client"]
+            if samba_bool(conf.get("global", "registry shares")):
+                unseen.append("a share made with 'net conf addshare' lives in Samba's "
+                              "registry, which setup does not edit: give it shadow_copy2 "
+                              "with 'net conf setparm' (docs/samba.md, Previous Versions)")
             raise SetupError(f"no such share in {' or '.join(conf.files())}: "
                              f"{', '.join(missing)}" + "".join(f"\n  ({u})" for u in unseen))
         return [by_lower[w.lower()] for w in wanted], notes
