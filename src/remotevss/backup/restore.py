@@ -9,6 +9,14 @@ files stay sparse.  A damaged chunk fails only the files that use it.  Large
 restores write regular files in a worker process as well (restore_workers.py);
 the hardlinks and the directories' metadata then wait until every file is
 written.
+
+Why descriptors, not paths: restore usually runs as root into a directory other
+users can write, and a path looked up twice can lead elsewhere the second time
+(a directory swapped for a symlink to /etc).  So the target is opened once and
+everything below it is reached from its parent's descriptor, never followed
+through a symlink, and set on what was opened (restore_fs.py); a directory
+keeps its descriptor until its metadata is set, and the writer processes open
+those very directories (restore_workers.ParentDirs).
 """
 
 from __future__ import annotations

@@ -177,8 +177,12 @@ def open_dir(parent: int, name: str, mode: int) -> tuple[int, bool]:
 def walk(root: int, parts: tuple[str, ...]) -> int:
     """A new descriptor of the directory ``parts`` below ``root``, no symlink followed."""
     fd = os.dup(root)
-    for name in parts:
-        fd = _step(fd, os.open(name, O_DIR, dir_fd=fd))
+    try:
+        for name in parts:
+            fd = _step(fd, os.open(name, O_DIR, dir_fd=fd))
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -219,12 +223,13 @@ def link(src_dir: int, src: str, parent: int, name: str) -> None:
 
 def open_made(parent: int, name: str, fmt: int) -> int:
     """An ``O_PATH`` descriptor of what this restore just made at ``name`` (a symlink,
-    FIFO, device node or socket: ``fmt`` is its ``S_IFMT``), checked to be that:
-    of that type, ours and with one name, so its metadata is set on it and on
-    nothing a racing user swapped in (not even a hardlink of another file)."""
+    FIFO, device node or socket: ``fmt`` is its ``S_IFMT``), checked to be of that
+    type and to have one name, so its metadata is set on it and not on a
+    hardlink of another file that a racing user swapped in.  (Not checked: the
+    owner, which an NFS server's root squashing changes.)"""
     fd = os.open(name, _O_LOOK, dir_fd=parent)
     st = os.fstat(fd)
-    if stat.S_IFMT(st.st_mode) != fmt or st.st_uid != os.geteuid() or st.st_nlink != 1:
+    if stat.S_IFMT(st.st_mode) != fmt or st.st_nlink != 1:
         os.close(fd)
         raise OSError(errno.EAGAIN, "replaced while it was restored", name)
     return fd
