@@ -25,6 +25,7 @@ symlink another user planted there (or moved there) is refused, not followed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -39,7 +40,7 @@ O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_LOOK = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Attempts at a name that someone keeps putting something into: each attempt
 #: removes what stands there (never a directory) and makes ours.
-TRIES = 3
+TRIES = 5
 MAX_SYMLINKS = 40  # as the kernel's path walk
 
 
@@ -163,7 +164,8 @@ def open_dir(parent: int, name: str, mode: int) -> tuple[int, bool]:
         try:
             fd = os.open(name, O_DIR, dir_fd=parent)
         except NotADirectoryError:  # a file or a symlink (O_NOFOLLOW): replaced
-            remove_nondir(parent, name)
+            with contextlib.suppress(IsADirectoryError):  # a directory by now: opened
+                remove_nondir(parent, name)
             continue
         except FileNotFoundError:  # removed meanwhile: again
             continue
