@@ -133,7 +133,10 @@ class _Restorer:
         # Regular files go to worker processes (and this one) in batches once
         # ``pool_from`` (files, bytes) are met; until every file is written the
         # hardlinks and the directories' metadata wait (``finish``).
-        self.processes = processes
+        # (Without /proc, as in a bare chroot, a writer could not reach the open
+        # directories: the files are then all written here.)
+        self.processes = processes if processes and os.path.isdir(
+            f"/proc/{os.getpid()}/fd") else 0
         self.pool_from = pool_from
         self.pool: _Writers | None = None
         self.met = [0, 0]  # files and bytes met before the pool started
@@ -144,7 +147,8 @@ class _Restorer:
         # ``settle_at`` of either (each holds a descriptor).
         self.later_links: list[tuple[int, str, Rel, Entry, str]] = []
         self.later_dirs: list[tuple[int, Entry, str, bool]] = []
-        self.settle_at = min(SETTLE_AT, _descriptor_budget()) if processes else SETTLE_AT
+        self.settle_at = (min(SETTLE_AT, _descriptor_budget()) if self.processes
+                          else SETTLE_AT)
 
     def look_ahead(self, entries: list[Entry], at: tuple[int, int]) -> tuple[int, int]:
         """Hand large chunks of the files from ``entries[at[0]]``'s chunk ``at[1]`` on to
