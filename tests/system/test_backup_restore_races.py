@@ -334,8 +334,8 @@ def plant(where: Path, name: str, to: Path) -> None:
 def test_symlinks_planted_at_every_place_below_the_target_are_replaced(
         tmp_path: Path, processes: int) -> None:
     """Before the restore: symlinks to ``outside`` (or into it) stand where the point
-    has a directory, a deeper directory, a file, a FIFO, a symlink and the second
-    name of a hardlink, and a hardlink of an outside file stands at a file's name.
+    has a directory, a deeper directory, a file, a FIFO, a symlink and both names
+    of a hardlink, and a hardlink of an outside file stands at a file's name.
     Each is replaced by what the point has; ``outside`` is unchanged."""
     src = tmp_path / "src"
     source_tree(src, 2, 600)
@@ -350,6 +350,7 @@ def test_symlinks_planted_at_every_place_below_the_target_are_replaced(
     plant(target / "d0", "f000", outside / "f000")  # a file's name
     plant(target / "d0", "fifo", outside / "victim")  # a FIFO's name
     plant(target / "d0", "ln", outside / "victim")  # a symlink's name
+    plant(target / "d0", "f002", outside / "victim")  # a hardlink's first name
     before = snapshot(outside)
     os.link(outside / "victim", target / "d0" / "f003")  # an outside file's hardlink
     with Repository(repo_path, "read") as repo:
