@@ -19,8 +19,8 @@ the real file system, no mocks:
 - symlinks planted before the restore at every kind of place: the target
   itself and a directory on the way to it (refused unless root's own in a
   directory only root can write), a directory below the target, a file's
-  name, a special file's name, the second name of a hardlink, and a hardlink
-  of an outside file standing at a file's name.
+  name, a special file's name, both names of a hardlink, and a hardlink of
+  an outside file standing at a file's name.
 """
 
 from __future__ import annotations
