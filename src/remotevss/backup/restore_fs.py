@@ -69,18 +69,22 @@ def has_default_acl(fd: int) -> bool:
     return True
 
 
-def _trusted_link(link: os.stat_result, holder: os.stat_result) -> bool:
-    """A symlink root may follow: made by root or by us, in a directory only root or
-    we can write (else another user could have moved a root-owned link there)."""
+def _untrusted_link(link: os.stat_result, holder: os.stat_result) -> str | None:
+    """Why root may not follow a symlink (None: it may): it must be made by root or
+    by us, in a directory only root or we can write (else another user could have
+    moved a root-owned link there)."""
     mine = (0, os.geteuid())
-    return (link.st_uid in mine and holder.st_uid in mine
-            and not holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    if link.st_uid not in mine:
+        return f"is owned by uid {link.st_uid}"
+    if holder.st_uid not in mine or holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "lies in a directory others can write"
+    return None
 
 
 def open_target(path: str, mode: int) -> Target:
     """Open (making it, and its missing parents with mode 0o777 less the umask, as
     ``os.makedirs``) the directory the user named, one name at a time, following
-    only trusted symlinks (``_trusted_link``).  ``mode``: for the last directory,
+    only trusted symlinks (``_untrusted_link``).  ``mode``: for the last directory,
     if made.  NotADirectoryError if it is something else; UnsafeTarget for an
     untrusted symlink on the way."""
     names = deque(n for n in path.split("/") if n and n != ".")
@@ -119,11 +123,10 @@ def open_target(path: str, mode: int) -> Target:
                 links += 1
                 if links > MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, "too many symbolic links", path)
-                if not _trusted_link(st, os.fstat(cur)):
-                    raise UnsafeTarget(
-                        errno.EPERM, f"the symlink {name!r} on the way is owned by uid "
-                        f"{st.st_uid} or lies in a directory others can write; not "
-                        "followed (name the real directory)", path)
+                why = _untrusted_link(st, os.fstat(cur))
+                if why:
+                    raise UnsafeTarget(errno.EPERM, f"the symlink {name!r} on the way {why}; "
+                                       "not followed (name the real directory)", path)
                 made = False
                 dest = os.readlink("", dir_fd=nxt)
             finally:
