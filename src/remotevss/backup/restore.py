@@ -9,6 +9,14 @@ files stay sparse.  A damaged chunk fails only the files that use it.  Large
 restores write regular files in a worker process as well (restore_workers.py);
 the hardlinks and the directories' metadata then wait until every file is
 written.
+
+Why descriptors, not paths: restore usually runs as root into a directory other
+users can write, and a path looked up twice can lead elsewhere the second time
+(a directory swapped for a symlink to /etc).  So the target is opened once and
+everything below it is reached from its parent's descriptor, never followed
+through a symlink, and set on what was opened (restore_fs.py); a directory
+keeps its descriptor until its metadata is set, and the writer processes open
+those very directories (restore_workers.ParentDirs).
 """
 
 from __future__ import annotations
@@ -17,18 +25,19 @@ import contextlib
 import errno
 import io
 import os
+import resource
 import select
 import stat
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from remotevss.backup import signals, workers
+from remotevss.backup import restore_fs, signals, workers
 from remotevss.backup.chunker import is_zero
 from remotevss.backup.index import Location, PointRow
 from remotevss.backup.progress import Progress
@@ -65,9 +74,13 @@ WORKER_BATCHES = 2
 #: directories holds, at the cost of one pause of the writers per this many.
 SETTLE_AT = 4096
 
-#: A file for a writer: (restored path, its entry, point path, whether its directory
+#: Where something is restored: its names below the restore's root directory.
+Rel = tuple[str, ...]
+#: A directory the parent holds open: (its descriptor, device, inode).
+DirRef = tuple[int, int, int]
+#: A file for a writer: (its directory, name, entry, point path, whether its directory
 #: was made by this restore without a default ACL, whether its directory has one).
-FileTask = tuple[str, "Entry", str, bool, bool]
+FileTask = tuple[DirRef, str, "Entry", str, bool, bool]
 #: What became of it: (written, bytes, errors, warnings).
 FileOutcome = tuple[bool, int, list[dict[str, str]], list[dict[str, str]]]
 
@@ -89,15 +102,18 @@ class _Restorer:
     def __init__(self, repo: Repository, point: PointRow | None, progress: Progress,
                  processes: int = 0, pool_from: tuple[int, int] = (POOL_FROM_FILES,
                                                                    POOL_FROM_BYTES),
-                 restored: dict[str, str] | None = None) -> None:
+                 restored: dict[str, Rel] | None = None, root: int = -1) -> None:
         self.repo = repo
         self.point = point
         self.progress = progress
         self.result = RestoreResult()
         self.as_root = os.geteuid() == 0
-        # point path -> restored path (for hardlinks); shared by the items of one
-        # --include restore, so two names of one file stay one file.
-        self.restored: dict[str, str] = {} if restored is None else restored
+        # The directory everything is restored below (the caller's descriptor), and
+        # point path -> where it was restored below it (for hardlinks, found again
+        # from there); shared by the items of one --include restore, so two names
+        # of one file stay one file.
+        self.root = root
+        self.restored: dict[str, Rel] = {} if restored is None else restored
         # Large chunks of the files next in the directory, opened by threads:
         # reading, decompressing and hashing release the GIL, so this overlaps
         # the writing (it was one after the other, on one core).
@@ -117,14 +133,22 @@ class _Restorer:
         # Regular files go to worker processes (and this one) in batches once
         # ``pool_from`` (files, bytes) are met; until every file is written the
         # hardlinks and the directories' metadata wait (``finish``).
-        self.processes = processes
+        # (Without /proc, as in a bare chroot, a writer could not reach the open
+        # directories: the files are then all written here.)
+        self.processes = processes if processes and os.path.isdir(
+            f"/proc/{os.getpid()}/fd") else 0
         self.pool_from = pool_from
         self.pool: _Writers | None = None
         self.met = [0, 0]  # files and bytes met before the pool started
         self.batch: list[FileTask] = []
         self.batch_bytes = 0
-        self.later_links: list[tuple[str, Entry, str]] = []
-        self.later_dirs: list[tuple[str, Entry, str, bool]] = []
+        # Waiting for ``settle``: hardlinks (in a directory still open), and the open
+        # directories whose walk has ended, with whether they inherited ACLs; at most
+        # ``settle_at`` of either (each holds a descriptor).
+        self.later_links: list[tuple[int, str, Rel, Entry, str]] = []
+        self.later_dirs: list[tuple[int, Entry, str, bool]] = []
+        self.settle_at = (min(SETTLE_AT, _descriptor_budget()) if self.processes
+                          else SETTLE_AT)
 
     def look_ahead(self, entries: list[Entry], at: tuple[int, int]) -> tuple[int, int]:
         """Hand large chunks of the files from ``entries[at[0]]``'s chunk ``at[1]`` on to
@@ -164,6 +188,8 @@ class _Restorer:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        dirs, self.later_dirs, self.later_links = self.later_dirs, [], []
+        _close_all(fd for fd, *_rest in dirs)  # stopped before they were settled
         self.drop_ahead()
         if self.decoder is not None:
             self.decoder.shutdown(wait=True, cancel_futures=True)
@@ -197,62 +223,68 @@ class _Restorer:
                 self.located[bid.hex()] = loc
 
     # -- metadata -----------------------------------------------------------------------
-    def apply_meta(self, path: str, e: Entry, point_path: str, inherited: bool = False
-                   ) -> None:
-        """``inherited``: ``path`` was made in a directory with a default ACL."""
-        link = e["type"] == SYMLINK
+    def apply_meta_fd(self, fd: int, e: Entry, point_path: str, mode_set: bool,
+                      inherited: bool) -> None:
+        """Owner, xattrs, mode and times on an open file or directory: the calls act on
+        what was opened, whatever its name leads to by now.  ``inherited``: it was
+        made in a directory with a default ACL."""
         if self.as_root and (e["uid"], e["gid"]) != (-1, -1):  # -1: unknown (SMB sources)
-            try:
-                os.chown(path, e["uid"], e["gid"], follow_symlinks=False)
-            except OSError as exc:
-                self.fail(point_path, f"chown: {exc.strerror}", warning=True)
-        for name, value in xattrs_of(e).items():
-            if name.startswith(FOREIGN_XATTR_PREFIXES):
-                continue  # e.g. an SMB security descriptor: no local equivalent
-            try:
-                os.setxattr(path, name, value, follow_symlinks=False)
-            except OSError as exc:
-                self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
-        if inherited and not link:
-            self.drop_inherited_acls(path, e, point_path)
-        if not link:
-            os.chmod(path, e["mode"])
-        os.utime(path, ns=(e["atime"], e["mtime"]), follow_symlinks=False)
-
-    def apply_meta_fd(self, fd: int, e: Entry, point_path: str, mode_set: bool) -> None:
-        """``apply_meta`` for a regular file still open: the calls act on the open
-        file, so the kernel does not look its path up five more times."""
-        if self.as_root and (e["uid"], e["gid"]) != (-1, -1):
             try:
                 os.fchown(fd, e["uid"], e["gid"])
             except OSError as exc:
                 self.fail(point_path, f"chown: {exc.strerror}", warning=True)
         for name, value in xattrs_of(e).items():
             if name.startswith(FOREIGN_XATTR_PREFIXES):
-                continue
+                continue  # e.g. an SMB security descriptor: no local equivalent
             try:
                 os.setxattr(fd, name, value)
             except OSError as exc:
                 self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
-        if self.inherit_dir:
+        if inherited:
             self.drop_inherited_acls(fd, e, point_path)
         if not mode_set:  # created with it (``created_with_mode``)
             os.fchmod(fd, e["mode"])
         os.utime(fd, ns=(e["atime"], e["mtime"]))
 
+    def apply_meta_made(self, parent: int, name: str, fmt: int, e: Entry, point_path: str,
+                        inherited: bool) -> None:
+        """``apply_meta_fd`` for a symlink or special file just made at ``name``: these
+        cannot be opened for writing, so the calls go to an ``O_PATH`` descriptor of
+        that very inode, through ``/proc/self/fd/N`` (restore_fs.open_made)."""
+        fd = restore_fs.open_made(parent, name, fmt)
+        try:
+            path = restore_fs.fd_path(fd)
+            if self.as_root and (e["uid"], e["gid"]) != (-1, -1):
+                try:
+                    os.chown(path, e["uid"], e["gid"])
+                except OSError as exc:
+                    self.fail(point_path, f"chown: {exc.strerror}", warning=True)
+            for xname, value in xattrs_of(e).items():
+                if xname.startswith(FOREIGN_XATTR_PREFIXES):
+                    continue
+                try:
+                    os.setxattr(path, xname, value)
+                except OSError as exc:
+                    self.fail(point_path, f"xattr {xname}: {exc.strerror}", warning=True)
+            if fmt != stat.S_IFLNK:
+                if inherited:
+                    self.drop_inherited_acls(path, e, point_path)
+                os.chmod(path, e["mode"])
+            os.utime(path, ns=(e["atime"], e["mtime"]))
+        finally:
+            os.close(fd)
+
     def drop_inherited_acls(self, target: int | str, e: Entry, point_path: str) -> None:
         """Remove the ACLs a new entry inherited from its directory's default ACL that
         the point does not have: restored as it was, not as the target would make
-        it (an inherited entry can grant access the source never did)."""
+        it (an inherited entry can grant access the source never did).
+        ``target``: an open descriptor, or the ``/proc/self/fd/N`` of one."""
         names = (ACL_ACCESS, ACL_DEFAULT) if e["type"] == DIR else (ACL_ACCESS,)
         for name in names:
             if name in e.get("xattrs", ()):
                 continue  # set from the point just before
             try:
-                if isinstance(target, int):
-                    os.removexattr(target, name)
-                else:
-                    os.removexattr(target, name, follow_symlinks=False)
+                os.removexattr(target, name)
             except OSError as exc:
                 if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
                     self.fail(point_path, f"inherited ACL {name}: {exc.strerror}",
@@ -269,14 +301,16 @@ class _Restorer:
                 and mode & self.umask == 0 and "xattrs" not in e)
 
     # -- entries -------------------------------------------------------------------------
-    def restore_dir_contents(self, dirpath: str, entries: list[Entry], point_prefix: str,
-                             made: bool = False) -> None:
-        """``made``: the directory was created by this restore (so it holds no
+    def restore_dir_contents(self, dir_fd: int, rel: Rel, entries: list[Entry],
+                             point_prefix: str, made: bool = False) -> None:
+        """Restore ``entries`` into the open directory ``dir_fd`` (at ``rel`` below the
+        root).  ``made``: the directory was created by this restore (so it holds no
         entries of its own and, unless inherited, no default ACL)."""
         if self.pool is None:
             self.locate(entries)
-        inherits = _has_default_acl(dirpath)
+        inherits = restore_fs.has_default_acl(dir_fd)
         plain = made and not inherits
+        ref: DirRef | None = None  # (descriptor, device, inode): for the writers
         looked = (0, 0)  # the next chunk to look at: (entry, chunk in its content)
         for i, e in enumerate(entries):
             signals.check()  # between entries: nothing is half-made here
@@ -289,18 +323,20 @@ class _Restorer:
             if not name or "/" in name or "\0" in name or name in (".", ".."):
                 self.fail(point_path, "unsafe name in the tree; skipped")
                 continue
-            path = os.path.join(dirpath, name)
-            if e["type"] == FILE and self.hand_over(path, e, point_path):
-                continue
-            self.restore_entry(path, e, point_path)
+            if e["type"] == FILE and self.processes:
+                if ref is None:
+                    st = os.fstat(dir_fd)
+                    ref = (dir_fd, st.st_dev, st.st_ino)
+                if self.hand_over(ref, name, rel, e, point_path):
+                    continue
+            self.restore_entry(dir_fd, name, rel, e, point_path)
 
     # -- files written by worker processes ------------------------------------------------
-    def hand_over(self, path: str, e: Entry, point_path: str) -> bool:
+    def hand_over(self, ref: DirRef, name: str, rel: Rel, e: Entry, point_path: str) -> bool:
         """Queue a regular file for the writers, starting them once ``pool_from`` is
-        met; a hardlink waits for ``finish``.  False: restore it here, now."""
+        met; a hardlink waits for ``finish``.  False: restore it here, now.  The
+        directory's descriptor stays open until then (``later_dirs``)."""
         if self.pool is None:
-            if not self.processes:
-                return False
             self.met[0] += 1
             self.met[1] += e.get("size", 0)
             if self.met[0] < self.pool_from[0] and self.met[1] < self.pool_from[1]:
@@ -308,10 +344,10 @@ class _Restorer:
             self.drop_ahead()  # opened for files that now go to the writers
             self.pool = _Writers(self.processes, self.repo)
         if "link" in e or point_path in self.restored:
-            self.later_links.append((path, e, point_path))
+            self.later_links.append((ref[0], name, rel, e, point_path))
             return True
-        self.restored[point_path] = path
-        self.batch.append((path, e, point_path, self.plain_dir, self.inherit_dir))
+        self.restored[point_path] = (*rel, name)
+        self.batch.append((ref, name, e, point_path, self.plain_dir, self.inherit_dir))
         self.batch_bytes += e.get("size", 0)
         if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
             self.dispatch()
@@ -326,11 +362,12 @@ class _Restorer:
             return
         if not self.pool.send(batch):
             saved = self.plain_dir, self.inherit_dir
-            self.outcomes(batch, write_batch(self, batch))
+            self.outcomes(batch, write_batch(self, batch, _own_dir))
             self.plain_dir, self.inherit_dir = saved
 
     def outcomes(self, batch: list[FileTask], done: list[FileOutcome]) -> None:
-        for (_path, _e, point_path, _plain, _inherits), (ok, nbytes, errors, warnings) in zip(
+        for (_ref, _name, _e, point_path, _plain, _inherits), (ok, nbytes, errors,
+                                                               warnings) in zip(
                 batch, done, strict=True):
             if ok:
                 self.result.files += 1
@@ -352,19 +389,24 @@ class _Restorer:
     def settle(self) -> None:
         """Wait for every file handed over, then make the hardlinks that waited and set
         the metadata of the directories whose walk has ended, deepest first (the
-        order they ended in), so that nothing changes them afterwards."""
+        order they ended in), so that nothing changes them afterwards; their
+        descriptors are closed then."""
         assert self.pool is not None
         self.dispatch()
         self.pool.drain(self.outcomes)
         links, self.later_links = self.later_links, []
-        for path, e, point_path in links:
-            self.restore_entry(path, e, point_path)
+        for dir_fd, name, rel, e, point_path in links:
+            self.restore_entry(dir_fd, name, rel, e, point_path)
         dirs, self.later_dirs = self.later_dirs, []
-        for path, e, point_path, inherited in dirs:
+        for i, (fd, e, point_path, inherited) in enumerate(dirs):
             try:
-                self.apply_meta(path, e, point_path, inherited)
+                self.apply_meta_fd(fd, e, point_path, False, inherited)
             except OSError as exc:
                 self.fail(point_path, exc)
+            except BaseException:
+                _close_all(fd for fd, *_rest in dirs[i:])
+                raise
+            os.close(fd)
 
     def drop_ahead(self) -> None:
         """Forget the chunks opened or located ahead (those not started are cancelled)."""
@@ -374,87 +416,95 @@ class _Restorer:
         self.ahead_bytes = 0
         self.located.clear()
 
-    def restore_entry(self, path: str, e: Entry, point_path: str) -> None:
+    def restore_entry(self, dir_fd: int, name: str, rel: Rel, e: Entry,
+                      point_path: str) -> None:
+        """``name`` in the open directory ``dir_fd`` (which is at ``rel``)."""
         kind = e["type"]
         try:
             if kind == DIR:
-                self.restore_dir(path, e, point_path)
+                self.restore_dir(dir_fd, name, (*rel, name), e, point_path)
                 return
             if kind == FILE:  # metadata set on the open file (or shared by a hardlink)
-                if self.restore_file(path, e, point_path):
+                if self.restore_file(dir_fd, name, rel, e, point_path):
                     self.result.files += 1
                 return
-            _remove_existing(path)
-            if kind == SYMLINK:
-                os.symlink(e["target"], path)
-                self.result.others += 1
-            elif kind == FIFO:
-                os.mkfifo(path, 0o600)
-                self.result.others += 1
-            elif kind in (CHAR, BLOCK, SOCKET):
-                fmt = {CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}[kind]
-                os.mknod(path, fmt | 0o600, e.get("rdev", 0))
-                self.result.others += 1
-            else:
+            fmt = {SYMLINK: stat.S_IFLNK, FIFO: stat.S_IFIFO, CHAR: stat.S_IFCHR,
+                   BLOCK: stat.S_IFBLK, SOCKET: stat.S_IFSOCK}.get(kind)
+            if fmt is None:
                 self.fail(point_path, f"unknown entry type {kind!r}")
                 return
-            self.apply_meta(path, e, point_path, self.inherit_dir)
+            _make_special(dir_fd, name, fmt, e)
+            self.result.others += 1
+            self.apply_meta_made(dir_fd, name, fmt, e, point_path, self.inherit_dir)
         except OSError as exc:
             self.fail(point_path, exc)
 
-    def restore_dir(self, path: str, e: Entry, point_path: str, top: bool = False) -> None:
-        """``top``: ``path`` is the target the user named, which may be a symlink to a
-        directory; below it nothing is followed."""
+    def restore_dir(self, parent: int, name: str, rel: Rel, e: Entry,
+                    point_path: str) -> None:
+        """The directory ``name`` of ``parent`` (at ``rel``): opened, or made, never
+        through a symlink (restore_fs.open_dir), then filled."""
         inherited = self.inherit_dir  # (set for the entries of its parent's loop)
-        made = _make_dir(path, follow=top)
+        fd, made = restore_fs.open_dir(parent, name, 0o700)
+        self.fill_dir(fd, rel, e, point_path, made, inherited)
+
+    def fill_dir(self, fd: int, rel: Rel, e: Entry, point_path: str, made: bool,
+                 inherited: bool) -> None:
+        """Restore the contents of the open directory ``fd`` (at ``rel``), then its
+        metadata -- at once, or once its files handed over are written (``settle``).
+        Takes ``fd`` over: it is closed when the directory is done."""
         self.result.dirs += 1
         try:
-            children = self.tree(e["subtree"])
-        except (RepoError, ValueError) as exc:
-            self.fail(point_path + "/", f"directory listing unreadable: {exc}")
-        else:
-            self.restore_dir_contents(path, children, point_path, made)
-        if self.pool is not None:
-            self.later_dirs.append((path, e, point_path, inherited))  # files may still be written
-            if len(self.later_dirs) >= SETTLE_AT or len(self.later_links) >= SETTLE_AT:
-                self.settle()
-        else:
-            self.apply_meta(path, e, point_path, inherited)
+            try:
+                children = self.tree(e["subtree"])
+            except (RepoError, ValueError) as exc:
+                self.fail(point_path + "/", f"directory listing unreadable: {exc}")
+            else:
+                self.restore_dir_contents(fd, rel, children, point_path, made)
+            if self.pool is None:
+                self.apply_meta_fd(fd, e, point_path, False, inherited)
+        except BaseException:
+            os.close(fd)
+            raise
+        if self.pool is None:
+            os.close(fd)
+            return
+        self.later_dirs.append((fd, e, point_path, inherited))  # files may still be written
+        if len(self.later_dirs) >= self.settle_at or len(self.later_links) >= self.settle_at:
+            self.settle()
 
-    def restore_file(self, path: str, e: Entry, point_path: str) -> bool:
+    def restore_file(self, dir_fd: int, name: str, rel: Rel, e: Entry,
+                     point_path: str) -> bool:
         if "link" not in e and point_path in self.restored:
             # The first name of a hardlinked file, whose later name an earlier item
             # of this --include restore already wrote (as a copy): one file again.
             e = {**e, "link": point_path}
         if "link" in e:
             first = self.restored.get(e["link"])
-            if first is not None:
-                _remove_existing(path)
-                os.link(first, path)
+            if first is not None:  # found again from the root, no symlink followed
+                src = restore_fs.walk(self.root, first[:-1])
+                try:
+                    restore_fs.link(src, first[-1], dir_fd, name)
+                finally:
+                    os.close(src)
                 return True
             target = self.find(e["link"])  # first name lies outside what is restored
             if target is None:
                 self.fail(point_path, f"hardlink target {e['link']} missing from the point")
                 return False
-            if not self.write_content(path, target, point_path):
+            if not self.write_content(dir_fd, name, target, point_path):
                 return False
-            self.restored[e["link"]] = path
+            self.restored[e["link"]] = (*rel, name)
             return True
-        if not self.write_content(path, e, point_path):
+        if not self.write_content(dir_fd, name, e, point_path):
             return False
-        self.restored[point_path] = path
+        self.restored[point_path] = (*rel, name)
         return True
 
-    def write_content(self, path: str, e: Entry, point_path: str) -> bool:
-        """Data, then owner, xattrs, mode and times on the open file."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    def write_content(self, dir_fd: int, name: str, e: Entry, point_path: str) -> bool:
+        """Data, then owner, xattrs, mode and times on the open file, made new at
+        ``name`` in ``dir_fd`` (restore_fs.create_file)."""
         mode_set = self.created_with_mode(e)
-        mode = e["mode"] if mode_set else 0o600
-        try:
-            fd = os.open(path, flags, mode)
-        except FileExistsError:  # replaced, not written through (it may be a hardlink)
-            _remove_existing(path)
-            fd = os.open(path, flags, mode)
+        fd = restore_fs.create_file(dir_fd, name, e["mode"] if mode_set else 0o600)
         try:
             end = 0  # the file's size so far
             for off, length, cid in e.get("content", ()):
@@ -469,40 +519,47 @@ class _Restorer:
                 os.ftruncate(fd, e["size"])
         except (RepoError, OSError) as exc:
             os.close(fd)
-            os.unlink(path)
+            _unlink_quietly(dir_fd, name)
             self.fail(point_path, f"not restored: {exc}")
             return False
         except BaseException:  # stopped or interrupted: no truncated file under its name
             os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            _unlink_quietly(dir_fd, name)
             raise
         try:
-            self.apply_meta_fd(fd, e, point_path, mode_set)
+            self.apply_meta_fd(fd, e, point_path, mode_set, self.inherit_dir)
         finally:
             os.close(fd)
         self.progress.file_done()
         return True
 
 
-def write_batch(r: _Restorer, batch: list[FileTask]) -> list[FileOutcome]:
+def _own_dir(ref: DirRef) -> int:
+    """In the parent, a task's directory is its own open descriptor."""
+    return ref[0]
+
+
+def write_batch(r: _Restorer, batch: list[FileTask], dir_of: Callable[[DirRef], int]
+                ) -> list[FileOutcome]:
     """Write whole files (in a worker process, or the parent when the workers are
     busy), each as the parent writes one; what became of each is returned, to be
-    reported by the parent (``_Restorer.outcomes``)."""
-    entries = [t[1] for t in batch]
+    reported by the parent (``_Restorer.outcomes``).  ``dir_of``: the descriptor
+    of a task's directory here (the parent's own; a worker opens the parent's,
+    restore_workers.ParentDirs)."""
+    entries = [t[2] for t in batch]
     r.locate(entries)
     saved = r.result, r.progress
     r.progress = Progress(stream=io.StringIO(), enabled=False)
     out: list[FileOutcome] = []
     looked = (0, 0)
     try:
-        for i, (path, e, point_path, plain, inherits) in enumerate(batch):
+        for i, (ref, name, e, point_path, plain, inherits) in enumerate(batch):
             if r.ahead_bytes < AHEAD_BYTES // 2 or looked[0] < i:
                 looked = r.look_ahead(entries, max(looked, (i, 0)))
             r.result = RestoreResult()
             r.plain_dir, r.inherit_dir = plain, inherits
             try:
-                ok = r.write_content(path, e, point_path)
+                ok = r.write_content(dir_of(ref), name, e, point_path)
             except OSError as exc:
                 r.fail(point_path, exc)
                 ok = False
@@ -600,16 +657,6 @@ def _umask() -> int | None:
     return None
 
 
-def _has_default_acl(path: str) -> bool:
-    """Whether new entries of ``path`` take their mode from a default ACL (an
-    error other than "no such attribute" counts as yes: the fchmod stays)."""
-    try:
-        os.getxattr(path, "system.posix_acl_default")
-    except OSError as exc:
-        return exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP)
-    return True
-
-
 def _pwrite_sparse(fd: int, data: bytes, offset: int) -> int:
     """Write a chunk, leaving its all-zero 64 KiB blocks (aligned to the file) as
     holes; returns the end of what it wrote (``offset`` if nothing).  Why: a
@@ -645,85 +692,62 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _make_dir(path: str, follow: bool = False, mode: int = 0o700) -> bool:
-    """Make a directory for the restore; True if made here.  What stands in its
-    place and is not a directory (a file, or a symlink, which is never followed:
-    it could lead out of the target) is replaced, as files replace files.
-    ``follow``: a symlink to a directory is taken as that directory."""
-    try:
-        os.mkdir(path, mode)
-        return True
-    except FileExistsError:
-        if follow:
-            if os.path.isdir(path):
-                return False
-            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory",
-                                     path) from None
-        if stat.S_ISDIR(os.lstat(path).st_mode):
-            return False
-    os.unlink(path)
-    os.mkdir(path, mode)
-    return True
-
-
-def make_real_dirs(base: str, parts: list[str]) -> None:
-    """Make ``base/parts[0]/parts[1]/...`` real directories below ``base`` (which the
-    user named): none of them is a symlink that could lead elsewhere.  New ones
-    are plain (mode 777 less the umask), as ``os.makedirs`` makes them."""
-    path = base
-    for part in parts:
-        path = os.path.join(path, part)
-        _make_dir(path, mode=0o777)
-
-
-def _remove_existing(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "a directory is in the way", path)
-    os.unlink(path)
-
-
-def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str = "",
-            progress: Progress | None = None, processes: int = PROCESSES,
-            pool_from: tuple[int, int] = (POOL_FROM_FILES, POOL_FROM_BYTES),
-            restored: dict[str, str] | None = None) -> RestoreResult:
-    """Restore ``point`` (or ``subpath`` inside it) to ``target``.
-
-    Without ``subpath``, ``target`` receives one directory per source label.
-    With a directory ``subpath``, ``target`` becomes that directory (its
-    contents and metadata); with a file, the file is restored into ``target``.
-    ``processes``: worker processes writing files beside this one (0: none),
-    started once ``pool_from`` (files, bytes) are met.  ``restored``: point path ->
-    restored path of the files already written, shared by the calls of one
-    ``--include`` restore (hardlinks between items stay hardlinks).  Inside
-    ``signals.stop_at_safe_points`` a signal stops it between files: the file
-    being written is removed, those handed to a worker are finished first.
-    """
-    r = _Restorer(repo, point, progress or Progress(enabled=False), processes, pool_from,
-                  restored)
-    target = os.fspath(target)
-    sub = subpath.strip("/")
-    try:
-        if not sub:
-            os.makedirs(target, exist_ok=True)
-            r.restore_dir_contents(target, r.tree(point.root), "")
-        else:
-            e = r.find(sub)
-            if e is None:
-                raise RepoError(f"{sub}: no such path in recovery point {point.id}")
-            if e["type"] == DIR:
-                parent = os.path.dirname(os.path.abspath(target))
-                os.makedirs(parent, exist_ok=True)
-                # A target made here takes the point's ACLs only; one that exists keeps its own.
-                r.inherit_dir = not os.path.lexists(target) and _has_default_acl(parent)
-                r.restore_dir(target, e, sub, top=True)
+def _make_special(parent: int, name: str, fmt: int, e: Entry) -> None:
+    """A symlink, FIFO, device node or socket at ``name`` (mode 0600 until its
+    metadata is set), replacing what stands there."""
+    for _ in range(restore_fs.TRIES):
+        restore_fs.remove_nondir(parent, name)
+        try:
+            if fmt == stat.S_IFLNK:
+                os.symlink(e["target"], name, dir_fd=parent)
+            elif fmt == stat.S_IFIFO:
+                os.mkfifo(name, 0o600, dir_fd=parent)
             else:
-                os.makedirs(target, exist_ok=True)
-                r.inherit_dir = _has_default_acl(target)
-                r.restore_entry(os.path.join(target, e["name"]), e, sub)
+                os.mknod(name, fmt | 0o600, e.get("rdev", 0), dir_fd=parent)
+            return
+        except FileExistsError:
+            continue
+    raise OSError(errno.EAGAIN, "kept changing while it was restored")
+
+
+def _unlink_quietly(parent: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=parent)
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+#: Descriptors left for everything but the directories waiting for ``settle`` (the
+#: open directories above the one being restored, 32 packs, the index, pipes).
+FD_RESERVE = 256
+
+
+def _descriptor_budget() -> int:
+    """How many directories may wait for ``settle`` holding a descriptor each: the
+    soft RLIMIT_NOFILE is raised (up to the hard one) so SETTLE_AT fit; what
+    does not fit settles sooner."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = SETTLE_AT + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(hard, want)
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    if soft == resource.RLIM_INFINITY:
+        return SETTLE_AT
+    return max(16, soft - FD_RESERVE)
+
+
+def run_restorer(r: _Restorer, body: Callable[[], None]) -> RestoreResult:
+    """Run ``body`` (the restore's walk), then what waits for the writers; on a
+    stop, the files handed over are finished first; the writers, threads and
+    descriptors are released whatever happens."""
+    try:
+        body()
         r.finish()
     except signals.Stopped:
         if r.pool is not None:  # the files handed over are finished, not cut off
@@ -733,6 +757,49 @@ def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str 
         r.close()
         r.progress.finish()
     return r.result
+
+
+def restore(repo: Repository, point: PointRow, target: str | Path, subpath: str = "",
+            progress: Progress | None = None, processes: int = PROCESSES,
+            pool_from: tuple[int, int] = (POOL_FROM_FILES, POOL_FROM_BYTES)
+            ) -> RestoreResult:
+    """Restore ``point`` (or ``subpath`` inside it) to ``target``.
+
+    Without ``subpath``, ``target`` receives one directory per source label.
+    With a directory ``subpath``, ``target`` becomes that directory (its
+    contents and metadata); with a file, the file is restored into ``target``.
+    ``target`` is opened once (restore_fs.open_target: made if missing, a
+    symlink in it followed only if trusted) and nothing below it is looked up
+    by a path from the root (restore_fs).  ``processes``: worker processes
+    writing files beside this one (0: none), started once ``pool_from`` (files,
+    bytes) are met.  Inside ``signals.stop_at_safe_points`` a signal stops it
+    between files: the file being written is removed, those handed to a worker
+    are finished first.
+    """
+    sub = subpath.strip("/")
+    e: Entry | None = None
+    progress = progress or Progress(enabled=False)
+    if sub:
+        e = _Restorer(repo, point, progress).find(sub)
+        if e is None:
+            raise RepoError(f"{sub}: no such path in recovery point {point.id}")
+    top = restore_fs.open_target(os.fspath(target), 0o700 if e and e["type"] == DIR
+                                 else 0o777)
+    r = _Restorer(repo, point, progress, processes, pool_from, root=top.fd)
+
+    def body() -> None:
+        if e is None:
+            r.restore_dir_contents(top.fd, (), r.tree(point.root), "")
+        elif e["type"] == DIR:  # a target made here takes the point's ACLs only
+            r.fill_dir(os.dup(top.fd), (), e, sub, top.made, top.inherited)
+        else:
+            r.inherit_dir = restore_fs.has_default_acl(top.fd)
+            r.restore_entry(top.fd, e["name"], (), e, sub)
+
+    try:
+        return run_restorer(r, body)
+    finally:
+        os.close(top.fd)
 
 
 def list_paths(repo: Repository, point: PointRow, subpath: str = "") -> Iterator[str]:

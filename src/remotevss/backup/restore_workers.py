@@ -16,6 +16,13 @@ Rules (the parent's side is in restore.py):
   and times set on the open file, as the parent would.  Directories, links,
   special files and every directory's metadata stay with the parent, which
   sets the metadata of directories only once all their files are written.
+- It never looks a directory up by name (another user could have swapped
+  one for a symlink by then): a task names the directory the parent holds
+  open (descriptor, device, inode), and the worker opens that very
+  directory through ``/proc/PARENT/fd/N`` (``ParentDirs``), checked by its
+  device and inode, then creates the file relative to it as the parent would.
+  The parent keeps every such directory open until the files handed over are
+  written.
 - Each batch is answered with one result per file (written or not, bytes,
   errors and warnings); a damaged chunk fails only its file, as in the
   parent.  A worker that dies fails the restore.
@@ -23,15 +30,46 @@ Rules (the parent's side is in restore.py):
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from remotevss.backup.progress import Progress
 from remotevss.backup.repo import Repository
-from remotevss.backup.restore import FileTask, _Restorer, write_batch
+from remotevss.backup.restore import DirRef, FileTask, _Restorer, write_batch
+from remotevss.backup.restore_fs import open_parent_dir
 from remotevss.backup.workers import become_worker, make_codec, recv_obj, send_obj
+
+#: Parent directories kept open here (a batch's files mostly share a few, and the
+#: next batch goes on in the last one).
+KEEP_DIRS = 32
+
+
+class ParentDirs:
+    """The directories of the tasks, as descriptors of this process: each opened once
+    through the parent's ``/proc/PID/fd/N`` (restore_fs.open_parent_dir)."""
+
+    def __init__(self, ppid: int) -> None:
+        self.ppid = ppid
+        self.open: dict[DirRef, int] = {}
+
+    def __call__(self, ref: DirRef) -> int:
+        fd = self.open.get(ref)
+        if fd is None:
+            if len(self.open) >= KEEP_DIRS:  # the oldest goes
+                oldest = next(iter(self.open))
+                os.close(self.open.pop(oldest))
+            fd = self.open[ref] = open_parent_dir(self.ppid, *ref)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.open.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.open.clear()
 
 
 def main() -> None:
@@ -42,13 +80,15 @@ def main() -> None:
     path, kind, master = init
     with Repository(Path(path), "read", codec=make_codec(kind, master)) as repo:
         writer = _Restorer(repo, None, Progress(stream=io.StringIO(), enabled=False))
+        dirs = ParentDirs(os.getppid())
         try:
             while True:
                 batch: list[FileTask] | None = recv_obj(0)
                 if batch is None:
                     return
-                send_obj(1, write_batch(writer, batch))
+                send_obj(1, write_batch(writer, batch, dirs))
         finally:
+            dirs.close()
             writer.close()
 
 
