@@ -111,6 +111,10 @@ def _verb(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = _verb(argv)
+    if verb == "backup":  # the passphrase's scrypt first: it runs beside the imports
+        from remotevss.backup import kdf
+
+        kdf.start_from_argv(argv[argv.index(verb) + 1:])
     args = build_parser(agent_only=verb == "agent", backup_only=verb == "backup").parse_args(argv)
     level = logging.WARNING - 10 * (getattr(args, "verbose", 0) or 0)
     logging.basicConfig(

@@ -275,3 +275,32 @@ def test_a_first_backup_asks_the_files_cache_nothing_and_the_next_reuses_all(
     with Repository(repo, "write", passphrase=PASS) as r:
         other = run_backup(r, [LocalSource(src, "other")]).stats
     assert asked == [] and other["cache_hits"] == 0
+
+
+@pytest.mark.parametrize("after", [1 << 30, 3])
+def test_dedup_answers_are_the_same_with_or_without_the_bloom_filter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """The filter is built only once a run has asked BLOOM_AFTER dedup questions (a
+    run reading a few changed files never pays for reading every blob id); until
+    then and after, an id is known exactly when it is indexed or pending."""
+    from remotevss.backup import repo as repo_mod
+    from remotevss.backup.packs import DATA
+    from remotevss.backup.repo import store_data
+
+    monkeypatch.setattr(repo_mod, "BLOOM_AFTER", after)
+    init_repo(tmp_path / "r", passphrase=PASS)
+    with Repository(tmp_path / "r", "write", passphrase=PASS) as r:
+        w = r.writer()
+        indexed = [store_data(w, f"indexed {i}".encode()) for i in range(5)]
+        w.flush()
+        pending = [store_data(w, f"pending {i}".encode()) for i in range(3)]
+        absent = [r.blob_id(f"absent {i}".encode()) for i in range(5)]
+        answers = [w.has(b) for b in indexed + pending + absent]
+        assert answers == [True] * 8 + [False] * 5
+        assert [w.known(b) for b in indexed + pending + absent] == answers
+        assert (w._bloom is not None) == (after == 3)
+        # A blob added once the filter exists is known to it; and stored once only.
+        late = store_data(w, b"late")
+        assert w.has(late) and w.known(late)
+        assert not w.add_raw(late, DATA, b"late")
+        w.close()

@@ -371,14 +371,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.repo:
         print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
         return EXIT_USAGE
-    from remotevss.backup.memory import tune_malloc
-
-    tune_malloc()
     secret = functools.cache(passphrase_source(args))  # asked at most once per command
     if args.backup_command != "init" and _passphrase_given(args):
         from remotevss.backup import kdf
 
         kdf.start(Path(args.repo), secret)  # runs while the rest is imported and opened
+    from remotevss.backup.memory import tune_malloc
+
+    tune_malloc()
     from remotevss.backup.repo import RepoDamaged, RepoError, RepoLocked, WrongPassphrase
     from remotevss.backup.signals import terminate_as
 
@@ -788,6 +788,9 @@ def _key(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from remotevss.backup import kdf
+
+    kdf.start_from_argv(sys.argv[1:] if argv is None else argv)  # before the parser is built
     parser = argparse.ArgumentParser(prog="remotevss backup")
     configure(parser)
     return run(parser.parse_args(argv))
