@@ -16,7 +16,7 @@ from remotevss.backup.listing import ListingPrefetch
 from remotevss.backup.prune import prune
 from remotevss.backup.repo import Repository, init_repo
 from remotevss.backup.restore import restore
-from remotevss.backup.snapshot_source import LocalSource
+from remotevss.backup.snapshot_source import LocalSource, SourceEntry
 
 PASS = "reuse test passphrase"
 
@@ -304,3 +304,30 @@ def test_dedup_answers_are_the_same_with_or_without_the_bloom_filter(
         assert w.has(late) and w.known(late)
         assert not w.add_raw(late, DATA, b"late")
         w.close()
+
+
+def test_the_collector_runs_rarely_during_a_backup_and_as_before_after(tmp_path: Path) -> None:
+    """memory.fewer_collections: the young generation's threshold is raised while
+    run_backup runs (the collector took 0.1-0.6 s of a run walking live
+    objects) and given back afterwards, also when the run fails."""
+    import gc
+
+    from remotevss.backup import memory
+
+    seen: list[tuple[int, int, int]] = []
+
+    class Watched(LocalSource):
+        def scandir(self, relpath: str) -> list[SourceEntry]:
+            seen.append(gc.get_threshold())
+            return super().scandir(relpath)
+
+    _tree(tmp_path / "src")
+    init_repo(tmp_path / "r", passphrase=PASS)
+    before = gc.get_threshold()
+    with Repository(tmp_path / "r", "write", passphrase=PASS) as r:
+        run_backup(r, [Watched(tmp_path / "src", "data")])
+        assert seen and {t[0] for t in seen} == {max(before[0], memory.GC_THRESHOLD)}
+        assert gc.get_threshold() == before
+        with pytest.raises(FileNotFoundError):
+            run_backup(r, [Watched(tmp_path / "missing", "gone")])
+    assert gc.get_threshold() == before

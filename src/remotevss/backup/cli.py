@@ -451,6 +451,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
     if cmd == "run":
         from remotevss.backup.backup import local_sources, run_backup
         from remotevss.backup.listing import prefetch_listings
+        from remotevss.backup.memory import collect_rarely
 
         if any(_names_share(spec) for spec in args.sources):
             from remotevss.backup.requestor import split_specs
@@ -464,7 +465,9 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
             return _run_shares(args, repo_path, local_specs, shares)
         excludes = _excludes(args)
         sources = local_sources(args.sources, excludes)
-        # List the trees while the passphrase's scrypt runs (it releases the GIL).
+        # The collector rarely from the first listing on (memory.py), and the trees
+        # listed while the passphrase's scrypt runs (it releases the GIL).
+        collect_rarely()
         ahead = prefetch_listings(sources)
         try:
             with Repository(repo_path, "write", command="backup run",
