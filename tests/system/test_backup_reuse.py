@@ -304,6 +304,10 @@ def test_dedup_answers_are_the_same_with_or_without_the_bloom_filter(
         assert w.has(late) and w.known(late)
         assert not w.add_raw(late, DATA, b"late")
         w.close()
+        w = r.writer()  # a source's first backup: built at the first question
+        w.expect_many_questions()
+        assert w.has(indexed[0]) and not w.has(absent[0]) and w._bloom is not None
+        w.close()
 
 
 def test_the_collector_runs_rarely_during_a_backup_and_as_before_after(tmp_path: Path) -> None:

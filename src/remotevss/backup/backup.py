@@ -837,6 +837,8 @@ def _run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, 
     try:
         engine.uncached = {s.cache_key for s in sources
                            if not repo.index.cache_has_source(s.cache_key)}
+        if engine.uncached:
+            engine.writer.expect_many_questions()
         if processes and any(_worker_readable(s) and s.cache_key in engine.uncached
                              for s in sources):
             engine.start_processes()  # all is to be read: no reason to wait for 32 MiB

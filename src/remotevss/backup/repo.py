@@ -690,6 +690,11 @@ class BlobWriter:
             self._bloom, self._filling = bloom, None
         return self._bloom
 
+    def expect_many_questions(self) -> None:
+        """Build the filter at the first dedup question (a source's first backup
+        reads everything: its questions will be many)."""
+        self._probes = max(self._probes, BLOOM_AFTER)
+
     def known(self, blob_id: bytes) -> bool:
         """Thread-safe dedup test for the worker threads (own read connection each)."""
         bloom = self._bloom
