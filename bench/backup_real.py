@@ -54,6 +54,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PY = str(REPO_ROOT / ".venv/bin/python")
+SRC = str(REPO_ROOT / "src")
 PASSWORD = "bench passphrase"
 # remotevss as the installed ``remotevss`` command runs it (remotevss.cli:main), so
 # the command line's own start-up is measured as users meet it.
@@ -211,8 +212,9 @@ class Tool:
             # compile the sources again: ~50 ms of CPU a command).
             self.env = {"REMOTEVSS_BACKUP_PASSWORD": PASSWORD, "PYTHONDONTWRITEBYTECODE": "",
                         "PYTHONPYCACHEPREFIX": str(self.repo) + "-pycache"}
-            if self.name == "baseline" and self.baseline:
-                self.env["PYTHONPATH"] = self.baseline
+            # This checkout's src (an installed or editable remotevss may be another's).
+            self.env["PYTHONPATH"] = (self.baseline if self.name == "baseline" and self.baseline
+                                      else SRC)
             subprocess.run([self.py, "-c", WARM_IMPORTS], check=True,
                            env={**os.environ, **self.env})
             argv = [self.py, *REMOTEVSS, "init", "--repo", str(self.repo)]
@@ -256,7 +258,7 @@ def profile(trees: list[Path], scratch: Path, out: str, to_change: list[str]) ->
     they changed into ``out``.changed; the top functions of each are printed."""
     repo = scratch / "repo-profile"
     env = {**os.environ, "REMOTEVSS_BACKUP_PASSWORD": PASSWORD, "PYTHONDONTWRITEBYTECODE": "",
-           "PYTHONPYCACHEPREFIX": str(scratch / "profile-pycache")}
+           "PYTHONPYCACHEPREFIX": str(scratch / "profile-pycache"), "PYTHONPATH": SRC}
     subprocess.run([PY, "-c", WARM_IMPORTS], check=True, env=env)
     subprocess.run([PY, *REMOTEVSS, "init", "--repo", str(repo)], check=True,
                    stdout=subprocess.DEVNULL, env=env)
