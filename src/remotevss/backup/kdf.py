@@ -27,7 +27,6 @@ import json
 import os
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 MAX_N, MAX_R, MAX_P = 1 << 20, 32, 16
@@ -94,16 +93,19 @@ def derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return derive_now(passphrase, salt, n, r, p)
 
 
-def start(repo: Path, passphrase: Callable[[], str]) -> None:
+def start(repo: str | os.PathLike[str], passphrase: Callable[[], str]) -> None:
     """Begin deriving the key of the repository's first key file.  ``passphrase``
     is called only if there is such a file (an unencrypted repository never
     asks); any problem (no file, a damaged one, no passphrase) starts nothing
     and is left to the command to meet and report."""
     try:
-        files = sorted((repo / "keys").glob("*.json"))
+        # As ``sorted(Path(repo, "keys").glob("*.json"))``, without importing pathlib
+        # before the derivation starts.
+        keys = os.path.join(repo, "keys")
+        files = sorted(n for n in os.listdir(keys) if n.endswith(".json") and n[0] != ".")
         if not files:
             return
-        with open(files[0], "rb") as f:
+        with open(os.path.join(keys, files[0]), "rb") as f:
             doc = json.loads(f.read(MAX_KEY_FILE))  # a longer one is damaged: no JSON
         salt = base64.b64decode(str(doc["salt"]), validate=True)
         params = bounded(doc.get("kdf"), salt)
@@ -157,4 +159,4 @@ def start_from_argv(argv: Sequence[str]) -> None:
         secret = os.environ.get(PASSWORD_ENV, "")
         if not secret:
             return
-    start(Path(repo), lambda: secret)
+    start(repo, lambda: secret)
