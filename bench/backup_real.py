@@ -20,9 +20,10 @@ runs by ~19 % and restic's not at all (see ``run``).
 ``--tools`` may name ``remotevss-pN``: remotevss with ``--processes N``, to
 compare worker counts in one run.
 
-``--profile FILE`` also runs one remotevss full backup under cProfile (the
-reading thread only; the two workers' CPU shows in the user time) and
-prints the top functions by cumulative and internal time.  ``--changed
+``--profile FILE`` also runs remotevss's full backup, unchanged incremental
+and (with ``--changed``) changed run under cProfile (the main thread only;
+the other threads' and workers' CPU shows in the user time) into FILE,
+FILE.incr and FILE.changed, and prints the top functions by internal time.  ``--changed
 PCT`` (default 1) backs up a private copy of the trees instead, and after
 the unchanged incremental changes PCT % of its files (one byte each, same
 size) and times a third run.  ``--restores N`` restores each tool's last
@@ -53,7 +54,15 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PY = str(REPO_ROOT / ".venv/bin/python")
+SRC = str(REPO_ROOT / "src")
 PASSWORD = "bench passphrase"
+# remotevss as the installed ``remotevss`` command runs it (remotevss.cli:main), so
+# the command line's own start-up is measured as users meet it.
+REMOTEVSS = ["-c", "import sys; from remotevss.cli import main; sys.exit(main())", "backup"]
+# Modules imported once per tool before its rounds, so that their bytecode is cached
+# (below) and no timed run compiles sources, as an installed package's never does.
+WARM_IMPORTS = ("import remotevss.cli, remotevss.backup.cli, remotevss.backup.backup, "
+                "remotevss.backup.restore, remotevss.backup.workers")
 
 
 # Peak memory of the last run() (MB): "rss" the main process alone (wait4), "rss_sum"
@@ -195,13 +204,20 @@ class Tool:
 
     def init(self) -> None:
         shutil.rmtree(self.repo, ignore_errors=True)
-        for extra in ("-cache", "-base"):
+        for extra in ("-cache", "-base"):  # the bytecode stays for the next round
             shutil.rmtree(str(self.repo) + extra, ignore_errors=True)
         if self.ours:
-            self.env = {"REMOTEVSS_BACKUP_PASSWORD": PASSWORD}
-            if self.name == "baseline" and self.baseline:
-                self.env["PYTHONPATH"] = self.baseline
-            argv = [self.py, "-m", "remotevss.backup.cli", "init", "--repo", str(self.repo)]
+            # Bytecode in a directory of the run's own (a checkout's src may be read-only,
+            # and PYTHONDONTWRITEBYTECODE, set in some environments, made every run
+            # compile the sources again: ~50 ms of CPU a command).
+            self.env = {"REMOTEVSS_BACKUP_PASSWORD": PASSWORD, "PYTHONDONTWRITEBYTECODE": "",
+                        "PYTHONPYCACHEPREFIX": str(self.repo) + "-pycache"}
+            # This checkout's src (an installed or editable remotevss may be another's).
+            self.env["PYTHONPATH"] = (self.baseline if self.name == "baseline" and self.baseline
+                                      else SRC)
+            subprocess.run([self.py, "-c", WARM_IMPORTS], check=True,
+                           env={**os.environ, **self.env})
+            argv = [self.py, *REMOTEVSS, "init", "--repo", str(self.repo)]
         elif self.name == "restic":
             self.env = {"RESTIC_PASSWORD": PASSWORD,
                         "RESTIC_CACHE_DIR": str(self.repo) + "-cache"}
@@ -215,7 +231,7 @@ class Tool:
     def backup_argv(self) -> list[str]:
         self.count += 1
         if self.ours:
-            return [self.py, "-m", "remotevss.backup.cli", "run", "--repo", str(self.repo),
+            return [self.py, *REMOTEVSS, "run", "--repo", str(self.repo),
                     *self.extra, *(f"{p.name}={p}" for p in self.trees)]
         if self.name == "restic":
             return ["restic", "-r", str(self.repo), "backup", "-q", *map(str, self.trees)]
@@ -224,7 +240,7 @@ class Tool:
 
     def restore_argv(self, target: Path) -> list[str] | None:
         if self.ours:
-            return [self.py, "-m", "remotevss.backup.cli", "restore", "--repo", str(self.repo),
+            return [self.py, *REMOTEVSS, "restore", "--repo", str(self.repo),
                     "latest", "--to", str(target)]
         if self.name == "restic":
             return ["restic", "-r", str(self.repo), "restore", "-q", "latest", "--target",
@@ -232,21 +248,34 @@ class Tool:
         return None  # borg extracts into the working directory: left out
 
     def cleanup(self) -> None:
-        for extra in ("", "-cache", "-base"):
+        for extra in ("", "-cache", "-base", "-pycache"):
             shutil.rmtree(str(self.repo) + extra, ignore_errors=True)
 
 
-def profile(trees: list[Path], scratch: Path, out: str) -> None:
+def profile(trees: list[Path], scratch: Path, out: str, to_change: list[str]) -> None:
+    """cProfile (the main thread) of a full backup into ``out``, then of the unchanged
+    incremental into ``out``.incr and, with files to change, of the run after
+    they changed into ``out``.changed; the top functions of each are printed."""
     repo = scratch / "repo-profile"
-    env = {**os.environ, "REMOTEVSS_BACKUP_PASSWORD": PASSWORD}
-    subprocess.run([PY, "-m", "remotevss.backup.cli", "init", "--repo", str(repo)], check=True,
+    env = {**os.environ, "REMOTEVSS_BACKUP_PASSWORD": PASSWORD, "PYTHONDONTWRITEBYTECODE": "",
+           "PYTHONPYCACHEPREFIX": str(scratch / "profile-pycache"), "PYTHONPATH": SRC}
+    subprocess.run([PY, "-c", WARM_IMPORTS], check=True, env=env)
+    subprocess.run([PY, *REMOTEVSS, "init", "--repo", str(repo)], check=True,
                    stdout=subprocess.DEVNULL, env=env)
-    subprocess.run([PY, "-m", "cProfile", "-o", out, "-m", "remotevss.backup.cli", "run",
-                    "--repo", str(repo), *(f"{p.name}={p}" for p in trees)],
-                   check=False, stdout=subprocess.DEVNULL, env=env)
-    stats = pstats.Stats(out)
-    print("\nprofile of the reading thread (full backup), by internal time:")
-    stats.sort_stats("tottime").print_stats(18)
+    runs = [("full backup", out), ("unchanged incremental", out + ".incr")]
+    if to_change:
+        runs.append(("after the change", out + ".changed"))
+    for what, path in runs:
+        if what == "after the change":
+            change(to_change)
+        script = ("import cProfile; from remotevss.cli import main; "
+                  f"cProfile.run('main()', {path!r})")
+        subprocess.run([PY, "-c", script, "backup", "run", "--repo", str(repo),
+                        *(f"{p.name}={p}" for p in trees)],
+                       check=False, stdout=subprocess.DEVNULL, env=env)
+        stats = pstats.Stats(path)
+        print(f"\nprofile of the main thread ({what}; {path}), by internal time:")
+        stats.sort_stats("tottime").print_stats(18)
     shutil.rmtree(repo, ignore_errors=True)
 
 
@@ -256,7 +285,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tools", default="remotevss,restic,borg")
     ap.add_argument("--workdir", default=None, help="scratch directory (default: /var/tmp)")
-    ap.add_argument("--profile", metavar="FILE", help="also profile one remotevss full backup")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="also profile remotevss's full backup (FILE), unchanged incremental "
+                         "(FILE.incr) and 1 %% changed run (FILE.changed)")
     ap.add_argument("--changed", type=float, default=1.0, metavar="PCT",
                     help="back up a copy of the trees and time a run after PCT %% of its "
                          "files changed (0: back up the trees themselves, no such run)")
@@ -331,7 +362,7 @@ def main() -> int:
             restores(tools, scratch, args.restores, results,
                      fs_size=2 * nbytes + (1 << 30), fresh=not args.restore_in_place)
         if args.profile:
-            profile(trees, scratch, args.profile)
+            profile(trees, scratch, args.profile, to_change)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report(results, nfiles, nbytes)

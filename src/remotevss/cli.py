@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from remotevss import __version__
 
 if TYPE_CHECKING:
+    import argparse
+
     from remotevss.agent.config import AgentConfig, ShareConfig
+
+# argparse, logging and dataclasses load in main(), after a backup command has
+# started its passphrase's scrypt (kdf.start_from_argv): ~10 ms earlier.
 
 
 def _share_arg(text: str) -> ShareConfig:
+    import argparse
+
     from remotevss.agent.config import ShareConfig
 
     name, sep, path = text.partition("=")
@@ -30,6 +34,8 @@ def build_parser(agent_only: bool = False, backup_only: bool = False) -> argpars
     agent never imports the client, backup and setup packages (~2 MB, issue 13);
     ``backup_only``: just ``backup``, so a backup command does not wait ~55 ms for
     the agent's and the admin commands' modules (asyncio among them) to load."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="remotevss", description="Remote VSS (MS-FSRVP) for Linux")
     p.add_argument("--version", action="version", version=f"remotevss {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +117,12 @@ def _verb(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = _verb(argv)
+    if verb == "backup":  # the passphrase's scrypt first: it runs beside the imports
+        from remotevss.backup import kdf
+
+        kdf.start_from_argv(argv[argv.index(verb) + 1:])
+    import logging
+
     args = build_parser(agent_only=verb == "agent", backup_only=verb == "backup").parse_args(argv)
     level = logging.WARNING - 10 * (getattr(args, "verbose", 0) or 0)
     logging.basicConfig(
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with _without_openssl():
             import asyncio
+            from dataclasses import replace
 
             from remotevss.agent.events import configure_logging
             from remotevss.agent.main import run_agent

@@ -16,7 +16,7 @@ from remotevss.backup.listing import ListingPrefetch
 from remotevss.backup.prune import prune
 from remotevss.backup.repo import Repository, init_repo
 from remotevss.backup.restore import restore
-from remotevss.backup.snapshot_source import LocalSource
+from remotevss.backup.snapshot_source import LocalSource, SourceEntry
 
 PASS = "reuse test passphrase"
 
@@ -275,3 +275,63 @@ def test_a_first_backup_asks_the_files_cache_nothing_and_the_next_reuses_all(
     with Repository(repo, "write", passphrase=PASS) as r:
         other = run_backup(r, [LocalSource(src, "other")]).stats
     assert asked == [] and other["cache_hits"] == 0
+
+
+@pytest.mark.parametrize("after", [1 << 30, 3])
+def test_dedup_answers_are_the_same_with_or_without_the_bloom_filter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """The filter is built only once a run has asked BLOOM_AFTER dedup questions (a
+    run reading a few changed files never pays for reading every blob id); until
+    then and after, an id is known exactly when it is indexed or pending."""
+    from remotevss.backup import repo as repo_mod
+    from remotevss.backup.packs import DATA
+    from remotevss.backup.repo import store_data
+
+    monkeypatch.setattr(repo_mod, "BLOOM_AFTER", after)
+    init_repo(tmp_path / "r", passphrase=PASS)
+    with Repository(tmp_path / "r", "write", passphrase=PASS) as r:
+        w = r.writer()
+        indexed = [store_data(w, f"indexed {i}".encode()) for i in range(5)]
+        w.flush()
+        pending = [store_data(w, f"pending {i}".encode()) for i in range(3)]
+        absent = [r.blob_id(f"absent {i}".encode()) for i in range(5)]
+        answers = [w.has(b) for b in indexed + pending + absent]
+        assert answers == [True] * 8 + [False] * 5
+        assert [w.known(b) for b in indexed + pending + absent] == answers
+        assert (w._bloom is not None) == (after == 3)
+        # A blob added once the filter exists is known to it; and stored once only.
+        late = store_data(w, b"late")
+        assert w.has(late) and w.known(late)
+        assert not w.add_raw(late, DATA, b"late")
+        w.close()
+        w = r.writer()  # a source's first backup: built at the first question
+        w.expect_many_questions()
+        assert w.has(indexed[0]) and not w.has(absent[0]) and w._bloom is not None
+        w.close()
+
+
+def test_the_collector_runs_rarely_during_a_backup_and_as_before_after(tmp_path: Path) -> None:
+    """memory.fewer_collections: the young generation's threshold is raised while
+    run_backup runs (the collector took 0.1-0.6 s of a run walking live
+    objects) and given back afterwards, also when the run fails."""
+    import gc
+
+    from remotevss.backup import memory
+
+    seen: list[tuple[int, int, int]] = []
+
+    class Watched(LocalSource):
+        def scandir(self, relpath: str) -> list[SourceEntry]:
+            seen.append(gc.get_threshold())
+            return super().scandir(relpath)
+
+    _tree(tmp_path / "src")
+    init_repo(tmp_path / "r", passphrase=PASS)
+    before = gc.get_threshold()
+    with Repository(tmp_path / "r", "write", passphrase=PASS) as r:
+        run_backup(r, [Watched(tmp_path / "src", "data")])
+        assert seen and {t[0] for t in seen} == {max(before[0], memory.GC_THRESHOLD)}
+        assert gc.get_threshold() == before
+        with pytest.raises(FileNotFoundError):
+            run_backup(r, [Watched(tmp_path / "missing", "gone")])
+    assert gc.get_threshold() == before

@@ -97,3 +97,79 @@ def test_a_backup_command_derives_once_ahead_and_loads_no_agent_modules(
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[0] == "7 ['rvss-kdf']", done.stderr
     assert "wrong passphrase" in done.stderr
+
+
+def _drain() -> list[tuple[str, bytes, int, int, int]]:
+    """The derivations started ahead (their threads ended), forgotten."""
+    with kdf._lock:
+        jobs = dict(kdf._ahead)
+        kdf._ahead.clear()
+    for job in jobs.values():
+        job.thread.join()
+    return list(jobs)
+
+
+def test_the_command_line_starts_the_derivation_before_it_is_parsed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "r"
+    init_repo(repo, passphrase="right", kdf=FAST)
+    salt = keys._b64(json.loads(_first_key(repo).read_bytes()), "salt", "k")
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file\nsecond line\n")
+    monkeypatch.delenv(kdf.REPO_ENV, raising=False)
+    monkeypatch.setenv(kdf.PASSWORD_ENV, "right")
+
+    kdf.start_from_argv(["run", "--repo", str(repo), "data=/srv"])
+    assert _drain() == [("right", salt, 1 << 10, 8, 1)]
+    kdf.start_from_argv(["list", f"--repo={repo}", "--json"])
+    assert _drain() == [("right", salt, 1 << 10, 8, 1)]
+    kdf.start_from_argv(["restore", "--password-file", str(secret_file), "--repo", str(repo),
+                         "latest", "--to", str(tmp_path / "out")])
+    assert _drain() == [("from-file", salt, 1 << 10, 8, 1)]
+    monkeypatch.setenv(kdf.REPO_ENV, str(repo))
+    kdf.start_from_argv(["check"])
+    # The one started ahead is the one the command then takes.
+    assert kdf.derive("right", salt, 1 << 10, 8, 1) == kdf.derive_now("right", salt, 1 << 10, 8, 1)
+    assert kdf._ahead == {}
+
+
+@pytest.mark.parametrize("argv", [
+    ["init", "--repo", "{repo}"],  # creates the key: nothing to derive ahead
+    ["key", "list", "--repo", "{repo}"],
+    ["run", "--rep", "{repo}", "d=/srv"],  # argparse would expand it: not guessed here
+    ["run", "--repo", "{repo}", "--repo", "{repo}", "d=/srv"],
+    ["run", "--", "--repo", "{repo}"],
+    ["run", "--repo", "{repo}", "--password-file", "{repo}/missing"],
+    ["run", "--repo", "{repo}", "--password-file", "{repo}/config.json"],  # no passphrase line
+    ["run", "--repo", "{repo}/elsewhere", "d=/srv"],
+])
+def test_the_command_line_read_early_starts_nothing_it_cannot_be_sure_of(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    repo = tmp_path / "r"
+    init_repo(repo, passphrase="right", kdf=FAST)
+    (repo / "config.json").write_bytes(b"\n" + (repo / "config.json").read_bytes())
+    monkeypatch.delenv(kdf.REPO_ENV, raising=False)
+    monkeypatch.setenv(kdf.PASSWORD_ENV, "right")
+    kdf.start_from_argv([a.format(repo=repo) for a in argv])
+    assert _drain() == []
+
+
+def test_no_passphrase_no_early_derivation(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    init_repo(tmp_path / "r", passphrase="right", kdf=FAST)
+    monkeypatch.delenv(kdf.PASSWORD_ENV, raising=False)  # the prompt comes later, if at all
+    kdf.start_from_argv(["run", "--repo", str(tmp_path / "r"), "d=/srv"])
+    assert _drain() == []
+
+
+def test_malloc_is_tuned_without_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc takes the settings; libc is found among the process's own symbols
+    (``ctypes.util.find_library`` ran ``ldconfig -p`` in a child at every start)."""
+    from remotevss.backup import memory
+
+    def no_child(*_a: object, **_k: object) -> None:
+        raise AssertionError("a child process was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_child)
+    monkeypatch.setattr(os, "posix_spawn", no_child)
+    assert memory.tune_malloc()

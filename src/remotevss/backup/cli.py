@@ -371,14 +371,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.repo:
         print("remotevss backup: --repo (or $REMOTEVSS_REPO) is required", file=sys.stderr)
         return EXIT_USAGE
-    from remotevss.backup.memory import tune_malloc
-
-    tune_malloc()
     secret = functools.cache(passphrase_source(args))  # asked at most once per command
     if args.backup_command != "init" and _passphrase_given(args):
         from remotevss.backup import kdf
 
         kdf.start(Path(args.repo), secret)  # runs while the rest is imported and opened
+    from remotevss.backup.memory import tune_malloc
+
+    tune_malloc()
     from remotevss.backup.repo import RepoDamaged, RepoError, RepoLocked, WrongPassphrase
     from remotevss.backup.signals import terminate_as
 
@@ -451,6 +451,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
     if cmd == "run":
         from remotevss.backup.backup import local_sources, run_backup
         from remotevss.backup.listing import prefetch_listings
+        from remotevss.backup.memory import collect_rarely
 
         if any(_names_share(spec) for spec in args.sources):
             from remotevss.backup.requestor import split_specs
@@ -464,7 +465,9 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
             return _run_shares(args, repo_path, local_specs, shares)
         excludes = _excludes(args)
         sources = local_sources(args.sources, excludes)
-        # List the trees while the passphrase's scrypt runs (it releases the GIL).
+        # The collector rarely from the first listing on (memory.py), and the trees
+        # listed while the passphrase's scrypt runs (it releases the GIL).
+        collect_rarely()
         ahead = prefetch_listings(sources)
         try:
             with Repository(repo_path, "write", command="backup run",
@@ -792,6 +795,9 @@ def _key(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from remotevss.backup import kdf
+
+    kdf.start_from_argv(sys.argv[1:] if argv is None else argv)  # before the parser is built
     parser = argparse.ArgumentParser(prog="remotevss backup")
     configure(parser)
     return run(parser.parse_args(argv))

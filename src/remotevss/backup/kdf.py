@@ -8,10 +8,13 @@ ahead: ``unlock`` tries it first and it is nearly always the only one; a
 second derivation at the same time would hold another 64 MiB.
 
 This module imports nothing heavy (no ``cryptography``): the command line
-calls :func:`start` before anything else of the backup package loads.  What
-it reads ahead is only a hint: ``keys.unlock`` reads and checks the key
-files itself, and takes a result from here only for exactly the same
-passphrase, salt and parameters.
+calls :func:`start_from_argv` before argparse and the rest of the command
+line load (~45 ms on the test box: the parser of every sub-verb, the
+client's connection options), and :func:`start` again once the arguments
+are parsed (it starts nothing twice).  What it reads ahead is only a hint:
+``keys.unlock`` reads and checks the key files itself, and takes a result
+from here only for exactly the same passphrase, salt and parameters, so a
+command line read wrongly here costs time, never a wrong key.
 """
 
 from __future__ import annotations
@@ -21,14 +24,22 @@ import binascii
 import contextlib
 import hashlib
 import json
+import os
 import threading
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 MAX_N, MAX_R, MAX_P = 1 << 20, 32, 16
 MAX_MEMORY = 256 << 20  # scrypt needs 128 * N * r bytes
 MAX_KEY_FILE = 4096
+MAX_PASSPHRASE = 4096  # as the command line's --password-file reads it
+PASSWORD_ENV = "REMOTEVSS_BACKUP_PASSWORD"  # noqa: S105 - the variable's name
+REPO_ENV = "REMOTEVSS_REPO"
+# The ``backup`` sub-verbs that open an existing repository given by --repo with
+# the passphrase of --password-file or $REMOTEVSS_BACKUP_PASSWORD.
+OPENING_VERBS = frozenset({"run", "restore", "list", "ls", "diff", "check", "verify",
+                           "prune", "copy"})
+_EARLY_OPTIONS = ("--repo", "--password-file")
 
 _Params = tuple[str, bytes, int, int, int]  # passphrase, salt, n, r, p
 
@@ -82,16 +93,19 @@ def derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return derive_now(passphrase, salt, n, r, p)
 
 
-def start(repo: Path, passphrase: Callable[[], str]) -> None:
+def start(repo: str | os.PathLike[str], passphrase: Callable[[], str]) -> None:
     """Begin deriving the key of the repository's first key file.  ``passphrase``
     is called only if there is such a file (an unencrypted repository never
     asks); any problem (no file, a damaged one, no passphrase) starts nothing
     and is left to the command to meet and report."""
     try:
-        files = sorted((repo / "keys").glob("*.json"))
+        # As ``sorted(Path(repo, "keys").glob("*.json"))``, without importing pathlib
+        # before the derivation starts.
+        keys = os.path.join(repo, "keys")
+        files = sorted(n for n in os.listdir(keys) if n.endswith(".json") and n[0] != ".")
         if not files:
             return
-        with open(files[0], "rb") as f:
+        with open(os.path.join(keys, files[0]), "rb") as f:
             doc = json.loads(f.read(MAX_KEY_FILE))  # a longer one is damaged: no JSON
         salt = base64.b64decode(str(doc["salt"]), validate=True)
         params = bounded(doc.get("kdf"), salt)
@@ -105,3 +119,44 @@ def start(repo: Path, passphrase: Callable[[], str]) -> None:
             return
         job = _ahead[key] = _Derivation(key)
     job.thread.start()
+
+
+def start_from_argv(argv: Sequence[str]) -> None:
+    """:func:`start` from a ``backup`` command line (the words after ``backup``),
+    before argparse has read it.
+
+    Only the plain forms are read: ``--repo PATH`` or ``--repo=PATH`` (else
+    $REMOTEVSS_REPO) and ``--password-file FILE`` (else
+    $REMOTEVSS_BACKUP_PASSWORD; never a prompt).  Anything argparse might
+    read otherwise (an abbreviation such as ``--rep``, an option given twice,
+    ``--``) starts nothing here: :func:`start` runs again after parsing."""
+    verb = next((a for a in argv if not a.startswith("-")), "")
+    if verb not in OPENING_VERBS:
+        return
+    found: dict[str, str] = {}
+    words = iter(argv)
+    for word in words:
+        name, eq, value = word.partition("=")
+        if word == "--" or name in found:
+            return
+        if name in _EARLY_OPTIONS:
+            found[name] = value if eq else next(words, "")
+        elif name.startswith("--") and any(o.startswith(name) for o in _EARLY_OPTIONS):
+            return  # an abbreviation argparse would expand
+    repo = found.get("--repo") or os.environ.get(REPO_ENV)
+    if not repo:
+        return
+    secret_file = found.get("--password-file")
+    if secret_file is not None:
+        try:
+            with open(secret_file, encoding="utf-8") as f:
+                secret = f.readline(MAX_PASSPHRASE + 1).rstrip("\r\n")
+        except (OSError, ValueError):
+            return
+        if not secret or len(secret) > MAX_PASSPHRASE:
+            return
+    else:
+        secret = os.environ.get(PASSWORD_ENV, "")
+        if not secret:
+            return
+    start(repo, lambda: secret)

@@ -20,6 +20,7 @@ import io
 import pickle
 import threading
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 
 import blake3
 
@@ -112,23 +113,44 @@ def _weight(got: tuple[list[SourceEntry], bytes | None] | OSError) -> int:
     return 1 if isinstance(got, OSError) else len(got[0]) + 1
 
 
+# What of an entry goes into its directory's listing digest: every field that goes
+# into the tree or the files-cache key, except the owner names (per distinct ids,
+# below) and the device (snapshots of one tree differ in it).
+_DIGESTED = attrgetter("name", "type", "mode", "uid", "gid", "size", "mtime_ns", "atime_ns",
+                       "ctime_ns", "ino", "rdev", "target", "attributes", "btime_ns")
+_NLINK = attrgetter("nlink")
+_IDS = attrgetter("uid", "gid")
+
+
 def listing_digest(listing: list[SourceEntry], src: Source) -> bytes | None:
     """A digest of every listed field that goes into the directory's tree and the
     files-cache key (not the device: snapshots of one tree differ in it); None
     when a file has several links (which name comes first depends on the rest
     of the tree).  Unkeyed: the engine keys it before storing it; computed here
-    so that it overlaps the passphrase's key derivation."""
-    rows = []
+    so that it overlaps the passphrase's key derivation.
+
+    The owner names enter once per distinct (uid, gid), as the sources whose
+    listings prove a directory unchanged name owners by those ids alone; the
+    fields are taken with ``attrgetter`` (C): listing an unchanged tree is
+    most of an unchanged incremental, and this ran once per entry."""
+    if max(map(_NLINK, listing), default=0) > 1 and any(
+            e.nlink > 1 and e.type == FILE for e in listing):
+        return None
+    want = set(map(_IDS, listing))
+    owners = []
     owner = src.owner
-    for e in listing:
-        if e.nlink > 1 and e.type == FILE:
-            return None
-        rows.append((e.name, e.type, e.mode, e.uid, e.gid, owner(e), e.size, e.mtime_ns,
-                     e.atime_ns, e.ctime_ns, e.ino, e.rdev, e.target, e.attributes, e.btime_ns))
+    for e in listing:  # one entry of each (uid, gid): usually the first few
+        ids = (e.uid, e.gid)
+        if ids in want:
+            want.discard(ids)
+            owners.append((ids, owner(e)))
+            if not want:
+                break
+    owners.sort()
     buf = io.BytesIO()
     p = pickle.Pickler(buf, protocol=5)
     p.fast = True  # no memo: equal values give equal bytes
-    p.dump(rows)
+    p.dump((list(map(_DIGESTED, listing)), owners))
     return blake3.blake3(buf.getbuffer()).digest()
 
 
