@@ -228,18 +228,7 @@ class _Restorer:
         """Owner, xattrs, mode and times on an open file or directory: the calls act on
         what was opened, whatever its name leads to by now.  ``inherited``: it was
         made in a directory with a default ACL."""
-        if self.as_root and (e["uid"], e["gid"]) != (-1, -1):  # -1: unknown (SMB sources)
-            try:
-                os.fchown(fd, e["uid"], e["gid"])
-            except OSError as exc:
-                self.fail(point_path, f"chown: {exc.strerror}", warning=True)
-        for name, value in xattrs_of(e).items():
-            if name.startswith(FOREIGN_XATTR_PREFIXES):
-                continue  # e.g. an SMB security descriptor: no local equivalent
-            try:
-                os.setxattr(fd, name, value)
-            except OSError as exc:
-                self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
+        self.apply_owner_xattrs(fd, e, point_path)
         if inherited:
             self.drop_inherited_acls(fd, e, point_path)
         if not mode_set:  # created with it (``created_with_mode``)
@@ -254,18 +243,7 @@ class _Restorer:
         fd = restore_fs.open_made(parent, name, fmt)
         try:
             path = restore_fs.fd_path(fd)
-            if self.as_root and (e["uid"], e["gid"]) != (-1, -1):
-                try:
-                    os.chown(path, e["uid"], e["gid"])
-                except OSError as exc:
-                    self.fail(point_path, f"chown: {exc.strerror}", warning=True)
-            for xname, value in xattrs_of(e).items():
-                if xname.startswith(FOREIGN_XATTR_PREFIXES):
-                    continue
-                try:
-                    os.setxattr(path, xname, value)
-                except OSError as exc:
-                    self.fail(point_path, f"xattr {xname}: {exc.strerror}", warning=True)
+            self.apply_owner_xattrs(path, e, point_path)
             if fmt != stat.S_IFLNK:
                 if inherited:
                     self.drop_inherited_acls(path, e, point_path)
@@ -273,6 +251,22 @@ class _Restorer:
             os.utime(path, ns=(e["atime"], e["mtime"]))
         finally:
             os.close(fd)
+
+    def apply_owner_xattrs(self, target: int | str, e: Entry, point_path: str) -> None:
+        """Owner (as root) and xattrs on ``target``: an open descriptor, or the
+        ``/proc/self/fd/N`` of one; a failure is a warning for that entry."""
+        if self.as_root and (e["uid"], e["gid"]) != (-1, -1):  # -1: unknown (SMB sources)
+            try:
+                os.chown(target, e["uid"], e["gid"])
+            except OSError as exc:
+                self.fail(point_path, f"chown: {exc.strerror}", warning=True)
+        for name, value in xattrs_of(e).items():
+            if name.startswith(FOREIGN_XATTR_PREFIXES):
+                continue  # e.g. an SMB security descriptor: no local equivalent
+            try:
+                os.setxattr(target, name, value)
+            except OSError as exc:
+                self.fail(point_path, f"xattr {name}: {exc.strerror}", warning=True)
 
     def drop_inherited_acls(self, target: int | str, e: Entry, point_path: str) -> None:
         """Remove the ACLs a new entry inherited from its directory's default ACL that
