@@ -593,6 +593,33 @@ def test_sigterm_during_start_up_stops_gracefully(tmp_path: Path, btrfs: Path) -
         assert not a.socket.exists() and not a.admin_socket.exists()
 
 
+def test_sighup_during_start_up_reloads_once_serving(tmp_path: Path, btrfs: Path) -> None:
+    """SIGHUP's default action is death: one that arrived before the reload handler
+    (the admin socket already answering) killed the agent (CI saw it).  Now it is
+    kept and the reload runs once the agent serves."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.system.agent_harness import _accepts
+
+    a = make_agent(tmp_path, btrfs)
+    for _ in range(3):
+        a.start(until_bound=True)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not _accepts(a.admin_socket) or "serving FSRVP" not in a.log.read_text():
+            assert a.proc.poll() is None, a.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, a.log.read_text()[-2000:]
+            time.sleep(0.01)
+        st = subprocess.run([sys.executable, "-m", "remotevss.cli", "status", "--json",
+                             "--socket", str(a.socket)], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+        assert json.loads(st.stdout)["agent"]["reloads"] == 1, st.stdout + st.stderr
+        assert a.stop() == 0
+
+
 #: A user outside root's group (subprocess keeps the supplementary groups unless told).
 NOBODY: dict[str, Any] = {"user": "nobody", "group": "nogroup", "extra_groups": []}
 

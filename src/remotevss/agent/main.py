@@ -84,10 +84,14 @@ async def run_agent(
     # reconciles, binds its sockets or runs its first GC pass (a supervisor may
     # see the admin socket answer before that pass ends) lets start-up finish
     # and then stops as gracefully as later, sockets removed, exit 0.
+    # SIGHUP too (its default action would kill the agent): one during start-up
+    # is kept and the reload runs once the agent serves.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    early_hup: list[bool] = []
+    loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
     report = await service.start()
     for line in report.lines():
         print(f"remotevss agent: start-up: {line}", file=sys.stderr)
@@ -105,6 +109,8 @@ async def run_agent(
             log.warning("%s; see docs/samba.md (recipe B or C)", risk)
     await ops.start(pipe)
     loop.add_signal_handler(signal.SIGHUP, ops.reload)
+    if early_hup:
+        ops.reload()
     print(
         f"remotevss agent: serving FSRVP on {config.socket_path}"
         + (f" and {pipe.path}" if pipe else "")
