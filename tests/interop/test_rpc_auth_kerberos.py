@@ -582,12 +582,12 @@ def test_remotevss_shadow_with_kerberos(stack: Stack, realm: Realm, tmp_path: Pa
         r = subprocess.run([*base, "--auth-level", level, "--json", "create",
                             r"\\localhost\data0"], capture_output=True, text=True, env=env,
                            timeout=120)  # fmt: skip
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0, r.stderr + stack.log_since(offset)[-3000:]
         set_id = re.search(r'"set_id": "([0-9a-f-]{36})"', r.stdout)
         assert set_id, r.stdout
         r = subprocess.run([*base, "--auth-level", level, "delete", set_id.group(1)],
                            capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0, r.stderr + stack.log_since(offset)[-3000:]
     log = stack.log_since(offset)
     for level in (PRIVACY, INTEGRITY):
         assert f"RPC auth from 127.0.0.1: root@{REALM} at level {level}" in log, log[-2000:]
