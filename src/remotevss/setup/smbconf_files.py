@@ -201,11 +201,6 @@ class SmbConfFiles:
     def share_names(self) -> list[str]:
         return [s.name for k, s in self.sections.items() if k != "global"]
 
-    def defined_in(self, section: str) -> str:
-        """The file of the section's last header ('' if none): where its lines go."""
-        sec = self.sections.get(section.casefold())
-        return sec.home if sec else ""
-
     def get(self, section: str, key: str) -> str | None:
         """The value Samba ends up with, as written (None: not set)."""
         name = "global" if section.casefold() in GLOBAL_NAMES else section.casefold()
