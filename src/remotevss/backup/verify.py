@@ -114,7 +114,8 @@ def _check_record(repo: Repository, report: Report, point: Any) -> None:
         record = repo.load_json(point.record)
     except (BlobError, ValueError) as exc:
         hint = ("; verify --repair rebuilds it, or the next backup of the same sources "
-                "once its root tree is stored again" if "not in the index" in str(exc) else "")
+                "once its root tree is stored again"
+                if not repo.index.has_blob(point.record) else "")
         report.errors.append(
             f"point {point.id}: record blob {point.record.hex()[:16]}: {exc}{hint}")
         return
