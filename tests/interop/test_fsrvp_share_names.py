@@ -1,0 +1,86 @@
+"""Share names at the edges of what Samba serves, through smbd to our agent.
+
+A private smbd 4.17 without rpcd_fsrvp on a loop btrfs and a real ``remotevss
+agent`` (spec mode) on its \\pipe\\FssagentRpc, driven over SMB with our codec
+(tests/support/samba_agent.py).  Every share is a subvolume holding
+``file.txt``.  Whatever IsPathSupported calls supported must make it through
+the whole sequence: a snapshot share the client can read, gone again after
+DeleteShareMapping.  Samba's own rpcd_fsrvp exposes each of these names (checked
+by hand against 4.17); so must we.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from remotevss.fsrvp import calls
+from remotevss.fsrvp.constants import HResult
+from remotevss.samba.private import PrivateAgent, PrivateSamba, missing_tools
+from tests.support.samba_agent import (
+    FsrvpOverSmb,
+    agent_behind_samba,
+    fresh_tree,
+    journal_mappings,
+    leftovers,
+    smb_login,
+    smb_read,
+    subvolume_shares,
+)
+
+TOOLS = ("smbd", "smbclient", "smbpasswd", "net", "mkfs.btrfs")
+_missing = missing_tools(*TOOLS)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (smbd, loop btrfs)"),
+    pytest.mark.skipif(bool(_missing), reason=f"missing Samba/system tools: {_missing}"),
+]
+
+#: The longest share name the agent accepts (Windows' and Samba's 80): its snapshot
+#: share name is 119 characters, which smbd serves.
+LONG = "L" * 80
+#: Characters Windows refuses in share names but Samba serves (smb.conf sections).
+PUNCTUATED = ("data+1", "a,b", "c;d", "e=f")
+NAMES = (LONG, *PUNCTUATED)
+
+
+@dataclass
+class Stack:
+    samba: PrivateSamba
+    agent: PrivateAgent
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    pytest.importorskip("btrfsutil")
+    from remotevss.loopfs import loop_filesystem
+
+    work = tmp_path_factory.mktemp("share-names")
+    with loop_filesystem("btrfs", 512, work) as mnt:
+        shares = subvolume_shares(mnt, [f"vol{i}" for i in range(len(NAMES))])
+        named = {name: shares[f"vol{i}"] for i, name in enumerate(NAMES)}
+        with agent_behind_samba(work, named, mode="spec") as (samba, agent):
+            yield Stack(samba, agent)
+
+
+@pytest.mark.parametrize("share", NAMES, ids=["long", *PUNCTUATED])
+def test_every_supported_share_name_is_exposed_and_deleted(stack: Stack, share: str) -> None:
+    unc = f"\\\\127.0.0.1\\{share}\\"
+    c = smb_login(stack.samba.port, stack.samba.password)
+    pipe = FsrvpOverSmb(c, stack.samba.port)
+    try:
+        r = pipe.call(calls.IsPathSupportedRequest(unc))
+        assert r.return_value == HResult.ZERO and r.supported_by_this_provider
+        sid, cid, name = pipe.create_expose(unc)
+        assert name == f"{share}@{{{cid}}}"
+        i = list(NAMES).index(share)
+        assert smb_read(c, fresh_tree(c, name), "file.txt") == f"vol{i} content\n"
+        pipe.ok(calls.RecoveryCompleteShadowCopySetRequest(sid))
+        pipe.ok(calls.DeleteShareMappingRequest(sid, cid, unc))
+    finally:
+        pipe.close()
+        c.close()
+    assert journal_mappings(stack.agent) == [] and leftovers(stack.samba) == []
