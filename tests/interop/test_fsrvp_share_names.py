@@ -43,7 +43,8 @@ pytestmark = [
 #: share name is 119 characters, which smbd serves.
 LONG = "L" * 80
 #: Characters Windows refuses in share names but Samba serves (smb.conf sections).
-PUNCTUATED = ("data+1", "a,b", "c;d", "e=f")
+#: ``%x`` is no substitution (smbd would expand ``%h`` in a share's name).
+PUNCTUATED = ("data+1", "a,b", "c;d", "e=f", "g%x", "i[j")
 NAMES = (LONG, *PUNCTUATED)
 
 

@@ -92,10 +92,10 @@ log = logging.getLogger("remotevss.samba")
 MARKER = "remotevss:base share"
 _MARKER_KEY = param_key(MARKER)
 # A snapshot share name smbd serves and the registry stores as one key (a
-# backslash would make a nested key): any base share the agent accepts (up to 80
-# characters, shares/table.py; ``+=;,`` included, which Windows refuses and smbd
-# serves) plus ``@{GUID}`` and a hidden share's ``$``: up to 120 characters.
-_SHARE_NAME_RE = re.compile(r"^[^\\/\x00-\x1f\"*:<>?|\[\]%]{1,120}$")
+# backslash would make a nested key): any base share the agent accepts (shares/
+# table.py: up to 80 characters, ``[]%+=;,`` included, which Windows refuses and
+# smbd serves) plus ``@{GUID}`` and a hidden share's ``$``: up to 120 characters.
+_SHARE_NAME_RE = re.compile(r"^[^\\/\x00-\x1f\"*:<>?|]{1,120}$")
 # Parameters the clone sets itself (compared as loadparm does).
 _REPLACED = {
     param_key(p)
