@@ -636,8 +636,8 @@ class AgentService:
         await self._teardown(out)
         if not out.ok:
             return out.result
-        error: int | None = None
-        for e in out.effects:
+        error = await self._seal_shares(set_id)
+        for e in out.effects if error is None else []:
             assert isinstance(e, SealSnapshot)
             try:
                 await asyncio.to_thread(self.effects.seal_snapshot, e.volume_name, e.snapshot_path)
@@ -649,6 +649,30 @@ class AgentService:
         if fin.ok:
             self._persist(fin, set_id)
         return fin.result
+
+    async def _seal_shares(self, set_id: UUID) -> int | None:
+        """The exposed shares of the set's writable copies become read-only and lose
+        their trees (an exposer that can: Samba's) before the snapshots are sealed:
+        a handle opened while they were writable would write on underneath a
+        filesystem seal.  E_FAIL if that fails (the set stays Exposed; a retry
+        seals again)."""
+        seal_many = getattr(self.exposer, "seal_many", None)
+        s = self.machine.sets.get(set_id)
+        names = [
+            m.exposed_name
+            for c in (s.copies if s is not None else [])
+            if c.writable
+            for m in c.mappings
+            if m.is_exposed
+        ]
+        if not names or not callable(seal_many):
+            return None
+        try:
+            await asyncio.to_thread(seal_many, names)
+        except ExposeError as exc:
+            log.error("sealing the shares of set %s failed: %s", set_id, exc)
+            return HResult.E_FAIL
+        return None
 
     # -------------------------------------------------- delete share mapping
 

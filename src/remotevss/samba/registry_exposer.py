@@ -42,10 +42,12 @@ python-samba's worker
 (samba/worker.py, ~30 MB) is left as the fallback for clustered Samba and
 for a registry format or a share name the light code refuses, logged once.
 
-:meth:`seal` (optional, not part of the agent's Exposer protocol) flips an
-exposed share to ``read only = yes``.  The agent seals at filesystem level
-(read-only subvolume / bind mount), which binds trees already open too; the
-share flag only changes what new tree connects are offered.
+:meth:`seal_many` (optional, not part of the agent's Exposer protocol) flips
+exposed shares to ``read only = yes`` and disconnects their trees: the agent
+calls it at RecoveryComplete of a writable set, before it seals the snapshots
+at filesystem level (read-only subvolume / bind mount).  The filesystem seal
+alone binds new opens only: a handle opened while the share was writable
+wrote on into the "sealed" snapshot.
 
 Cost (2-core VM, ext4 state dir, median): expose 3.8-6.6 ms, unexpose
 3.3-6.8 ms (4.0 / 3.9 ms in the agent, 4.6 / 4.6 ms through the light
@@ -502,24 +504,37 @@ class RegistryExposer:
         return out
 
     def seal(self, name: str) -> None:
-        """Make exposed share ``name`` read-only for new tree connects (see module doc)."""
+        """Make exposed share ``name`` read-only (see :meth:`seal_many`)."""
+        self.seal_many([name])
+
+    def seal_many(self, names: Sequence[str]) -> None:
+        """Make exposed shares read-only (RecoveryComplete of a writable set): one
+        registry transaction, then MSG_SMB_FORCE_TDIS for them, so that no tree
+        or handle opened while they were writable writes on (a handle keeps
+        writing into a snapshot made read-only underneath it)."""
+        what = ", ".join(names)
         with LOCK:
             try:
-                old = self._registry_share(name)
-                if old is None or old.get(MARKER) is None:
-                    raise ExposeError(f"cannot seal {name}: not an exposed snapshot share")
-                params = [
-                    (k, v)
-                    for k, v in old.params
-                    if param_key(k) not in (_REPLACED - {param_key("path"), param_key("comment")})
-                    and param_key(k) != param_key("write list")
-                ]
-                self._write_share(name, [*params, ("read only", "yes")])
+                writes: list[tuple[str, list[tuple[str, str]]]] = []
+                for name in names:
+                    old = self._registry_share(name)
+                    if old is None or old.get(MARKER) is None:
+                        raise ExposeError(f"cannot seal {name}: not an exposed snapshot share")
+                    params = [
+                        (k, v)
+                        for k, v in old.params
+                        if param_key(k)
+                        not in (_REPLACED - {param_key("path"), param_key("comment")})
+                        and param_key(k) != param_key("write list")
+                    ]
+                    writes.append((name, [*params, ("read only", "yes")]))
+                if writes:
+                    self._write_shares(writes)
             except ExposeError:
                 raise
             except Exception as exc:  # SMBConfError, tdb's RuntimeError/OSError, ...
-                raise ExposeError(f"cannot seal {name}: {exc}") from exc
-        self._notify()
+                raise ExposeError(f"cannot seal {what}: {exc}") from exc
+        self._notify(force_tdis=list(names))
 
     def warm_up(self) -> None:
         """A set has started: have the worker child (if any) ready for its Expose."""

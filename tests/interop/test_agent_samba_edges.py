@@ -1,12 +1,16 @@
-"""Share names at the edges of what Samba serves, through smbd to our agent.
+"""The agent's FSRVP behaviour at the edges, as an SMB client sees it through smbd.
 
 A private smbd 4.17 without rpcd_fsrvp on a loop btrfs and a real ``remotevss
 agent`` (spec mode) on its \\pipe\\FssagentRpc, driven over SMB with our codec
 (tests/support/samba_agent.py).  Every share is a subvolume holding
-``file.txt``.  Whatever IsPathSupported calls supported must make it through
-the whole sequence: a snapshot share the client can read, gone again after
-DeleteShareMapping.  Samba's own rpcd_fsrvp exposes each of these names (checked
-by hand against 4.17); so must we.
+``file.txt``.
+
+* Share names: whatever IsPathSupported calls supported must make it through
+  the whole sequence: a snapshot share the client can read, gone again after
+  DeleteShareMapping.  Samba's own rpcd_fsrvp exposes each of these names
+  (checked by hand against 4.17); so must we.
+* Writable (ATTR_AUTO_RECOVERY) snapshots: read-only for good once
+  RecoveryComplete returns, also for a client that opened a file before.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from remotevss.fsrvp import calls
-from remotevss.fsrvp.constants import HResult
+from remotevss.fsrvp.constants import CTX_BACKUP, Attr, HResult
 from remotevss.samba.private import PrivateAgent, PrivateSamba, missing_tools
 from tests.support.samba_agent import (
     FsrvpOverSmb,
@@ -28,6 +33,7 @@ from tests.support.samba_agent import (
     leftovers,
     smb_login,
     smb_read,
+    smb_write,
     subvolume_shares,
 )
 
@@ -61,8 +67,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     work = tmp_path_factory.mktemp("share-names")
     with loop_filesystem("btrfs", 512, work) as mnt:
-        shares = subvolume_shares(mnt, [f"vol{i}" for i in range(len(NAMES))])
-        named = {name: shares[f"vol{i}"] for i, name in enumerate(NAMES)}
+        shares = subvolume_shares(mnt, [f"vol{i}" for i in range(len(NAMES))] + ["rw"])
+        named = {name: shares[f"vol{i}"] for i, name in enumerate(NAMES)} | {"rw": shares["rw"]}
         with agent_behind_samba(work, named, mode="spec") as (samba, agent):
             yield Stack(samba, agent)
 
@@ -80,6 +86,36 @@ def test_every_supported_share_name_is_exposed_and_deleted(stack: Stack, share: 
         i = list(NAMES).index(share)
         assert smb_read(c, fresh_tree(c, name), "file.txt") == f"vol{i} content\n"
         pipe.ok(calls.RecoveryCompleteShadowCopySetRequest(sid))
+        pipe.ok(calls.DeleteShareMappingRequest(sid, cid, unc))
+    finally:
+        pipe.close()
+        c.close()
+    assert journal_mappings(stack.agent) == [] and leftovers(stack.samba) == []
+
+
+def test_recovery_complete_seals_a_writable_copy_against_open_handles(stack: Stack) -> None:
+    """ATTR_AUTO_RECOVERY: the client may modify the snapshot between Expose and
+    RecoveryComplete, "after that it is and stays read-only".  A handle opened
+    before must not write on (it did: the snapshot changed after the answer),
+    and a new tree connect is offered a read-only share."""
+    from impacket.smbconnection import SessionError
+
+    unc = "\\\\127.0.0.1\\rw\\"
+    c = smb_login(stack.samba.port, stack.samba.password)
+    pipe = FsrvpOverSmb(c, stack.samba.port)
+    try:
+        sid, cid, name = pipe.create_expose(unc, CTX_BACKUP | Attr.ATTR_AUTO_RECOVERY)
+        [snap] = [m.snapshot_path for m in journal_mappings(stack.agent) if m.copy_id == cid]
+        tid = fresh_tree(c, name)
+        fid = c.createFile(tid, "recovered.txt")
+        c.writeFile(tid, fid, b"auto-recovery\n")  # allowed until RecoveryComplete
+        pipe.ok(calls.RecoveryCompleteShadowCopySetRequest(sid))
+        with pytest.raises(SessionError):
+            c.writeFile(tid, fid, b"too late\n", offset=14)
+        assert (Path(snap) / "recovered.txt").read_bytes() == b"auto-recovery\n"
+        assert smb_write(c, fresh_tree(c, name), "new.txt", b"x") == "ERR STATUS_ACCESS_DENIED"
+        assert not (Path(snap) / "new.txt").exists()
+        assert smb_read(c, fresh_tree(c, name), "recovered.txt") == "auto-recovery\n"
         pipe.ok(calls.DeleteShareMappingRequest(sid, cid, unc))
     finally:
         pipe.close()
