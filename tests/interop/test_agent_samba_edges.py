@@ -16,6 +16,7 @@ agent`` (spec mode) on its \\pipe\\FssagentRpc, driven over SMB with our codec
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from remotevss.fsrvp import calls
-from remotevss.fsrvp.constants import CTX_BACKUP, Attr, HResult
+from remotevss.fsrvp.constants import CTX_APP_ROLLBACK, CTX_BACKUP, Attr, HResult
 from remotevss.samba.private import PrivateAgent, PrivateSamba, missing_tools
 from tests.support.samba_agent import (
     FsrvpOverSmb,
@@ -121,3 +122,44 @@ def test_recovery_complete_seals_a_writable_copy_against_open_handles(stack: Sta
         pipe.close()
         c.close()
     assert journal_mappings(stack.agent) == [] and leftovers(stack.samba) == []
+
+
+def test_timer_seals_a_persistent_writable_copy_against_open_handles(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The same for the server's own seal: an Exposed persistent writable set whose
+    client never calls RecoveryComplete is sealed and kept when the message
+    sequence timer expires (docs/decisions.md row 6a)."""
+    from impacket.smbconnection import SessionError
+
+    from remotevss.loopfs import loop_filesystem
+
+    unc = "\\\\127.0.0.1\\rw\\"
+    work = tmp_path_factory.mktemp("seal-on-expiry")
+    with loop_filesystem("btrfs", 512, work) as mnt:
+        shares = subvolume_shares(mnt, ["rw"])
+        with agent_behind_samba(work, shares, mode="spec", sequence_timeout=2) as (samba, agent):
+            c = smb_login(samba.port, samba.password)
+            pipe = FsrvpOverSmb(c, samba.port)
+            try:
+                sid, cid, name = pipe.create_expose(
+                    unc, CTX_APP_ROLLBACK | Attr.ATTR_AUTO_RECOVERY
+                )
+                [snap] = [m.snapshot_path for m in journal_mappings(agent)]
+                tid = fresh_tree(c, name)
+                fid = c.createFile(tid, "recovered.txt")
+                c.writeFile(tid, fid, b"auto-recovery\n")
+                deadline = time.monotonic() + 20
+                while [m.status for m in journal_mappings(agent)] != ["Recovered"]:
+                    assert time.monotonic() < deadline, journal_mappings(agent)
+                    time.sleep(0.1)
+                with pytest.raises(SessionError):
+                    c.writeFile(tid, fid, b"too late\n", offset=14)
+                assert (Path(snap) / "recovered.txt").read_bytes() == b"auto-recovery\n"
+                new = smb_write(c, fresh_tree(c, name), "new.txt", b"x")
+                assert new == "ERR STATUS_ACCESS_DENIED"
+                pipe.ok(calls.DeleteShareMappingRequest(sid, cid, unc))
+            finally:
+                pipe.close()
+                c.close()
+            assert journal_mappings(agent) == [] and leftovers(samba) == []

@@ -415,6 +415,8 @@ class AgentService:
         intent in place for the next start-up."""
         if not out.dropped_sets and not out.teardown and not out.recovered_sets:
             return
+        # a persistent writable set sealed by expiry or shutdown: its shares first
+        await self._seal_shares({e.copy_id for e in out.teardown if isinstance(e, SealSnapshot)})
         pending = self.effects.settle(
             delete=out.dropped_sets,
             save=self.machine.sets.values(),  # sealed/recovered by expiry
@@ -636,9 +638,9 @@ class AgentService:
         await self._teardown(out)
         if not out.ok:
             return out.result
-        error = await self._seal_shares(set_id)
-        for e in out.effects if error is None else []:
-            assert isinstance(e, SealSnapshot)
+        seals = [e for e in out.effects if isinstance(e, SealSnapshot)]
+        error = await self._seal_shares({e.copy_id for e in seals})
+        for e in seals if error is None else []:
             try:
                 await asyncio.to_thread(self.effects.seal_snapshot, e.volume_name, e.snapshot_path)
             except (SnapshotError, OSError) as exc:
@@ -650,18 +652,18 @@ class AgentService:
             self._persist(fin, set_id)
         return fin.result
 
-    async def _seal_shares(self, set_id: UUID) -> int | None:
-        """The exposed shares of the set's writable copies become read-only and lose
+    async def _seal_shares(self, copy_ids: set[UUID]) -> int | None:
+        """The exposed shares of these (writable) copies become read-only and lose
         their trees (an exposer that can: Samba's) before the snapshots are sealed:
         a handle opened while they were writable would write on underneath a
-        filesystem seal.  E_FAIL if that fails (the set stays Exposed; a retry
-        seals again)."""
+        filesystem seal.  E_FAIL if that fails (RecoveryComplete: the set stays
+        Exposed and a retry seals again)."""
         seal_many = getattr(self.exposer, "seal_many", None)
-        s = self.machine.sets.get(set_id)
         names = [
             m.exposed_name
-            for c in (s.copies if s is not None else [])
-            if c.writable
+            for s in self.machine.sets.values()
+            for c in s.copies
+            if c.id in copy_ids
             for m in c.mappings
             if m.is_exposed
         ]
@@ -670,7 +672,7 @@ class AgentService:
         try:
             await asyncio.to_thread(seal_many, names)
         except ExposeError as exc:
-            log.error("sealing the shares of set %s failed: %s", set_id, exc)
+            log.error("sealing shares %s failed: %s", ", ".join(names), exc)
             return HResult.E_FAIL
         return None
 
