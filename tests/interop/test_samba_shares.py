@@ -392,6 +392,22 @@ def test_read_only_share_refuses_writes_and_writable_one_allows_them(env: Env) -
         env.exposer.unexpose(name)
 
 
+def test_seal_skips_a_share_removed_by_hand_and_refuses_a_foreign_one(env: Env) -> None:
+    """RecoveryComplete seals the set's shares first: one an administrator deleted
+    must not make it fail for ever; one we did not make is not touched."""
+    snap = env.snapshot(writable=True)
+    name = new_name()
+    try:
+        env.exposer.expose(name, "data", str(snap), True)
+        env.exposer.seal_many([new_name(), name])  # the first one is not there
+        assert env.conf.registry_share(name).get("read only") == "yes"
+        with pytest.raises(ExposeError):
+            env.exposer.seal_many(["regshare"])
+        assert env.conf.registry_share("regshare").get("read only") != "yes"
+    finally:
+        env.exposer.unexpose(name)
+
+
 def test_read_only_clone_drops_write_list(env: Env) -> None:
     from remotevss.samba.conf import ShareDefinition
     from remotevss.samba.registry_exposer import _clone

@@ -518,7 +518,9 @@ class RegistryExposer:
                 writes: list[tuple[str, list[tuple[str, str]]]] = []
                 for name in names:
                     old = self._registry_share(name)
-                    if old is None or old.get(MARKER) is None:
+                    if old is None:
+                        continue  # removed by hand: nothing left to connect to
+                    if old.get(MARKER) is None:
                         raise ExposeError(f"cannot seal {name}: not an exposed snapshot share")
                     params = [
                         (k, v)
