@@ -10,7 +10,8 @@ agent`` (spec mode) on its \\pipe\\FssagentRpc, driven over SMB with our codec
   DeleteShareMapping.  Samba's own rpcd_fsrvp exposes each of these names
   (checked by hand against 4.17); so must we.
 * Writable (ATTR_AUTO_RECOVERY) snapshots: read-only for good once
-  RecoveryComplete returns, also for a client that opened a file before.
+  RecoveryComplete returns, also for a client that opened a file before; and
+  never more writable than their base share.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     work = tmp_path_factory.mktemp("share-names")
     with loop_filesystem("btrfs", 512, work) as mnt:
-        shares = subvolume_shares(mnt, [f"vol{i}" for i in range(len(NAMES))] + ["rw"])
-        named = {name: shares[f"vol{i}"] for i, name in enumerate(NAMES)} | {"rw": shares["rw"]}
-        with agent_behind_samba(work, named, mode="spec") as (samba, agent):
+        shares = subvolume_shares(mnt, [f"vol{i}" for i in range(len(NAMES))] + ["rw", "ro"])
+        named = {name: shares[f"vol{i}"] for i, name in enumerate(NAMES)}
+        named |= {"rw": shares["rw"], "ro": shares["ro"]}
+        ro = {"ro": {"read only": "yes"}}
+        with agent_behind_samba(work, named, share_options=ro, mode="spec") as (samba, agent):
             yield Stack(samba, agent)
 
 
@@ -163,3 +166,27 @@ def test_timer_seals_a_persistent_writable_copy_against_open_handles(
                 pipe.close()
                 c.close()
             assert journal_mappings(agent) == [] and leftovers(samba) == []
+
+
+def test_writable_copy_of_a_read_only_share_stays_read_only(stack: Stack) -> None:
+    """ATTR_AUTO_RECOVERY makes the snapshot writable, but the snapshot share copies
+    the base share's permissions: on a ``read only = yes`` share nobody may write
+    through it (Samba's rpcd_fsrvp keeps ``read only = yes`` too).  It was
+    ``read only = no``: every user of the base share could alter the snapshot
+    a backup was about to read."""
+    unc = "\\\\127.0.0.1\\ro\\"
+    c = smb_login(stack.samba.port, stack.samba.password)
+    pipe = FsrvpOverSmb(c, stack.samba.port)
+    try:
+        assert smb_write(c, fresh_tree(c, "ro"), "base.txt", b"x") == "ERR STATUS_ACCESS_DENIED"
+        sid, cid, name = pipe.create_expose(unc, CTX_BACKUP | Attr.ATTR_AUTO_RECOVERY)
+        [snap] = [m.snapshot_path for m in journal_mappings(stack.agent) if m.copy_id == cid]
+        assert smb_write(c, fresh_tree(c, name), "w.txt", b"x") == "ERR STATUS_ACCESS_DENIED"
+        assert not (Path(snap) / "w.txt").exists()
+        assert smb_read(c, fresh_tree(c, name), "file.txt") == "ro content\n"
+        pipe.ok(calls.RecoveryCompleteShadowCopySetRequest(sid))
+        pipe.ok(calls.DeleteShareMappingRequest(sid, cid, unc))
+    finally:
+        pipe.close()
+        c.close()
+    assert journal_mappings(stack.agent) == [] and leftovers(stack.samba) == []

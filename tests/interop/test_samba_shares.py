@@ -420,8 +420,10 @@ def test_read_only_clone_drops_write_list(env: Env) -> None:
     ro = dict(_clone(base, "/snap", "Shadow", False))
     assert ro["read only"] == "yes" and "write list" not in ro and "writeable" not in ro
     assert ro["path"] == "/snap" and ro["remotevss:base share"] == "x"
-    rw = dict(_clone(base, "/snap", "Shadow", True))
-    assert rw["read only"] == "no" and rw["write list"] == "root"
+    rw = dict(_clone(base, "/snap", "Shadow", True))  # as writable as the base share
+    assert rw["writeable"] == "yes" and "read only" not in rw and rw["write list"] == "root"
+    ro_base = ShareDefinition("y", (("path", "/b"), ("read only", "yes")), "f")
+    assert dict(_clone(ro_base, "/snap", "Shadow", True))["read only"] == "yes"
 
 
 def test_unexpose_disconnects_trees_and_hides_the_share(env: Env) -> None:

@@ -10,7 +10,8 @@ in this order, so that no client ever sees a half-made share:
    file) or else the registry, as written (``fss_conf_get_share_def``), then
    set ``path`` to the snapshot, ``comment = Shadow copy of <share> taken
    <date>``, ``read only = yes`` unless writable (a read-only clone also loses
-   ``write list``: those users would otherwise write), and the marker
+   ``write list``: those users would otherwise write; a writable one keeps the
+   base share's own ``read only``), and the marker
    ``remotevss:base share = <share>`` by which :meth:`exposed` knows its own.
 2. **Clone the share ACL** (``<state dir>/share_info.tdb``, key
    ``SECDESC/<lower-case name>``) of the base share, *before* the share
@@ -605,15 +606,20 @@ def _restore_sds(db: ShareSecurityDb, sds: dict[str, bytes | None]) -> None:
 
 
 def _clone(base: ShareDefinition, path: str, comment: str, writable: bool) -> list[tuple[str, str]]:
-    """The snapshot share's parameters: the base share's, as written, with ours on top."""
-    drop = set(_REPLACED) | {_MARKER_KEY}
+    """The snapshot share's parameters: the base share's, as written, with ours on top.
+
+    Read-only: ``read only = yes`` and no ``write list``.  Writable
+    (ATTR_AUTO_RECOVERY): exactly as writable as the base share (its ``read only``
+    and synonyms kept, Samba's default ``yes`` included), never more, as
+    Samba's own server clones it: the spec copies the base share's permissions."""
+    drop = {_MARKER_KEY, param_key("path"), param_key("directory"), param_key("comment")}
     if not writable:
-        drop.add(param_key("write list"))
+        drop |= _REPLACED | {param_key("write list")}
     params = [(k, v) for k, v in base.params if param_key(k) not in drop]
     return [
         *params,
         ("path", path),
         ("comment", comment),
-        ("read only", "no" if writable else "yes"),
+        *([] if writable else [("read only", "yes")]),
         (MARKER, base.name),
     ]
