@@ -454,7 +454,11 @@ class AgentService:
             )
         else:
             st = m.sets.get(set_id)
-            if st is None or st.status is not Status.CREATION_IN_PROGRESS:
+            if st is None:  # dropped while its snapshots are being taken: an unknown set
+                out = m.begin_commit(set_id, now)
+                await self._teardown(out)
+                return out.result
+            if st.status is not Status.CREATION_IN_PROGRESS:
                 return HResult.FSRVP_E_BAD_STATE
         try:
             await asyncio.wait_for(asyncio.shield(job.task), timeout_ms / 1000)
