@@ -392,6 +392,22 @@ def test_read_only_share_refuses_writes_and_writable_one_allows_them(env: Env) -
         env.exposer.unexpose(name)
 
 
+def test_seal_skips_a_share_removed_by_hand_and_refuses_a_foreign_one(env: Env) -> None:
+    """RecoveryComplete seals the set's shares first: one an administrator deleted
+    must not make it fail for ever; one we did not make is not touched."""
+    snap = env.snapshot(writable=True)
+    name = new_name()
+    try:
+        env.exposer.expose(name, "data", str(snap), True)
+        env.exposer.seal_many([new_name(), name])  # the first one is not there
+        assert env.conf.registry_share(name).get("read only") == "yes"
+        with pytest.raises(ExposeError):
+            env.exposer.seal_many(["regshare"])
+        assert env.conf.registry_share("regshare").get("read only") != "yes"
+    finally:
+        env.exposer.unexpose(name)
+
+
 def test_read_only_clone_drops_write_list(env: Env) -> None:
     from remotevss.samba.conf import ShareDefinition
     from remotevss.samba.registry_exposer import _clone
@@ -404,8 +420,10 @@ def test_read_only_clone_drops_write_list(env: Env) -> None:
     ro = dict(_clone(base, "/snap", "Shadow", False))
     assert ro["read only"] == "yes" and "write list" not in ro and "writeable" not in ro
     assert ro["path"] == "/snap" and ro["remotevss:base share"] == "x"
-    rw = dict(_clone(base, "/snap", "Shadow", True))
-    assert rw["read only"] == "no" and rw["write list"] == "root"
+    rw = dict(_clone(base, "/snap", "Shadow", True))  # as writable as the base share
+    assert rw["writeable"] == "yes" and "read only" not in rw and rw["write list"] == "root"
+    ro_base = ShareDefinition("y", (("path", "/b"), ("read only", "yes")), "f")
+    assert dict(_clone(ro_base, "/snap", "Shadow", True))["read only"] == "yes"
 
 
 def test_unexpose_disconnects_trees_and_hides_the_share(env: Env) -> None:

@@ -454,6 +454,44 @@ def test_full_sequence_on_tree_backends(
         a.stop()
 
 
+def test_commit_of_a_set_dropped_while_its_snapshot_is_taken_is_an_unknown_set(
+    tmp_path: Path, loopfs: object
+) -> None:
+    """Commit answers FSSAGENT_E_TIMEOUT and keeps taking the snapshot; the client
+    aborts.  A Commit of that set id is then a Commit of an unknown set
+    (ID_MISMATCH, docs/decisions.md row 3), while the snapshot job still runs
+    too (it was BAD_STATE until the job ended), and the snapshot goes."""
+    _need_root()
+    mnt = loopfs("ext4", 400)  # type: ignore[operator]
+    share = mnt / "share0"
+    for d in range(40):  # the copy backend copies every file: ~1-3 s here
+        (share / f"d{d}").mkdir(parents=True)
+        for f in range(100):
+            (share / f"d{d}" / f"f{f}").write_text(f"{d} {f}\n")
+    work = tmp_path / "agent"
+    work.mkdir()
+    a = AgentProcess(work, {"share0": share})
+    a.start()
+    try:
+        with a.client() as c:
+            assert c.set_context(CTX_BACKUP).return_value == ZERO
+            sid = c.start(uuid.uuid4()).shadow_copy_set_id
+            assert c.add(sid, unc("share0")).return_value == ZERO
+            rc = c.commit(sid, timeout_ms=1).return_value
+            if rc == ZERO:  # pragma: no cover - a machine that copies 4000 files in 1 ms
+                pytest.skip("the snapshot was taken within 1 ms")
+            assert rc == HResult.FSSAGENT_E_TIMEOUT
+            assert c.abort(sid).return_value == ZERO
+            assert c.commit(sid, timeout_ms=1).return_value == HResult.FSRVP_E_SHADOWCOPYSET_ID_MISMATCH
+            assert c.expose(sid).return_value == HResult.FSRVP_E_SHADOWCOPYSET_ID_MISMATCH
+        deadline = time.monotonic() + 60
+        while a.snapshots() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert a.snapshots() == []
+    finally:
+        a.stop()
+
+
 def test_many_concurrent_connections_and_socket_mode(agent: AgentProcess) -> None:
     """32 clients at once: each is served; only one can hold the context at a time."""
     import stat

@@ -313,3 +313,14 @@ def test_print_unit_runs_the_agent_with_the_given_config(tmp_path: Path) -> None
         v = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
                            text=True, timeout=60, check=False)  # fmt: skip
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_doctor_names_when_the_spec_timer_is_1800_seconds(tmp_path: Path) -> None:
+    """1800 s follows Add, Prepare and GetShareMapping (MS-FSRVP 3.1.4); the context's
+    ATTR_AUTO_RECOVERY has nothing to do with it."""
+    from remotevss.setup.doctor import check_agent
+
+    [timer] = [c for c in check_agent(str(tmp_path / "none.sock"), None)
+               if c.name == "sequence timer"]  # fmt: skip
+    assert "AUTO_RECOVERY" not in timer.detail
+    assert "1800 s after Add, Prepare and GetShareMapping" in timer.detail

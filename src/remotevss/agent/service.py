@@ -415,6 +415,8 @@ class AgentService:
         intent in place for the next start-up."""
         if not out.dropped_sets and not out.teardown and not out.recovered_sets:
             return
+        # a persistent writable set sealed by expiry or shutdown: its shares first
+        await self._seal_shares({e.copy_id for e in out.teardown if isinstance(e, SealSnapshot)})
         pending = self.effects.settle(
             delete=out.dropped_sets,
             save=self.machine.sets.values(),  # sealed/recovered by expiry
@@ -452,7 +454,11 @@ class AgentService:
             )
         else:
             st = m.sets.get(set_id)
-            if st is None or st.status is not Status.CREATION_IN_PROGRESS:
+            if st is None:  # dropped while its snapshots are being taken: an unknown set
+                out = m.begin_commit(set_id, now)
+                await self._teardown(out)
+                return out.result
+            if st.status is not Status.CREATION_IN_PROGRESS:
                 return HResult.FSRVP_E_BAD_STATE
         try:
             await asyncio.wait_for(asyncio.shield(job.task), timeout_ms / 1000)
@@ -636,9 +642,9 @@ class AgentService:
         await self._teardown(out)
         if not out.ok:
             return out.result
-        error: int | None = None
-        for e in out.effects:
-            assert isinstance(e, SealSnapshot)
+        seals = [e for e in out.effects if isinstance(e, SealSnapshot)]
+        error = await self._seal_shares({e.copy_id for e in seals})
+        for e in seals if error is None else []:
             try:
                 await asyncio.to_thread(self.effects.seal_snapshot, e.volume_name, e.snapshot_path)
             except (SnapshotError, OSError) as exc:
@@ -649,6 +655,30 @@ class AgentService:
         if fin.ok:
             self._persist(fin, set_id)
         return fin.result
+
+    async def _seal_shares(self, copy_ids: set[UUID]) -> int | None:
+        """The exposed shares of these (writable) copies become read-only and lose
+        their trees (an exposer that can: Samba's) before the snapshots are sealed:
+        a handle opened while they were writable would write on underneath a
+        filesystem seal.  E_FAIL if that fails (RecoveryComplete: the set stays
+        Exposed and a retry seals again)."""
+        seal_many = getattr(self.exposer, "seal_many", None)
+        names = [
+            m.exposed_name
+            for s in self.machine.sets.values()
+            for c in s.copies
+            if c.id in copy_ids
+            for m in c.mappings
+            if m.is_exposed
+        ]
+        if not names or not callable(seal_many):
+            return None
+        try:
+            await asyncio.to_thread(seal_many, names)
+        except ExposeError as exc:
+            log.error("sealing shares %s failed: %s", ", ".join(names), exc)
+            return HResult.E_FAIL
+        return None
 
     # -------------------------------------------------- delete share mapping
 

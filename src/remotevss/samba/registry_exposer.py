@@ -10,7 +10,8 @@ in this order, so that no client ever sees a half-made share:
    file) or else the registry, as written (``fss_conf_get_share_def``), then
    set ``path`` to the snapshot, ``comment = Shadow copy of <share> taken
    <date>``, ``read only = yes`` unless writable (a read-only clone also loses
-   ``write list``: those users would otherwise write), and the marker
+   ``write list``: those users would otherwise write; a writable one keeps the
+   base share's own ``read only``), and the marker
    ``remotevss:base share = <share>`` by which :meth:`exposed` knows its own.
 2. **Clone the share ACL** (``<state dir>/share_info.tdb``, key
    ``SECDESC/<lower-case name>``) of the base share, *before* the share
@@ -42,10 +43,12 @@ python-samba's worker
 (samba/worker.py, ~30 MB) is left as the fallback for clustered Samba and
 for a registry format or a share name the light code refuses, logged once.
 
-:meth:`seal` (optional, not part of the agent's Exposer protocol) flips an
-exposed share to ``read only = yes``.  The agent seals at filesystem level
-(read-only subvolume / bind mount), which binds trees already open too; the
-share flag only changes what new tree connects are offered.
+:meth:`seal_many` (optional, not part of the agent's Exposer protocol) flips
+exposed shares to ``read only = yes`` and disconnects their trees: the agent
+calls it at RecoveryComplete of a writable set, before it seals the snapshots
+at filesystem level (read-only subvolume / bind mount).  The filesystem seal
+alone binds new opens only: a handle opened while the share was writable
+wrote on into the "sealed" snapshot.
 
 Cost (2-core VM, ext4 state dir, median): expose 3.8-6.6 ms, unexpose
 3.3-6.8 ms (4.0 / 3.9 ms in the agent, 4.6 / 4.6 ms through the light
@@ -91,9 +94,11 @@ log = logging.getLogger("remotevss.samba")
 
 MARKER = "remotevss:base share"
 _MARKER_KEY = param_key(MARKER)
-# A share name Samba and Windows accept and the registry stores as one key
-# (a backslash would make a nested key).
-_SHARE_NAME_RE = re.compile(r"^[^\\/\x00-\x1f\"*:<>?|\[\]%+=;,]{1,80}$")
+# A snapshot share name smbd serves and the registry stores as one key (a
+# backslash would make a nested key): any base share the agent accepts (shares/
+# table.py: up to 80 characters, ``[]%+=;,`` included, which Windows refuses and
+# smbd serves) plus ``@{GUID}`` and a hidden share's ``$``: up to 120 characters.
+_SHARE_NAME_RE = re.compile(r"^[^\\/\x00-\x1f\"*:<>?|]{1,120}$")
 # Parameters the clone sets itself (compared as loadparm does).
 _REPLACED = {
     param_key(p)
@@ -500,24 +505,39 @@ class RegistryExposer:
         return out
 
     def seal(self, name: str) -> None:
-        """Make exposed share ``name`` read-only for new tree connects (see module doc)."""
+        """Make exposed share ``name`` read-only (see :meth:`seal_many`)."""
+        self.seal_many([name])
+
+    def seal_many(self, names: Sequence[str]) -> None:
+        """Make exposed shares read-only (RecoveryComplete of a writable set): one
+        registry transaction, then MSG_SMB_FORCE_TDIS for them, so that no tree
+        or handle opened while they were writable writes on (a handle keeps
+        writing into a snapshot made read-only underneath it)."""
+        what = ", ".join(names)
         with LOCK:
             try:
-                old = self._registry_share(name)
-                if old is None or old.get(MARKER) is None:
-                    raise ExposeError(f"cannot seal {name}: not an exposed snapshot share")
-                params = [
-                    (k, v)
-                    for k, v in old.params
-                    if param_key(k) not in (_REPLACED - {param_key("path"), param_key("comment")})
-                    and param_key(k) != param_key("write list")
-                ]
-                self._write_share(name, [*params, ("read only", "yes")])
+                writes: list[tuple[str, list[tuple[str, str]]]] = []
+                for name in names:
+                    old = self._registry_share(name)
+                    if old is None:
+                        continue  # removed by hand: nothing left to connect to
+                    if old.get(MARKER) is None:
+                        raise ExposeError(f"cannot seal {name}: not an exposed snapshot share")
+                    params = [
+                        (k, v)
+                        for k, v in old.params
+                        if param_key(k)
+                        not in (_REPLACED - {param_key("path"), param_key("comment")})
+                        and param_key(k) != param_key("write list")
+                    ]
+                    writes.append((name, [*params, ("read only", "yes")]))
+                if writes:
+                    self._write_shares(writes)
             except ExposeError:
                 raise
             except Exception as exc:  # SMBConfError, tdb's RuntimeError/OSError, ...
-                raise ExposeError(f"cannot seal {name}: {exc}") from exc
-        self._notify()
+                raise ExposeError(f"cannot seal {what}: {exc}") from exc
+        self._notify(force_tdis=list(names))
 
     def warm_up(self) -> None:
         """A set has started: have the worker child (if any) ready for its Expose."""
@@ -586,15 +606,20 @@ def _restore_sds(db: ShareSecurityDb, sds: dict[str, bytes | None]) -> None:
 
 
 def _clone(base: ShareDefinition, path: str, comment: str, writable: bool) -> list[tuple[str, str]]:
-    """The snapshot share's parameters: the base share's, as written, with ours on top."""
-    drop = set(_REPLACED) | {_MARKER_KEY}
+    """The snapshot share's parameters: the base share's, as written, with ours on top.
+
+    Read-only: ``read only = yes`` and no ``write list``.  Writable
+    (ATTR_AUTO_RECOVERY): exactly as writable as the base share (its ``read only``
+    and synonyms kept, Samba's default ``yes`` included), never more, as
+    Samba's own server clones it: the spec copies the base share's permissions."""
+    drop = {_MARKER_KEY, param_key("path"), param_key("directory"), param_key("comment")}
     if not writable:
-        drop.add(param_key("write list"))
+        drop |= _REPLACED | {param_key("write list")}
     params = [(k, v) for k, v in base.params if param_key(k) not in drop]
     return [
         *params,
         ("path", path),
         ("comment", comment),
-        ("read only", "no" if writable else "yes"),
+        *([] if writable else [("read only", "yes")]),
         (MARKER, base.name),
     ]

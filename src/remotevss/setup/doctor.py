@@ -298,8 +298,9 @@ def check_agent(admin_socket: str, sequence_timeout: float | None) -> list[Check
         out.append(Check("sequence timer", WARN, "off (sequence_timeout = 0): an abandoned "
                          "sequence keeps its snapshots until the next GC pass"))
     else:
-        t = "spec values (180 s, 1800 s for ATTR_AUTO_RECOVERY)" if sequence_timeout is None \
-            else f"{sequence_timeout:g} s"
+        t = ("spec values (180 s; 1800 s after Add, Prepare and GetShareMapping)"
+             if sequence_timeout is None
+             else f"{sequence_timeout:g} s")
         out.append(Check("sequence timer", OK, t))
     return out
 
