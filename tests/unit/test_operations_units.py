@@ -275,6 +275,33 @@ def test_unit_file() -> None:
     assert "@REMOTEVSS@" not in text and "[Install]" in lines
 
 
+# What sets up a file system (mount) namespace for a unit's processes, per
+# systemd.exec(5) of Debian 12's systemd 252: PrivateMounts= and every setting
+# that works "in a fashion equivalent" to it (ProtectKernelModules= makes
+# /usr/lib/modules inaccessible, ProtectKernelLogs= /proc/kmsg and /dev/kmsg,
+# both "with the same restrictions regarding mount propagation" as ReadOnlyPaths=).
+MOUNT_NAMESPACE_KEYS = {
+    "PrivateMounts", "PrivateTmp", "PrivateDevices", "PrivateNetwork", "ProtectSystem",
+    "ProtectHome", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+    "ProtectControlGroups", "ProtectProc", "ProcSubset", "ReadOnlyPaths", "ReadWritePaths",
+    "InaccessiblePaths", "ExecPaths", "NoExecPaths", "TemporaryFileSystem", "BindPaths",
+    "BindReadOnlyPaths", "RootDirectory", "RootImage", "MountImages", "ExtensionImages",
+    "ExtensionDirectories", "MountAPIVFS", "MountFlags", "DynamicUser", "LogNamespace",
+}
+
+
+def test_unit_keeps_the_agent_in_the_hosts_mount_namespace() -> None:
+    """The reflink and copy backends seal snapshots with read-only bind mounts and
+    the zfs backend mounts clones (``zfs mount``, run by the agent): smbd, in the
+    host's mount namespace, must see them.  In a unit namespace systemd turns off
+    propagation from the service to the host, so smbd would serve a writable tree
+    where the agent sealed one, and an empty directory for a ZFS clone."""
+    service = unit_text("/opt/remotevss/bin/remotevss").split("[Service]", 1)[1]
+    keys = {line.split("=", 1)[0] for line in service.splitlines()
+            if "=" in line and not line.startswith("#")}
+    assert not keys & MOUNT_NAMESPACE_KEYS, sorted(keys & MOUNT_NAMESPACE_KEYS)
+
+
 def _unit_argv(unit: str, key: str) -> list[str]:
     (line,) = [x for x in unit.splitlines() if x.startswith(f"{key}=")]
     return line.split("=", 1)[1].split()
