@@ -413,7 +413,9 @@ def apply(p: Plan) -> Path:
     record: dict[str, Any] = json.loads(record_file.read_text()) if record_file.exists() else {
         "made": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "files": {}}
     new_dirs = _missing_dirs(p.root, [UNDO_DIR + "/record.json"])
-    record_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for made in reversed([record_dir, *record_dir.parents]):  # the agent's state_dir
+        if not made.exists():  # among them: 0700 as the agent (and the unit) make it
+            made.mkdir(mode=0o700)
     files: dict[str, Any] = record["files"]
     dirs: list[str] = record.setdefault("dirs", [])
     for d in [*new_dirs, *_missing_dirs(p.root, [c.path for c in p.changes])]:
