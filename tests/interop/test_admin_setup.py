@@ -255,3 +255,49 @@ def test_setup_then_the_whole_sequence_through_debians_samba(debian_samba: Path)
     out = run(*CLI, "sets", "delete", dropped)
     assert out.returncode == 0 and f"deleted set {dropped}" in out.stdout, out.stdout + out.stderr
     assert dropped not in run(*CLI, "sets", "list", "--json").stdout
+
+
+def test_rerun_after_an_upgrade_restarts_only_what_changed(tmp_path: Path) -> None:
+    """An upgrade that changes only the agent's unit (a new version ships another one)
+    and `setup samba --yes` again: the agent restarts, smbd does not.  Restarting
+    smbd drops every user's session and open files on a file server; setup restarted
+    smbd and samba-dcerpcd on every run that changed anything.
+
+    systemd does not run here: /run/systemd/system and a systemctl that records its
+    arguments stand in for it, so the test sees which restarts setup asks for."""
+    conf = Path("/etc/samba/smb.conf")
+    before = conf.read_text() if conf.exists() else None
+    conf.write_text(Path("/usr/share/samba/smb.conf").read_text())
+    marker = Path("/run/systemd/system")
+    made_marker = not marker.exists()
+    marker.mkdir(parents=True, exist_ok=True)
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    unit = Path(UNITS["remotevss-agent"])
+    try:
+        first = run(*CLI, "setup", "samba", "--yes", env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "restart smbd" in calls.read_text().splitlines(), "smb.conf changed"
+        calls.unlink()
+        # what an older version wrote: the new one differs
+        unit.write_text(unit.read_text().replace("TimeoutStopSec=300", "TimeoutStopSec=90"))
+        again = run(*CLI, "setup", "samba", "--yes", env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        done = calls.read_text().splitlines()
+        assert "daemon-reload" in done and "restart remotevss-agent" in done, done
+        assert not any(c.endswith(("smbd", "samba-dcerpcd")) and c.startswith("restart")
+                       for c in done), done
+    finally:
+        undone = run(*CLI, "setup", "samba", "--undo", "--force", "--no-start")
+        assert undone.returncode == 0, undone.stdout + undone.stderr
+        if made_marker:
+            marker.rmdir()
+        if before is None:
+            conf.unlink()
+        else:
+            conf.write_text(before)
+        shutil.rmtree("/etc/remotevss", ignore_errors=True)

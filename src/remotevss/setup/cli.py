@@ -91,10 +91,32 @@ def _setup_samba(args: argparse.Namespace) -> int:
         return 0
     record = ss.apply(plan)
     print(f"applied; the files as they were are kept for --undo ({record})")
-    _systemctl(root, args.no_start, [
-        ["daemon-reload"], ["enable", "--now", "winbind"], ["restart", "samba-dcerpcd"],
-        ["restart", "remotevss-agent"], ["restart", "smbd"]])
+    _systemctl(root, args.no_start, _start_commands(plan, opts))
     return 0
+
+
+def _start_commands(plan: Any, opts: Any) -> list[list[str]]:
+    """What makes the daemons run with the files ``plan`` wrote, restarting only those
+    whose files changed: a run after an upgrade that changes the agent's unit or TOML
+    must not restart smbd, which would drop every user's session and open files.
+    ``start`` of a running unit changes nothing; a new one is started."""
+    from remotevss.setup import samba_setup as ss
+
+    agent_files = {f"{ss.SYSTEMD_DIR}/remotevss-agent.service", opts.agent_config}
+    dcerpcd_unit = f"{ss.SYSTEMD_DIR}/samba-dcerpcd.service"
+    samba = any(not c.link and c.path not in {*agent_files, dcerpcd_unit}
+                for c in plan.changes)  # smb.conf or a file it includes
+    changed = {c.path for c in plan.changes}
+
+    def verb(restart: bool) -> str:
+        return "restart" if restart else "start"
+
+    out = [["daemon-reload"], ["enable", "--now", "winbind"],
+           [verb(samba or dcerpcd_unit in changed), "samba-dcerpcd"],
+           [verb(bool(changed & agent_files)), "remotevss-agent"]]
+    if samba:  # smbd reads the [global] changes (rpc start on demand helpers) at start
+        out.append(["restart", "smbd"])
+    return out
 
 
 def _undo(args: argparse.Namespace, root: Path) -> int:
