@@ -302,6 +302,25 @@ def test_unit_keeps_the_agent_in_the_hosts_mount_namespace() -> None:
     assert not keys & MOUNT_NAMESPACE_KEYS, sorted(keys & MOUNT_NAMESPACE_KEYS)
 
 
+def test_unit_does_not_restart_on_a_configuration_error(tmp_path: Path) -> None:
+    """The unit runs ``--config /etc/remotevss/agent.toml``; without that file (the
+    unit installed by --print-unit alone) or with an error in it, the agent exits 2.
+    Restart=on-failure every 5 s never reaches systemd's start limit, so the unit
+    restarted for ever; a restart cannot fix the file: it must fail and stay failed."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "remotevss.cli", "agent", "--config", str(tmp_path / "no.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )  # fmt: skip
+    assert r.stderr.startswith("remotevss: configuration error:"), r.stderr
+    unit = unit_text("/opt/remotevss/bin/remotevss")
+    assert _unit_argv(unit, "Restart") == ["on-failure"]
+    assert str(r.returncode) in _unit_argv(unit, "RestartPreventExitStatus"), unit
+
+
 def _unit_argv(unit: str, key: str) -> list[str]:
     (line,) = [x for x in unit.splitlines() if x.startswith(f"{key}=")]
     return line.split("=", 1)[1].split()
