@@ -111,11 +111,16 @@ def _start_commands(plan: Any, opts: Any) -> list[list[str]]:
     def verb(restart: bool) -> str:
         return "restart" if restart else "start"
 
-    out = [["daemon-reload"], ["enable", "--now", "winbind"],
-           [verb(samba or dcerpcd_unit in changed), "samba-dcerpcd"],
-           [verb(bool(changed & agent_files)), "remotevss-agent"]]
-    if samba:  # smbd reads the [global] changes (rpc start on demand helpers) at start
-        out.append(["restart", "smbd"])
+    out = [["daemon-reload"], ["enable", "--now", "winbind"]]
+    if samba:  # smbd reads the [global] changes (rpc start on demand helpers) at start.
+        # Stopped first: a running smbd's on-demand samba-dcerpcd (Samba's, with
+        # rpcd_fsrvp) makes ours exit 1 at once, and Restart=on-failure every 100 ms
+        # reaches systemd's start limit before a later restart of smbd ends it.
+        out.append(["stop", "smbd"])
+    out += [[verb(samba or dcerpcd_unit in changed), "samba-dcerpcd"],
+            [verb(bool(changed & agent_files)), "remotevss-agent"]]
+    if samba:
+        out.append(["start", "smbd"])
     return out
 
 
@@ -166,7 +171,8 @@ def _executable() -> str:
     return shutil.which("remotevss") or str(beside)
 
 
-START_ADVICE = "start order: winbind, samba-dcerpcd, remotevss-agent, then (re)start smbd"
+START_ADVICE = ("start order: stop smbd (its on-demand samba-dcerpcd keeps ours from starting), "
+                "start winbind, samba-dcerpcd, remotevss-agent, then start smbd")
 
 
 def _systemctl(root: Path, no_start: bool, commands: list[list[str]],
