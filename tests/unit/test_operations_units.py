@@ -302,6 +302,19 @@ def test_unit_keeps_the_agent_in_the_hosts_mount_namespace() -> None:
     assert not keys & MOUNT_NAMESPACE_KEYS, sorted(keys & MOUNT_NAMESPACE_KEYS)
 
 
+def test_unit_lets_the_agent_open_devices() -> None:
+    """The zfs backend runs ``zfs``, which opens /dev/zfs (OpenZFS).  Any DeviceAllow=
+    turns systemd's default DevicePolicy=auto into an allow-list of it and the pseudo
+    devices, and ProtectClock= implies DeviceAllow=char-rtc r (systemd.exec(5),
+    systemd.resource-control(5)): with it every ``zfs`` command of the agent was
+    refused /dev/zfs under the unit."""
+    service = unit_text("/opt/remotevss/bin/remotevss").split("[Service]", 1)[1]
+    keys = {line.split("=", 1)[0] for line in service.splitlines()
+            if "=" in line and not line.startswith("#")}
+    device_policy = {"DeviceAllow", "DevicePolicy", "PrivateDevices", "ProtectClock"}
+    assert not keys & device_policy, sorted(keys & device_policy)
+
+
 def test_unit_does_not_restart_on_a_configuration_error(tmp_path: Path) -> None:
     """The unit runs ``--config /etc/remotevss/agent.toml``; without that file (the
     unit installed by --print-unit alone) or with an error in it, the agent exits 2.
