@@ -266,6 +266,7 @@ def test_rerun_after_an_upgrade_restarts_only_what_changed(tmp_path: Path) -> No
     keeps its on-demand samba-dcerpcd (Samba's, with rpcd_fsrvp), the unit's exits 1 at
     once (seen on Debian's 4.17 in a fresh root), and restarting it every 100 ms reached
     systemd's start limit before setup's later `restart smbd` ended the other one.
+    A later run that only gives a share previous versions reloads smbd instead.
 
     systemd does not run here: /run/systemd/system and a systemctl that records its
     arguments stand in for it, so the test sees which restarts setup asks for."""
@@ -299,6 +300,16 @@ def test_rerun_after_an_upgrade_restarts_only_what_changed(tmp_path: Path) -> No
         assert "daemon-reload" in done and "restart remotevss-agent" in done, done
         assert not any(c.endswith(("smbd", "samba-dcerpcd")) and c.startswith("restart")
                        for c in done), done
+        # a share given previous versions later: smbd reloads its configuration (a new
+        # tree connect gets shadow_copy2), no session is dropped
+        calls.unlink()
+        with conf.open("a") as f:
+            f.write("\n[extra]\n   path = /srv\n")
+        later = run(*CLI, "setup", "samba", "--yes", "--share", "extra", env=env)
+        assert later.returncode == 0, later.stdout + later.stderr
+        done = calls.read_text().splitlines()
+        assert "reload smbd" in done, done
+        assert not {"stop smbd", "restart smbd", "restart samba-dcerpcd"} & set(done), done
     finally:
         undone = run(*CLI, "setup", "samba", "--undo", "--force", "--no-start")
         assert undone.returncode == 0, undone.stdout + undone.stderr

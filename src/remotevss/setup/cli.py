@@ -97,9 +97,10 @@ def _setup_samba(args: argparse.Namespace) -> int:
 
 def _start_commands(plan: Any, opts: Any) -> list[list[str]]:
     """What makes the daemons run with the files ``plan`` wrote, restarting only those
-    whose files changed: a run after an upgrade that changes the agent's unit or TOML
-    must not restart smbd, which would drop every user's session and open files.
-    ``start`` of a running unit changes nothing; a new one is started."""
+    whose files changed: a run after an upgrade that changes the agent's unit or TOML,
+    or one that gives a share previous versions, must not restart smbd, which would
+    drop every user's session and open files (a reload serves new tree connects with
+    the new smb.conf).  ``start`` of a running unit changes nothing; a new one starts."""
     from remotevss.setup import samba_setup as ss
 
     agent_files = {f"{ss.SYSTEMD_DIR}/remotevss-agent.service", opts.agent_config}
@@ -112,15 +113,16 @@ def _start_commands(plan: Any, opts: Any) -> list[list[str]]:
         return "restart" if restart else "start"
 
     out = [["daemon-reload"], ["enable", "--now", "winbind"]]
-    if samba:  # smbd reads the [global] changes (rpc start on demand helpers) at start.
-        # Stopped first: a running smbd's on-demand samba-dcerpcd (Samba's, with
-        # rpcd_fsrvp) makes ours exit 1 at once, and Restart=on-failure every 100 ms
-        # reaches systemd's start limit before a later restart of smbd ends it.
+    if plan.smbd_restart:  # Stopped first: a running smbd's on-demand samba-dcerpcd
+        # (Samba's, with rpcd_fsrvp) makes ours exit 1 at once, and Restart=on-failure
+        # every 100 ms reaches systemd's start limit before a later restart of smbd ends it.
         out.append(["stop", "smbd"])
-    out += [[verb(samba or dcerpcd_unit in changed), "samba-dcerpcd"],
+    out += [[verb(plan.smbd_restart or dcerpcd_unit in changed), "samba-dcerpcd"],
             [verb(bool(changed & agent_files)), "remotevss-agent"]]
-    if samba:
+    if plan.smbd_restart:
         out.append(["start", "smbd"])
+    elif samba:
+        out.append(["reload", "smbd"])
     return out
 
 
