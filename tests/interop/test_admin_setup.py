@@ -320,3 +320,39 @@ def test_rerun_after_an_upgrade_restarts_only_what_changed(tmp_path: Path) -> No
         else:
             conf.write_text(before)
         shutil.rmtree("/etc/remotevss", ignore_errors=True)
+
+
+def test_rerun_keeps_an_agent_that_holds_sets(debian_samba: Path, tmp_path: Path) -> None:
+    """An upgrade rewrites the agent's unit while a backup holds a shadow copy set: setup
+    --yes leaves the agent running and says when to restart it.  Restarting it released
+    the unfinished set under the backup (as --undo refuses to, docs/samba.md).
+    A systemctl that records its arguments stands in for systemd, as above."""
+    env = {"REMOTEVSS_PASSWORD": PASSWORD}
+    made = run(*CLI, "shadow", "-U", "root", "create", "\\\\127.0.0.1\\data", env=env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    listed = run(*CLI, "sets", "list", "--json").stdout
+    held = [s for s in re.findall(r'"id": "([0-9a-f-]{36})"', listed) if s in made.stdout]
+    assert held, (made.stdout, listed)
+    marker = Path("/run/systemd/system")
+    made_marker = not marker.exists()
+    marker.mkdir(parents=True, exist_ok=True)
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    unit = Path(UNITS["remotevss-agent"])
+    try:
+        unit.write_text(unit.read_text().replace("TimeoutStopSec=300", "TimeoutStopSec=90"))
+        again = run(*CLI, "setup", "samba", "--yes", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        assert again.returncode == 0, again.stdout + again.stderr
+        done = calls.read_text().splitlines()
+        assert "restart remotevss-agent" not in done, done
+        assert "systemctl restart remotevss-agent" in again.stderr and held[0] in again.stderr, \
+            again.stderr
+        assert "TimeoutStopSec=300" in unit.read_text()  # the file is written all the same
+    finally:
+        if made_marker:
+            marker.rmdir()
+        for set_id in held:
+            run(*CLI, "sets", "delete", set_id)

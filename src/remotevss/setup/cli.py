@@ -91,7 +91,16 @@ def _setup_samba(args: argparse.Namespace) -> int:
         return 0
     record = ss.apply(plan)
     print(f"applied; the files as they were are kept for --undo ({record})")
-    _systemctl(root, args.no_start, _start_commands(plan, opts))
+    commands = _start_commands(plan, opts)
+    restart_agent = ["restart", "remotevss-agent"]
+    if restart_agent in commands and not args.no_start and ss.systemd_running(root):
+        held, _ = ss.agent_holdings(root, opts.agent_config)
+        if held:  # a restart releases unfinished sets: the backup that holds them fails
+            commands.remove(restart_agent)
+            print(f"remotevss-agent not restarted: it holds {'; '.join(held)} (stopping it "
+                  f"releases unfinished sets); once they are done: systemctl restart "
+                  f"remotevss-agent", file=sys.stderr)
+    _systemctl(root, args.no_start, commands)
     return 0
 
 
