@@ -19,10 +19,17 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Samba's and MIT's packaged daemons are not ours to run: tests start private instances.
+# Debian starts a daemon when its package is installed; the tests and the demo start
+# private instances.  Only the daemons of packages installed just now are stopped and
+# disabled: a package that was already there is the machine's (a file server's own
+# smbd, nmbd and winbind serve its users) and is left as it is.
+declare -A DAEMONS=([samba]="smbd nmbd samba-ad-dc" [winbind]=winbind [krb5-kdc]=krb5-kdc
+                    [krb5-admin-server]=krb5-admin-server [zfs-fuse]=zfs-fuse)
 if command -v systemctl >/dev/null; then
-  for svc in smbd nmbd samba-ad-dc winbind krb5-kdc krb5-admin-server zfs-fuse; do
-    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  for p in "${missing[@]}"; do
+    for svc in ${DAEMONS[$p]:-}; do
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    done
   done
 fi
 

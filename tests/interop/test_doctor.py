@@ -56,6 +56,10 @@ def test_doctor_passes_then_names_each_broken_prerequisite(loopfs: LoopFs, tmp_p
         rc, checks = doctor(agent.config)
         assert rc == 1 and checks["winbindd via ntlm_auth"]["result"] == "FAIL", checks
         assert "winbind" in checks["winbindd via ntlm_auth"]["fix"]
+        # a standalone server: binds naming another domain (rpcclient's -U root sends
+        # WORKGROUP) go to the local SAM without winbindd; only SERVER\user needs it
+        detail = checks["winbindd via ntlm_auth"]["detail"]
+        assert "every NTLM RPC bind" not in detail and "local SAM" in detail, detail
 
         agent.stop()
         rc, checks = doctor(agent.config)

@@ -240,3 +240,36 @@ def test_trace_logs_pdus_and_effects(tmp_path: Path, loopfs: LoopFs) -> None:
     agent = [str(e["msg"]) for e in events if e.get("logger") == "remotevss.agent"]
     assert any("created (copy)" in m for m in agent)
     assert any(f"set {sid} dropped" in m for m in agent)
+
+
+def test_json_log_format_makes_every_line_json(tmp_path: Path, loopfs: LoopFs) -> None:
+    """``--log-format json``, the unit's default: every line on stderr is a JSON object
+    (docs/operations.md), the start-up report and the "serving FSRVP" line too, so a
+    log shipper reading the journal as JSON takes each line.  They were plain text."""
+    share = loopfs("tmpfs") / "data"
+    share.mkdir()
+    (share / "f").write_text("x")
+    a = _agent(tmp_path, share, sequence_timeout=300)
+    a.start()
+    with a.client() as c:  # a committed set that the next start-up has to deal with
+        assert c.set_context(CTX_BACKUP).return_value == ZERO
+        sid = c.start(uuid.uuid4()).shadow_copy_set_id
+        assert c.add(sid, unc("data")).return_value == ZERO
+        assert c.prepare(sid).return_value == ZERO
+        assert c.commit(sid).return_value == ZERO
+    assert a.proc is not None
+    a.proc.kill()
+    a.wait_dead()
+    a.start()
+    assert a.stop() == 0
+    lines = [x for x in a.log.read_text().splitlines() if x.strip()]
+    objects = []
+    for line in lines:
+        try:
+            objects.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON object: {line!r}")
+    msgs = [str(o.get("msg", "")) for o in objects]
+    assert sum("serving FSRVP on" in m for m in msgs) == 2, msgs
+    assert any(m.startswith("start-up:") for m in msgs), msgs
+    assert all({"ts", "level", "logger"} <= set(o) for o in objects)

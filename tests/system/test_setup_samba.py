@@ -194,6 +194,22 @@ def test_undo_says_removed_and_leaves_no_empty_directories(target: Path) -> None
     assert after == before, "the directories setup made (etc/remotevss, setup-undo) are gone"
 
 
+def test_the_state_directory_setup_makes_is_private(target: Path) -> None:
+    """Setup makes /var/lib/remotevss (for its undo record) before the agent ever
+    runs: it must get the agent's mode, 0700, not the umask's 0755, or an agent
+    started by hand (README) keeps its journal in a directory every user reads."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert setup(target, "--yes").returncode == 0
+    finally:
+        os.umask(old)
+    for d in ("var/lib/remotevss", "var/lib/remotevss/setup-undo"):
+        assert stat.S_IMODE((target / d).stat().st_mode) == 0o700, d
+
+
 def test_undo_refuses_to_lose_edits_made_after_setup(target: Path) -> None:
     """--undo puts back smb.conf from before setup: a share added since would go with it."""
     conf = target / "etc/samba/smb.conf"

@@ -275,6 +275,65 @@ def test_unit_file() -> None:
     assert "@REMOTEVSS@" not in text and "[Install]" in lines
 
 
+# What sets up a file system (mount) namespace for a unit's processes, per
+# systemd.exec(5) of Debian 12's systemd 252: PrivateMounts= and every setting
+# that works "in a fashion equivalent" to it (ProtectKernelModules= makes
+# /usr/lib/modules inaccessible, ProtectKernelLogs= /proc/kmsg and /dev/kmsg,
+# both "with the same restrictions regarding mount propagation" as ReadOnlyPaths=).
+MOUNT_NAMESPACE_KEYS = {
+    "PrivateMounts", "PrivateTmp", "PrivateDevices", "PrivateNetwork", "ProtectSystem",
+    "ProtectHome", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+    "ProtectControlGroups", "ProtectProc", "ProcSubset", "ReadOnlyPaths", "ReadWritePaths",
+    "InaccessiblePaths", "ExecPaths", "NoExecPaths", "TemporaryFileSystem", "BindPaths",
+    "BindReadOnlyPaths", "RootDirectory", "RootImage", "MountImages", "ExtensionImages",
+    "ExtensionDirectories", "MountAPIVFS", "MountFlags", "DynamicUser", "LogNamespace",
+}
+
+
+def test_unit_keeps_the_agent_in_the_hosts_mount_namespace() -> None:
+    """The reflink and copy backends seal snapshots with read-only bind mounts and
+    the zfs backend mounts clones (``zfs mount``, run by the agent): smbd, in the
+    host's mount namespace, must see them.  In a unit namespace systemd turns off
+    propagation from the service to the host, so smbd would serve a writable tree
+    where the agent sealed one, and an empty directory for a ZFS clone."""
+    service = unit_text("/opt/remotevss/bin/remotevss").split("[Service]", 1)[1]
+    keys = {line.split("=", 1)[0] for line in service.splitlines()
+            if "=" in line and not line.startswith("#")}
+    assert not keys & MOUNT_NAMESPACE_KEYS, sorted(keys & MOUNT_NAMESPACE_KEYS)
+
+
+def test_unit_lets_the_agent_open_devices() -> None:
+    """The zfs backend runs ``zfs``, which opens /dev/zfs (OpenZFS).  Any DeviceAllow=
+    turns systemd's default DevicePolicy=auto into an allow-list of it and the pseudo
+    devices, and ProtectClock= implies DeviceAllow=char-rtc r (systemd.exec(5),
+    systemd.resource-control(5)): with it every ``zfs`` command of the agent was
+    refused /dev/zfs under the unit."""
+    service = unit_text("/opt/remotevss/bin/remotevss").split("[Service]", 1)[1]
+    keys = {line.split("=", 1)[0] for line in service.splitlines()
+            if "=" in line and not line.startswith("#")}
+    device_policy = {"DeviceAllow", "DevicePolicy", "PrivateDevices", "ProtectClock"}
+    assert not keys & device_policy, sorted(keys & device_policy)
+
+
+def test_unit_does_not_restart_on_a_configuration_error(tmp_path: Path) -> None:
+    """The unit runs ``--config /etc/remotevss/agent.toml``; without that file (the
+    unit installed by --print-unit alone) or with an error in it, the agent exits 2.
+    Restart=on-failure every 5 s never reaches systemd's start limit, so the unit
+    restarted for ever; a restart cannot fix the file: it must fail and stay failed."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "remotevss.cli", "agent", "--config", str(tmp_path / "no.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )  # fmt: skip
+    assert r.stderr.startswith("remotevss: configuration error:"), r.stderr
+    unit = unit_text("/opt/remotevss/bin/remotevss")
+    assert _unit_argv(unit, "Restart") == ["on-failure"]
+    assert str(r.returncode) in _unit_argv(unit, "RestartPreventExitStatus"), unit
+
+
 def _unit_argv(unit: str, key: str) -> list[str]:
     (line,) = [x for x in unit.splitlines() if x.startswith(f"{key}=")]
     return line.split("=", 1)[1].split()

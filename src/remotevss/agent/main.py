@@ -52,6 +52,19 @@ def _served(service: AgentService) -> str:
     return f"{count} share(s)" + (" from Samba" if from_samba else "")
 
 
+def _say(config: AgentConfig, text: str) -> None:
+    """A start-up line, shown at every log level (the admin's proof the agent came
+    up), in the log's format: with ``json`` every line of the log is a JSON object."""
+    if config.log.format == "json":
+        from remotevss.agent.events import JsonFormatter
+
+        record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "%s", (text,), None)
+        line = JsonFormatter().format(record)
+    else:
+        line = f"remotevss agent: {text}"
+    print(line, file=sys.stderr, flush=True)
+
+
 def _as_built(reload: Callable[[], AgentConfig], built: AgentConfig) -> Callable[[], AgentConfig]:
     """The reloaded file's config as build_service derives it behind Samba: the
     netbios name is smb.conf's, so an unchanged file compares equal."""
@@ -94,7 +107,7 @@ async def run_agent(
     loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
     report = await service.start()
     for line in report.lines():
-        print(f"remotevss agent: start-up: {line}", file=sys.stderr)
+        _say(config, f"start-up: {line}")
     server = await serve_unix(service, config.socket_path, config.socket_group)
     bound = socket_identity(config.socket_path)
     pipe: PipeListener | None = None
@@ -111,13 +124,9 @@ async def run_agent(
     loop.add_signal_handler(signal.SIGHUP, ops.reload)
     if early_hup:
         ops.reload()
-    print(
-        f"remotevss agent: serving FSRVP on {config.socket_path}"
-        + (f" and {pipe.path}" if pipe else "")
-        + f" ({_served(service)}, mode {config.mode.value})",
-        file=sys.stderr,
-        flush=True,
-    )
+    _say(config, f"serving FSRVP on {config.socket_path}"
+         + (f" and {pipe.path}" if pipe else "")
+         + f" ({_served(service)}, mode {config.mode.value})")
     trimmer = asyncio.create_task(_trim_helpers(auth)) if auth is not None else None
     await stop.wait()
     log.info("stopping")

@@ -91,10 +91,48 @@ def _setup_samba(args: argparse.Namespace) -> int:
         return 0
     record = ss.apply(plan)
     print(f"applied; the files as they were are kept for --undo ({record})")
-    _systemctl(root, args.no_start, [
-        ["daemon-reload"], ["enable", "--now", "winbind"], ["restart", "samba-dcerpcd"],
-        ["restart", "remotevss-agent"], ["restart", "smbd"]])
+    commands = _start_commands(plan, opts)
+    restart_agent = ["restart", "remotevss-agent"]
+    if restart_agent in commands and not args.no_start and ss.systemd_running(root):
+        held, _ = ss.agent_holdings(root, opts.agent_config)
+        if held:  # a restart releases unfinished sets: the backup that holds them fails
+            commands.remove(restart_agent)
+            print(f"remotevss-agent not restarted: it holds {'; '.join(held)} (stopping it "
+                  f"releases unfinished sets); once they are done: systemctl restart "
+                  f"remotevss-agent", file=sys.stderr)
+    _systemctl(root, args.no_start, commands)
     return 0
+
+
+def _start_commands(plan: Any, opts: Any) -> list[list[str]]:
+    """What makes the daemons run with the files ``plan`` wrote, restarting only those
+    whose files changed: a run after an upgrade that changes the agent's unit or TOML,
+    or one that gives a share previous versions, must not restart smbd, which would
+    drop every user's session and open files (a reload serves new tree connects with
+    the new smb.conf).  ``start`` of a running unit changes nothing; a new one starts."""
+    from remotevss.setup import samba_setup as ss
+
+    agent_files = {f"{ss.SYSTEMD_DIR}/remotevss-agent.service", opts.agent_config}
+    dcerpcd_unit = f"{ss.SYSTEMD_DIR}/samba-dcerpcd.service"
+    samba = any(not c.link and c.path not in {*agent_files, dcerpcd_unit}
+                for c in plan.changes)  # smb.conf or a file it includes
+    changed = {c.path for c in plan.changes}
+
+    def verb(restart: bool) -> str:
+        return "restart" if restart else "start"
+
+    out = [["daemon-reload"], ["enable", "--now", "winbind"]]
+    if plan.smbd_restart:  # Stopped first: a running smbd's on-demand samba-dcerpcd
+        # (Samba's, with rpcd_fsrvp) makes ours exit 1 at once, and Restart=on-failure
+        # every 100 ms reaches systemd's start limit before a later restart of smbd ends it.
+        out.append(["stop", "smbd"])
+    out += [[verb(plan.smbd_restart or dcerpcd_unit in changed), "samba-dcerpcd"],
+            [verb(bool(changed & agent_files)), "remotevss-agent"]]
+    if plan.smbd_restart:
+        out.append(["start", "smbd"])
+    elif samba:
+        out.append(["reload", "smbd"])
+    return out
 
 
 def _undo(args: argparse.Namespace, root: Path) -> int:
@@ -144,7 +182,8 @@ def _executable() -> str:
     return shutil.which("remotevss") or str(beside)
 
 
-START_ADVICE = "start order: winbind, samba-dcerpcd, remotevss-agent, then (re)start smbd"
+START_ADVICE = ("start order: stop smbd (its on-demand samba-dcerpcd keeps ours from starting), "
+                "start winbind, samba-dcerpcd, remotevss-agent, then start smbd")
 
 
 def _systemctl(root: Path, no_start: bool, commands: list[list[str]],

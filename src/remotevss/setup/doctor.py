@@ -258,8 +258,9 @@ def check_pipe(pipe: Path) -> Check:
 def check_winbind(smb_conf: str, ntlm_auth: tuple[str, ...]) -> Check:
     """A logon for a user that does not exist, in this server's own domain (its netbios
     name: the local SAM, on a standalone server and on a member alike): winbindd
-    answers NO_SUCH_USER or a logon failure; without winbindd, ntlm_auth cannot ask
-    and every RPC bind is refused."""
+    answers NO_SUCH_USER or a logon failure; without winbindd, ntlm_auth cannot ask:
+    on a member every NTLM bind is refused, on a standalone server those that name
+    this server's domain (the agent checks other names against the local SAM)."""
     from remotevss.samba.pipedir import PipeDirError, samba_parameter
 
     try:
@@ -273,9 +274,23 @@ def check_winbind(smb_conf: str, ntlm_auth: tuple[str, ...]) -> Check:
     if rc == 127:
         return Check("winbindd via ntlm_auth", FAIL, out.strip(), "apt-get install winbind")
     last = out.strip().splitlines()[-1] if out.strip() else f"exit {rc}"
-    return Check("winbindd via ntlm_auth", FAIL,
-                 f"ntlm_auth cannot check logons ({last}): every NTLM RPC bind would be refused",
-                 "systemctl enable --now winbind (the agent's unit starts after it)")
+    refused = "every NTLM RPC bind would be refused"
+    if _standalone(smb_conf):  # as the agent maps names (ntlm_auth.LocalSamLogon)
+        refused = (f"NTLM RPC binds as {own}\\user would be refused (binds naming another "
+                   f"domain, or none, are checked against the local SAM without winbindd)")
+    return Check("winbindd via ntlm_auth", FAIL, f"ntlm_auth cannot check logons ({last}): "
+                 f"{refused}", "systemctl enable --now winbind (the agent's unit starts after it)")
+
+
+def _standalone(smb_conf: str) -> bool:
+    from remotevss.agent.samba_components import is_standalone
+    from remotevss.samba._lib import SambaUnavailable
+    from remotevss.samba.conf import SambaConfigError, shared_conf
+
+    try:
+        return is_standalone(shared_conf(smb_conf))
+    except (SambaUnavailable, SambaConfigError):  # unknown: say the worse
+        return False
 
 
 def check_agent(admin_socket: str, sequence_timeout: float | None) -> list[Check]:

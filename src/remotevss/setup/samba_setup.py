@@ -76,6 +76,9 @@ class Plan:
     root: Path
     changes: list[Change]
     notes: list[str]
+    #: smbd must restart, not just reload: ``rpc start on demand helpers`` changed, and
+    #: the samba-dcerpcd a running smbd started on demand (with rpcd_fsrvp) ends with it.
+    smbd_restart: bool = False
 
     def describe(self) -> str:
         if not self.changes:
@@ -229,28 +232,27 @@ def ad_dc(conf: SmbConfFiles) -> bool:
     return role in AD_DC_ROLES
 
 
-def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str]]:
-    """The edits of smb.conf and of the included files that define what is edited."""
+def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str], bool]:
+    """The edits of smb.conf and of the included files that define what is edited, and
+    whether ``rpc start on demand helpers`` changed (smbd must restart)."""
     conf = read_smb_conf(opts)
     if ad_dc(conf):
         raise SetupError(f"{opts.smb_conf}: server role = {conf.get('global', 'server role')}: "
                          f"{AD_DC_REFUSAL}; nothing was changed")
     why: dict[str, list[str]] = {}
 
-    def put(section: str, key: str, value: str, reason: str) -> None:
+    def put(section: str, key: str, value: str, reason: str) -> bool:
         try:
             file = conf.set(section, key, value)
         except EditError as exc:
             raise SetupError(str(exc)) from exc
         if file is not None:  # shown under that file's name in the plan
             why.setdefault(file, []).append(f"[{section}] {key} = {value}: {reason}")
+        return file is not None
 
-    for key, value, reason in (
-        ("rpc start on demand helpers", "no",
-         "smbd must not start samba-dcerpcd with rpcd_fsrvp on \\pipe\\FssagentRpc"),
-        ("registry shares", "yes", "snapshot shares share@{GUID} are registry shares"),
-    ):
-        put("global", key, value, reason)
+    restart = put("global", "rpc start on demand helpers", "no",
+                  "smbd must not start samba-dcerpcd with rpcd_fsrvp on \\pipe\\FssagentRpc")
+    put("global", "registry shares", "yes", "snapshot shares share@{GUID} are registry shares")
     shares, notes = previous_versions_shares(conf, opts.root, opts.shares)
     for name in shares:
         own = conf.get(name, "vfs objects")
@@ -271,7 +273,7 @@ def _smb_conf_changes(opts: SetupOptions) -> tuple[list[Change], list[str]]:
                              f"those snapshots, not the agent's (in {value})")
     notes += [i.describe() for i in conf.includes if i.worth_a_note]
     changes = [Change(p, conf.original(p), conf.text(p), why.get(p, [])) for p in conf.changed()]
-    return changes, notes
+    return changes, notes, restart
 
 
 def dcerpcd_unit(opts: SetupOptions) -> str:
@@ -368,7 +370,7 @@ def agent_toml_additions(opts: SetupOptions, old: str) -> tuple[str, list[str], 
 
 
 def plan(opts: SetupOptions) -> Plan:
-    changes, notes = _smb_conf_changes(opts)
+    changes, notes, smbd_restart = _smb_conf_changes(opts)
     units = {
         f"{SYSTEMD_DIR}/samba-dcerpcd.service": (
             dcerpcd_unit(opts), ["samba-dcerpcd with -s and every rpcd_* helper but rpcd_fsrvp"]),
@@ -400,7 +402,7 @@ def plan(opts: SetupOptions) -> Plan:
         if _link(at(opts.root, path)) != target:
             changes.append(Change(path, _link(at(opts.root, path)), target,
                                   [f"enable {unit} at boot"], link=True))
-    return Plan(opts.root, changes, notes)
+    return Plan(opts.root, changes, notes, smbd_restart)
 
 
 # ------------------------------------------------------------------ apply / undo
@@ -413,7 +415,9 @@ def apply(p: Plan) -> Path:
     record: dict[str, Any] = json.loads(record_file.read_text()) if record_file.exists() else {
         "made": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "files": {}}
     new_dirs = _missing_dirs(p.root, [UNDO_DIR + "/record.json"])
-    record_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for made in reversed([record_dir, *record_dir.parents]):  # the agent's state_dir
+        if not made.exists():  # among them: 0700 as the agent (and the unit) make it
+            made.mkdir(mode=0o700)
     files: dict[str, Any] = record["files"]
     dirs: list[str] = record.setdefault("dirs", [])
     for d in [*new_dirs, *_missing_dirs(p.root, [c.path for c in p.changes])]:
