@@ -87,10 +87,10 @@ NOT_PROGRAMS = {"host", "id", "init", "yes", "ls", "true", "false", "test", "wri
 SHELL_FENCES = {"sh", "bash", "console", "shell"}
 
 
-def _bootstrap_packages() -> set[str]:
+def _bootstrap_packages(name: str = "APT_PACKAGES") -> set[str]:
     text = (REPO / "scripts" / "bootstrap.sh").read_text()
-    m = re.search(r"APT_PACKAGES=\(([^)]*)\)", text)
-    assert m, "scripts/bootstrap.sh has no APT_PACKAGES=(...)"
+    m = re.search(rf"\b{name}=\(([^)]*)\)", text)
+    assert m, f"scripts/bootstrap.sh has no {name}=(...)"
     return set(m.group(1).split())
 
 
@@ -169,11 +169,14 @@ def test_every_program_and_module_is_installed_from_its_package() -> None:
     assert not wrong, "; ".join(wrong)
 
 
-def _programs_in_source() -> dict[str, str]:
+def _programs_in_source(dirs: tuple[str, ...] = ("src", "tests", "bench"),
+                        skip: frozenset[str] = frozenset()) -> dict[str, str]:
     """Names the code runs: first items of argv-like list/tuple literals, ``which()`` and
-    ``missing_tools()`` arguments, ``TOOLS`` tuples; -> first file that names each."""
+    ``missing_tools()`` arguments, ``TOOLS`` tuples; -> first file that names each
+    (files in ``skip``, paths relative to the repository, not read)."""
     found: dict[str, str] = {}
-    files = [p for d in ("src", "tests", "bench") for p in (REPO / d).rglob("*.py")]
+    files = [p for d in dirs for p in (REPO / d).rglob("*.py")
+             if str(p.relative_to(REPO)) not in skip]
     for path in files:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
@@ -237,3 +240,46 @@ def test_manifest_lists_every_program_the_code_runs() -> None:
     unlisted = {n: w for n, w in unlisted.items() if not _base_package(_owner(shutil.which(n) or "") or "")}
     assert not unlisted, ("programs run by the code but missing from PROGRAMS in "
                           f"tests/system/test_packages.py: {unlisted}")
+
+
+#: What a file server's install (``bootstrap.sh --server``) may leave out: the demo's
+#: and the tests' modules in the package (``remotevss demo``: private Samba on a loop
+#: btrfs), and the zfs backend's tools, which come with the machine's own ZFS.
+SERVER_SKIPS_FILES = frozenset({"src/remotevss/demo.py", "src/remotevss/loopfs.py"})
+SERVER_OPTIONAL = {"zfs", "zpool"}
+#: Test tools the docs show how to point at the agent (package named there).
+SERVER_DOC_TEST_TOOLS = {"smbtorture"}
+#: Modules and files the agent, the client and the backup tool load at run time.
+SERVER_FILES = {"/usr/libexec/samba/samba-dcerpcd", "/usr/lib/*/samba/vfs/btrfs.so",
+                "/usr/lib/*/samba/vfs/shadow_copy2.so", "/usr/lib/*/libnss_winbind.so.2",
+                "/usr/lib/*/libfuse3.so.3", "/usr/bin/fusermount3"}
+
+
+def test_server_install_has_everything_remotevss_runs() -> None:
+    """``bootstrap.sh --server`` installs no test tools; it must still install every
+    package the agent, the client and the backup tool (and the docs' commands for
+    admins) need, or a file server set up that way fails where CI cannot see it."""
+    _needs_dpkg()
+    server = _bootstrap_packages("SERVER_PACKAGES")
+    assert server <= _bootstrap_packages(), "APT_PACKAGES covers SERVER_PACKAGES"
+    runs = _programs_in_source(("src",), SERVER_SKIPS_FILES)
+    missing = set()
+    for name, where in runs.items():
+        if name in SERVER_OPTIONAL | OPTIONAL | SERVER_DOC_TEST_TOOLS:
+            continue
+        pkg = PROGRAMS.get(name) or _owner(shutil.which(name) or "") or "?"
+        if pkg not in server and not _base_package(pkg):
+            missing.add(f"{pkg} (for {name}, run by {where})")
+    for doc in [*(REPO / "docs").glob("*.md")]:
+        for name in _documented_commands(doc.read_text()):
+            pkg = PROGRAMS.get(name)
+            if (pkg and name not in SERVER_DOC_TEST_TOOLS and pkg not in server
+                    and not _base_package(pkg)):
+                missing.add(f"{pkg} (for {name}, in {doc.name})")
+    for mod, pkg in PYTHON_MODULES.items():
+        if pkg not in server:
+            missing.add(f"{pkg} (python module {mod})")
+    for pattern in SERVER_FILES:
+        if FILES[pattern] not in server and not _base_package(FILES[pattern]):
+            missing.add(f"{FILES[pattern]} (for {pattern})")
+    assert not missing, "bootstrap.sh --server does not install: " + ", ".join(sorted(missing))
