@@ -71,10 +71,13 @@ from remotevss.backup.snapshot_source import (
 )
 from remotevss.backup.tree import (
     Entry,
+    Part,
     encode_tree,
     encode_tree_stored,
     encode_xattrs,
+    file_text,
     make_entry,
+    owner_parts,
 )
 from remotevss.backup.workers import SMALL_FILE, Pool, Result, Task, WorkerDied, serve_batch
 
@@ -179,7 +182,8 @@ class _Dir:
 
     def __init__(self, entry: Entry, parent: _Dir | None) -> None:
         self.entry = entry
-        self.children: list[Entry] = []
+        # Entries, or unchanged files' finished tree text (walk_listing).
+        self.children: list[Part] = []
         self.parent = parent
         self.pending = 0  # children whose content or subtree is not known yet
         self.sealed = False  # all children listed
@@ -453,10 +457,10 @@ class _Engine:
             node.cdir = None
         self.closed(node, tid_hex)
 
-    def skip_digest(self, listing_fp: bytes, children: list[Entry]) -> bytes:
+    def skip_digest(self, listing_fp: bytes, children: list[Part]) -> bytes:
         """The listing digest and the subdirectories' tree ids, in listing order."""
         return self.codec.blob_id(listing_fp + "".join(
-            [e["subtree"] for e in children if e["type"] == DIR]).encode())
+            [e["subtree"] for e in children if type(e) is dict and e["type"] == DIR]).encode())
 
     def close_unchanged(self, node: _Dir) -> None:
         """A directory whose listing matched: reuse its tree if every subdirectory's
@@ -481,7 +485,8 @@ class _Engine:
             self.progress.files_done(files, nbytes)
             self.closed(node, row.content[7:-3])
             return
-        subtrees = {e["name"]: e["subtree"] for e in node.children}
+        subtrees = {e["name"]: e["subtree"] for e in node.children  # stand-ins: dicts
+                    if type(e) is dict}
         node.children = []
         node.sealed = False
         node.skip_from = None
@@ -602,6 +607,11 @@ class _Engine:
             src.will_read(relpath, misses)
         owner, children, rows = src.owner, node.children, cdir.rows
         legacy = self.index.schema == 1
+        # Unchanged files go in as their finished tree text (tree.file_text) where
+        # nothing else reads the entries: with a listing digest (no fingerprint),
+        # not from SMB (attributes, birth times), not with legacy plain rows.
+        as_text = node.listing_fp is not None and not legacy
+        owners: dict[tuple[int, int], tuple[str, str]] = {}
         hits = hit_bytes = 0
         for e in listing:
             if e.type == FILE and e.nlink < 2:
@@ -612,15 +622,24 @@ class _Engine:
                 if hit is not None and hit.size == e.size and hit.mtime_ns == e.mtime_ns \
                         and hit.ctime_ns == e.ctime_ns and hit.ino == e.ino:
                     rows[e.name] = hit
+                    hits += 1
+                    hit_bytes += e.size
+                    # unchanged ctime: the cached xattrs hold
+                    if as_text and hit.xattrs == "{}" and e.attributes is None \
+                            and e.btime_ns is None:
+                        ids = (e.uid, e.gid)
+                        parts = owners.get(ids)
+                        if parts is None:
+                            parts = owners[ids] = owner_parts(*owner(e))
+                        children.append(file_text(e, parts, hit.content))
+                        continue
                     user, group = owner(e)
                     entry = make_entry(e, user, group, {})
-                    if hit.xattrs != "{}":  # unchanged ctime: the cached xattrs hold
+                    if hit.xattrs != "{}":
                         entry["xattrs"] = _scan_json(hit.xattrs, 0)[0]
                     entry["content"] = (_scan_json(hit.content, 0)[0] if legacy
                                         else (hit.content,))
                     children.append(entry)
-                    hits += 1
-                    hit_bytes += e.size
                     continue
                 if hit is not None:  # changed: taken the ordinary way, as a miss
                     cached[e.name] = hit
