@@ -245,6 +245,9 @@ class _Engine:
         self.cache_changed: list[PreparedDir] = []
         self.uncached: set[str] = set()  # cache keys of sources without any cached row
         self.visited: dict[str, set[str]] = {}
+        # Cache keys of sources in which some directory was not skipped whole (its
+        # listing differed, or could not be read): only their rows may need pruning.
+        self.ordinary: set[str] = set()
         self.hardlinks: dict[tuple[int, int], str] = {}
         # Listing-digest rows fetched with their siblings', until their directory is walked.
         self.skip_ahead: dict[tuple[str, str], dict[str, CacheRow] | IndexDamaged] = {}
@@ -519,6 +522,7 @@ class _Engine:
             self.error(point_path, exc)
             listing = []
             node.incomplete = True
+            self.ordinary.add(src.cache_key)
         if src.listing_proves_unchanged and not node.incomplete:
             visited.add(SKIP_DIR + relpath)
             if digest is not None:
@@ -584,6 +588,7 @@ class _Engine:
                      subtrees: dict[str, str] | None = None) -> None:
         """Every entry of the directory; with ``subtrees`` (name -> tree id, from an
         unchanged listing whose subdirectories changed) they are not walked again."""
+        self.ordinary.add(src.cache_key)
         cdir = _CacheDir(src.cache_key, relpath)
         try:
             cached = ({} if src.cache_key in self.uncached
@@ -890,7 +895,13 @@ def _run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, 
                                      dict(meta or {}), stats.to_json())
             idx.cache_write_prepared(engine.cache_changed)
             for src in sources:
-                idx.cache_prune_dirs(src.cache_key, engine.visited.get(src.cache_key, set()))
+                # When every directory's listing matched the cached digest the tree is
+                # the one the last committed run saw and pruned for (a directory gone
+                # changes its parent's listing): nothing to prune, and no need to key
+                # every visited path again (~25 ms on 3,742 directories).
+                if src.cache_key in engine.ordinary:
+                    idx.cache_prune_dirs(src.cache_key,
+                                         engine.visited.get(src.cache_key, set()))
         return RecoveryPoint(point_id, point_uuid, time_ns, root_id.hex(), dict(meta or {}),
                              stats.to_json())
     except WorkerDied as exc:
