@@ -167,13 +167,15 @@ def _work(chunks: list[Chunk], known: Callable[[bytes], bool], codec: Codec) -> 
 class _CacheDir:
     """The files-cache rows of one directory as this run leaves them."""
 
-    __slots__ = ("source", "relpath", "rows", "changed")
+    __slots__ = ("source", "relpath", "rows", "changed", "base")
 
     def __init__(self, source: str, relpath: str) -> None:
         self.source = source
         self.relpath = relpath
         self.rows: dict[str, CacheRow] = {}
         self.changed = False
+        # The rows as read, with their text: unchanged ones are written as that text.
+        self.base: tuple[dict[str, CacheRow], str] | None = None
 
 
 class _Dir:
@@ -449,8 +451,9 @@ class _Engine:
             if row is not None and TREE_ROW not in cdir.rows:
                 cdir.rows[TREE_ROW] = row
             if cdir.changed:  # rows of files read in this run were filled in by finish_file
-                self.cache_changed.append(
-                    self.index.cache_prepare(cdir.source, cdir.relpath, cdir.rows))
+                self.cache_changed.append(self.index.cache_prepare(
+                    cdir.source, cdir.relpath, cdir.rows, cdir.base))
+            cdir.base = None
             if node.listing_fp is not None and not node.incomplete:
                 final = self.skip_digest(node.listing_fp, node.children)
                 self.cache_changed.append(self.index.cache_prepare(
@@ -590,13 +593,16 @@ class _Engine:
         unchanged listing whose subdirectories changed) they are not walked again."""
         self.ordinary.add(src.cache_key)
         cdir = _CacheDir(src.cache_key, relpath)
-        try:
-            cached = ({} if src.cache_key in self.uncached
-                      else self.index.cache_dir(src.cache_key, relpath))
-        except IndexDamaged as exc:
-            self.progress.message(f"backup: {point_path}: {exc}; its files are read again")
-            cached = {}
-            cdir.changed = True
+        cached: dict[str, CacheRow] = {}
+        if src.cache_key not in self.uncached:
+            try:
+                cached, text = self.index.cache_dir_text(src.cache_key, relpath)
+            except IndexDamaged as exc:
+                self.progress.message(f"backup: {point_path}: {exc}; its files are read again")
+                cdir.changed = True
+            else:
+                if text is not None:
+                    cdir.base = (dict(cached), text)  # ``cached`` is emptied below
         node.cdir = cdir
         node.tree_row = cached.pop(TREE_ROW, None)
         if src.listing_proves_unchanged and subtrees is None:
