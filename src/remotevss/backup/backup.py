@@ -78,6 +78,7 @@ from remotevss.backup.tree import (
     file_text,
     make_entry,
     owner_parts,
+    with_subtrees,
 )
 from remotevss.backup.workers import SMALL_FILE, Pool, Result, Task, WorkerDied, serve_batch
 
@@ -491,12 +492,53 @@ class _Engine:
             self.progress.files_done(files, nbytes)
             self.closed(node, row.content[7:-3])
             return
+        if self.patch_tree(node, row, final, listing):
+            return
         subtrees = {e["name"]: e["subtree"] for e in node.children  # stand-ins: dicts
                     if type(e) is dict}
         node.children = []
         node.sealed = False
         node.skip_from = None
         self.walk_listing(src, node, relpath, point_path, listing, subtrees)
+
+    def patch_tree(self, node: _Dir, row: CacheRow, final: bytes,
+                   listing: list[SourceEntry]) -> bool:
+        """A directory whose listing matched but a subdirectory's tree id did not:
+        its last tree (the skip row names it) with the new subtree ids
+        (``tree.with_subtrees``), the same bytes as building it again, since the
+        digest covers every listed field of every entry.  False (nothing done) if
+        that tree cannot be read or cut: the caller builds it the ordinary way."""
+        assert node.skip_from is not None and node.listing_fp is not None
+        src, relpath = node.skip_from[0], node.skip_from[1]
+        subtrees = [e["subtree"] for e in node.children if type(e) is dict]
+        dirs = [(i, e.name, tid) for (i, e), tid in zip(
+            filter(lambda ie: ie[1].type == DIR, enumerate(listing)), subtrees, strict=True)]
+        try:
+            raw = with_subtrees(self.repo.read_blob(bytes.fromhex(row.content[7:-3])),
+                                len(listing), dirs)
+        except (RepoError, ValueError):
+            return False
+        if raw is None:
+            return False
+        tid = self.codec.blob_id(raw)
+        self.writer.add_raw(tid, TREE, raw)
+        tid_hex = tid.hex()
+        types = list(map(_TYPE, listing))
+        is_file = list(map(FILE.__eq__, types))
+        files = is_file.count(True)
+        nbytes = sum(select(map(_SIZE, listing), is_file))
+        self.stats.files += files
+        self.stats.cache_hits += files
+        self.stats.bytes_total += nbytes
+        self.stats.others += len(types) - files - types.count(DIR)
+        self.progress.files_done(files, nbytes)
+        self.cache_changed.append(self.index.cache_prepare(
+            src.cache_key, SKIP_DIR + relpath,
+            {TREE_ROW: CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
+                                node.listing_fp.hex() + final.hex())}))
+        node.skip_from = None
+        self.closed(node, tid_hex)
+        return True
 
     def closed(self, node: _Dir, tid_hex: str) -> None:
         node.entry["subtree"] = tid_hex

@@ -143,6 +143,45 @@ def _entries_text(entries: list[Entry]) -> str:
     return "".join(out)
 
 
+_HEAD, _TAIL = '{"entries":[', f'],"v":{TREE_VERSION}}}'
+_NEXT = '},{"atime":'  # between two entries, and nowhere else (below)
+_SUBTREE = '"subtree":"'
+
+
+def with_subtrees(raw: bytes, count: int, dirs: list[tuple[int, str, str]]) -> bytes | None:
+    """The tree ``raw`` (as ``encode_tree`` wrote it, ``count`` entries) with the
+    entry at each position ``i`` of ``dirs``, a directory named ``name``, given
+    the subtree id ``tid`` (hex); None if ``raw`` cannot be cut so.
+
+    Why: a directory whose listing is unchanged but a subdirectory's tree is not
+    (every directory above a changed file) differs from its last tree in those
+    ids alone; building every entry again cost a listxattr per subdirectory and
+    symlink and a files-cache row opened.  How: every entry's text begins with
+    '{"atime":' (make_entry always has it, and keys are sorted), and '},{"atime":'
+    can occur nowhere else: inside a string every '"' is escaped, and "xattrs",
+    the one object inside an entry, is its last member.  The count of pieces must
+    be ``count``, and each directory's piece must name it, be of type "d" and
+    hold one subtree id, or nothing is changed."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not (text.startswith(_HEAD) and text.endswith(_TAIL)) or count < 1:
+        return None
+    pieces = text[len(_HEAD):-len(_TAIL)].split(_NEXT)
+    if len(pieces) != count:
+        return None
+    for i, name, tid in dirs:
+        piece = pieces[i]
+        at = piece.find(_SUBTREE) + len(_SUBTREE)
+        if (at < len(_SUBTREE) or piece.find(_SUBTREE, at) >= 0 or len(tid) != 64
+                or piece[at + 64:at + 65] != '"' or ',"type":"d",' not in piece
+                or f',"name":{_quote(name)},' not in piece):
+            return None
+        pieces[i] = piece[:at] + tid + piece[at + 64:]
+    return (_HEAD + _NEXT.join(pieces) + _TAIL).encode()
+
+
 def decode_tree(raw: bytes) -> list[Entry]:
     doc = json.loads(raw)
     if doc.get("v") != TREE_VERSION:
