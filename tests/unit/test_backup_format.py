@@ -383,3 +383,26 @@ def test_a_row_spliced_from_its_old_text_reads_back_as_the_rows() -> None:
     assert _splice(odd, odd, json.dumps(odd, separators=(",", ":"))) is None
     assert _splice(rows, old, json.dumps(old)) is None  # spaces after separators
     assert _splice(rows, old, "{}") is None
+
+
+def test_a_sealed_files_cache_row_of_the_wrong_shape_is_damaged(tmp_path: Path) -> None:
+    """Rows are built in C from the opened JSON; one with a field missing or extra
+    (or not an array) must still be refused as damaged, never half read."""
+    from typing import Any
+
+    from remotevss.backup.index import CacheRow, Index, IndexDamaged
+
+    idx = Index(tmp_path / "index.sqlite", codec=Keys(new_master()))
+    good = CacheRow(1, 2, 3, 4, "[]", "{}")
+    bad_rows: list[Any] = [[1, 2, 3, 4, "[]"], [1, 2, 3, 4, "[]", "{}", 7], 5]
+    for i, bad in enumerate(bad_rows):
+        skey, dkey = idx._cache_keys("src", f"d{i}")
+        idx._write_sealed(skey, dkey, {"ok": good, "bad": bad})
+        with pytest.raises(IndexDamaged):
+            idx.cache_dir("src", f"d{i}")
+    skey, dkey = idx._cache_keys("src", "fine")
+    idx._write_sealed(skey, dkey, {"ok": good})
+    rows, text = idx.cache_dir_text("src", "fine")
+    assert rows == {"ok": good} and type(rows["ok"]) is CacheRow and rows["ok"].content == "[]"
+    assert text == '{"ok":[1,2,3,4,"[]","{}"]}'
+    idx.close()
