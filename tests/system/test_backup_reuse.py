@@ -485,3 +485,24 @@ def test_listing_digest_rows_come_in_one_query_when_the_tree_is_listed(
     lister.stop()
     assert stats["trees_reused"] == stats["dirs"] == 31
     assert single == [] and batches == [31]
+
+
+def test_a_first_backup_keeps_no_names_of_listed_directories(tmp_path: Path) -> None:
+    """The names the listing reader keeps for the digest-row queries are for
+    incrementals; a source's first backup asks nothing, so none may pile up
+    (they would grow with the tree)."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    _tree(src)
+    init_repo(repo, passphrase=PASS)
+    source = LocalSource(src, "data")
+    lister = ListingPrefetch(source)
+    lister._thread.join(10)
+    with Repository(repo, "write", passphrase=PASS) as r:
+        run_backup(r, [source], ahead={"data": lister})
+    assert lister.take_listed() == []
+    lister.stop()
+    lister = ListingPrefetch(source)
+    lister._thread.join(10)
+    assert lister.take_listed() == ["", "a", "a/b", "a/b/c", "a/d", "e"]
+    lister.stop()

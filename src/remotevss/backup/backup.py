@@ -929,6 +929,9 @@ def _run_backup(repo: Repository, sources: Sequence[Source], meta: Mapping[str, 
     try:
         engine.uncached = {s.cache_key for s in sources
                            if not repo.index.cache_has_source(s.cache_key)}
+        for s in sources:
+            if s.cache_key in engine.uncached and s.label in ahead:
+                ahead[s.label].ignore_listed()
         if engine.uncached:
             engine.writer.expect_many_questions()
         if processes and any(_worker_readable(s) and s.cache_key in engine.uncached
