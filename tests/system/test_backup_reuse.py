@@ -335,3 +335,174 @@ def test_the_collector_runs_rarely_during_a_backup_and_as_before_after(tmp_path:
         with pytest.raises(FileNotFoundError):
             run_backup(r, [Watched(tmp_path / "missing", "gone")])
     assert gc.get_threshold() == before
+
+
+def _point_trees(repo: Path) -> dict[str, bytes]:
+    """Every tree of the latest point, by path, as stored (raw JSON)."""
+    from remotevss.backup.tree import decode_tree
+
+    out: dict[str, bytes] = {}
+    with Repository(repo, "read", passphrase=PASS) as r:
+        stack = [("", bytes.fromhex(decode_tree(r.read_blob(
+            r.find_point("latest").root))[0]["subtree"]))]
+        while stack:
+            path, tid = stack.pop()
+            raw = r.read_blob(tid)
+            out[path] = raw
+            stack += [(f"{path}/{e['name']}".lstrip("/"), bytes.fromhex(e["subtree"]))
+                      for e in decode_tree(raw) if "subtree" in e]
+    return out
+
+
+def test_a_changed_directory_reuses_its_unchanged_entries_text_and_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One file changed in a large directory: its other entries go into the new
+    tree as text made from the listing and the cached rows (no entry dict, no
+    json.dumps of the whole directory), the directories above get their last
+    trees with the new subtree ids, and their files-cache rows are not even
+    opened.  Every tree must still be exactly what encoding its entries gives,
+    and the point must restore to the source; the next run reuses everything."""
+    from remotevss.backup.index import Index
+    from remotevss.backup.tree import decode_tree, encode_tree
+
+    src, repo, out = tmp_path / "src", tmp_path / "repo", tmp_path / "out"
+    src.mkdir()
+    _tree(src)
+    big = src / "a/b/c"
+    for i in range(300):
+        (big / f"n{i:03d} \u00e9\"x\\].txt").write_bytes(f"{i}\n".encode() * (i % 5))
+    os.setxattr(big / "n007 \u00e9\"x\\].txt", "user.note", b"\x00kept")
+    (big / "sub").mkdir()
+    (big / "ln").symlink_to("n001 \u00e9\"x\\].txt")
+    (big / "fifo").mkdir()  # a directory named like another kind
+    init_repo(repo, passphrase=PASS)
+    _backup(repo, src)
+    _backup(repo, src)  # writes the listing digests
+    before = _point_trees(repo)
+    rows_before = _sealed_rows(repo, ("", "a", "a/b", "a/b/c"))
+
+    asked: list[str] = []
+    real_dir, real_text = Index.cache_dir, getattr(Index, "cache_dir_text", None)
+
+    def cache_dir(self: Index, source: str, directory: str) -> object:
+        asked.append(directory)
+        return real_dir(self, source, directory)
+
+    def cache_dir_text(self: Index, source: str, directory: str) -> object:
+        asked.append(directory)
+        assert real_text is not None
+        return real_text(self, source, directory)
+
+    monkeypatch.setattr(Index, "cache_dir", cache_dir)
+    if real_text is not None:
+        monkeypatch.setattr(Index, "cache_dir_text", cache_dir_text)
+    (big / "n150 \u00e9\"x\\].txt").write_bytes(b"changed\n")
+    stats = _backup(repo, src)
+    assert asked == ["a/b/c"]  # not "", "a", "a/b": their listings did not change
+    assert stats["cache_hits"] == stats["files"] - 1
+    assert stats["trees_reused"] == 4  # a/d, e, and the two below a/b/c
+    after = _point_trees(repo)
+    assert sorted(p for p in after if after[p] != before[p]) == ["", "a", "a/b", "a/b/c"]
+    for path, raw in after.items():
+        assert encode_tree(decode_tree(raw)) == raw, path
+    old_c, new_c = decode_tree(before["a/b/c"]), decode_tree(after["a/b/c"])
+    assert [e for e in new_c if e["name"] != "n150 \u00e9\"x\\].txt"] == \
+        [e for e in old_c if e["name"] != "n150 \u00e9\"x\\].txt"]
+    rows_after = _sealed_rows(repo, ("", "a", "a/b", "a/b/c"))
+    assert [d for d in rows_after if rows_after[d] != rows_before[d]] == ["a/b/c"]
+    with Repository(repo, "read", passphrase=PASS) as r:
+        rows = real_dir(r.index, "data", "a/b/c")
+    assert rows["n007 \u00e9\"x\\].txt"].xattrs != "{}" and len(rows) == 303
+    _check_point_matches(repo, src, out)
+    _backup(repo, src)  # restoring read the files: atimes moved
+    again = _backup(repo, src)
+    assert again["trees_reused"] == again["dirs"] and again["cache_hits"] == again["files"]
+
+
+def test_the_files_cache_is_pruned_only_after_a_directory_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run in which every directory's listing matched keys no visited path to
+    prune (the tree is the one the last run pruned for); after a directory is
+    removed its rows go."""
+    from remotevss.backup.index import Index
+
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    _tree(src)
+    init_repo(repo, passphrase=PASS)
+    _backup(repo, src)
+    _backup(repo, src)
+    pruned: list[int] = []
+    real = Index.cache_prune_dirs
+
+    def prune_dirs(self: Index, source: str, visited: set[str]) -> None:
+        pruned.append(len(visited))
+        real(self, source, visited)
+
+    monkeypatch.setattr(Index, "cache_prune_dirs", prune_dirs)
+    _backup(repo, src)
+    assert pruned == []
+    shutil.rmtree(src / "a/b")
+    _backup(repo, src)
+    assert pruned == [8]  # "", a, a/d, e and their digest rows
+    with Repository(repo, "read", passphrase=PASS) as r:
+        assert r.index.cache_dir("data", "a/b/c") == {} and r.index.cache_dir("data", "a/d")
+
+
+def test_listing_digest_rows_come_in_one_query_when_the_tree_is_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the tree listed ahead (as during the key derivation), an unchanged
+    incremental asks for every directory's digest row together: a chain of
+    directories with one subdirectory each took a query per directory."""
+    from remotevss.backup.index import Index
+
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    deep = src.joinpath(*[f"d{i}" for i in range(30)])
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"x")
+    init_repo(repo, passphrase=PASS)
+    _backup(repo, src)
+    _backup(repo, src)
+    single: list[str] = []
+    batches: list[int] = []
+    real_dir, real_dirs = Index.cache_dir, Index.cache_dirs
+
+    def cache_dir(self: Index, source: str, directory: str) -> object:
+        single.append(directory)
+        return real_dir(self, source, directory)
+
+    def cache_dirs(self: Index, source: str, directories: list[str]) -> object:
+        batches.append(len(directories))
+        return real_dirs(self, source, directories)
+
+    monkeypatch.setattr(Index, "cache_dir", cache_dir)
+    monkeypatch.setattr(Index, "cache_dirs", cache_dirs)
+    source = LocalSource(src, "data")
+    lister = ListingPrefetch(source)
+    lister._thread.join(10)  # everything listed, as scrypt usually allows
+    with Repository(repo, "write", passphrase=PASS) as r:
+        stats = run_backup(r, [source], ahead={"data": lister}).stats
+    lister.stop()
+    assert stats["trees_reused"] == stats["dirs"] == 31
+    assert single == [] and batches == [31]
+
+
+def test_a_first_backup_keeps_no_names_of_listed_directories(tmp_path: Path) -> None:
+    """The names the listing reader keeps for the digest-row queries are for
+    incrementals; a source's first backup asks nothing, so none may pile up
+    (they would grow with the tree)."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    _tree(src)
+    init_repo(repo, passphrase=PASS)
+    source = LocalSource(src, "data")
+    lister = ListingPrefetch(source)
+    lister._thread.join(10)
+    with Repository(repo, "write", passphrase=PASS) as r:
+        run_backup(r, [source], ahead={"data": lister})
+    assert lister.take_listed() == []
+    lister.stop()
+    lister = ListingPrefetch(source)
+    lister._thread.join(10)
+    assert lister.take_listed() == ["", "a", "a/b", "a/b/c", "a/d", "e"]
+    lister.stop()

@@ -28,7 +28,8 @@ from remotevss.backup.packs import (
 )
 from remotevss.backup.prune import parse_duration, select_keep
 from remotevss.backup.repo import Bloom
-from remotevss.backup.tree import decode_tree, encode_tree
+from remotevss.backup.snapshot_source import SourceEntry
+from remotevss.backup.tree import Entry, decode_tree, encode_tree
 
 GOLDEN_INPUT = blake3.blake3(b"golden").digest(length=8 << 20)
 
@@ -285,3 +286,123 @@ def test_trees_with_stored_content_text_encode_to_the_same_bytes() -> None:
             e["content"] = json.loads(e["content"][0])
     assert encode_tree_stored(entries) == encode_tree(parsed)
     assert encode_tree_stored([]) == encode_tree([])
+
+
+_ODD_NAMES = ["plain.txt", 'a"content":0', 'q"},{"atime":1', "caf\u00e9", "\udcff raw",
+              "x\\y", "tab\there", "ends],", '"subtree":"' + "0" * 64]
+
+
+def _source_entry(name: str, i: int, ftype: str = "f") -> SourceEntry:
+    return SourceEntry(name, ftype, 0o644 + i, 1000 + i, 100 + (i % 2), 17 * i,
+                       10**18 + i, 2 * 10**18 + i, 3 * 10**18 + i, 5000 + i, 1, 1)
+
+
+@pytest.mark.parametrize(("user", "group"), [("root", "staff"), (None, "g\u00e9"), ("u", None),
+                                             (None, None)])
+def test_file_text_is_what_encode_tree_writes_for_the_entry(user: str | None,
+                                                              group: str | None) -> None:
+    """An unchanged file of a changed directory goes into its tree as finished
+    text; the tree must be byte for byte what make_entry and encode_tree give
+    (odd names, unknown owner names, several entries mixed with dicts)."""
+    import json
+
+    from remotevss.backup.tree import encode_tree_stored, file_text, make_entry, owner_parts
+
+    parts: list[Entry | str] = []
+    dicts = []
+    for i, name in enumerate(_ODD_NAMES):
+        e = _source_entry(name, i)
+        content = [[0, e.size, f"{i:064x}"]] if e.size else []
+        text = json.dumps(content, separators=(",", ":"))
+        entry = make_entry(e, user, group, {})
+        entry["content"] = content
+        dicts.append(entry)
+        if i % 3 == 2:  # every third as a dict with stored text, the rest as text
+            parts.append({**make_entry(e, user, group, {}), "content": (text,)})
+        else:
+            parts.append(file_text(e, owner_parts(user, group), text))
+        assert encode_tree([entry]) == f'{{"entries":[{file_text(e, owner_parts(user, group), text)}],"v":1}}'.encode()
+    d = _source_entry("sub", 99, "d")
+    dicts.append({**make_entry(d, user, group, {"user.a": b"\x00"}), "subtree": "ab" * 32})
+    parts.append(dict(dicts[-1]))
+    assert encode_tree_stored(parts) == encode_tree(dicts)
+
+
+def test_with_subtrees_changes_only_the_subtree_ids_and_refuses_what_it_cannot_cut() -> None:
+    """A directory whose listing is unchanged gets its last tree with new subtree
+    ids; the bytes must be encode_tree's for the new ids, and anything that does
+    not cut into the listing's entries must give None (then the tree is built)."""
+    from remotevss.backup.tree import make_entry, with_subtrees
+
+    entries = []
+    for i, name in enumerate(_ODD_NAMES):
+        ftype = "d" if i % 2 else "f"
+        e = make_entry(_source_entry(name, i, ftype), "root", "root",
+                       {"user.x": b'"},{"atime":'} if i == 3 else {})
+        if ftype == "d":
+            e["subtree"] = f"{i:064x}"
+        else:
+            e["content"] = [[0, 1, f"{i:064x}"]]
+        entries.append(e)
+    raw = encode_tree(entries)
+    dirs = [(i, e["name"], f"{i + 100:064x}") for i, e in enumerate(entries) if e["type"] == "d"]
+    for e in entries:
+        if e["type"] == "d":
+            e["subtree"] = f"{entries.index(e) + 100:064x}"
+    assert with_subtrees(raw, len(entries), dirs) == encode_tree(entries)
+    assert with_subtrees(raw, len(entries), []) == raw
+    assert with_subtrees(raw, len(entries) + 1, dirs) is None  # the count proves every cut
+    assert with_subtrees(raw, len(entries), [(0, entries[0]["name"], "ab" * 32)]) is None  # a file
+    assert with_subtrees(raw, len(entries), [(1, "other", "ab" * 32)]) is None  # not its name
+    assert with_subtrees(raw, len(entries), [(1, entries[1]["name"], "ab")]) is None
+    assert with_subtrees(raw.replace(b'"v":1', b'"v":2'), len(entries), dirs) is None
+    assert with_subtrees(encode_tree([]), 0, []) is None
+
+
+def test_a_row_spliced_from_its_old_text_reads_back_as_the_rows() -> None:
+    """A changed directory's files-cache row keeps the text of its unchanged rows
+    (index._splice); it must read back as exactly the new rows, whatever the
+    names hold, and a text it cannot cut (a name ending in '],', other
+    separators) is encoded anew."""
+    import json
+
+    from remotevss.backup.index import CacheRow, _splice
+
+    old = {n: CacheRow(i, i + 1, i + 2, i + 3, f'[[0,{i},"{i:064x}"]]',
+                       '{"user.a": "MA=="}' if i == 2 else "{}")
+           for i, n in enumerate(n for n in _ODD_NAMES if not n.endswith("],"))}
+    text = json.dumps(old, separators=(",", ":"))
+    rows = dict(old)
+    del rows["plain.txt"]
+    rows["caf\u00e9"] = CacheRow(9, 9, 9, 9, "[]", "{}")  # changed
+    rows["new \u00e9],"] = CacheRow(8, 8, 8, 8, "[]", "{}")  # added, with '],' in its name
+    spliced = _splice(rows, old, text)
+    assert spliced is not None and json.loads(spliced) == {n: list(r) for n, r in rows.items()}
+    assert '"x\\\\y":[5,6,7,8' in spliced  # an unchanged row's own text
+    odd = {**old, "ends],": CacheRow(1, 2, 3, 4, "[]", "{}")}
+    assert _splice(odd, odd, json.dumps(odd, separators=(",", ":"))) is None
+    assert _splice(rows, old, json.dumps(old)) is None  # spaces after separators
+    assert _splice(rows, old, "{}") is None
+
+
+def test_a_sealed_files_cache_row_of_the_wrong_shape_is_damaged(tmp_path: Path) -> None:
+    """Rows are built in C from the opened JSON; one with a field missing or extra
+    (or not an array) must still be refused as damaged, never half read."""
+    from typing import Any
+
+    from remotevss.backup.index import CacheRow, Index, IndexDamaged
+
+    idx = Index(tmp_path / "index.sqlite", codec=Keys(new_master()))
+    good = CacheRow(1, 2, 3, 4, "[]", "{}")
+    bad_rows: list[Any] = [[1, 2, 3, 4, "[]"], [1, 2, 3, 4, "[]", "{}", 7], 5]
+    for i, bad in enumerate(bad_rows):
+        skey, dkey = idx._cache_keys("src", f"d{i}")
+        idx._write_sealed(skey, dkey, {"ok": good, "bad": bad})
+        with pytest.raises(IndexDamaged):
+            idx.cache_dir("src", f"d{i}")
+    skey, dkey = idx._cache_keys("src", "fine")
+    idx._write_sealed(skey, dkey, {"ok": good})
+    rows, text = idx.cache_dir_text("src", "fine")
+    assert rows == {"ok": good} and type(rows["ok"]) is CacheRow and rows["ok"].content == "[]"
+    assert text == '{"ok":[1,2,3,4,"[]","{}"]}'
+    idx.close()

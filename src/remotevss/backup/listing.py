@@ -44,6 +44,8 @@ class ListingPrefetch:
         self._ready: dict[str, tuple[list[SourceEntry], bytes | None] | OSError] = {}
         self._digest = source.listing_proves_unchanged
         self._waiting = 0  # entries in _ready
+        self._listed: list[str] = []  # directories listed since the last take_listed
+        self._track = True  # whether to keep them (see ignore_listed)
         self._stopped = False
         self._done = False
         self._thread = threading.Thread(target=self._run, name="rvss-list", daemon=True)
@@ -67,6 +69,8 @@ class ListingPrefetch:
                     if self._stopped:
                         return
                     self._ready[rel] = got
+                    if self._track:
+                        self._listed.append(rel)
                     self._waiting += _weight(got)
                     self._cond.notify_all()
                 if not isinstance(got, OSError):
@@ -99,11 +103,26 @@ class ListingPrefetch:
             raise got
         return got
 
+    def take_listed(self) -> list[str]:
+        """The directories listed since the last call (walked or not), in order:
+        the walk asks the files cache about them in a few large queries."""
+        with self._cond:
+            listed, self._listed = self._listed, []
+        return listed
+
+    def ignore_listed(self) -> None:
+        """No one will ``take_listed`` (a source's first backup asks the files
+        cache nothing): stop keeping the names, which would grow with the tree."""
+        with self._cond:
+            self._track = False
+            self._listed.clear()
+
     def stop(self) -> None:
         """Let the thread end (it drops what it has read)."""
         with self._cond:
             self._stopped = True
             self._ready.clear()
+            self._listed.clear()
             self._waiting = 0
             self._cond.notify_all()
         self._thread.join()
