@@ -110,3 +110,28 @@ def test_journal_transaction_rolls_back_on_error(tmp_path: Path) -> None:
         txn.save_set(a)
         raise RuntimeError("boom")
     assert j.load_sets() == []
+
+
+def test_journal_files_are_the_owners_alone(tmp_path: Path) -> None:
+    """Under umask 022 in a 0755 state directory (an older setup's) the journal and
+    its WAL were 0644: every local user could read the shares, paths and sets."""
+    import os
+    import stat
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        j = Journal(state / "journal.db")
+        j.close()
+        (state / "journal.db").chmod(0o644)  # as the old code left it
+        j = Journal(state / "journal.db")
+        with j.transaction() as txn:
+            txn.save_sets([_set(Status.EXPOSED)])
+        files = sorted(state.iterdir())
+        assert any(f.name.endswith("-wal") for f in files), files
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, (f, oct(f.stat().st_mode))
+        j.close()
+    finally:
+        os.umask(old)

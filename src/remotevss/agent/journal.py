@@ -65,6 +65,25 @@ class Intent:
     detail: dict[str, str | bool]
 
 
+def _owner_only(path: Path) -> None:
+    """The journal (share names, paths, set ids) and its WAL readable by the agent's
+    user alone, whatever the umask and the directory's mode: a state directory
+    made 0755 (by hand, or by an older ``setup samba``) left them world-readable.
+    SQLite gives the -wal and -shm files the main file's mode when it makes them."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if extra.lstat().st_mode & 0o077 and not extra.is_symlink():
+                extra.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 class Journal:
     """One SQLite file; all writes go through :meth:`transaction`."""
 
@@ -77,6 +96,7 @@ class Journal:
         self.syncs = 0  # Journal.sync calls that had something to put on disk
         self._unsynced = 0  # commits since the WAL was last on disk
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _owner_only(self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
