@@ -70,7 +70,7 @@ def _owner_only(path: Path) -> None:
     user alone, whatever the umask and the directory's mode: a state directory
     made 0755 (by hand, or by an older ``setup samba``) left them world-readable.
     SQLite gives the -wal and -shm files the main file's mode when it makes them."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if os.fstat(fd).st_mode & 0o077:
             os.fchmod(fd, 0o600)
