@@ -47,13 +47,13 @@ def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
 
 @pytest.fixture(scope="module", params=["samba", "agent"])
 def server(request: pytest.FixtureRequest, btrfs: tuple[Path, Path]) -> Iterator[Server]:
-    """Samba's FSRVP server, then ours; six shares each (Samba names snapshots by
+    """Samba's FSRVP server, then ours; eight shares each (Samba names snapshots by
     the second, so each creation takes shares of its own)."""
     kind = request.param
     if kind == "samba" and _no_rpcd_fsrvp:
         pytest.skip("Samba's rpcd_fsrvp is not installed")
     work, mnt = btrfs
-    s = _make_server(work / kind, mnt, f"{kind}d", 6, agent=kind == "agent")
+    s = _make_server(work / kind, mnt, f"{kind}d", 8, agent=kind == "agent")
     try:
         yield s
     finally:
@@ -134,6 +134,50 @@ def test_delete_of_one_copy_of_an_unexposed_set_is_refused_not_aborting_the_rest
     r = cli(srv, state, "delete", one["copies"][0]["copy_id"])
     assert r.returncode == 0 and "aborted set" in r.stdout, r.stderr
     assert srv.leftovers() == [] and sets(srv, state) == []
+
+
+# ----------------------------------------------------------------- a client killed mid-create
+
+
+@pytest.mark.parametrize("server_ahead", ["committed", "exposed"])
+def test_delete_after_a_crash_cleans_up_a_set_the_server_took_further(
+    clean: Server, tmp_path: Path, server_ahead: str
+) -> None:
+    """A client killed between the server's answer to Commit (or Expose) and the
+    table's update leaves the set one step behind in the table (`added`,
+    `committed`).  `delete` then aborted it: Samba answers ZERO to Abort of a
+    committed or exposed set and keeps it, our agent answers BAD_STATE for an
+    exposed one (read as "already gone"); either way the table forgot the set and
+    its snapshot (and snapshot share) stayed on the server for good."""
+    from remotevss.client.shadow import ShadowCopySet
+    from remotevss.client.state import ClientState
+    from remotevss.fsrvp import calls
+
+    srv = clean
+    state = tmp_path / "crashed.sqlite3"
+    st = ClientState(state)
+    s = ShadowCopySet(None, srv.creds, options=srv.options(), state=st)
+    s.add(_share(srv, 6 if server_ahead == "committed" else 7))
+    assert s.set_id is not None
+    if server_ahead == "committed":
+        s.prepare()  # the table says `added`; Commit answered, then the client died
+        s._binding().checked(calls.CommitShadowCopySetRequest(s.set_id, 60_000))
+    else:
+        s.commit()  # the table says `committed`; Expose answered, then the client died
+        s._binding().checked(calls.ExposeShadowCopySetRequest(s.set_id, 60_000))
+    s.close()
+    st.close()
+    assert srv.leftovers() != []
+    (rec,) = sets(srv, state)
+    assert rec["status"] == ("added" if server_ahead == "committed" else "committed")
+
+    r = cli(srv, state, "delete", rec["set_id"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert srv.leftovers() == [], r.stdout + r.stderr
+    assert sets(srv, state) == []
+    assert f"aborted set {{{rec['set_id']}}}" in r.stdout, r.stdout
+    if not srv.agent:  # our agent aborts a set in any state; Samba keeps it
+        assert f"the server had it {server_ahead}: " in r.stdout and "deleted)" in r.stdout
 
 
 # ----------------------------------------------------------------- the client table

@@ -270,6 +270,10 @@ class ShadowCopySet:
         self._conn: Binding | None = None
         self._form: ServerForm | None = None
         self._prepared = False
+        #: What abort() found the server had made of the set when that was more than
+        #: the table said (a client killed between an answer and the table's update):
+        #: COMMITTED or EXPOSED, and the set was then exposed and deleted instead.
+        self.found_ahead: SetStatus | None = None
 
     # ------------------------------------------------------------- views
     @property
@@ -609,32 +613,38 @@ class ShadowCopySet:
                 raise
             self._forget(SetStatus.ABORTED)
             return False
-        if self.status == SetStatus.COMMITTED and self.copies and self._still_committed(conn):
-            # Samba answers ZERO to Abort of a committed set and keeps it with its
-            # snapshots (docs/decisions.md #7).  Expose and delete it instead, so a
-            # failed creation leaves nothing behind on either kind of server.
-            log.info(
-                "server kept committed set %s after Abort; exposing and deleting it", self.set_id
-            )
-            conn.checked(
-                calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
-            )
+        ahead = self._stage_after_abort(conn) if self.copies else None
+        if ahead is not None:
+            # Samba answers ZERO to Abort of a committed or exposed set and keeps it
+            # with its snapshots (docs/decisions.md #7), and the table may be behind
+            # the server (a client killed between an answer and its update).  Expose
+            # (if needed) and delete it instead, so an abort leaves nothing behind.
+            log.info("server kept %s set %s after Abort; deleting it", ahead, self.set_id)
+            self.found_ahead = ahead if ahead != self.status else None
+            if ahead == SetStatus.COMMITTED:
+                conn.checked(
+                    calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
+                )
             self.status = SetStatus.EXPOSED
             self.delete(missing_ok=True)
         self._forget(SetStatus.ABORTED)
         return True
 
-    def _still_committed(self, conn: Binding) -> bool:
-        """Whether the server still has this set, not exposed (GetShareMapping says BAD_STATE)."""
+    def _stage_after_abort(self, conn: Binding) -> SetStatus | None:
+        """What the server still holds of this set after an Abort it accepted:
+        None (nothing), COMMITTED (GetShareMapping says BAD_STATE: not exposed) or
+        EXPOSED (it answers a mapping: exposed or recovered)."""
         assert self.set_id is not None
         c = self.copies[0]
         try:
             conn.checked(calls.GetShareMappingRequest(c.copy_id, self.set_id, c.share_unc, 1))
         except NoSuchSet:
-            return False
+            return None
         except FsrvpError as exc:
-            return exc.code in (HResult.FSRVP_E_BAD_STATE, HResult.VSS_E_INVALID_XML_DOCUMENT)
-        return False
+            if exc.code in (HResult.FSRVP_E_BAD_STATE, HResult.VSS_E_INVALID_XML_DOCUMENT):
+                return SetStatus.COMMITTED
+            return None
+        return SetStatus.EXPOSED
 
     def delete(
         self, copy_ids: Sequence[UUID] | None = None, *, missing_ok: bool = True
