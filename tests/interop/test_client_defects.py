@@ -47,13 +47,13 @@ def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
 
 @pytest.fixture(scope="module", params=["samba", "agent"])
 def server(request: pytest.FixtureRequest, btrfs: tuple[Path, Path]) -> Iterator[Server]:
-    """Samba's FSRVP server, then ours; eight shares each (Samba names snapshots by
+    """Samba's FSRVP server, then ours; ten shares each (Samba names snapshots by
     the second, so each creation takes shares of its own)."""
     kind = request.param
     if kind == "samba" and _no_rpcd_fsrvp:
         pytest.skip("Samba's rpcd_fsrvp is not installed")
     work, mnt = btrfs
-    s = _make_server(work / kind, mnt, f"{kind}d", 8, agent=kind == "agent")
+    s = _make_server(work / kind, mnt, f"{kind}d", 10, agent=kind == "agent")
     try:
         yield s
     finally:
@@ -265,6 +265,48 @@ def test_script_exec_failure_has_its_own_exit_code(
     assert r.returncode == 8 and "cannot run it" in r.stderr, r.stderr
     script.write_text("frobnicate\n")
     assert cli(srv, state, "-s", str(script)).returncode == 2
+
+
+# ----------------------------------------------------------------- script mode: DiskShadow's words
+
+
+def test_diskshadow_script_vocabulary(clean: Server, state: Path, tmp_path: Path) -> None:
+    """A DiskShadow user's script stopped at its first line: `set context persistent
+    nowriters` ("unknown context"), `begin backup` ("unknown command"), `add volume
+    \\\\fs\\share\\ alias X` ("add \\\\host\\share [alias NAME]").  DiskShadow's
+    contexts map onto FSRVP's (persistent: app-rollback, persistent nowriters:
+    nas-rollback, volatile: backup, volatile nowriters: file-share-backup)."""
+    srv = clean
+    script = tmp_path / "backup.dsh"
+    script.write_text(
+        "SET CONTEXT PERSISTENT NOWRITERS\n"
+        "set verbose on\n"
+        "begin backup\n"
+        f"add volume {_share(srv, 8)}\\ alias DATA\n"
+        "create\n"
+        "end backup\n"
+        "list shadows set %VSS_SHADOW_SET%\n"
+        "set context volatile\n"
+        f"add volume {_share(srv, 9)}\n"
+        "create\n"
+        "exit\n"
+    )
+    r = cli(srv, state, "-s", str(script))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Context:          nas-rollback (0x00000019)" in r.stdout
+    assert "releasing auto-release set" in r.stdout  # the volatile (backup) one
+    (kept,) = sets(srv, state)
+    assert kept["context"] == "nas-rollback"
+    assert [c["original_share"] for c in kept["copies"]] == [_share(srv, 8)]
+    script.write_text("set context persistent\nset context volatile nowriters\n"
+                      "delete shadows all\n")  # fmt: skip
+    r = cli(srv, state, "-s", str(script))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sets(srv, state) == []
+    script.write_text("set context clientaccessible\n")
+    r = cli(srv, state, "-s", str(script))
+    assert r.returncode == 2 and "clientaccessible" in r.stderr, r.stderr
+    assert "no FSRVP context" in r.stderr, r.stderr
 
 
 # ----------------------------------------------------------------- a set the server recovered

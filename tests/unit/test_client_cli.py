@@ -242,7 +242,10 @@ def test_script_mode_releases_auto_release_sets(net: FakeNetwork, tmp_path: Path
     [
         ("frobnicate\n", 2, "s.dsh:1: unknown command 'frobnicate'"),
         ("set context weird\n", 2, "unknown context"),
-        ("add\n", 2, "add \\\\host\\share"),
+        ("add\n", 2, "add [volume] \\\\host\\share"),
+        ("add volume\n", 2, "add [volume] \\\\host\\share"),
+        ("set context persistent writers\n", 2, "set context persistent [nowriters]"),
+        ("begin restore\n", 2, "begin backup"),
         ("\n\ncreate\n", 2, "s.dsh:3: create: no shares added"),
         ("echo %NOPE%\n", 2, "unknown variable %NOPE%"),
         ("add \\\\fs1\\data\\x\n", 2, "inside a share"),
