@@ -64,6 +64,34 @@ def _share(server: Server, i: int) -> str:
     return server.unc(list(server.shares)[i])
 
 
+# ----------------------------------------------------------------- not an SMB server
+
+
+def test_a_server_that_is_not_smb_is_named_so(state: Path) -> None:
+    """A port where something else listens (a web server answering and hanging up)
+    gave "SMB negotiation on port N failed: No answer!" (impacket's words)."""
+    import threading
+
+    with socket.socket() as web:
+        web.bind(("127.0.0.1", 0))
+        web.listen(4)
+        port = web.getsockname()[1]
+
+        def answer() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    c, _ = web.accept()
+                    with c:
+                        c.recv(4096)
+                        c.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        r = cli(None, state, "query", r"\\127.0.0.1\data", port=port)
+    assert r.returncode == 3, r.stderr
+    assert "No answer!" not in r.stderr, r.stderr
+    assert f"127.0.0.1: no SMB answer on port {port}: the connection was closed" in r.stderr
+
+
 # ----------------------------------------------------------------- delete --share of one copy
 
 

@@ -270,7 +270,7 @@ def test_connect_errors_are_typed(setup: Any, cls: type, text: str) -> None:
         (OSError("Connection error (h:445)", OSError(113, "No route to host")),
          errors.HostUnreachable, "No route to host"),
         (nmb.NetBIOSTimeout(), errors.ConnectTimeout, "no SMB answer"),
-        (Exception("No answer!"), errors.HostUnreachable, "SMB negotiation"),
+        (Exception("No answer!"), errors.HostUnreachable, "the connection was closed"),
     ],
 )  # fmt: skip
 def test_connect_error_mapping(exc: BaseException, cls: type, text: str) -> None:

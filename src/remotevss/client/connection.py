@@ -168,6 +168,12 @@ def _connect_error(host: str, port: int, exc: BaseException, timeout: float) -> 
         return HostUnreachable(host, f"connection refused on port {port} (no SMB server there)")
     if isinstance(inner, OSError):
         return HostUnreachable(host, f"cannot connect to port {port}: {inner.strerror or inner}")
+    if str(exc) == "No answer!":  # impacket: the peer closed the socket on our NEGOTIATE
+        return HostUnreachable(
+            host,
+            f"no SMB answer on port {port}: the connection was closed "
+            "(is something other than an SMB server listening there?)",
+        )
     return HostUnreachable(host, f"SMB negotiation on port {port} failed: {exc}")
 
 
