@@ -295,6 +295,47 @@ def test_script_exec_failure_has_its_own_exit_code(
     assert cli(srv, state, "-s", str(script)).returncode == 2
 
 
+# ----------------------------------------------------------------- another client meanwhile
+
+
+def test_a_set_dropped_by_another_clients_start_is_explained(
+    clean: Server, tmp_path: Path
+) -> None:
+    """Two clients at once against a spec server: the second one's SetContext drops the
+    first one's set (MS-FSRVP runs one creation at a time; Samba lets both run).  The
+    first `create` failed with "the server does not know this shadow copy set" and
+    exit 5, the code the docs keep for an explicit id the server does not know."""
+    from remotevss.client import errors
+    from remotevss.client.connection import FsrvpConnection
+    from remotevss.client.shadow import CreateRequest, create_shadow_copies, describe_error
+    from remotevss.client.state import ClientState
+    from remotevss.fsrvp import calls
+
+    srv = clean
+    if not srv.agent:
+        pytest.skip("Samba's rpcd_fsrvp runs concurrent creations side by side")
+
+    class Interleaved(FsrvpConnection):
+        """This client's binding; before its Prepare, another client starts a creation."""
+
+        def checked(self, request: calls.Request, detail: str = "") -> calls.Response:
+            if isinstance(request, calls.PrepareShadowCopySetRequest):
+                with FsrvpConnection("127.0.0.1", srv.creds, srv.options()) as other:
+                    other.checked(calls.SetContextRequest(0))
+            return super().checked(request, detail)
+
+    st = ClientState(tmp_path / "api.sqlite3")
+    with pytest.raises(errors.NoSuchSet) as exc:
+        create_shadow_copies(CreateRequest([_share(srv, 5)]), srv.creds, srv.options(),
+                             state=st, connector=Interleaved)  # fmt: skip
+    text = describe_error(exc.value)
+    assert "PrepareShadowCopySet failed" in text, text
+    assert "the server dropped the set during the creation" in text, text
+    assert "another FSRVP client" in text, text
+    assert exc.value.exit_code == 1  # an FSRVP error; 5 is for ids the user named
+    assert st.sets() == [] and srv.leftovers() == []
+
+
 # ----------------------------------------------------------------- script mode: DiskShadow's words
 
 

@@ -64,6 +64,7 @@ from uuid import UUID
 
 from remotevss.client.connection import ConnectOptions, Credentials, FsrvpConnection
 from remotevss.client.errors import (
+    EXIT_FSRVP,
     AccessDeniedError,
     BadState,
     BadUnc,
@@ -894,6 +895,11 @@ def create_shadow_copies(
         if created is not None:
             created.extend(sets)
     except BaseException as exc:
+        if isinstance(exc, NoSuchSet) and any(s.set_id is not None for s in sets):
+            # A set this creation started is gone: not an id the user named (exit 5)
+            # but the server's doing -- an FSRVP error (exit 1), said in plain words.
+            exc.hint = DROPPED_MID_CREATION
+            exc.exit_code = EXIT_FSRVP
         for s in sets:
             s._teardown(exc)
         raise
@@ -1032,10 +1038,17 @@ def describe_error(exc: BaseException) -> str:
         ):
             hint = "no such share on the server"
         elif isinstance(exc, NoSuchSet):
-            hint = "the server does not know this shadow copy set (or copy)"
+            hint = exc.hint or "the server does not know this shadow copy set (or copy)"
         return f"{exc}{'; ' + hint if hint else ''}"
     return str(exc)
 
+
+#: A NoSuchSet answer for a set the running creation started.
+DROPPED_MID_CREATION = (
+    "the server dropped the set during the creation: another FSRVP client started one "
+    "on this server meanwhile (MS-FSRVP servers run one creation at a time), or the "
+    "server's message sequence timer expired or it restarted; retry"
+)
 
 #: A refusal of an unauthenticated binding: most servers (our agent by default,
 #: MS-FSRVP 3.1.4) require signing; the refusal looks like a missing right.
