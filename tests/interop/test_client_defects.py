@@ -295,6 +295,46 @@ def test_script_exec_failure_has_its_own_exit_code(
     assert cli(srv, state, "-s", str(script)).returncode == 2
 
 
+def test_expose_of_a_set_the_server_exposed_already_keeps_it(
+    clean: Server, tmp_path: Path
+) -> None:
+    """The table says `committed`, the server has the set exposed (the client was killed
+    between Expose's answer and the table's update).  `expose ID` got BAD_STATE,
+    said "the server does not know this shadow copy set" (exit 5) and then aborted
+    the set as a failed creation: the user's shadow copy was deleted (our agent) or
+    left on the server and dropped from the table (Samba)."""
+    from remotevss.client.shadow import ShadowCopySet
+    from remotevss.client.state import ClientState
+    from remotevss.fsrvp import calls
+
+    srv = clean
+    state = tmp_path / "crashed.sqlite3"
+    st = ClientState(state)
+    s = ShadowCopySet(None, srv.creds, options=srv.options(), state=st,
+                      context="nas-rollback")  # fmt: skip
+    s.add(_share(srv, 3))
+    s.commit()
+    assert s.set_id is not None
+    s._binding().checked(calls.ExposeShadowCopySetRequest(s.set_id, 60_000))
+    s.close()
+    st.close()
+    sid = str(s.set_id)
+    try:
+        r = cli(srv, state, "--json", "expose", sid)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (done,) = json.loads(r.stdout)["sets"]
+        assert done["status"] == "recovered" and done["copies"][0]["snapshot_share"]
+        assert "already exposed on the server" in r.stderr, r.stderr
+        assert len(srv.leftovers()) == 2  # its snapshot and snapshot share, still there
+        name = list(srv.shares)[3]
+        assert srv.read(done["copies"][0]["exposed_name"]) == f"{name}: version 1\n".encode()
+        assert [x["status"] for x in sets(srv, state)] == ["recovered"]
+    finally:
+        r = cli(srv, state, "delete", sid)
+        assert r.returncode == 0, r.stderr
+    assert sets(srv, state) == []
+
+
 # ----------------------------------------------------------------- another client meanwhile
 
 

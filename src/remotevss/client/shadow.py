@@ -271,9 +271,10 @@ class ShadowCopySet:
         self._conn: Binding | None = None
         self._form: ServerForm | None = None
         self._prepared = False
-        #: What abort() found the server had made of the set when that was more than
-        #: the table said (a client killed between an answer and the table's update):
-        #: COMMITTED or EXPOSED, and the set was then exposed and deleted instead.
+        #: What abort() or expose() found the server had made of the set when that was
+        #: more than the table said (a client killed between an answer and the table's
+        #: update): COMMITTED or EXPOSED.  abort() then exposed and deleted the set,
+        #: expose() carried on from Exposed.
         self.found_ahead: SetStatus | None = None
 
     # ------------------------------------------------------------- views
@@ -504,9 +505,18 @@ class ShadowCopySet:
         self._need(SetStatus.COMMITTED, "expose")
         assert self.set_id is not None
         try:
-            self._binding().checked(
-                calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
-            )
+            try:
+                self._binding().checked(
+                    calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
+                )
+            except BadState:
+                # Exposed already (a client killed between Expose's answer and the
+                # table's update): the server still maps it.  Carry on from there
+                # rather than tear down a set the user has.
+                if not self.copies or self._server_stage(self._binding()) != SetStatus.EXPOSED:
+                    raise
+                log.info("set %s was exposed on the server already", self.set_id)
+                self.found_ahead = SetStatus.EXPOSED
             self.status = SetStatus.EXPOSED
             self._save_status()
             self.refresh_mappings()
@@ -614,7 +624,7 @@ class ShadowCopySet:
                 raise
             self._forget(SetStatus.ABORTED)
             return False
-        ahead = self._stage_after_abort(conn) if self.copies else None
+        ahead = self._server_stage(conn) if self.copies else None
         if ahead is not None:
             # Samba answers ZERO to Abort of a committed or exposed set and keeps it
             # with its snapshots (docs/decisions.md #7), and the table may be behind
@@ -631,10 +641,11 @@ class ShadowCopySet:
         self._forget(SetStatus.ABORTED)
         return True
 
-    def _stage_after_abort(self, conn: Binding) -> SetStatus | None:
-        """What the server still holds of this set after an Abort it accepted:
-        None (nothing), COMMITTED (GetShareMapping says BAD_STATE: not exposed) or
-        EXPOSED (it answers a mapping: exposed or recovered)."""
+    def _server_stage(self, conn: Binding) -> SetStatus | None:
+        """What the server holds of this set, by GetShareMapping of its first copy:
+        None (nothing), COMMITTED (BAD_STATE: not exposed; asked after an Abort the
+        server accepted, or of a set recorded committed) or EXPOSED (a mapping:
+        exposed, or recovered on a server that maps recovered sets)."""
         assert self.set_id is not None
         c = self.copies[0]
         try:

@@ -202,6 +202,11 @@ def expose(session: Session, ids: Sequence[str], recover: bool | None = None) ->
         try:
             if rec.status == SetStatus.COMMITTED:
                 s.expose(recover=recover)
+                if s.found_ahead is not None:
+                    session.note(
+                        f"set {{{rec.set_id}}} was already exposed on the server "
+                        "(the client table had it committed)"
+                    )
             elif rec.status in (SetStatus.EXPOSED, SetStatus.RECOVERED):
                 try:
                     s.refresh_mappings()
