@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_client_samba import Server, _make_server, clean, cli, sets, state
@@ -47,13 +48,13 @@ def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
 
 @pytest.fixture(scope="module", params=["samba", "agent"])
 def server(request: pytest.FixtureRequest, btrfs: tuple[Path, Path]) -> Iterator[Server]:
-    """Samba's FSRVP server, then ours; ten shares each (Samba names snapshots by
+    """Samba's FSRVP server, then ours; eleven shares each (Samba names snapshots by
     the second, so each creation takes shares of its own)."""
     kind = request.param
     if kind == "samba" and _no_rpcd_fsrvp:
         pytest.skip("Samba's rpcd_fsrvp is not installed")
     work, mnt = btrfs
-    s = _make_server(work / kind, mnt, f"{kind}d", 10, agent=kind == "agent")
+    s = _make_server(work / kind, mnt, f"{kind}d", 11, agent=kind == "agent")
     try:
         yield s
     finally:
@@ -333,6 +334,45 @@ def test_expose_of_a_set_the_server_exposed_already_keeps_it(
         r = cli(srv, state, "delete", sid)
         assert r.returncode == 0, r.stderr
     assert sets(srv, state) == []
+
+
+def test_ctrl_c_between_request_and_answer_cleans_up_on_a_fresh_binding(
+    clean: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C after a request went out and before its answer was read: the clean-up
+    ran on the same pipe and read the interrupted call's answer as its own
+    ("GetSupportedVersion failed: 0x005A1260", the set id's first bytes), so the
+    abort or delete did not happen as the client believed."""
+    from remotevss.client.connection import FsrvpConnection
+    from remotevss.client.shadow import CreateRequest, create_shadow_copies
+    from remotevss.client.state import ClientState
+    from remotevss.fsrvp.constants import Opnum
+
+    srv = clean
+    armed = [True]
+
+    def connector(host: str, creds: Any, opts: Any) -> FsrvpConnection:
+        conn = FsrvpConnection(host, creds, opts)
+        send = conn._dce.call
+
+        def call(op: int, stub: bytes, *a: Any, **kw: Any) -> Any:
+            sent = send(op, stub, *a, **kw)
+            if op == Opnum.COMMIT_SHADOW_COPY_SET and armed[0]:
+                armed[0] = False
+                raise KeyboardInterrupt  # the request is on the wire; its answer unread
+            return sent
+
+        conn._dce.call = call
+        return conn
+
+    st = ClientState(tmp_path / "api.sqlite3")
+    share = 10
+    with caplog.at_level("WARNING", "remotevss.client"), pytest.raises(KeyboardInterrupt):
+        create_shadow_copies(CreateRequest([_share(srv, share)]), srv.creds, srv.options(),
+                             state=st, connector=connector)  # fmt: skip
+    assert not armed[0]
+    assert "could not clean up" not in caplog.text, caplog.text
+    assert st.sets() == [] and srv.leftovers() == []
 
 
 # ----------------------------------------------------------------- another client meanwhile

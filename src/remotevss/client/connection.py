@@ -468,6 +468,12 @@ class FsrvpConnection(FsrvpCalls):
         except (nmb.NetBIOSError, OSError) as exc:
             self._abandon()
             raise ConnectionLost(name, f"connection lost: {exc}") from exc
+        except BaseException:
+            # Ctrl-C (or any exit) between the request and its answer: the answer
+            # would be read by the next call as its own, so the pipe is dropped and
+            # whatever comes next (the clean-up of the set) binds afresh.
+            self._abandon()
+            raise
 
     def call(self, request: calls.Request) -> calls.Response:
         try:
