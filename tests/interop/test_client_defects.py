@@ -48,13 +48,13 @@ def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
 
 @pytest.fixture(scope="module", params=["samba", "agent"])
 def server(request: pytest.FixtureRequest, btrfs: tuple[Path, Path]) -> Iterator[Server]:
-    """Samba's FSRVP server, then ours; eleven shares each (Samba names snapshots by
+    """Samba's FSRVP server, then ours; twelve shares each (Samba names snapshots by
     the second, so each creation takes shares of its own)."""
     kind = request.param
     if kind == "samba" and _no_rpcd_fsrvp:
         pytest.skip("Samba's rpcd_fsrvp is not installed")
     work, mnt = btrfs
-    s = _make_server(work / kind, mnt, f"{kind}d", 11, agent=kind == "agent")
+    s = _make_server(work / kind, mnt, f"{kind}d", 12, agent=kind == "agent")
     try:
         yield s
     finally:
@@ -329,6 +329,39 @@ def test_expose_of_a_set_the_server_exposed_already_keeps_it(
         assert len(srv.leftovers()) == 2  # its snapshot and snapshot share, still there
         name = list(srv.shares)[3]
         assert srv.read(done["copies"][0]["exposed_name"]) == f"{name}: version 1\n".encode()
+        assert [x["status"] for x in sets(srv, state)] == ["recovered"]
+    finally:
+        r = cli(srv, state, "delete", sid)
+        assert r.returncode == 0, r.stderr
+    assert sets(srv, state) == []
+
+
+def test_list_records_a_set_the_server_exposed_as_exposed(clean: Server, tmp_path: Path) -> None:
+    """`list` showed such a set (table: committed, server: exposed) as `committed`
+    with a snapshot share, and `recover` refused it ("recover needs an exposed set")."""
+    from remotevss.client.shadow import ShadowCopySet
+    from remotevss.client.state import ClientState
+    from remotevss.fsrvp import calls
+
+    srv = clean
+    state = tmp_path / "crashed.sqlite3"
+    st = ClientState(state)
+    s = ShadowCopySet(None, srv.creds, options=srv.options(), state=st,
+                      context="app-rollback", writable=True)  # fmt: skip
+    s.add(_share(srv, 11))
+    s.commit()
+    assert s.set_id is not None
+    s._binding().checked(calls.ExposeShadowCopySetRequest(s.set_id, 60_000))
+    s.close()
+    st.close()
+    sid = str(s.set_id)
+    try:
+        r = cli(srv, state, "list")
+        assert r.returncode == 0, r.stderr
+        assert "Status:           exposed (found exposed on the server; the client table " \
+            "had it committed)" in r.stdout, r.stdout
+        r = cli(srv, state, "recover", sid)
+        assert r.returncode == 0 and "recovered (RecoveryComplete)" in r.stdout, r.stderr
         assert [x["status"] for x in sets(srv, state)] == ["recovered"]
     finally:
         r = cli(srv, state, "delete", sid)

@@ -1024,10 +1024,16 @@ def check_set(
         result.recovered_by_server = True
         record.status = SetStatus.RECOVERED
         record.note = f"{RECOVERED_BY_SERVER} (GetShareMapping: {bad_state})"
+    behind = record.status in _BEFORE_EXPOSE and bool(result.alive)
+    if behind:
+        # The server maps a set the table has short of Exposed: a client was killed
+        # between Expose's answer and the table's update.  Record what the server says.
+        record.note = f"found exposed on the server; the client table had it {record.status}"
+        record.status = SetStatus.EXPOSED
     if state is not None:
         for c in record.copies:
             state.update_copy(c)
-        if result.recovered_by_server:
+        if result.recovered_by_server or behind:
             state.set_status(record.set_id, record.server, record.status, record.note)
         elif result.stale and not result.alive and not result.unknown:
             state.set_status(
