@@ -426,7 +426,7 @@ def test_a_set_dropped_by_another_clients_start_is_explained(
 
     srv = clean
     if not srv.agent:
-        pytest.skip("Samba's rpcd_fsrvp runs concurrent creations side by side")
+        pytest.skip("Samba's rpcd_fsrvp answers both clients (docs/client.md)")
 
     class Interleaved(FsrvpConnection):
         """This client's binding; before its Prepare, another client starts a creation."""
