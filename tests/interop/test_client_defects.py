@@ -48,13 +48,13 @@ def btrfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
 
 @pytest.fixture(scope="module", params=["samba", "agent"])
 def server(request: pytest.FixtureRequest, btrfs: tuple[Path, Path]) -> Iterator[Server]:
-    """Samba's FSRVP server, then ours; twelve shares each (Samba names snapshots by
+    """Samba's FSRVP server, then ours; thirteen shares each (Samba names snapshots by
     the second, so each creation takes shares of its own)."""
     kind = request.param
     if kind == "samba" and _no_rpcd_fsrvp:
         pytest.skip("Samba's rpcd_fsrvp is not installed")
     work, mnt = btrfs
-    s = _make_server(work / kind, mnt, f"{kind}d", 12, agent=kind == "agent")
+    s = _make_server(work / kind, mnt, f"{kind}d", 13, agent=kind == "agent")
     try:
         yield s
     finally:
@@ -406,6 +406,35 @@ def test_ctrl_c_between_request_and_answer_cleans_up_on_a_fresh_binding(
     assert not armed[0]
     assert "could not clean up" not in caplog.text, caplog.text
     assert st.sets() == [] and srv.leftovers() == []
+
+
+def test_delete_of_a_set_the_server_forgot_names_a_snapshot_share_still_served(
+    clean: Server, state: Path, tmp_path: Path
+) -> None:
+    """The server forgot a set but still serves its snapshot share (Samba 4.17 does
+    this to one of two concurrent creations, docs/client.md): `delete` said "already
+    gone on the server; removed from the client table", and the share stayed."""
+    srv = clean
+    r = cli(srv, state, "--json", "create", _share(srv, 12))
+    assert r.returncode == 0, r.stderr
+    (made,) = json.loads(r.stdout)["sets"]
+    (copy,) = made["copies"]
+    # forgotten by the server (deleted behind this table's back) ...
+    r = cli(srv, tmp_path / "other.sqlite3", "delete", "--share", copy["original_share"],
+            "--set", made["set_id"], "--copy", copy["copy_id"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    # ... while a share of the snapshot share's name is still served
+    name = copy["exposed_name"]
+    srv.samba.net("conf", "addshare", name, str(srv.shares[list(srv.shares)[12]]))
+    try:
+        r = cli(srv, state, "delete", made["set_id"])
+        assert r.returncode == 0, r.stderr
+        assert "already gone on the server" in r.stderr, r.stderr
+        assert f"its snapshot share {copy['snapshot_share']} is still served" in r.stderr, r.stderr
+    finally:
+        srv.samba.net("conf", "delshare", name)
+    r = cli(srv, state, "delete", made["set_id"])
+    assert r.returncode == 5  # gone from the table all the same
 
 
 # ----------------------------------------------------------------- another client meanwhile

@@ -520,6 +520,24 @@ class FsrvpConnection(FsrvpCalls):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def share_served(self, name: str) -> bool | None:
+        """Whether this server serves a share ``name`` (a tree connect on our SMB
+        session): False if it answers STATUS_BAD_NETWORK_NAME, None if it cannot be
+        told.  For a snapshot share whose set the server no longer knows."""
+        if self._closed or self._smb is None:
+            return None
+        try:
+            tid = self._smb.connectTree(name)
+        except SessionError as exc:
+            return False if exc.getErrorCode() == nt_errors.STATUS_BAD_NETWORK_NAME else None
+        except Exception:  # noqa: BLE001 - impacket raises many types; unknown is the answer
+            return None
+        try:
+            self._smb.disconnectTree(tid)
+        except Exception as exc:  # noqa: BLE001 - best effort
+            log.debug("disconnectTree %s: %s", name, exc)
+        return True
+
     def names(self) -> set[str]:
         """Every name this server goes by, lower case: the host we dialled, its
         NetBIOS and DNS names from the logon, and their first labels."""

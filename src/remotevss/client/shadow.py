@@ -684,13 +684,32 @@ class ShadowCopySet:
             except NoSuchSet as exc:
                 if not missing_ok:
                     raise
-                outcomes.append(DeleteOutcome(c, False, f"already gone on the server ({exc.name})"))
+                detail = f"already gone on the server ({exc.name})"
+                if self._snapshot_share_served(conn, c):
+                    detail += (
+                        f", but its snapshot share {c.exposed_unc} is still served: FSRVP can "
+                        "no longer remove it; remove it on the server"
+                    )
+                outcomes.append(DeleteOutcome(c, False, detail))
             self.copies.remove(c)
             if self.state is not None:
                 self.state.remove_copy(c.copy_id, c.server)
         if not self.copies:
             self._forget(SetStatus.DELETED)
         return outcomes
+
+    @staticmethod
+    def _snapshot_share_served(conn: Binding, c: ShadowCopy) -> bool:
+        """Whether the recorded snapshot share of a copy the server no longer knows is
+        still served there (a server that lost its set table, e.g. Samba's second
+        rpcd_fsrvp worker): the user must hear that something remains."""
+        probe = getattr(conn, "share_served", None)
+        if probe is None or not c.exposed_name or not c.exposed_unc:
+            return False
+        host, share = snapshot_share(c.exposed_name, c.server)
+        if host != c.server:
+            return False
+        return bool(probe(share))
 
     # ------------------------------------------------------------- failure
     def _need(self, status: SetStatus, what: str) -> None:
