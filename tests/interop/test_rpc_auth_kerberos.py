@@ -641,6 +641,32 @@ def test_remotevss_shadow_kerberos_against_samba(anchor: PrivateSamba, realm: Re
     assert r.returncode == 0, r.stderr
 
 
+def test_remotevss_shadow_kerberos_ccache_spellings(anchor: PrivateSamba, realm: Realm,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """KRB5CCNAME=FILE:/path (what kinit and pam set, and what the docs name) failed:
+    "Kerberos logon failed: [Errno 2] No such file or directory: 'FILE:/...'" (the SMB
+    logon opened the name as a path).  -k with a password but no realm said "Empty
+    Domain not allowed in Kerberos" after a CRITICAL log line about a missing ccache."""
+    cc = realm.ccache("root", PASSWORD, "cifs/localhost")
+    base = [sys.executable, "-m", "remotevss.cli", "shadow", "-k", "-p", str(anchor.port),
+            "--no-follow-owner"]  # fmt: skip
+    for name in (str(cc), f"FILE:{cc}"):
+        env = {**os.environ, **realm.kdc.env, "KRB5CCNAME": name,
+               "REMOTEVSS_CLIENT_STATE": str(tmp_path / "state")}  # fmt: skip
+        env.pop("REMOTEVSS_PASSWORD", None)
+        r = subprocess.run([*base, "query", r"\\localhost\data0"],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        assert r.returncode == 0, (name, r.stderr)
+        assert r"\\localhost\data0: supported" in r.stdout, r.stdout
+    env = {**os.environ, **realm.kdc.env, "REMOTEVSS_CLIENT_STATE": str(tmp_path / "state")}
+    env.pop("KRB5CCNAME", None)
+    r = subprocess.run([*base, "-U", f"root%{PASSWORD}", "query", r"\\localhost\data0"],
+                       capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "CRITICAL" not in r.stderr, r.stderr
+    assert "Kerberos needs the realm" in r.stderr and "-W" in r.stderr, r.stderr
+
+
 def _refused_bind(stack: Stack, cc: Path, **kw: Any) -> str:
     from impacket.dcerpc.v5.rpcrt import DCERPCException
 

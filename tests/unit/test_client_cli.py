@@ -242,7 +242,10 @@ def test_script_mode_releases_auto_release_sets(net: FakeNetwork, tmp_path: Path
     [
         ("frobnicate\n", 2, "s.dsh:1: unknown command 'frobnicate'"),
         ("set context weird\n", 2, "unknown context"),
-        ("add\n", 2, "add \\\\host\\share"),
+        ("add\n", 2, "add [volume] \\\\host\\share"),
+        ("add volume\n", 2, "add [volume] \\\\host\\share"),
+        ("set context persistent writers\n", 2, "set context persistent [nowriters]"),
+        ("begin restore\n", 2, "begin backup"),
         ("\n\ncreate\n", 2, "s.dsh:3: create: no shares added"),
         ("echo %NOPE%\n", 2, "unknown variable %NOPE%"),
         ("add \\\\fs1\\data\\x\n", 2, "inside a share"),
@@ -304,3 +307,25 @@ def test_expose_of_a_recovered_set_on_a_spec_server_shows_the_recorded_mappings(
     assert rc == 0, err
     assert s["copies"][0]["snapshot_share"] in out
     assert "no longer reports its mappings (FSRVP_E_BAD_STATE)" in err
+
+
+def test_ctrl_c_while_closing_the_table_is_no_traceback(
+    net: FakeNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C arriving as the command closed the client table escaped run()'s error
+    boundary: a traceback and death by SIGINT after the work was done and recorded."""
+    from remotevss.client.state import ClientState
+
+    real = ClientState.close
+
+    def interrupted(self: ClientState) -> None:
+        real(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ClientState, "close", interrupted)
+    rc, out, err = run(net, "-U", "u%p", "--json", "create", r"\\fs1\data")
+    assert rc == 0, err  # the set was made and recorded before the interrupt
+    assert json.loads(out)["sets"][0]["status"] == "recovered"
+    monkeypatch.setattr(ClientState, "close", real)
+    rc, out, _ = run(net, "-U", "u%p", "--json", "list", "--no-check")
+    assert rc == 0 and len(json.loads(out)["sets"]) == 1

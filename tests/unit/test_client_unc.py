@@ -115,6 +115,10 @@ def test_accepted_forms(text: str, host: str, share: str, kind: str, wire: str) 
         (r"\\x.ipv6-literal.net\data", "ipv6-literal"),
         (r"\\fs\da:ta", "contains"),
         (r"\\fs\da*ta", "contains"),
+        (r"\\fs\da?ta", "contains"),
+        (r"\\fs\da|ta", "contains"),
+        (r"\\fs\<data>", "contains"),
+        ('\\\\fs\\"data"', "contains"),
         (r"\\fs\data" + "\x01", "contains"),
         (r"\\fs\ data", "blanks"),
         (r"\\fs\..", "dot"),
@@ -130,6 +134,15 @@ def test_refused_forms(text: str, reason: str) -> None:
     assert reason in str(exc.value)
     assert isinstance(exc.value, UsageError) and isinstance(exc.value, ValueError)
     assert exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize("share", ["data+1", "x[1]", "a,b;c=d", "[x]", "g%x", "a@b", "80" * 40])
+def test_share_names_samba_serves_are_passed_on(share: str) -> None:
+    """Windows refuses ``+=;,[]`` in share names, Samba serves them (and FSRVP servers
+    snapshot them): the server is left to judge, as for rpcclient."""
+    u = parse_unc(f"\\\\fs\\{share}")
+    assert u.share == share and u.wire == f"\\\\fs\\{share}\\"
+    assert parse_unc(f"//fs/{share}/") == u
 
 
 def test_non_string_refused() -> None:

@@ -53,6 +53,7 @@ from remotevss.client.errors import (
     HostUnreachable,
     PipeNotFound,
     RpcFault,
+    UsageError,
 )
 from remotevss.client.fsrvp_ndr import MSRPC_UUID_FSRVP
 from remotevss.client.gss_rpc import GssKerberosBinding, KerberosBindError
@@ -99,6 +100,37 @@ def ccache_path(env: dict[str, str] | os._Environ[str] | None = None) -> str | N
     elif ":" in name.split("/", 1)[0]:
         return None  # KCM:, KEYRING:, MEMORY:, DIR: ... impacket cannot read them
     return name if os.path.isfile(name) and os.access(name, os.R_OK) else None
+
+
+def _ccache_tickets(
+    path: str | None, user: str, domain: str, target: str
+) -> tuple[str, str, Any, Any]:
+    """(user, realm, TGT, TGS) for the SMB logon from the ccache file ``path``, found
+    as impacket's own cache lookup finds them; done here because that lookup opens
+    KRB5CCNAME as a path, and ``FILE:/tmp/krb5cc_0`` (kinit's, pam's) is not one.
+    No ccache: the user and realm as given, no tickets (the password gets them)."""
+    if path is None:
+        return user, domain, None, None
+    from impacket.krb5.ccache import CCache
+
+    cache = CCache.loadFile(path)
+    if not domain:
+        domain = cache.principal.realm["data"].decode("utf-8")
+    principal = f"{target.upper()}@{domain.upper()}"
+    tgt = tgs = None
+    creds = cache.getCredential(principal)
+    if creds is not None:
+        tgs = creds.toTGS(principal)
+    else:
+        creds = cache.getCredential(f"krbtgt/{domain.upper()}@{domain.upper()}")
+        if creds is not None:
+            tgt = creds.toTGT()
+    if not user:
+        if creds is not None:
+            user = creds["client"].prettyPrint().split(b"@")[0].decode("utf-8")
+        elif len(cache.principal.components) > 0:
+            user = cache.principal.components[0]["data"].decode("utf-8")
+    return user, domain, tgt, tgs
 
 
 @dataclass(frozen=True)
@@ -168,6 +200,12 @@ def _connect_error(host: str, port: int, exc: BaseException, timeout: float) -> 
         return HostUnreachable(host, f"connection refused on port {port} (no SMB server there)")
     if isinstance(inner, OSError):
         return HostUnreachable(host, f"cannot connect to port {port}: {inner.strerror or inner}")
+    if str(exc) == "No answer!":  # impacket: the peer closed the socket on our NEGOTIATE
+        return HostUnreachable(
+            host,
+            f"no SMB answer on port {port}: the connection was closed "
+            "(is something other than an SMB server listening there?)",
+        )
     return HostUnreachable(host, f"SMB negotiation on port {port} failed: {exc}")
 
 
@@ -255,14 +293,25 @@ class FsrvpConnection(FsrvpCalls):
         host, creds = self.host, self.credentials
         try:
             if self.kerberos:
+                user, domain, tgt, tgs = _ccache_tickets(
+                    ccache_path(), creds.username, creds.domain, f"cifs/{host}"
+                )
+                if not domain:
+                    raise UsageError(
+                        "Kerberos needs the realm: -W REALM or -U USER@REALM "
+                        "(or a ticket in KRB5CCNAME)"
+                    )
                 self._smb.kerberosLogin(
-                    creds.username,
+                    user,
                     creds.password,
-                    creds.domain,
+                    domain,
                     "",
                     creds.nt_hash,
                     creds.aes_key,
                     kdcHost=creds.kdc_host,
+                    TGT=tgt,
+                    TGS=tgs,
+                    useCache=False,
                 )
             else:
                 self._smb.login(creds.username, creds.password, creds.domain, "", creds.nt_hash)
@@ -279,6 +328,8 @@ class FsrvpConnection(FsrvpCalls):
             raise ConnectTimeout(host, "SMB logon timed out") from exc
         except nmb.NetBIOSError as exc:
             raise HostUnreachable(host, f"connection dropped during logon: {exc}") from exc
+        except UsageError:
+            raise
         except Exception as exc:  # noqa: BLE001 - impacket's Kerberos and NTLM raise many types
             kind = "Kerberos" if self.kerberos else "NTLM"
             raise AuthenticationFailed(host, f"{kind} logon failed: {exc}") from exc
@@ -417,6 +468,12 @@ class FsrvpConnection(FsrvpCalls):
         except (nmb.NetBIOSError, OSError) as exc:
             self._abandon()
             raise ConnectionLost(name, f"connection lost: {exc}") from exc
+        except BaseException:
+            # Ctrl-C (or any exit) between the request and its answer: the answer
+            # would be read by the next call as its own, so the pipe is dropped and
+            # whatever comes next (the clean-up of the set) binds afresh.
+            self._abandon()
+            raise
 
     def call(self, request: calls.Request) -> calls.Response:
         try:
@@ -462,6 +519,24 @@ class FsrvpConnection(FsrvpCalls):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def share_served(self, name: str) -> bool | None:
+        """Whether this server serves a share ``name`` (a tree connect on our SMB
+        session): False if it answers STATUS_BAD_NETWORK_NAME, None if it cannot be
+        told.  For a snapshot share whose set the server no longer knows."""
+        if self._closed or self._smb is None:
+            return None
+        try:
+            tid = self._smb.connectTree(name)
+        except SessionError as exc:
+            return False if exc.getErrorCode() == nt_errors.STATUS_BAD_NETWORK_NAME else None
+        except Exception:  # noqa: BLE001 - impacket raises many types; unknown is the answer
+            return None
+        try:
+            self._smb.disconnectTree(tid)
+        except Exception as exc:  # noqa: BLE001 - best effort
+            log.debug("disconnectTree %s: %s", name, exc)
+        return True
 
     def names(self) -> set[str]:
         """Every name this server goes by, lower case: the host we dialled, its

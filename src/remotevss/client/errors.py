@@ -188,6 +188,9 @@ class FsrvpError(ClientError):
     """The server answered ``call`` with the non-zero FSRVP return ``code``."""
 
     exit_code = EXIT_FSRVP
+    #: What the code means where it came (set by the code that knows, e.g. a creation);
+    #: replaces the generic hint in the one-line description.
+    hint = ""
 
     def __init__(self, code: int, name: str, call: str, detail: str = "") -> None:
         self.code = code & 0xFFFFFFFF

@@ -64,6 +64,7 @@ from uuid import UUID
 
 from remotevss.client.connection import ConnectOptions, Credentials, FsrvpConnection
 from remotevss.client.errors import (
+    EXIT_FSRVP,
     AccessDeniedError,
     BadState,
     BadUnc,
@@ -270,6 +271,11 @@ class ShadowCopySet:
         self._conn: Binding | None = None
         self._form: ServerForm | None = None
         self._prepared = False
+        #: What abort() or expose() found the server had made of the set when that was
+        #: more than the table said (a client killed between an answer and the table's
+        #: update): COMMITTED or EXPOSED.  abort() then exposed and deleted the set,
+        #: expose() carried on from Exposed.
+        self.found_ahead: SetStatus | None = None
 
     # ------------------------------------------------------------- views
     @property
@@ -499,9 +505,18 @@ class ShadowCopySet:
         self._need(SetStatus.COMMITTED, "expose")
         assert self.set_id is not None
         try:
-            self._binding().checked(
-                calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
-            )
+            try:
+                self._binding().checked(
+                    calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
+                )
+            except BadState:
+                # Exposed already (a client killed between Expose's answer and the
+                # table's update): the server still maps it.  Carry on from there
+                # rather than tear down a set the user has.
+                if not self.copies or self._server_stage(self._binding()) != SetStatus.EXPOSED:
+                    raise
+                log.info("set %s was exposed on the server already", self.set_id)
+                self.found_ahead = SetStatus.EXPOSED
             self.status = SetStatus.EXPOSED
             self._save_status()
             self.refresh_mappings()
@@ -609,32 +624,39 @@ class ShadowCopySet:
                 raise
             self._forget(SetStatus.ABORTED)
             return False
-        if self.status == SetStatus.COMMITTED and self.copies and self._still_committed(conn):
-            # Samba answers ZERO to Abort of a committed set and keeps it with its
-            # snapshots (docs/decisions.md #7).  Expose and delete it instead, so a
-            # failed creation leaves nothing behind on either kind of server.
-            log.info(
-                "server kept committed set %s after Abort; exposing and deleting it", self.set_id
-            )
-            conn.checked(
-                calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
-            )
+        ahead = self._server_stage(conn) if self.copies else None
+        if ahead is not None:
+            # Samba answers ZERO to Abort of a committed or exposed set and keeps it
+            # with its snapshots (docs/decisions.md #7), and the table may be behind
+            # the server (a client killed between an answer and its update).  Expose
+            # (if needed) and delete it instead, so an abort leaves nothing behind.
+            log.info("server kept %s set %s after Abort; deleting it", ahead, self.set_id)
+            self.found_ahead = ahead if ahead != self.status else None
+            if ahead == SetStatus.COMMITTED:
+                conn.checked(
+                    calls.ExposeShadowCopySetRequest(self.set_id, self.settings.expose_timeout_ms)
+                )
             self.status = SetStatus.EXPOSED
             self.delete(missing_ok=True)
         self._forget(SetStatus.ABORTED)
         return True
 
-    def _still_committed(self, conn: Binding) -> bool:
-        """Whether the server still has this set, not exposed (GetShareMapping says BAD_STATE)."""
+    def _server_stage(self, conn: Binding) -> SetStatus | None:
+        """What the server holds of this set, by GetShareMapping of its first copy:
+        None (nothing), COMMITTED (BAD_STATE: not exposed; asked after an Abort the
+        server accepted, or of a set recorded committed) or EXPOSED (a mapping:
+        exposed, or recovered on a server that maps recovered sets)."""
         assert self.set_id is not None
         c = self.copies[0]
         try:
             conn.checked(calls.GetShareMappingRequest(c.copy_id, self.set_id, c.share_unc, 1))
         except NoSuchSet:
-            return False
+            return None
         except FsrvpError as exc:
-            return exc.code in (HResult.FSRVP_E_BAD_STATE, HResult.VSS_E_INVALID_XML_DOCUMENT)
-        return False
+            if exc.code in (HResult.FSRVP_E_BAD_STATE, HResult.VSS_E_INVALID_XML_DOCUMENT):
+                return SetStatus.COMMITTED
+            return None
+        return SetStatus.EXPOSED
 
     def delete(
         self, copy_ids: Sequence[UUID] | None = None, *, missing_ok: bool = True
@@ -662,13 +684,32 @@ class ShadowCopySet:
             except NoSuchSet as exc:
                 if not missing_ok:
                     raise
-                outcomes.append(DeleteOutcome(c, False, f"already gone on the server ({exc.name})"))
+                detail = f"already gone on the server ({exc.name})"
+                if self._snapshot_share_served(conn, c):
+                    detail += (
+                        f", but its snapshot share {c.exposed_unc} is still served: FSRVP can "
+                        "no longer remove it; remove it on the server"
+                    )
+                outcomes.append(DeleteOutcome(c, False, detail))
             self.copies.remove(c)
             if self.state is not None:
                 self.state.remove_copy(c.copy_id, c.server)
         if not self.copies:
             self._forget(SetStatus.DELETED)
         return outcomes
+
+    @staticmethod
+    def _snapshot_share_served(conn: Binding, c: ShadowCopy) -> bool:
+        """Whether the recorded snapshot share of a copy the server no longer knows is
+        still served there (a server that lost its set table, e.g. Samba's second
+        rpcd_fsrvp worker): the user must hear that something remains."""
+        probe = getattr(conn, "share_served", None)
+        if probe is None or not c.exposed_name or not c.exposed_unc:
+            return False
+        host, share = snapshot_share(c.exposed_name, c.server)
+        if host != c.server:
+            return False
+        return bool(probe(share))
 
     # ------------------------------------------------------------- failure
     def _need(self, status: SetStatus, what: str) -> None:
@@ -884,6 +925,11 @@ def create_shadow_copies(
         if created is not None:
             created.extend(sets)
     except BaseException as exc:
+        if isinstance(exc, NoSuchSet) and any(s.set_id is not None for s in sets):
+            # A set this creation started is gone: not an id the user named (exit 5)
+            # but the server's doing -- an FSRVP error (exit 1), said in plain words.
+            exc.hint = DROPPED_MID_CREATION
+            exc.exit_code = EXIT_FSRVP
         for s in sets:
             s._teardown(exc)
         raise
@@ -997,10 +1043,16 @@ def check_set(
         result.recovered_by_server = True
         record.status = SetStatus.RECOVERED
         record.note = f"{RECOVERED_BY_SERVER} (GetShareMapping: {bad_state})"
+    behind = record.status in _BEFORE_EXPOSE and bool(result.alive)
+    if behind:
+        # The server maps a set the table has short of Exposed: a client was killed
+        # between Expose's answer and the table's update.  Record what the server says.
+        record.note = f"found exposed on the server; the client table had it {record.status}"
+        record.status = SetStatus.EXPOSED
     if state is not None:
         for c in record.copies:
             state.update_copy(c)
-        if result.recovered_by_server:
+        if result.recovered_by_server or behind:
             state.set_status(record.set_id, record.server, record.status, record.note)
         elif result.stale and not result.alive and not result.unknown:
             state.set_status(
@@ -1022,10 +1074,17 @@ def describe_error(exc: BaseException) -> str:
         ):
             hint = "no such share on the server"
         elif isinstance(exc, NoSuchSet):
-            hint = "the server does not know this shadow copy set (or copy)"
+            hint = exc.hint or "the server does not know this shadow copy set (or copy)"
         return f"{exc}{'; ' + hint if hint else ''}"
     return str(exc)
 
+
+#: A NoSuchSet answer for a set the running creation started.
+DROPPED_MID_CREATION = (
+    "the server dropped the set during the creation: another FSRVP client started one "
+    "on this server meanwhile (MS-FSRVP servers run one creation at a time), or the "
+    "server's message sequence timer expired or it restarted; retry"
+)
 
 #: A refusal of an unauthenticated binding: most servers (our agent by default,
 #: MS-FSRVP 3.1.4) require signing; the refusal looks like a missing right.

@@ -41,8 +41,11 @@ HostKind = Literal["name", "fqdn", "ipv4", "ipv6"]
 MAX_UNC_CHARS = 1024
 MAX_SHARE_CHARS = 80  # Windows' and Samba's limit for a share name
 _IPV6_LITERAL_NET = ".ipv6-literal.net"
-# Characters Windows refuses in share names, plus the controls.
-_BAD_SHARE_CHARS = re.compile(r'[\x00-\x1f"/\\\[\]:|<>+=;,?*]')
+# What no SMB share name can hold: the characters MS-FSCC forbids in any path
+# component (separators, wildcards, the stream colon) and the controls.  Windows
+# also refuses ``+=;,[]`` in share names, but Samba serves shares named ``data+1``
+# or ``x[1]`` and FSRVP servers snapshot them: the server judges those names.
+_BAD_SHARE_CHARS = re.compile(r'[\x00-\x1f"*/:<>?\\|]')
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _DOTTED_NUMERIC = re.compile(r"^[0-9.]+$")
 

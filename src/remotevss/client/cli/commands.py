@@ -202,6 +202,11 @@ def expose(session: Session, ids: Sequence[str], recover: bool | None = None) ->
         try:
             if rec.status == SetStatus.COMMITTED:
                 s.expose(recover=recover)
+                if s.found_ahead is not None:
+                    session.note(
+                        f"set {{{rec.set_id}}} was already exposed on the server "
+                        "(the client table had it committed)"
+                    )
             elif rec.status in (SetStatus.EXPOSED, SetStatus.RECOVERED):
                 try:
                     s.refresh_mappings()
@@ -313,7 +318,14 @@ def delete(
             if rec.status not in _DELETABLE:
                 if s.abort(missing_ok=missing_ok):
                     results.append({"set_id": str(rec.set_id), "outcome": "aborted"})
-                    session.say(f"aborted set {{{rec.set_id}}} (it was {rec.status})")
+                    if s.found_ahead is not None:  # the table was behind the server
+                        session.say(
+                            f"aborted set {{{rec.set_id}}} (the table had it {rec.status}, "
+                            f"the server had it {s.found_ahead}: "
+                            f"{'exposed and ' if s.found_ahead == 'committed' else ''}deleted)"
+                        )
+                    else:
+                        session.say(f"aborted set {{{rec.set_id}}} (it was {rec.status})")
                 else:
                     results.append({"set_id": str(rec.set_id), "outcome": "already gone"})
                     session.note(

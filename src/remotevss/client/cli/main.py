@@ -10,6 +10,7 @@ happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sqlite3
 import sys
@@ -73,4 +74,7 @@ def run(
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     finally:
-        session.close()
+        # The command's outcome is decided (and recorded: the table commits each
+        # write); a Ctrl-C now must not turn it into a traceback.
+        with contextlib.suppress(KeyboardInterrupt):
+            session.close()

@@ -1,7 +1,9 @@
 """Script mode: ``remotevss shadow -s FILE``, DiskShadow-style scripts (docs/client.md).
 
 A script is lines of ``set``, ``add``, ``reset``, ``create``, ``expose``,
-``recover``, ``list``, ``delete``, ``query``, ``exec``, ``echo`` and ``exit``;
+``recover``, ``list``, ``delete``, ``query``, ``exec``, ``echo`` and ``exit``
+(and DiskShadow's ``add volume``, ``set context persistent|volatile``,
+``begin backup`` and ``end backup``);
 ``%NAME%`` expands variables that ``create`` sets (``VSS_SHADOW_SET``,
 ``VSS_SHADOW_i_j``, aliases).  The first failing line ends the script with
 its exit code (a failing ``exec`` program: 8, not the syntax error's 2); at
@@ -38,6 +40,15 @@ from remotevss.fsrvp import contexts
 
 if TYPE_CHECKING:
     from remotevss.client.shadow import ShadowCopySet
+
+
+#: DiskShadow's ``set context persistent|volatile [nowriters]`` as FSRVP contexts
+#: (VSS's: persistent = APP_ROLLBACK, persistent nowriters = NAS_ROLLBACK, volatile
+#: = BACKUP, volatile nowriters = FILE_SHARE_BACKUP).
+_DISKSHADOW_CONTEXTS = {
+    "persistent": ("app-rollback", "nas-rollback"),
+    "volatile": ("backup", "file-share-backup"),
+}
 
 
 class ScriptError(UsageError):
@@ -115,12 +126,25 @@ class ScriptRunner:
             raise ScriptError("set what? e.g. `set context backup`, `set writable on`")
         key, value = args[0].lower(), args[1].lower()
         if key == "context":
+            extra = [a.lower() for a in args[2:]]
+            if value in _DISKSHADOW_CONTEXTS:
+                if extra not in ([], ["nowriters"]):
+                    raise ScriptError(f"set context {value} [nowriters]")
+                self.context = _DISKSHADOW_CONTEXTS[value][bool(extra)]
+                return None
+            if value == "clientaccessible":
+                raise ScriptError(
+                    "set context clientaccessible: no FSRVP context matches it (it is for "
+                    "local volumes); use persistent, volatile or one of "
+                    + ", ".join(contexts.NAMES)
+                )
             if contexts.context_from_name(value) is None:
                 raise ScriptError(
-                    f"unknown context {value!r}; use one of {', '.join(contexts.NAMES)}"
+                    f"unknown context {value!r}; use one of {', '.join(contexts.NAMES)}, "
+                    "or DiskShadow's persistent|volatile [nowriters]"
                 )
             self.context = contexts.canonical_name(value)
-            if len(args) > 2 and args[2].lower() == "writable":
+            if extra[:1] == ["writable"]:
                 self.writable = True
         elif key in ("writable", "recover", "expose"):
             if value not in ("on", "off"):
@@ -134,16 +158,32 @@ class ScriptRunner:
 
     def do_add(self, args: list[str]) -> None:
 
+        if args and args[0].lower() == "volume":
+            args = args[1:]  # DiskShadow's `add volume \\host\share\ [alias NAME]`
         if not args:
-            raise ScriptError(r"add \\host\share [alias NAME]")
+            raise ScriptError(r"add [volume] \\host\share [alias NAME]")
         alias = None
         if len(args) == 3 and args[1].lower() == "alias":
             alias = args[2]
         elif len(args) != 1:
-            raise ScriptError(r"add \\host\share [alias NAME]")
+            raise ScriptError(r"add [volume] \\host\share [alias NAME]")
         u = parse_unc(args[0])
         self.adds.append(_Pending(u.wire, alias))
         self.session.say(f"added {u.display}" + (f" (alias {alias})" if alias else ""))
+        return None
+
+    def do_begin(self, args: list[str]) -> None:
+        return self._backup_bracket("begin", args)
+
+    def do_end(self, args: list[str]) -> None:
+        return self._backup_bracket("end", args)
+
+    def _backup_bracket(self, verb: str, args: list[str]) -> None:
+        """DiskShadow's ``begin backup`` / ``end backup``: they drive the requester's
+        local VSS writers; FSRVP has none on the client (the server runs its own), so
+        they are accepted and do nothing.  ``begin restore`` is refused."""
+        if [a.lower() for a in args] != ["backup"]:
+            raise ScriptError(f"{verb} backup (restores are not an FSRVP operation)")
         return None
 
     def do_reset(self, args: list[str]) -> None:
