@@ -89,6 +89,9 @@ TREE_FP_VERSION = b"rvss-tree-fp-1"
 # digest followed by the hex of the digest over it and the subdirectories' tree ids.
 SKIP_DIR = "\0skip\0"
 SKIP_FP_VERSION = b"rvss-dir-skip-2"  # 2: owner names per distinct ids (listing.py)
+# A live directory's file written while it was read is kept as read, and named: its
+# copy may mix old and new data (its changed ctime makes the next run read it again).
+CHANGED_WHILE_READ = "changed while it was read (stored as read; may mix old and new data)"
 BATCH_BYTES = 1 << 20
 BATCH_OPS = 256
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
@@ -376,10 +379,12 @@ class _Engine:
                 continue
             del self.tokens[token]
             if kind == "done":
-                size, xattrs = payload
+                size, xattrs, changed = payload
                 f.entry["size"] = size  # the opened file's size, not the listing's
                 if xattrs:  # read by the worker from the open file
                     f.entry["xattrs"] = encode_xattrs(xattrs)
+                if changed:
+                    self.error(point_path, CHANGED_WHILE_READ)
             else:
                 self.error(point_path, payload)
                 f.failed = True
@@ -704,6 +709,8 @@ class _Engine:
         else:
             try:
                 self.read_file(f, reader)
+                if reader.changed():
+                    self.error(point_path, CHANGED_WHILE_READ)
             except OSError as exc:
                 self.error(point_path, exc)
                 f.failed = True

@@ -819,6 +819,9 @@ class SmbFile:
     def xattrs(self) -> dict[str, bytes] | None:
         return {SD_XATTR: self._sd} if self._sd is not None else None
 
+    def changed(self) -> bool:
+        return False  # read from a shadow copy, which nothing writes
+
     def extents(self) -> list[tuple[int, int]]:
         if self.size == 0:
             return []

@@ -1,0 +1,87 @@
+"""A directory backed up live (not from a snapshot) while a file in it is being
+written: the backup names the file as changed while it was read, instead of
+storing a copy that may mix old and new data without a word.
+
+On the test's real file system, with a writer thread appending to a 48 MiB file
+for as long as the backup runs, read by the parent (``processes=0``) and by a
+worker process: the point is made, the file is in it, ``stats.errors`` names it
+("changed while it was read"), and an unchanged neighbour is not named; the CLI
+exits 3 for it, as for a skipped file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from remotevss.backup.backup import run_backup
+from remotevss.backup.repo import Repository, init_repo
+from remotevss.backup.snapshot_source import LocalSource
+from tests.support.backup_cli import cli, rand
+
+
+@contextmanager
+def appending(path: Path) -> Iterator[None]:
+    """Append a byte to ``path`` every millisecond until the block ends."""
+    stop = threading.Event()
+
+    def run() -> None:
+        with open(path, "ab", buffering=0) as f:
+            while not stop.is_set():
+                f.write(b"+")
+                time.sleep(0.001)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        time.sleep(0.05)
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+def make_source(tmp_path: Path) -> Path:
+    src = tmp_path / "live"
+    src.mkdir()
+    (src / "growing.log").write_bytes(rand("log", 48 << 20))
+    (src / "still.txt").write_bytes(b"unchanged")
+    return src
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_a_file_written_during_its_read_is_named(tmp_path: Path, processes: int) -> None:
+    src = make_source(tmp_path)
+    repo = tmp_path / "repo"
+    init_repo(repo, encrypted=False)
+    with Repository(repo, "write") as r, appending(src / "growing.log"):
+        point = run_backup(r, [LocalSource(src, "live")], processes=processes,
+                           processes_from=0)
+    errors = point.stats["errors"]
+    assert [e["path"] for e in errors] == ["live/growing.log"], errors
+    assert "changed while it was read" in errors[0]["error"]
+    out = tmp_path / "out"
+    cli("restore", "latest", "--repo", repo, "--path", "live", "--to", out)
+    assert (out / "growing.log").read_bytes()[:48 << 20] == rand("log", 48 << 20)
+    assert (out / "still.txt").read_bytes() == b"unchanged"
+
+
+def test_the_cli_exits_3_for_a_file_written_during_its_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTEVSS_BACKUP_PASSWORD", "pw")
+    src = make_source(tmp_path)
+    repo = tmp_path / "repo"
+    cli("init", "--repo", repo)
+    with appending(src / "growing.log"):
+        proc = cli("run", src, "--repo", repo, "--json", "--processes", "0", check=3)
+    assert [e["path"] for e in json.loads(proc.stdout)["stats"]["errors"]] == [
+        "live/growing.log"]
+    assert "live/growing.log: changed while it was read" in proc.stderr
+    assert os.path.getsize(src / "still.txt") == 9
