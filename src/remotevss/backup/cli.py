@@ -31,9 +31,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remotevss.backup.progress import Progress, human
+
+if TYPE_CHECKING:
+    from remotevss.backup.index import PointRow
+    from remotevss.backup.repo import Repository as RepositoryT
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -510,6 +514,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         with Repository(repo_path, "read", command="backup restore",
                         passphrase=secret) as repo, _stops_cleanly():
             chosen = repo.find_point(args.point)
+            _unescape_paths(repo, chosen, args)
             if args.include:
                 from remotevss.backup.restore_items import restore_items
 
@@ -692,6 +697,25 @@ def _stops_cleanly() -> contextlib.AbstractContextManager[None]:
         lambda text: print(f"remotevss backup: {text}", file=sys.stderr, flush=True))
 
 
+def _unescape_paths(repo: RepositoryT, point: PointRow, args: argparse.Namespace) -> None:
+    """``--path`` and ``--include`` as the point stores them, also when given as ``ls``
+    prints them (escaped: a newline as ``\\n``, a non-UTF-8 byte as ``\\xNN``), since
+    ``ls`` output is meant to be fed to a restore.  A path in neither form is left as
+    given, for the restore to refuse by name."""
+    from remotevss.backup import browse
+
+    def stored(path: str) -> str:
+        if "\\" not in path:
+            return path
+        try:
+            return browse.locate(repo, point, path)[0]
+        except browse.PathNotFound:
+            return path
+
+    args.path = stored(args.path)
+    args.include = [stored(item) for item in args.include]
+
+
 def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
     """``backup restore POINT --to \\\\host\\share\\path``: see remotevss.backup.smb_restore."""
     from remotevss.backup.repo import Repository
@@ -709,6 +733,7 @@ def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) ->
         return EXIT_USAGE
     with Repository(repo_path, "read", command="backup restore", passphrase=secret) as repo:
         chosen = repo.find_point(args.point)
+        _unescape_paths(repo, chosen, args)
         try:
             # The one host the user named; nothing is followed to another.
             with SmbSession(target.unc.host, username=creds.username, password=creds.password,
