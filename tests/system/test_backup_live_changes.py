@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,25 @@ def test_the_cli_exits_3_for_a_file_written_during_its_read(
         "live/growing.log"]
     assert "live/growing.log: changed while it was read" in proc.stderr
     assert os.path.getsize(src / "still.txt") == 9
+
+
+class _Unopenable(LocalSource):
+    """A local source whose file ``locked`` fails to open (as for root nothing does)."""
+
+    def open(self, relpath: str, entry: Any) -> Any:
+        if relpath.endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return super().open(relpath, entry)
+
+
+def test_a_skipped_file_is_not_counted_in_the_points_files_and_bytes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_bytes(b"fine")
+    (src / "locked").write_bytes(b"x" * 1000)
+    repo = tmp_path / "repo"
+    init_repo(repo, encrypted=False)
+    with Repository(repo, "write") as r:
+        point = run_backup(r, [_Unopenable(src, "data")], processes=0)
+    assert [e["path"] for e in point.stats["errors"]] == ["data/locked"]
+    assert (point.stats["files"], point.stats["bytes_total"]) == (1, 4)

@@ -399,6 +399,8 @@ class _Engine:
         if f.failed:
             parent.children.remove(f.entry)
             parent.incomplete = True
+            self.stats.files -= 1  # the point's counts are of what it holds
+            self.stats.bytes_total -= f.cache_row[2]
         else:
             # Same text as json.dumps(content, separators=(",", ":")), 5x faster;
             # parsed into the entry only if the directory's tree is encoded.

@@ -605,7 +605,8 @@ def _point_line(point: Any) -> str:
     return (f"recovery point {point.id} ({point.uuid[:12]}): {s['files']} files, "
             f"{human(s['bytes_total'])}, read {human(s['bytes_read'])}, "
             f"added {human(s['new_stored'])} in {s['seconds']:.1f} s"
-            + (f"; {s['error_count']} files skipped" if s["error_count"] else ""))
+            + (f"; {s['error_count']} not backed up or changed while read (named above)"
+               if s["error_count"] else ""))
 
 
 def _processes_arg(text: str) -> int:
