@@ -108,3 +108,32 @@ def test_a_skipped_file_is_not_counted_in_the_points_files_and_bytes(tmp_path: P
         point = run_backup(r, [_Unopenable(src, "data")], processes=0)
     assert [e["path"] for e in point.stats["errors"]] == ["data/locked"]
     assert (point.stats["files"], point.stats["bytes_total"]) == (1, 4)
+
+
+class _FirstNameVanishes(LocalSource):
+    """The first name of a hardlinked file is deleted between the listing and its
+    read (a log rotated, a file replaced by rename), the second name stays."""
+
+    def open(self, relpath: str, entry: Any) -> Any:
+        if relpath.endswith("a_first"):
+            os.unlink(self.path(relpath))
+        return super().open(relpath, entry)
+
+
+def test_verify_names_a_hardlink_whose_first_name_was_not_backed_up(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a_first").write_bytes(b"shared data")
+    os.link(src / "a_first", src / "b_second")
+    (src / "c_pair").write_bytes(b"kept pair")
+    os.link(src / "c_pair", src / "d_pair")
+    repo = tmp_path / "repo"
+    init_repo(repo, encrypted=False)
+    with Repository(repo, "write") as r:
+        point = run_backup(r, [_FirstNameVanishes(src, "d")], processes=0)
+    assert [e["path"] for e in point.stats["errors"]] == ["d/a_first"]
+    proc = cli("verify", "--repo", repo, "--json", check=4)
+    report = json.loads(proc.stdout)
+    assert [(a["path"], a["what"]) for a in report["affected"]] == [
+        ("d/b_second", "hardlink target")], report
+    assert any("d/b_second" in e and "d/a_first" in e for e in report["errors"])
