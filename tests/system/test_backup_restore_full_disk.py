@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,28 @@ def test_a_full_target_disk_fails_the_files_that_do_not_fit_and_counts_only_the_
     assert summary, proc.stdout
     assert int(summary[1]) == len(present)
     assert float(summary[2]) == pytest.approx(6.0 * len(present), abs=0.05)
+
+
+@pytest.mark.skipif(shutil.which("chattr") is None, reason="needs chattr")
+def test_a_target_that_cannot_be_made_is_named_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``--to`` below an immutable directory: exit 1, the message names the whole
+    target (not only its last component), nothing is written."""
+    monkeypatch.setenv("REMOTEVSS_BACKUP_PASSWORD", "pw")
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    repo = tmp_path / "repo"
+    cli("init", "--repo", repo)
+    cli("run", src, "--repo", repo)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    subprocess.run(["chattr", "+i", str(locked)], check=True)
+    try:
+        proc = cli("restore", "latest", "--repo", repo, "--to", locked / "sub" / "dir",
+                   check=1)
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert f"{locked}/sub" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(locked) == []
