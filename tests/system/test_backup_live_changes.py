@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from remotevss.backup import backup as backup_engine
 from remotevss.backup.backup import run_backup
 from remotevss.backup.repo import Repository, init_repo
 from remotevss.backup.snapshot_source import LocalSource
@@ -120,7 +121,22 @@ class _FirstNameVanishes(LocalSource):
         return super().open(relpath, entry)
 
 
-def test_verify_names_a_hardlink_whose_first_name_was_not_backed_up(tmp_path: Path) -> None:
+def _links_to_a_failed_first_name(self: Any, first: str, key: tuple[int, int],
+                                  failed: bool) -> None:
+    """What a backup did before it let a later name carry the data: the waiting
+    names are released still linking to the first name that failed."""
+    for _src, node, *_rest in self.link_waiters.pop(first, []):
+        node.pending -= 1
+        if node.pending == 0 and node.sealed:
+            self.close_dir(node)
+
+
+def test_verify_names_a_hardlink_whose_first_name_was_not_backed_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A point made by an earlier version (a later name links to a first name the
+    point lacks): verify names it."""
+    monkeypatch.setattr(backup_engine._Engine, "release_links",
+                        _links_to_a_failed_first_name)
     src = tmp_path / "src"
     src.mkdir()
     (src / "a_first").write_bytes(b"shared data")
@@ -130,10 +146,48 @@ def test_verify_names_a_hardlink_whose_first_name_was_not_backed_up(tmp_path: Pa
     repo = tmp_path / "repo"
     init_repo(repo, encrypted=False)
     with Repository(repo, "write") as r:
-        point = run_backup(r, [_FirstNameVanishes(src, "d")], processes=0)
+        point = run_backup(r, [_FirstNameVanishes(src, "d")], processes=1,
+                           processes_from=0)
     assert [e["path"] for e in point.stats["errors"]] == ["d/a_first"]
     proc = cli("verify", "--repo", repo, "--json", check=4)
     report = json.loads(proc.stdout)
     assert [(a["path"], a["what"]) for a in report["affected"]] == [
         ("d/b_second", "hardlink target")], report
     assert any("d/b_second" in e and "d/a_first" in e for e in report["errors"])
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_a_second_name_carries_the_data_when_the_first_could_not_be_read(
+        tmp_path: Path, processes: int) -> None:
+    """The first name of a hardlinked file vanishes before its read: the later names
+    do not link to it; the next one is read as the file and the others link to it,
+    so the point restores them and verify finds it whole."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a_first").write_bytes(rand("shared", 300_000))
+    os.link(src / "a_first", src / "b_second")
+    os.link(src / "a_first", src / "sub" / "c_third")
+    (src / "x_pair").write_bytes(b"kept pair")
+    os.link(src / "x_pair", src / "y_pair")
+    repo = tmp_path / "repo"
+    init_repo(repo, encrypted=False)
+    with Repository(repo, "write") as r:
+        point = run_backup(r, [_FirstNameVanishes(src, "d")], processes=processes,
+                           processes_from=0)
+    assert [e["path"] for e in point.stats["errors"]] == ["d/a_first"]
+    assert point.stats["files"] == 4
+    cli("verify", "--repo", repo)
+    listing = cli("ls", "latest", "--repo", repo, "-l").stdout
+    assert "d/sub/c_third link to d/b_second" in listing, listing
+    out = tmp_path / "out"
+    cli("restore", "latest", "--repo", repo, "--path", "d", "--to", out)
+    assert (out / "b_second").read_bytes() == rand("shared", 300_000)
+    assert os.path.samefile(out / "b_second", out / "sub" / "c_third")
+    assert os.path.samefile(out / "x_pair", out / "y_pair")
+    # Later runs: read once more (the unlink changed its ctime), then from the cache.
+    for _ in range(2):
+        with Repository(repo, "write") as r:
+            again = run_backup(r, [LocalSource(src, "d")], processes=processes)
+        assert again.stats["errors"] == []
+    assert again.stats["bytes_read"] == 0
+    cli("verify", "--repo", repo)
