@@ -594,7 +594,11 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         _emit(args, {**res.to_json(), "dry_run": args.dry_run},
               f"{would} points {res.removed_points or 'none'}, kept {res.kept_points}; "
               f"packs {'to delete' if args.dry_run else 'deleted'} {res.packs_deleted} "
-              f"(rewritten {res.packs_rewritten}); {human(res.bytes_before)} -> "
+              f"(rewritten {res.packs_rewritten}"
+              + (f"; {res.orphans_removed} leftover pack"
+                 f"{'' if res.orphans_removed == 1 else 's'} removed"
+                 if res.orphans_removed else "")
+              + f"); {human(res.bytes_before)} -> "
               f"{'about ' if args.dry_run else ''}{human(res.bytes_after)}")
         return EXIT_FAILED if res.errors else EXIT_OK
     return EXIT_USAGE  # pragma: no cover
