@@ -19,9 +19,9 @@ def mounted(path: Path) -> bool:
 class Mount:
     """``backup mount`` in its own process, until ``mounted``."""
 
-    def __init__(self, repo: Path, mnt: Path) -> None:
+    def __init__(self, repo: Path, mnt: Path, cwd: Path | None = None) -> None:
         self.mnt = mnt
-        self.proc = subprocess.Popen([*CLI, "mount", str(repo), str(mnt)],
+        self.proc = subprocess.Popen([*CLI, "mount", str(repo), str(mnt)], cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not mounted(mnt):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -107,6 +108,19 @@ def test_prune_names_its_errors_without_json(tmp_path: Path) -> None:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("remotevss backup: prune: ")]
     assert len(lines) == 1 and f"pack {loc.pack} kept" in lines[0], proc.stderr
     assert "removed points [1]" in proc.stdout
+
+
+def test_prune_says_how_many_leftover_packs_it_removed(two_points: Path) -> None:
+    """A pack no index row names (left by an interrupted run) is deleted by prune;
+    the summary said 'packs deleted 0' while one went."""
+    some = next((two_points / "packs").glob("*/*.pack"))
+    leftover = some.parent / ("0" * 32 + ".pack")
+    shutil.copyfile(some, leftover)
+    proc = cli("prune", "--repo", two_points, "--keep-last", "2")
+    assert not leftover.exists()
+    assert "1 leftover pack removed" in proc.stdout, proc.stdout
+    assert point_ids(two_points) == [1, 2]
+    cli("verify", "--repo", two_points)
 
 
 # -- init -------------------------------------------------------------------------------

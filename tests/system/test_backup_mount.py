@@ -239,3 +239,18 @@ def test_bad_mount_points_are_refused(mount_env: tuple[Path, Path, list[dict[str
     assert "no repository" in r.stderr
     r = cli("mount", repo, tmp_path, "extra", check=2)
     assert not mounted(tmp_path)
+
+
+def test_a_relative_repository_path_serves_files(
+        mount_env: tuple[Path, Path, list[dict[str, tuple[object, ...]]]]) -> None:
+    """``backup mount ./repo MNT`` as typed in the repository's parent directory: the
+    served files read (libfuse changes the directory the command runs in)."""
+    repo, mnt, states = mount_env
+    m = Mount(Path(repo.name), mnt, cwd=repo.parent)
+    try:
+        assert (mnt / "latest" / "src" / "new.txt").read_bytes() == b"only in point 2"
+        assert (mnt / "points" / "1" / "src" / "docs" / "a.txt").read_bytes() == (
+            states[0]["docs/a.txt"][5])
+    finally:
+        m.cleanup()
+    assert not mounted(mnt)

@@ -93,6 +93,9 @@ TREE_FP_VERSION = b"rvss-tree-fp-1"
 # digest followed by the hex of the digest over it and the subdirectories' tree ids.
 SKIP_DIR = "\0skip\0"
 SKIP_FP_VERSION = b"rvss-dir-skip-2"  # 2: owner names per distinct ids (listing.py)
+# A live directory's file written while it was read is kept as read, and named: its
+# copy may mix old and new data (its changed ctime makes the next run read it again).
+CHANGED_WHILE_READ = "changed while it was read (stored as read; may mix old and new data)"
 BATCH_BYTES = 1 << 20
 BATCH_OPS = 256
 WHOLE_READ = 8 << 20  # extents up to this size are read with one pread
@@ -202,8 +205,14 @@ class _Dir:
         self.incomplete = False  # an entry could not be read: keep no listing digest
 
 
+# A later name of a hardlinked file waiting for its first name's read:
+# (source, directory, its cache rows, relpath, point path, listing entry, tree entry).
+_LinkWaiter = tuple[Source, "_Dir", "_CacheDir", str, str, SourceEntry, Entry]
+
+
 class _File:
-    __slots__ = ("entry", "parent", "segments", "pending", "sealed", "failed", "cache_row")
+    __slots__ = ("entry", "parent", "segments", "pending", "sealed", "failed", "cache_row",
+                 "link_first")
 
     def __init__(self, entry: Entry, parent: _Dir,
                  cache_row: tuple[_CacheDir, str, int, int, int, int]) -> None:
@@ -214,6 +223,8 @@ class _File:
         self.sealed = False
         self.failed = False
         self.cache_row = cache_row
+        # Its point path and (dev, ino), if other names may link to it.
+        self.link_first: tuple[str, tuple[int, int]] | None = None
 
 
 class _Engine:
@@ -252,6 +263,10 @@ class _Engine:
         # listing differed, or could not be read): only their rows may need pruning.
         self.ordinary: set[str] = set()
         self.hardlinks: dict[tuple[int, int], str] = {}
+        # Later names of a hardlinked file whose first name is still being read (by
+        # that point path): their directories wait, since if the read fails a later
+        # name must carry the data instead of linking to a name the point lacks.
+        self.link_waiters: dict[str, list[_LinkWaiter]] = {}
         # Listing-digest rows fetched with their siblings', until their directory is walked.
         self.skip_ahead: dict[tuple[str, str], dict[str, CacheRow] | IndexDamaged] = {}
 
@@ -386,10 +401,12 @@ class _Engine:
                 continue
             del self.tokens[token]
             if kind == "done":
-                size, xattrs = payload
+                size, xattrs, changed = payload
                 f.entry["size"] = size  # the opened file's size, not the listing's
                 if xattrs:  # read by the worker from the open file
                     f.entry["xattrs"] = encode_xattrs(xattrs)
+                if changed:
+                    self.error(point_path, CHANGED_WHILE_READ)
             else:
                 self.error(point_path, payload)
                 f.failed = True
@@ -404,6 +421,8 @@ class _Engine:
         if f.failed:
             parent.children.remove(f.entry)
             parent.incomplete = True
+            self.stats.files -= 1  # the point's counts are of what it holds
+            self.stats.bytes_total -= f.cache_row[2]
         else:
             # Same text as json.dumps(content, separators=(",", ":")), 5x faster;
             # parsed into the entry only if the directory's tree is encoded.
@@ -418,6 +437,31 @@ class _Engine:
         parent.pending -= 1
         if parent.pending == 0 and parent.sealed:
             self.close_dir(parent)
+        if f.link_first is not None:
+            self.release_links(*f.link_first, f.failed)
+
+    def release_links(self, first: str, key: tuple[int, int], failed: bool) -> None:
+        """The first name's read is over: its later names' directories go on; if it
+        failed, the next name reads the file itself and the rest link to that one
+        (a name not yet walked then becomes a first name of its own)."""
+        waiters = self.link_waiters.pop(first, [])
+        if failed and self.hardlinks.get(key) == first:
+            del self.hardlinks[key]
+        if failed and waiters:
+            src, node, cdir, relpath, point_path, e, entry = waiters[0]
+            del entry["link"]
+            self.link_waiters[point_path] = waiters[1:]  # their waits carry over
+            for w in waiters[1:]:
+                w[6]["link"] = point_path
+            self.stats.files -= 1  # file() counts it again, as read this time
+            self.stats.bytes_total -= e.size
+            cdir.changed = True  # its files-cache row is written as for any file read
+            self.file(src, node, cdir, relpath, point_path, e, entry, None)
+            waiters = waiters[:1]
+        for _src, node, *_rest in waiters:
+            node.pending -= 1
+            if node.pending == 0 and node.sealed:
+                self.close_dir(node)
 
     def close_dir(self, node: _Dir) -> None:
         if node.skip_row is not None:
@@ -768,6 +812,10 @@ class _Engine:
             first = self.hardlinks.get((e.dev, e.ino))
             if first is not None:
                 entry["link"] = first
+                waiting = self.link_waiters.get(first)
+                if waiting is not None:
+                    node.pending += 1
+                    waiting.append((src, node, cdir, relpath, point_path, e, entry))
                 self.progress.file_done()
                 return
             self.hardlinks[(e.dev, e.ino)] = point_path
@@ -780,6 +828,9 @@ class _Engine:
             self.progress.file_done(e.size)
             return
         f = _File(entry, node, (cdir, e.name, e.size, e.mtime_ns, e.ctime_ns, e.ino))
+        if e.nlink > 1:
+            f.link_first = (point_path, (e.dev, e.ino))
+            self.link_waiters.setdefault(point_path, [])
         node.pending += 1
         if self.processes and _worker_readable(src):
             self.to_read += e.size
@@ -796,6 +847,8 @@ class _Engine:
         else:
             try:
                 self.read_file(f, reader)
+                if reader.changed():
+                    self.error(point_path, CHANGED_WHILE_READ)
             except OSError as exc:
                 self.error(point_path, exc)
                 f.failed = True

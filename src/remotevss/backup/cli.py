@@ -31,9 +31,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from remotevss.backup.progress import Progress, human
+
+if TYPE_CHECKING:
+    from remotevss.backup.index import PointRow
+    from remotevss.backup.repo import Repository as RepositoryT
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -510,6 +514,7 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         with Repository(repo_path, "read", command="backup restore",
                         passphrase=secret) as repo, _stops_cleanly():
             chosen = repo.find_point(args.point)
+            _unescape_paths(repo, chosen, args)
             if args.include:
                 from remotevss.backup.restore_items import restore_items
 
@@ -589,7 +594,11 @@ def _dispatch(args: argparse.Namespace, secret: Callable[[], str]) -> int:
         _emit(args, {**res.to_json(), "dry_run": args.dry_run},
               f"{would} points {res.removed_points or 'none'}, kept {res.kept_points}; "
               f"packs {'to delete' if args.dry_run else 'deleted'} {res.packs_deleted} "
-              f"(rewritten {res.packs_rewritten}); {human(res.bytes_before)} -> "
+              f"(rewritten {res.packs_rewritten}"
+              + (f"; {res.orphans_removed} leftover pack"
+                 f"{'' if res.orphans_removed == 1 else 's'} removed"
+                 if res.orphans_removed else "")
+              + f"); {human(res.bytes_before)} -> "
               f"{'about ' if args.dry_run else ''}{human(res.bytes_after)}")
         return EXIT_FAILED if res.errors else EXIT_OK
     return EXIT_USAGE  # pragma: no cover
@@ -600,7 +609,8 @@ def _point_line(point: Any) -> str:
     return (f"recovery point {point.id} ({point.uuid[:12]}): {s['files']} files, "
             f"{human(s['bytes_total'])}, read {human(s['bytes_read'])}, "
             f"added {human(s['new_stored'])} in {s['seconds']:.1f} s"
-            + (f"; {s['error_count']} files skipped" if s["error_count"] else ""))
+            + (f"; {s['error_count']} not backed up or changed while read (named above)"
+               if s["error_count"] else ""))
 
 
 def _processes_arg(text: str) -> int:
@@ -692,6 +702,25 @@ def _stops_cleanly() -> contextlib.AbstractContextManager[None]:
         lambda text: print(f"remotevss backup: {text}", file=sys.stderr, flush=True))
 
 
+def _unescape_paths(repo: RepositoryT, point: PointRow, args: argparse.Namespace) -> None:
+    """``--path`` and ``--include`` as the point stores them, also when given as ``ls``
+    prints them (escaped: a newline as ``\\n``, a non-UTF-8 byte as ``\\xNN``), since
+    ``ls`` output is meant to be fed to a restore.  A path in neither form is left as
+    given, for the restore to refuse by name."""
+    from remotevss.backup import browse
+
+    def stored(path: str) -> str:
+        if "\\" not in path:
+            return path
+        try:
+            return browse.locate(repo, point, path)[0]
+        except browse.PathNotFound:
+            return path
+
+    args.path = stored(args.path)
+    args.include = [stored(item) for item in args.include]
+
+
 def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) -> int:
     """``backup restore POINT --to \\\\host\\share\\path``: see remotevss.backup.smb_restore."""
     from remotevss.backup.repo import Repository
@@ -709,6 +738,7 @@ def _restore_to_share(args: argparse.Namespace, repo_path: Path, secret: Any) ->
         return EXIT_USAGE
     with Repository(repo_path, "read", command="backup restore", passphrase=secret) as repo:
         chosen = repo.find_point(args.point)
+        _unescape_paths(repo, chosen, args)
         try:
             # The one host the user named; nothing is followed to another.
             with SmbSession(target.unc.host, username=creds.username, password=creds.password,

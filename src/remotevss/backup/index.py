@@ -172,11 +172,31 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                           timeout=30)
+    if readonly and _wal_unopenable(con, path):
+        # On a read-only file system without the -shm/-wal files (a write-protected
+        # copy) SQLite cannot open a WAL database; nothing can change it there and no
+        # WAL holds commits, so it is opened as immutable.
+        con.close()
+        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                              isolation_level=None, check_same_thread=False, timeout=30)
     con.execute("PRAGMA synchronous=FULL")
     if not readonly:
         con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA foreign_keys=ON")
     return con
+
+
+def _wal_unopenable(con: sqlite3.Connection, path: Path) -> bool:
+    """Whether a read-only ``con`` fails only because a read-only file system keeps
+    SQLite from making the WAL's shared-memory file next to a database whose WAL
+    is empty or absent."""
+    try:
+        con.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return False
+    except sqlite3.OperationalError:
+        wal = Path(f"{path}-wal")
+        return (os.statvfs(path).f_flag & os.ST_RDONLY != 0
+                and (not wal.exists() or wal.stat().st_size == 0))
 
 
 class Index:

@@ -442,6 +442,9 @@ def mount(repo_path: Path, mountpoint: Path, allow_other: bool = False,
     import signal
 
     check_mountpoint(mountpoint)
+    # Absolute: libfuse moves the serving process to "/", after which a relative
+    # path would name no pack (every read failed with EIO).
+    repo_path = Path(repo_path).absolute()
     with Repository(repo_path, "read", command="backup mount", passphrase=passphrase) as repo:
         view = PointsView(repo)
         mfusepy = _mfusepy()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -278,7 +279,14 @@ class Repository:
     # -- locking --------------------------------------------------------------
     def _lock(self, path: Path, op: int, wait: float = 0.0, what: str = "",
               holder: dict[str, Any] | None = None) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            # A shared flock needs no write access: a reader of a repository on a
+            # read-only file system (a write-protected disk) takes it read-only.
+            if exc.errno != errno.EROFS or op != fcntl.LOCK_SH or self.mode != "read":
+                raise
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         deadline = time.monotonic() + wait
         while True:
             try:

@@ -499,6 +499,7 @@ class _Restorer:
         ``name`` in ``dir_fd`` (restore_fs.create_file)."""
         mode_set = self.created_with_mode(e)
         fd = restore_fs.create_file(dir_fd, name, e["mode"] if mode_set else 0o600)
+        written = 0  # counted as restored only once the file is whole
         try:
             end = 0  # the file's size so far
             for off, length, cid in e.get("content", ()):
@@ -507,7 +508,7 @@ class _Restorer:
                 if len(data) != length:
                     raise BlobError(bytes.fromhex(cid), "length differs from the tree")
                 end = max(end, _pwrite_sparse(fd, data, off))
-                self.result.bytes += length
+                written += length
                 self.progress.add_bytes(length)
             if end != e["size"]:  # a hole at the end (on ext4 a truncate costs ~7 us)
                 os.ftruncate(fd, e["size"])
@@ -524,6 +525,7 @@ class _Restorer:
             self.apply_meta_fd(fd, e, point_path, mode_set, self.inherit_dir)
         finally:
             os.close(fd)
+        self.result.bytes += written
         self.progress.file_done()
         return True
 

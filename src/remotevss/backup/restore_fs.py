@@ -135,6 +135,13 @@ def open_target(path: str, mode: int) -> Target:
             if dest.startswith("/"):
                 cur = _step(cur, os.open("/", _O_LOOK | os.O_DIRECTORY))
         fd = os.open(".", O_DIR, dir_fd=cur)
+    except UnsafeTarget:
+        raise
+    except OSError as exc:
+        if exc.filename == path:
+            raise
+        # Named by the whole target: a bare component ('sub') says nothing of where.
+        raise OSError(exc.errno, exc.strerror, path) from None
     finally:
         os.close(cur)
     return Target(fd, made, inherited)

@@ -593,10 +593,13 @@ class SmbSource:
         path = self._smb_path(relpath)
         create = _create(path, _FILE_READ_DATA | _FILE_READ_ATTRIBUTES | _SYNCHRONIZE,
                          _FILE_DIRECTORY_FILE)
-        reqs = self.session.send(self.tree, [create, _query_dir(_RELATED, True),
-                                             _query_dir(_RELATED, False), _close(_RELATED)],
-                                 related=True)
-        created, first, second, _closed = self.session.recv_all(reqs)
+        try:
+            reqs = self.session.send(self.tree, [create, _query_dir(_RELATED, True),
+                                                 _query_dir(_RELATED, False), _close(_RELATED)],
+                                     related=True)
+            created, first, second, _closed = self.session.recv_all(reqs)
+        except SmbError as exc:
+            raise self._listing_failed(exc, relpath) from None
         if isinstance(created, _Status):
             raise self._err(created, relpath)
         rows: list[tuple[str, int, int, int, int, int, int, int, int]] = []
@@ -618,6 +621,13 @@ class SmbSource:
         out.sort(key=lambda e: e.name)
         return out
 
+    def _listing_failed(self, exc: SmbError, relpath: str) -> SmbError:
+        """The connection failure, naming the directory being listed: a server that
+        stalls on one directory's listing (Samba on one holding a FIFO) otherwise
+        leaves only a message id to go on."""
+        where = f"{self.label}/{relpath}" if relpath else self.label
+        return SmbError(f"{exc} (while listing {where})")
+
     def _cache_tagged(self, relpath: str, listing: list[SourceEntry]) -> list[SourceEntry]:
         """Only the tag file of a directory marked as a cache (``--exclude-caches``),
         as for a local directory: the tag is read (one small compound) only where
@@ -636,9 +646,12 @@ class SmbSource:
 
     def _list_long(self, relpath: str) -> list[tuple[str, int, int, int, int, int, int, int, int]]:
         path = self._smb_path(relpath)
-        created, = self.session.recv_all(self.session.send(self.tree, [
-            _create(path, _FILE_READ_DATA | _FILE_READ_ATTRIBUTES | _SYNCHRONIZE,
-                    _FILE_DIRECTORY_FILE)]))
+        try:
+            created, = self.session.recv_all(self.session.send(self.tree, [
+                _create(path, _FILE_READ_DATA | _FILE_READ_ATTRIBUTES | _SYNCHRONIZE,
+                        _FILE_DIRECTORY_FILE)]))
+        except SmbError as exc:
+            raise self._listing_failed(exc, relpath) from None
         if isinstance(created, _Status):
             raise self._err(created, relpath)
         fid = _Created(created).file_id
@@ -646,8 +659,11 @@ class SmbSource:
         try:
             restart = True
             while True:
-                (part,) = self.session.recv_all(self.session.send(
-                    self.tree, [_query_dir(fid, restart)]))
+                try:
+                    (part,) = self.session.recv_all(self.session.send(
+                        self.tree, [_query_dir(fid, restart)]))
+                except SmbError as exc:
+                    raise self._listing_failed(exc, relpath) from None
                 restart = False
                 if isinstance(part, _Status):
                     if part.status == NtStatus.STATUS_NO_MORE_FILES:
@@ -818,6 +834,9 @@ class SmbFile:
     # -- FileReader --------------------------------------------------------------------------
     def xattrs(self) -> dict[str, bytes] | None:
         return {SD_XATTR: self._sd} if self._sd is not None else None
+
+    def changed(self) -> bool:
+        return False  # read from a shadow copy, which nothing writes
 
     def extents(self) -> list[tuple[int, int]]:
         if self.size == 0:

@@ -67,6 +67,11 @@ class FileReader(Protocol):
         (SMB: the security descriptor, fetched in the open's round trip); None if none."""
         ...
 
+    def changed(self) -> bool:
+        """Whether the file was written since it was opened (asked after reading it: a
+        live directory's file may then hold a mix of old and new data)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -167,6 +172,7 @@ class LocalFile:
             raise OSError(errno.ESTALE, "file was replaced while being backed up", path)
         self.size = st.st_size
         self._allocated = st.st_blocks * 512
+        self._opened = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def extents(self) -> list[tuple[int, int]]:
         """Data ranges via SEEK_DATA/SEEK_HOLE, asked only of files with fewer
@@ -203,6 +209,10 @@ class LocalFile:
 
     def xattrs(self) -> dict[str, bytes] | None:
         return None  # LocalSource.xattrs already read them
+
+    def changed(self) -> bool:
+        st = os.fstat(self.fd)
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != self._opened
 
     def close(self) -> None:
         os.close(self.fd)

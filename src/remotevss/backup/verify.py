@@ -19,8 +19,8 @@ from typing import Any
 from remotevss.backup.packs import POINT, BlobEntry, PackError, fsync_dir, pack_path, read_trailer
 from remotevss.backup.progress import Progress
 from remotevss.backup.records import LOST_WITH_ROOT, rebuild_record, records_missing
-from remotevss.backup.repo import BlobError, Repository
-from remotevss.backup.tree import Entry, content_ids, walk
+from remotevss.backup.repo import BlobError, RepoError, Repository
+from remotevss.backup.tree import Entry, content_ids, find_entry, walk
 
 
 @dataclass
@@ -106,6 +106,26 @@ def _point_walk(repo: Repository, report: Report, bad: dict[bytes, str] | None,
         _check_record(repo, report, point)
         for path, e in walk(load, point.root, "", on_error, seen):
             yield point.id, point.uuid, path, e
+
+
+def _check_links(repo: Repository, report: Report,
+                 links: dict[int, list[tuple[str, str, str]]]) -> None:
+    """A hardlink's data is its first name's: a second name whose first is not a file
+    of the same point (it could not be read at backup) does not restore."""
+    roots = {p.id: p.root for p in repo.points() if p.id in links}
+    for pid, items in links.items():
+        if pid not in roots:
+            continue
+        for puuid, path, first in items:
+            try:
+                target = find_entry(repo.read_tree, roots[pid], first.split("/"))
+            except (RepoError, ValueError):  # an unreadable tree: the walk reported it
+                continue
+            if target is None or target.get("type") != "f" or "link" in target:
+                report.errors.append(f"point {pid}: {path}: hardlink to {first}, "
+                                     "which is not a file of the point")
+                report.affected.append({"point": pid, "uuid": puuid, "path": path,
+                                        "what": "hardlink target"})
 
 
 def _check_record(repo: Repository, report: Report, point: Any) -> None:
@@ -214,7 +234,10 @@ def verify(repo: Repository, progress: Progress | None = None, workers: int = 2,
     # (without the de-duplication of trees: each point names its own files).
     missing: set[bytes] = set()
     present: set[bytes] = set()
+    links: dict[int, list[tuple[str, str, str]]] = {}
     for pid, puuid, path, e in _point_walk(repo, report, bad, None):
+        if "link" in e:
+            links.setdefault(pid, []).append((puuid, path, e["link"]))
         for cid in content_ids(e):
             if cid not in bad and cid not in present and cid not in missing:
                 if repo.index.has_blob(cid):
@@ -226,6 +249,7 @@ def verify(repo: Repository, progress: Progress | None = None, workers: int = 2,
                 report.affected.append({"point": pid, "uuid": puuid, "path": path,
                                         "blob": cid.hex(), "what": "file data"})
                 break
+    _check_links(repo, report, links)
     progress.finish()
     if repair:
         packs = repo.index.packs()

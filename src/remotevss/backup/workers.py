@@ -66,7 +66,7 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 Task = tuple[int, str, int]
 # (offset, length, chunk id or None for zeros, compression, sealed bytes)
 Segment = tuple[int, int, bytes | None, int, bytes | bytearray | None]
-# (token, "part", [segments]) | (token, "done", (size, xattrs or None))
+# (token, "part", [segments]) | (token, "done", (size, xattrs or None, changed while read))
 # | (token, "error", message)
 Result = tuple[int, str, Any]
 # (last message of its batch, results)
@@ -249,7 +249,7 @@ def serve_batch(batch: list[Task], codec: Codec, params: ChunkerParams, chunker:
                     send(False, out)
                     out, segs, size = [], [], 0
             out.append((token, "part", segs))
-            out.append((token, "done", (f.size, _xattrs(f.fd))))
+            out.append((token, "done", (f.size, _xattrs(f.fd), f.changed())))
         except OSError as exc:
             out.append((token, "error", exc.strerror or repr(exc)))
         finally:
