@@ -521,19 +521,8 @@ class _Engine:
         src, relpath, point_path, listing = node.skip_from
         final = self.skip_digest(node.listing_fp, node.children)
         if row.xattrs[64:] == final.hex():
-            # Counted in C (map, itertools.compress): this ran once per entry of every
-            # unchanged directory, after the key derivation, on the critical path.
-            types = list(map(_TYPE, listing))
-            is_file = list(map(FILE.__eq__, types))
-            files = is_file.count(True)
-            nbytes = sum(select(map(_SIZE, listing), is_file))
-            others = len(types) - files - types.count(DIR)
-            self.stats.files += files
-            self.stats.cache_hits += files
-            self.stats.bytes_total += nbytes
-            self.stats.others += others
+            self.count_unchanged(listing)
             self.stats.trees_reused += 1
-            self.progress.files_done(files, nbytes)
             self.closed(node, row.content[7:-3])
             return
         if self.patch_tree(node, row, final, listing):
@@ -544,6 +533,21 @@ class _Engine:
         node.sealed = False
         node.skip_from = None
         self.walk_listing(src, node, relpath, point_path, listing, subtrees)
+
+    def count_unchanged(self, listing: list[SourceEntry]) -> None:
+        """A listed directory's files as cache hits, and its other entries.
+
+        Counted in C (map, itertools.compress): this ran once per entry of every
+        unchanged directory, after the key derivation, on the critical path."""
+        types = list(map(_TYPE, listing))
+        is_file = list(map(FILE.__eq__, types))
+        files = is_file.count(True)
+        nbytes = sum(select(map(_SIZE, listing), is_file))
+        self.stats.files += files
+        self.stats.cache_hits += files
+        self.stats.bytes_total += nbytes
+        self.stats.others += len(types) - files - types.count(DIR)
+        self.progress.files_done(files, nbytes)
 
     def patch_tree(self, node: _Dir, row: CacheRow, final: bytes,
                    listing: list[SourceEntry]) -> bool:
@@ -567,15 +571,7 @@ class _Engine:
         tid = self.codec.blob_id(raw)
         self.writer.add_raw(tid, TREE, raw)
         tid_hex = tid.hex()
-        types = list(map(_TYPE, listing))
-        is_file = list(map(FILE.__eq__, types))
-        files = is_file.count(True)
-        nbytes = sum(select(map(_SIZE, listing), is_file))
-        self.stats.files += files
-        self.stats.cache_hits += files
-        self.stats.bytes_total += nbytes
-        self.stats.others += len(types) - files - types.count(DIR)
-        self.progress.files_done(files, nbytes)
+        self.count_unchanged(listing)
         self.cache_changed.append(self.index.cache_prepare(
             src.cache_key, SKIP_DIR + relpath,
             {TREE_ROW: CacheRow(0, 0, 0, 0, f'[[0,0,"{tid_hex}"]]',
