@@ -91,9 +91,6 @@ def file_text(e: SourceEntry, owners: tuple[str, str], content: str) -> str:
             f'{owners[1]}}}')
 
 
-_SLOT = '"content":0'  # a placeholder that no encoded string can contain: '"' is escaped
-
-
 def encode_tree_stored(entries: list[Part]) -> bytes:
     """``encode_tree`` for entries whose "content" may still be the compact JSON
     text the files cache keeps (a 1-tuple): the text is put in as it is; and
