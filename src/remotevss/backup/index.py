@@ -402,10 +402,7 @@ class Index:
                         "SELECT name, size, mtime_ns, ctime_ns, ino, content, xattrs "
                         "FROM files_cache WHERE source=? AND dir=?",
                         (source, os.fsencode(directory)))}
-        skey, dkey = self._cache_keys(source, directory)
-        row = self.con.execute("SELECT sealed FROM files_cache WHERE source=? AND dir=?",
-                               (skey, dkey)).fetchone()
-        return {} if row is None else self._open_cache(skey, dkey, row[0])
+        return self.cache_dir_text(source, directory)[0]
 
     def cache_dir_text(self, source: str, directory: str
                        ) -> tuple[dict[str, CacheRow], str | None]:
